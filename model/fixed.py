@@ -30,7 +30,7 @@ __all__ = [
     "MANT_MAX", "EXP_MIN", "EXP_MAX", "PROJ_BITS", "ACC_BITS", "SCORE_BITS", "SCORE_FRAC",
     "SCALE_BITS", "EXP2_BITS", "EXP2_CUTOFF", "RECIP_BITS", "PROB_BITS", "PROB_MAX",
     "ALIGN_CUTOFF", "OUT_BITS", "OUT_SHIFT", "D_MAX", "KEYS_MAX",
-    "QuantWeight", "exp2_lut", "score_scale", "projection_shift",
+    "QuantWeight", "exp2_lut", "score_scale", "projection_shift", "shift_for_bound",
     "round_shift", "shift_round_sat", "saturate",
     "quantize_bfp", "dequantize", "quantize_weight", "project", "scores", "softmax",
     "weighted_sum", "attend", "causal_mask", "recall",
@@ -109,10 +109,13 @@ def projection_shift(mant: np.ndarray) -> int:
     The worst case of column j is ``127 * sum_c |W[c, j]|``; the bound uses the largest column,
     so saturation in :func:`project` is impossible by construction (it is kept as a guard).
     """
-    bound = MANT_MAX * int(np.abs(mant.astype(np.int64)).sum(axis=0).max(initial=0))
+    return shift_for_bound(MANT_MAX * int(np.abs(mant.astype(np.int64)).sum(axis=0).max(initial=0)))
+
+
+def shift_for_bound(bound: int) -> int:
+    """Smallest s >= 0 with ``round_shift(bound, s)`` inside the int16 projection range."""
     s = 0
-    limit = (1 << (PROJ_BITS - 1)) - 1
-    while ((bound + ((1 << s) >> 1)) >> s) > limit:
+    while ((bound + ((1 << s) >> 1)) >> s) > (1 << (PROJ_BITS - 1)) - 1:
         s += 1
     return s
 
