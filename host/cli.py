@@ -11,6 +11,8 @@ import sys
 # Module names (under hmtx.host) that provide subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
     "cmd_selfcheck",
+    "cmd_eval",
+    "cmd_export_onnx",
 ]
 
 

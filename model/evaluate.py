@@ -1,0 +1,154 @@
+"""Token-weighted perplexity of backbone-only, RMT, HMT (float recall) and HMT (fixed recall).
+
+Every variant sees the same segmentation (B = L - 2 - k tokens per segment) and scores the same
+targets: each position of a segment predicts the next token of the document, the last position of
+a segment predicting the first token of the next one (HMT's "logits at [1+k, -1)"). A document is
+cut to its first ``segments * B`` tokens, so it contributes ``len - 1`` scored tokens.
+PPL = exp(sum of NLL / number of scored tokens), per segment index and overall.
+
+While HMT-float runs, every memory search is repeated with the fixed-point recall on the same S_n
+and the same cached memories, and the difference of the two P_n is reported.
+"""
+
+import math
+from collections import deque
+
+import torch
+
+from hmtx.model.hmt import HMT
+from hmtx.model.text import TokenDocument
+
+__all__ = ["VARIANT_SPECS", "evaluate", "plot_per_segment", "format_table"]
+
+# name -> (HMT variant, recall implementation)
+VARIANT_SPECS = {
+    "backbone": ("backbone", "float"),
+    "rmt": ("rmt", "float"),
+    "hmt_float": ("hmt", "float"),
+    "hmt_fixed": ("hmt", "fixed"),
+}
+
+
+def _select_documents(docs: list[TokenDocument], model: HMT, segments: int, max_docs: int | None):
+    b = model.config.tokens_per_segment
+    usable = [d for d in docs if d.ids.numel() >= b]
+    if not usable:
+        longest = max((d.ids.numel() for d in docs), default=0)
+        raise ValueError(f"text shorter than one segment: the longest document has {longest} tokens, "
+                         f"a segment holds B = L - 2 - k = {b}")
+    skipped = len(docs) - len(usable)
+    if max_docs is not None:
+        usable = usable[:max_docs]
+    return [TokenDocument(d.name, d.ids[: segments * b]) for d in usable], skipped
+
+
+@torch.no_grad()
+def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tuple(VARIANT_SPECS),
+             max_docs: int | None = None, progress: bool = True) -> dict:
+    """Perplexities of ``variants`` over the first ``segments`` segments of each document.
+
+    Documents shorter than one segment are skipped (counted in the result); ValueError if none is left.
+    """
+    if not isinstance(segments, int) or segments < 1:
+        raise ValueError(f"segments must be a positive integer, got {segments!r}")
+    for v in variants:
+        if v not in VARIANT_SPECS:
+            raise ValueError(f"unknown variant {v!r}; choose from {', '.join(VARIANT_SPECS)}")
+    docs, skipped = _select_documents(docs, model, segments, max_docs)
+    b = model.config.tokens_per_segment
+    nll = {v: [0.0] * segments for v in variants}
+    count = [0] * segments
+    diffs = []
+    total_steps = len(variants) * sum(math.ceil(d.ids.numel() / b) for d in docs)
+    bar = _progress(total_steps, progress)
+    for doc in docs:
+        ids = doc.ids.to(model.device)
+        for v in variants:
+            variant, impl = VARIANT_SPECS[v]
+            state = model.new_state(variant, impl)
+            recent = deque(maxlen=model.config.cache_size)    # memories the next search sees
+            for out in model.segments(state, ids, final=True):
+                start = out.segment * b
+                targets = ids[start + 1: start + out.ids.numel() + 1]
+                logp = torch.log_softmax(out.logits[: targets.numel()].float(), dim=-1)
+                nll[v][out.segment] -= float(logp.gather(1, targets[:, None]).sum())
+                if v == variants[0]:
+                    count[out.segment] += targets.numel()
+                if v == "hmt_float":
+                    if out.probs is not None:
+                        diffs.append(_recall_difference(model, out, torch.stack(list(recent))))
+                    recent.append(out.memory)
+                bar.update(1)
+    bar.close()
+    used = [i for i in range(segments) if count[i]]
+    tokens = sum(count)
+    result = {
+        "tokens": tokens,
+        "documents": len(docs),
+        "skipped_short_documents": skipped,
+        "ppl": {v: math.exp(sum(nll[v]) / tokens) for v in variants},
+        "per_segment": {"segment": used, "tokens": [count[i] for i in used],
+                        **{v: [math.exp(nll[v][i] / count[i]) for i in used] for v in variants}},
+        "config": {**model.config.to_dict(), "tokens_per_segment": b, "j": model.config.j,
+                   "segments": segments},
+        "documents_used": [d.name for d in docs],
+    }
+    if diffs:
+        rel = [d["rel_l2"] for d in diffs]
+        result["recall_fixed_vs_float"] = {
+            "recalls": len(diffs),
+            "max_abs": max(d["max_abs"] for d in diffs),
+            "rel_l2_max": max(rel),
+            "rel_l2_mean": sum(rel) / len(rel),
+            "probs_max_abs": max(d["probs_max_abs"] for d in diffs),
+            "p_float_max_abs": max(d["p_max_abs"] for d in diffs),
+        }
+    return result
+
+
+def _recall_difference(model: HMT, out, memories: torch.Tensor) -> dict:
+    """Fixed recall on the S_n and the memories (oldest first) that the float recall of ``out`` used."""
+    p_fixed, probs_fixed = model.recall.recall_once("fixed", out.query, memories)
+    p_float = out.recalled.float()
+    by_age = torch.tensor(sorted(range(len(out.slot_segment)), key=out.slot_segment.__getitem__))
+    return {
+        "max_abs": float((p_fixed - p_float).abs().max()),
+        "rel_l2": float((p_fixed - p_float).norm() / p_float.norm().clamp_min(1e-30)),
+        "probs_max_abs": float((probs_fixed - out.probs.float()[by_age]).abs().max()),
+        "p_max_abs": float(p_float.abs().max()),
+    }
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc="eval segments", unit="seg", disable=not enabled)
+
+
+def format_table(result: dict) -> str:
+    variants = list(result["ppl"])
+    per = result["per_segment"]
+    head = f"{'segment':>8} {'tokens':>7} " + " ".join(f"{v:>10}" for v in variants)
+    lines = [head]
+    for i, seg in enumerate(per["segment"]):
+        lines.append(f"{seg:>8} {per['tokens'][i]:>7} " + " ".join(f"{per[v][i]:>10.3f}" for v in variants))
+    lines.append(f"{'all':>8} {result['tokens']:>7} " + " ".join(f"{result['ppl'][v]:>10.3f}" for v in variants))
+    return "\n".join(lines)
+
+
+def plot_per_segment(result: dict, path: str, title: str = "") -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = result["per_segment"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v in result["ppl"]:
+        ax.plot(per["segment"], per[v], marker="o", label=f"{v} ({result['ppl'][v]:.2f})")
+    ax.set_xlabel("segment index")
+    ax.set_ylabel("perplexity (token-weighted)")
+    ax.set_title(title or f"PPL per segment, {result['documents']} document(s), {result['tokens']} tokens")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
