@@ -13,6 +13,8 @@ COMMAND_MODULES = [
     "cmd_selfcheck",
     "cmd_eval",
     "cmd_export_onnx",
+    "cmd_synth",
+    "cmd_sweep",
 ]
 
 

@@ -239,30 +239,35 @@ class BoardTop(wiring.Component):
             m.d.comb += [clk.eq(clk_buf.i), locked.eq(1)]
         elif self.family == "ecp5":
             m.submodules.clk_buf = clk_buf = io.Buffer("i", clk_io)
+            # nextpnr constrains the PLL output from the instance's FREQUENCY_PIN_CLKOP.
             m.submodules.pll = ecp5_pll(self.pll, clk_buf.i, clk, locked)
-            platform.add_clock_constraint(clk, self.sync_mhz * 1e6)
         else:
+            # nextpnr-ice40 derives the output constraint from the PLL's dividers.
             m.submodules.pll = ice40_pll_pad(self.pll, clk_io, clk, locked)
-            platform.add_clock_constraint(clk, self.sync_mhz * 1e6)
 
         # Power-on reset, counted in a reset-less domain on the same clock: a counter that
         # starts at zero from configuration, restarts whenever the PLL loses lock.
+        # The reset comes straight from a flip-flop, so the counter's compare logic is not on
+        # the path into every register that has a reset.
         delay = max(1, int(15e-6 * self.sync_mhz * 1e6))
         por_count = Signal(range(delay + 1))
+        running = Signal()
         m.domains.por = ClockDomain(reset_less=True, local=True)
         m.domains.sync = ClockDomain("sync")
         m.d.comb += [ClockSignal("por").eq(clk), ClockSignal("sync").eq(clk),
-                     ResetSignal("sync").eq(por_count != delay)]
+                     ResetSignal("sync").eq(~running)]
         with m.If(~locked):
-            m.d.por += por_count.eq(0)
+            m.d.por += [por_count.eq(0), running.eq(0)]
         with m.Elif(por_count != delay):
             m.d.por += por_count.eq(por_count + 1)
+        with m.Else():
+            m.d.por += running.eq(1)
 
         uart = platform.request("uart", 0)
         m.submodules.bridge = bridge = self.bridge
         m.d.comb += [bridge.rx.eq(uart.rx.i), uart.tx.o.eq(bridge.tx)]
         led = platform.request("led", 0)
-        m.d.comb += led.o.eq(por_count == delay)
+        m.d.comb += led.o.eq(running)
         return m
 
 

@@ -122,7 +122,7 @@ def ice40_pll_pad(params, pad, clk_out, locked):
         p_DIVF=params.divf,
         p_DIVQ=params.divq,
         p_FILTER_RANGE=params.filter_range,
-        i_PACKAGEPIN=pad,
+        i_PACKAGEPIN=pad.io,
         i_RESETB=1,
         i_BYPASS=0,
         o_PLLOUTGLOBAL=clk_out,

