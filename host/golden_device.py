@@ -1,0 +1,199 @@
+"""The golden device: docs/protocol.md as an executable byte-in/byte-out model.
+
+:class:`GoldenDevice` holds exactly the state the chip holds (two weight matrices with their
+row counters and loaded flags, the N-slot ring of memories M_i and keys K_i, write pointer,
+fill count, cycle counters) and computes with :mod:`hmtx.model.fixed`. The RTL is verified
+against it byte for byte (CYCLES excepted, see the document), and the host's ``golden``
+backend is this class behind the same byte interface as a serial port.
+"""
+
+import math
+import struct
+
+import numpy as np
+
+from hmtx.model import fixed
+from hmtx.model.configs import EngineConfig
+
+from .protocol import (
+    COMPUTE_OPS, SHIFT_MAX, CacheStatus, Cycles, FrameDecoder, Info, Op, Status, attention_length,
+    crc8, encode_response, load_weights_length, pack_attention_rsp, pack_cycles, pack_info, pack_recall,
+    pack_slot, pack_status, pack_write,
+)
+
+__all__ = ["GoldenDevice"]
+
+
+class _Reject(Exception):
+    """A command check failed with ``status``; nothing has been changed yet."""
+
+    def __init__(self, status: Status):
+        self.status = status
+
+
+class GoldenDevice:
+    """Byte-exact model of the recall engine behind the wire protocol.
+
+    ``feed(bytes) -> bytes`` consumes command bytes (any split, any garbage) and returns the
+    response bytes they produce, in order.
+    """
+
+    def __init__(self, config: EngineConfig):
+        if not isinstance(config, EngineConfig):
+            raise ValueError(f"GoldenDevice needs an EngineConfig, got {type(config).__name__}")
+        self.config = config
+        c = config
+        self._decoder = FrameDecoder()
+        # Weights: index 0 = W_q, 1 = W_k.
+        self.w_mant = [np.zeros((c.d, c.d_h), np.int64) for _ in range(2)]
+        self.w_exp = [0, 0]
+        self.w_shift = [0, 0]
+        self.next_row = [0, 0]
+        self.loaded = [False, False]
+        # The ring cache.
+        self.m_mant = np.zeros((c.n_slots, c.d), np.int64)
+        self.m_exp = np.zeros(c.n_slots, np.int64)
+        self.k_mant = np.zeros((c.n_slots, c.d_h), np.int64)
+        self.k_exp = np.zeros(c.n_slots, np.int64)
+        self.write_ptr = 0
+        self.fill = 0
+        self.cycles = Cycles(0, 0, 0)
+
+    # -- byte interface ---------------------------------------------------------------------
+    def feed(self, data) -> bytes:
+        return b"".join(self._frame(f.body, f.error) for f in self._decoder.feed(data))
+
+    # -- one frame ----------------------------------------------------------------------------
+    def _frame(self, body: bytes, error) -> bytes:
+        op = body[0] if body else 0
+        try:
+            if error or len(body) < 2:
+                raise _Reject(Status.BAD_FRAME)
+            if crc8(body) != 0:
+                raise _Reject(Status.BAD_CRC)
+            if op not in Op._value2member_map_:
+                raise _Reject(Status.BAD_OPCODE)
+            op = Op(op)
+            if len(body) != self._expected_length(op, body):
+                raise _Reject(Status.BAD_LENGTH)
+            payload, cycles = getattr(self, "_op_" + op.name.lower())(body[1:-1])
+        except _Reject as r:
+            # The weights are streamed into memory as they arrive: a failed chunk may have
+            # overwritten part of the matrix its selector byte names.
+            if op == Op.LOAD_WEIGHTS and len(body) >= 2 and body[1] in (0, 1):
+                self.loaded[body[1]] = False
+                self.next_row[body[1]] = 0
+            return encode_response(r.status, op)
+        if op in COMPUTE_OPS:
+            self.cycles = Cycles(self.cycles.total + cycles, cycles, int(op))
+        return encode_response(Status.OK, op, payload)
+
+    def _expected_length(self, op: Op, body: bytes) -> int:
+        c = self.config
+        if op == Op.LOAD_WEIGHTS:
+            n = load_weights_length(body, c.d_h)
+        elif op == Op.ATTENTION:
+            n = attention_length(body, c.head_dim)
+        elif op in (Op.WRITE_MEMORY, Op.RECALL):
+            n = c.d + 3
+        elif op == Op.READ_SLOT:
+            n = 4
+        else:
+            n = 2
+        if n is None:
+            raise _Reject(Status.BAD_LENGTH)
+        return n
+
+    def _ideal(self, macs: int) -> int:
+        return math.ceil(macs / self.config.lanes)
+
+    @staticmethod
+    def _vector(buf: bytes) -> tuple[np.ndarray, int]:
+        """A BFP8 vector from the payload, BAD_ARG unless it satisfies the contract's ranges."""
+        exp = struct.unpack_from("<b", buf)[0]
+        mant = np.frombuffer(buf, dtype=np.int8, offset=1).astype(np.int64)
+        if not fixed.EXP_MIN <= exp <= fixed.EXP_MAX or (mant == -128).any():
+            raise _Reject(Status.BAD_ARG)
+        return mant, exp
+
+    def _qw(self, i: int) -> fixed.QuantWeight:
+        return fixed.QuantWeight(self.w_mant[i], self.w_exp[i], self.w_shift[i])
+
+    # -- opcodes: each returns (payload, compute cycles) or raises _Reject -----------------------
+    def _op_info(self, _):
+        return pack_info(Info.for_config(self.config)), 0
+
+    def _op_status(self, _):
+        flags = int(self.loaded[0]) | int(self.loaded[1]) << 1
+        return pack_status(CacheStatus(self.fill, self.write_ptr, flags, *self.next_row)), 0
+
+    def _op_cycles(self, _):
+        return pack_cycles(self.cycles), 0
+
+    def _op_reset_cache(self, _):
+        self.fill = 0
+        self.write_ptr = 0
+        return b"", 0
+
+    def _op_load_weights(self, p: bytes):
+        c = self.config
+        matrix, exp, shift, row_offset, rows = struct.unpack_from("<BbBHH", p)
+        mant = np.frombuffer(p, dtype=np.int8, offset=7).astype(np.int64)
+        if (matrix > 1 or not fixed.EXP_MIN <= exp <= fixed.EXP_MAX or shift > SHIFT_MAX or rows == 0
+                or row_offset + rows > c.d or row_offset not in (0, self.next_row[matrix])
+                or (row_offset != 0 and (exp, shift) != (self.w_exp[matrix], self.w_shift[matrix]))
+                or (mant == -128).any()):
+            raise _Reject(Status.BAD_ARG)
+        if row_offset == 0:
+            self.w_exp[matrix], self.w_shift[matrix] = exp, shift
+        self.w_mant[matrix][row_offset:row_offset + rows] = mant.reshape(rows, c.d_h)
+        self.next_row[matrix] = row_offset + rows
+        self.loaded[matrix] = self.next_row[matrix] == c.d
+        return b"", 0
+
+    def _op_write_memory(self, p: bytes):
+        c = self.config
+        mant, exp = self._vector(p)
+        if not self.loaded[1]:
+            raise _Reject(Status.NO_WEIGHTS)
+        k, ke = fixed.project(self._qw(1), mant[None, :], np.array([exp]))
+        slot = self.write_ptr
+        self.m_mant[slot], self.m_exp[slot] = mant, exp
+        self.k_mant[slot], self.k_exp[slot] = k[0], ke[0]
+        self.write_ptr = (slot + 1) % c.n_slots
+        self.fill = min(self.fill + 1, c.n_slots)
+        return pack_write(slot, self.fill), self._ideal(c.d * c.d_h)
+
+    def _op_read_slot(self, p: bytes):
+        (slot,) = struct.unpack("<H", p)
+        if slot >= self.fill:
+            raise _Reject(Status.SLOT_RANGE)
+        return pack_slot(self.m_mant[slot], self.m_exp[slot], self.k_mant[slot], self.k_exp[slot]), 0
+
+    def _op_recall(self, p: bytes):
+        c = self.config
+        mant, exp = self._vector(p)
+        if not self.loaded[0]:
+            raise _Reject(Status.NO_WEIGHTS)
+        n = self.fill
+        if n == 0:
+            raise _Reject(Status.EMPTY_CACHE)
+        out, oe, probs = fixed.recall(self._qw(0), mant, exp, self.k_mant[:n], self.k_exp[:n],
+                                      self.m_mant[:n], self.m_exp[:n])
+        return pack_recall(out, oe, probs), self._ideal(c.d * c.d_h + n * c.d_h + n * c.d)
+
+    def _op_attention(self, p: bytes):
+        c = self.config
+        n_q, n_k, flags = p[0], p[1], p[2]
+        causal = bool(flags & 1)
+        if (not 1 <= n_q <= c.max_queries or not 1 <= n_k <= c.max_keys or flags & ~1
+                or (causal and n_q > n_k)):
+            raise _Reject(Status.BAD_ARG)
+        row = 1 + c.head_dim
+        vecs = [self._vector(p[3 + i * row:3 + (i + 1) * row]) for i in range(n_q + 2 * n_k)]
+        mant = np.stack([v[0] for v in vecs])
+        exps = np.array([v[1] for v in vecs], dtype=np.int64)
+        sl_q, sl_k, sl_v = slice(0, n_q), slice(n_q, n_q + n_k), slice(n_q + n_k, n_q + 2 * n_k)
+        mask = fixed.causal_mask(n_q, n_k) if causal else None
+        out, oe, _ = fixed.attend(mant[sl_q], exps[sl_q], mant[sl_k], exps[sl_k], mant[sl_v], exps[sl_v], mask)
+        return pack_attention_rsp(out, oe), self._ideal(2 * n_q * n_k * c.head_dim)

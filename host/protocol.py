@@ -1,0 +1,498 @@
+"""The hmtx wire protocol (docs/protocol.md): framing, CRC-8, opcodes, statuses, payloads.
+
+Everything here is pure byte manipulation shared by the host driver (``hmtx.host.device``)
+and the golden device (``hmtx.host.golden_device``); neither side re-implements any of it.
+Bad input raises :class:`ValueError` naming the field; a response that cannot be decoded
+raises :class:`ProtocolError`; a device that answers with an error status is reported by the
+driver as :class:`DeviceError`.
+"""
+
+import enum
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from hmtx.model import fixed
+
+__all__ = [
+    "END", "ESC", "ESC_END", "ESC_ESC", "MAX_BODY", "SHIFT_MAX", "VERSION", "MAGIC", "LOAD_CHUNK",
+    "Op", "Status", "COMPUTE_OPS", "ProtocolError", "DeviceError",
+    "crc8", "slip_escape", "FrameDecoder", "Frame",
+    "encode_command", "encode_response", "split_command", "decode_response", "Response",
+    "pack_bfp8", "unpack_bfp8", "pack_wide", "unpack_wide",
+    "pack_load_weights", "weight_chunks", "pack_vector_cmd", "pack_read_slot", "pack_attention",
+    "Info", "unpack_info", "pack_info", "CacheStatus", "unpack_status", "pack_status",
+    "Cycles", "unpack_cycles", "pack_cycles", "unpack_write", "pack_write",
+    "unpack_slot", "pack_slot", "unpack_recall", "pack_recall", "unpack_attention", "pack_attention_rsp",
+    "load_weights_length", "attention_length",
+]
+
+END, ESC, ESC_END, ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
+MAX_BODY = 65535          # a 16-bit body counter in the RTL; no legal frame comes close
+SHIFT_MAX = 31            # largest projection shift LOAD_WEIGHTS accepts
+VERSION = (1, 0)
+MAGIC = b"HM"
+LOAD_CHUNK = 4096         # mantissas per LOAD_WEIGHTS frame sent by the host (not a device limit)
+
+
+class Op(enum.IntEnum):
+    INFO = 0x01
+    STATUS = 0x02
+    CYCLES = 0x03
+    RESET_CACHE = 0x10
+    LOAD_WEIGHTS = 0x11
+    WRITE_MEMORY = 0x12
+    READ_SLOT = 0x13
+    RECALL = 0x14
+    ATTENTION = 0x20
+
+
+class Status(enum.IntEnum):
+    OK = 0x00
+    BAD_FRAME = 0x01
+    BAD_CRC = 0x02
+    BAD_OPCODE = 0x03
+    BAD_LENGTH = 0x04
+    BAD_ARG = 0x05
+    SLOT_RANGE = 0x06
+    EMPTY_CACHE = 0x07
+    NO_WEIGHTS = 0x08
+
+
+# Ops that run the datapath and update the CYCLES counters when they succeed.
+COMPUTE_OPS = frozenset({Op.RESET_CACHE, Op.LOAD_WEIGHTS, Op.WRITE_MEMORY, Op.RECALL, Op.ATTENTION})
+
+
+def op_name(op: int) -> str:
+    try:
+        return Op(op).name
+    except ValueError:
+        return f"opcode 0x{op:02X}"
+
+
+def status_name(status: int) -> str:
+    try:
+        return Status(status).name
+    except ValueError:
+        return f"status 0x{status:02X}"
+
+
+class ProtocolError(IOError):
+    """The byte stream from the device does not form the expected response (framing, CRC,
+    echo, length) or no response came in time."""
+
+
+class DeviceError(RuntimeError):
+    """The device answered a command with an error status."""
+
+    def __init__(self, op: int, status: int, detail: str = ""):
+        self.op, self.status = op, status
+        msg = f"device answered {status_name(status)} to {op_name(op)}"
+        super().__init__(msg + (f" ({detail})" if detail else ""))
+
+
+# --- CRC-8/SMBUS ---------------------------------------------------------------------------------
+def _crc_table() -> list[int]:
+    table = []
+    for b in range(256):
+        c = b
+        for _ in range(8):
+            c = ((c << 1) ^ 0x07) & 0xFF if c & 0x80 else (c << 1) & 0xFF
+        table.append(c)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc8(data, crc: int = 0) -> int:
+    """CRC-8, poly 0x07, init 0, no reflection, no final XOR. ``crc8(body + crc8(body)) == 0``."""
+    for b in data:
+        crc = _CRC_TABLE[crc ^ b]
+    return crc
+
+
+# --- SLIP framing --------------------------------------------------------------------------------
+def slip_escape(body: bytes) -> bytes:
+    """``escape(body) END``: the bytes of one frame on the wire."""
+    return body.replace(bytes([ESC]), bytes([ESC, ESC_ESC])).replace(bytes([END]), bytes([ESC, ESC_END])) + bytes([END])
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One received frame: the decoded body (at most MAX_BODY bytes) and the framing error that
+    ended its decoding early, if any ("escape" or "overlong")."""
+
+    body: bytes
+    error: str | None = None
+
+
+class FrameDecoder:
+    """Incremental SLIP decoder, the receive half of docs/protocol.md section 1.
+
+    :meth:`feed` returns the frames completed by the new bytes; empty bodies without an error
+    are dropped (rule 2). Both the golden device and the host use it, so their framing rules
+    cannot drift apart.
+    """
+
+    def __init__(self, max_body: int = MAX_BODY):
+        self.max_body = max_body
+        self._buf = bytearray()
+        self._esc = False
+        self._error = None
+
+    @property
+    def pending(self) -> int:
+        """Body bytes of the unfinished frame (0 when between frames)."""
+        return len(self._buf) + (1 if self._esc or self._error else 0)
+
+    def feed(self, data) -> list[Frame]:
+        frames = []
+        for b in bytes(data):
+            if b == END:
+                error = self._error or ("escape" if self._esc else None)
+                if self._buf or error:
+                    frames.append(Frame(bytes(self._buf), error))
+                self._buf.clear()
+                self._esc = False
+                self._error = None
+                continue
+            if self._error:
+                continue
+            if self._esc:
+                self._esc = False
+                if b == ESC_END:
+                    b = END
+                elif b == ESC_ESC:
+                    b = ESC
+                else:
+                    self._error = "escape"
+                    continue
+            elif b == ESC:
+                self._esc = True
+                continue
+            if len(self._buf) >= self.max_body:
+                self._error = "overlong"
+                continue
+            self._buf.append(b)
+        return frames
+
+
+# --- frames --------------------------------------------------------------------------------------
+def _u8(name, v, lo=0, hi=255) -> int:
+    if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or not lo <= v <= hi:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {v!r}")
+    return int(v)
+
+
+def encode_command(op: int, payload: bytes = b"") -> bytes:
+    """The wire bytes of a command: ``escape(op | payload | crc) END``."""
+    body = bytes([_u8("opcode", op)]) + bytes(payload)
+    if len(body) + 1 > MAX_BODY:
+        raise ValueError(f"{op_name(op)}: body of {len(body) + 1} bytes exceeds MAX_BODY={MAX_BODY}")
+    return slip_escape(body + bytes([crc8(body)]))
+
+
+def encode_response(status: int, op: int, payload: bytes = b"") -> bytes:
+    """The wire bytes of a response: ``escape(status | op | payload | crc) END``."""
+    body = bytes([_u8("status", status), _u8("opcode", op)]) + bytes(payload)
+    return slip_escape(body + bytes([crc8(body)]))
+
+
+def split_command(body: bytes) -> tuple[int, bytes]:
+    """(opcode, payload) of a command body whose CRC has been checked."""
+    return body[0], bytes(body[1:-1])
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    op: int
+    payload: bytes
+
+
+def decode_response(frame: Frame) -> Response:
+    """Check a received response frame (framing, length, CRC) and split it."""
+    if frame.error:
+        raise ProtocolError(f"response frame has a framing error ({frame.error})")
+    body = frame.body
+    if len(body) < 3:
+        raise ProtocolError(f"response frame of {len(body)} bytes is too short (need status, opcode, crc)")
+    if crc8(body) != 0:
+        raise ProtocolError(f"response CRC mismatch (body {body[:8].hex()}..., {len(body)} bytes)")
+    return Response(body[0], body[1], bytes(body[2:-1]))
+
+
+# --- vectors -------------------------------------------------------------------------------------
+def _int_vec(name, a, lo, hi) -> np.ndarray:
+    a = np.asarray(a)
+    if hasattr(a, "dtype") and a.dtype.kind not in "iu":
+        raise ValueError(f"{name}: expected integers, got dtype {a.dtype}")
+    if a.ndim != 1:
+        raise ValueError(f"{name}: expected a vector, got shape {a.shape}")
+    if a.size and (a.min() < lo or a.max() > hi):
+        raise ValueError(f"{name}: values must lie in [{lo}, {hi}], got [{a.min()}, {a.max()}]")
+    return a.astype(np.int64)
+
+
+def _to_numpy(a):
+    # torch tensors (fixed_torch) and numpy arrays alike; torch stays an optional import here.
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def pack_bfp8(mant, exp, n: int | None = None, name: str = "vector") -> bytes:
+    """A BFP8 vector: ``exp i8 | n x mant i8``. Checks the contract's ranges (the device would
+    answer BAD_ARG)."""
+    m = _int_vec(f"{name} mantissas", _to_numpy(mant), -fixed.MANT_MAX, fixed.MANT_MAX)
+    if n is not None and m.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} mantissas, got {m.shape[0]}")
+    e = _u8(f"{name} exponent", int(_to_numpy(exp)), fixed.EXP_MIN, fixed.EXP_MAX)
+    return struct.pack("<b", e) + m.astype(np.int8).tobytes()
+
+
+def unpack_bfp8(buf: bytes, n: int) -> tuple[np.ndarray, int]:
+    """(mant int64 [n], exp) from ``1 + n`` bytes; no range check (the device's job)."""
+    if len(buf) != 1 + n:
+        raise ValueError(f"BFP8 vector of length {n} needs {1 + n} bytes, got {len(buf)}")
+    return np.frombuffer(buf, dtype=np.int8, offset=1).astype(np.int64), struct.unpack_from("<b", buf)[0]
+
+
+def pack_wide(mant, exp) -> bytes:
+    """A wide vector: ``exp i16 | n x mant i16``."""
+    m = _int_vec("wide mantissas", _to_numpy(mant), -(1 << 15), (1 << 15) - 1)
+    e = _u8("wide exponent", int(exp), -(1 << 15), (1 << 15) - 1)
+    return struct.pack("<h", e) + m.astype("<i2").tobytes()
+
+
+def unpack_wide(buf: bytes, n: int) -> tuple[np.ndarray, int]:
+    if len(buf) != 2 + 2 * n:
+        raise ValueError(f"wide vector of length {n} needs {2 + 2 * n} bytes, got {len(buf)}")
+    return np.frombuffer(buf, dtype="<i2", offset=2).astype(np.int64), struct.unpack_from("<h", buf)[0]
+
+
+# --- command payloads ----------------------------------------------------------------------------
+def pack_load_weights(matrix: int, exp: int, shift: int, row_offset: int, mant_rows) -> bytes:
+    """LOAD_WEIGHTS payload for rows ``row_offset ..`` of W_q (matrix 0) or W_k (matrix 1)."""
+    rows = _to_numpy(mant_rows)
+    if rows.ndim != 2 or rows.shape[0] < 1:
+        raise ValueError(f"LOAD_WEIGHTS: mantissa rows must be a non-empty 2-D array, got shape {rows.shape}")
+    flat = _int_vec("weight mantissas", rows.reshape(-1), -fixed.MANT_MAX, fixed.MANT_MAX)
+    header = struct.pack("<BbBHH", _u8("matrix", matrix, 0, 1), _u8("weight exponent", exp, fixed.EXP_MIN, fixed.EXP_MAX),
+                         _u8("weight shift", shift, 0, SHIFT_MAX), _u8("row_offset", row_offset, 0, 0xFFFF),
+                         _u8("rows", rows.shape[0], 1, 0xFFFF))
+    return header + flat.astype(np.int8).tobytes()
+
+
+def weight_chunks(matrix: int, qw, chunk: int = LOAD_CHUNK) -> list[bytes]:
+    """LOAD_WEIGHTS payloads that load a whole QuantWeight in row order, ``chunk`` mantissas
+    (at least one row) per frame."""
+    mant = _to_numpy(qw.mant)
+    if mant.ndim != 2:
+        raise ValueError(f"weights must be a (d, d_h) matrix, got shape {mant.shape}")
+    rows_per = max(1, chunk // mant.shape[1])
+    return [pack_load_weights(matrix, int(qw.exp), int(qw.shift), r, mant[r:r + rows_per])
+            for r in range(0, mant.shape[0], rows_per)]
+
+
+def pack_vector_cmd(mant, exp, d: int) -> bytes:
+    """WRITE_MEMORY / RECALL payload: one BFP8 vector of length d."""
+    return pack_bfp8(mant, exp, d)
+
+
+def pack_read_slot(slot: int) -> bytes:
+    return struct.pack("<H", _u8("slot", slot, 0, 0xFFFF))
+
+
+def pack_attention(q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, causal: bool = False) -> bytes:
+    """ATTENTION payload: header then Q, K, V rows as BFP8 vectors."""
+    q, k, v = (_to_numpy(x) for x in (q_mant, k_mant, v_mant))
+    if q.ndim != 2 or k.ndim != 2 or v.ndim != 2 or k.shape != v.shape or q.shape[1] != k.shape[1]:
+        raise ValueError(f"ATTENTION: Q {q.shape}, K {k.shape}, V {v.shape} must be 2-D with equal widths "
+                         "and as many V rows as K rows")
+    qe, ke, ve = (np.asarray(_to_numpy(x)).reshape(-1) for x in (q_exp, k_exp, v_exp))
+    if qe.shape[0] != q.shape[0] or ke.shape[0] != k.shape[0] or ve.shape[0] != v.shape[0]:
+        raise ValueError("ATTENTION: one exponent per Q, K and V row is required")
+    out = struct.pack("<BBB", _u8("n_q", q.shape[0], 1, 255), _u8("n_k", k.shape[0], 1, 255), 1 if causal else 0)
+    for name, rows, exps in (("Q", q, qe), ("K", k, ke), ("V", v, ve)):
+        out += b"".join(pack_bfp8(r, e, name=f"{name} row {i}") for i, (r, e) in enumerate(zip(rows, exps)))
+    return out
+
+
+def load_weights_length(body: bytes, d_h: int) -> int | None:
+    """Expected body length of a LOAD_WEIGHTS frame from its header (None: too short)."""
+    if len(body) < 8:
+        return None
+    rows = struct.unpack_from("<H", body, 6)[0]
+    return 9 + rows * d_h
+
+
+def attention_length(body: bytes, head_dim: int) -> int | None:
+    if len(body) < 4:
+        return None
+    return 5 + (body[1] + 2 * body[2]) * (1 + head_dim)
+
+
+# --- response payloads ---------------------------------------------------------------------------
+def _check_len(op: Op, payload: bytes, n: int):
+    if len(payload) != n:
+        raise ProtocolError(f"{op.name} response payload has {len(payload)} bytes, expected {n}")
+
+
+_INFO = struct.Struct("<2sBBBHHHHHHHHbbBBBBBB")
+
+
+@dataclass(frozen=True)
+class Info:
+    version: tuple[int, int]
+    capabilities: int
+    d: int
+    d_h: int
+    n_slots: int
+    lanes: int
+    head_dim: int
+    max_queries: int
+    max_keys: int
+    max_body: int
+    exp_min: int
+    exp_max: int
+    score_frac: int
+    exp2_bits: int
+    prob_bits: int
+    out_shift: int
+    align_cutoff: int
+    shift_max: int
+
+    CAP_RECALL = 1
+    CAP_ATTENTION = 2
+
+    @classmethod
+    def for_config(cls, cfg) -> "Info":
+        return cls(VERSION, cls.CAP_RECALL | cls.CAP_ATTENTION, cfg.d, cfg.d_h, cfg.n_slots, cfg.lanes,
+                   cfg.head_dim, cfg.max_queries, cfg.max_keys, MAX_BODY, fixed.EXP_MIN, fixed.EXP_MAX,
+                   fixed.SCORE_FRAC, fixed.EXP2_BITS, fixed.PROB_BITS, fixed.OUT_SHIFT, fixed.ALIGN_CUTOFF,
+                   SHIFT_MAX)
+
+    def mismatches(self, cfg) -> list[str]:
+        """Fields that differ from an engine config and from this host's format constants."""
+        want = Info.for_config(cfg)
+        return [f"{f}: device {getattr(self, f)} != expected {getattr(want, f)}"
+                for f in self.__dataclass_fields__ if f not in ("version", "capabilities")
+                and getattr(self, f) != getattr(want, f)]
+
+
+def pack_info(info: Info) -> bytes:
+    return _INFO.pack(MAGIC, *info.version, info.capabilities, info.d, info.d_h, info.n_slots, info.lanes,
+                      info.head_dim, info.max_queries, info.max_keys, info.max_body, info.exp_min, info.exp_max,
+                      info.score_frac, info.exp2_bits, info.prob_bits, info.out_shift, info.align_cutoff,
+                      info.shift_max)
+
+
+def unpack_info(payload: bytes) -> Info:
+    _check_len(Op.INFO, payload, _INFO.size)
+    f = _INFO.unpack(payload)
+    if f[0] != MAGIC:
+        raise ProtocolError(f"INFO magic is {f[0]!r}, expected {MAGIC!r}: not an hmtx device")
+    return Info((f[1], f[2]), *f[3:])
+
+
+_STATUS = struct.Struct("<HHBHH")
+
+
+@dataclass(frozen=True)
+class CacheStatus:
+    fill: int
+    write_ptr: int
+    flags: int
+    q_rows: int
+    k_rows: int
+
+    @property
+    def wq_loaded(self) -> bool:
+        return bool(self.flags & 1)
+
+    @property
+    def wk_loaded(self) -> bool:
+        return bool(self.flags & 2)
+
+
+def pack_status(s: CacheStatus) -> bytes:
+    return _STATUS.pack(s.fill, s.write_ptr, s.flags, s.q_rows, s.k_rows)
+
+
+def unpack_status(payload: bytes) -> CacheStatus:
+    _check_len(Op.STATUS, payload, _STATUS.size)
+    return CacheStatus(*_STATUS.unpack(payload))
+
+
+_CYCLES = struct.Struct("<QIB")
+
+
+@dataclass(frozen=True)
+class Cycles:
+    total: int
+    last: int
+    last_op: int
+
+
+def pack_cycles(c: Cycles) -> bytes:
+    return _CYCLES.pack(c.total, min(c.last, 0xFFFFFFFF), c.last_op)
+
+
+def unpack_cycles(payload: bytes) -> Cycles:
+    _check_len(Op.CYCLES, payload, _CYCLES.size)
+    return Cycles(*_CYCLES.unpack(payload))
+
+
+def pack_write(slot: int, fill: int) -> bytes:
+    return struct.pack("<HH", slot, fill)
+
+
+def unpack_write(payload: bytes) -> tuple[int, int]:
+    """(slot written, fill after)."""
+    _check_len(Op.WRITE_MEMORY, payload, 4)
+    return struct.unpack("<HH", payload)
+
+
+def pack_slot(m_mant, m_exp, k_mant, k_exp) -> bytes:
+    m = _int_vec("stored memory", _to_numpy(m_mant), -128, 127)
+    return struct.pack("<b", int(m_exp)) + m.astype(np.int8).tobytes() + pack_wide(k_mant, k_exp)
+
+
+def unpack_slot(payload: bytes, d: int, d_h: int):
+    """(m_mant [d], m_exp, k_mant [d_h], k_exp)."""
+    _check_len(Op.READ_SLOT, payload, 3 + d + 2 * d_h)
+    m, me = unpack_bfp8(payload[:1 + d], d)
+    k, ke = unpack_wide(payload[1 + d:], d_h)
+    return m, me, k, ke
+
+
+def pack_recall(p_mant, p_exp, probs) -> bytes:
+    pr = _int_vec("probabilities", _to_numpy(probs), 0, 0xFFFF)
+    return pack_wide(p_mant, p_exp) + struct.pack("<H", pr.shape[0]) + pr.astype("<u2").tobytes()
+
+
+def unpack_recall(payload: bytes, d: int):
+    """(p_mant int64 [d], p_exp, probs int64 [n])."""
+    if len(payload) < 4 + 2 * d:
+        raise ProtocolError(f"RECALL response payload has {len(payload)} bytes, expected at least {4 + 2 * d}")
+    p, pe = unpack_wide(payload[:2 + 2 * d], d)
+    (n,) = struct.unpack_from("<H", payload, 2 + 2 * d)
+    _check_len(Op.RECALL, payload, 4 + 2 * d + 2 * n)
+    probs = np.frombuffer(payload, dtype="<u2", offset=4 + 2 * d).astype(np.int64)
+    return p, pe, probs
+
+
+def pack_attention_rsp(out_mant, out_exp) -> bytes:
+    return b"".join(pack_wide(r, e) for r, e in zip(_to_numpy(out_mant), _to_numpy(out_exp)))
+
+
+def unpack_attention(payload: bytes, n_q: int, head_dim: int):
+    """(out_mant int64 [n_q, head_dim], out_exp int64 [n_q])."""
+    row = 2 + 2 * head_dim
+    _check_len(Op.ATTENTION, payload, n_q * row)
+    rows = [unpack_wide(payload[i * row:(i + 1) * row], head_dim) for i in range(n_q)]
+    return (np.stack([r[0] for r in rows]).reshape(n_q, head_dim),
+            np.array([r[1] for r in rows], dtype=np.int64))

@@ -1,0 +1,378 @@
+"""The wire protocol (docs/protocol.md) and the golden device that defines its behaviour."""
+
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from hmtx.host import protocol as P
+from hmtx.host.golden_device import GoldenDevice
+from hmtx.model import fixed
+from hmtx.model.configs import get_config
+
+from hmtx.host.protocol import Op, Status
+
+SEED = int(os.environ.get("HMTX_SEED", "1234"))
+CFG = get_config("tiny")
+
+
+# --- helpers -------------------------------------------------------------------------------------
+def responses(raw: bytes) -> list[P.Response]:
+    return [P.decode_response(f) for f in P.FrameDecoder().feed(raw)]
+
+
+def xact(dev, op, payload=b"") -> P.Response:
+    (r,) = responses(dev.feed(P.encode_command(op, payload)))
+    assert r.op == op
+    return r
+
+
+def ok(dev, op, payload=b"") -> bytes:
+    r = xact(dev, op, payload)
+    assert r.status == Status.OK, Status(r.status).name
+    return r.payload
+
+
+def status_of(dev, raw: bytes) -> int:
+    (r,) = responses(dev.feed(raw))
+    assert r.payload == b""
+    return r.status
+
+
+def weights(rng, cfg=CFG):
+    return [fixed.quantize_weight(rng.normal(size=(cfg.d, cfg.d_h))) for _ in range(2)]
+
+
+def loaded_device(rng, cfg=CFG, chunk=P.LOAD_CHUNK):
+    dev = GoldenDevice(cfg)
+    qws = weights(rng, cfg)
+    for i, qw in enumerate(qws):
+        for p in P.weight_chunks(i, qw, chunk):
+            ok(dev, Op.LOAD_WEIGHTS, p)
+    return dev, qws
+
+
+def vec(rng, d=CFG.d):
+    m, e = fixed.quantize_bfp(rng.normal(size=d) * 4)
+    return m, int(e)
+
+
+def snapshot(dev) -> tuple:
+    """Everything observable through the protocol except the cycle counters."""
+    st = ok(dev, Op.STATUS)
+    slots = tuple(ok(dev, Op.READ_SLOT, P.pack_read_slot(s)) for s in range(P.unpack_status(st).fill))
+    return st, slots
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(SEED)
+
+
+# --- CRC and framing ---------------------------------------------------------------------------
+def test_crc8_check_value_and_residue():
+    assert P.crc8(b"123456789") == 0xF4          # CRC-8/SMBUS catalogue check value
+    for body in (b"\x01", b"\xc0\xdb\x00\xff" * 7, bytes(range(256))):
+        assert P.crc8(body + bytes([P.crc8(body)])) == 0
+
+
+def test_slip_round_trip_with_special_bytes():
+    body = bytes([0xC0, 0xDB, 0xDC, 0xDD, 0x00, 0xC0, 0xC0, 0xDB])
+    wire = P.slip_escape(body)
+    assert wire.count(P.END) == 1 and wire[-1] == P.END
+    assert P.FrameDecoder().feed(wire) == [P.Frame(body)]
+    # Byte by byte gives the same frame; empty frames vanish.
+    dec = P.FrameDecoder()
+    frames = [f for b in b"\xc0\xc0" + wire for f in dec.feed(bytes([b]))]
+    assert frames == [P.Frame(body)]
+
+
+def test_decoder_escape_and_overlong_errors():
+    dec = P.FrameDecoder(max_body=4)
+    assert dec.feed(b"\x01\xdb\x00\x02\xdb\xc0") == [P.Frame(b"\x01", "escape")]
+    assert dec.feed(b"\xdb\xc0") == [P.Frame(b"", "escape")]
+    assert dec.feed(b"\x01\x02\x03\x04\x05\x06\xc0") == [P.Frame(b"\x01\x02\x03\x04", "overlong")]
+    assert dec.feed(b"\x07\xc0") == [P.Frame(b"\x07")]
+
+
+def test_response_decode_errors():
+    good = P.encode_response(Status.OK, Op.INFO, b"abc")
+    assert responses(good)[0] == P.Response(0, Op.INFO, b"abc")
+    bad_crc = bytearray(good)
+    bad_crc[2] ^= 1
+    with pytest.raises(P.ProtocolError, match="CRC"):
+        responses(bytes(bad_crc))
+    with pytest.raises(P.ProtocolError, match="too short"):
+        responses(P.slip_escape(b"\x00\x00"))
+    with pytest.raises(P.ProtocolError, match="framing"):
+        responses(b"\x00\xdb\x01\xc0")
+
+
+def test_pack_helpers_reject_bad_input():
+    with pytest.raises(ValueError, match="mantissas"):
+        P.pack_bfp8(np.array([1, -128]), 0)
+    with pytest.raises(ValueError, match="exponent"):
+        P.pack_bfp8(np.array([1, 2]), 64)
+    with pytest.raises(ValueError, match="expected 3 mantissas"):
+        P.pack_bfp8(np.array([1, 2]), 0, 3)
+    with pytest.raises(ValueError, match="matrix"):
+        P.pack_load_weights(2, 0, 0, 0, np.zeros((1, 8), np.int64))
+    with pytest.raises(ValueError, match="opcode"):
+        P.encode_command(256)
+    with pytest.raises(ValueError, match="MAX_BODY"):
+        P.encode_command(Op.LOAD_WEIGHTS, bytes(P.MAX_BODY))
+
+
+# --- every opcode -------------------------------------------------------------------------------
+def test_info_matches_config():
+    dev = GoldenDevice(CFG)
+    info = P.unpack_info(ok(dev, Op.INFO))
+    assert info.version == P.VERSION and info.mismatches(CFG) == []
+    assert (info.d, info.d_h, info.n_slots, info.lanes) == (24, 8, 4, 4)
+    assert info.mismatches(get_config("up5k"))
+
+
+def test_fresh_status_and_cycles():
+    dev = GoldenDevice(CFG)
+    assert P.unpack_status(ok(dev, Op.STATUS)) == P.CacheStatus(0, 0, 0, 0, 0)
+    assert P.unpack_cycles(ok(dev, Op.CYCLES)) == P.Cycles(0, 0, 0)
+
+
+def test_load_write_read_recall_match_fixed(rng):
+    dev, (qw_q, qw_k) = loaded_device(rng, chunk=40)        # 5 rows per chunk: 5 chunks each
+    st = P.unpack_status(ok(dev, Op.STATUS))
+    assert (st.wq_loaded, st.wk_loaded, st.q_rows, st.k_rows) == (True, True, CFG.d, CFG.d)
+    mems = [vec(rng) for _ in range(CFG.n_slots + 2)]
+    for i, (m, e) in enumerate(mems):
+        slot, fill = P.unpack_write(ok(dev, Op.WRITE_MEMORY, P.pack_vector_cmd(m, e, CFG.d)))
+        assert (slot, fill) == (i % CFG.n_slots, min(i + 1, CFG.n_slots))
+    # Ring: slot s holds the newest memory written there.
+    held = {i % CFG.n_slots: mems[i] for i in range(len(mems))}
+    km, ke = [], []
+    for s in range(CFG.n_slots):
+        m, me, k, kexp = P.unpack_slot(ok(dev, Op.READ_SLOT, P.pack_read_slot(s)), CFG.d, CFG.d_h)
+        want_k, want_ke = fixed.project(qw_k, held[s][0][None, :], np.array([held[s][1]]))
+        assert np.array_equal(m, held[s][0]) and me == held[s][1]
+        assert np.array_equal(k, want_k[0]) and kexp == want_ke[0]
+        km.append(k)
+        ke.append(kexp)
+    s_m, s_e = vec(rng)
+    p, pe, probs = P.unpack_recall(ok(dev, Op.RECALL, P.pack_vector_cmd(s_m, s_e, CFG.d)), CFG.d)
+    mm = np.stack([held[s][0] for s in range(CFG.n_slots)])
+    me = np.array([held[s][1] for s in range(CFG.n_slots)])
+    wp, wpe, wprobs = fixed.recall(qw_q, s_m, s_e, np.stack(km), np.array(ke), mm, me)
+    assert np.array_equal(p, wp) and pe == wpe and np.array_equal(probs, wprobs)
+    cyc = P.unpack_cycles(ok(dev, Op.CYCLES))
+    n = CFG.n_slots
+    assert cyc.last_op == Op.RECALL and cyc.last == -(-(CFG.d * CFG.d_h + n * CFG.d_h + n * CFG.d) // CFG.lanes)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_matches_fixed(rng, causal):
+    dev = GoldenDevice(CFG)
+    n_q, n_k, hd = 3, 5, CFG.head_dim
+    q, qe = fixed.quantize_bfp(rng.normal(size=(n_q, hd)))
+    k, ke = fixed.quantize_bfp(rng.normal(size=(n_k, hd)))
+    v, ve = fixed.quantize_bfp(rng.normal(size=(n_k, hd)))
+    payload = P.pack_attention(q, qe, k, ke, v, ve, causal)
+    out, oe = P.unpack_attention(ok(dev, Op.ATTENTION, payload), n_q, hd)
+    want, want_e, _ = fixed.attend(q, qe, k, ke, v, ve, fixed.causal_mask(n_q, n_k) if causal else None)
+    assert np.array_equal(out, want) and np.array_equal(oe, want_e)
+
+
+def test_reset_cache_keeps_weights(rng):
+    dev, _ = loaded_device(rng)
+    ok(dev, Op.WRITE_MEMORY, P.pack_vector_cmd(*vec(rng), CFG.d))
+    ok(dev, Op.RESET_CACHE)
+    assert P.unpack_status(ok(dev, Op.STATUS)) == P.CacheStatus(0, 0, 3, CFG.d, CFG.d)
+
+
+# --- every error code -------------------------------------------------------------------------
+def cmd_body(op, payload=b"") -> bytes:
+    body = bytes([op]) + payload
+    return body + bytes([P.crc8(body)])
+
+
+def test_bad_frame_cases():
+    dev = GoldenDevice(CFG)
+    assert responses(dev.feed(b"\x02\xdb\x41\x03\xc0")) == [P.Response(Status.BAD_FRAME, 0x02, b"")]
+    assert responses(dev.feed(b"\xdb\xc0")) == [P.Response(Status.BAD_FRAME, 0x00, b"")]
+    assert responses(dev.feed(b"\x02\xc0")) == [P.Response(Status.BAD_FRAME, 0x02, b"")]  # 1-byte body
+    overlong = P.slip_escape(bytes(P.MAX_BODY + 1))
+    assert status_of(dev, overlong) == Status.BAD_FRAME
+    assert dev.feed(b"\xc0\xc0\xc0") == b""                                               # empty frames
+
+
+def test_bad_crc_opcode_length():
+    dev = GoldenDevice(CFG)
+    body = bytearray(cmd_body(Op.STATUS))
+    body[-1] ^= 0x10
+    assert status_of(dev, P.slip_escape(bytes(body))) == Status.BAD_CRC
+    assert status_of(dev, P.slip_escape(cmd_body(0x7E))) == Status.BAD_OPCODE
+    assert status_of(dev, P.encode_command(Op.STATUS, b"\x00")) == Status.BAD_LENGTH
+    assert status_of(dev, P.encode_command(Op.WRITE_MEMORY, bytes(CFG.d))) == Status.BAD_LENGTH
+    assert status_of(dev, P.encode_command(Op.RECALL, bytes(CFG.d + 2))) == Status.BAD_LENGTH
+    assert status_of(dev, P.encode_command(Op.READ_SLOT, b"\x00")) == Status.BAD_LENGTH
+    assert status_of(dev, P.encode_command(Op.LOAD_WEIGHTS, bytes(6))) == Status.BAD_LENGTH
+    lw = P.pack_load_weights(0, 0, 0, 0, np.ones((2, CFG.d_h), np.int64))
+    assert status_of(dev, P.encode_command(Op.LOAD_WEIGHTS, lw[:-1])) == Status.BAD_LENGTH
+    assert status_of(dev, P.encode_command(Op.ATTENTION, b"\x01\x01")) == Status.BAD_LENGTH
+    assert status_of(dev, P.encode_command(Op.ATTENTION, b"\x01\x01\x00" + bytes(3 * (CFG.head_dim + 1) - 1))) \
+        == Status.BAD_LENGTH
+    # CRC is checked before the opcode, the opcode before the length.
+    bad = bytearray(cmd_body(0x7E, b"\x00\x00"))
+    bad[-1] ^= 1
+    assert status_of(dev, P.slip_escape(bytes(bad))) == Status.BAD_CRC
+
+
+def test_bad_arg_cases(rng):
+    dev, _ = loaded_device(rng)
+    d, dh, hd = CFG.d, CFG.d_h, CFG.head_dim
+    bad_mant = bytes([0]) + bytes([0x80]) + bytes(d - 1)
+    bad_exp = struct.pack("<b", 64) + bytes(d)
+    for op in (Op.WRITE_MEMORY, Op.RECALL):
+        assert status_of(dev, P.encode_command(op, bad_mant)) == Status.BAD_ARG
+        assert status_of(dev, P.encode_command(op, bad_exp)) == Status.BAD_ARG
+    one_row = bytes(dh)
+
+    def lw(matrix, exp, shift, off, rows, data=None):
+        return P.encode_command(Op.LOAD_WEIGHTS, struct.pack("<BbBHH", matrix, exp, shift, off, rows)
+                                + (data if data is not None else one_row * rows))
+    for raw in (lw(2, 0, 0, 0, 1), lw(0, -65, 0, 0, 1), lw(0, 0, 32, 0, 1), lw(0, 0, 0, 0, 0),
+                lw(0, 0, 0, d - 1, 2), lw(0, 0, 0, 3, 1), lw(0, 0, 0, 0, 1, b"\x80" + bytes(dh - 1))):
+        assert status_of(dev, raw) == Status.BAD_ARG
+    # A later chunk must repeat the exponent and shift of row 0.
+    ok(dev, Op.LOAD_WEIGHTS, struct.pack("<BbBHH", 1, 3, 2, 0, 1) + one_row)
+    assert status_of(dev, lw(1, 4, 2, 1, 1)) == Status.BAD_ARG
+
+    def att(n_q, n_k, flags, rows=None, first=b"\x00"):
+        n = n_q + 2 * n_k if rows is None else rows
+        return P.encode_command(Op.ATTENTION, bytes([n_q, n_k, flags]) + first + bytes((hd + 1) * n - 1))
+    for raw in (att(0, 1, 0), att(CFG.max_queries + 1, 1, 0), att(1, 0, 0), att(1, CFG.max_keys + 1, 0),
+                att(1, 1, 2), att(3, 2, 1), att(1, 1, 0, first=b"\x40")):
+        assert status_of(dev, raw) == Status.BAD_ARG
+
+
+def test_state_errors(rng):
+    dev = GoldenDevice(CFG)
+    v = P.pack_vector_cmd(*vec(rng), CFG.d)
+    assert status_of(dev, P.encode_command(Op.WRITE_MEMORY, v)) == Status.NO_WEIGHTS
+    assert status_of(dev, P.encode_command(Op.RECALL, v)) == Status.NO_WEIGHTS
+    assert status_of(dev, P.encode_command(Op.READ_SLOT, P.pack_read_slot(0))) == Status.SLOT_RANGE
+    qw_q, qw_k = weights(rng)
+    for p in P.weight_chunks(1, qw_k):
+        ok(dev, Op.LOAD_WEIGHTS, p)
+    ok(dev, Op.WRITE_MEMORY, v)
+    assert status_of(dev, P.encode_command(Op.RECALL, v)) == Status.NO_WEIGHTS     # W_q still missing
+    for p in P.weight_chunks(0, qw_q):
+        ok(dev, Op.LOAD_WEIGHTS, p)
+    ok(dev, Op.RESET_CACHE)
+    assert status_of(dev, P.encode_command(Op.RECALL, v)) == Status.EMPTY_CACHE
+    ok(dev, Op.WRITE_MEMORY, v)
+    ok(dev, Op.READ_SLOT, P.pack_read_slot(0))
+    assert status_of(dev, P.encode_command(Op.READ_SLOT, P.pack_read_slot(1))) == Status.SLOT_RANGE
+
+
+def test_partial_weights_are_not_loaded(rng):
+    dev = GoldenDevice(CFG)
+    qw_q, _ = weights(rng)
+    chunks = P.weight_chunks(0, qw_q, chunk=CFG.d_h * 4)
+    for p in chunks[:-1]:
+        ok(dev, Op.LOAD_WEIGHTS, p)
+    assert not P.unpack_status(ok(dev, Op.STATUS)).wq_loaded
+    ok(dev, Op.LOAD_WEIGHTS, chunks[-1])
+    assert P.unpack_status(ok(dev, Op.STATUS)).wq_loaded
+
+
+@pytest.mark.parametrize("damage", ["crc", "length", "escape", "arg"])
+def test_failed_weight_chunk_invalidates_only_its_matrix(rng, damage):
+    dev, _ = loaded_device(rng)
+    good = P.pack_load_weights(1, 0, 0, 0, np.ones((1, CFG.d_h), np.int64))
+    if damage == "crc":
+        body = bytearray(cmd_body(Op.LOAD_WEIGHTS, good))
+        body[9] ^= 4
+        raw = P.slip_escape(bytes(body))
+    elif damage == "length":
+        raw = P.encode_command(Op.LOAD_WEIGHTS, good + b"\x00")
+    elif damage == "escape":
+        raw = P.encode_command(Op.LOAD_WEIGHTS, good)[:-4] + b"\xdb\x00\xc0"
+    else:
+        raw = P.encode_command(Op.LOAD_WEIGHTS, good[:7] + b"\x80" + good[8:])
+    assert status_of(dev, raw) != Status.OK
+    st = P.unpack_status(ok(dev, Op.STATUS))
+    assert (st.wq_loaded, st.wk_loaded, st.k_rows) == (True, False, 0)
+
+
+def test_failed_commands_change_nothing(rng):
+    dev, _ = loaded_device(rng)
+    for _ in range(3):
+        ok(dev, Op.WRITE_MEMORY, P.pack_vector_cmd(*vec(rng), CFG.d))
+    before = snapshot(dev)
+    cyc = ok(dev, Op.CYCLES)
+    v = P.pack_vector_cmd(*vec(rng), CFG.d)
+    wire = P.encode_command(Op.WRITE_MEMORY, v)
+    for raw in (wire[:-3] + b"\xc0",                                  # truncated
+                wire[:5] + b"\x00" + wire[6:],                        # corrupted
+                P.encode_command(Op.WRITE_MEMORY, v + b"\x00"),      # overlong for the opcode
+                P.encode_command(Op.RESET_CACHE, b"\x00"),
+                P.encode_command(Op.RECALL, v[:-1] + b"\x80")):
+        assert status_of(dev, raw) != Status.OK
+    assert snapshot(dev) == before
+    assert ok(dev, Op.CYCLES) == cyc
+
+
+# --- resynchronization and fuzz -----------------------------------------------------------
+def test_resync_after_garbage_and_truncation(rng):
+    dev = GoldenDevice(CFG)
+    info = P.encode_command(Op.INFO)
+    # Garbage without END produces nothing yet; its END ends it with exactly one error.
+    assert dev.feed(bytes(rng.integers(0, 0xC0, 50, dtype=np.uint8))) == b""
+    rs = responses(dev.feed(b"\xc0" + info))
+    assert len(rs) == 2 and rs[0].status != Status.OK
+    assert (rs[1].status, rs[1].op) == (Status.OK, Op.INFO)
+    # A frame cut short: the next frame's bytes join it, one error, then back in sync.
+    write = P.encode_command(Op.WRITE_MEMORY, P.pack_vector_cmd(*vec(rng), CFG.d))
+    rs = responses(dev.feed(write[:10] + info + info))
+    assert len(rs) == 2 and rs[0].status in (Status.BAD_CRC, Status.BAD_LENGTH)
+    assert (rs[1].status, rs[1].op) == (Status.OK, Op.INFO)
+
+
+def test_fuzz_random_bytes_and_mutations():
+    """Random mutations of valid traffic: the device answers one frame per non-empty frame,
+    never raises, and its state changes only through OK responses (and failed LOAD_WEIGHTS
+    frames, which a twin device is shown too)."""
+    seed = SEED
+    dev, _ = loaded_device(np.random.default_rng(seed))
+    twin, _ = loaded_device(np.random.default_rng(seed))
+    r = np.random.default_rng(seed + 1)
+    cmds = [P.encode_command(Op.WRITE_MEMORY, P.pack_vector_cmd(*vec(r), CFG.d)) for _ in range(4)]
+    cmds += [P.encode_command(Op.RECALL, P.pack_vector_cmd(*vec(r), CFG.d)),
+             P.encode_command(Op.READ_SLOT, P.pack_read_slot(1)), P.encode_command(Op.STATUS),
+             P.encode_command(Op.RESET_CACHE), P.encode_command(Op.INFO)]
+    for it in range(300):
+        where = f"seed {seed} (HMTX_SEED) iteration {it}"
+        raw = bytearray(cmds[r.integers(len(cmds))])
+        kind = r.integers(4)
+        if kind == 0:
+            raw[r.integers(len(raw) - 1)] = r.integers(256)
+        elif kind == 1:
+            del raw[r.integers(len(raw) - 1)]
+        elif kind == 2:
+            raw = bytearray(r.integers(0, 256, r.integers(1, 40), dtype=np.uint8).tobytes()) + b"\xc0"
+        frames = P.FrameDecoder().feed(bytes(raw))
+        got = responses(dev.feed(bytes(raw)))
+        assert len(got) == len(frames), f"{where}: {len(got)} responses for {len(frames)} frames"
+        for f, resp in zip(frames, got):
+            if resp.status == Status.OK or f.body[:1] == bytes([Op.LOAD_WEIGHTS]):
+                want = twin.feed(bytes(raw) if f.error else P.slip_escape(f.body))
+                assert want == P.encode_response(resp.status, resp.op, resp.payload), where
+        assert dev.feed(P.encode_command(Op.STATUS)) == twin.feed(P.encode_command(Op.STATUS)), \
+            f"{where}: state diverged after {bytes(raw).hex()}"
+
+
+def test_doc_table_lengths():
+    """The numbers printed in docs/protocol.md section 6."""
+    for name, write, read, recall in (("tiny", 27, 46, 63), ("smollm", 579, 1094, 1287), ("up5k", 67, 134, 167)):
+        c = get_config(name)
+        assert (c.d + 3, 3 + 3 + c.d + 2 * c.d_h, 3 + 4 + 2 * c.d + 2 * c.n_slots) == (write, read, recall)
