@@ -34,8 +34,9 @@ class EchoCore(wiring.Component):
 
     It keeps the last 2P command bytes as a window of signed int8 values ``x[0..P-1]`` (the P
     most recent) and ``w[0..P-1]`` (the P before them). For each new byte ``b`` it answers
-    ``(b + sum(x[i] * w[i])) mod 256`` over the window *before* ``b`` enters it, so with an
-    all-zero window the core echoes. The products are registered (int8 × int8 in one DSP on
+    ``(b + fold(sum(x[i] * w[i]))) mod 256`` over the window *before* ``b`` enters it, where
+    ``fold`` XORs the three bytes of the sum's 24-bit two's complement; with an all-zero window
+    the core echoes. The products are registered (int8 × int8 in one DSP on
     ECP5, with a register on each side as TOOLCHAIN.md advises) and summed by a registered
     adder tree; the window is reset-less (initial value zero) to keep the reset net off the
     datapath. :func:`echo_core_reference` is the bit-exact Python model.
@@ -83,6 +84,11 @@ class EchoCore(wiring.Component):
                 nxt.append(acc)
             level, depth = nxt, depth + 1
         total = level[0]
+        # Fold every bit of the dot product into the answer byte; answering with only its low
+        # byte would let Yosys trim the multipliers to 8-bit results (and off the DSPs).
+        total24 = Signal(signed(24))
+        fold = Signal(8)
+        m.d.comb += [total24.eq(total), fold.eq(total24[0:8] ^ total24[8:16] ^ total24[16:24])]
 
         wait = Signal(range(depth + 1))
         with m.FSM():
@@ -102,7 +108,7 @@ class EchoCore(wiring.Component):
                 with m.Else():
                     m.d.sync += wait.eq(wait - 1)
             with m.State("SEND"):
-                m.d.comb += [self.rsp.valid.eq(1), self.rsp.payload.eq(byte + total[:8])]
+                m.d.comb += [self.rsp.valid.eq(1), self.rsp.payload.eq(byte + fold)]
                 with m.If(self.rsp.ready):
                     m.next = "IDLE"
         return m
@@ -113,8 +119,8 @@ def echo_core_reference(data, lanes):
     window = [0] * (2 * lanes)
     out = bytearray()
     for b in data:
-        dot = sum(window[i] * window[lanes + i] for i in range(lanes))
-        out.append((b + dot) & 0xFF)
+        dot = sum(window[i] * window[lanes + i] for i in range(lanes)) & 0xFFFFFF
+        out.append((b + (dot ^ (dot >> 8) ^ (dot >> 16))) & 0xFF)
         window = [b - 256 if b >= 128 else b] + window[:-1]
     return bytes(out)
 
