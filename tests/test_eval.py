@@ -1,0 +1,89 @@
+"""`hmtx eval` on the tiny backbone: scored tokens, perplexity arithmetic, JSON, plot, bad input."""
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from hmt_testlib import SEED, random_ids, tiny_hmt
+from hmtx.host import cmd_eval
+from hmtx.model.evaluate import evaluate
+from hmtx.model.text import TokenDocument
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser()
+    cmd_eval.register(parser.add_subparsers())
+    return parser.parse_args(argv)
+
+
+TINY_ARGS = ["--backbone", "tiny", "--segment-length", "24", "--sensory", "4", "--cache-size", "2",
+             "--d-h", "8", "--quiet"]
+
+
+def test_backbone_ppl_equals_direct_computation():
+    model = tiny_hmt()
+    B = model.config.tokens_per_segment
+    docs = [TokenDocument("a", random_ids(3 * B + 5, SEED)), TokenDocument("b", random_ids(2 * B, SEED + 1)),
+            TokenDocument("short", random_ids(B - 1, SEED + 2))]
+    res = evaluate(model, docs, segments=3, variants=("backbone", "hmt_float"), progress=False)
+    # Doc a is cut to 3 segments (3B tokens), doc b has 2; each scores len - 1 next-token targets.
+    assert res["tokens"] == (3 * B - 1) + (2 * B - 1)
+    assert res["documents"] == 2 and res["skipped_short_documents"] == 1
+    assert res["per_segment"]["tokens"] == [2 * B, 2 * B - 1, B - 1]
+    nll, n = 0.0, 0
+    E = model.lm.get_input_embeddings()
+    with torch.no_grad():
+        for d in docs[:2]:
+            ids = d.ids[:3 * B]
+            for s in range(0, ids.numel(), B):
+                logits = model.lm(inputs_embeds=E(ids[s:s + B])[None]).logits[0]
+                tgt = ids[s + 1:s + B + 1]                        # crosses into the next segment
+                nll -= float(torch.log_softmax(logits[:tgt.numel()], -1).gather(1, tgt[:, None]).sum())
+                n += tgt.numel()
+    assert n == res["tokens"]
+    assert math.isclose(res["ppl"]["backbone"], math.exp(nll / n), rel_tol=1e-5)
+    # Segment 0 of HMT is [mem || H_0 || mem]: different from backbone-only, same token count.
+    assert res["ppl"]["hmt_float"] != res["ppl"]["backbone"]
+
+
+def test_eval_command_json_and_plot(tmp_path, capsys):
+    text = tmp_path / "doc.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 6)      # 270 bytes = 13 segments of 20
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    args = _parse(["eval", "--text", str(text), "--segments", "4", "--json", str(out), "--plot", str(png)] + TINY_ARGS)
+    assert args.func(args) == 0
+    res = json.loads(out.read_text())
+    assert set(res["ppl"]) == {"backbone", "rmt", "hmt_float", "hmt_fixed"}
+    assert res["tokens"] == 4 * 18 - 1
+    assert res["per_segment"]["segment"] == [0, 1, 2, 3]
+    assert all(len(res["per_segment"][v]) == 4 for v in res["ppl"])
+    assert res["config"]["segment_length"] == 24 and res["config"]["tokens_per_segment"] == 18
+    assert res["trained"] is False and "UNTRAINED" in res["note"]
+    diff = res["recall_fixed_vs_float"]
+    assert diff["recalls"] == 2 and diff["rel_l2_max"] < 0.1
+    # Until a search runs (segments 0 and 1) fixed and float HMT are the same computation.
+    assert res["per_segment"]["hmt_fixed"][:2] == res["per_segment"]["hmt_float"][:2]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "UNTRAINED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("content,message", [("", "no text"), ("too short", "shorter than one segment")])
+def test_eval_command_bad_text(tmp_path, capsys, content, message):
+    text = tmp_path / "t.txt"
+    text.write_text(content)
+    args = _parse(["eval", "--text", str(text), "--json", str(tmp_path / "r.json")] + TINY_ARGS)
+    assert args.func(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_eval_rejects_bad_arguments():
+    model = tiny_hmt()
+    docs = [TokenDocument("a", random_ids(40))]
+    with pytest.raises(ValueError, match="segments must be a positive integer"):
+        evaluate(model, docs, segments=0, progress=False)
+    with pytest.raises(ValueError, match="unknown variant 'lstm'"):
+        evaluate(model, docs, segments=1, variants=("lstm",), progress=False)
