@@ -197,3 +197,89 @@ class GoldenDevice:
         mask = fixed.causal_mask(n_q, n_k) if causal else None
         out, oe, _ = fixed.attend(mant[sl_q], exps[sl_q], mant[sl_k], exps[sl_k], mant[sl_v], exps[sl_v], mask)
         return pack_attention_rsp(out, oe), self._ideal(2 * n_q * n_k * c.head_dim)
+
+
+def example_session(config: EngineConfig, seed: int = 0) -> list[tuple[str, bytes]]:
+    """A deterministic command session that touches every opcode and every status code, for
+    comparing implementations byte for byte: ``[(label, wire bytes)]``. Every entry holds whole
+    frames; each non-empty frame gets exactly one response.
+
+    It covers: weights missing, chunked loads with a damaged chunk, a ring that wraps, a recall
+    after every write, every slot read back, extreme vectors (+-127, exponent limits, zeros),
+    attention tiles at their largest, and malformed frames followed by valid ones.
+    """
+    from . import protocol as P
+
+    c = config
+    rng = np.random.default_rng(seed)
+    out = []
+
+    def cmd(label, op, payload=b""):
+        out.append((label, P.encode_command(op, payload)))
+
+    def vector(kind):
+        if kind == "max":
+            return np.full(c.d, 127), fixed.EXP_MAX
+        if kind == "min":
+            return np.full(c.d, -127), fixed.EXP_MIN
+        if kind == "zero":
+            return np.zeros(c.d, np.int64), fixed.EXP_MIN
+        m, e = fixed.quantize_bfp(rng.standard_t(3, size=c.d) * 2.0 ** int(rng.integers(-6, 6)))
+        return m, int(e)
+
+    qws = [fixed.quantize_weight(rng.normal(size=(c.d, c.d_h)) * s) for s in (0.05, 0.3)]
+    some = P.pack_vector_cmd(*vector("rand"), c.d)
+    cmd("info", P.Op.INFO)
+    cmd("status fresh", P.Op.STATUS)
+    cmd("write without weights", P.Op.WRITE_MEMORY, some)
+    cmd("recall without weights", P.Op.RECALL, some)
+    cmd("read empty slot", P.Op.READ_SLOT, P.pack_read_slot(0))
+    chunk = max(c.d_h, (c.d // 3) * c.d_h)          # a few chunks per matrix
+    for i, qw in enumerate(qws):
+        chunks = P.weight_chunks(i, qw, chunk)
+        for j, p in enumerate(chunks):
+            if i == 1 and j == len(chunks) - 1:
+                body = bytearray(bytes([P.Op.LOAD_WEIGHTS]) + p)
+                body.append(P.crc8(body) ^ 0x5A)
+                out.append(("damaged weight chunk", P.slip_escape(bytes(body))))
+                cmd("status after damaged chunk", P.Op.STATUS)
+                for jj, pp in enumerate(chunks):
+                    cmd(f"reload W_k chunk {jj}", P.Op.LOAD_WEIGHTS, pp)
+                break
+            cmd(f"load {'W_q' if i == 0 else 'W_k'} chunk {j}", P.Op.LOAD_WEIGHTS, p)
+        cmd(f"status after matrix {i}", P.Op.STATUS)
+    cmd("recall on empty cache", P.Op.RECALL, some)
+    kinds = ["rand", "max", "rand", "zero", "min"] + ["rand"] * (c.n_slots + 1)
+    for i, kind in enumerate(kinds):
+        cmd(f"write {i} ({kind})", P.Op.WRITE_MEMORY, P.pack_vector_cmd(*vector(kind), c.d))
+        cmd(f"recall after write {i}", P.Op.RECALL, P.pack_vector_cmd(*vector("rand" if i % 3 else "max"), c.d))
+    for s in range(c.n_slots):
+        cmd(f"read slot {s}", P.Op.READ_SLOT, P.pack_read_slot(s))
+    cmd("status full", P.Op.STATUS)
+    # Malformed frames, each followed by a valid one.
+    good = P.encode_command(P.Op.STATUS)
+    body = bytearray(bytes([P.Op.RECALL]) + some)
+    body.append(P.crc8(body) ^ 1)
+    out.append(("bad crc", P.slip_escape(bytes(body))))
+    out.append(("bad opcode", P.slip_escape(bytes([0x7F, P.crc8(b"\x7f")]))))
+    cmd("bad length", P.Op.READ_SLOT, b"\x00")
+    cmd("bad arg (mantissa -128)", P.Op.WRITE_MEMORY, some[:3] + b"\x80" + some[4:])
+    cmd("slot beyond N", P.Op.READ_SLOT, P.pack_read_slot(c.n_slots))
+    out.append(("escape error", bytes([P.Op.INFO, P.ESC, 0x01, 0x07, P.END]) + good))
+    out.append(("one-byte frame", bytes([P.Op.INFO, P.END]) + good))
+    out.append(("empty frames then status", bytes([P.END, P.END]) + good))
+    out.append(("garbage", bytes(rng.integers(0, 0xC0, 37, dtype=np.uint8)) + bytes([P.END]) + good))
+    out.append(("truncated write", P.encode_command(P.Op.WRITE_MEMORY, some)[:c.d // 2] + good))
+    # Attention tiles.
+    for causal, n_q, n_k in ((False, 1, 1), (True, c.max_queries, c.max_keys), (False, c.max_queries, c.max_keys)):
+        q, qe = fixed.quantize_bfp(rng.normal(size=(n_q, c.head_dim)))
+        k, ke = fixed.quantize_bfp(rng.normal(size=(n_k, c.head_dim)) * 3)
+        v, ve = fixed.quantize_bfp(rng.normal(size=(n_k, c.head_dim)) * rng.uniform(0.01, 100, size=(n_k, 1)))
+        cmd(f"attention {n_q}x{n_k} causal={causal}", P.Op.ATTENTION, P.pack_attention(q, qe, k, ke, v, ve, causal))
+    cmd("attention too many queries", P.Op.ATTENTION,
+        bytes([c.max_queries + 1, 1, 0]) + bytes((c.max_queries + 3) * (1 + c.head_dim)))
+    cmd("reset", P.Op.RESET_CACHE)
+    cmd("status after reset", P.Op.STATUS)
+    cmd("recall after reset", P.Op.RECALL, some)
+    cmd("read after reset", P.Op.READ_SLOT, P.pack_read_slot(0))
+    return out

@@ -1,0 +1,187 @@
+"""The ``sim`` backend: the engine's generated Verilog under Verilator + cocotb, in a child process.
+
+:class:`SimTransport` starts ``python -m hmtx.host.backends_sim`` in its own process group. That
+launcher writes the Verilog of the top (``hmtx.hw.top.HmtxTop(config)`` by default), builds it
+with ``hmtx.sim.runner`` (cached by content hash), and runs the cocotb module
+``hmtx.sim.bridge``, which listens on a Unix socket in a private temporary folder; the transport
+connects to it and moves bytes. Nothing listens on a network interface.
+
+A simulator that cannot start, or that dies, surfaces as :class:`ConnectionError` with the exit
+status and the tail of its log; ``close()`` stops the whole process group.
+"""
+
+import argparse
+import importlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+from hmtx.model.configs import EngineConfig
+
+from .backends import Transport
+
+__all__ = ["SimTransport", "DEFAULT_TOP"]
+
+DEFAULT_TOP = "hmtx.hw.top:HmtxTop"
+START_TIMEOUT_S = 600      # a first Verilator build of a large config takes minutes on 2 cores
+
+
+def _tail(path: str, lines: int = 25) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class SimTransport(Transport):
+    """Bytes to and from the simulated engine (see the module docstring).
+
+    Parameters
+    ----------
+    config : EngineConfig
+        Sizes of the engine to generate.
+    waves : bool
+        Build a tracing model and write waves (the path is in the log).
+    top : str
+        ``module:Class`` of the Amaranth component to simulate; called with ``config``.
+    """
+
+    name = "sim"
+
+    def __init__(self, config: EngineConfig, *, waves: bool = False, top: str = DEFAULT_TOP,
+                 start_timeout: float = START_TIMEOUT_S):
+        self._dir = tempfile.mkdtemp(prefix="hmtx-sim-")       # mode 0700: the socket is private
+        self.socket_path = os.path.join(self._dir, "bridge.sock")
+        self.log_path = os.path.join(self._dir, "launcher.log")
+        self._sock = None
+        cmd = [sys.executable, "-m", "hmtx.host.backends_sim", "--socket", self.socket_path,
+               "--config", json.dumps(config.to_dict()), "--top", top] + (["--waves"] if waves else [])
+        env = dict(os.environ)
+        venv_bin = os.path.dirname(sys.executable)
+        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")     # cocotb looks up `verilator` on PATH
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True, env=env)
+        try:
+            self._connect(start_timeout)
+        except BaseException:
+            self.close()
+            raise
+
+    def _connect(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise ConnectionError(self._dead("exited before accepting a connection"))
+            if os.path.exists(self.socket_path):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.connect(self.socket_path)
+                    self._sock = s
+                    return
+                except OSError:
+                    s.close()
+            if time.monotonic() > deadline:
+                raise ConnectionError(f"simulator did not open its socket within {timeout:g} s; "
+                                      f"log {self.log_path}:\n{_tail(self.log_path)}")
+            time.sleep(0.05)
+
+    def _dead(self, what: str) -> str:
+        try:
+            rc = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            rc = None
+        status = "still running" if rc is None else (f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}")
+        return f"simulator process {what} ({status}); log {self.log_path}:\n{_tail(self.log_path)}"
+
+    def write(self, data: bytes) -> None:
+        if self._sock is None:
+            raise ConnectionError("sim transport is closed")
+        try:
+            self._sock.sendall(data)
+        except OSError:
+            raise ConnectionError(self._dead("closed the connection")) from None
+
+    def read(self, timeout: float) -> bytes:
+        if self._sock is None:
+            raise ConnectionError("sim transport is closed")
+        r, _, _ = select.select([self._sock], [], [], max(timeout, 0))
+        if not r:
+            if self.proc.poll() is not None:
+                raise ConnectionError(self._dead("died"))
+            return b""
+        try:
+            data = self._sock.recv(1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            raise ConnectionError(self._dead("closed the connection"))
+        return data
+
+    def close(self) -> None:
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+            self._sock = None
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=10)        # the bridge ends its test when the host hangs up
+            except subprocess.TimeoutExpired:
+                self.kill()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def kill(self) -> None:
+        """Stop the simulator's whole process group now (launcher, simulator)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+
+
+# --- the launcher (runs in the child process) ----------------------------------------------------
+def _load_top(spec: str):
+    module, _, cls = spec.partition(":")
+    if not cls:
+        raise ValueError(f"--top must be module:Class, got {spec!r}")
+    return getattr(importlib.import_module(module), cls)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hmtx.host.backends_sim",
+                                 description="Build the engine's Verilog and serve it on a Unix socket (cocotb bridge).")
+    ap.add_argument("--socket", required=True)
+    ap.add_argument("--config", required=True, help="EngineConfig as JSON")
+    ap.add_argument("--top", default=DEFAULT_TOP)
+    ap.add_argument("--waves", action="store_true")
+    args = ap.parse_args(argv)
+    from hmtx.sim import runner
+
+    config = EngineConfig(**json.loads(args.config))
+    top_cls = _load_top(args.top)
+    c = config
+    name = f"bridge-{top_cls.__name__}-{c.name}-{c.d}x{c.d_h}x{c.n_slots}x{c.lanes}-{c.head_dim}x{c.max_queries}x{c.max_keys}"
+    target = runner.component_target(name, top_cls(config), toplevel="top")
+    print(f"building {name} ...", flush=True)
+    model = runner.build(target, waves=args.waves)
+    print(f"model {model.build_dir}; serving on {args.socket}", flush=True)
+    out = model.run("hmtx.sim.bridge", tag=f"bridge-{os.getpid()}",
+                    env={"HMTX_BRIDGE_SOCKET": args.socket})
+    if not args.waves:
+        shutil.rmtree(out, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

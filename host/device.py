@@ -1,0 +1,212 @@
+"""The one host-side interface to an hmtx device, over the wire protocol (docs/protocol.md).
+
+:class:`Device` turns method calls into command frames, sends them through a byte transport
+(``hmtx.host.backends``: golden model, simulator, serial port), and decodes the responses.
+Every transaction has a timeout. A device error status raises :class:`DeviceError` naming the
+op and the status, and the connection stays usable. A response that does not decode or does
+not arrive raises :class:`ProtocolError` after the link has been resynchronized (END sent, stale
+bytes drained), so the next call starts clean.
+
+It also implements the device interface of ``hmtx.model.recall`` (``reset``, ``load_weights``,
+``write``, ``recall``), so the HMT reference model can run its memory on it directly.
+"""
+
+import hashlib
+import time
+
+import numpy as np
+
+from hmtx.model.configs import EngineConfig
+
+from . import protocol as P
+from .backends import Transport, open_transport
+from .protocol import DeviceError, Op, ProtocolError, Status
+
+__all__ = ["Device", "DeviceError", "ProtocolError", "DEFAULT_TIMEOUTS"]
+
+# Seconds per transaction by backend kind. The simulator runs a few ten thousand clock cycles
+# per second, so its large frames need far longer than a UART at 1 Mbaud.
+DEFAULT_TIMEOUTS = {"golden": 5.0, "serial": 5.0, "sim": 120.0}
+
+
+def _kind(name: str) -> str:
+    return name.split(":", 1)[0]
+
+
+class Device:
+    """A connected hmtx device.
+
+    Parameters
+    ----------
+    transport : Transport
+        Where the bytes go.
+    config : EngineConfig or None
+        The engine configuration the host expects; the device's INFO must match it. None: take
+        the sizes from INFO.
+    timeout : float or None
+        Seconds to wait for each response (default by backend, :data:`DEFAULT_TIMEOUTS`).
+    """
+
+    def __init__(self, transport: Transport, config: EngineConfig | None = None, timeout: float | None = None):
+        self.transport = transport
+        self.timeout = DEFAULT_TIMEOUTS.get(_kind(transport.name), 10.0) if timeout is None else float(timeout)
+        self._decoder = P.FrameDecoder()
+        self._frames = []
+        self.bytes_out = 0
+        self.bytes_in = 0
+        self.transactions = 0
+        self._weights_key = None
+        self.resync(quiet=0.05)
+        self.device_info = self.info()
+        if self.device_info.version[0] != P.VERSION[0]:
+            raise ProtocolError(f"device speaks protocol {self.device_info.version[0]}.{self.device_info.version[1]}, "
+                                f"this host {P.VERSION[0]}.{P.VERSION[1]}")
+        if config is None:
+            i = self.device_info
+            config = EngineConfig("device", i.d, i.d_h, i.n_slots, i.lanes, i.head_dim, i.max_queries, i.max_keys)
+        else:
+            bad = self.device_info.mismatches(config)
+            if bad:
+                raise ValueError(f"device on {transport.name} does not match config {config.name!r}: " + "; ".join(bad))
+        self.config = config
+
+    @classmethod
+    def open(cls, spec: str, config: EngineConfig, *, timeout: float | None = None, waves: bool = False) -> "Device":
+        """Connect to ``golden``, ``sim`` or ``serial:PORT[@BAUD]``."""
+        transport = open_transport(spec, config, waves=waves)
+        try:
+            return cls(transport, config, timeout)
+        except BaseException:
+            transport.close()
+            raise
+
+    @property
+    def name(self) -> str:
+        return self.transport.name
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- transactions -------------------------------------------------------------------------
+    def _send(self, data: bytes) -> None:
+        self.transport.write(data)
+        self.bytes_out += len(data)
+
+    def _next_frame(self, deadline: float, what: str) -> P.Frame:
+        while not self._frames:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ProtocolError(f"{what}: no response from {self.name} within {self.timeout:g} s")
+            data = self.transport.read(min(left, 0.5))
+            self.bytes_in += len(data)
+            self._frames.extend(self._decoder.feed(data))
+        return self._frames.pop(0)
+
+    def resync(self, quiet: float = 0.2) -> bytes:
+        """End any partial frame in the device (END) and drop whatever arrives until the line has
+        been quiet for ``quiet`` seconds; returns the dropped bytes."""
+        self._send(bytes([P.END]))
+        dropped = bytearray()
+        deadline = time.monotonic() + max(self.timeout, quiet)
+        while time.monotonic() < deadline:
+            data = self.transport.read(quiet)
+            if not data:
+                break
+            dropped += data
+        self._decoder = P.FrameDecoder()
+        self._frames = []
+        return bytes(dropped)
+
+    def transact(self, op: Op, payload: bytes = b"", timeout: float | None = None) -> bytes:
+        """Send one command, return the OK response's payload.
+
+        Raises DeviceError for an error status, ProtocolError for a lost or garbled response
+        (after resynchronizing the link).
+        """
+        op = Op(op)
+        frame = P.encode_command(op, payload)
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        self.transactions += 1
+        try:
+            self._send(frame)
+            rsp = P.decode_response(self._next_frame(deadline, op.name))
+            if rsp.op != op:
+                raise ProtocolError(f"{op.name}: response echoes {P.op_name(rsp.op)}")
+            if rsp.status != Status.OK and rsp.payload:
+                raise ProtocolError(f"{op.name}: error response {P.status_name(rsp.status)} carries a payload")
+        except ProtocolError:
+            self.resync()
+            raise
+        except ConnectionError as e:
+            raise ConnectionError(f"{op.name} on {self.name}: {e}") from None
+        if rsp.status != Status.OK:
+            raise DeviceError(op, rsp.status)
+        return rsp.payload
+
+    # -- the operations ------------------------------------------------------------------------
+    def info(self) -> P.Info:
+        return P.unpack_info(self.transact(Op.INFO))
+
+    def status(self) -> P.CacheStatus:
+        return P.unpack_status(self.transact(Op.STATUS))
+
+    def cycles(self) -> P.Cycles:
+        return P.unpack_cycles(self.transact(Op.CYCLES))
+
+    def reset(self) -> None:
+        """Empty the memory cache (a new document). Weights stay loaded."""
+        self.transact(Op.RESET_CACHE)
+
+    def load_matrix(self, matrix: int, qw) -> None:
+        """Load W_q (0) or W_k (1) from a QuantWeight (numpy or fixed_torch)."""
+        mant = np.asarray(P._to_numpy(qw.mant))
+        want = (self.config.d, self.config.d_h)
+        if mant.shape != want:
+            raise ValueError(f"weights of shape {mant.shape} do not fit the device's (d, d_h) = {want}")
+        for payload in P.weight_chunks(matrix, qw):
+            self.transact(Op.LOAD_WEIGHTS, payload)
+
+    def load_weights(self, qw_q, qw_k) -> None:
+        """Load W_q and W_k. Skipped when exactly these weights were loaded by this connection and
+        the device still reports both loaded (each document reuses them)."""
+        key = hashlib.sha256()
+        for qw in (qw_q, qw_k):
+            key.update(np.ascontiguousarray(P._to_numpy(qw.mant), dtype=np.int8).tobytes())
+            key.update(f"{int(qw.exp)},{int(qw.shift)};".encode())
+        key = key.digest()
+        if key == self._weights_key:
+            st = self.status()
+            if st.wq_loaded and st.wk_loaded:
+                return
+        self._weights_key = None
+        self.load_matrix(0, qw_q)
+        self.load_matrix(1, qw_k)
+        self._weights_key = key
+
+    def write_memory(self, m_mant, m_exp) -> tuple[int, int]:
+        """Store M_i (BFP8, length d); the device computes K_i. Returns (slot, fill)."""
+        return P.unpack_write(self.transact(Op.WRITE_MEMORY, P.pack_vector_cmd(m_mant, m_exp, self.config.d)))
+
+    def write(self, m_mant, m_exp) -> None:
+        """The recall-model device interface's name for :meth:`write_memory`."""
+        self.write_memory(m_mant, m_exp)
+
+    def read_slot(self, slot: int):
+        """(m_mant [d], m_exp, k_mant [d_h], k_exp) as stored in ``slot``."""
+        return P.unpack_slot(self.transact(Op.READ_SLOT, P.pack_read_slot(slot)), self.config.d, self.config.d_h)
+
+    def recall(self, s_mant, s_exp):
+        """P_n for the query S_n (BFP8, length d): (p_mant int64 [d], p_exp, probs int64 [fill])."""
+        return P.unpack_recall(self.transact(Op.RECALL, P.pack_vector_cmd(s_mant, s_exp, self.config.d)),
+                               self.config.d)
+
+    def attention(self, q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, causal: bool = False):
+        """One attention tile: (out_mant int64 [n_q, head_dim], out_exp int64 [n_q])."""
+        payload = P.pack_attention(q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, causal)
+        return P.unpack_attention(self.transact(Op.ATTENTION, payload), payload[0], self.config.head_dim)
