@@ -1,12 +1,11 @@
 """The host Device interface over the golden and serial (pseudo-terminal) backends."""
 
 import os
-import select
-import threading
 
 import numpy as np
 import pytest
 
+from device_testlib import Shuttle, run_session
 from hmtx.host import protocol as P
 from hmtx.host.backends import GoldenTransport, SerialTransport, Transport, open_transport, parse_serial_spec
 from hmtx.host.device import Device, DeviceError, ProtocolError
@@ -16,51 +15,6 @@ from hmtx.model.configs import get_config
 
 SEED = int(os.environ.get("HMTX_SEED", "7"))
 CFG = get_config("tiny")
-
-
-def run_session(transport: Transport, session) -> list[bytes]:
-    """Send each entry of a session; collect the raw response frames it produced."""
-    dec = P.FrameDecoder()
-    got = []
-    for label, raw in session:
-        want = len(P.FrameDecoder().feed(raw))
-        transport.write(raw)
-        frames = []
-        for _ in range(200):
-            if len(frames) >= want:
-                break
-            frames += dec.feed(transport.read(0.5))
-        assert len(frames) == want, f"{label}: {len(frames)} responses for {want} frames"
-        got.append(b"".join(P.slip_escape(f.body) for f in frames))
-    return got
-
-
-class Shuttle:
-    """Serves a Transport on a pseudo-terminal: what a serial port writes reaches the transport,
-    what the transport answers goes back (a board on a UART, in software)."""
-
-    def __init__(self, transport: Transport):
-        self.transport = transport
-        self.master, self.slave = os.openpty()
-        self.port = os.ttyname(self.slave)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop.is_set():
-            r, _, _ = select.select([self.master], [], [], 0.01)
-            if r:
-                self.transport.write(os.read(self.master, 4096))
-            out = self.transport.read(0.001)
-            if out:
-                os.write(self.master, out)
-
-    def close(self):
-        self._stop.set()
-        self._thread.join()
-        os.close(self.master)
-        os.close(self.slave)
 
 
 @pytest.fixture
