@@ -1,0 +1,464 @@
+"""The compute engine: memories, the MAC lane array and the sequencer of WRITE, RECALL and
+ATTENTION, bit-exact with ``hmtx.model.fixed``."""
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from hmtx.model import fixed
+from hmtx.model.configs import EngineConfig
+
+from .arith import Reciprocal, ShiftRoundSat
+from .mac import MacArray
+
+__all__ = ["Op", "Engine"]
+
+EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
+SHIFT_W = 5         # projection shifts 0..31 (protocol SHIFT_MAX)
+MASK_W = 12         # score shifts before clamping: shift - 8 - qe - ke, |.| < 2^11
+
+
+def ceil_div(a, b):
+    return -(-a // b)
+
+
+class Op:
+    WRITE = 0
+    RECALL = 1
+    ATTENTION = 2
+
+
+class Engine(wiring.Component):
+    """All on-chip state of a recall/attention engine and the sequencer that computes with it.
+
+    Memories (P-lane words; ``CB = ceil(d/P)``, ``HB = ceil(d_h/P)``, ``AB = ceil(head_dim/P)``):
+
+    * ``vin``  : P x int8, the validated input: vector S/M at words 0..CB-1, or the attention
+      tile (Q rows at row 0, K rows at row ``max_queries``, V rows at ``max_queries + max_keys``,
+      AB words per row). ``vexp``: one int8 exponent per vector/row (the vector uses entry 0).
+    * ``wq``, ``wk``: P x int8, word ``j*CB + c//P`` lane ``c%P`` holds W[c, j], so the P lanes
+      read P consecutive input channels of one output column j.
+    * ``mem`` / ``mexp``: the ring of N memories M_i (word ``i*CB + cb``); ``key`` / ``kexp``: the
+      keys K_i = W_k^T M_i (P x int16, word ``i*HB + hb``).
+    * ``qbuf``: q = W_q^T S (P x int16); ``sc``: scores t then exp2 terms e; ``pm``:
+      probabilities; ``wm``: exponent-aligned weights; ``out``/``oexp``: the result rows.
+
+    The owner (the command processor) writes ``vin``/``vexp``/``wq``/``wk`` and reads
+    ``mem``/``key``/``out``/``pm`` through ports it adds to these memories before elaboration.
+
+    Sequencing (one MAC beat per cycle, P lanes): projection ``d_h x CB`` beats (dot mode,
+    one output per column j), scores ``n x HB`` beats (dot mode), an exp2 pass over the n scores,
+    one ~41-cycle reciprocal, a probability pass, and the weighted sum ``CB x n`` beats in lane
+    mode (lane l accumulates ``w_i * M_i[cb*P + l]`` over the slots, so no transposed copy of M
+    is needed). Between phases the sequencer waits until every result of the previous phase
+    is written (``pending`` = 0).
+
+    Members
+    -------
+    start : In(1)      pulse: begin ``op`` with the operands below (sampled at start)
+    op : In(2)         :class:`Op`
+    slot : In(N)       WRITE: the slot to fill
+    n_keys : In        RECALL: fill; ATTENTION: n_k
+    n_q : In           ATTENTION: number of query rows
+    causal : In(1)     ATTENTION: apply fixed.causal_mask
+    wq_exp, wk_exp : In(signed 8); wq_shift, wk_shift : In(5)
+    busy : Out(1)
+    done : Out(1)      pulse when the results are in memory
+    """
+
+    def __init__(self, config: EngineConfig):
+        c = self.config = config
+        P = self.P = c.lanes
+        self.CB, self.HB, self.AB = ceil_div(c.d, P), ceil_div(c.d_h, P), ceil_div(c.head_dim, P)
+        self.KMAX = max(c.n_slots, c.max_keys)
+        self.ROWS = c.max_queries + 2 * c.max_keys
+        for name, v in (("d", c.d), ("d_h", c.d_h), ("head_dim", c.head_dim)):
+            if v > fixed.D_MAX:
+                raise ValueError(f"config {c.name!r}: {name}={v} exceeds fixed.D_MAX={fixed.D_MAX}")
+        if self.KMAX > fixed.KEYS_MAX:
+            raise ValueError(f"config {c.name!r}: {self.KMAX} keys exceed fixed.KEYS_MAX")
+        i8 = data.ArrayLayout(signed(8), P)
+        i16 = data.ArrayLayout(signed(16), P)
+        self.vin = memory.Memory(shape=i8, depth=max(self.CB, self.ROWS * self.AB), init=[])
+        self.vexp = memory.Memory(shape=signed(8), depth=self.ROWS, init=[])
+        self.wq = memory.Memory(shape=i8, depth=c.d_h * self.CB, init=[])
+        self.wk = memory.Memory(shape=i8, depth=c.d_h * self.CB, init=[])
+        self.mem = memory.Memory(shape=i8, depth=c.n_slots * self.CB, init=[])
+        self.mexp = memory.Memory(shape=signed(8), depth=c.n_slots, init=[])
+        self.key = memory.Memory(shape=i16, depth=c.n_slots * self.HB, init=[])
+        self.kexp = memory.Memory(shape=signed(EXP_W), depth=c.n_slots, init=[])
+        self.qbuf = memory.Memory(shape=i16, depth=self.HB, init=[])
+        self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=self.KMAX, init=[])
+        self.pm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[])
+        self.wm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[])
+        self.out = memory.Memory(shape=i16, depth=max(self.CB, c.max_queries * self.AB), init=[])
+        self.oexp = memory.Memory(shape=signed(EXP_W), depth=c.max_queries, init=[])
+        self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
+                                 init=fixed.exp2_lut())
+        super().__init__({
+            "start": In(1), "op": In(2),
+            "slot": In(range(c.n_slots)),
+            "n_keys": In(range(self.KMAX + 1)),
+            "n_q": In(range(c.max_queries + 1)),
+            "causal": In(1),
+            "wq_exp": In(signed(8)), "wk_exp": In(signed(8)),
+            "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
+            "busy": Out(1), "done": Out(1),
+        })
+        # Ports the engine itself uses; created here so that they exist before the owner's.
+        self._vin_a = self.vin.read_port()
+        self._vin_b = self.vin.read_port()
+        self._vexp_k = self.vexp.read_port(domain="comb")
+        self._vexp_v = self.vexp.read_port(domain="comb")
+        self._vexp_q = self.vexp.read_port(domain="comb")
+        self._wq_r = self.wq.read_port()
+        self._wk_r = self.wk.read_port()
+        self._mem_r = self.mem.read_port()
+        self._mem_w = self.mem.write_port()
+        self._mexp_r = self.mexp.read_port(domain="comb")
+        self._mexp_w = self.mexp.write_port()
+        self._key_r = self.key.read_port()
+        self._key_w = self.key.write_port(granularity=1)
+        self._kexp_r = self.kexp.read_port(domain="comb")
+        self._kexp_w = self.kexp.write_port()
+        self._qbuf_r = self.qbuf.read_port()
+        self._qbuf_w = self.qbuf.write_port(granularity=1)
+        self._sc_r = self.sc.read_port()
+        self._sc_w = self.sc.write_port()
+        self._pm_w = self.pm.write_port()
+        self._wm_r = self.wm.read_port()
+        self._wm_w = self.wm.write_port()
+        self._out_w = self.out.write_port()
+        self._oexp_w = self.oexp.write_port()
+        self._lut_r = self.lut.read_port(domain="comb")
+
+    def elaborate(self, platform):
+        m = Module()
+        c, P, CB, HB, AB = self.config, self.P, self.CB, self.HB, self.AB
+        MQ, MK = c.max_queries, c.max_keys
+        for name in ("vin", "vexp", "wq", "wk", "mem", "mexp", "key", "kexp", "qbuf", "sc", "pm",
+                     "wm", "out", "oexp", "lut"):
+            m.submodules[name] = getattr(self, name)
+        m.submodules.mac = mac = MacArray(P, tag_bits=24)
+        m.submodules.proj_rq = proj_rq = ShiftRoundSat(fixed.ACC_BITS, fixed.PROJ_BITS, MASK_W, tag_bits=24)
+        m.submodules.score_rq = score_rq = ShiftRoundSat(64, fixed.SCORE_BITS, MASK_W, tag_bits=24)
+        m.submodules.recip = recip = Reciprocal(32)
+        m.d.comb += [mac.o.ready.eq(1), proj_rq.o.ready.eq(1), score_rq.o.ready.eq(1),
+                     recip.o.ready.eq(1)]
+
+        # --- operands latched at start -----------------------------------------------------
+        op = Signal(2)
+        slot = Signal.like(self.slot)
+        n_keys = Signal.like(self.n_keys)
+        n_q = Signal.like(self.n_q)
+        causal = Signal()
+        attn = op == Op.ATTENTION
+        q_exp = Signal(signed(EXP_W))       # exponent of q (recall) / Q row a (attention)
+        kslot_base = Signal(range(c.n_slots * HB + 1))
+        mslot_base = Signal(range(c.n_slots * CB + 1))
+        a = Signal(range(MQ + 1))           # current query row (attention); 0 for recall
+        keep_lim = Signal(signed(12))       # causal: key b is attended iff b <= a + n_k - n_q
+
+        # --- sequencer state -----------------------------------------------------------------
+        outer = Signal(16)
+        inner = Signal(16)
+        outer_n = Signal(16)
+        inner_n = Signal(16)
+        issuing = Signal()
+        pending = Signal(16)
+        inc = Signal()
+        dec = Signal(2)
+        base_o = Signal(24)     # address base advanced per outer step
+        base_i = Signal(24)     # address base advanced per inner step
+        sub_w = Signal(16)      # PROJ: j // P
+        sub_l = Signal(range(P))  # PROJ: j % P
+        m.d.sync += pending.eq(pending + inc - dec)
+
+        score_max = Signal(signed(fixed.SCORE_BITS))
+        big_e = Signal(signed(EXP_W))
+        exp_sum = Signal(32)
+        rcp = Signal(26)        # floor(2^40 / sum) < 2^26 because sum >= LUT[0] = 2^15
+
+        score_mult = [fixed.score_scale(c.d_h), fixed.score_scale(c.head_dim)]
+
+        # --- stage-1 control (the beat whose memory reads are arriving) -------------------
+        s1 = Signal(data.StructLayout({
+            "valid": 1, "first": 1, "last": 1, "lane_mode": 1, "copy": 1,
+            "lim": range(P + 1), "tag": 24, "phase": 3,
+        }))
+        s1_copy_addr = Signal(24)
+        issue = Signal.like(s1)
+        issue_copy_addr = Signal(24)
+        m.d.sync += [s1.eq(issue), s1_copy_addr.eq(issue_copy_addr)]
+
+        # phases
+        PROJ, SCORE, WSUM = 1, 2, 3
+
+        # memory read addresses default to the loop position
+        vin_a_addr = self._vin_a.addr
+        vin_b_addr = self._vin_b.addr
+
+        # last-block lane counts (padding lanes of a partial block are forced to zero)
+        def lim(n_total, blk, nblk):
+            rem = n_total - (nblk - 1) * P
+            return Mux(blk == nblk - 1, rem, P)
+
+        first_i = inner == 0
+        last_i = inner == inner_n - 1
+        last_o = outer == outer_n - 1
+
+        def advance(outer_step_stmts, inner_step_stmts):
+            """One beat issued: step inner, and outer at the end of a row."""
+            with m.If(last_i):
+                m.d.sync += inner.eq(0)
+                m.d.sync += outer_step_stmts
+                with m.If(last_o):
+                    m.d.sync += issuing.eq(0)
+                with m.Else():
+                    m.d.sync += outer.eq(outer + 1)
+            with m.Else():
+                m.d.sync += inner.eq(inner + 1)
+                m.d.sync += inner_step_stmts
+
+        # --- the PROB/EXP pass pipelines (single loop over keys) ----------------------------
+        ex1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
+        ex2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "e": fixed.EXP2_BITS + 1}))
+        pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5}))
+        pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "prod": 42}))
+        pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "p": 16}))
+        ex_issue = Signal.like(ex1)
+        pr_issue = Signal.like(pr1)
+        m.d.sync += [ex1.eq(ex_issue), pr1.eq(pr_issue)]
+
+        # value exponent of key b: M_i's exponent (recall) or V row b's (attention)
+        m.d.comb += self._mexp_r.addr.eq(inner)
+        m.d.comb += self._vexp_v.addr.eq(MQ + MK + inner)
+        ve_inner = Mux(attn, self._vexp_v.data, self._mexp_r.data)
+        keep_inner = ~(attn & causal) | (inner.as_signed() <= keep_lim)
+
+        phase = Signal(3)      # which MAC phase the in-flight results belong to
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [op.eq(self.op), slot.eq(self.slot), n_keys.eq(self.n_keys),
+                                 n_q.eq(self.n_q), causal.eq(self.causal & (self.op == Op.ATTENTION)),
+                                 kslot_base.eq(self.slot * HB), mslot_base.eq(self.slot * CB), a.eq(0)]
+                    with m.If(self.op == Op.ATTENTION):
+                        m.next = "ROW"
+                    with m.Else():
+                        m.next = "PROJ_START"
+            with m.State("PROJ_START"):
+                m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(c.d_h), inner_n.eq(CB),
+                             base_o.eq(0), base_i.eq(0), sub_w.eq(0), sub_l.eq(0), issuing.eq(1)]
+                m.d.comb += self._vexp_q.addr.eq(0)
+                vexp0 = self._vexp_q.data
+                with m.If(op == Op.WRITE):
+                    m.d.comb += [self._mexp_w.addr.eq(slot), self._mexp_w.data.eq(vexp0),
+                                 self._mexp_w.en.eq(1),
+                                 self._kexp_w.addr.eq(slot), self._kexp_w.en.eq(1),
+                                 self._kexp_w.data.eq(vexp0 + self.wk_exp + self.wk_shift)]
+                with m.Else():
+                    m.d.sync += q_exp.eq(vexp0 + self.wq_exp + self.wq_shift)
+                m.d.sync += phase.eq(PROJ)
+                m.next = "PROJ"
+            with m.State("PROJ"):
+                # beat (j, cb): S/M block cb against W[., j] block cb
+                with m.If(issuing):
+                    m.d.comb += [vin_a_addr.eq(inner), self._wq_r.addr.eq(base_o + inner),
+                                 self._wk_r.addr.eq(base_o + inner),
+                                 issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
+                                 issue.copy.eq((op == Op.WRITE) & (outer == 0)),
+                                 issue.lim.eq(lim(c.d, inner, CB)), issue.phase.eq(PROJ),
+                                 issue.tag.eq(sub_w | (sub_l << 16)),
+                                 issue_copy_addr.eq(mslot_base + inner), inc.eq(last_i)]
+                    advance([base_o.eq(base_o + CB),
+                             sub_l.eq(Mux(sub_l == P - 1, 0, sub_l + 1)),
+                             sub_w.eq(Mux(sub_l == P - 1, sub_w + 1, sub_w))], [])
+                with m.Elif(pending == 0):
+                    with m.If(op == Op.WRITE):
+                        m.next = "DONE"
+                    with m.Else():
+                        m.next = "SCORE_START"
+            with m.State("ROW"):
+                # attention: next query row a
+                m.d.comb += self._vexp_q.addr.eq(a)
+                m.d.sync += [q_exp.eq(self._vexp_q.data),
+                             keep_lim.eq(a + n_keys - n_q)]
+                m.next = "SCORE_START"
+            with m.State("SCORE_START"):
+                m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(n_keys),
+                             inner_n.eq(Mux(attn, AB, HB)),
+                             base_o.eq(Mux(attn, MQ * AB, 0)), base_i.eq(0),
+                             score_max.eq(-(1 << (fixed.SCORE_BITS - 1))), issuing.eq(1), phase.eq(SCORE)]
+                m.next = "SCORE"
+            with m.State("SCORE"):
+                # beat (b, blk): q block blk against K_b block blk
+                with m.If(issuing):
+                    m.d.comb += [self._qbuf_r.addr.eq(inner), self._key_r.addr.eq(base_o + inner),
+                                 vin_a_addr.eq(a * AB + inner), vin_b_addr.eq(base_o + inner),
+                                 issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
+                                 issue.lim.eq(Mux(attn, lim(c.head_dim, inner, AB), lim(c.d_h, inner, HB))),
+                                 issue.phase.eq(SCORE), issue.tag.eq(outer), inc.eq(last_i)]
+                    advance([base_o.eq(base_o + Mux(attn, AB, HB))], [])
+                with m.Elif(pending == 0):
+                    m.d.sync += [inner.eq(0), exp_sum.eq(0), big_e.eq(-(1 << (EXP_W - 1))), issuing.eq(1)]
+                    m.next = "EXP"
+            with m.State("EXP"):
+                # e_b = round_shift(LUT[v & 255], v >> 8) for v = max - t_b (0 past the cutoff)
+                with m.If(issuing):
+                    m.d.comb += [self._sc_r.addr.eq(inner), ex_issue.valid.eq(1),
+                                 ex_issue.idx.eq(inner), ex_issue.keep.eq(keep_inner), inc.eq(1)]
+                    with m.If(keep_inner & (ve_inner > big_e)):
+                        m.d.sync += big_e.eq(ve_inner)
+                    with m.If(inner == n_keys - 1):
+                        m.d.sync += issuing.eq(0)
+                    m.d.sync += inner.eq(inner + 1)
+                with m.Elif(pending == 0):
+                    m.d.comb += [recip.i.valid.eq(1), recip.i.payload.eq(exp_sum)]
+                    m.next = "DIV"
+            with m.State("DIV"):
+                with m.If(recip.o.valid):
+                    m.d.sync += [rcp.eq(recip.o.payload), inner.eq(0), issuing.eq(1)]
+                    m.next = "PROB"
+            with m.State("PROB"):
+                with m.If(issuing):
+                    m.d.comb += [self._sc_r.addr.eq(inner), pr_issue.valid.eq(1), pr_issue.idx.eq(inner),
+                                 pr_issue.keep.eq(keep_inner),
+                                 pr_issue.align.eq(Mux(big_e - ve_inner > fixed.ALIGN_CUTOFF,
+                                                       fixed.ALIGN_CUTOFF, big_e - ve_inner)),
+                                 inc.eq(1)]
+                    with m.If(inner == n_keys - 1):
+                        m.d.sync += issuing.eq(0)
+                    m.d.sync += inner.eq(inner + 1)
+                with m.Elif(pending == 0):
+                    m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(Mux(attn, AB, CB)),
+                                 inner_n.eq(n_keys), base_o.eq(0),
+                                 base_i.eq(Mux(attn, (MQ + MK) * AB, 0)), issuing.eq(1), phase.eq(WSUM)]
+                    m.next = "WSUM"
+            with m.State("WSUM"):
+                # beat (blk, b): lane l accumulates w_b * V_b[blk*P + l]
+                with m.If(issuing):
+                    m.d.comb += [self._wm_r.addr.eq(inner), self._mem_r.addr.eq(base_i + outer),
+                                 vin_b_addr.eq(base_i + outer),
+                                 issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
+                                 issue.lane_mode.eq(1), issue.lim.eq(P), issue.phase.eq(WSUM),
+                                 issue.tag.eq(a * AB + outer), inc.eq(last_i)]
+                    advance([base_i.eq(Mux(attn, (MQ + MK) * AB, 0))],
+                            [base_i.eq(base_i + Mux(attn, AB, CB))])
+                with m.Elif(pending == 0):
+                    m.d.comb += [self._oexp_w.addr.eq(a), self._oexp_w.en.eq(1),
+                                 self._oexp_w.data.eq(big_e - (fixed.PROB_BITS - fixed.OUT_SHIFT))]
+                    with m.If(attn & (a + 1 < n_q)):
+                        m.d.sync += a.eq(a + 1)
+                        m.next = "ROW"
+                    with m.Else():
+                        m.next = "DONE"
+            with m.State("DONE"):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+
+        # --- stage 1: operands into the MAC ---------------------------------------------------
+        mi = mac.i.payload
+        m.d.comb += [mac.i.valid.eq(s1.valid), mi.first.eq(s1.first), mi.last.eq(s1.last),
+                     mi.lane_mode.eq(s1.lane_mode), mi.tag.eq(s1.tag)]
+        for l in range(P):
+            on = l < s1.lim
+            with m.Switch(s1.phase):
+                with m.Case(PROJ):
+                    w = Mux(op == Op.WRITE, self._wk_r.data[l], self._wq_r.data[l])
+                    m.d.comb += [mi.a[l].eq(Mux(on, self._vin_a.data[l], 0)), mi.b[l].eq(w)]
+                with m.Case(SCORE):
+                    m.d.comb += [mi.a[l].eq(Mux(on, Mux(attn, self._vin_a.data[l], self._qbuf_r.data[l]), 0)),
+                                 mi.b[l].eq(Mux(attn, self._vin_b.data[l], self._key_r.data[l]))]
+                with m.Case(WSUM):
+                    m.d.comb += [mi.a[l].eq(self._wm_r.data),
+                                 mi.b[l].eq(Mux(attn, self._vin_b.data[l], self._mem_r.data[l]))]
+        # WRITE: M_i is copied into its slot while the first column of K_i is projected
+        m.d.comb += [self._mem_w.addr.eq(s1_copy_addr), self._mem_w.data.eq(self._vin_a.data),
+                     self._mem_w.en.eq(s1.valid & s1.copy)]
+
+        # --- MAC results ---------------------------------------------------------------------
+        # Every phase drains before the next starts, so `phase` names the owner of a result.
+        mo = mac.o.payload
+        dec_proj, dec_score, dec_wsum, dec_ex, dec_pr = (Signal(name=f"dec_{n}") for n in
+                                                          ("proj", "score", "wsum", "ex", "pr"))
+        m.d.comb += dec.eq(dec_proj | dec_score | dec_wsum | dec_ex | dec_pr)
+
+        # projection: y = sat16(round_shift(acc, shift)) into lane j%P of word j//P
+        m.d.comb += [proj_rq.i.valid.eq(mac.o.valid & (phase == PROJ)),
+                     proj_rq.i.payload.x.eq(mo.dot),
+                     proj_rq.i.payload.s.eq(Mux(op == Op.WRITE, self.wk_shift, self.wq_shift)),
+                     proj_rq.i.payload.tag.eq(mo.tag)]
+        pw, plane = proj_rq.o.payload.tag[:16], proj_rq.o.payload.tag[16:24]
+        for port in (self._key_w, self._qbuf_w):
+            m.d.comb += [port.data[l].eq(proj_rq.o.payload.y) for l in range(P)]
+        lane_en = Signal(P)
+        m.d.comb += lane_en.eq(Const(1, P) << plane)
+        with m.If(proj_rq.o.valid):
+            m.d.comb += dec_proj.eq(1)
+            with m.If(op == Op.WRITE):
+                m.d.comb += [self._key_w.addr.eq(kslot_base + pw), self._key_w.en.eq(lane_en)]
+            with m.Else():
+                m.d.comb += [self._qbuf_w.addr.eq(pw), self._qbuf_w.en.eq(lane_en)]
+
+        # scores: t = shift_round_sat(acc * mult, shift - 8 - q_exp - k_exp[b], 32)
+        b_res = mo.tag[:16]
+        m.d.comb += [self._kexp_r.addr.eq(b_res), self._vexp_k.addr.eq(MQ + b_res)]
+        ke = Mux(attn, self._vexp_k.data, self._kexp_r.data)
+        sc1_valid = Signal()
+        sc1_x = Signal(signed(64), reset_less=True)
+        sc1_s = Signal(signed(MASK_W), reset_less=True)
+        sc1_tag = Signal(24, reset_less=True)
+        mult = Mux(attn, score_mult[1][0], score_mult[0][0])
+        sshift = Mux(attn, score_mult[1][1], score_mult[0][1])
+        m.d.sync += [sc1_valid.eq(mac.o.valid & (phase == SCORE)), sc1_x.eq(mo.dot * mult),
+                     sc1_s.eq(sshift - fixed.SCORE_FRAC - q_exp - ke), sc1_tag.eq(mo.tag)]
+        m.d.comb += [score_rq.i.valid.eq(sc1_valid), score_rq.i.payload.x.eq(sc1_x),
+                     score_rq.i.payload.s.eq(sc1_s), score_rq.i.payload.tag.eq(sc1_tag)]
+        t_b = score_rq.o.payload.y
+        b_out = score_rq.o.payload.tag[:16]
+        with m.If(score_rq.o.valid):
+            m.d.comb += [dec_score.eq(1), self._sc_w.addr.eq(b_out), self._sc_w.data.eq(t_b),
+                         self._sc_w.en.eq(1)]
+            with m.If((~(attn & causal) | (b_out.as_signed() <= keep_lim)) & (t_b > score_max)):
+                m.d.sync += score_max.eq(t_b)
+
+        # weighted sum: out = sat16(round_shift(acc, OUT_SHIFT)) per lane, a whole word at once
+        hi, lo = (1 << (fixed.OUT_BITS - 1)) - 1, -(1 << (fixed.OUT_BITS - 1))
+        with m.If(mac.o.valid & (phase == WSUM)):
+            m.d.comb += [dec_wsum.eq(1), self._out_w.addr.eq(mo.tag), self._out_w.en.eq(1)]
+        for l in range(P):
+            r = (mo.lanes[l] + (1 << (fixed.OUT_SHIFT - 1))) >> fixed.OUT_SHIFT
+            m.d.comb += self._out_w.data[l].eq(Mux(r > hi, hi, Mux(r < lo, lo, r)))
+
+        # --- exp2 pass ----------------------------------------------------------------------
+        v = Signal(signed(fixed.SCORE_BITS + 2))
+        m.d.comb += v.eq(score_max - self._sc_r.data)
+        n_int = v >> fixed.SCORE_FRAC
+        m.d.comb += self._lut_r.addr.eq(v[:fixed.SCORE_FRAC])
+        lut_v = self._lut_r.data
+        n_sh = n_int[:4]
+        e_val = (lut_v + ((Const(1, 16) << n_sh) >> 1)) >> n_sh
+        m.d.sync += [ex2.valid.eq(ex1.valid), ex2.idx.eq(ex1.idx),
+                     ex2.e.eq(Mux(ex1.keep & (n_int < fixed.EXP2_CUTOFF), e_val, 0))]
+        with m.If(ex2.valid):
+            m.d.comb += [dec_ex.eq(1), self._sc_w.addr.eq(ex2.idx), self._sc_w.data.eq(ex2.e),
+                         self._sc_w.en.eq(1)]
+            m.d.sync += exp_sum.eq(exp_sum + ex2.e)
+
+        # --- probability pass: p = min(round_shift(e * r, 25), 32767), w = round_shift(p, align)
+        pshift = fixed.RECIP_BITS - fixed.PROB_BITS
+        m.d.sync += [pr2.valid.eq(pr1.valid), pr2.idx.eq(pr1.idx), pr2.keep.eq(pr1.keep),
+                     pr2.align.eq(pr1.align), pr2.prod.eq(self._sc_r.data[:16] * rcp)]
+        p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
+        m.d.sync += [pr3.valid.eq(pr2.valid), pr3.idx.eq(pr2.idx), pr3.keep.eq(pr2.keep),
+                     pr3.align.eq(pr2.align),
+                     pr3.p.eq(Mux(p_val > fixed.PROB_MAX, fixed.PROB_MAX, p_val))]
+        w_val = (pr3.p + ((Const(1, 17) << pr3.align) >> 1)) >> pr3.align
+        with m.If(pr3.valid):
+            m.d.comb += [dec_pr.eq(1),
+                         self._pm_w.addr.eq(pr3.idx), self._pm_w.data.eq(pr3.p), self._pm_w.en.eq(1),
+                         self._wm_w.addr.eq(pr3.idx), self._wm_w.en.eq(1),
+                         self._wm_w.data.eq(Mux(pr3.keep, w_val, 0))]
+        return m
