@@ -269,11 +269,13 @@ class BoardTop(wiring.Component):
         with m.Else():
             m.d.por += running.eq(1)
 
-        uart = platform.request("uart", 0)
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
         m.submodules.bridge = bridge = self.bridge
-        m.d.comb += [bridge.rx.eq(uart.rx.i), uart.tx.o.eq(bridge.tx)]
-        led = platform.request("led", 0)
-        m.d.comb += led.o.eq(running)
+        m.d.comb += [bridge.rx.eq(rx_buf.i), tx_buf.o.eq(bridge.tx)]
+        m.submodules.led_buf = led_buf = io.Buffer("o", platform.request("led", 0, dir="-"))
+        m.d.comb += led_buf.o.eq(running)
         return m
 
 

@@ -1,0 +1,245 @@
+"""Synthesis: report parsing on saved real tool outputs, PLL settings, and real builds.
+
+The saved outputs in tests/data/synth_logs/ come from the runs listed in its README. The one
+place-and-route in `make test` is the `tiny` config with the EchoCore stand-in on the ULX3S
+(LFE5U-85F): ~15 s after the first YoWASP use (which compiles Yosys's WASM, ~40-60 s, once).
+"""
+
+import json
+import os
+
+import pytest
+
+from hmtx.hw.board import EchoCore
+from hmtx.hw.pll import ecp5_pll_params, ice40_pll_params
+from hmtx.hw.synth import (BOARDS, build_report, parse_nextpnr_log, parse_nextpnr_report,
+                           parse_yosys_stat, synthesize)
+from hmtx.model.configs import get_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOGS = os.path.join(ROOT, "tests", "data", "synth_logs")
+# YoWASP's sandbox cannot see /tmp (pytest's tmp_path), so builds go inside the project.
+BUILD = os.path.join("build", "test_synth")
+
+
+def _saved(name):
+    d = os.path.join(LOGS, name)
+    with open(os.path.join(d, "report.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(d, "top.tim")) as f:
+        tim = f.read()
+    with open(os.path.join(d, "top.rpt")) as f:
+        rpt = f.read()
+    with open(os.path.join(d, "synth_report.json")) as f:
+        summary = json.load(f)
+    return report, tim, rpt, summary
+
+
+def _check_sane(rep, board):
+    assert rep["fmax_mhz"] > 0
+    for kind in ("lut", "ff", "dsp", "bram"):
+        r = rep["resources"][kind]
+        assert 0 <= r["used"] <= r["total"], (kind, r)
+        assert r["total"] > 0
+    assert rep["resources"]["lut"]["used"] > 0 and rep["resources"]["ff"]["used"] > 0
+    assert rep["board"] == board
+
+
+# ---- parsers on saved real outputs -----------------------------------------------------
+
+def test_ecp5_saved_report_numbers():
+    report, tim, rpt, summary = _saved("ecp5_tiny_echo")
+    rep = build_report(board="ulx3s-85f", device="LFE5U-85F", nextpnr_report=report,
+                       nextpnr_log=tim, yosys_log=rpt, target_mhz=100.0)
+    _check_sane(rep, "ulx3s-85f")
+    # The numbers nextpnr printed in this log's final utilisation table and Fmax line.
+    log = parse_nextpnr_log(tim)
+    assert rep["resources"]["lut"]["used"] == log["utilization"]["TRELLIS_COMB"]["used"]
+    assert rep["resources"]["ff"]["used"] == log["utilization"]["TRELLIS_FF"]["used"]
+    assert rep["resources"]["lut"]["total"] == 83640
+    assert rep["resources"]["dsp"] == {"used": 4, "total": 156}   # one MULT18X18D per int8 lane
+    assert rep["resources"]["bram"]["total"] == 208
+    assert rep["fmax_mhz"] == pytest.approx(list(log["fmax"].values())[0]["achieved_mhz"], abs=0.01)
+    assert rep["timing_met"] and rep["constraint_mhz"] == 100.0
+    cp = rep["critical_path"]
+    assert cp["delay_ns"] == pytest.approx(1000 / rep["fmax_mhz"], rel=0.02)
+    assert cp["logic_ns"] + cp["routing_ns"] == pytest.approx(cp["delay_ns"], abs=1e-3)
+    # Parsing again gives what `hmtx synth` wrote at build time.
+    for key in ("fmax_mhz", "resources", "critical_path"):
+        assert rep[key] == summary[key]
+
+
+def test_ecp5_saved_failing_timing_is_reported_as_missed():
+    report, tim, rpt, summary = _saved("ecp5_tiny_echo_fail250")
+    log = parse_nextpnr_log(tim)
+    (clock, final), = log["fmax"].items()
+    assert not final["pass"] and final["constraint_mhz"] == 250.0
+    rep = build_report(board="ulx3s-85f", device="LFE5U-85F", nextpnr_report=report,
+                       nextpnr_log=tim, yosys_log=rpt, target_mhz=250.0)
+    assert not rep["timing_met"] and rep["fmax_mhz"] < 250
+    assert summary["timing_met"] is False
+
+
+@pytest.mark.parametrize("name,dsp", [("ice40_up5k_echo", 0), ("ice40_up5k_echo_dsp", 8)])
+def test_ice40_saved_report_numbers(name, dsp):
+    report, tim, rpt, summary = _saved(name)
+    rep = build_report(board="icebreaker", device="iCE40UP5K", nextpnr_report=report,
+                       nextpnr_log=tim, yosys_log=rpt, target_mhz=24.0)
+    _check_sane(rep, "icebreaker")
+    cells = parse_yosys_stat(rpt)
+    # iCE40: LUTs and FFs come from Yosys's cell counts, logic cells from nextpnr.
+    assert rep["resources"]["lut"]["used"] == cells["SB_LUT4"]
+    assert rep["resources"]["ff"]["used"] == sum(n for c, n in cells.items() if c.startswith("SB_DFF"))
+    lc = rep["resources"]["logic_cells"]
+    assert lc["total"] == 5280
+    assert max(rep["resources"]["lut"]["used"], rep["resources"]["ff"]["used"]) <= lc["used"]
+    assert rep["resources"]["dsp"] == {"used": dsp, "total": 8}
+    assert cells.get("SB_MAC16", 0) == dsp
+    assert rep["resources"]["bram"]["total"] == 30
+    assert rep["resources"]["spram"]["total"] == 4
+    assert rep["resources"] == summary["resources"]
+
+
+def test_nextpnr_log_keeps_the_post_route_fmax_not_the_placement_estimate():
+    _, tim, _, _ = _saved("ecp5_tiny_echo")
+    lines = [line for line in tim.splitlines() if "Max frequency for clock" in line]
+    assert len(lines) == 2, "nextpnr prints an estimate after placement and the final after routing"
+    final = float(lines[-1].split(": ")[-1].split(" MHz")[0])
+    assert list(parse_nextpnr_log(tim)["fmax"].values())[0]["achieved_mhz"] == final
+
+
+def test_parsers_reject_other_files():
+    with pytest.raises(ValueError, match="Max frequency"):
+        parse_nextpnr_log("Info: nothing here\n")
+    with pytest.raises(ValueError, match="Printing statistics"):
+        parse_yosys_stat("-- Running command `synth` --\n")
+    with pytest.raises(ValueError, match="fmax"):
+        parse_nextpnr_report({"utilization": {}})
+    report, tim, rpt, _ = _saved("ecp5_tiny_echo")
+    _, other_tim, _, _ = _saved("ecp5_tiny_echo_fail250")
+    with pytest.raises(ValueError, match="different runs"):
+        build_report(board="ulx3s-85f", device="LFE5U-85F", nextpnr_report=report,
+                     nextpnr_log=other_tim, yosys_log=rpt, target_mhz=100.0)
+
+
+# ---- PLL settings ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("fout,expected", [
+    # (CLKI_DIV, CLKFB_DIV, CLKOP_DIV) as printed by `yowasp-ecppll -i 25 -o F` here.
+    (100, (1, 4, 6)), (60, (5, 12, 10)), (125, (1, 5, 5)),
+])
+def test_ecp5_pll_matches_ecppll(fout, expected):
+    p = ecp5_pll_params(25, fout)
+    assert (p.clki_div, p.clkfb_div, p.clkop_div) == expected
+    assert p.fout_mhz == pytest.approx(fout) and 400 <= p.fvco_mhz <= 800
+
+
+@pytest.mark.parametrize("fout,expected", [
+    # (DIVR, DIVF, DIVQ, FILTER_RANGE) as printed by `yowasp-icepll -i 12 -o F` here.
+    (24, (0, 63, 5, 1)), (30, (0, 79, 5, 1)), (48, (0, 63, 4, 1)),
+])
+def test_ice40_pll_matches_icepll(fout, expected):
+    p = ice40_pll_params(12, fout)
+    assert (p.divr, p.divf, p.divq, p.filter_range) == expected
+    assert p.fout_mhz == pytest.approx(fout)
+
+
+def test_pll_rejects_unreachable_frequency():
+    with pytest.raises(ValueError, match="cannot make"):
+        ecp5_pll_params(25, 33)        # nearest is 33.33 MHz, 1 % off
+    with pytest.raises(ValueError, match="cannot make"):
+        ice40_pll_params(12, 1)
+
+
+# ---- argument checks --------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:.*created but never used")
+def test_synthesize_rejects_bad_board_and_tmp_build_dir():
+    with pytest.raises(ValueError, match="unknown board"):
+        synthesize("de10", EchoCore(lanes=1), config_name="x", lanes=1, out_dir="build/x")
+    with pytest.raises(ValueError, match="/tmp"):
+        synthesize("ulx3s-85f", EchoCore(lanes=1), config_name="x", lanes=1,
+                   out_dir="/tmp/hmtx_build")
+
+
+# ---- sweep table and figure from saved reports -------------------------------------------
+
+def test_sweep_table_and_figure_from_reports(tmp_path):
+    from hmtx.host.cmd_sweep import markdown_table, plot_sweep
+
+    points = []
+    for name, lanes, cycles in (("ecp5_tiny_echo", 4, None), ("ecp5_tiny_echo_fail250", 8, 1000)):
+        summary = dict(_saved(name)[3], lanes=lanes, n_slots=4, cycles_per_recall=cycles)
+        points.append(summary)
+    table = markdown_table(points).splitlines()
+    assert len(table) == 2 + len(points)
+    assert "| 4 | 4 |" in table[2] and table[2].rstrip().endswith("| n/a | n/a |")
+    rate = points[1]["fmax_mhz"] * 1e6 / 1000
+    assert f"| 1000 | {rate:,.0f} |" in table[3]
+    plot_sweep(points, tmp_path / "sweep.png")
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+
+
+# ---- real builds ------------------------------------------------------------------------
+
+def test_ecp5_tiny_place_and_route_makes_bitstream_and_report():
+    """One real ECP5 build through `hmtx synth` (EchoCore stand-in, `tiny` config)."""
+    import argparse
+
+    from hmtx.host import cmd_synth
+
+    out = os.path.join(BUILD, "ecp5_tiny")
+    json_out = os.path.join(out, "report_test.json")
+    parser = argparse.ArgumentParser()
+    cmd_synth.register(parser.add_subparsers())
+    args = parser.parse_args(["synth", "--board", "ulx3s-85f", "--config", "tiny", "--core", "echo",
+                              "--out", out, "--json", json_out])
+    assert args.func(args) == 0
+    with open(json_out) as f:
+        rep = json.load(f)
+    _check_sane(rep, "ulx3s-85f")
+    assert rep["device"] == "LFE5U-85F" and rep["config"] == "tiny"
+    assert rep["lanes"] == get_config("tiny").lanes
+    assert rep["resources"]["dsp"]["used"] == rep["lanes"]
+    assert rep["target_mhz"] == 100.0 and rep["critical_path"]["delay_ns"] > 0
+    with open(rep["bitstream"], "rb") as f:
+        bit = f.read()
+    assert len(bit) > 10_000
+    assert b"\xff\xff\xbd\xb3" in bit[:4096], "no ECP5 preamble in the bitstream"
+
+
+@pytest.mark.slow
+def test_smollm_on_ulx3s_85f_closes_100mhz_at_p64():
+    rep = synthesize("ulx3s-85f", _hmtx_core("smollm", lanes=64), config_name="smollm", lanes=64,
+                     out_dir=os.path.join(BUILD, "ulx3s_smollm_p64"))
+    print(json.dumps(rep, indent=1))
+    _check_sane(rep, "ulx3s-85f")
+    assert rep["fmax_mhz"] >= 100.0, rep["critical_path"]
+    assert rep["resources"]["lut"]["used"] <= 0.8 * rep["resources"]["lut"]["total"]
+
+
+@pytest.mark.slow
+def test_up5k_on_icebreaker_closes_24mhz():
+    rep = synthesize("icebreaker", _hmtx_core("up5k"), config_name="up5k",
+                     lanes=get_config("up5k").lanes, out_dir=os.path.join(BUILD, "icebreaker_up5k"))
+    print(json.dumps(rep, indent=1))
+    _check_sane(rep, "icebreaker")
+    assert rep["fmax_mhz"] >= 24.0, rep["critical_path"]
+
+
+@pytest.mark.slow
+def test_echo_core_on_ulx3s_closes_100mhz_at_p64():
+    """The board shell (UART, FIFOs, PLL, reset) with 64 registered int8 MAC lanes."""
+    config = get_config("smollm").with_(lanes=64)
+    rep = synthesize("ulx3s-85f", EchoCore(config), config_name="smollm", lanes=64,
+                     out_dir=os.path.join(BUILD, "ulx3s_echo_p64"))
+    _check_sane(rep, "ulx3s-85f")
+    assert rep["resources"]["dsp"]["used"] == 64
+    assert rep["fmax_mhz"] >= 100.0, rep["critical_path"]
+
+
+def _hmtx_core(name, lanes=None):
+    from hmtx.hw.top import HmtxTop
+
+    config = get_config(name)
+    return HmtxTop(config.with_(lanes=lanes) if lanes else config)
