@@ -12,9 +12,12 @@ import sys
 COMMAND_MODULES = [
     "cmd_selfcheck",
     "cmd_eval",
+    "cmd_train",
     "cmd_export_onnx",
     "cmd_synth",
     "cmd_sweep",
+    "cmd_run",
+    "cmd_replay",
 ]
 
 
