@@ -1,24 +1,47 @@
-"""Top level of the hmtx engine: a byte stream of command frames in, response frames out.
+"""Top level of the hmtx engine: command frames in, response frames out (docs/protocol.md)."""
 
-(First integration stub: the signature is final; the command processor is being filled in.)
-"""
-
-from amaranth.hdl import Module
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
-__all__ = ["HmtxTop"]
+from .engine import Engine, Op as EngineOp
+from .slip import SlipDecoder, SlipEncoder, crc8_next
+
+__all__ = ["HmtxTop", "OPCODES", "STATUS"]
+
+# docs/protocol.md, section 3 and 4 (kept literal here: the RTL is one implementation of the
+# document; host/protocol.py is the other and the tests compare their bytes)
+OPCODES = {"INFO": 0x01, "STATUS": 0x02, "CYCLES": 0x03, "RESET_CACHE": 0x10, "LOAD_WEIGHTS": 0x11,
+           "WRITE_MEMORY": 0x12, "READ_SLOT": 0x13, "RECALL": 0x14, "ATTENTION": 0x20}
+STATUS = {"OK": 0, "BAD_FRAME": 1, "BAD_CRC": 2, "BAD_OPCODE": 3, "BAD_LENGTH": 4, "BAD_ARG": 5,
+          "SLOT_RANGE": 6, "EMPTY_CACHE": 7, "NO_WEIGHTS": 8}
+COMPUTE = ("RESET_CACHE", "LOAD_WEIGHTS", "WRITE_MEMORY", "RECALL", "ATTENTION")
+MAX_BODY = 65535
+SHIFT_MAX = 31
+VERSION = (1, 0)
+
+
 
 
 class HmtxTop(wiring.Component):
     """The hmtx recall/attention engine behind a framed byte-stream host interface.
 
+    Bytes from ``cmd`` are un-SLIPped and consumed one per cycle while the device is idle: the
+    header fields are captured, payload bytes go straight to their place in the engine's input
+    buffer (vector mantissas to P-byte words, exponents to their table, weight mantissas to
+    the weight memory at word ``j*ceil(d/P) + c//P``) while the CRC register runs over every
+    body byte. At END the frame is judged in the documented order; a valid compute command
+    starts the :class:`~hmtx.hw.engine.Engine`; the response is generated from registers and
+    result memories, CRC'd on the fly and SLIP-encoded onto ``rsp``. ``cmd`` is not ready
+    while a command executes or its response is being sent (protocol: stop-and-wait).
+
     Members
     -------
     cmd : In(stream.Signature(8))
-        Command frame bytes (see docs/protocol.md).
+        Command frame bytes.
     rsp : Out(stream.Signature(8))
         Response frame bytes.
     """
@@ -29,10 +52,444 @@ class HmtxTop(wiring.Component):
     def __init__(self, config: EngineConfig):
         if not isinstance(config, EngineConfig):
             raise ValueError(f"HmtxTop needs an EngineConfig, got {type(config).__name__}")
+        for name in ("d", "d_h", "n_slots", "lanes", "head_dim", "max_queries", "max_keys"):
+            if getattr(config, name) > 0xFFFF:
+                raise ValueError(f"config {config.name!r}: {name} does not fit the protocol's u16")
+        if config.max_queries > 255 or config.max_keys > 255:
+            raise ValueError(f"config {config.name!r}: tile sizes must fit the protocol's u8 header")
         self.config = config
+        self.engine = Engine(config)
         super().__init__()
 
     def elaborate(self, platform):
         m = Module()
-        m.d.comb += self.cmd.ready.eq(1)
+        c = self.config
+        eng = m.submodules.engine = self.engine
+        P, CB, HB, AB = eng.P, eng.CB, eng.HB, eng.AB
+        MQ, MK, N = c.max_queries, c.max_keys, c.n_slots
+        m.submodules.dec = dec = SlipDecoder()
+        m.submodules.enc = enc = SlipEncoder()
+        rx = Signal()       # bytes are taken only between commands (stop-and-wait)
+        m.d.comb += [dec.i.valid.eq(self.cmd.valid & rx), dec.i.payload.eq(self.cmd.payload),
+                     self.cmd.ready.eq(dec.i.ready & rx)]
+
+        def le(value, nbytes):
+            """Little-endian bytes of an int or a Value (sign- or zero-extended to nbytes)."""
+            if isinstance(value, int):
+                return [(value >> (8 * k)) & 0xFF for k in range(nbytes)]
+            v = Value.cast(value)
+            ext = Signal(signed(8 * nbytes) if v.shape().signed else 8 * nbytes)
+            m.d.comb += ext.eq(v)
+            return [ext[8 * k:8 * k + 8] for k in range(nbytes)]
+        wiring.connect(m, enc.o, wiring.flipped(self.rsp))
+
+        vin_w = eng.vin.write_port(granularity=1)
+        vexp_w = eng.vexp.write_port()
+        w_w = [eng.wq.write_port(granularity=1), eng.wk.write_port(granularity=1)]
+        mem_r, key_r, out_r, pm_r = (eng.mem.read_port(), eng.key.read_port(), eng.out.read_port(),
+                                     eng.pm.read_port())
+        mexp_r, kexp_r, oexp_r = (eng.mexp.read_port(domain="comb"), eng.kexp.read_port(domain="comb"),
+                                  eng.oexp.read_port(domain="comb"))
+
+        # --- device state --------------------------------------------------------------------
+        fill = Signal(range(N + 1))
+        wp = Signal(range(N))
+        loaded = Signal(2)
+        w_exp = [Signal(signed(8), name=f"w{n}_exp") for n in "qk"]
+        w_shift = [Signal(5, name=f"w{n}_shift") for n in "qk"]
+        next_row = [Signal(16, name=f"w{n}_next_row") for n in "qk"]
+        nr_word = [Signal(range(CB + 1), name=f"w{n}_nr_word") for n in "qk"]
+        nr_lane = [Signal(range(P), name=f"w{n}_nr_lane") for n in "qk"]
+        cyc_total = Signal(64)
+        cyc_last = Signal(32)
+        cyc_op = Signal(8)
+        cyc_run = Signal(32)
+        resp_slot = Signal(16)
+        m.d.comb += [eng.wq_exp.eq(w_exp[0]), eng.wk_exp.eq(w_exp[1]),
+                     eng.wq_shift.eq(w_shift[0]), eng.wk_shift.eq(w_shift[1])]
+
+        # --- frame state -----------------------------------------------------------------------
+        count = Signal(16)          # body bytes so far (= index of the next one)
+        overlong = Signal()
+        crc = Signal(8)
+        opcode = Signal(8)
+        hdr = [Signal(8, name=f"hdr{k}") for k in range(8)]
+        bad_arg = Signal()          # a streamed field out of range (mantissa -128, exponent)
+        status = Signal(8)
+
+        def is_op(name):
+            return opcode == OPCODES[name]
+
+        # vector payload (WRITE_MEMORY, RECALL): exponent at body[1], mantissa k at body[2 + k]
+        vw = Signal(range(CB + 1))
+        vl = Signal(range(P))
+        # attention rows
+        rin = Signal(range(MQ + 2 * MK + 2))
+        col = Signal(range(c.head_dim + 1))
+        aw = Signal(range(AB + 1))
+        al = Signal(range(P))
+        prow = Signal(range(eng.ROWS + 1))
+        pbase = Signal(range(eng.ROWS * AB + 1))
+        n_q, n_k, aflags = hdr[1], hdr[2], hdr[3]
+        # weight rows: mantissa i is W[c, j], c = row_offset + i // d_h, j = i % d_h
+        ld_c_word = Signal(range(CB + 1))
+        ld_c_lane = Signal(range(P))
+        ld_j = Signal(range(c.d_h + 1))
+        ld_jbase = Signal(range(c.d_h * CB + 1))
+        ld_matrix = hdr[1]
+        ld_exp = hdr[2].as_signed()
+        ld_shift = hdr[3]
+        ld_row_offset = Cat(hdr[4], hdr[5])
+        ld_rows = Cat(hdr[6], hdr[7])
+        ld_sel = ld_matrix[0]
+        ld_next = Mux(ld_sel, next_row[1], next_row[0])
+        ld_end = Signal(17)
+        m.d.comb += ld_end.eq(ld_row_offset + ld_rows)
+        ld_hdr_ok = ((ld_matrix <= 1) & (ld_exp >= fixed.EXP_MIN) & (ld_exp <= fixed.EXP_MAX)
+                     & (ld_shift <= SHIFT_MAX) & (ld_rows != 0) & (ld_end <= c.d)
+                     & ((ld_row_offset == 0) | ((ld_row_offset == ld_next)
+                        & (ld_exp == Mux(ld_sel, w_exp[1], w_exp[0]))
+                        & (ld_shift == Mux(ld_sel, w_shift[1], w_shift[0])))))
+        slot_arg = Cat(hdr[1], hdr[2])
+
+        attn_len = Signal(17)
+        m.d.comb += attn_len.eq(5 + (n_q + 2 * n_k) * (1 + c.head_dim))
+        ld_len = Signal(32)
+        m.d.comb += ld_len.eq(9 + ld_rows * c.d_h)
+
+        beat = dec.o.payload
+        byte = beat.data
+        idx = count
+
+        def exp_ok(b):
+            return b[7] == b[6]         # EXP_MIN..EXP_MAX = -64..63: bits 7 and 6 agree
+
+        mant_bad = byte == 0x80          # -128 is not a BFP8 mantissa
+
+        # --- response generator state ------------------------------------------------------------
+        ri = Signal(16)              # element / byte counters of the response segments
+        rk = Signal(16)
+        rb = Signal()
+        rrow = Signal(range(MQ + 1))
+        rcrc = Signal(8)
+        send_data = Signal(8)
+        send_last = Signal()
+        send = Signal()
+        sent = Signal()
+        m.d.comb += [enc.i.valid.eq(send), enc.i.payload.data.eq(send_data),
+                     enc.i.payload.last.eq(send_last), sent.eq(send & enc.i.ready)]
+        with m.If(sent):
+            m.d.sync += rcrc.eq(crc8_next(rcrc, send_data))
+
+        with m.FSM():
+            with m.State("RX"):
+                m.d.comb += [dec.o.ready.eq(1), rx.eq(1)]
+                with m.If(dec.o.valid & beat.end):
+                    m.next = "CHECK"
+                    with m.If(beat.err):
+                        m.d.sync += overlong.eq(1)   # judged as BAD_FRAME like an overlong body
+                with m.Elif(dec.o.valid):
+                    with m.If(count == MAX_BODY):
+                        m.d.sync += overlong.eq(1)
+                    with m.Else():
+                        m.d.sync += [count.eq(count + 1), crc.eq(crc8_next(crc, byte))]
+                    with m.If(idx == 0):
+                        m.d.sync += [opcode.eq(byte), vw.eq(0), vl.eq(0)]
+                    for k in range(1, 8):
+                        with m.If(idx == k):
+                            m.d.sync += hdr[k].eq(byte)
+
+                    # WRITE_MEMORY / RECALL vector
+                    with m.If(is_op("WRITE_MEMORY") | is_op("RECALL")):
+                        with m.If(idx == 1):
+                            m.d.comb += [vexp_w.addr.eq(0), vexp_w.data.eq(byte), vexp_w.en.eq(1)]
+                            with m.If(~exp_ok(byte)):
+                                m.d.sync += bad_arg.eq(1)
+                        with m.Elif((idx >= 2) & (idx < c.d + 2)):
+                            m.d.comb += [vin_w.addr.eq(vw), vin_w.en.eq(Const(1, P) << vl)]
+                            m.d.comb += [vin_w.data[l].eq(byte) for l in range(P)]
+                            m.d.sync += [vl.eq(Mux(vl == P - 1, 0, vl + 1)), vw.eq(Mux(vl == P - 1, vw + 1, vw))]
+                            with m.If(mant_bad):
+                                m.d.sync += bad_arg.eq(1)
+
+                    # ATTENTION rows: Q at row 0, K at row MQ, V at row MQ + MK
+                    with m.If(is_op("ATTENTION")):
+                        with m.If(idx == 3):
+                            m.d.sync += [rin.eq(0), col.eq(0), aw.eq(0), al.eq(0), prow.eq(0), pbase.eq(0)]
+                        sane = (n_q >= 1) & (n_q <= MQ) & (n_k >= 1) & (n_k <= MK)
+                        with m.If((idx >= 4) & sane & (rin < n_q + 2 * n_k)):
+                            with m.If(col == 0):
+                                m.d.comb += [vexp_w.addr.eq(prow), vexp_w.data.eq(byte), vexp_w.en.eq(1)]
+                                with m.If(~exp_ok(byte)):
+                                    m.d.sync += bad_arg.eq(1)
+                            with m.Else():
+                                m.d.comb += [vin_w.addr.eq(pbase + aw), vin_w.en.eq(Const(1, P) << al)]
+                                m.d.comb += [vin_w.data[l].eq(byte) for l in range(P)]
+                                m.d.sync += [al.eq(Mux(al == P - 1, 0, al + 1)),
+                                             aw.eq(Mux(al == P - 1, aw + 1, aw))]
+                                with m.If(mant_bad):
+                                    m.d.sync += bad_arg.eq(1)
+                            with m.If(col == c.head_dim):
+                                m.d.sync += [col.eq(0), aw.eq(0), al.eq(0), rin.eq(rin + 1)]
+                                with m.If(rin + 1 == n_q):
+                                    m.d.sync += [prow.eq(MQ), pbase.eq(MQ * AB)]
+                                with m.Elif(rin + 1 == n_q + n_k):
+                                    m.d.sync += [prow.eq(MQ + MK), pbase.eq((MQ + MK) * AB)]
+                                with m.Else():
+                                    m.d.sync += [prow.eq(prow + 1), pbase.eq(pbase + AB)]
+                            with m.Else():
+                                m.d.sync += col.eq(col + 1)
+
+                    # LOAD_WEIGHTS: mantissas stream into the weight memory once the header is good
+                    with m.If(is_op("LOAD_WEIGHTS")):
+                        with m.If(idx == 7):
+                            row_off = Cat(hdr[4], hdr[5])
+                            sel = hdr[1][0]
+                            m.d.sync += [ld_j.eq(0), ld_jbase.eq(0),
+                                         ld_c_word.eq(Mux(row_off == 0, 0, Mux(sel, nr_word[1], nr_word[0]))),
+                                         ld_c_lane.eq(Mux(row_off == 0, 0, Mux(sel, nr_lane[1], nr_lane[0])))]
+                        with m.If((idx >= 8) & ld_hdr_ok & (idx < ld_len - 1)):
+                            for n in range(2):
+                                m.d.comb += [w_w[n].addr.eq(ld_jbase + ld_c_word),
+                                             w_w[n].en.eq(Mux(ld_sel == n, Const(1, P) << ld_c_lane, 0))]
+                                m.d.comb += [w_w[n].data[l].eq(byte) for l in range(P)]
+                            with m.If(mant_bad):
+                                m.d.sync += bad_arg.eq(1)
+                            with m.If(ld_j == c.d_h - 1):
+                                m.d.sync += [ld_j.eq(0), ld_jbase.eq(0),
+                                             ld_c_lane.eq(Mux(ld_c_lane == P - 1, 0, ld_c_lane + 1)),
+                                             ld_c_word.eq(Mux(ld_c_lane == P - 1, ld_c_word + 1, ld_c_word))]
+                            with m.Else():
+                                m.d.sync += [ld_j.eq(ld_j + 1), ld_jbase.eq(ld_jbase + CB)]
+
+            with m.State("CHECK"):
+                # the documented order: BAD_FRAME, BAD_CRC, BAD_OPCODE, BAD_LENGTH, BAD_ARG, per-op
+                known = Cat(*[opcode == v for v in OPCODES.values()]).any()
+                length_ok = Signal()
+                with m.Switch(opcode):
+                    with m.Case(OPCODES["LOAD_WEIGHTS"]):
+                        m.d.comb += length_ok.eq((count >= 8) & (count == ld_len))
+                    with m.Case(OPCODES["ATTENTION"]):
+                        m.d.comb += length_ok.eq((count >= 4) & (count == attn_len))
+                    with m.Case(OPCODES["WRITE_MEMORY"], OPCODES["RECALL"]):
+                        m.d.comb += length_ok.eq(count == c.d + 3)
+                    with m.Case(OPCODES["READ_SLOT"]):
+                        m.d.comb += length_ok.eq(count == 4)
+                    with m.Default():
+                        m.d.comb += length_ok.eq(count == 2)
+                arg_bad = Signal()
+                with m.Switch(opcode):
+                    with m.Case(OPCODES["LOAD_WEIGHTS"]):
+                        m.d.comb += arg_bad.eq(~ld_hdr_ok | bad_arg)
+                    with m.Case(OPCODES["ATTENTION"]):
+                        m.d.comb += arg_bad.eq(bad_arg | (n_q < 1) | (n_q > MQ) | (n_k < 1) | (n_k > MK)
+                                               | (aflags[1:] != 0) | (aflags[0] & (n_q > n_k)))
+                    with m.Default():
+                        m.d.comb += arg_bad.eq(bad_arg)
+                st = Signal(8)
+                with m.If(overlong | (count == 1)):
+                    m.d.comb += st.eq(STATUS["BAD_FRAME"])
+                with m.Elif(crc != 0):
+                    m.d.comb += st.eq(STATUS["BAD_CRC"])
+                with m.Elif(~known):
+                    m.d.comb += st.eq(STATUS["BAD_OPCODE"])
+                with m.Elif(~length_ok):
+                    m.d.comb += st.eq(STATUS["BAD_LENGTH"])
+                with m.Elif(arg_bad):
+                    m.d.comb += st.eq(STATUS["BAD_ARG"])
+                with m.Elif(is_op("WRITE_MEMORY") & ~loaded[1]):
+                    m.d.comb += st.eq(STATUS["NO_WEIGHTS"])
+                with m.Elif(is_op("RECALL") & ~loaded[0]):
+                    m.d.comb += st.eq(STATUS["NO_WEIGHTS"])
+                with m.Elif(is_op("RECALL") & (fill == 0)):
+                    m.d.comb += st.eq(STATUS["EMPTY_CACHE"])
+                with m.Elif(is_op("READ_SLOT") & (slot_arg >= fill)):
+                    m.d.comb += st.eq(STATUS["SLOT_RANGE"])
+                m.d.sync += [status.eq(st), cyc_run.eq(0)]
+                with m.If(count == 0):
+                    with m.If(~overlong):
+                        m.d.sync += opcode.eq(0)
+                        m.next = "NEXT"           # empty body: ignored
+                    with m.Else():
+                        m.d.sync += opcode.eq(0)
+                        m.next = "HDR_S"
+                with m.Elif(st != 0):
+                    # a failed LOAD_WEIGHTS may have written part of its matrix
+                    with m.If(is_op("LOAD_WEIGHTS") & (count >= 2) & (hdr[1] <= 1)):
+                        for n in range(2):
+                            with m.If(hdr[1] == n):
+                                m.d.sync += [loaded[n].eq(0), next_row[n].eq(0)]
+                    m.next = "HDR_S"
+                with m.Else():
+                    m.next = "EXEC"
+
+            with m.State("EXEC"):
+                m.d.sync += cyc_run.eq(cyc_run + 1)
+                with m.Switch(opcode):
+                    with m.Case(OPCODES["RESET_CACHE"]):
+                        m.d.sync += [fill.eq(0), wp.eq(0)]
+                        m.next = "FINISH"
+                    with m.Case(OPCODES["LOAD_WEIGHTS"]):
+                        for n in range(2):
+                            with m.If(ld_sel == n):
+                                with m.If(ld_row_offset == 0):
+                                    m.d.sync += [w_exp[n].eq(ld_exp), w_shift[n].eq(ld_shift)]
+                                m.d.sync += [next_row[n].eq(ld_end), nr_word[n].eq(ld_c_word),
+                                             nr_lane[n].eq(ld_c_lane), loaded[n].eq(ld_end == c.d)]
+                        m.next = "FINISH"
+                    with m.Case(OPCODES["WRITE_MEMORY"], OPCODES["RECALL"], OPCODES["ATTENTION"]):
+                        m.d.comb += [eng.start.eq(1), eng.slot.eq(wp), eng.n_q.eq(n_q),
+                                     eng.causal.eq(aflags[0])]
+                        with m.Switch(opcode):
+                            with m.Case(OPCODES["WRITE_MEMORY"]):
+                                m.d.comb += eng.op.eq(EngineOp.WRITE)
+                            with m.Case(OPCODES["RECALL"]):
+                                m.d.comb += [eng.op.eq(EngineOp.RECALL), eng.n_keys.eq(fill)]
+                            with m.Default():
+                                m.d.comb += [eng.op.eq(EngineOp.ATTENTION), eng.n_keys.eq(n_k)]
+                        m.next = "WAIT"
+                    with m.Default():
+                        m.next = "HDR_S"
+            with m.State("WAIT"):
+                m.d.sync += cyc_run.eq(cyc_run + 1)
+                with m.If(eng.done):
+                    with m.If(is_op("WRITE_MEMORY")):
+                        # the response names the slot written: keep it in hdr[1..2]
+                        m.d.sync += [resp_slot.eq(wp),
+                                     wp.eq(Mux(wp == N - 1, 0, wp + 1)),
+                                     fill.eq(Mux(fill == N, N, fill + 1))]
+                    m.next = "FINISH"
+            with m.State("FINISH"):
+                m.d.sync += [cyc_total.eq(cyc_total + cyc_run), cyc_last.eq(cyc_run),
+                             cyc_op.eq(opcode)]
+                m.next = "HDR_S"
+
+            # --- response: status, opcode, payload, CRC ---------------------------------------
+            with m.State("HDR_S"):
+                m.d.comb += [send.eq(1), send_data.eq(status)]
+                with m.If(sent):
+                    m.next = "HDR_O"
+            with m.State("HDR_O"):
+                m.d.comb += [send.eq(1), send_data.eq(opcode)]
+                with m.If(sent):
+                    m.d.sync += [ri.eq(0), rk.eq(0), rb.eq(0), rrow.eq(0)]
+                    with m.If(status != 0):
+                        m.next = "CRC"
+                    with m.Else():
+                        with m.Switch(opcode):
+                            with m.Case(OPCODES["INFO"], OPCODES["STATUS"], OPCODES["CYCLES"],
+                                        OPCODES["WRITE_MEMORY"]):
+                                m.next = "FIX"
+                            with m.Case(OPCODES["READ_SLOT"]):
+                                m.next = "SLOT_MEXP"
+                            with m.Case(OPCODES["RECALL"], OPCODES["ATTENTION"]):
+                                m.next = "OUT_EXP"
+                            with m.Default():
+                                m.next = "CRC"
+
+            with m.State("FIX"):
+                info = ([ord("H"), ord("M"), VERSION[0], VERSION[1], 0b11]
+                        + sum((le(v, 2) for v in (c.d, c.d_h, N, P, c.head_dim, MQ, MK, MAX_BODY)), [])
+                        + [fixed.EXP_MIN & 0xFF, fixed.EXP_MAX, fixed.SCORE_FRAC, fixed.EXP2_BITS,
+                           fixed.PROB_BITS, fixed.OUT_SHIFT, fixed.ALIGN_CUTOFF, SHIFT_MAX])
+                status_b = le(fill, 2) + le(wp, 2) + [loaded] + le(next_row[0], 2) + le(next_row[1], 2)
+                cycles_b = le(cyc_total, 8) + le(cyc_last, 4) + [cyc_op]
+                write_b = le(resp_slot, 2) + le(fill, 2)
+                tables = {"INFO": info, "STATUS": status_b, "CYCLES": cycles_b, "WRITE_MEMORY": write_b}
+                with m.Switch(opcode):
+                    for name, table in tables.items():
+                        with m.Case(OPCODES[name]):
+                            with m.Switch(ri):
+                                for k, v in enumerate(table):
+                                    with m.Case(k):
+                                        m.d.comb += send_data.eq(v)
+                            m.d.comb += send.eq(1)
+                            with m.If(sent):
+                                m.d.sync += ri.eq(ri + 1)
+                                with m.If(ri == len(table) - 1):
+                                    m.next = "CRC"
+
+            # READ_SLOT: M exponent, d mantissas, K exponent (i16), d_h x i16
+            slot = slot_arg[:max(1, (N - 1).bit_length())]
+            m.d.comb += [mexp_r.addr.eq(slot), kexp_r.addr.eq(slot), oexp_r.addr.eq(rrow)]
+            # element k of a vector lives in word k // P, lane k % P: rk counts words, ri lanes
+            m.d.comb += [mem_r.addr.eq(slot * CB + rk), key_r.addr.eq(slot * HB + rk),
+                         out_r.addr.eq(rrow * AB + rk), pm_r.addr.eq(ri)]
+            r_elem = Signal(16)     # elements sent of the current vector
+
+            def vector(state, n_elems, word, elem_bytes, next_state, fetch_state):
+                """Send elements 0..n-1 from a sync-read memory (one fetch cycle per element)."""
+                with m.State(fetch_state):
+                    m.next = state
+                with m.State(state):
+                    v = word
+                    m.d.comb += [send.eq(1),
+                                 send_data.eq(Mux(rb, v[8:16], v[:8]) if elem_bytes == 2 else v[:8])]
+                    with m.If(sent):
+                        if elem_bytes == 2:
+                            m.d.sync += rb.eq(~rb)
+                            adv = rb
+                        else:
+                            adv = 1
+                        with m.If(adv):
+                            m.d.sync += [r_elem.eq(r_elem + 1), ri.eq(Mux(ri == P - 1, 0, ri + 1)),
+                                         rk.eq(Mux(ri == P - 1, rk + 1, rk))]
+                            with m.If(r_elem == n_elems - 1):
+                                m.next = next_state
+                            with m.Else():
+                                m.next = fetch_state
+
+            def scalar(state, value, nbytes, next_state, on_done=()):
+                with m.State(state):
+                    bytes_ = le(value, nbytes)
+                    m.d.comb += [send.eq(1), send_data.eq(bytes_[0] if nbytes == 1 else Mux(rb, bytes_[1], bytes_[0]))]
+                    with m.If(sent):
+                        if nbytes == 2:
+                            m.d.sync += rb.eq(~rb)
+                        with m.If(rb if nbytes == 2 else 1):
+                            m.d.sync += [ri.eq(0), rk.eq(0), r_elem.eq(0)]
+                            m.d.sync += list(on_done)
+                            m.next = next_state
+
+            scalar("SLOT_MEXP", mexp_r.data, 1, "SLOT_M_F")
+            vector("SLOT_M", c.d, Value.cast(mem_r.data[ri]), 1, "SLOT_KEXP", "SLOT_M_F")
+            scalar("SLOT_KEXP", kexp_r.data, 2, "SLOT_K_F")
+            vector("SLOT_K", c.d_h, Value.cast(key_r.data[ri]), 2, "CRC", "SLOT_K_F")
+
+            # RECALL: P exponent, d x i16, n, n probabilities; ATTENTION: n_q x (exponent, row)
+            scalar("OUT_EXP", oexp_r.data, 2, "OUT_V_F")
+            out_len = Mux(is_op("RECALL"), c.d, c.head_dim)
+            vector("OUT_V", out_len, Value.cast(out_r.data[ri]), 2, "OUT_NEXT", "OUT_V_F")
+            with m.State("OUT_NEXT"):
+                m.d.sync += [ri.eq(0), rk.eq(0), r_elem.eq(0)]
+                with m.If(is_op("RECALL")):
+                    m.next = "REC_N"
+                with m.Elif(rrow + 1 < n_q):
+                    m.d.sync += rrow.eq(rrow + 1)
+                    m.next = "OUT_EXP"
+                with m.Else():
+                    m.next = "CRC"
+            scalar("REC_N", fill, 2, "REC_P_F")
+            with m.State("REC_P_F"):
+                m.next = "REC_P"
+            with m.State("REC_P"):
+                m.d.comb += [send.eq(1), send_data.eq(Mux(rb, pm_r.data[8:16], pm_r.data[:8]))]
+                with m.If(sent):
+                    m.d.sync += rb.eq(~rb)
+                    with m.If(rb):
+                        m.d.sync += ri.eq(ri + 1)
+                        with m.If(ri == fill - 1):
+                            m.next = "CRC"
+                        with m.Else():
+                            m.next = "REC_P_F"
+
+            with m.State("CRC"):
+                m.d.comb += [send.eq(1), send_data.eq(rcrc),
+                             send_last.eq(1)]
+                with m.If(sent):
+                    m.next = "NEXT"
+            with m.State("NEXT"):
+                m.d.sync += [count.eq(0), overlong.eq(0), crc.eq(0), bad_arg.eq(0), rcrc.eq(0),
+                             rb.eq(0), opcode.eq(0)]
+                m.next = "RX"
         return m

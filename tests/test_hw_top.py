@@ -1,0 +1,108 @@
+"""HmtxTop byte for byte against the golden device: command sequences that wrap the ring, and
+every malformed-command case followed by a command that still works."""
+
+import numpy as np
+import pytest
+
+from hmtx.host import protocol as P
+from hmtx.model import fixed
+from hmtx.model.configs import CONFIGS, EngineConfig
+from hwsim import rng
+from hwtop import run_against_golden
+
+ODD = EngineConfig("odd20", d=20, d_h=12, n_slots=3, lanes=8, head_dim=12, max_queries=3, max_keys=5)
+Op = P.Op
+
+
+def cmd(op, payload=b""):
+    return P.encode_command(op, payload)
+
+
+def weights(g, c):
+    return [fixed.quantize_weight(g.normal(0, 1.5 / np.sqrt(c.d), (c.d, c.d_h))) for _ in range(2)]
+
+
+def vec(g, n):
+    m, e = fixed.quantize_bfp(g.normal(0, 1, n) * 2.0 ** g.integers(-2, 3))
+    return m, int(e)
+
+
+def load_steps(c, qws, rows_per_chunk):
+    steps = []
+    for n, qw in enumerate(qws):
+        for k, payload in enumerate(P.weight_chunks(n, qw, chunk=rows_per_chunk * c.d_h)):
+            steps.append((f"load W{'qk'[n]} chunk {k}", cmd(Op.LOAD_WEIGHTS, payload)))
+    return steps
+
+
+@pytest.mark.parametrize("config", [CONFIGS["tiny"], ODD], ids=lambda c: c.name)
+def test_top_sequence_matches_golden(config):
+    r = rng(30)
+    g = np.random.default_rng(r.randrange(1 << 30))
+    c = config
+    steps = [("leading END", bytes([P.END])), ("info", cmd(Op.INFO)), ("status", cmd(Op.STATUS)),
+             ("recall before weights", cmd(Op.RECALL, P.pack_vector_cmd(*vec(g, c.d), c.d)))]
+    steps += load_steps(c, weights(g, c), rows_per_chunk=7)
+    steps.append(("status loaded", cmd(Op.STATUS)))
+    for n in range(c.n_slots + 2):                  # wraps the ring
+        steps.append((f"write {n}", cmd(Op.WRITE_MEMORY, P.pack_vector_cmd(*vec(g, c.d), c.d))))
+        steps.append((f"recall {n}", cmd(Op.RECALL, P.pack_vector_cmd(*vec(g, c.d), c.d))))
+    steps += [(f"read slot {s}", cmd(Op.READ_SLOT, P.pack_read_slot(s))) for s in range(c.n_slots)]
+    for causal, nq, nk in ((False, c.max_queries, c.max_keys), (True, 2, 3), (True, 1, 1)):
+        rows = [vec(g, c.head_dim) for _ in range(nq + 2 * nk)]
+        m = np.stack([x[0] for x in rows])
+        e = np.array([x[1] for x in rows])
+        payload = P.pack_attention(m[:nq], e[:nq], m[nq:nq + nk], e[nq:nq + nk], m[nq + nk:], e[nq + nk:], causal)
+        steps.append((f"attention causal={causal} {nq}x{nk}", cmd(Op.ATTENTION, payload)))
+    steps += [("cycles", cmd(Op.CYCLES)), ("reset", cmd(Op.RESET_CACHE)), ("status after reset", cmd(Op.STATUS)),
+              ("recall on empty cache", cmd(Op.RECALL, P.pack_vector_cmd(*vec(g, c.d), c.d)))]
+    results = run_against_golden(c, steps, r)
+    status = {label: P.FrameDecoder().feed(want)[0].body[0] for label, want, _ in results if want}
+    assert all(status[f"recall {n}"] == P.Status.OK for n in range(c.n_slots + 2))
+    assert status["recall before weights"] == P.Status.NO_WEIGHTS
+    assert status["recall on empty cache"] == P.Status.EMPTY_CACHE
+
+
+def test_top_malformed_commands_then_recovery():
+    r = rng(31)
+    g = np.random.default_rng(r.randrange(1 << 30))
+    c = CONFIGS["tiny"]
+    good_vec = P.pack_vector_cmd(*vec(g, c.d), c.d)
+    steps = load_steps(c, weights(g, c), rows_per_chunk=c.d)
+    steps += [("write 0", cmd(Op.WRITE_MEMORY, good_vec))]
+    bad_body = bytes([Op.RECALL]) + good_vec
+    bad_mant = bytearray(good_vec)
+    bad_mant[3] = 0x80
+    bad_exp = bytearray(good_vec)
+    bad_exp[0] = 64
+    follow = ("recall works", cmd(Op.RECALL, P.pack_vector_cmd(*vec(g, c.d), c.d)))
+    cases = [
+        ("unknown opcode", cmd(0x7E, b"")),
+        ("bad length", cmd(Op.WRITE_MEMORY, good_vec[:-1])),
+        ("bad length info", cmd(Op.INFO, b"\x00")),
+        ("slot out of range", cmd(Op.READ_SLOT, P.pack_read_slot(1))),
+        ("slot far out of range", cmd(Op.READ_SLOT, P.pack_read_slot(300))),
+        ("bad crc", P.slip_escape(bad_body + bytes([P.crc8(bad_body) ^ 1]))),
+        ("truncated frame", P.encode_command(Op.WRITE_MEMORY, good_vec)[:10] + bytes([P.END])),
+        ("escape error", bytes([Op.INFO, P.ESC, 0x11, 0x22, P.END])),
+        ("one-byte body", bytes([Op.INFO, P.END])),
+        ("mantissa -128", cmd(Op.WRITE_MEMORY, bytes(bad_mant))),
+        ("exponent 64", cmd(Op.RECALL, bytes(bad_exp))),
+        ("attention too many queries", cmd(Op.ATTENTION, bytes([c.max_queries + 1, 1, 0]) +
+                                           bytes((c.max_queries + 3) * (1 + c.head_dim)))),
+        ("attention causal nq > nk", cmd(Op.ATTENTION, bytes([2, 1, 1]) + bytes(4 * (1 + c.head_dim)))),
+        ("load bad matrix", cmd(Op.LOAD_WEIGHTS, bytes([2, 0, 0, 0, 0, 1, 0]) + bytes(c.d_h))),
+    ]
+    steps += [x for case in cases for x in (case, follow)]
+    steps += [("read slot 0 intact", cmd(Op.READ_SLOT, P.pack_read_slot(0))), ("status", cmd(Op.STATUS))]
+    # a failed chunk invalidates W_q: recall then answers NO_WEIGHTS, write still works
+    steps += [("load W_q bad row_offset", cmd(Op.LOAD_WEIGHTS, bytes([0, 0, 0, 5, 0, 1, 0]) + bytes(c.d_h))),
+              ("recall without W_q", follow[1]), ("write with W_k", cmd(Op.WRITE_MEMORY, good_vec)),
+              ("status", cmd(Op.STATUS))]
+    results = run_against_golden(c, steps, r)
+    statuses = {label: P.FrameDecoder().feed(want)[0].body[0] for label, want, _ in results}
+    assert statuses["unknown opcode"] == P.Status.BAD_OPCODE
+    assert statuses["bad crc"] == P.Status.BAD_CRC
+    assert statuses["slot out of range"] == P.Status.SLOT_RANGE
+    assert statuses["recall without W_q"] == P.Status.NO_WEIGHTS
+    assert statuses["recall works"] == P.Status.OK
