@@ -24,7 +24,10 @@ def register(subparsers) -> None:
     p.add_argument("--backbone", choices=("smollm2", "tiny"), default="smollm2")
     p.add_argument("--checkpoint", help="HMT checkpoint folder (hmt_config.json + hmt.safetensors)")
     p.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:i]")
-    p.add_argument("--max-docs", type=int, help="use at most this many documents (those >= 1 segment)")
+    p.add_argument("--max-docs", type=int, help="use at most this many documents (the first long enough)")
+    p.add_argument("--min-segments", type=int, default=1,
+                   help="skip documents with fewer than this many full segments (e.g. = --segments, so "
+                        "every segment index averages the same documents)")
     p.add_argument("--variants", default="backbone,rmt,hmt_float,hmt_fixed",
                    help="comma-separated subset of backbone,rmt,hmt_float,hmt_fixed")
     g = p.add_argument_group("HMT sizes (without --checkpoint)")
@@ -51,7 +54,7 @@ def _run(args) -> int:
 
     from hmtx.model.backbone import load_backbone
     from hmtx.model.evaluate import evaluate, format_table, plot_per_segment
-    from hmtx.model.hmt import HMT, load_checkpoint
+    from hmtx.model.hmt import HMT
     from hmtx.model.text import load_documents, tokenize_documents
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -62,7 +65,9 @@ def _run(args) -> int:
     docs = load_documents(args.text)                     # fail on bad text before the slow load
     backbone = load_backbone(args.backbone, device)
     if args.checkpoint:
-        model = load_checkpoint(args.checkpoint, backbone)
+        # A trained folder may also hold LoRA or backbone weights; load_trained applies them.
+        from hmtx.model.train import load_trained
+        model = load_trained(args.checkpoint, backbone)
     else:
         model = HMT.from_backbone(backbone, segment_length=args.segment_length, sensory=args.sensory,
                                   cache_size=args.cache_size, d_h=args.d_h,
@@ -70,7 +75,7 @@ def _run(args) -> int:
     model.to(device).eval()
     tokens = tokenize_documents(docs, backbone.tokenizer)
     result = evaluate(model, tokens, args.segments, variants=variants, max_docs=args.max_docs,
-                      progress=not args.quiet)
+                      min_segments=args.min_segments, progress=not args.quiet)
     trained = bool(args.checkpoint)
     result["config"].update({"text": args.text,
                              "checkpoint": args.checkpoint, "device": str(device)})
@@ -82,7 +87,8 @@ def _run(args) -> int:
     if diff:
         print(f"fixed vs float recall over {diff['recalls']} searches: max |dP| = {diff['max_abs']:.4g} "
               f"(max |P| {diff['p_float_max_abs']:.4g}), relative L2 max {diff['rel_l2_max']:.4g} "
-              f"mean {diff['rel_l2_mean']:.4g}, max |d prob| {diff['probs_max_abs']:.4g}")
+              f"mean {diff['rel_l2_mean']:.4g}, max |d prob| {diff['probs_max_abs']:.4g}; rounding P_float "
+              f"itself to BFP8 costs {diff['p_float_bfp8_rel_l2_mean']:.4g} (mean relative L2)")
     if not trained:
         print("note: " + result["note"])
     if args.json_out:

@@ -15,6 +15,7 @@ from collections import deque
 
 import torch
 
+from hmtx.model import fixed_torch as ft
 from hmtx.model.hmt import HMT
 from hmtx.model.text import TokenDocument
 
@@ -29,12 +30,14 @@ VARIANT_SPECS = {
 }
 
 
-def _select_documents(docs: list[TokenDocument], model: HMT, segments: int, max_docs: int | None):
+def _select_documents(docs: list[TokenDocument], model: HMT, segments: int, max_docs: int | None,
+                      min_segments: int):
     b = model.config.tokens_per_segment
-    usable = [d for d in docs if d.ids.numel() >= b]
+    usable = [d for d in docs if d.ids.numel() >= min_segments * b]
     if not usable:
         longest = max((d.ids.numel() for d in docs), default=0)
-        raise ValueError(f"text shorter than one segment: the longest document has {longest} tokens, "
+        what = "one segment" if min_segments == 1 else f"{min_segments} segments"
+        raise ValueError(f"text shorter than {what}: the longest document has {longest} tokens, "
                          f"a segment holds B = L - 2 - k = {b}")
     skipped = len(docs) - len(usable)
     if max_docs is not None:
@@ -44,17 +47,20 @@ def _select_documents(docs: list[TokenDocument], model: HMT, segments: int, max_
 
 @torch.no_grad()
 def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tuple(VARIANT_SPECS),
-             max_docs: int | None = None, progress: bool = True) -> dict:
+             max_docs: int | None = None, min_segments: int = 1, progress: bool = True) -> dict:
     """Perplexities of ``variants`` over the first ``segments`` segments of each document.
 
-    Documents shorter than one segment are skipped (counted in the result); ValueError if none is left.
+    Documents shorter than ``min_segments`` full segments are skipped (counted in the result);
+    ValueError if none is left. ``max_docs`` then keeps the first ones.
     """
     if not isinstance(segments, int) or segments < 1:
         raise ValueError(f"segments must be a positive integer, got {segments!r}")
+    if not isinstance(min_segments, int) or not 1 <= min_segments <= segments:
+        raise ValueError(f"min_segments must be in [1, segments={segments}], got {min_segments!r}")
     for v in variants:
         if v not in VARIANT_SPECS:
             raise ValueError(f"unknown variant {v!r}; choose from {', '.join(VARIANT_SPECS)}")
-    docs, skipped = _select_documents(docs, model, segments, max_docs)
+    docs, skipped = _select_documents(docs, model, segments, max_docs, min_segments)
     b = model.config.tokens_per_segment
     nll = {v: [0.0] * segments for v in variants}
     count = [0] * segments
@@ -102,6 +108,7 @@ def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tupl
             "rel_l2_mean": sum(rel) / len(rel),
             "probs_max_abs": max(d["probs_max_abs"] for d in diffs),
             "p_float_max_abs": max(d["p_max_abs"] for d in diffs),
+            "p_float_bfp8_rel_l2_mean": sum(d["bfp8_rel_l2"] for d in diffs) / len(diffs),
         }
     return result
 
@@ -116,6 +123,9 @@ def _recall_difference(model: HMT, out, memories: torch.Tensor) -> dict:
         "rel_l2": float((p_fixed - p_float).norm() / p_float.norm().clamp_min(1e-30)),
         "probs_max_abs": float((probs_fixed - out.probs.float()[by_age]).abs().max()),
         "p_max_abs": float(p_float.abs().max()),
+        # The floor set by the number format alone: P_float rounded to one BFP8 vector.
+        "bfp8_rel_l2": float((ft.dequantize(*ft.quantize_bfp(p_float)) - p_float).norm()
+                             / p_float.norm().clamp_min(1e-30)),
     }
 
 

@@ -48,6 +48,16 @@ def test_float_vs_fixed_within_bound(trial):
     rel = float((p_fixed - p_float).norm() / p_float.norm())
     assert rel <= REL_L2_BOUND, f"HMTX_SEED={seed}: relative L2 error {rel:.4f}"
     assert float((pr_fixed - pr_float).abs().max()) < 0.05, f"HMTX_SEED={seed}"
+    # The integer arithmetic alone (float recall on the dequantized S, M, W_q, W_k): the 2 % of
+    # docs/arithmetic.md section 8.
+    qw_q, qw_k = recall.quantized_weights()
+    deq = MemoryRecall(d, d_h, 16)
+    with torch.no_grad():
+        deq.w_q.copy_(qw_q.mant.double() * 2.0 ** qw_q.exp)
+        deq.w_k.copy_(qw_k.mant.double() * 2.0 ** qw_k.exp)
+        p_deq, _ = deq.recall_once("float", ft.dequantize(*ft.quantize_bfp(s)), ft.dequantize(*ft.quantize_bfp(m)))
+    rel_arith = float((p_fixed - p_deq).norm() / p_deq.norm())
+    assert rel_arith <= 0.02, f"HMTX_SEED={seed}: arithmetic-only relative L2 error {rel_arith:.4f}"
     # Independent float check of the equation itself.
     a = torch.softmax((s @ recall.w_q) @ (m @ recall.w_k).T / math.sqrt(d_h), dim=-1)
     torch.testing.assert_close(p_float, a @ m)
