@@ -22,7 +22,7 @@ from hmtx.model.configs import EngineConfig
 
 from .golden_device import GoldenDevice
 
-__all__ = ["Transport", "GoldenTransport", "SerialTransport", "open_transport", "DEFAULT_BAUD"]
+__all__ = ["Transport", "GoldenTransport", "SerialTransport", "FaultInjector", "open_transport", "DEFAULT_BAUD"]
 
 DEFAULT_BAUD = 1_000_000
 
@@ -144,3 +144,47 @@ def open_transport(spec: str, config: EngineConfig, *, waves: bool = False) -> T
         port, baud = parse_serial_spec(spec)
         return SerialTransport(port, baud)
     raise ValueError(f"unknown device {spec!r}; use golden, sim or serial:PORT[@BAUD]")
+
+
+class FaultInjector(Transport):
+    """Wraps a transport and flips one bit in the payload of the next OK response to ``op``
+    once armed, re-computing the frame's CRC — a device that computed a wrong answer, as far as
+    the host can tell. For testing the runtime's checker (``hmtx run --inject-fault``)."""
+
+    def __init__(self, inner: Transport):
+        from . import protocol as P
+        self._P = P
+        self.inner = inner
+        self.name = inner.name
+        self._armed = None
+        self._decoder = P.FrameDecoder()
+        self.injected = 0
+
+    def arm(self, op: int, byte_offset: int, bit: int) -> None:
+        if not 0 <= bit < 8 or byte_offset < 0:
+            raise ValueError(f"fault: byte offset {byte_offset} and bit {bit} (0..7) out of range")
+        self._armed = (int(op), byte_offset, bit)
+
+    def write(self, data: bytes) -> None:
+        self.inner.write(data)
+
+    def read(self, timeout: float) -> bytes:
+        data = self.inner.read(timeout)
+        if not data or (self._armed is None and not self._decoder.pending):
+            return data
+        P = self._P
+        out = bytearray()
+        for f in self._decoder.feed(data):
+            body = bytearray(f.body)
+            op, off, bit = self._armed or (None, 0, 0)
+            if (self._armed and not f.error and len(body) > 3 + off and body[0] == P.Status.OK
+                    and body[1] == op):
+                body[2 + off] ^= 1 << bit
+                body[-1] = P.crc8(body[:-1])
+                self._armed = None
+                self.injected += 1
+            out += P.slip_escape(bytes(body))
+        return bytes(out)
+
+    def close(self) -> None:
+        self.inner.close()

@@ -62,6 +62,7 @@ class SimTransport(Transport):
         self.socket_path = os.path.join(self._dir, "bridge.sock")
         self.log_path = os.path.join(self._dir, "launcher.log")
         self._sock = None
+        self.waves_path = None
         cmd = [sys.executable, "-m", "hmtx.host.backends_sim", "--socket", self.socket_path,
                "--config", json.dumps(config.to_dict()), "--top", top] + (["--waves"] if waves else [])
         env = dict(os.environ)
@@ -139,6 +140,9 @@ class SimTransport(Transport):
                 self.proc.wait(timeout=10)        # the bridge ends its test when the host hangs up
             except subprocess.TimeoutExpired:
                 self.kill()
+        for line in _tail(self.log_path, 200).splitlines():
+            if line.startswith("waves: "):
+                self.waves_path = line[len("waves: "):].strip()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def kill(self) -> None:

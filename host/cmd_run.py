@@ -1,0 +1,333 @@
+"""`hmtx run`: a document through HMT with the memory recall on the device, checked bit for bit.
+
+With no arguments: the SmolLM2-135M backbone, the shipped HMT checkpoint when there is one
+(untrained HMT parameters otherwise, and the output says so), the first article of the shipped
+WikiText-2 test text that is long enough, 8 segments, the ``smollm`` engine simulated from
+its generated Verilog (``--device sim``). See docs/runtime.md.
+"""
+
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["register", "REPO", "DEFAULT_TEXT", "DEFAULT_CHECKPOINT"]
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TEXT = REPO / "data" / "wikitext-2" / "test.txt"
+DEFAULT_CHECKPOINT = REPO / "data" / "checkpoints" / "hmt-smollm2"
+
+# Per backbone: (engine config, HMT segment length L, sensory k). The tiny backbone (d=32, for
+# tests) gets the tiny engine widened to its d.
+BACKBONE_DEFAULTS = {"smollm2": ("smollm", 512, 32), "tiny": ("tiny", 24, 4)}
+
+EXIT_MISMATCH, EXIT_USAGE, EXIT_DEVICE = 1, 2, 3
+
+UNTRAINED = ("HMT's own parameters (T, memory token, W_q, W_k) are UNTRAINED (random init, seed {seed}): "
+             "the PPLs show the plumbing, not HMT's benefit. Pass --checkpoint with a trained one.")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "run", help="run a document through HMT with every memory write and recall on the device, checked bit for bit",
+        description="Stream a document through HMT segment by segment. Every memory write and recall runs on "
+                    "the device (golden model, simulated RTL, or a board on a serial port) and is checked bit for "
+                    "bit against the fixed-point reference, as is the whole memory cache after each segment. "
+                    "Reports PPL (backbone only, HMT float, HMT on the device), device cycles and time. "
+                    "Exit status: 0 ok, 1 mismatch, 2 bad arguments/input, 3 device error.")
+    p.add_argument("--device", default="sim", help="golden | sim | serial:PORT[@BAUD] (default sim)")
+    p.add_argument("--text", help=f"text file or folder (default the shipped {DEFAULT_TEXT.relative_to(REPO)}); "
+                                  "the first document long enough for --segments is used")
+    p.add_argument("--segments", type=int, default=8, help="run the first N segments (default 8)")
+    p.add_argument("--config", help="engine config name (default: smollm for smollm2, tiny widened to d=32 for tiny)")
+    p.add_argument("--backbone", choices=sorted(BACKBONE_DEFAULTS), default="smollm2")
+    p.add_argument("--checkpoint", help="HMT checkpoint folder (default: the shipped one when present)")
+    p.add_argument("--segment-length", type=int, help="L (default 512 for smollm2, 24 for tiny)")
+    p.add_argument("--sensory", type=int, help="k (default 32 for smollm2, 4 for tiny)")
+    p.add_argument("--torch-device", default="cpu", help="where the backbone runs: cpu or cuda[:i]")
+    p.add_argument("--json", dest="json_out", help="write the results as JSON here")
+    p.add_argument("--plot", help="write PNGs here: PPL per segment, recall weights over past segments")
+    p.add_argument("--waves", action="store_true", help="sim: record waves (FST/VCD; the path is printed)")
+    p.add_argument("--timeout", type=float, help="seconds per device transaction (default by backend)")
+    p.add_argument("--fmax", type=float, help="device clock in MHz for the time estimate (default: from the "
+                                              "latest `hmtx synth` report of this config, if any)")
+    p.add_argument("--case", help="where to save a failing case (default build/cases/run-TIME.json)")
+    p.add_argument("--inject-fault", metavar="SEG:ELEM:BIT",
+                   help="testing aid: flip bit BIT of P_n mantissa ELEM in the device's RECALL answer at "
+                        "segment SEG (the checker must report exactly that)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from .device import DeviceError, ProtocolError
+    try:
+        return _run(args)
+    except ValueError as e:
+        print(f"hmtx run: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (DeviceError, ProtocolError, ConnectionError) as e:
+        print(f"hmtx run: device error: {e}", file=sys.stderr)
+        return EXIT_DEVICE
+
+
+def engine_config(backbone_name: str, d: int, name: str | None):
+    from hmtx.model.configs import get_config
+    if name:
+        cfg = get_config(name)
+    else:
+        cfg = get_config(BACKBONE_DEFAULTS[backbone_name][0])
+        if cfg.d != d:
+            cfg = cfg.with_(name=f"{cfg.name}-d{d}", d=d)
+    if cfg.d != d:
+        raise ValueError(f"engine config {cfg.name!r} has d={cfg.d}, the {backbone_name} backbone d={d}")
+    return cfg
+
+
+def parse_fault(spec: str | None):
+    if not spec:
+        return None
+    try:
+        seg, elem, bit = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ValueError(f"--inject-fault {spec!r}: expected SEG:ELEM:BIT, three integers") from None
+    if seg < 2 or elem < 0 or not 0 <= bit < 16:
+        raise ValueError(f"--inject-fault {spec!r}: segment >= 2 (the first recall), element >= 0, bit in 0..15")
+    return seg, elem, bit
+
+
+def find_fmax(cfg) -> tuple[float, str] | None:
+    """The Fmax of the newest `hmtx synth` report built for this config with the hmtx core."""
+    best = None
+    for path in glob.glob(str(REPO / "build" / "synth" / "*" / "synth_report.json")):
+        try:
+            with open(path) as f:
+                rep = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if rep.get("config") != cfg.name or rep.get("core", "hmtx") != "hmtx" or "fmax_mhz" not in rep:
+            continue
+        if rep.get("lanes", cfg.lanes) != cfg.lanes:
+            continue
+        mtime = os.path.getmtime(path)
+        if best is None or mtime > best[0]:
+            best = (mtime, float(rep["fmax_mhz"]), os.path.relpath(path))
+    return best[1:] if best else None
+
+
+def pick_document(text_path: str, tokenizer, tokens_needed: int):
+    from hmtx.model.text import load_documents, tokenize_documents
+    docs = load_documents(text_path)
+    longest = 0
+    for doc in docs:
+        (tok,) = tokenize_documents([doc], tokenizer)
+        if tok.ids.numel() >= tokens_needed:
+            return tok
+        longest = max(longest, tok.ids.numel())
+    raise ValueError(f"{text_path}: no document has the {tokens_needed} tokens these segments need "
+                     f"(longest {longest}); use fewer --segments")
+
+
+def _run(args) -> int:
+    import torch
+
+    from hmtx.model.backbone import load_backbone
+    from hmtx.model.hmt import HMT, load_checkpoint
+
+    from .backends import FaultInjector, open_transport
+    from .device import Device
+    from .runtime import run_document
+
+    t_start = time.monotonic()
+    fault = parse_fault(args.inject_fault)
+    if not isinstance(args.segments, int) or args.segments < 1:
+        raise ValueError(f"--segments must be a positive integer, got {args.segments}")
+    text = args.text or str(DEFAULT_TEXT)
+    if not os.path.exists(text):
+        raise ValueError(f"{text}: no such file or folder")
+    tdev = torch.device(args.torch_device)
+    if tdev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--torch-device cuda requested but torch sees no CUDA device")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    backbone = load_backbone(args.backbone, tdev)
+    cfg = engine_config(args.backbone, backbone.d, args.config)
+    _, seg_len, sensory = BACKBONE_DEFAULTS[args.backbone]
+    checkpoint = args.checkpoint
+    if checkpoint is None and args.backbone == "smollm2" and DEFAULT_CHECKPOINT.is_dir():
+        checkpoint = str(DEFAULT_CHECKPOINT)
+    if checkpoint:
+        model = load_checkpoint(checkpoint, backbone)
+    else:
+        model = HMT.from_backbone(backbone, segment_length=args.segment_length or seg_len,
+                                  sensory=sensory if args.sensory is None else args.sensory,
+                                  cache_size=cfg.n_slots, d_h=cfg.d_h)
+    model.to(tdev).eval()
+    need = args.segments * model.config.tokens_per_segment
+    doc = pick_document(text, backbone.tokenizer, need)
+
+    transport = open_transport(args.device, cfg, waves=args.waves)
+    injector = None
+    if fault:
+        transport = injector = FaultInjector(transport)
+    try:
+        device = Device(transport, cfg, args.timeout)
+    except BaseException:
+        transport.close()
+        raise
+    from .protocol import Op
+
+    def before_segment(seg):
+        if fault and seg == fault[0]:
+            _, elem, bit = fault
+            if elem >= cfg.d:
+                raise ValueError(f"--inject-fault: element {elem} >= d={cfg.d}")
+            injector.arm(Op.RECALL, 2 + 2 * elem + bit // 8, bit % 8)
+
+    bar = None
+    if not args.quiet:
+        from tqdm import tqdm
+        bar = tqdm(total=args.segments, desc=f"segments on {args.device}", unit="seg", file=sys.stderr)
+
+    def progress(seg, res):
+        if bar is not None:
+            bar.set_postfix(ops=res.ops_checked, mismatches=0)
+            bar.update(1)
+
+    case = args.case or os.path.join("build", "cases", time.strftime("run-%Y%m%d-%H%M%S.json"))
+    info = device.device_info
+    print(f"hmtx run: {args.segments} segments x {model.config.tokens_per_segment} tokens of {doc.name!r}, "
+          f"backbone {args.backbone}, engine {cfg.name} (d={info.d}, d_h={info.d_h}, N={info.n_slots}, "
+          f"P={info.lanes}) on device {args.device}", file=sys.stderr)
+    try:
+        with device:
+            res = run_document(model, doc.ids, device, cfg, args.segments, case_path=case,
+                               progress=progress, before_segment=before_segment)
+    except Exception:
+        if bar is not None:
+            bar.close()
+        if os.path.exists(case):
+            print(f"failing case saved: {case}  (replay: hmtx replay {case} --device {args.device})",
+                  file=sys.stderr)
+        raise
+    if bar is not None:
+        bar.close()
+    if args.waves and hasattr(transport, "waves_path") and transport.waves_path:
+        print(f"waves: {transport.waves_path}")
+    wall = time.monotonic() - t_start
+    fmax = (args.fmax, "--fmax") if args.fmax else find_fmax(cfg)
+    summary = {
+        "segments": res.segments,
+        "ops_checked": res.ops_checked,
+        "mismatches": 0 if res.mismatch is None else 1,
+        "ppl": {"backbone": res.ppl("backbone"), "hmt_float": res.ppl("hmt_float"),
+                "hmt_device": res.ppl("hmt_device"), "hmt_fixed": res.ppl("hmt_fixed")},
+        "device": args.device,
+        "device_cycles": res.device_cycles,
+        "fmax_mhz": fmax[0] if fmax else None,
+        "fmax_source": fmax[1] if fmax else None,
+        "device_time_s": res.device_cycles / (fmax[0] * 1e6) if fmax else None,
+        "wall_s": wall,
+        "run_s": res.wall_s,
+        "tokens": res.tokens,
+        "document": doc.name,
+        "text": text,
+        "backbone": args.backbone,
+        "engine_config": cfg.to_dict(),
+        "hmt_config": model.config.to_dict(),
+        "checkpoint": checkpoint,
+        "trained": bool(checkpoint),
+        "per_segment": {v: res.ppl_per_segment(v) for v in res.VARIANTS},
+        "recall_weights": [{str(k): v for k, v in w.items()} if w else None for w in res.recall_probs],
+        "mismatch": None if res.mismatch is None else vars(res.mismatch),
+        "case_file": res.case_file,
+    }
+    if not checkpoint:
+        summary["note"] = UNTRAINED.format(seed=model.config.seed)
+    print(format_summary(summary))
+    if res.mismatch is not None:
+        print(res.mismatch.describe(), file=sys.stderr)
+        print(f"failing case saved: {res.case_file}  (replay: hmtx replay {res.case_file} --device {args.device})",
+              file=sys.stderr)
+    if args.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+        with open(args.json_out, "w") as f:
+            json.dump(summary, f, indent=2)
+    if args.plot:
+        write_plots(summary, args.plot)
+    return EXIT_MISMATCH if res.mismatch is not None else 0
+
+
+def _fmt(x, spec=".3f"):
+    return "-" if x is None else format(x, spec)
+
+
+def format_summary(s: dict) -> str:
+    ppl = s["ppl"]
+    rows = [
+        ("segments", f"{s['segments']} ({s['tokens']} scored tokens)"),
+        ("device ops checked", str(s["ops_checked"])),
+        ("mismatches", str(s["mismatches"])),
+        ("PPL backbone only", _fmt(ppl["backbone"])),
+        ("PPL HMT float", _fmt(ppl["hmt_float"])),
+        ("PPL HMT fixed (reference)", _fmt(ppl["hmt_fixed"])),
+        ("PPL HMT on device", _fmt(ppl["hmt_device"]) + ("  (== reference, bit-exact)"
+                                                         if ppl["hmt_device"] is not None
+                                                         and ppl["hmt_device"] == ppl["hmt_fixed"] else "")),
+        ("device cycles (compute)", f"{s['device_cycles']:,}"),
+        ("est. device time", f"{s['device_time_s'] * 1e3:.3f} ms at {s['fmax_mhz']:g} MHz ({s['fmax_source']})"
+         if s["device_time_s"] is not None else "unknown (no Fmax: pass --fmax or run `hmtx synth`)"),
+        ("host wall time", f"{s['wall_s']:.1f} s (run {s['run_s']:.1f} s)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"hmtx run summary — device {s['device']}, document {s['document']!r}"]
+    if s.get("mismatch"):
+        lines.append(f"  STOPPED at the first mismatch (segment {s['mismatch']['segment']}); "
+                     "the numbers below cover the segments completed before it")
+    lines += [f"  {k:<{width}}  {v}" for k, v in rows]
+    if s.get("note"):
+        lines.append("note: " + s["note"])
+    return "\n".join(lines)
+
+
+def write_plots(s: dict, folder: str) -> list[str]:
+    """PPL per segment for the three variants, and the recall weights over past segments."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    per = s["per_segment"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for v, label in (("backbone", "backbone only"), ("hmt_float", "HMT float"), ("hmt_device", "HMT on device")):
+        ax.plot(range(len(per[v])), per[v], marker="o", label=f"{label} ({_fmt(s['ppl'][v], '.2f')})")
+    ax.set_xlabel("segment")
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"PPL per segment — {s['document']}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    paths.append(os.path.join(folder, "ppl_per_segment.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    n = s["segments"]
+    heat = np.full((n, n), np.nan)
+    for seg, w in enumerate(s["recall_weights"][:n]):
+        for past, p in (w or {}).items():
+            heat[seg, int(past)] = p
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    im = ax.imshow(heat, origin="lower", cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    ax.set_xlabel("recalled memory of segment")
+    ax.set_ylabel("current segment")
+    ax.set_title("device recall weights (context distance)")
+    fig.colorbar(im, ax=ax, label="softmax weight")
+    fig.tight_layout()
+    paths.append(os.path.join(folder, "recall_heatmap.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths

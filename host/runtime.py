@@ -1,0 +1,354 @@
+"""The HMT runtime: a document through the reference model, its memory on the device, checked.
+
+:func:`run_document` streams a document segment by segment through four variants of the same
+model: backbone only, HMT with float recall, HMT with the fixed-point recall (the reference),
+and HMT whose memory writes and recalls execute on a :class:`hmtx.host.device.Device`. The
+device variant talks to the device through :class:`CheckedDevice`, which checks every answer
+on the spot against the golden arithmetic (:mod:`hmtx.model.fixed`) applied to the same
+inputs, keeps a mirror of the device's cache, and after each segment reads the whole cache
+back and compares it with the mirror and with the fixed variant's own cache. The first
+difference stops the run with a :class:`Mismatch` (segment, op, slot, field, element,
+expected, got), and the device's inputs since its last reset are saved as a replayable case
+(``hmtx replay FILE``).
+
+Because the device's recall is bit-identical to the fixed recall, the device variant's
+perplexity equals the fixed variant's exactly; the runtime checks that too.
+"""
+
+import base64
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from hmtx.model import fixed
+from hmtx.model.configs import EngineConfig
+
+from .protocol import Op
+
+__all__ = ["Mismatch", "MismatchError", "CheckedDevice", "RunResult", "run_document",
+           "save_case", "load_case", "replay_case", "CASE_FORMAT"]
+
+CASE_FORMAT = "hmtx-case-1"
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """The first difference between the device and the reference."""
+
+    segment: int | None
+    op: str                      # RECALL, WRITE_MEMORY, READ_SLOT, MODEL
+    slot: int | None
+    field: str                   # p_mant, p_exp, probs, m_mant, m_exp, k_mant, k_exp, slot, fill, ...
+    element: int | None
+    expected: int | float
+    got: int | float
+
+    def describe(self) -> str:
+        where = f"segment {self.segment}" if self.segment is not None else "replay"
+        slot = f" slot {self.slot}" if self.slot is not None else ""
+        elem = f"[{self.element}]" if self.element is not None else ""
+        return (f"MISMATCH at {where}, op {self.op}{slot}: {self.field}{elem} "
+                f"expected {self.expected}, got {self.got}")
+
+
+class MismatchError(RuntimeError):
+    def __init__(self, mismatch: Mismatch):
+        self.mismatch = mismatch
+        super().__init__(mismatch.describe())
+
+
+def _np(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x).astype(np.int64)
+
+
+def _first_diff(segment, op, slot, name, expected, got):
+    """Raise MismatchError for the first element where ``got`` differs from ``expected``."""
+    e, g = np.asarray(expected).reshape(-1), np.asarray(got).reshape(-1)
+    scalar = np.ndim(expected) == 0
+    if e.shape != g.shape:
+        raise MismatchError(Mismatch(segment, op, slot, f"{name} length", None, int(e.size), int(g.size)))
+    bad = np.flatnonzero(e != g)
+    if bad.size:
+        i = int(bad[0])
+        raise MismatchError(Mismatch(segment, op, slot, name, None if scalar else i, int(e[i]), int(g[i])))
+
+
+# --- the checked device -----------------------------------------------------------------------
+def _b64(a, dtype) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode()
+
+
+def _unb64(s: str, dtype) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype=dtype).astype(np.int64)
+
+
+class CheckedDevice:
+    """The recall model's device interface (``reset``, ``load_weights``, ``write``, ``recall``)
+    on a real :class:`~hmtx.host.device.Device`, every answer checked against the golden
+    arithmetic on a mirror of the device's cache.
+
+    ``segment`` is set by the caller so that mismatches name it. ``log`` holds the device's
+    inputs since its last reset (what a replayable case needs); ``ops_checked`` counts the
+    device answers compared.
+    """
+
+    def __init__(self, device, config: EngineConfig):
+        self.device = device
+        self.config = config
+        self.segment = None
+        self.ops_checked = 0
+        self.qw = None
+        self.log = []
+        self._clear()
+
+    def _clear(self):
+        c = self.config
+        self.m_mant = np.zeros((c.n_slots, c.d), np.int64)
+        self.m_exp = np.zeros(c.n_slots, np.int64)
+        self.k_mant = np.zeros((c.n_slots, c.d_h), np.int64)
+        self.k_exp = np.zeros(c.n_slots, np.int64)
+        self.writes = 0
+
+    @property
+    def fill(self) -> int:
+        return min(self.writes, self.config.n_slots)
+
+    # -- the device interface of hmtx.model.recall ----------------------------------------------
+    def reset(self):
+        self.device.reset()
+        self._clear()
+        self.log = [{"op": "reset"}]
+        self.ops_checked += 1
+
+    def load_weights(self, qw_q, qw_k):
+        self.qw = [fixed.QuantWeight(_np(w.mant), int(w.exp), int(w.shift)) for w in (qw_q, qw_k)]
+        self.log.append({"op": "load_weights", "segment": self.segment,
+                         "weights": [{"mant": _b64(w.mant, np.int8), "exp": w.exp, "shift": w.shift,
+                                      "shape": list(w.mant.shape)} for w in self.qw]})
+        self.device.load_weights(*self.qw)
+        st = self.device.status()
+        if not (st.wq_loaded and st.wk_loaded):
+            raise MismatchError(Mismatch(self.segment, "LOAD_WEIGHTS", None, "loaded flags", None, 3, st.flags))
+        self.ops_checked += 1
+
+    def write(self, m_mant, m_exp):
+        m, e = _np(m_mant).reshape(-1), int(_np(m_exp))
+        self.log.append({"op": "write", "segment": self.segment, "m_mant": _b64(m, np.int8), "m_exp": e})
+        slot, fill = self.device.write_memory(m, e)
+        want_slot = self.writes % self.config.n_slots
+        k, ke = fixed.project(self.qw[1], m[None, :], np.array([e]))
+        self.m_mant[want_slot], self.m_exp[want_slot] = m, e
+        self.k_mant[want_slot], self.k_exp[want_slot] = k[0], ke[0]
+        self.writes += 1
+        _first_diff(self.segment, "WRITE_MEMORY", None, "slot", want_slot, slot)
+        _first_diff(self.segment, "WRITE_MEMORY", None, "fill", self.fill, fill)
+        self.ops_checked += 1
+
+    def recall(self, s_mant, s_exp):
+        s, e = _np(s_mant).reshape(-1), int(_np(s_exp))
+        self.log.append({"op": "recall", "segment": self.segment, "s_mant": _b64(s, np.int8), "s_exp": e})
+        p, pe, probs = self.device.recall(s, e)
+        n = self.fill
+        wp, wpe, wprobs = fixed.recall(self.qw[0], s, e, self.k_mant[:n], self.k_exp[:n],
+                                       self.m_mant[:n], self.m_exp[:n])
+        _first_diff(self.segment, "RECALL", None, "probs", wprobs, probs)
+        _first_diff(self.segment, "RECALL", None, "p_exp", wpe, pe)
+        _first_diff(self.segment, "RECALL", None, "p_mant", wp, p)
+        self.ops_checked += 1
+        return p, pe, probs
+
+    # -- whole-cache check ---------------------------------------------------------------------
+    def check_cache(self, reference=None) -> None:
+        """Read every valid slot back from the device; compare with the mirror and, if given,
+        with a reference cache (``hmtx.model.recall.RecallCache`` of the fixed variant)."""
+        st = self.device.status()
+        _first_diff(self.segment, "STATUS", None, "fill", self.fill, st.fill)
+        _first_diff(self.segment, "STATUS", None, "write pointer", self.writes % self.config.n_slots, st.write_ptr)
+        if reference is not None:
+            _first_diff(self.segment, "MODEL", None, "reference fill", reference.fill, self.fill)
+        self.log.append({"op": "check_cache", "segment": self.segment})
+        for slot in range(self.fill):
+            m, me, k, ke = self.device.read_slot(slot)
+            for name, want, got in (("m_exp", self.m_exp[slot], me), ("m_mant", self.m_mant[slot], m),
+                                    ("k_exp", self.k_exp[slot], ke), ("k_mant", self.k_mant[slot], k)):
+                if reference is not None:
+                    ref = _np(getattr(reference, name)[slot])
+                    _first_diff(self.segment, "MODEL", slot, f"reference {name} (fixed model vs golden)", ref, want)
+                _first_diff(self.segment, "READ_SLOT", slot, name, want, got)
+            self.ops_checked += 1
+
+
+# --- cases ----------------------------------------------------------------------------------
+def save_case(path: str, config: EngineConfig, log: list, mismatch: Mismatch | None, error: str | None = None,
+              context: dict | None = None) -> str:
+    """Write a replayable case: the engine config and the device inputs since its last reset."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"format": CASE_FORMAT, "config": config.to_dict(), "ops": log,
+                   "mismatch": asdict(mismatch) if mismatch else None, "error": error,
+                   "context": context or {}}, f, indent=1)
+    return path
+
+
+def load_case(path: str) -> dict:
+    try:
+        with open(path) as f:
+            case = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read case file ({e})") from None
+    if not isinstance(case, dict) or case.get("format") != CASE_FORMAT:
+        raise ValueError(f"{path}: not an hmtx case file (format {case.get('format') if isinstance(case, dict) else None!r}, "
+                         f"expected {CASE_FORMAT!r})")
+    try:
+        case["config"] = EngineConfig(**case["config"])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{path}: bad engine config in case file ({e})") from None
+    return case
+
+
+def replay_case(case: dict, device) -> CheckedDevice:
+    """Run a case's ops on ``device`` with every answer checked; raises MismatchError at the first
+    difference. Returns the checked device (``ops_checked``)."""
+    cfg = case["config"]
+    chk = CheckedDevice(device, cfg)
+    for op in case["ops"]:
+        chk.segment = op.get("segment")
+        kind = op.get("op")
+        if kind == "reset":
+            chk.reset()
+        elif kind == "load_weights":
+            qws = [fixed.QuantWeight(_unb64(w["mant"], np.int8).reshape(w["shape"]), w["exp"], w["shift"])
+                   for w in op["weights"]]
+            chk.load_weights(*qws)
+        elif kind == "write":
+            chk.write(_unb64(op["m_mant"], np.int8), op["m_exp"])
+        elif kind == "recall":
+            chk.recall(_unb64(op["s_mant"], np.int8), op["s_exp"])
+        elif kind == "check_cache":
+            chk.check_cache()
+        else:
+            raise ValueError(f"case file: unknown op {kind!r}")
+    return chk
+
+
+# --- the document run ---------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    segments: int = 0
+    tokens: int = 0
+    ops_checked: int = 0
+    mismatch: Mismatch | None = None
+    error: str | None = None
+    case_file: str | None = None
+    device_cycles: int = 0
+    wall_s: float = 0.0
+    nll: dict = field(default_factory=dict)           # variant -> [per segment]
+    counts: list = field(default_factory=list)        # scored tokens per segment
+    recall_probs: list = field(default_factory=list)  # per segment: {past segment: weight} or None
+
+    VARIANTS = ("backbone", "hmt_float", "hmt_fixed", "hmt_device")
+
+    def ppl(self, variant: str) -> float | None:
+        n = sum(self.counts[: len(self.nll.get(variant, []))])
+        return math.exp(sum(self.nll[variant]) / n) if n else None
+
+    def ppl_per_segment(self, variant: str) -> list:
+        return [math.exp(x / c) for x, c in zip(self.nll.get(variant, []), self.counts)]
+
+
+def _nll(logits, ids, start, n) -> tuple[float, int]:
+    targets = ids[start + 1: start + n + 1]
+    logp = torch.log_softmax(logits[: targets.numel()].float(), dim=-1)
+    return -float(logp.gather(1, targets[:, None]).sum()), int(targets.numel())
+
+
+@torch.no_grad()
+def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segments: int, *,
+                 case_path: str | None = None, progress=None, before_segment=None) -> RunResult:
+    """Run the first ``segments`` segments of ``ids`` (see the module docstring).
+
+    ``progress(segment, result)`` is called after each segment; ``before_segment(segment)``
+    before it (fault injection hooks in there). Device errors (DeviceError, ProtocolError,
+    ConnectionError) propagate after the case has been saved; a mismatch ends the run and is
+    returned in ``result.mismatch``.
+    """
+    hc = model.config
+    if (hc.d, hc.d_h, hc.cache_size) != (config.d, config.d_h, config.n_slots):
+        raise ValueError(f"HMT sizes (d={hc.d}, d_h={hc.d_h}, N={hc.cache_size}) do not match engine config "
+                         f"{config.name!r} (d={config.d}, d_h={config.d_h}, N={config.n_slots})")
+    if not isinstance(segments, int) or segments < 1:
+        raise ValueError(f"segments must be a positive integer, got {segments!r}")
+    b = hc.tokens_per_segment
+    ids = torch.as_tensor(ids, dtype=torch.long, device=model.device).reshape(-1)
+    if ids.numel() < b * segments:
+        raise ValueError(f"document has {ids.numel()} tokens, {segments} segments need {b * segments} "
+                         f"(B = L - 2 - k = {b} per segment)")
+    ids = ids[: b * segments]
+    t0 = time.monotonic()
+    res = RunResult(nll={v: [] for v in RunResult.VARIANTS})
+    chk = CheckedDevice(device, config)
+    cycles0 = device.cycles().total
+    states = {
+        "backbone": model.new_state("backbone"),
+        "hmt_float": model.new_state("hmt", "float"),
+        "hmt_fixed": model.new_state("hmt", "fixed"),
+        "hmt_device": model.new_state("hmt", "device", hw=chk),
+    }
+    streams = {v: model.segments(s, ids, final=True) for v, s in states.items()}
+    try:
+        for seg in range(segments):
+            chk.segment = seg
+            if before_segment is not None:
+                before_segment(seg)
+            outs = {v: next(streams[v]) for v in RunResult.VARIANTS}
+            dev, ref = outs["hmt_device"], outs["hmt_fixed"]
+            if dev.recalled is not None and not torch.equal(dev.recalled, ref.recalled):
+                i = int((dev.recalled != ref.recalled).nonzero()[0, 0])
+                raise MismatchError(Mismatch(seg, "MODEL", None, "P_n (device variant vs fixed variant)", i,
+                                             float(ref.recalled[i]), float(dev.recalled[i])))
+            chk.check_cache(states["hmt_fixed"].cache)
+            for v, out in outs.items():
+                nll, count = _nll(out.logits, ids, seg * b, out.ids.numel())
+                res.nll[v].append(nll)
+            res.counts.append(count)
+            if dev.probs is not None:
+                weights = {}
+                for slot, p in enumerate(dev.probs.tolist()):
+                    weights[dev.slot_segment[slot]] = p
+                res.recall_probs.append(weights)
+            else:
+                res.recall_probs.append(None)
+            res.segments = seg + 1
+            res.ops_checked = chk.ops_checked
+            if progress is not None:
+                progress(seg, res)
+        if res.nll["hmt_device"] != res.nll["hmt_fixed"]:
+            seg = next(i for i, (a, c) in enumerate(zip(res.nll["hmt_device"], res.nll["hmt_fixed"])) if a != c)
+            raise MismatchError(Mismatch(seg, "MODEL", None, "segment NLL (device vs fixed variant)", None,
+                                         res.nll["hmt_fixed"][seg], res.nll["hmt_device"][seg]))
+    except MismatchError as e:
+        res.mismatch = e.mismatch
+    except Exception as e:
+        res.error = f"{type(e).__name__}: {e}"
+        if case_path:
+            res.case_file = save_case(case_path, config, chk.log, None, res.error)
+        raise
+    finally:
+        res.ops_checked = chk.ops_checked
+        res.tokens = sum(res.counts)
+        res.wall_s = time.monotonic() - t0
+    if res.mismatch is not None and case_path:
+        res.case_file = save_case(case_path, config, chk.log, res.mismatch)
+    try:
+        res.device_cycles = device.cycles().total - cycles0
+    except Exception:
+        if res.mismatch is None:
+            raise
+    return res
