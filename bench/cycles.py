@@ -1,0 +1,125 @@
+"""Measured compute cycles of the hmtx engine vs the ideal MACs / P, in Amaranth's simulator.
+
+For each named configuration the Engine (hmtx.hw.engine) runs WRITE, RECALL over a full
+cache and over one slot, and the largest ATTENTION tile; cycles are counted from the start
+pulse to the done pulse (the top level adds 1 cycle: frame validated -> engine start; that is
+what STATUS/CYCLES report, and --top checks it on tiny through the byte interface). Memory
+contents are random: cycle counts do not depend on data.
+
+    python bench/cycles.py [--configs tiny,up5k,smollm] [--write-doc docs/hardware.md]
+
+With --write-doc the table between the markers <!-- cycles:begin --> / <!-- cycles:end --> of
+that file is replaced.
+"""
+
+import argparse
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+from amaranth.sim import Simulator
+
+from hmtx.hw.engine import Engine, Op
+from hmtx.model.configs import CONFIGS
+
+
+def ideal(c, op, n=0, nq=0, nk=0):
+    macs = {"write": c.d * c.d_h, "recall": c.d * c.d_h + n * c.d_h + n * c.d,
+            "attention": 2 * nq * nk * c.head_dim}[op]
+    return macs, math.ceil(macs / c.lanes)
+
+
+def beats(e, op, n=0, nq=0, nk=0):
+    """MAC beats the sequencer issues (padding lanes of partial blocks included)."""
+    c = e.config
+    return {"write": c.d_h * e.CB, "recall": c.d_h * e.CB + n * e.HB + e.CB * n,
+            "attention": nq * 2 * nk * e.AB}[op]
+
+
+def measure(c):
+    e = Engine(c)
+    r = random.Random(0)
+    rows = []
+
+    async def run_op(ctx, **kw):
+        for k, v in kw.items():
+            ctx.set(getattr(e, k), v)
+        ctx.set(e.start, 1)
+        await ctx.tick()
+        ctx.set(e.start, 0)
+        cycles = 1
+        while not ctx.get(e.done):
+            await ctx.tick()
+            cycles += 1
+        await ctx.tick()
+        return cycles
+
+    async def tb(ctx):
+        P = e.P
+        for mem in (e.vin, e.mem):
+            for w in range(mem.depth):
+                ctx.set(mem.data[w], [r.randint(-127, 127) for _ in range(P)])
+        for w in range(c.d_h * e.CB):
+            ctx.set(e.wq.data[w], [r.randint(-127, 127) for _ in range(P)])
+            ctx.set(e.wk.data[w], [r.randint(-127, 127) for _ in range(P)])
+        ctx.set(e.wq_shift, 12)
+        ctx.set(e.wk_shift, 12)
+        for w in range(e.ROWS):
+            ctx.set(e.vexp.data[w], r.randint(-8, 8))
+        cyc = await run_op(ctx, op=Op.WRITE, slot=0)
+        rows.append(("WRITE", cyc, *ideal(c, "write"), beats(e, "write")))
+        for n in sorted({1, c.n_slots}):
+            cyc = await run_op(ctx, op=Op.RECALL, n_keys=n)
+            rows.append((f"RECALL n={n}", cyc, *ideal(c, "recall", n), beats(e, "recall", n)))
+        nq, nk = c.max_queries, c.max_keys
+        cyc = await run_op(ctx, op=Op.ATTENTION, n_keys=nk, n_q=nq, causal=0)
+        rows.append((f"ATTENTION {nq}x{nk}", cyc, *ideal(c, "attention", nq=nq, nk=nk),
+                     beats(e, "attention", nq=nq, nk=nk)))
+
+    sim = Simulator(e)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    return rows
+
+
+def table(results):
+    lines = ["| config | P | op | MACs | ideal = ceil(MACs/P) | MAC beats issued | measured cycles "
+             "| measured / ideal | fixed overhead (measured - beats) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c, rows in results:
+        for op, cyc, macs, ide, bts in rows:
+            lines.append(f"| {c.name} | {c.lanes} | {op} | {macs} | {ide} | {bts} | {cyc} | "
+                         f"{cyc / ide:.3f} | {cyc - bts} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="tiny,up5k,smollm")
+    ap.add_argument("--write-doc", default=None)
+    args = ap.parse_args(argv)
+    results = []
+    for name in args.configs.split(","):
+        c = CONFIGS[name]
+        t0 = time.perf_counter()
+        results.append((c, measure(c)))
+        print(f"{name}: simulated in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    text = table(results)
+    print(text)
+    if args.write_doc:
+        path = Path(args.write_doc)
+        doc = path.read_text()
+        begin, end = "<!-- cycles:begin -->", "<!-- cycles:end -->"
+        if begin not in doc or end not in doc:
+            raise SystemExit(f"{path}: markers {begin} / {end} not found")
+        head, rest = doc.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
