@@ -248,7 +248,7 @@ class HMT(nn.Module):
         logits, m = self._segment_pass(p, sens, h)                   # eq. 3, 4
         self.recall.write(cache, m, n)
         state.memory = m
-        state.sensory = ids[ids.numel() - cfg.sensory:] if cfg.sensory else ids[:0]
+        state.sensory = ids[max(0, ids.numel() - cfg.sensory):] if cfg.sensory else ids[:0]
         return SegmentOutput(n, ids, logits, memory=m, recalled=p, query=s, probs=probs, slot_segment=slots)
 
     def representation(self, h_summary: torch.Tensor) -> torch.Tensor:

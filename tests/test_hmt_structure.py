@@ -174,3 +174,20 @@ def test_other_backbone_families(make, d):
     # Fixed recall differs from the float reference only from segment 2 on.
     torch.testing.assert_close(outs[1].logits, ref_logits[1], rtol=1e-5, atol=1e-5)
     assert torch.isfinite(outs[3].logits).all()
+
+
+@torch.no_grad()
+def test_sensory_tokens_when_segments_are_shorter_than_k():
+    model = tiny_hmt(segment_length=8, sensory=4, summary_length=None)   # B = 2 < k = 4
+    ids = random_ids(7, SEED + 4)
+    calls, handle = _capture_inputs(model.lm)
+    try:
+        model.feed(model.new_state("hmt", "float"), ids, final=True)
+    finally:
+        handle.remove()
+    E = model.lm.get_input_embeddings().weight
+    seg_inputs = [c[0] for c in calls if c.shape[1] != model.config.j + 2]
+    # Segment 3 = [P || the 2 ids of segment 2 (all it has) || its 1 remaining id || P].
+    assert [x.shape[0] for x in seg_inputs] == [4, 6, 6, 5]
+    torch.testing.assert_close(seg_inputs[3][1:3], E[ids[4:6]])
+    torch.testing.assert_close(seg_inputs[3][3:4], E[ids[6:7]])
