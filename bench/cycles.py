@@ -2,9 +2,9 @@
 
 For each named configuration the Engine (hmtx.hw.engine) runs WRITE, RECALL over a full
 cache and over one slot, and the largest ATTENTION tile; cycles are counted from the start
-pulse to the done pulse (the top level adds 1 cycle: frame validated -> engine start; that is
-what STATUS/CYCLES report, and --top checks it on tiny through the byte interface). Memory
-contents are random: cycle counts do not depend on data.
+pulse to the done pulse (the top level adds 1 cycle, frame validated -> engine start; that is
+what the CYCLES command reports). Memory contents are random: cycle counts do not depend on
+data. smollm takes about 75 s to simulate.
 
     python bench/cycles.py [--configs tiny,up5k,smollm] [--write-doc docs/hardware.md]
 

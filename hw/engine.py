@@ -64,6 +64,8 @@ class Engine(wiring.Component):
     wq_exp, wk_exp : In(signed 8); wq_shift, wk_shift : In(5)
     busy : Out(1)
     done : Out(1)      pulse when the results are in memory
+    rd_mem_addr, rd_key_addr : In    read addresses of ``mem``/``key`` while idle
+                                     (data: :attr:`mem_read_data`, :attr:`key_read_data`)
     """
 
     def __init__(self, config: EngineConfig):
@@ -104,6 +106,9 @@ class Engine(wiring.Component):
             "wq_exp": In(signed(8)), "wk_exp": In(signed(8)),
             "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
             "busy": Out(1), "done": Out(1),
+            # while idle, the response generator reads the cache through the engine's own ports
+            # (a second read port would make Yosys duplicate these block RAMs)
+            "rd_mem_addr": In(range(c.n_slots * self.CB)), "rd_key_addr": In(range(c.n_slots * self.HB)),
         })
         # Ports the engine itself uses; created here so that they exist before the owner's.
         self._vin_a = self.vin.read_port()
@@ -131,6 +136,16 @@ class Engine(wiring.Component):
         self._out_w = self.out.write_port()
         self._oexp_w = self.oexp.write_port()
         self._lut_r = self.lut.read_port(domain="comb")
+
+    @property
+    def mem_read_data(self):
+        """M word at ``rd_mem_addr`` of the previous cycle (valid while idle)."""
+        return self._mem_r.data
+
+    @property
+    def key_read_data(self):
+        """K word at ``rd_key_addr`` of the previous cycle (valid while idle)."""
+        return self._key_r.data
 
     def elaborate(self, platform):
         m = Module()
@@ -239,6 +254,7 @@ class Engine(wiring.Component):
         phase = Signal(3)      # which MAC phase the in-flight results belong to
         with m.FSM() as fsm:
             with m.State("IDLE"):
+                m.d.comb += [self._mem_r.addr.eq(self.rd_mem_addr), self._key_r.addr.eq(self.rd_key_addr)]
                 with m.If(self.start):
                     m.d.sync += [op.eq(self.op), slot.eq(self.slot), n_keys.eq(self.n_keys),
                                  n_q.eq(self.n_q), causal.eq(self.causal & (self.op == Op.ATTENTION)),

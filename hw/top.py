@@ -86,8 +86,7 @@ class HmtxTop(wiring.Component):
         vin_w = eng.vin.write_port(granularity=1)
         vexp_w = eng.vexp.write_port()
         w_w = [eng.wq.write_port(granularity=1), eng.wk.write_port(granularity=1)]
-        mem_r, key_r, out_r, pm_r = (eng.mem.read_port(), eng.key.read_port(), eng.out.read_port(),
-                                     eng.pm.read_port())
+        out_r, pm_r = eng.out.read_port(), eng.pm.read_port()
         mexp_r, kexp_r, oexp_r = (eng.mexp.read_port(domain="comb"), eng.kexp.read_port(domain="comb"),
                                   eng.oexp.read_port(domain="comb"))
 
@@ -413,7 +412,7 @@ class HmtxTop(wiring.Component):
             slot = slot_arg[:max(1, (N - 1).bit_length())]
             m.d.comb += [mexp_r.addr.eq(slot), kexp_r.addr.eq(slot), oexp_r.addr.eq(rrow)]
             # element k of a vector lives in word k // P, lane k % P: rk counts words, ri lanes
-            m.d.comb += [mem_r.addr.eq(slot * CB + rk), key_r.addr.eq(slot * HB + rk),
+            m.d.comb += [eng.rd_mem_addr.eq(slot * CB + rk), eng.rd_key_addr.eq(slot * HB + rk),
                          out_r.addr.eq(rrow * AB + rk), pm_r.addr.eq(ri)]
             r_elem = Signal(16)     # elements sent of the current vector
 
@@ -452,9 +451,9 @@ class HmtxTop(wiring.Component):
                             m.next = next_state
 
             scalar("SLOT_MEXP", mexp_r.data, 1, "SLOT_M_F")
-            vector("SLOT_M", c.d, Value.cast(mem_r.data[ri]), 1, "SLOT_KEXP", "SLOT_M_F")
+            vector("SLOT_M", c.d, Value.cast(eng.mem_read_data[ri]), 1, "SLOT_KEXP", "SLOT_M_F")
             scalar("SLOT_KEXP", kexp_r.data, 2, "SLOT_K_F")
-            vector("SLOT_K", c.d_h, Value.cast(key_r.data[ri]), 2, "CRC", "SLOT_K_F")
+            vector("SLOT_K", c.d_h, Value.cast(eng.key_read_data[ri]), 2, "CRC", "SLOT_K_F")
 
             # RECALL: P exponent, d x i16, n, n probabilities; ATTENTION: n_q x (exponent, row)
             scalar("OUT_EXP", oexp_r.data, 2, "OUT_V_F")

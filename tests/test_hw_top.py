@@ -1,6 +1,8 @@
 """HmtxTop byte for byte against the golden device: command sequences that wrap the ring, and
 every malformed-command case followed by a command that still works."""
 
+import struct
+
 import numpy as np
 import pytest
 
@@ -61,6 +63,10 @@ def test_top_sequence_matches_golden(config):
     assert all(status[f"recall {n}"] == P.Status.OK for n in range(c.n_slots + 2))
     assert status["recall before weights"] == P.Status.NO_WEIGHTS
     assert status["recall on empty cache"] == P.Status.EMPTY_CACHE
+    # CYCLES: counts are implementation-defined, but they must describe the last compute op
+    rtl = {label: got for label, _, got in results}
+    total, last, last_op = struct.unpack("<QIB", P.FrameDecoder().feed(rtl["cycles"])[0].body[2:-1])
+    assert last_op == P.Op.ATTENTION and 0 < last < total
 
 
 def test_top_malformed_commands_then_recovery():
