@@ -1,0 +1,172 @@
+"""End to end: `hmtx run` tokens per second on each device backend, and where the wall time goes.
+
+The document run is exactly ``hmtx.host.runtime.run_document`` as `hmtx run` calls it (four
+variants per segment: backbone only, HMT float, HMT fixed, HMT on the device; every device
+answer checked; the cache read back after each segment). Three clocks are kept while it runs:
+
+* device: time inside ``Device.transact`` (frames out, answers back: the backend's time);
+* checking: time inside the runtime's ``CheckedDevice`` methods minus the device time inside
+  them (the golden arithmetic on the mirror, comparisons, the case log);
+* model: everything else — the backbone passes of all four variants and the float/fixed
+  reference recalls in torch.
+
+Tokens/s is scored tokens over the run's wall time; the per-segment rates give the median and
+spread (segment 0 and 1 run no recall, so the spread shows the recall's cost).
+
+    python -m bench.end_to_end [--backbone tiny] [--device golden] [--segments 4]
+"""
+
+import argparse
+import contextlib
+import sys
+import time
+
+from bench.stats import fmt_stat, summarize
+
+__all__ = ["run_backend", "timing_probes"]
+
+
+class _Clock:
+    def __init__(self):
+        self.device = 0.0
+        self.device_by_op = {}
+        self.checked = 0.0
+        self._depth = 0
+        self._device_in_checked = 0.0
+
+    @property
+    def checking(self) -> float:
+        return self.checked - self._device_in_checked
+
+
+@contextlib.contextmanager
+def timing_probes(device, clock: _Clock):
+    """Time ``device.transact`` and the runtime's CheckedDevice methods while the block runs.
+
+    The runtime builds its CheckedDevice itself, so the class it looks up is swapped for a
+    timing subclass for the duration of the block (restored afterwards, even on error)."""
+    from hmtx.host import runtime
+
+    inner_transact = device.transact
+
+    def transact(op, *a, **kw):
+        t0 = time.perf_counter()
+        try:
+            return inner_transact(op, *a, **kw)
+        finally:
+            dt = time.perf_counter() - t0
+            clock.device += dt
+            name = getattr(op, "name", str(op))
+            clock.device_by_op[name] = clock.device_by_op.get(name, 0.0) + dt
+            if clock._depth:
+                clock._device_in_checked += dt
+
+    def timed(method):
+        def wrapper(self, *a, **kw):
+            clock._depth += 1
+            t0 = time.perf_counter()
+            try:
+                return method(self, *a, **kw)
+            finally:
+                clock.checked += time.perf_counter() - t0
+                clock._depth -= 1
+        return wrapper
+
+    base = runtime.CheckedDevice
+    timed_cls = type("TimedCheckedDevice", (base,), {
+        name: timed(getattr(base, name)) for name in ("reset", "load_weights", "write", "recall", "check_cache")})
+    device.transact = transact
+    runtime.CheckedDevice = timed_cls
+    try:
+        yield clock
+    finally:
+        runtime.CheckedDevice = base
+        del device.transact
+
+
+def run_backend(backend: str, *, backbone: str = "tiny", segments: int = 4, config: str | None = None,
+                model_cache: dict | None = None) -> dict:
+    """One `hmtx run` document on ``backend`` (golden | sim) with the time split; see the module
+    docstring. ``model_cache`` (a dict) keeps the loaded backbone/HMT between backends."""
+    import torch
+
+    from hmtx.host.backends import open_transport
+    from hmtx.host.cmd_run import (BACKBONE_DEFAULTS, DEFAULT_CHECKPOINT, DEFAULT_TEXT, engine_config,
+                                   pick_document)
+    from hmtx.host.device import Device
+    from hmtx.host.runtime import run_document
+    from hmtx.model.backbone import load_backbone
+    from hmtx.model.hmt import HMT, load_checkpoint
+
+    cache = model_cache if model_cache is not None else {}
+    if cache.get("backbone_name") != backbone:
+        bb = load_backbone(backbone, torch.device("cpu"))
+        cfg = engine_config(backbone, bb.d, config)
+        _, seg_len, sensory = BACKBONE_DEFAULTS[backbone]
+        ckpt = str(DEFAULT_CHECKPOINT) if backbone == "smollm2" and DEFAULT_CHECKPOINT.is_dir() else None
+        if ckpt:
+            model = load_checkpoint(ckpt, bb)
+        else:
+            model = HMT.from_backbone(bb, segment_length=seg_len, sensory=sensory,
+                                      cache_size=cfg.n_slots, d_h=cfg.d_h)
+        model.eval()
+        cache.update(backbone_name=backbone, bb=bb, cfg=cfg, model=model, checkpoint=ckpt)
+    bb, cfg, model = cache["bb"], cache["cfg"], cache["model"]
+    need = segments * model.config.tokens_per_segment
+    doc = pick_document(str(DEFAULT_TEXT), bb.tokenizer, need)
+
+    t0 = time.perf_counter()
+    transport = open_transport(backend, cfg)
+    try:
+        device = Device(transport, cfg)
+    except BaseException:
+        transport.close()
+        raise
+    open_s = time.perf_counter() - t0
+    marks = [time.perf_counter()]
+    clock = _Clock()
+    try:
+        with timing_probes(device, clock):
+            res = run_document(model, doc.ids, device, cfg, segments,
+                               progress=lambda seg, r: marks.append(time.perf_counter()))
+    finally:
+        device.close()
+    if res.mismatch is not None:
+        raise RuntimeError(f"bench run on {backend} hit a mismatch: {res.mismatch.describe()}")
+    wall = res.wall_s
+    per_seg = [c / (b - a) for c, a, b in zip(res.counts, marks, marks[1:])]
+    model_s = max(wall - clock.device - clock.checking, 0.0)
+    return {
+        "backend": backend, "backbone": backbone, "engine_config": cfg.name, "segments": res.segments,
+        "tokens": res.tokens, "tokens_per_segment": model.config.tokens_per_segment,
+        "checkpoint": cache.get("checkpoint"), "document": doc.name,
+        "open_s": open_s, "wall_s": wall,
+        "tokens_per_s": res.tokens / wall,
+        "tokens_per_s_by_segment": summarize(per_seg).to_dict(),
+        "seconds": {"model": model_s, "device": clock.device, "checking": clock.checking},
+        "share": {"model": model_s / wall, "device": clock.device / wall, "checking": clock.checking / wall},
+        "device_seconds_by_op": clock.device_by_op,
+        "device_cycles": res.device_cycles,
+        "ops_checked": res.ops_checked,
+        "ppl_device_equals_fixed": res.ppl("hmt_device") == res.ppl("hmt_fixed"),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", default="tiny", choices=("tiny", "smollm2"))
+    ap.add_argument("--device", default="golden", help="golden,sim (comma-separated)")
+    ap.add_argument("--segments", type=int, default=4)
+    args = ap.parse_args(argv)
+    cache = {}
+    for backend in args.device.split(","):
+        r = run_backend(backend, backbone=args.backbone, segments=args.segments, model_cache=cache)
+        sh = r["share"]
+        print(f"{backend}: {r['tokens_per_s']:.1f} tokens/s ({r['tokens']} tokens in {r['wall_s']:.1f} s; "
+              f"per segment {fmt_stat(r['tokens_per_s_by_segment'])}); model {sh['model']:.0%}, "
+              f"device {sh['device']:.0%}, checking {sh['checking']:.0%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
