@@ -4,10 +4,11 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hmtx.host.protocol import END, ESC, ESC_END, ESC_ESC
+
 __all__ = ["END", "ESC", "ESC_END", "ESC_ESC", "crc8_next", "SlipDecoder", "SlipEncoder"]
 
-END, ESC, ESC_END, ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
-CRC_POLY = 0x07
+CRC_POLY = 0x07     # CRC-8/SMBUS, docs/protocol.md section 2
 
 
 def crc8_next(crc, byte):

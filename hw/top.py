@@ -4,6 +4,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hmtx.host.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSION, Op as WireOp, Status as WireStatus
 from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
@@ -12,16 +13,10 @@ from .slip import SlipDecoder, SlipEncoder, crc8_next
 
 __all__ = ["HmtxTop", "OPCODES", "STATUS"]
 
-# docs/protocol.md, section 3 and 4 (kept literal here: the RTL is one implementation of the
-# document; host/protocol.py is the other and the tests compare their bytes)
-OPCODES = {"INFO": 0x01, "STATUS": 0x02, "CYCLES": 0x03, "RESET_CACHE": 0x10, "LOAD_WEIGHTS": 0x11,
-           "WRITE_MEMORY": 0x12, "READ_SLOT": 0x13, "RECALL": 0x14, "ATTENTION": 0x20}
-STATUS = {"OK": 0, "BAD_FRAME": 1, "BAD_CRC": 2, "BAD_OPCODE": 3, "BAD_LENGTH": 4, "BAD_ARG": 5,
-          "SLOT_RANGE": 6, "EMPTY_CACHE": 7, "NO_WEIGHTS": 8}
-COMPUTE = ("RESET_CACHE", "LOAD_WEIGHTS", "WRITE_MEMORY", "RECALL", "ATTENTION")
-MAX_BODY = 65535
-SHIFT_MAX = 31
-VERSION = (1, 0)
+# The wire constants exist once, in the protocol's executable form (host/protocol.py); the
+# tests compare this RTL with the golden device byte for byte.
+OPCODES = {op.name: int(op) for op in WireOp}
+STATUS = {st.name: int(st) for st in WireStatus}
 
 
 
@@ -387,7 +382,7 @@ class HmtxTop(wiring.Component):
                                 m.next = "CRC"
 
             with m.State("FIX"):
-                info = ([ord("H"), ord("M"), VERSION[0], VERSION[1], 0b11]
+                info = ([MAGIC[0], MAGIC[1], VERSION[0], VERSION[1], 0b11]
                         + sum((le(v, 2) for v in (c.d, c.d_h, N, P, c.head_dim, MQ, MK, MAX_BODY)), [])
                         + [fixed.EXP_MIN & 0xFF, fixed.EXP_MAX, fixed.SCORE_FRAC, fixed.EXP2_BITS,
                            fixed.PROB_BITS, fixed.OUT_SHIFT, fixed.ALIGN_CUTOFF, SHIFT_MAX])
