@@ -1,7 +1,6 @@
 """The ``sim`` backend: the Verilator/cocotb bridge in a child process, over a Unix socket."""
 
 import os
-import re
 import signal
 import time
 
@@ -13,21 +12,14 @@ from hmtx.host.backends import GoldenTransport, SerialTransport
 from hmtx.host.backends_sim import SimTransport
 from hmtx.host.device import Device
 from hmtx.host.golden_device import example_session
-from hmtx.model.configs import get_config
+from hmtx.host.cmd_run import engine_config
 
 
-CFG = get_config("tiny")
+# The engine `hmtx run --backbone tiny` simulates (tiny widened to the tiny Llama's d=32): one
+# Verilator build serves these tests and tests/test_run_cli.py.
+CFG = engine_config("tiny", 32, None)
 SEED = int(os.environ.get("HMTX_SEED", "7"))
 LOOPBACK = "hmtx.sim.bridge:Loopback"
-
-
-def engine_is_stub() -> bool:
-    """True while hmtx.hw.top.HmtxTop is still the combinational integration stub (no clock)."""
-    from amaranth.back import verilog
-
-    from hmtx.hw.top import HmtxTop
-    text = verilog.convert(HmtxTop(CFG), name="top", emit_src=False)
-    return not re.search(r"input\s+(wire\s+)?clk\b", text)
 
 
 def _children(pid: int) -> list[int]:
@@ -76,7 +68,6 @@ def test_missing_top_fails_fast_with_log():
         SimTransport(CFG, top="hmtx.nope:Top")
 
 
-@pytest.mark.skipif(engine_is_stub(), reason="hmtx.hw.top.HmtxTop is still the integration stub")
 def test_sim_and_golden_identical_bytes_for_recorded_session():
     session = [(label, raw) for label, raw in example_session(CFG, seed=SEED)]
     want = run_session(GoldenTransport(CFG), session)
@@ -91,7 +82,6 @@ def test_sim_and_golden_identical_bytes_for_recorded_session():
     assert not bad, f"{len(bad)} of {len(session)} responses differ:\n" + "\n".join(bad[:10])
 
 
-@pytest.mark.skipif(engine_is_stub(), reason="hmtx.hw.top.HmtxTop is still the integration stub")
 def test_serial_backend_against_sim_through_pty():
     with SimTransport(CFG) as sim:
         shuttle = Shuttle(sim)

@@ -1,0 +1,66 @@
+"""`hmtx run` and `hmtx replay` end to end on the tiny backbone (golden and simulated device)."""
+
+import json
+import os
+
+import pytest
+
+import hmt_testlib  # noqa: F401  (one torch thread: the 2-core machine is shared)
+from hmtx.host.cli import main
+
+TINY = ["--backbone", "tiny", "--quiet"]
+
+
+def run_cli(capsys, *argv):
+    rc = main(["run", *TINY, *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_run_golden_json_and_plots(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, "--device", "golden", "--segments", "7", "--json", str(tmp_path / "r.json"),
+                           "--plot", str(tmp_path / "plots"), "--fmax", "50")
+    assert rc == 0, err
+    s = json.loads((tmp_path / "r.json").read_text())
+    assert (s["segments"], s["mismatches"], s["device"]) == (7, 0, "golden")
+    assert s["ops_checked"] > 7 and s["device_cycles"] > 0 and s["wall_s"] > 0
+    assert set(s["ppl"]) >= {"backbone", "hmt_float", "hmt_device"}
+    assert s["ppl"]["hmt_device"] == s["ppl"]["hmt_fixed"]
+    assert s["device_time_s"] == pytest.approx(s["device_cycles"] / 50e6)
+    assert "UNTRAINED" in s["note"] and "UNTRAINED" in out
+    assert "mismatches" in out and "PPL HMT on device" in out
+    for png in ("ppl_per_segment.png", "recall_heatmap.png"):
+        assert (tmp_path / "plots" / png).stat().st_size > 1000
+
+
+def test_injected_fault_exits_nonzero_at_that_segment_and_element(capsys, tmp_path):
+    case = tmp_path / "case.json"
+    rc, out, err = run_cli(capsys, "--device", "golden", "--segments", "6", "--inject-fault", "4:17:3",
+                           "--case", str(case), "--json", str(tmp_path / "r.json"))
+    assert rc == 1
+    assert "MISMATCH at segment 4, op RECALL: p_mant[17]" in err
+    s = json.loads((tmp_path / "r.json").read_text())
+    assert s["mismatches"] == 1 and s["mismatch"]["segment"] == 4 and s["mismatch"]["element"] == 17
+    assert abs(s["mismatch"]["got"] - s["mismatch"]["expected"]) == 8
+    assert "STOPPED at the first mismatch" in out
+    # The saved case replays cleanly on a healthy device.
+    assert main(["replay", str(case), "--device", "golden"]) == 0
+    assert "no mismatch" in capsys.readouterr().out
+
+
+def test_bad_arguments_exit_2(capsys, tmp_path):
+    assert run_cli(capsys, "--device", "golden", "--inject-fault", "x")[0] == 2
+    assert run_cli(capsys, "--device", "golden", "--text", str(tmp_path / "none.txt"))[0] == 2
+    rc, _, err = run_cli(capsys, "--device", "fpga")
+    assert rc == 2 and "unknown device" in err
+    (tmp_path / "bad.json").write_text("[]")
+    assert main(["replay", str(tmp_path / "bad.json")]) == 2
+
+
+def test_run_sim_zero_mismatches(capsys, tmp_path):
+    rc, out, err = run_cli(capsys, "--device", "sim", "--segments", "6", "--json", str(tmp_path / "r.json"))
+    assert rc == 0, err
+    s = json.loads((tmp_path / "r.json").read_text())
+    assert (s["segments"], s["mismatches"], s["device"]) == (6, 0, "sim")
+    assert s["ppl"]["hmt_device"] == s["ppl"]["hmt_fixed"]
+    assert s["device_cycles"] > 0
