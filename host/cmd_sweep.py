@@ -97,7 +97,8 @@ def plot_sweep(points, path):
         ax.legend(fontsize=7)
     ax_f.set_ylabel("post-route Fmax (MHz)")
     ax_r.set_ylabel("% of device")
-    fig.suptitle(f"{points[0]['board']} ({points[0]['device']}), config {points[0]['config']}")
+    fig.suptitle(f"{points[0]['board']} ({points[0]['device']}), config {points[0]['config']}, "
+                 f"core {points[0].get('core', '?')}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -135,7 +136,9 @@ def run(args) -> int:
         return 2
 
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"sweep_{points[0]['board']}_{points[0]['config']}")
+    core = points[0].get("core", "HmtxTop")
+    suffix = "" if core == "HmtxTop" else f"_{core.lower()}"
+    stem = os.path.join(args.out, f"sweep_{points[0]['board']}_{points[0]['config']}{suffix}")
     if not args.from_json:
         with open(stem + ".json", "w") as f:
             json.dump(points, f, indent=2)

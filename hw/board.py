@@ -69,7 +69,7 @@ class EchoCore(wiring.Component):
         P = self.lanes
         window = [Signal(signed(8), name=f"win{i}", reset_less=True) for i in range(2 * P)]
         x, w = window[:P], window[P:]
-        byte = Signal(8)
+        cmd_byte = Signal(8)  # not "byte": a SystemVerilog keyword
 
         prods = [Signal(signed(16), name=f"prod{i}", reset_less=True) for i in range(P)]
         level, depth = prods, 0
@@ -95,7 +95,7 @@ class EchoCore(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += byte.eq(self.cmd.payload)
+                    m.d.sync += cmd_byte.eq(self.cmd.payload)
                     # Products of the old window; the byte shifts in at the same edge.
                     m.d.sync += [p.eq(a * b) for p, a, b in zip(prods, x, w)]
                     m.d.sync += window[0].eq(self.cmd.payload)
@@ -108,7 +108,7 @@ class EchoCore(wiring.Component):
                 with m.Else():
                     m.d.sync += wait.eq(wait - 1)
             with m.State("SEND"):
-                m.d.comb += [self.rsp.valid.eq(1), self.rsp.payload.eq(byte + fold)]
+                m.d.comb += [self.rsp.valid.eq(1), self.rsp.payload.eq(cmd_byte + fold)]
                 with m.If(self.rsp.ready):
                     m.next = "IDLE"
         return m
