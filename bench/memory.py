@@ -124,6 +124,19 @@ def measure_point(mode: str, length: int, backbone: str, ids_path: str) -> dict:
             "seconds": seconds}
 
 
+def _save_fp32(model, folder: Path) -> None:
+    """The de-quantized weights as plain fp32 safetensors + config (transformers refuses
+    ``save_pretrained`` on a GGUF-loaded model)."""
+    from safetensors.torch import save_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    save_model(model, str(folder / "model.safetensors"))
+    with open(folder / "config.json", "w") as f:
+        json.dump(cfg, f, indent=1)
+
+
 def prepare(backbone: str, max_length: int) -> str:
     """Token ids of one long WikiText-2 test article (.npy under build/bench), and for SmolLM2 the
     fp32 cache of the backbone. Returns the ids path."""
@@ -139,7 +152,7 @@ def prepare(backbone: str, max_length: int) -> str:
         return str(ids_path)
     bb = load_backbone(backbone, "cpu")
     if need_model:
-        bb.model.save_pretrained(_fp32_folder())
+        _save_fp32(bb.model, _fp32_folder())
     doc = pick_document(str(DEFAULT_TEXT), bb.tokenizer, max_length)
     np.save(ids_path, doc.ids[:max_length].numpy().astype(np.int32))
     return str(ids_path)

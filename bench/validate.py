@@ -1,0 +1,83 @@
+"""Consistency of a `hmtx bench` result: what must hold whatever the machine.
+
+Cycles are never below the ideal MACs / P (utilization <= 100%), every rate and time that is
+present is positive and finite, every missing figure has a reason, and the required keys exist.
+"""
+
+import math
+
+__all__ = ["REQUIRED", "problems"]
+
+REQUIRED = ("device", "fmax_mhz", "us_per_recall", "sim_cycles_per_s", "run_tokens_per_s", "machine")
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def _op_problems(where: str, e: dict) -> list[str]:
+    bad = []
+    for k in ("cycles", "ideal", "utilization"):
+        if not _positive(e.get(k)):
+            bad.append(f"{where}.{k} = {e.get(k)!r} is not a positive number")
+    if not bad:
+        if e["cycles"] < e["ideal"]:
+            bad.append(f"{where}: {e['cycles']} cycles < ideal {e['ideal']}")
+        if e["utilization"] > 100.0 + 1e-9:
+            bad.append(f"{where}: utilization {e['utilization']}% > 100%")
+        if abs(e["utilization"] - 100.0 * e["ideal"] / e["cycles"]) > 1e-6:
+            bad.append(f"{where}: utilization {e['utilization']} != 100 * ideal / cycles")
+    return bad
+
+
+def problems(res: dict) -> list[str]:
+    """Every inconsistency found (empty when the result is sound)."""
+    bad = [f"missing key {k!r}" for k in REQUIRED if k not in res]
+    if bad:
+        return bad
+    if not isinstance(res["machine"], str) or not res["machine"]:
+        bad.append("machine must be a non-empty string")
+    reasons = res.get("reasons", {})
+    for cfg, ops in res["device"].items():
+        for op in ("recall", "write"):
+            if op not in ops:
+                bad.append(f"device.{cfg} has no {op}")
+            else:
+                bad += _op_problems(f"device.{cfg}.{op}", ops[op])
+    for i, row in enumerate(res.get("device_sweep", [])):
+        for op in ("recall", "write"):
+            bad += _op_problems(f"device_sweep[{i}].{op}", row[op])
+    for cfg, f in res["fmax_mhz"].items():
+        if f is not None and not _positive(f):
+            bad.append(f"fmax_mhz.{cfg} = {f!r}")
+    us = res["us_per_recall"]
+    for k in ("device", "torch_cpu", "torch_cuda"):
+        v = us.get(k)
+        if v is None:
+            if k != "torch_cpu" and f"us_per_recall.{k}" not in reasons:
+                bad.append(f"us_per_recall.{k} is null without a reason")
+            elif k == "torch_cpu":
+                bad.append("us_per_recall.torch_cpu is missing: it is measured on every machine")
+        elif not _positive(v):
+            bad.append(f"us_per_recall.{k} = {v!r}")
+    if res["sim_cycles_per_s"] is None:
+        if "sim_cycles_per_s" not in reasons:
+            bad.append("sim_cycles_per_s is null without a reason")
+    elif not _positive(res["sim_cycles_per_s"]):
+        bad.append(f"sim_cycles_per_s = {res['sim_cycles_per_s']!r}")
+    for backend in ("golden", "sim"):
+        v = res["run_tokens_per_s"].get(backend, None)
+        if v is None:
+            if f"run_tokens_per_s.{backend}" not in reasons:
+                bad.append(f"run_tokens_per_s.{backend} is null without a reason")
+        elif not _positive(v):
+            bad.append(f"run_tokens_per_s.{backend} = {v!r}")
+    for backend, r in res.get("run", {}).items():
+        total = sum(r["share"].values())
+        if abs(total - 1.0) > 0.02 or min(r["share"].values()) < 0:
+            bad.append(f"run.{backend}: time shares {r['share']} do not split the wall time")
+    for k, v in res.get("golden_ops_per_s", {}).items():
+        for op, s in v.items():
+            if not _positive(s["median"]):
+                bad.append(f"golden_ops_per_s.{k}.{op} = {s['median']!r}")
+    return bad

@@ -1,0 +1,131 @@
+"""`hmtx bench`: the quick suite writes well-formed, consistent JSON; the consistency checker and
+the statistics catch what they must; one memory point measures a real peak."""
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench import stats, validate  # noqa: E402
+
+
+def test_summarize_median_and_quartiles():
+    s = stats.summarize([5, 1, 4, 2, 3])
+    assert (s.median, s.q1, s.q3, s.min, s.max, s.n) == (3, 2, 4, 1, 5, 5)
+    inv = s.inverted(60)
+    assert inv.median == 20 and inv.min == 12 and inv.max == 60 and inv.q1 == 15 and inv.q3 == 30
+    assert stats.fmt_stat(s, ".0f") == "3 [2–4]"
+    with pytest.raises(ValueError, match="no samples"):
+        stats.summarize([])
+
+
+def test_time_calls_measures_a_known_sleep():
+    import time
+    s = stats.time_calls(lambda: time.sleep(0.002), repeats=3, inner=2)
+    assert 0.002 <= s.median < 0.2 and s.n == 3
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """One `hmtx bench --quick` run through the CLI (shared by the checks below)."""
+    from hmtx.host.cli import main
+
+    out = tmp_path_factory.mktemp("bench")
+    path = out / "bench.json"
+    rc = main(["bench", "--json", str(path), "--quick", "--plots", str(out / "plots"),
+               "--markdown", str(out / "bench.md")])
+    with open(path) as f:
+        return rc, json.load(f), out
+
+
+def test_quick_bench_json_is_consistent(quick):
+    rc, res, _ = quick
+    assert validate.problems(res) == [], validate.problems(res)
+    assert rc == 0
+    tiny = res["device"]["tiny"]
+    for op in ("recall", "write"):
+        e = tiny[op]
+        assert e["cycles"] >= e["ideal"] > 0
+        assert 0 < e["utilization"] <= 100
+        assert math.isclose(e["utilization"], 100 * e["ideal"] / e["cycles"])
+    # tiny: d=24, d_h=8, N=4, P=4 -> ideal recall ceil((24*8 + 4*8 + 4*24) / 4) = 80, write 48
+    assert tiny["recall"]["ideal"] == 80 and tiny["write"]["ideal"] == 48
+    assert res["us_per_recall"]["torch_cpu"] > 0
+    assert res["run_tokens_per_s"]["golden"] > 0
+    assert res["run_tokens_per_s"]["sim"] is None and "run_tokens_per_s.sim" in res["reasons"]
+    assert isinstance(res["machine"], str) and "cores" in res["machine"]
+    assert {(r["N"], r["P"]) for r in res["device_sweep"]} == {(8, 4), (4, 8)}
+
+
+def test_quick_bench_writes_tables_and_plots(quick):
+    _, res, out = quick
+    md = (out / "bench.md").read_text()
+    assert res["date"] in md and "Device efficiency" in md and "| tiny |" in md
+    pngs = sorted(p.name for p in (out / "plots").glob("*.png"))
+    assert "utilization.png" in pngs and "recall_us.png" in pngs and "run_time_split.png" in pngs
+    for p in (out / "plots").glob("*.png"):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _sound():
+    op = {"cycles": 100, "ideal": 80, "utilization": 80.0}
+    return {"device": {"x": {"recall": dict(op), "write": dict(op)}}, "fmax_mhz": {"x": None},
+            "us_per_recall": {"device": None, "torch_cpu": 12.0, "torch_cuda": None},
+            "sim_cycles_per_s": 5e4, "run_tokens_per_s": {"golden": 3.0, "sim": None},
+            "machine": "cpu, 2 cores",
+            "reasons": {"us_per_recall.device": "not synthesized yet", "us_per_recall.torch_cuda": "no GPU",
+                        "run_tokens_per_s.sim": "skipped"}}
+
+
+@pytest.mark.parametrize("breakage, message", [
+    (lambda r: r["device"]["x"]["recall"].update(cycles=70, utilization=100 * 80 / 70), "< ideal"),
+    (lambda r: r["device"]["x"]["write"].update(utilization=95.0), "!= 100 * ideal / cycles"),
+    (lambda r: r.update(sim_cycles_per_s=-1.0), "sim_cycles_per_s"),
+    (lambda r: r.update(sim_cycles_per_s=None), "without a reason"),
+    (lambda r: r["reasons"].pop("us_per_recall.device"), "us_per_recall.device is null without a reason"),
+    (lambda r: r["run_tokens_per_s"].update(golden=float("nan")), "run_tokens_per_s.golden"),
+    (lambda r: r.pop("machine"), "missing key 'machine'"),
+])
+def test_validate_catches_inconsistencies(breakage, message):
+    assert validate.problems(_sound()) == []
+    r = _sound()
+    breakage(r)
+    bad = validate.problems(r)
+    assert any(message in b for b in bad), bad
+
+
+def test_bench_rejects_bad_arguments(tmp_path, capsys):
+    from hmtx.host.cli import main
+    assert main(["bench", "--json", str(tmp_path / "x.json"), "--only", "device,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert main(["bench", "--json", str(tmp_path / "x.json"), "--lengths", "12,abc"]) == 2
+
+
+def test_memory_point_reports_a_real_peak():
+    """One point in its own process, as the sweep runs it: the peak covers the loaded model and
+    at least the logits tensor the pass must hold (2048 positions x 257 x 4 bytes = 2 MiB)."""
+    from bench import memory
+
+    (p,) = memory.run_points("tiny", [2048], modes=("full",), timeout_s=120)
+    assert "error" not in p, p
+    assert p["mode"] == "full" and p["length"] == 2048 and p["segments"] == 1
+    assert p["peak_rss_mb"] >= p["baseline_rss_mb"] > 10
+    assert p["growth_mb"] >= 2048 * 257 * 4 / 2**20
+
+
+def test_memory_point_rejects_bad_input(tmp_path):
+    import numpy as np
+
+    from bench import memory
+
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.arange(64, dtype=np.int32))
+    with pytest.raises(ValueError, match="unknown memory mode"):
+        memory.measure_point("bogus", 16, "tiny", str(ids))
+    with pytest.raises(ValueError, match="needs 128"):
+        memory.measure_point("full", 128, "tiny", str(ids))
