@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "cmd_sweep",
     "cmd_run",
     "cmd_replay",
+    "cmd_bench",
     "cmd_gen",
 ]
 
