@@ -5,10 +5,12 @@ This is a cocotb test module that never ends by itself: it listens on the Unix s
 bytes — host → ``cmd`` port, ``rsp`` port → host — until the host closes the connection. The
 host side (``hmtx.host.backends_sim.SimTransport``) starts and stops the simulator process.
 
-It drives the ports itself, in one coroutine with two triggers per clock, instead of the
-general test-bench drivers (``hmtx.sim.streams``): the bridge carries whole weight matrices, so
-every trigger counts, and it has no stall patterns to apply. When no command is being sent and
-no response is owed, the simulation does not advance; it blocks on the socket instead.
+It drives the ports itself, in one coroutine with two triggers per clock while bytes move,
+instead of the general test-bench drivers (``hmtx.sim.streams``): the bridge carries whole
+weight matrices, so every trigger counts, and it has no stall patterns to apply. While the
+device computes (a response is owed, none is being sent) it holds ``rsp.ready`` low and sleeps
+until ``rsp.valid`` rises; when no command is being sent and no response is owed, the
+simulation does not advance at all: the bridge blocks on the socket.
 
 The bridge knows only the framing (docs/protocol.md section 1): every non-empty frame sent to
 the device is owed exactly one response frame, which ends with END. That is how it tells a
@@ -56,7 +58,7 @@ class Loopback(wiring.Component):
 try:
     import cocotb
     from cocotb.clock import Clock
-    from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly
+    from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, RisingEdge
 except ImportError:        # imported outside a simulator for Loopback only
     cocotb = None
 
@@ -133,6 +135,18 @@ if cocotb is not None:
                 connected = take(1.0)
                 continue
             await FallingEdge(dut.clk)
+            if not pending and not dut.rsp__valid.value:
+                # The device is computing: let it run without Python in every cycle. rsp.ready
+                # is low meanwhile, so no byte can pass unseen even if the wake-up is late.
+                dut.cmd__valid.value = 0
+                dut.rsp__ready.value = 0
+                await First(RisingEdge(dut.rsp__valid), ClockCycles(dut.clk, POLL_CYCLES))
+                if out:
+                    conn.sendall(out)
+                    out.clear()
+                connected = take(0)
+                continue
+            dut.rsp__ready.value = 1
             if pending:
                 dut.cmd__payload.value = pending[0]
                 dut.cmd__valid.value = 1
