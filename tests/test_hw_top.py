@@ -112,3 +112,13 @@ def test_top_malformed_commands_then_recovery():
     assert statuses["slot out of range"] == P.Status.SLOT_RANGE
     assert statuses["recall without W_q"] == P.Status.NO_WEIGHTS
     assert statuses["recall works"] == P.Status.OK
+
+
+@pytest.mark.slow
+def test_top_overlong_frame_then_recovery():
+    # MAX_BODY + 1 body bytes: BAD_FRAME at END, then the device answers normally again
+    r = rng(32)
+    c = CONFIGS["tiny"]
+    overlong = bytes([Op.INFO]) + bytes(P.MAX_BODY) + bytes([P.END])
+    run_against_golden(c, [("overlong", overlong), ("info", cmd(Op.INFO)), ("status", cmd(Op.STATUS))],
+                       r, gap=0.0, stall=0.0)
