@@ -1,8 +1,6 @@
 """`hmtx gen`: Verilog + RTLIL for tiny, ports parsed back by pyverilog match signature and docs;
 and the port check does fail on drift."""
 
-from pathlib import Path
-
 from hmtx.host.cli import main
 from hmtx.host.cmd_gen import check_ports, protocol_ports, PROTOCOL_DOC
 
