@@ -37,6 +37,8 @@ def add_build_arguments(p) -> None:
                                              "(default: 100 on ulx3s-85f, 24 on icebreaker)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help="UART rate, 8N1")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--yosys-opts", help="options for synth_ecp5/synth_ice40 instead of the "
+                                        "defaults (quote them: --yosys-opts='-noabc9')")
     p.add_argument("--ice40-dsp", action="store_true",
                    help="let Yosys map multipliers to SB_MAC16 (synth_ice40 -dsp). Off by default: "
                         "it has miscompiled here; check the netlist by gate-level simulation")
@@ -81,7 +83,8 @@ def build_one(args, config_name, config, out_dir):
 
     report = synthesize(args.board, make_core(args.core, config), config_name=config_name,
                         lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq, baud=args.baud,
-                        seed=args.seed, ice40_dsp=args.ice40_dsp)
+                        seed=args.seed, ice40_dsp=args.ice40_dsp,
+                        synth_opts=None if args.yosys_opts is None else args.yosys_opts.split())
     report["n_slots"] = config.n_slots
     report["engine_config"] = config.to_dict()
     return report
@@ -107,6 +110,8 @@ def format_summary(report):
         lines.append(f"  critical path {cp['delay_ns']:.2f} ns ({cp['logic_ns']:.2f} logic, "
                      f"{cp['routing_ns']:.2f} routing, {cp['logic_levels']} logic levels): "
                      f"{cp['start']} -> {cp['end']}")
+        if cp.get("rtl_sources"):
+            lines.append(f"    through {', '.join(cp['rtl_sources'])}")
     lines.append(f"  bitstream {report['bitstream']}")
     return "\n".join(lines)
 

