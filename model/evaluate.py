@@ -154,6 +154,7 @@ def plot_per_segment(result: dict, path: str, title: str = "") -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for v in result["ppl"]:
         ax.plot(per["segment"], per[v], marker="o", label=f"{v} ({result['ppl'][v]:.2f})")
+    ax.set_xticks(per["segment"])
     ax.set_xlabel("segment index")
     ax.set_ylabel("perplexity (token-weighted)")
     ax.set_title(title or f"PPL per segment, {result['documents']} document(s), {result['tokens']} tokens")
