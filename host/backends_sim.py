@@ -176,7 +176,8 @@ def main(argv=None) -> int:
     top_cls = _load_top(args.top)
     c = config
     name = f"bridge-{top_cls.__name__}-{c.name}-{c.d}x{c.d_h}x{c.n_slots}x{c.lanes}-{c.head_dim}x{c.max_queries}x{c.max_keys}"
-    target = runner.component_target(name, top_cls(config), toplevel="top")
+    from hmtx.sim.bridge import BlockBridge
+    target = runner.component_target(name, BlockBridge(top_cls(config)), toplevel="top")
     print(f"building {name} ...", flush=True)
     model = runner.build(target, waves=args.waves)
     print(f"model {model.build_dir}; serving on {args.socket}", flush=True)

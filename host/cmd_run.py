@@ -186,6 +186,10 @@ def _run(args) -> int:
                 raise ValueError(f"--inject-fault: element {elem} >= d={cfg.d}")
             injector.arm(Op.RECALL, 2 + 2 * elem + bit // 8, bit % 8)
 
+    info = device.device_info
+    print(f"hmtx run: {args.segments} segments x {model.config.tokens_per_segment} tokens of {doc.name!r}, "
+          f"backbone {args.backbone}, engine {cfg.name} (d={info.d}, d_h={info.d_h}, N={info.n_slots}, "
+          f"P={info.lanes}) on device {args.device}", file=sys.stderr)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -197,10 +201,6 @@ def _run(args) -> int:
             bar.update(1)
 
     case = args.case or os.path.join("build", "cases", time.strftime("run-%Y%m%d-%H%M%S.json"))
-    info = device.device_info
-    print(f"hmtx run: {args.segments} segments x {model.config.tokens_per_segment} tokens of {doc.name!r}, "
-          f"backbone {args.backbone}, engine {cfg.name} (d={info.d}, d_h={info.d_h}, N={info.n_slots}, "
-          f"P={info.lanes}) on device {args.device}", file=sys.stderr)
     try:
         with device:
             res = run_document(model, doc.ids, device, cfg, args.segments, case_path=case,

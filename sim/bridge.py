@@ -5,12 +5,15 @@ This is a cocotb test module that never ends by itself: it listens on the Unix s
 bytes — host → ``cmd`` port, ``rsp`` port → host — until the host closes the connection. The
 host side (``hmtx.host.backends_sim.SimTransport``) starts and stops the simulator process.
 
-It drives the ports itself, in one coroutine with two triggers per clock while bytes move,
-instead of the general test-bench drivers (``hmtx.sim.streams``): the bridge carries whole
-weight matrices, so every trigger counts, and it has no stall patterns to apply. While the
-device computes (a response is owed, none is being sent) it holds ``rsp.ready`` low and sleeps
-until ``rsp.valid`` rises; when no command is being sent and no response is owed, the
-simulation does not advance at all: the bridge blocks on the socket.
+Speed: the bridge carries whole weight matrices (2 · d · d_h bytes), and a cocotb trigger costs
+tens of microseconds, so driving the byte streams from Python one clock at a time would make a
+SmolLM2-sized run take minutes in transfers alone. The simulated toplevel is therefore
+:class:`BlockBridge`, a thin wrapper around the engine (which it instantiates unchanged): Python
+loads up to ``BLOCK`` command bytes at once into a shift register that feeds ``cmd`` one byte
+per ``ready``, and the wrapper collects ``rsp`` bytes into another shift register that Python
+empties when it is full or holds a frame's END. Python wakes only on those events (or every
+``POLL_CYCLES`` to look at the socket). When no command is being sent and no response is owed,
+the simulation does not advance at all: the bridge blocks on the socket.
 
 The bridge knows only the framing (docs/protocol.md section 1): every non-empty frame sent to
 the device is owed exactly one response frame, which ends with END. That is how it tells a
@@ -23,17 +26,18 @@ for testing the bridge and the host transport without the engine.
 import os
 import select
 import socket
-from collections import deque
 
-from amaranth.hdl import Module
+from amaranth.hdl import Module, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["Loopback", "bridge"]
+__all__ = ["Loopback", "BlockBridge", "BLOCK", "bridge"]
 
 END = 0xC0
-POLL_CYCLES = 256          # while busy, look for new host bytes this often
+BLOCK = 64                 # bytes per Python wake-up in each direction
+POLL_CYCLES = 4096         # while the device computes, look at the socket this often
 CONNECT_TIMEOUT_S = 120
+PERIOD_NS = 10
 
 
 class Loopback(wiring.Component):
@@ -55,11 +59,72 @@ class Loopback(wiring.Component):
         return m
 
 
+class BlockBridge(wiring.Component):
+    """Simulation-only wrapper: block transfers between cocotb and a core's byte streams.
+
+    Parameters
+    ----------
+    core : wiring.Component
+        The design under test, with ``cmd: In(stream.Signature(8))`` and ``rsp: Out(...)``.
+    block : int
+        Bytes per block.
+
+    Members
+    -------
+    in_data : In(8 * block)
+        Command bytes, the first in the low byte.
+    in_count : In(range(block + 1))
+        How many of them are valid.
+    in_load : In(1)
+        Load ``in_data``/``in_count`` at this clock edge; honoured only while ``in_empty``.
+    in_empty : Out(1)
+        Every loaded byte has been accepted by the core.
+    out_data : Out(8 * block)
+        Response bytes collected so far: the ``out_count`` most significant bytes, oldest lowest.
+    out_count : Out(range(block + 1))
+    out_full : Out(1)
+        Collection stopped: the block is full or its last byte is END. ``rsp.ready`` is low.
+    out_ack : In(1)
+        Empties the collected block (at this clock edge).
+    """
+
+    def __init__(self, core, block: int = BLOCK):
+        self.core = core
+        self.block = block
+        super().__init__({
+            "in_data": In(8 * block), "in_count": In(range(block + 1)), "in_load": In(1), "in_empty": Out(1),
+            "out_data": Out(8 * block), "out_count": Out(range(block + 1)), "out_full": Out(1), "out_ack": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        n = self.block
+        ibuf, icnt = Signal(8 * n), Signal(range(n + 1))
+        m.d.comb += [self.in_empty.eq(icnt == 0), core.cmd.payload.eq(ibuf[:8]), core.cmd.valid.eq(icnt != 0)]
+        with m.If(self.in_load & (icnt == 0)):
+            m.d.sync += [ibuf.eq(self.in_data), icnt.eq(self.in_count)]
+        with m.Elif(core.cmd.valid & core.cmd.ready):
+            m.d.sync += [ibuf.eq(ibuf >> 8), icnt.eq(icnt - 1)]
+
+        obuf, ocnt, got_end = Signal(8 * n), Signal(range(n + 1)), Signal()
+        full = got_end | (ocnt == n)
+        m.d.comb += [core.rsp.ready.eq(~full), self.out_full.eq(full),
+                     self.out_data.eq(obuf), self.out_count.eq(ocnt)]
+        with m.If(self.out_ack):
+            m.d.sync += [ocnt.eq(0), got_end.eq(0)]
+        with m.Elif(core.rsp.valid & ~full):
+            # Shift in from the top: after k bytes they are the k most significant, oldest lowest.
+            m.d.sync += [obuf.eq((obuf >> 8) | (core.rsp.payload << (8 * (n - 1)))), ocnt.eq(ocnt + 1),
+                         got_end.eq(core.rsp.payload == END)]
+        return m
+
+
 try:
     import cocotb
     from cocotb.clock import Clock
-    from cocotb.triggers import ClockCycles, FallingEdge, First, ReadOnly, RisingEdge
-except ImportError:        # imported outside a simulator for Loopback only
+    from cocotb.triggers import ClockCycles, FallingEdge, First, RisingEdge, Timer
+except ImportError:        # imported outside a simulator (for the Amaranth classes)
     cocotb = None
 
 
@@ -79,8 +144,8 @@ class _Owed:
             else:
                 self._open = True
 
-    def answered(self) -> None:
-        self.owed = max(self.owed - 1, 0)
+    def answered(self, data: bytes) -> None:
+        self.owed = max(self.owed - data.count(END), 0)
 
 
 if cocotb is not None:
@@ -100,19 +165,17 @@ if cocotb is not None:
         conn.settimeout(None)
         dut._log.info(f"bridge: host connected on {path}")
 
-        Clock(dut.clk, 10, unit="ns").start(start_high=False)
-        dut.cmd__valid.value = 0
-        dut.cmd__payload.value = 0
-        dut.rsp__ready.value = 0
+        block = len(dut.in_data) // 8
+        Clock(dut.clk, PERIOD_NS, unit="ns").start(start_high=False)
+        for sig in (dut.in_data, dut.in_count, dut.in_load, dut.out_ack):
+            sig.value = 0
         dut.rst.value = 1
         await ClockCycles(dut.clk, 4, rising=False)
         dut.rst.value = 0
-        dut.rsp__ready.value = 1
 
-        pending = deque()
+        pending = bytearray()
         owed = _Owed()
-        out = bytearray()
-        cycle = 0
+        wakeups = 0
         connected = True
 
         def take(timeout) -> bool:
@@ -129,44 +192,39 @@ if cocotb is not None:
 
         while connected:
             if not pending and not owed.owed:
-                if out:
-                    conn.sendall(out)
-                    out.clear()
                 connected = take(1.0)
                 continue
+            # At a falling edge every signal has settled and nothing changes before the next
+            # rising edge, so reading the flags and writing the strobes here is race-free.
             await FallingEdge(dut.clk)
-            if not pending and not dut.rsp__valid.value:
-                # The device is computing: let it run without Python in every cycle. rsp.ready
-                # is low meanwhile, so no byte can pass unseen even if the wake-up is late.
-                dut.cmd__valid.value = 0
-                dut.rsp__ready.value = 0
-                await First(RisingEdge(dut.rsp__valid), ClockCycles(dut.clk, POLL_CYCLES))
-                if out:
-                    conn.sendall(out)
-                    out.clear()
-                connected = take(0)
+            wakeups += 1
+            acted = False
+            if dut.out_full.value:
+                k = int(dut.out_count.value)
+                data = dut.out_data.value.to_unsigned().to_bytes(block, "little")[block - k:]
+                conn.sendall(data)
+                owed.answered(data)
+                dut.out_ack.value = 1
+                acted = True
+            if pending and dut.in_empty.value:
+                chunk = bytes(pending[:block])
+                del pending[:block]
+                dut.in_data.value = int.from_bytes(chunk, "little")
+                dut.in_count.value = len(chunk)
+                dut.in_load.value = 1
+                acted = True
+            if acted:
+                # The strobes act at the coming rising edge; drop them at the next falling edge.
+                await FallingEdge(dut.clk)
+                dut.out_ack.value = 0
+                dut.in_load.value = 0
                 continue
-            dut.rsp__ready.value = 1
+            # Nothing to do until the core has taken the block or filled/ended a response block.
+            # (A Timer is one callback; ClockCycles would run Python at every clock.)
+            wait = [RisingEdge(dut.out_full), Timer(POLL_CYCLES * PERIOD_NS + PERIOD_NS // 2, "ns")]
             if pending:
-                dut.cmd__payload.value = pending[0]
-                dut.cmd__valid.value = 1
-            else:
-                dut.cmd__valid.value = 0
-            await ReadOnly()
-            if pending and dut.cmd__ready.value:
-                pending.popleft()
-            if dut.rsp__valid.value:
-                b = int(dut.rsp__payload.value)
-                out.append(b)
-                if b == END:
-                    owed.answered()
-                    conn.sendall(out)
-                    out.clear()
-            cycle += 1
-            if cycle % POLL_CYCLES == 0:
-                if out:
-                    conn.sendall(out)
-                    out.clear()
-                connected = take(0)
+                wait.append(RisingEdge(dut.in_empty))
+            await First(*wait)
+            connected = take(0)
         conn.close()
-        dut._log.info(f"bridge: host closed the connection after {cycle} active cycles")
+        dut._log.info(f"bridge: host closed the connection after {wakeups} wake-ups")
