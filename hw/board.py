@@ -22,7 +22,7 @@ from .pll import ecp5_pll, ecp5_pll_params, ice40_pll_pad, ice40_pll_params
 from .uart import UARTRx, UARTTx, baud_divisor
 
 __all__ = ["DEFAULT_BAUD", "EchoCore", "echo_core_reference", "UartBridge", "bridge_verilog",
-           "BoardTop", "default_core_factory"]
+           "BoardTop"]
 
 # 115200 is the rate every USB-serial adapter and terminal accepts; both boards' FTDI parts
 # also run 1 Mbaud (`--baud 1000000`) where the host's 14 kB/s becomes ~100 kB/s.
@@ -278,11 +278,3 @@ class BoardTop(wiring.Component):
         m.d.comb += led_buf.o.eq(running)
         return m
 
-
-def default_core_factory():
-    """``hmtx.hw.top.HmtxTop`` when it exists, else :class:`EchoCore` (the stand-in)."""
-    try:
-        from .top import HmtxTop
-    except ImportError:
-        return EchoCore
-    return HmtxTop
