@@ -64,3 +64,19 @@ def test_run_sim_zero_mismatches(capsys, tmp_path):
     assert (s["segments"], s["mismatches"], s["device"]) == (6, 0, "sim")
     assert s["ppl"]["hmt_device"] == s["ppl"]["hmt_fixed"]
     assert s["device_cycles"] > 0
+
+
+def test_fmax_comes_from_the_engine_synth_report(tmp_path, monkeypatch):
+    import json as _json
+
+    from hmtx.host import cmd_run
+    from hmtx.model.configs import get_config
+    monkeypatch.setattr(cmd_run, "REPO", tmp_path)
+    cfg = get_config("up5k")
+    for name, core, fmax in (("echo", "EchoCore", 99.0), ("engine", "HmtxTop", 42.5)):
+        d = tmp_path / "build" / "synth" / name
+        d.mkdir(parents=True)
+        (d / "synth_report.json").write_text(_json.dumps({"config": "up5k", "core": core, "lanes": cfg.lanes,
+                                                          "fmax_mhz": fmax}))
+    assert cmd_run.find_fmax(cfg)[0] == 42.5
+    assert cmd_run.find_fmax(get_config("smollm")) is None
