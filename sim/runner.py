@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
-__all__ = ["REPO", "BUILD", "SimTarget", "Model", "build", "simulator", "waves_requested",
+__all__ = ["REPO", "BUILD", "SimTarget", "Model", "build", "is_built", "simulator", "waves_requested",
            "default_seed", "write_verilog", "component_target", "VERILATOR_WAIVERS"]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -248,10 +248,7 @@ def _runtime_cache(sim: str, waves: bool, fst: bool) -> Path | None:
     return BUILD / "_verilator_runtime" / key
 
 
-def build(target: SimTarget, *, sim: str | None = None, waves: bool | None = None) -> Model:
-    """Compile ``target`` (or reuse the model compiled from identical sources and options)."""
-    from cocotb_tools.runner import get_runner
-
+def _flavour(target: SimTarget, sim: str | None, waves: bool | None):
     sim = sim or target.sim or simulator()
     waves = waves_requested() if waves is None else waves
     fst = sim == "verilator" and waves and _fst_available()
@@ -262,8 +259,21 @@ def build(target: SimTarget, *, sim: str | None = None, waves: bool | None = Non
     else:
         args = list(target.icarus_args)
     tag = _digest(target, sim, waves, args)
-    runtime = _runtime_cache(sim, waves, fst)
     build_dir = BUILD / target.name / f"{sim}{'-waves' if waves else ''}-{tag}"
+    return sim, waves, fst, args, tag, build_dir
+
+
+def is_built(target: SimTarget, *, sim: str | None = None, waves: bool | None = None) -> bool:
+    """Whether :func:`build` would reuse a compiled model (no compile needed)."""
+    return (_flavour(target, sim, waves)[-1] / "built.ok").exists()
+
+
+def build(target: SimTarget, *, sim: str | None = None, waves: bool | None = None) -> Model:
+    """Compile ``target`` (or reuse the model compiled from identical sources and options)."""
+    from cocotb_tools.runner import get_runner
+
+    sim, waves, fst, args, tag, build_dir = _flavour(target, sim, waves)
+    runtime = _runtime_cache(sim, waves, fst)
     stamp = build_dir / "built.ok"
     if not stamp.exists():
         # Older models of this target and simulator are stale: drop them.

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import cocotb
 from cocotb.simtime import get_sim_time
-from cocotb.triggers import Event, FallingEdge, ReadOnly, with_timeout
+from cocotb.triggers import Event, FallingEdge, ReadOnly, RisingEdge, with_timeout
 
 __all__ = ["Stalls", "ByteStreamSource", "ByteStreamSink"]
 
@@ -172,14 +172,28 @@ class ByteStreamSink:
                     f"got {len(got)}: {got.hex(' ')}") from None
         return bytes(self._rx.popleft() for _ in range(n))
 
+    async def recv_until(self, terminator: int, timeout_cycles: int) -> bytes:
+        """Read up to and including the next ``terminator`` byte (e.g. a SLIP END), with the same
+        watchdog as :meth:`recv`."""
+        async def wait_for_terminator():
+            while terminator not in self._rx:
+                self._arrived.clear()
+                await self._arrived.wait()
+        if terminator not in self._rx:
+            try:
+                await with_timeout(wait_for_terminator(), timeout_cycles * self.period_ns, "ns")
+            except cocotb.triggers.SimTimeoutError:
+                got = bytes(self._rx)
+                raise TimeoutError(
+                    f"watchdog: waited {timeout_cycles} cycles for a response ending in 0x{terminator:02X}, "
+                    f"got {len(got)} bytes: {got[:64].hex(' ')}{' …' if len(got) > 64 else ''}") from None
+        n = self._rx.index(terminator) + 1
+        return bytes(self._rx.popleft() for _ in range(n))
+
     async def _run(self):
         stall = 0
         while True:
             await FallingEdge(self.clk)
-            # Backpressure is drawn whether or not the device is sending, so it also lands on
-            # the first byte of a response.
-            if not stall:
-                stall = self.stalls.draw(self.rng)
             if stall:
                 stall -= 1
                 self.ready.value = 0
@@ -200,3 +214,15 @@ class ByteStreamSink:
                 cycle = int((get_sim_time("ns") - self.origin_ns) // self.period_ns)
                 self.record.append((cycle, byte))
                 self._arrived.set()
+            else:
+                # Nothing to take: sleep until valid rises instead of waking every cycle (a
+                # device computing for thousands of cycles then costs no Python at all). Only a
+                # settled high valid counts, so zero-delay glitches in a netlist change nothing.
+                while True:
+                    await RisingEdge(self.valid)
+                    await ReadOnly()
+                    if str(self.valid.value) == "1":
+                        break
+            # Backpressure is drawn after every transfer and when a response starts, so it also
+            # lands on the first byte of a response.
+            stall = self.stalls.draw(self.rng)

@@ -92,6 +92,9 @@ class TB:
     async def recv(self, n: int, timeout_cycles: int = 5000) -> bytes:
         return await self.sink.recv(n, timeout_cycles)
 
+    async def recv_until(self, terminator: int, timeout_cycles: int = 5000) -> bytes:
+        return await self.sink.recv_until(terminator, timeout_cycles)
+
     async def transact(self, data: bytes, n_response: int, timeout_cycles: int = 5000) -> bytes:
         """Send a command and read back exactly ``n_response`` bytes."""
         self.send(data)

@@ -53,6 +53,10 @@ async def start(dut, stalls: str, salt: int = 0):
     """A fresh TB and model; the slot RAM (not cleared by reset) is zeroed through the device."""
     tb = TB(dut, stalls=stalls, seed=test_seed() + salt)
     model = StandInModelState(max_len=MAX_LEN, n_slots=N_SLOTS)
+    if os.environ.get("HMTX_STANDIN_BREAK"):
+        # A deliberately wrong model, so the pytest side can check that failures are reported.
+        feed = model.feed
+        model.feed = lambda data: bytes(b ^ 1 if i == 0 else b for i, b in enumerate(feed(data)))
     sb = Scoreboard(tb.log)
     await tb.reset()
     init = b"".join(frame(OPCODES["STORE"], bytes([s, 0])) for s in range(N_SLOTS))

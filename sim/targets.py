@@ -1,0 +1,47 @@
+"""The designs the cocotb suites run on: the stand-in and the engine in a named configuration.
+
+Elaborating the engine takes from seconds (tiny) to about a minute (smollm), so its Verilog is
+cached under build/sim/<config>/rtl/ keyed by the hash of every Python source that can change it
+(hw/, model/, host/protocol.py) and the configuration.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+from .runner import BUILD, REPO, SimTarget, component_target, write_verilog
+
+__all__ = ["standin_target", "engine_target", "ENGINE_TOPLEVEL"]
+
+ENGINE_TOPLEVEL = "hmtx_top"     # the module name `hmtx gen` writes
+
+
+def standin_target() -> SimTarget:
+    from .standin import StandIn
+    return component_target("standin", StandIn(), "standin")
+
+
+def _engine_sources_digest(config) -> str:
+    h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
+    files = sorted((REPO / "hw").glob("*.py")) + sorted((REPO / "model").glob("*.py")) + [REPO / "host" / "protocol.py"]
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def engine_target(config_name: str, *, generate: bool = True) -> SimTarget | None:
+    """``hmtx.hw.top.HmtxTop(get_config(config_name))`` as a simulation target (None when its
+    cached Verilog is stale and ``generate`` is false)."""
+    from hmtx.model.configs import get_config
+    config = get_config(config_name)
+    path = BUILD / config.name / "rtl" / f"{ENGINE_TOPLEVEL}.v"
+    stamp = path.with_suffix(".sha256")
+    key = _engine_sources_digest(config)
+    if not (path.exists() and stamp.exists() and stamp.read_text().strip() == key):
+        if not generate:
+            return None
+        from hmtx.hw.top import HmtxTop
+        write_verilog(HmtxTop(config), ENGINE_TOPLEVEL, path)
+        stamp.write_text(key + "\n")
+    return SimTarget(name=config.name, sources=(Path(path),), toplevel=ENGINE_TOPLEVEL)
