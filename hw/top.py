@@ -110,6 +110,7 @@ class HmtxTop(wiring.Component):
         hdr = [Signal(8, name=f"hdr{k}") for k in range(8)]
         bad_arg = Signal()          # a streamed field out of range (mantissa -128, exponent)
         status = Signal(8)
+        known_r, length_ok_r, arg_bad_r = Signal(), Signal(), Signal()
 
         def is_op(name):
             return opcode == OPCODES[name]
@@ -125,6 +126,10 @@ class HmtxTop(wiring.Component):
         prow = Signal(range(eng.ROWS + 1))
         pbase = Signal(range(eng.ROWS * AB + 1))
         n_q, n_k, aflags = hdr[1], hdr[2], hdr[3]
+        a_sane = Signal()
+        a_qend = Signal(signed(10))
+        a_kend = Signal(signed(10))
+        a_rows = Signal(10)
         # weight rows: mantissa i is W[c, j], c = row_offset + i // d_h, j = i % d_h
         ld_c_word = Signal(range(CB + 1))
         ld_c_lane = Signal(range(P))
@@ -145,13 +150,25 @@ class HmtxTop(wiring.Component):
                         & (ld_exp == Mux(ld_sel, w_exp[1], w_exp[0]))
                         & (ld_shift == Mux(ld_sel, w_shift[1], w_shift[0])))))
         slot_arg = Cat(hdr[1], hdr[2])
+        # header checks registered: the header is complete at least two cycles before the first
+        # mantissa is looked at (one beat per two cycles)
+        ld_ok_r = Signal()
+        ld_stop = Signal(32)
+        m.d.sync += ld_ok_r.eq(ld_hdr_ok)
 
-        attn_len = Signal(17)
-        m.d.comb += attn_len.eq(5 + (n_q + 2 * n_k) * (1 + c.head_dim))
+        attn_len = Signal(32)
+        m.d.comb += attn_len.eq(5 + a_rows * (1 + c.head_dim))   # valid once the header is in
         ld_len = Signal(32)
-        m.d.comb += ld_len.eq(9 + ld_rows * c.d_h)
+        m.d.comb += ld_len.eq(ld_stop + 1)                       # 9 + rows * d_h
 
-        beat = dec.o.payload
+        # The decoded beat is registered before the parser looks at it, so no parser logic sits
+        # between cmd__valid and cmd__ready or in front of the decoder; one byte per two cycles
+        # is far above any link rate.
+        beat = Signal.like(dec.o.payload)
+        beat_valid = Signal()
+        m.d.comb += dec.o.ready.eq(rx & ~beat_valid)
+        with m.If(dec.o.valid & dec.o.ready):
+            m.d.sync += [beat.eq(dec.o.payload), beat_valid.eq(1)]
         byte = beat.data
         idx = count
 
@@ -177,12 +194,14 @@ class HmtxTop(wiring.Component):
 
         with m.FSM():
             with m.State("RX"):
-                m.d.comb += [dec.o.ready.eq(1), rx.eq(1)]
-                with m.If(dec.o.valid & beat.end):
+                m.d.comb += rx.eq(1)
+                with m.If(beat_valid):
+                    m.d.sync += beat_valid.eq(0)
+                with m.If(beat_valid & beat.end):
                     m.next = "CHECK"
                     with m.If(beat.err):
                         m.d.sync += overlong.eq(1)   # judged as BAD_FRAME like an overlong body
-                with m.Elif(dec.o.valid):
+                with m.Elif(beat_valid):
                     with m.If(count == MAX_BODY):
                         m.d.sync += overlong.eq(1)
                     with m.Else():
@@ -209,9 +228,11 @@ class HmtxTop(wiring.Component):
                     # ATTENTION rows: Q at row 0, K at row MQ, V at row MQ + MK
                     with m.If(is_op("ATTENTION")):
                         with m.If(idx == 3):
-                            m.d.sync += [rin.eq(0), col.eq(0), aw.eq(0), al.eq(0), prow.eq(0), pbase.eq(0)]
-                        sane = (n_q >= 1) & (n_q <= MQ) & (n_k >= 1) & (n_k <= MK)
-                        with m.If((idx >= 4) & sane & (rin < n_q + 2 * n_k)):
+                            m.d.sync += [rin.eq(0), col.eq(0), aw.eq(0), al.eq(0), prow.eq(0), pbase.eq(0),
+                                         a_sane.eq((n_q >= 1) & (n_q <= MQ) & (n_k >= 1) & (n_k <= MK)),
+                                         a_qend.eq(n_q - 1), a_kend.eq(n_q + n_k - 1),
+                                         a_rows.eq(n_q + 2 * n_k)]
+                        with m.If((idx >= 4) & a_sane & (rin < a_rows)):
                             with m.If(col == 0):
                                 m.d.comb += [vexp_w.addr.eq(prow), vexp_w.data.eq(byte), vexp_w.en.eq(1)]
                                 with m.If(~exp_ok(byte)):
@@ -225,9 +246,9 @@ class HmtxTop(wiring.Component):
                                     m.d.sync += bad_arg.eq(1)
                             with m.If(col == c.head_dim):
                                 m.d.sync += [col.eq(0), aw.eq(0), al.eq(0), rin.eq(rin + 1)]
-                                with m.If(rin + 1 == n_q):
+                                with m.If(rin == a_qend):
                                     m.d.sync += [prow.eq(MQ), pbase.eq(MQ * AB)]
-                                with m.Elif(rin + 1 == n_q + n_k):
+                                with m.Elif(rin == a_kend):
                                     m.d.sync += [prow.eq(MQ + MK), pbase.eq((MQ + MK) * AB)]
                                 with m.Else():
                                     m.d.sync += [prow.eq(prow + 1), pbase.eq(pbase + AB)]
@@ -237,12 +258,13 @@ class HmtxTop(wiring.Component):
                     # LOAD_WEIGHTS: mantissas stream into the weight memory once the header is good
                     with m.If(is_op("LOAD_WEIGHTS")):
                         with m.If(idx == 7):
+                            m.d.sync += ld_stop.eq(8 + Cat(hdr[6], byte) * c.d_h)
                             row_off = Cat(hdr[4], hdr[5])
                             sel = hdr[1][0]
                             m.d.sync += [ld_j.eq(0), ld_jbase.eq(0),
                                          ld_c_word.eq(Mux(row_off == 0, 0, Mux(sel, nr_word[1], nr_word[0]))),
                                          ld_c_lane.eq(Mux(row_off == 0, 0, Mux(sel, nr_lane[1], nr_lane[0])))]
-                        with m.If((idx >= 8) & ld_hdr_ok & (idx < ld_len - 1)):
+                        with m.If((idx >= 8) & ld_ok_r & (idx < ld_stop)):
                             for n in range(2):
                                 m.d.comb += [w_w[n].addr.eq(ld_jbase + ld_c_word),
                                              w_w[n].en.eq(Mux(ld_sel == n, Const(1, P) << ld_c_lane, 0))]
@@ -257,8 +279,8 @@ class HmtxTop(wiring.Component):
                                 m.d.sync += [ld_j.eq(ld_j + 1), ld_jbase.eq(ld_jbase + CB)]
 
             with m.State("CHECK"):
-                # the documented order: BAD_FRAME, BAD_CRC, BAD_OPCODE, BAD_LENGTH, BAD_ARG, per-op
-                known = Cat(*[opcode == v for v in OPCODES.values()]).any()
+                # the documented order: BAD_FRAME, BAD_CRC, BAD_OPCODE, BAD_LENGTH, BAD_ARG, per-op;
+                # first the per-opcode conditions into registers, then the status (CHECK2)
                 length_ok = Signal()
                 with m.Switch(opcode):
                     with m.Case(OPCODES["LOAD_WEIGHTS"]):
@@ -280,6 +302,11 @@ class HmtxTop(wiring.Component):
                                                | (aflags[1:] != 0) | (aflags[0] & (n_q > n_k)))
                     with m.Default():
                         m.d.comb += arg_bad.eq(bad_arg)
+                m.d.sync += [known_r.eq(Cat(*[opcode == v for v in OPCODES.values()]).any()),
+                             length_ok_r.eq(length_ok), arg_bad_r.eq(arg_bad)]
+                m.next = "CHECK2"
+            with m.State("CHECK2"):
+                known, length_ok, arg_bad = known_r, length_ok_r, arg_bad_r
                 st = Signal(8)
                 with m.If(overlong | (count == 1)):
                     m.d.comb += st.eq(STATUS["BAD_FRAME"])
@@ -299,7 +326,7 @@ class HmtxTop(wiring.Component):
                     m.d.comb += st.eq(STATUS["EMPTY_CACHE"])
                 with m.Elif(is_op("READ_SLOT") & (slot_arg >= fill)):
                     m.d.comb += st.eq(STATUS["SLOT_RANGE"])
-                m.d.sync += [status.eq(st), cyc_run.eq(0)]
+                m.d.sync += [status.eq(st), cyc_run.eq(0)]   # compute cycles start after this
                 with m.If(count == 0):
                     with m.If(~overlong):
                         m.d.sync += opcode.eq(0)
