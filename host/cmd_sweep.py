@@ -7,7 +7,6 @@ rebuilding.
 
 import json
 import os
-import subprocess
 import sys
 
 __all__ = ["register", "cycles_per_recall", "markdown_table", "plot_sweep"]
@@ -105,8 +104,11 @@ def plot_sweep(points, path):
 
 
 def run(args) -> int:
+    from hmtx.hw.synth import BuildFailed
+
     from .cmd_synth import build_one, default_out_dir, format_summary, resolve_config
 
+    failed = []
     try:
         if args.from_json:
             with open(args.from_json) as f:
@@ -120,20 +122,27 @@ def run(args) -> int:
                     name, config = resolve_config(args, lanes=p, n_slots=n)
                     out_dir = os.path.join(args.out, os.path.basename(
                         default_out_dir(args.board, name, p, args.core)) + f"-n{config.n_slots}")
-                    report = build_one(args, name, config, out_dir)
+                    try:
+                        report = build_one(args, name, config, out_dir)
+                    except BuildFailed as e:
+                        # A point that does not fit is a result of the sweep, not its end.
+                        print(f"P={p} N={config.n_slots}: {e}", flush=True)
+                        failed.append(e.report)
+                        continue
                     report["cycles_per_recall"] = cycles_per_recall(config)
                     points.append(report)
                     print(format_summary(report), flush=True)
     except ValueError as e:
         print(f"hmtx sweep: error: {e}", file=sys.stderr)
         return 2
-    except subprocess.CalledProcessError as e:
-        print(f"hmtx sweep: error: a tool failed ({e}); see the .rpt/.tim logs under {args.out}",
-              file=sys.stderr)
-        return 1
+    if failed:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "failed_points.json"), "w") as f:
+            json.dump(failed, f, indent=2)
     if not points:
-        print("hmtx sweep: error: no points", file=sys.stderr)
-        return 2
+        print("hmtx sweep: error: no point built" + (f" ({len(failed)} failed, see "
+              f"{args.out}/failed_points.json)" if failed else ""), file=sys.stderr)
+        return 1
 
     os.makedirs(args.out, exist_ok=True)
     core = points[0].get("core", "HmtxTop")
@@ -143,6 +152,9 @@ def run(args) -> int:
         with open(stem + ".json", "w") as f:
             json.dump(points, f, indent=2)
     table = markdown_table(points)
+    if failed:
+        table += "\nDid not build: " + "; ".join(
+            f"P={r['lanes']}: {r['error']}" for r in failed) + "\n"
     with open(stem + ".md", "w") as f:
         f.write(table)
     plot_sweep(points, stem + ".png")

@@ -2,7 +2,6 @@
 
 import json
 import os
-import subprocess
 import sys
 
 __all__ = ["register", "make_core", "default_out_dir", "format_summary"]
@@ -79,14 +78,19 @@ def resolve_config(args, lanes=None, n_slots=None):
 
 
 def build_one(args, config_name, config, out_dir):
-    from hmtx.hw.synth import synthesize
+    """One build; raises BuildFailed (with a partial report) when no bitstream comes out."""
+    from hmtx.hw.synth import BuildFailed, synthesize
 
-    report = synthesize(args.board, make_core(args.core, config), config_name=config_name,
-                        lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq, baud=args.baud,
-                        seed=args.seed, ice40_dsp=args.ice40_dsp,
-                        synth_opts=None if args.yosys_opts is None else args.yosys_opts.split())
-    report["n_slots"] = config.n_slots
-    report["engine_config"] = config.to_dict()
+    extra = {"n_slots": config.n_slots, "engine_config": config.to_dict()}
+    try:
+        report = synthesize(args.board, make_core(args.core, config), config_name=config_name,
+                            lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq,
+                            baud=args.baud, seed=args.seed, ice40_dsp=args.ice40_dsp,
+                            synth_opts=None if args.yosys_opts is None else args.yosys_opts.split())
+    except BuildFailed as e:
+        e.report.update(extra)
+        raise
+    report.update(extra)
     return report
 
 
@@ -117,6 +121,8 @@ def format_summary(report):
 
 
 def run(args) -> int:
+    from hmtx.hw.synth import BuildFailed
+
     try:
         config_name, config = resolve_config(args, lanes=args.lanes)
         out_dir = args.out or default_out_dir(args.board, config_name, config.lanes, args.core)
@@ -124,13 +130,15 @@ def run(args) -> int:
     except ValueError as e:
         print(f"hmtx synth: error: {e}", file=sys.stderr)
         return 2
-    except subprocess.CalledProcessError as e:
-        print(f"hmtx synth: error: a tool failed ({e}); see top.rpt (Yosys) and top.tim (nextpnr) "
-              f"in {out_dir}", file=sys.stderr)
-        return 1
+    except BuildFailed as e:
+        report = e.report
+        print(f"hmtx synth: error: {e}; logs: top.rpt (Yosys), top.tim (nextpnr) in {out_dir}",
+              file=sys.stderr)
     json_out = args.json_out or os.path.join(out_dir, "synth_report.json")
+    os.makedirs(os.path.dirname(json_out) or ".", exist_ok=True)
     with open(json_out, "w") as f:
         json.dump(report, f, indent=2)
-    print(format_summary(report))
+    if report["fits"]:
+        print(format_summary(report))
     print(f"  report {json_out}")
-    return 0
+    return 0 if report["fits"] else 1

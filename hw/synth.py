@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -28,8 +29,8 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from .board import DEFAULT_BAUD, BoardTop
 
-__all__ = ["BOARDS", "Board", "tool_env", "synthesize", "parse_nextpnr_report",
-           "parse_nextpnr_log", "parse_yosys_stat", "build_report"]
+__all__ = ["BOARDS", "Board", "BuildFailed", "tool_env", "synthesize", "parse_nextpnr_report",
+           "parse_nextpnr_log", "parse_yosys_stat", "build_report", "diagnose_failure"]
 
 
 class _ULX3S85F(ULX3S_85F_Platform):
@@ -99,13 +100,48 @@ def _check_build_dir(out_dir):
                          f"sandbox cannot see; use a directory inside the project")
 
 
+class BuildFailed(RuntimeError):
+    """A tool stopped without a bitstream. ``report`` holds what its logs say (for a design
+    that does not fit: every resource over capacity, by how much)."""
+
+    def __init__(self, message, report):
+        super().__init__(message)
+        self.report = report
+
+
+def diagnose_failure(*, nextpnr_log=None, yosys_log=None):
+    """Why a build stopped, from whichever logs exist: ``(message, details)``.
+
+    nextpnr prints its utilisation table before placing, so a design that does not fit is
+    reported with every over-full cell type; otherwise the first ERROR line is quoted.
+    """
+    details = {}
+    if nextpnr_log:
+        util = {cell: {"used": int(u), "available": int(a)}
+                for cell, u, a in _LOG_UTIL.findall(nextpnr_log)}
+        details["utilization"] = util
+        over = {c: v for c, v in util.items() if v["used"] > v["available"]}
+        details["over_capacity"] = over
+        if over:
+            parts = [f"{c} {v['used']}/{v['available']} ({100 * v['used'] / v['available']:.0f}%)"
+                     for c, v in over.items()]
+            return "design does not fit the device: " + ", ".join(parts), details
+    for tool, text in (("nextpnr", nextpnr_log), ("Yosys", yosys_log)):
+        if text:
+            errors = [line.strip() for line in text.splitlines() if line.startswith("ERROR")]
+            if errors:
+                details["error"] = errors[0]
+                return f"{tool} failed: {errors[0]}", details
+    return "a tool failed without an ERROR line in the logs", details
+
+
 def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
                seed=1, ice40_dsp=False, synth_opts=None, name="top"):
     """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
 
     ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
     ``lanes`` only label the report. Raises ValueError for an unknown board or a bad build dir,
-    and subprocess.CalledProcessError (with the tool's log in ``out_dir``) if a tool fails.
+    and BuildFailed (with the tools' logs in ``out_dir``) if no bitstream comes out.
     """
     if board not in BOARDS:
         raise ValueError(f"unknown board {board!r}; choose one of {', '.join(BOARDS)}")
@@ -123,17 +159,31 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     saved = dict(os.environ)
     os.environ.update(tool_env())
     start = time.monotonic()
+    labels = {"config": config_name, "lanes": lanes, "core": type(core).__name__, "baud": baud,
+              "seed": seed, "yosys_synth_opts": " ".join(synth_opts), "build_dir": out_dir}
+
+    def read(fname):
+        path = os.path.join(out_dir, fname)
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            return f.read()
+
     try:
         platform.build(top, name=name, build_dir=out_dir, do_build=True,
                        synth_opts=synth_opts, nextpnr_opts=nextpnr_opts)
+    except subprocess.CalledProcessError as e:
+        yosys_log = read(f"{name}.rpt")
+        message, details = diagnose_failure(nextpnr_log=read(f"{name}.tim"), yosys_log=yosys_log)
+        if yosys_log and "Printing statistics." in yosys_log:
+            details["yosys_cells"] = parse_yosys_stat(yosys_log)
+        raise BuildFailed(message, {"board": spec.name, "device": platform.device, "fits": False,
+                                    "error": message, "bitstream": None, **labels,
+                                    **details}) from e
     finally:
         os.environ.clear()
         os.environ.update(saved)
     wall_s = time.monotonic() - start
-
-    def read(fname):
-        with open(os.path.join(out_dir, fname)) as f:
-            return f.read()
 
     report = build_report(
         board=spec, device=platform.device,
@@ -142,15 +192,10 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
         yosys_log=read(f"{name}.rpt"),
         target_mhz=top.sync_mhz,
     )
+    report.update(labels)
     report.update({
-        "config": config_name,
-        "lanes": lanes,
-        "core": type(core).__name__,
-        "baud": baud,
-        "seed": seed,
-        "yosys_synth_opts": " ".join(synth_opts),
+        "fits": True,
         "bitstream": os.path.join(out_dir, f"{name}.{spec.bitstream_ext}"),
-        "build_dir": out_dir,
         "build_wall_s": round(wall_s, 1),
     })
     return report

@@ -15,8 +15,8 @@ import pytest
 
 from hmtx.hw.board import EchoCore, echo_core_reference
 from hmtx.hw.pll import ecp5_pll_params, ice40_pll_params
-from hmtx.hw.synth import (BOARDS, build_report, parse_nextpnr_log, parse_nextpnr_report,
-                           parse_yosys_stat, synthesize, tool_env)
+from hmtx.hw.synth import (BOARDS, build_report, diagnose_failure, parse_nextpnr_log,
+                           parse_nextpnr_report, parse_yosys_stat, synthesize, tool_env)
 from hmtx.model.configs import get_config
 
 # Objects built only to check that a constructor refuses them are never elaborated; Amaranth
@@ -129,6 +129,24 @@ def test_parsers_reject_other_files():
     with pytest.raises(ValueError, match="different runs"):
         build_report(board="ulx3s-85f", device="LFE5U-85F", nextpnr_report=report,
                      nextpnr_log=other_tim, yosys_log=rpt, target_mhz=100.0)
+
+
+def test_failure_diagnosis_names_every_overfull_resource():
+    with open(os.path.join(LOGS, "ice40_up5k_hmtx_overfull", "top.tim")) as f:
+        tim = f.read()
+    message, details = diagnose_failure(nextpnr_log=tim)
+    assert message == ("design does not fit the device: ICESTORM_LC 20038/5280 (380%), "
+                       "ICESTORM_RAM 42/30 (140%)")
+    assert set(details["over_capacity"]) == {"ICESTORM_LC", "ICESTORM_RAM"}
+    assert details["utilization"]["ICESTORM_DSP"] == {"used": 0, "available": 8}
+
+
+def test_failure_diagnosis_quotes_the_yosys_error():
+    with open(os.path.join(LOGS, "ecp5_tiny_hmtx_abc9_assert", "top.rpt.tail")) as f:
+        rpt = f.read()
+    message, details = diagnose_failure(yosys_log=rpt)
+    assert message.startswith("Yosys failed: ERROR: Assert `GetSize(conn.first) == GetSize(")
+    assert diagnose_failure()[0] == "a tool failed without an ERROR line in the logs"
 
 
 # ---- PLL settings ----------------------------------------------------------------------
