@@ -52,8 +52,13 @@ def _recall_table(res) -> list[str]:
         cyc = res.get("device", {}).get(name, {}).get("recall", {}).get("cycles")
         fmax = r["fmax_mhz"]
         dev = _f(r["device_us"]) if r["device_us"] else (r.get("device_reason") or "n/a")
+        src = res.get("fmax", {}).get(name, {})
+        fmax_txt = _f(fmax, ".1f", "not synthesized yet")
+        if fmax:
+            fmax_txt += (f" ({src.get('board')}, timing {'met' if src.get('timing_met') else 'NOT met'}; "
+                         f"`{src.get('source')}`)")
         rows.append(
-            f"| {name} | {r['n_keys']} | {_f(cyc, 'd') if cyc else 'n/a'} | {_f(fmax, '.1f', 'not synthesized yet')} | "
+            f"| {name} | {r['n_keys']} | {_f(cyc, 'd') if cyc else 'n/a'} | {fmax_txt} | "
             f"{dev} | {_f(r.get('device_recalls_per_s'), '.3g')} | "
             f"{_f(r.get('device_with_uart_us')) if r['device_us'] else _f(r['uart_us']['recall']) + ' (link alone)'} | "
             f"{fmt_stat(r['torch_cpu_us'])} | {fmt_stat(r['torch_cuda_us']) if r['torch_cuda_us'] else 'no GPU'} | "
@@ -124,7 +129,14 @@ def markdown(res: dict, command: str | None = None) -> str:
             + (f" (1-minute load average {res['machine_info']['load_avg_1m_at_start']:.1f} at the start; "
                "the CPU is shared)" if res.get("machine_info", {}).get("load_avg_1m_at_start") is not None else "")
             + ".", ""]
-    if command:
+    runs = res.get("runs") or {}
+    if len(runs) > 1:
+        head += ["Sections were measured by these commands (each merged into the same JSON):", ""]
+        head += [f"* {sec}: `{r['command']}` — {r['date']}, load average {_f(r.get('load_avg_1m_at_start'), '.1f')}"
+                 + (f", {r['seconds']:.0f} s" if r.get("seconds") is not None else "")
+                 for sec, r in runs.items()]
+        head += [""]
+    elif command:
         head += [f"Command: `{command}`", ""]
     head += [f"Timings are medians of {res['repeats']} repeats with [q1–q3] in brackets.", ""]
     parts = []

@@ -75,6 +75,9 @@ def _run(args) -> int:
     res = suite.run_suite(opts)
     res["command"] = "hmtx bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
         else "hmtx bench " + f"--json {args.json_out}" + (" --quick" if args.quick else "")
+    res["runs"] = {s: {"command": res["command"], "date": res["date"],
+                       "load_avg_1m_at_start": res["machine_info"].get("load_avg_1m_at_start"),
+                       "seconds": res["seconds"].get(s)} for s in opts.sections}
     if args.only and os.path.exists(args.json_out):
         with open(args.json_out) as f:
             old = json.load(f)
@@ -83,7 +86,8 @@ def _run(args) -> int:
                           if not any(k.startswith(p) for p in _section_keys(sections))}
         merged_reasons.update(res["reasons"])
         seconds = dict(old.get("seconds", {}), **res["seconds"])
-        res = {**keep, **res, "reasons": merged_reasons, "seconds": seconds,
+        runs = dict(old.get("runs", {}), **res["runs"])
+        res = {**keep, **res, "reasons": merged_reasons, "seconds": seconds, "runs": runs,
                "sections": sorted(set(old.get("sections", [])) | set(sections))}
     os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
     with open(args.json_out, "w") as f:
