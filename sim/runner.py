@@ -145,9 +145,12 @@ class Model:
     runs: list = field(default_factory=list)
 
     def run(self, module: str, *, tests: str | None = None, seed: int | None = None, tag: str | None = None,
-            env: dict | None = None) -> Path:
+            env: dict | None = None, wall_limit_s: int | None = None) -> Path:
         """Run the cocotb tests of ``module`` (all, or those whose full name matches the regex ``tests``).
 
+        ``wall_limit_s`` kills a simulator that runs longer (default: $HMTX_SIM_TIMEOUT_S, else
+        none): the cocotb watchdogs count simulated time, and a simulator stuck in a zero-time
+        loop never advances it.
         Returns the run folder (``HMTX_SIM_OUT`` for the tests: records, coverage, waves, log).
         Raises AssertionError listing every failed cocotb test, with the seed to reproduce it.
         """
@@ -175,13 +178,17 @@ class Model:
         run_env = {"HMTX_SIM_OUT": str(out), "HMTX_TARGET": self.target.name, "HMTX_SIM": self.sim}
         run_env.update(env or {})
         runner = get_runner(self.sim)
+        limit = _wall_limit() if wall_limit_s is None else wall_limit_s
+        if limit:
+            prefix = runner._get_sim_cmd_prefix
+            runner._get_sim_cmd_prefix = lambda: ["timeout", "--kill-after=10", str(limit), *prefix()]
         try:
             runner.test(test_module=module, hdl_toplevel=self.target.toplevel, hdl_toplevel_lang="verilog", test_filter=tests,
                         build_dir=self.build_dir, test_dir=out, seed=seed,
                         test_args=test_args, plusargs=plusargs, extra_env=run_env, waves=self.waves,
                         results_xml=str(results), log_file=log, timescale=("1ns", "1ps"))
-        except SystemExit:
-            pass  # cocotb's runner exits on failures; the results file says which.
+        except (SystemExit, RuntimeError):
+            pass  # the runner exits or raises on failures and crashes; the results file says which.
         if wave_file is not None:
             print(f"waves: {wave_file}")
         self.runs.append(out)
@@ -190,11 +197,20 @@ class Model:
             where = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
             again = f"HMTX_SEED={seed} .venv/bin/python -m pytest '{where}'" if where else f"HMTX_SEED={seed}"
             tail = "".join(log.read_text(errors="replace").splitlines(True)[-60:]) if log.exists() else ""
-            head = ("simulation ended without a results file (crash or $finish)" if failures is None
+            head = (f"simulation ended without a results file (crash, $finish, or the {limit} s wall-clock "
+                    "limit HMTX_SIM_TIMEOUT_S)" if failures is None
                     else "\n".join(f"cocotb test {name} FAILED: {msg}" for name, msg in failures))
             raise AssertionError(f"{head}\n[target {self.target.name}, {self.sim}, seed {seed}; "
                                  f"reproduce: {again}; log: {log}]\n--- log tail ---\n{tail}")
         return out
+
+
+def _wall_limit() -> int:
+    text = os.environ.get("HMTX_SIM_TIMEOUT_S", "").strip()
+    try:
+        return int(text) if text else 0
+    except ValueError:
+        raise ValueError(f"HMTX_SIM_TIMEOUT_S={text!r} is not an integer number of seconds") from None
 
 
 def _failures(results: Path):

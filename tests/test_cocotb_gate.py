@@ -29,10 +29,13 @@ def _compare(rtl: list[str], gate: list[str], what: str) -> None:
                     f"(RTL '{rtl[i] if i < len(rtl) else 'end'}', netlist '{gate[i] if i < len(gate) else 'end'}'; "
                     "each line is 'cycle byte')")
 
+# Wall-clock limit of one simulator run (seconds): a hung simulator fails instead of hanging.
+LIMIT = 1800
+
 
 @pytest.fixture(scope="module")
 def standin_rtl_record():
-    return _record(build(standin_target(), sim="verilator").run(STANDIN, tests="record", tag="record"))
+    return _record(build(standin_target(), sim="verilator").run(STANDIN, tests="record", tag="record", wall_limit_s=LIMIT))
 
 
 @pytest.mark.parametrize("arch,options,dsp_cell", [("ecp5", "", "MULT18X18D"), ("ice40", "-dsp", "SB_MAC16")])
@@ -42,7 +45,7 @@ def test_standin_netlist_matches_rtl(standin_rtl_record, arch, options, dsp_cell
     netlist = synthesize(rtl.sources[0], rtl.toplevel, arch, name=name, options=options)
     # The point is to simulate the vendor multiplier: make sure synthesis used it.
     assert cell_usage(netlist).get(dsp_cell, 0) == 2, f"expected the two multipliers in {dsp_cell}: {cell_usage(netlist)}"
-    out = build(gate_target(name, netlist, rtl.toplevel, arch)).run(STANDIN, tests="record", tag="record")
+    out = build(gate_target(name, netlist, rtl.toplevel, arch)).run(STANDIN, tests="record", tag="record", wall_limit_s=LIMIT)
     _compare(standin_rtl_record, _record(out), f"stand-in {arch} {options}")
 
 
@@ -57,8 +60,8 @@ ENGINE_CASES = [
 def test_engine_netlist_matches_rtl(config, arch, options):
     env = {"HMTX_CONFIG": config}
     rtl = engine_target(config)
-    rtl_record = _record(build(rtl, sim="verilator").run(ENGINE, tests="record", tag="record", env=env))
+    rtl_record = _record(build(rtl, sim="verilator").run(ENGINE, tests="record", tag="record", env=env, wall_limit_s=4 * LIMIT))
     name = f"{config}-{arch}{options}"
     netlist = synthesize(rtl.sources[0], rtl.toplevel, arch, name=name, options=options)
-    out = build(gate_target(name, netlist, rtl.toplevel, arch)).run(ENGINE, tests="record", tag="record", env=env)
+    out = build(gate_target(name, netlist, rtl.toplevel, arch)).run(ENGINE, tests="record", tag="record", env=env, wall_limit_s=4 * LIMIT)
     _compare(rtl_record, _record(out), f"{config} {arch} {options}")

@@ -7,29 +7,36 @@ and the seed (``HMTX_SEED=<n>`` reproduces it). ``SIM=icarus`` runs them on Icar
 
 import pytest
 
-from hmtx.sim.runner import build, component_target
-from hmtx.sim.standin import StandIn
+from hmtx.sim.coverage import Coverage
+from hmtx.sim.runner import build
+from hmtx.sim.targets import standin_target
+
 
 MODULE = "hmtx.sim.tests.cocotb_standin"
+
+# Wall-clock limit of one simulator run (seconds): a hung simulator fails instead of hanging.
+LIMIT = 1800
 
 
 @pytest.fixture(scope="module")
 def standin():
-    return build(component_target("standin", StandIn(), "standin"))
+    return build(standin_target())
 
 
 @pytest.mark.parametrize("group", ["sequences", "reset_mid_operation", "fuzz", "soak", "record"])
 def test_standin(standin, group):
-    out = standin.run(MODULE, tests=group, tag=group)
+    out = standin.run(MODULE, tests=group, tag=group, wall_limit_s=LIMIT)
     assert (out / "results.xml").is_file()
+    if (cov := out / "coverage-soak.json").exists():
+        print("\n" + Coverage.from_json(cov.read_text()).summary())
 
 
 @pytest.mark.slow
 def test_standin_soak_10k(standin):
-    standin.run(MODULE, tests="soak", tag="soak10k", env={"HMTX_SOAK_OPS": "10000"})
+    standin.run(MODULE, tests="soak", tag="soak10k", wall_limit_s=4 * LIMIT, env={"HMTX_SOAK_OPS": "10000"})
 
 
-def test_failures_are_reported_with_seed(standin, tmp_path):
+def test_failures_are_reported_with_seed(standin):
     """The runner turns a failing cocotb test into an AssertionError naming it and its seed."""
     with pytest.raises(AssertionError) as e:
         standin.run(MODULE, tests="sequences/stalls=none", tag="broken", seed=7,

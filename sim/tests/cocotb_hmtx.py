@@ -144,6 +144,29 @@ async def session(dut, stalls):
 
 
 @cocotb.test()
+async def smoke(dut):
+    """What needs no weights (a weight load of a large config is long): INFO, STATUS, NO_WEIGHTS,
+    SLOT_RANGE, attention tiles at full size, CYCLES and a few malformed frames."""
+    h = await start(dut, "both", salt=6)
+    nrng = np.random.default_rng(test_seed() ^ 0x5E0)
+    rng = random.Random(test_seed() ^ 0x5E0)
+    c = CONFIG
+    await h.cmd("info", P.Op.INFO)
+    await h.cmd("status", P.Op.STATUS)
+    await h.cmd("write without weights", P.Op.WRITE_MEMORY, P.pack_vector_cmd(*vector(nrng, c.d), c.d))
+    await h.cmd("read slot 0 of an empty cache", P.Op.READ_SLOT, P.pack_read_slot(0))
+    for causal in (False, True):
+        await h.cmd(f"attention {c.max_queries}x{c.max_keys} causal={causal}", P.Op.ATTENTION,
+                    attention_payload(nrng, c.max_queries, c.max_keys, causal))
+    await h.cmd("cycles", P.Op.CYCLES)
+    for kind in ("bad_crc", "bad_opcode", "escape_error", "undersized_length"):
+        await h.wire(kind, fuzz_frame(rng, kind, nrng))
+    await h.cmd("status at the end", P.Op.STATUS)
+    await h.tb.expect_silence(64)
+    h.tb.log.info(h.sb.summary())
+
+
+@cocotb.test()
 async def ring(dut):
     """Weights, then memory writes wrapping the N-slot ring HMTX_WRAPS times with a recall after
     each, slot read-back (all valid slots and one past fill), and random attention tiles."""
