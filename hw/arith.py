@@ -14,7 +14,7 @@ class ShiftRoundSat(wiring.Component):
     left shift for s < 0, then saturation to ``bits`` signed bits; ``s`` is clamped to
     ``[-(bits-1), 62]`` first, exactly as the contract does.
 
-    Three pipeline stages (clamp, add-and-shift, compare-and-saturate) that advance together
+    Four pipeline stages (clamp, shift, round, compare-and-saturate) that advance together
     while the output register is free; a ``tag`` rides along unchanged.
 
     Members
@@ -27,7 +27,7 @@ class ShiftRoundSat(wiring.Component):
         if in_width > 64 or bits > in_width:
             raise ValueError(f"need bits <= in_width <= 64, got bits={bits}, in_width={in_width}")
         self.in_width, self.bits, self.shift_width, self.tag_bits = in_width, bits, shift_width, tag_bits
-        self.latency = 3
+        self.latency = 4
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "x": signed(in_width), "s": signed(shift_width), "tag": unsigned(tag_bits)}))),
@@ -53,14 +53,23 @@ class ShiftRoundSat(wiring.Component):
                          right.eq(Mux(s > 62, 62, Mux(s > 0, s, 0))),
                          left.eq(Mux(s < -(bits - 1), bits - 1, Mux(s < 0, -s, 0)))]
 
-        # stage 2: round half up and shift right (x + 2^(right-1)) >> right, arithmetic
+        # stages 2 and 3: round half up and shift right, split so that the barrel shifter and
+        # the adder sit in different cycles: (x + 2^(r-1)) >> r == (z >> 1) + (z & 1) with
+        # z = x >> (r-1), for r >= 1
+        vz = Signal()
+        z = Signal(signed(self.in_width), reset_less=True)
+        r_zero = Signal(reset_less=True)
+        left_z = Signal.like(left, reset_less=True)
+        tz = Signal(self.tag_bits, reset_less=True)
+        with m.If(en):
+            m.d.sync += [vz.eq(v1), z.eq(x1 >> Mux(right == 0, 0, (right - 1).as_unsigned())), r_zero.eq(right == 0),
+                         left_z.eq(left), tz.eq(t1)]
         v2 = Signal()
         y2 = Signal(signed(self.in_width + 1), reset_less=True)
         left2 = Signal.like(left, reset_less=True)
         t2 = Signal(self.tag_bits, reset_less=True)
-        half = (Const(1, unsigned(64)) << right) >> 1
         with m.If(en):
-            m.d.sync += [v2.eq(v1), y2.eq((x1 + half) >> right), left2.eq(left), t2.eq(t1)]
+            m.d.sync += [v2.eq(vz), y2.eq(Mux(r_zero, z, (z >> 1) + z[0])), left2.eq(left_z), t2.eq(tz)]
 
         # stage 3: the left shift saturates exactly when y leaves [lo >> left, hi >> left]
         over = y2 > (Const(hi, signed(bits)) >> left2)

@@ -448,25 +448,37 @@ class Engine(wiring.Component):
             r = (mo.lanes[l] + (1 << (fixed.OUT_SHIFT - 1))) >> fixed.OUT_SHIFT
             m.d.comb += self._out_w.data[l].eq(Mux(r > hi, hi, Mux(r < lo, lo, r)))
 
-        # --- exp2 pass ----------------------------------------------------------------------
+        # --- exp2 pass: stage A registers t from the RAM, B forms v = max - t, C reads the LUT,
+        # then e = round_shift(LUT[v & 255], v >> 8) (0 past the cutoff or for a masked key)
+        exA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "t": signed(fixed.SCORE_BITS)}))
+        exB = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "r": fixed.SCORE_FRAC, "n": 4}))
+        exC = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "lut": fixed.EXP2_BITS + 1, "n": 4}))
         v = Signal(signed(fixed.SCORE_BITS + 2))
-        m.d.comb += v.eq(score_max - self._sc_r.data)
+        m.d.comb += v.eq(score_max - exA.t)
         n_int = v >> fixed.SCORE_FRAC
-        m.d.comb += self._lut_r.addr.eq(v[:fixed.SCORE_FRAC])
-        lut_v = self._lut_r.data
-        n_sh = n_int[:4]
-        e_val = (lut_v + ((Const(1, 16) << n_sh) >> 1)) >> n_sh
-        m.d.sync += [ex2.valid.eq(ex1.valid), ex2.idx.eq(ex1.idx),
-                     ex2.e.eq(Mux(ex1.keep & (n_int < fixed.EXP2_CUTOFF), e_val, 0))]
+        m.d.comb += self._lut_r.addr.eq(exB.r)
+        e_val = (exC.lut + ((Const(1, 16) << exC.n) >> 1)) >> exC.n
+        m.d.sync += [exA.valid.eq(ex1.valid), exA.idx.eq(ex1.idx), exA.keep.eq(ex1.keep),
+                     exA.t.eq(self._sc_r.data),
+                     exB.valid.eq(exA.valid), exB.idx.eq(exA.idx),
+                     exB.live.eq(exA.keep & (n_int < fixed.EXP2_CUTOFF)),
+                     exB.r.eq(v[:fixed.SCORE_FRAC]), exB.n.eq(n_int[:4]),
+                     exC.valid.eq(exB.valid), exC.idx.eq(exB.idx), exC.live.eq(exB.live),
+                     exC.lut.eq(self._lut_r.data), exC.n.eq(exB.n),
+                     ex2.valid.eq(exC.valid), ex2.idx.eq(exC.idx), ex2.e.eq(Mux(exC.live, e_val, 0))]
         with m.If(ex2.valid):
             m.d.comb += [dec_ex.eq(1), self._sc_w.addr.eq(ex2.idx), self._sc_w.data.eq(ex2.e),
                          self._sc_w.en.eq(1)]
             m.d.sync += exp_sum.eq(exp_sum + ex2.e)
 
         # --- probability pass: p = min(round_shift(e * r, 25), 32767), w = round_shift(p, align)
+        # (stage A registers e from the RAM so the multiplier starts from a flip-flop)
+        prA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "e": 16}))
         pshift = fixed.RECIP_BITS - fixed.PROB_BITS
-        m.d.sync += [pr2.valid.eq(pr1.valid), pr2.idx.eq(pr1.idx), pr2.keep.eq(pr1.keep),
-                     pr2.align.eq(pr1.align), pr2.prod.eq(self._sc_r.data[:16] * rcp)]
+        m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep),
+                     prA.align.eq(pr1.align), prA.e.eq(self._sc_r.data[:16])]
+        m.d.sync += [pr2.valid.eq(prA.valid), pr2.idx.eq(prA.idx), pr2.keep.eq(prA.keep),
+                     pr2.align.eq(prA.align), pr2.prod.eq(prA.e * rcp)]
         p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
         m.d.sync += [pr3.valid.eq(pr2.valid), pr3.idx.eq(pr2.idx), pr3.keep.eq(pr2.keep),
                      pr3.align.eq(pr2.align),
