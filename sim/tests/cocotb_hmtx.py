@@ -315,8 +315,9 @@ async def soak(dut):
     c = CONFIG
     n_ops = int(os.environ.get("HMTX_SOAK_OPS", "500"))
     patterns = list(STALL_PATTERNS)
-    weights = [("WRITE_MEMORY", 6), ("RECALL", 5), ("READ_SLOT", 4), ("STATUS", 1), ("INFO", 1), ("CYCLES", 1),
-               ("RESET_CACHE", 0.3), ("ATTENTION", 2), ("LOAD_WEIGHTS", 0.3), ("MALFORMED", 1.5)]
+    # RESET_CACHE often enough that every opcode also meets an empty and a partly filled cache.
+    weights = [("WRITE_MEMORY", 6), ("RECALL", 5), ("READ_SLOT", 4), ("STATUS", 1.5), ("INFO", 1), ("CYCLES", 1),
+               ("RESET_CACHE", 1.5), ("ATTENTION", 2), ("LOAD_WEIGHTS", 0.3), ("MALFORMED", 2)]
     names, w = zip(*weights)
     for i in range(n_ops):
         if i % 50 == 0:
