@@ -41,8 +41,7 @@ $(STAMP): pyproject.toml | $(DEBS)
 install: $(STAMP)
 
 run: install
-	@echo "hmtx run (the host runtime) is not built yet: running the arithmetic self-check instead"
-	$(BIN)/hmtx selfcheck
+	$(BIN)/hmtx run
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -19,7 +19,7 @@ def run_cli(capsys, *argv):
 
 def test_run_golden_json_and_plots(capsys, tmp_path):
     rc, out, err = run_cli(capsys, "--device", "golden", "--segments", "7", "--json", str(tmp_path / "r.json"),
-                           "--plot", str(tmp_path / "plots"), "--fmax", "50")
+                           "--plot", str(tmp_path / "plots"), "--fmax", "50", "--reference", "stream")
     assert rc == 0, err
     s = json.loads((tmp_path / "r.json").read_text())
     assert (s["segments"], s["mismatches"], s["device"]) == (7, 0, "golden")
@@ -58,7 +58,8 @@ def test_bad_arguments_exit_2(capsys, tmp_path):
 
 
 def test_run_sim_zero_mismatches(capsys, tmp_path):
-    rc, out, err = run_cli(capsys, "--device", "sim", "--segments", "6", "--json", str(tmp_path / "r.json"))
+    rc, out, err = run_cli(capsys, "--device", "sim", "--segments", "6", "--json", str(tmp_path / "r.json"),
+                           "--reference", "stream")
     assert rc == 0, err
     s = json.loads((tmp_path / "r.json").read_text())
     assert (s["segments"], s["mismatches"], s["device"]) == (6, 0, "sim")

@@ -145,6 +145,16 @@ def test_broken_device_is_caught_by_replay(model, ids, tmp_path):
     assert m.got == m.expected + 1
 
 
+def test_inline_reference_skips_the_fixed_stream(model, ids):
+    with device() as dev:
+        inline = run_document(model, ids, dev, CFG, SEGMENTS, fixed_stream=False)
+    with device() as dev:
+        stream = run_document(model, ids, dev, CFG, SEGMENTS)
+    assert inline.mismatch is None and inline.ppl("hmt_fixed") is None and "hmt_fixed" not in inline.nll
+    assert inline.ppl("hmt_device") == stream.ppl("hmt_device") == stream.ppl("hmt_fixed")
+    assert inline.ops_checked == stream.ops_checked
+
+
 def test_size_mismatch_is_refused(model, ids):
     with Device(GoldenTransport(get_config("tiny"))) as dev:
         with pytest.raises(ValueError, match="do not match engine config"):
