@@ -17,6 +17,12 @@ SEED = int(os.environ.get("HMTX_SEED", "7"))
 CFG = get_config("tiny")
 
 
+@pytest.fixture(autouse=True)
+def _print_seed():
+    # Shown with the output of a failing test: rerun with HMTX_SEED=<this> to reproduce.
+    print(f"HMTX_SEED={SEED}")
+
+
 @pytest.fixture
 def dev():
     with Device(GoldenTransport(CFG), CFG) as d:

@@ -20,6 +20,12 @@ CFG = engine_config("tiny", 32, None)
 SEED = int(os.environ.get("HMTX_SEED", "7"))
 
 
+@pytest.fixture(autouse=True)
+def _print_seed():
+    # Shown with the output of a failing test: rerun with HMTX_SEED=<this> to reproduce.
+    print(f"HMTX_SEED={SEED}")
+
+
 def _children(pid: int) -> list[int]:
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:

@@ -17,6 +17,12 @@ SEED = int(os.environ.get("HMTX_SEED", "1234"))
 CFG = get_config("tiny")
 
 
+@pytest.fixture(autouse=True)
+def _print_seed():
+    # Shown with the output of a failing test: rerun with HMTX_SEED=<this> to reproduce.
+    print(f"HMTX_SEED={SEED}")
+
+
 # --- helpers -------------------------------------------------------------------------------------
 def responses(raw: bytes) -> list[P.Response]:
     return [P.decode_response(f) for f in P.FrameDecoder().feed(raw)]

@@ -17,6 +17,12 @@ CFG = get_config("tiny").with_(name="tiny-hmt", d=32, n_slots=2)
 SEGMENTS = 6                                  # 4 recalls; the 2-slot ring wraps twice
 
 
+@pytest.fixture(autouse=True)
+def _print_seed():
+    # Shown with the output of a failing test: rerun with HMTX_SEED=<this> to reproduce.
+    print(f"HMTX_SEED={SEED}")
+
+
 @pytest.fixture(scope="module")
 def model():
     return tiny_hmt()
