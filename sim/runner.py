@@ -293,8 +293,9 @@ def build(target: SimTarget, *, sim: str | None = None, waves: bool | None = Non
     stamp = build_dir / "built.ok"
     if not stamp.exists():
         # Older models of this target and simulator are stale: drop them.
-        for old in (BUILD / target.name).glob(f"{sim}{'-waves' if waves else ''}-*"):
-            if old != build_dir:
+        flavour = f"{sim}{'-waves' if waves else ''}"
+        for old in (BUILD / target.name).glob(f"{flavour}-*"):
+            if old != build_dir and old.name.rsplit("-", 1)[0] == flavour:
                 shutil.rmtree(old, ignore_errors=True)
         if build_dir.exists():
             shutil.rmtree(build_dir)

@@ -211,7 +211,9 @@ class ByteStreamSink:
                     raise AssertionError(f"{self.prefix}__payload is {payload} while valid")
                 byte = int(payload)
                 self._rx.append(byte)
-                cycle = int((get_sim_time("ns") - self.origin_ns) // self.period_ns)
+                # Transfers are sampled on falling edges, a whole number of periods after the origin;
+                # round() absorbs the float error of large simulation times.
+                cycle = round((get_sim_time("ns") - self.origin_ns) / self.period_ns)
                 self.record.append((cycle, byte))
                 self._arrived.set()
             else:
