@@ -34,10 +34,13 @@ def add_build_arguments(p) -> None:
                         "EchoCore (UART loopback with P int8 MAC lanes) for checking a board")
     p.add_argument("--freq", type=float, help="system clock in MHz made by the PLL "
                                              "(default: 100 on ulx3s-85f, 24 on icebreaker)")
-    p.add_argument("--baud", type=int, default=DEFAULT_BAUD, help="UART rate, 8N1")
+    p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
+                   help=f"UART rate, 8N1 (default {DEFAULT_BAUD}, the host runtime's default)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     p.add_argument("--yosys-opts", help="options for synth_ecp5/synth_ice40 instead of the "
-                                        "defaults (quote them: --yosys-opts='-noabc9')")
+                                        "defaults (-nolutram on ECP5, none on iCE40); quote "
+                                        "them, e.g. --yosys-opts='-nolutram -dff', or "
+                                        "--yosys-opts= for none")
     p.add_argument("--ice40-dsp", action="store_true",
                    help="let Yosys map multipliers to SB_MAC16 (synth_ice40 -dsp). Off by default: "
                         "it has miscompiled here; check the netlist by gate-level simulation")

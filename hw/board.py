@@ -24,9 +24,10 @@ from .uart import UARTRx, UARTTx, baud_divisor
 __all__ = ["DEFAULT_BAUD", "EchoCore", "echo_core_reference", "UartBridge", "bridge_verilog",
            "BoardTop"]
 
-# 115200 is the rate every USB-serial adapter and terminal accepts; both boards' FTDI parts
-# also run 1 Mbaud (`--baud 1000000`) where the host's 14 kB/s becomes ~100 kB/s.
-DEFAULT_BAUD = 115200
+# The host runtime's default (hmtx.host.backends.DEFAULT_BAUD), so `hmtx run --device
+# serial:PORT` talks to a fresh bitstream without options. Both boards' FTDI parts run it, and
+# it divides 100 MHz and 24 MHz exactly; `--baud 115200` for a plain terminal.
+DEFAULT_BAUD = 1_000_000
 
 
 class EchoCore(wiring.Component):
