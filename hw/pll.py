@@ -51,6 +51,9 @@ def ecp5_pll_params(fin_mhz, fout_mhz, max_error=0.01):
                 if not 400 <= fvco <= 800:
                     continue
                 key = (abs(fout - fout_mhz), abs(fvco - 600))
+                # CLKOP_CPHASE only sets the output's phase against the input, which nothing
+                # here depends on; (div-1)//2 matches ecppll for the dividers tested, though
+                # ecppll picks one more for some (e.g. 9 rather than 8 for CLKOP_DIV 18).
                 if best is None or key < best[0]:
                     best = (key, Ecp5PllParams(clki_div, clkfb_div, clkop_div, (clkop_div - 1) // 2,
                                                fin_mhz, fout, fvco))
