@@ -187,8 +187,15 @@ class HmtxTop(wiring.Component):
         send_last = Signal()
         send = Signal()
         sent = Signal()
-        m.d.comb += [enc.i.valid.eq(send), enc.i.payload.data.eq(send_data),
-                     enc.i.payload.last.eq(send_last), sent.eq(send & enc.i.ready)]
+        # Response bytes pass through a register before the SLIP encoder: its ready depends on
+        # the byte's value (escapes), which must not reach back into the memory read paths.
+        obuf_valid = Signal()
+        m.d.comb += [enc.i.valid.eq(obuf_valid), sent.eq(send & ~obuf_valid)]
+        with m.If(enc.i.valid & enc.i.ready):
+            m.d.sync += obuf_valid.eq(0)
+        with m.If(sent):
+            m.d.sync += [enc.i.payload.data.eq(send_data), enc.i.payload.last.eq(send_last),
+                         obuf_valid.eq(1)]
         with m.If(sent):
             m.d.sync += rcrc.eq(crc8_next(rcrc, send_data))
 
