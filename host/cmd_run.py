@@ -9,6 +9,7 @@ its generated Verilog (``--device sim``). See docs/runtime.md.
 import glob
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -174,6 +175,8 @@ def _run(args) -> int:
     need = args.segments * model.config.tokens_per_segment
     doc = pick_document(text, backbone.tokenizer, need)
 
+    # A terminated run still stops its simulator and removes its socket folder (close() runs).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     transport = open_transport(args.device, cfg, waves=args.waves)
     injector = None
     if fault:

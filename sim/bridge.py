@@ -183,7 +183,10 @@ if cocotb is not None:
             r, _, _ = select.select([conn], [], [], timeout)
             if not r:
                 return True
-            data = conn.recv(1 << 16)
+            try:
+                data = conn.recv(1 << 16)
+            except ConnectionError:        # the host process died: same as hanging up
+                return False
             if not data:
                 return False
             pending.extend(data)
@@ -202,7 +205,10 @@ if cocotb is not None:
             if dut.out_full.value:
                 k = int(dut.out_count.value)
                 data = dut.out_data.value.to_unsigned().to_bytes(block, "little")[block - k:]
-                conn.sendall(data)
+                try:
+                    conn.sendall(data)
+                except ConnectionError:
+                    break
                 owed.answered(data)
                 dut.out_ack.value = 1
                 acted = True
