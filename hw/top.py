@@ -196,8 +196,12 @@ class HmtxTop(wiring.Component):
         with m.If(sent):
             m.d.sync += [enc.i.payload.data.eq(send_data), enc.i.payload.last.eq(send_last),
                          obuf_valid.eq(1)]
-        with m.If(sent):
-            m.d.sync += rcrc.eq(crc8_next(rcrc, send_data))
+        # the CRC runs over the registered byte, one cycle after it was loaded (the next load,
+        # and so the CRC byte itself, comes at least a cycle later)
+        crc_upd = Signal()
+        m.d.sync += crc_upd.eq(sent)
+        with m.If(crc_upd & ~enc.i.payload.last):
+            m.d.sync += rcrc.eq(crc8_next(rcrc, enc.i.payload.data))
 
         with m.FSM():
             with m.State("RX"):
