@@ -6,7 +6,8 @@ counts are implementation-defined (status, opcode and length are still compared)
 
 Environment: HMTX_CONFIG names the configuration (model/configs.py; set by the pytest entry,
 which also builds the matching Verilog); HMTX_SOAK_OPS (default 500), HMTX_FUZZ_CASES (default
-40) and HMTX_WRAPS (ring wraps in ``ring``, default 3) size the random tests.
+40), HMTX_WRAPS (ring wraps in ``ring``, default 3) and HMTX_RESET_TRIALS (default 6) size the
+random tests.
 """
 
 import os
@@ -205,7 +206,7 @@ async def reset_mid_operation(dut):
     rng = np.random.default_rng(test_seed() ^ 0x2E5)
     prng = random.Random(test_seed() ^ 0x2E5)
     c = CONFIG
-    for trial in range(6):
+    for trial in range(int(os.environ.get("HMTX_RESET_TRIALS", "6"))):
         await h.load_weights(rng)
         for i in range(2):
             await h.cmd(f"write {i}", P.Op.WRITE_MEMORY, P.pack_vector_cmd(*vector(rng, c.d), c.d))
