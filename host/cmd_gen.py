@@ -46,7 +46,8 @@ def verilog_ports(path: Path, module: str) -> dict:
     """{name: (direction, width)} of ``module``'s ports as pyverilog parses the file."""
     from pyverilog.vparser import ast as vast
     from pyverilog.vparser.parser import parse
-    tree, _ = parse([str(path)], debug=False)
+    # PLY writes its parser table (parsetab.py) into outputdir: keep it next to the Verilog
+    tree, _ = parse([str(path)], outputdir=str(path.parent), debug=False)
     mods = [d for d in tree.description.definitions if isinstance(d, vast.ModuleDef) and d.name == module]
     if len(mods) != 1:
         raise ValueError(f"{path}: expected one module {module!r}, found {len(mods)}")
