@@ -57,9 +57,9 @@ def test_tiny_soak_10k(tiny):
 @pytest.mark.slow
 @pytest.mark.parametrize("group", ["session", "ring", "reset_mid_operation", "fuzz", "soak"])
 def test_smollm(smollm, group):
-    print_coverage(smollm.run(MODULE, tests=group, tag=group, wall_limit_s=LIMIT,
+    print_coverage(smollm.run(MODULE, tests=group, tag=group, wall_limit_s=4 * LIMIT,
                               env={"HMTX_CONFIG": "smollm", "HMTX_SOAK_OPS": "300", "HMTX_FUZZ_CASES": "25",
-                                   "HMTX_RESET_TRIALS": "2"}))
+                                   "HMTX_RESET_TRIALS": "2", "HMTX_WRAPS": "2"}))
 
 
 def test_smollm_smoke(request):
