@@ -53,13 +53,11 @@ def test_frozen_backbone_trains_only_hmt_parameters(tmp_path):
     before = {n: p.detach().clone() for n, p in bb.model.named_parameters()}
     tc = TrainConfig(stage=2, depth=3, steps=3, batch=1, lr=1e-2, mode="frozen", seed=SEED)
     model = _run(tmp_path, tc, bb=bb)
-    names = [n for n, _ in trainable_parameters(model)] if any(p.requires_grad for p in model.parameters()) else None
     assert all(torch.equal(before[n], p) for n, p in bb.model.named_parameters())
     fresh = prepare_model(tiny_llama(), _config(bb), tc)
     assert sorted(n for n, _ in trainable_parameters(fresh)) == ["memory_token", "prompt", "recall.w_k", "recall.w_q"]
     for k in ("memory_token", "recall.w_q", "recall.w_k", "prompt"):
         assert not torch.equal(model.hmt_state_dict()[k], fresh.hmt_state_dict()[k]), k
-    del names
 
 
 def test_stage1_reaches_only_the_memory_token(tmp_path):
@@ -211,3 +209,18 @@ def test_ddp_two_cpu_ranks_end_identical(tmp_path):
     init = prepare_model(tiny_llama(), HMTConfig(backbone="tiny", d=32, seed=0, **SIZES),
                          TrainConfig(stage=2, depth=3, mode="lora", seed=3))
     assert not torch.equal(a["memory_token"], init.memory_token.detach())
+
+
+def test_shipped_checkpoint_is_the_documented_hardware_configuration():
+    from hmtx.model.hmt import read_checkpoint
+    from hmtx.model.train import default_checkpoint
+
+    folder = default_checkpoint("smollm2")
+    assert folder is not None and default_checkpoint("tiny") is None
+    config, tensors = read_checkpoint(folder)
+    assert (config.backbone, config.d, config.d_h, config.cache_size, config.sensory, config.segment_length) == \
+        ("smollm2", 576, 256, 64, 32, 256)
+    assert all(torch.isfinite(t).all() for t in tensors.values())
+    # Only HMT's own parameters are shipped: a few MB, no optimizer state, no backbone weights.
+    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+    assert size < 4_000_000 and not {"train_state.safetensors", "backbone.safetensors"} & set(os.listdir(folder))
