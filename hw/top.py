@@ -448,13 +448,18 @@ class HmtxTop(wiring.Component):
             m.d.comb += [eng.rd_mem_addr.eq(slot * CB + rk), eng.rd_key_addr.eq(slot * HB + rk),
                          out_r.addr.eq(rrow * AB + rk), pm_r.addr.eq(ri)]
             r_elem = Signal(16)     # elements sent of the current vector
+            elem = Signal(16)       # the element being sent, registered from its memory word
 
             def vector(state, n_elems, word, elem_bytes, next_state, fetch_state):
-                """Send elements 0..n-1 from a sync-read memory (one fetch cycle per element)."""
+                """Send elements 0..n-1 from a sync-read memory: per element one cycle for the read
+                and one to register the lane it selects (block RAM outputs are slow)."""
                 with m.State(fetch_state):
+                    m.next = fetch_state + "2"
+                with m.State(fetch_state + "2"):
+                    m.d.sync += elem.eq(word)
                     m.next = state
                 with m.State(state):
-                    v = word
+                    v = elem
                     m.d.comb += [send.eq(1),
                                  send_data.eq(Mux(rb, v[8:16], v[:8]) if elem_bytes == 2 else v[:8])]
                     with m.If(sent):
@@ -503,9 +508,12 @@ class HmtxTop(wiring.Component):
                     m.next = "CRC"
             scalar("REC_N", fill, 2, "REC_P_F")
             with m.State("REC_P_F"):
+                m.next = "REC_P_F2"
+            with m.State("REC_P_F2"):
+                m.d.sync += elem.eq(pm_r.data)
                 m.next = "REC_P"
             with m.State("REC_P"):
-                m.d.comb += [send.eq(1), send_data.eq(Mux(rb, pm_r.data[8:16], pm_r.data[:8]))]
+                m.d.comb += [send.eq(1), send_data.eq(Mux(rb, elem[8:16], elem[:8]))]
                 with m.If(sent):
                     m.d.sync += rb.eq(~rb)
                     with m.If(rb):
