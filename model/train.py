@@ -294,11 +294,29 @@ def prepare_model(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, in
 
 
 # -- checkpoints ------------------------------------------------------------------------------
+CHECKPOINT_FILES = {"hmt_config.json", "hmt.safetensors", LORA_FILE, BACKBONE_FILE, TRAIN_JSON, TRAIN_STATE, "loss.png"}
+
+
+def check_output_folder(folder: str) -> None:
+    """A save replaces the whole folder: refuse one that holds anything a save would not rewrite
+    (a README, another run's files, a source tree) rather than delete it."""
+    if os.path.exists(folder):
+        if not os.path.isdir(folder):
+            raise ValueError(f"--out {folder!r} exists and is not a folder")
+        foreign = sorted(set(os.listdir(folder)) - CHECKPOINT_FILES)
+        if foreign:
+            raise ValueError(f"--out {folder!r} holds files that are not part of a training checkpoint "
+                             f"({', '.join(foreign[:5])}); saving would replace the folder -- choose an empty "
+                             f"or new folder")
+
+
 def _atomic_folder_write(folder: str, write) -> None:
     """Write into ``folder + '.tmp'`` then swap it in, so an interrupted save never leaves a torn
     checkpoint (the previous one stays readable until the new one is complete)."""
     tmp, old = folder.rstrip("/") + ".tmp", folder.rstrip("/") + ".old"
     import shutil
+
+    check_output_folder(folder)
 
     for p in (tmp, old):
         shutil.rmtree(p, ignore_errors=True)
@@ -425,6 +443,7 @@ def train(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, docs, out:
 
     ``stop_after`` ends the run after that many steps of THIS call (a simulated interruption for
     tests; the checkpoint is still written)."""
+    check_output_folder(out)
     rank, world, started = _dist()
     device = torch.device(device)
     if device.type == "cuda" and world > 1:

@@ -224,3 +224,11 @@ def test_shipped_checkpoint_is_the_documented_hardware_configuration():
     # Only HMT's own parameters are shipped: a few MB, no optimizer state, no backbone weights.
     size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     assert size < 4_000_000 and not {"train_state.safetensors", "backbone.safetensors"} & set(os.listdir(folder))
+
+
+def test_out_folder_with_foreign_files_is_refused_not_replaced(tmp_path):
+    (tmp_path / "README.md").write_text("keep me")
+    tc = TrainConfig(stage=1, depth=2, steps=1, batch=1, seed=SEED)
+    with pytest.raises(ValueError, match="holds files that are not part of a training checkpoint \\(README.md\\)"):
+        _run(tmp_path, tc)
+    assert (tmp_path / "README.md").read_text() == "keep me"
