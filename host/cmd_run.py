@@ -18,7 +18,7 @@ __all__ = ["register", "REPO", "DEFAULT_TEXT", "DEFAULT_CHECKPOINT"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TEXT = REPO / "data" / "wikitext-2" / "test.txt"
-DEFAULT_CHECKPOINT = REPO / "data" / "checkpoints" / "hmt-smollm2"
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "smollm2-hmt"
 
 # Per backbone: (engine config, HMT segment length L, sensory k). The tiny backbone (d=32, for
 # tests) gets the tiny engine widened to its d.
@@ -28,6 +28,9 @@ EXIT_MISMATCH, EXIT_USAGE, EXIT_DEVICE = 1, 2, 3
 
 UNTRAINED = ("HMT's own parameters (T, memory token, W_q, W_k) are UNTRAINED (random init, seed {seed}): "
              "the PPLs show the plumbing, not HMT's benefit. Pass --checkpoint with a trained one.")
+# What the shipped checkpoint holds (checkpoints/smollm2-hmt/README.md).
+SHIPPED_NOTE = ("HMT parameters from the shipped checkpoint {path}: stage 1 only -- the memory token is trained, "
+                "T, W_q and W_k are still their seed-0 initialisation (untrained memory search); see its README.md.")
 
 
 def register(subparsers) -> None:
@@ -44,7 +47,8 @@ def register(subparsers) -> None:
     p.add_argument("--segments", type=int, default=8, help="run the first N segments (default 8)")
     p.add_argument("--config", help="engine config name (default: smollm for smollm2, tiny widened to d=32 for tiny)")
     p.add_argument("--backbone", choices=sorted(BACKBONE_DEFAULTS), default="smollm2")
-    p.add_argument("--checkpoint", help="HMT checkpoint folder (default: the shipped one when present)")
+    p.add_argument("--checkpoint", help=f"HMT checkpoint folder (default for smollm2: the shipped "
+                                        f"{DEFAULT_CHECKPOINT.relative_to(REPO)} when present; 'none': untrained)")
     p.add_argument("--segment-length", type=int, help="L (default 512 for smollm2, 24 for tiny)")
     p.add_argument("--sensory", type=int, help="k (default 32 for smollm2, 4 for tiny)")
     p.add_argument("--torch-device", default="cpu", help="where the backbone runs: cpu or cuda[:i]")
@@ -141,7 +145,7 @@ def _run(args) -> int:
     import torch
 
     from hmtx.model.backbone import load_backbone
-    from hmtx.model.hmt import HMT, load_checkpoint
+    from hmtx.model.hmt import HMT
 
     from .backends import FaultInjector, open_transport
     from .device import Device
@@ -165,8 +169,11 @@ def _run(args) -> int:
     checkpoint = args.checkpoint
     if checkpoint is None and args.backbone == "smollm2" and DEFAULT_CHECKPOINT.is_dir():
         checkpoint = str(DEFAULT_CHECKPOINT)
+    if checkpoint == "none":
+        checkpoint = None
     if checkpoint:
-        model = load_checkpoint(checkpoint, backbone)
+        from hmtx.model.train import load_trained
+        model = load_trained(checkpoint, backbone)
     else:
         model = HMT.from_backbone(backbone, segment_length=args.segment_length or seg_len,
                                   sensory=sensory if args.sensory is None else args.sensory,
@@ -257,6 +264,8 @@ def _run(args) -> int:
     }
     if not checkpoint:
         summary["note"] = UNTRAINED.format(seed=model.config.seed)
+    elif os.path.realpath(checkpoint) == os.path.realpath(DEFAULT_CHECKPOINT):
+        summary["note"] = SHIPPED_NOTE.format(path=DEFAULT_CHECKPOINT.relative_to(REPO))
     print(format_summary(summary))
     if res.mismatch is not None:
         print(res.mismatch.describe(), file=sys.stderr)
