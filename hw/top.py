@@ -64,9 +64,16 @@ class HmtxTop(wiring.Component):
         MQ, MK, N = c.max_queries, c.max_keys, c.n_slots
         m.submodules.dec = dec = SlipDecoder()
         m.submodules.enc = enc = SlipEncoder()
-        rx = Signal()       # bytes are taken only between commands (stop-and-wait)
-        m.d.comb += [dec.i.valid.eq(self.cmd.valid & rx), dec.i.payload.eq(self.cmd.payload),
-                     self.cmd.ready.eq(dec.i.ready & rx)]
+        # Bytes are taken only between commands (stop-and-wait), into a register first: cmd.ready
+        # then depends on flip-flops only, not on the byte's value (the decoder's ready does).
+        rx = Signal()
+        in_valid = Signal()
+        in_byte = Signal(8)
+        m.d.comb += [self.cmd.ready.eq(rx & ~in_valid), dec.i.valid.eq(in_valid), dec.i.payload.eq(in_byte)]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [in_byte.eq(self.cmd.payload), in_valid.eq(1)]
+        with m.If(dec.i.valid & dec.i.ready):
+            m.d.sync += in_valid.eq(0)
 
         def le(value, nbytes):
             """Little-endian bytes of an int or a Value (sign- or zero-extended to nbytes)."""
