@@ -2,10 +2,10 @@
 full-attention pass (the paper's flat-memory claim), across document lengths.
 
 Each point runs in its own Python process, so nothing one point allocated can hide or inflate
-another's peak. The process loads the model, records its resident set (baseline), resets the
-kernel's peak-RSS mark (``/proc/self/clear_refs`` = 5), reads the document, and reports the peak
-resident set (``VmHWM``) reached while reading — weights included — and the growth above the
-baseline. Modes:
+another's peak. The process loads the model, runs a warm-up pass over 8 tokens (which pages the
+memory-mapped weights in), records its resident set (the baseline), resets the kernel's peak-RSS
+mark (``/proc/self/clear_refs`` = 5), reads the document, and reports the peak resident set
+(``VmHWM``) reached while reading — weights included — and the growth above the baseline. Modes:
 
 ``hmt``        HMT (float recall, N slots) over the document, one segment at a time; each
                segment's logits are dropped once yielded, as a streaming reader does.
@@ -104,6 +104,15 @@ def measure_point(mode: str, length: int, backbone: str, ids_path: str) -> dict:
         cfg = get_config(cfg_name)
         hmt = HMT.from_backbone(bb, segment_length=seg_len, sensory=sensory, cache_size=cfg.n_slots,
                                 d_h=cfg.d_h).eval()
+    # Warm-up on a few tokens: pages the (memory-mapped) weights in and initializes the kernels'
+    # workspaces, so that the baseline holds the whole loaded model and the growth is the
+    # document's own cost.
+    with torch.inference_mode():
+        if hmt is not None:
+            for _ in hmt.segments(hmt.new_state("hmt", "float"), ids[:8], final=True):
+                pass
+        else:
+            bb.model(input_ids=ids[None, :8], use_cache=False, logits_to_keep=1)
     gc.collect()
     base = _status_kb()["VmRSS"]
     _reset_peak()

@@ -33,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--segments", type=int, help="segments of the end-to-end run (default 6, --quick 3)")
     p.add_argument("--backbone", choices=("smollm2", "tiny"), help="backbone of the end-to-end run "
                                                                      "(default smollm2, --quick tiny)")
+    p.add_argument("--backends", help="device backends of the end-to-end run (default golden,sim; --quick golden); "
+                                      "with --only run, the other backends' results are kept from --json")
     p.add_argument("--memory-backbone", choices=("smollm2", "tiny"), help="backbone of the memory sweep (default smollm2)")
     p.add_argument("--lengths", help="document lengths of the memory sweep (default 256,512,1024,2048,4096)")
     p.set_defaults(func=run)
@@ -69,18 +71,33 @@ def _run(args) -> int:
         if min(lengths) < 1:
             raise ValueError(f"--lengths {args.lengths!r}: lengths must be positive")
     sections = tuple(s.strip() for s in args.only.split(",")) if args.only else suite.SECTIONS
+    backends = None
+    if args.backends:
+        backends = tuple(b.strip() for b in args.backends.split(","))
+        if not set(backends) <= {"golden", "sim"}:
+            raise ValueError(f"--backends {args.backends!r}: choose from golden, sim")
     opts = suite.Options(quick=args.quick, sections=sections, repeats=args.repeats, run_segments=args.segments,
-                         run_backbone=args.backbone, memory_backbone=args.memory_backbone,
+                         run_backbone=args.backbone, run_backends=backends, memory_backbone=args.memory_backbone,
                          memory_lengths=lengths, log=lambda s: print(s, file=sys.stderr, flush=True))
     res = suite.run_suite(opts)
     res["command"] = "hmtx bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
         else "hmtx bench " + f"--json {args.json_out}" + (" --quick" if args.quick else "")
-    res["runs"] = {s: {"command": res["command"], "date": res["date"],
+    res["runs"] = {(f"run ({','.join(backends)})" if s == "run" and backends else s): {"command": res["command"], "date": res["date"],
                        "load_avg_1m_at_start": res["machine_info"].get("load_avg_1m_at_start"),
                        "seconds": res["seconds"].get(s)} for s in opts.sections}
     if args.only and os.path.exists(args.json_out):
         with open(args.json_out) as f:
             old = json.load(f)
+        if backends and "run" in sections:
+            # only some backends re-ran: keep the others' results
+            for b in {"golden", "sim"} - set(backends):
+                if b in old.get("run", {}):
+                    res["run"][b] = old["run"][b]
+                    res["run_tokens_per_s"][b] = old["run_tokens_per_s"][b]
+                    res["reasons"].pop(f"run_tokens_per_s.{b}", None)
+                    prev = old.get("runs", {}).get("run") or old.get("runs", {}).get(f"run ({b})")
+                    if prev:
+                        res["runs"][f"run ({b})"] = prev
         keep = {k: v for k, v in old.items() if k not in res or k in ("reasons", "seconds")}
         merged_reasons = {k: v for k, v in old.get("reasons", {}).items()
                           if not any(k.startswith(p) for p in _section_keys(sections))}
