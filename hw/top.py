@@ -163,8 +163,8 @@ class HmtxTop(wiring.Component):
         ld_stop = Signal(32)
         m.d.sync += ld_ok_r.eq(ld_hdr_ok)
 
-        attn_len = Signal(32)
-        m.d.comb += attn_len.eq(5 + a_rows * (1 + c.head_dim))   # valid once the header is in
+        attn_len = Signal(32)   # registered: a_rows is set at body byte 3, END comes >= 2 cycles later
+        m.d.sync += attn_len.eq(5 + a_rows * (1 + c.head_dim))
         ld_len = Signal(32)
         m.d.comb += ld_len.eq(ld_stop + 1)                       # 9 + rows * d_h
 
