@@ -174,7 +174,13 @@ def write_plots(res: dict, folder: str) -> list[str]:
 
     os.makedirs(folder, exist_ok=True)
     paths = []
-    when = f"{res['date']}, {res['machine_info']['cpu']} ({res['machine_info']['cores']} cores)"
+    cpu = f"{res['machine_info']['cpu']} ({res['machine_info']['cores']} cores)"
+    runs = res.get("runs") or {}
+
+    def when(section):
+        # the date of the invocation that measured this section (results can be merged)
+        r = runs.get(section) or next((v for k, v in runs.items() if k.startswith(section + " (")), None)
+        return f"{(r or {}).get('date', res['date'])}, {cpu}"
 
     sweep = res.get("device_sweep") or []
     if sweep:
@@ -201,7 +207,7 @@ def write_plots(res: dict, folder: str) -> list[str]:
             ax.legend(fontsize=8)
         axes[0].set_title("RECALL over a full cache")
         axes[1].set_title("RECALL and WRITE vs lanes")
-        fig.suptitle(f"RTL utilization (Amaranth simulation) — {when}", fontsize=9)
+        fig.suptitle(f"RTL utilization (Amaranth simulation) — {when('device')}", fontsize=9)
         fig.tight_layout()
         paths.append(os.path.join(folder, "utilization.png"))
         fig.savefig(paths[-1], dpi=120)
@@ -224,7 +230,7 @@ def write_plots(res: dict, folder: str) -> list[str]:
         ax.set_xticks([k + w * (len(series) - 1) / 2 for k in range(len(names))], names)
         ax.set_yscale("log")
         ax.set_ylabel("µs per recall (full cache), median")
-        ax.set_title(f"One recall — {when}\n(device bars missing = not synthesized yet)", fontsize=9)
+        ax.set_title(f"One recall — {when('recall')}\n(device bars missing = not synthesized yet)", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -241,7 +247,7 @@ def write_plots(res: dict, folder: str) -> list[str]:
             ax.barh(list(run), vals, left=left, label=part)
             left = [a + b for a, b in zip(left, vals)]
         ax.set_xlabel("seconds per scored token")
-        ax.set_title(f"hmtx run: where the time goes — {when}", fontsize=9)
+        ax.set_title(f"hmtx run: where the time goes — {when('run')}", fontsize=9)
         ax.legend(fontsize=8)
         fig.tight_layout()
         paths.append(os.path.join(folder, "run_time_split.png"))
@@ -252,7 +258,7 @@ def write_plots(res: dict, folder: str) -> list[str]:
     if mem and mem.get("points"):
         from bench.memory import plot
         paths.append(plot(mem["points"], os.path.join(folder, "memory.png"),
-                          f"{mem['backbone']}: host memory reading one document — {when}"))
+                          f"{mem['backbone']}: host memory reading one document — {when('memory')}"))
     return paths
 
 

@@ -26,8 +26,11 @@ class Options:
 
     def __init__(self, quick=False, sections=SECTIONS, repeats=None, run_segments=None,
                  run_backbone=None, run_backends=None, memory_backbone=None, memory_lengths=None,
-                 sim_config=None, log=print):
+                 sim_config=None, prior=None, log=print):
         self.quick = quick
+        # an earlier result whose sections this run does not repeat (e.g. the device cycles a
+        # re-run of the recall section divides by Fmax)
+        self.prior = prior or {}
         unknown = set(sections) - set(SECTIONS)
         if unknown:
             raise ValueError(f"unknown bench section(s) {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
@@ -88,7 +91,7 @@ def run_suite(opts: Options) -> dict:
     def recall():
         out["recall_speed"] = {}
         for cfg in configs:
-            dev = out.get("device", {}).get(cfg.name)
+            dev = (out.get("device") or opts.prior.get("device") or {}).get(cfg.name)
             cyc = {"recall": dev["recall"]["cycles"], "write": dev["write"]["cycles"]} if dev else None
             r = recall_speed.measure_config(cfg, opts.repeats, cyc, fm.get(cfg.name))
             out["recall_speed"][cfg.name] = r
@@ -131,7 +134,7 @@ def run_suite(opts: Options) -> dict:
             return
         out["sim"] = s
         out["sim_cycles_per_s"] = s["cycles_per_s_lower_bound"]["median"]
-        dev = out.get("device", {}).get(cfg.name)
+        dev = (out.get("device") or opts.prior.get("device") or {}).get(cfg.name)
         if dev:
             # The top level counts one cycle more than the engine (frame validated -> start).
             s["rtl_cycles_agree"] = (s["recall_cycles"] == dev["recall"]["cycles"] + 1

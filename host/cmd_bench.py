@@ -79,6 +79,9 @@ def _run(args) -> int:
     opts = suite.Options(quick=args.quick, sections=sections, repeats=args.repeats, run_segments=args.segments,
                          run_backbone=args.backbone, run_backends=backends, memory_backbone=args.memory_backbone,
                          memory_lengths=lengths, log=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.only and os.path.exists(args.json_out):
+        with open(args.json_out) as f:
+            opts.prior = json.load(f)
     res = suite.run_suite(opts)
     res["command"] = "hmtx bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
         else "hmtx bench " + f"--json {args.json_out}" + (" --quick" if args.quick else "")
