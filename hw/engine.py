@@ -449,7 +449,7 @@ class Engine(wiring.Component):
             m.d.comb += self._out_w.data[l].eq(Mux(r > hi, hi, Mux(r < lo, lo, r)))
 
         # --- exp2 pass: stage A registers t from the RAM, B forms v = max - t, C reads the LUT,
-        # then e = round_shift(LUT[v & 255], v >> 8) (0 past the cutoff or for a masked key)
+        # D registers it, then e = round_shift(LUT[v & 255], v >> 8) (0 past the cutoff or for a masked key)
         exA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "t": signed(fixed.SCORE_BITS)}))
         exB = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "r": fixed.SCORE_FRAC, "n": 4}))
         exC = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "lut": fixed.EXP2_BITS + 1, "n": 4}))
@@ -457,7 +457,9 @@ class Engine(wiring.Component):
         m.d.comb += v.eq(score_max - exA.t)
         n_int = v >> fixed.SCORE_FRAC
         m.d.comb += self._lut_r.addr.eq(exB.r)
-        e_val = (exC.lut + ((Const(1, 16) << exC.n) >> 1)) >> exC.n
+        exD = Signal.like(exC)      # the table value registered (it maps to a block RAM)
+        m.d.sync += exD.eq(exC)
+        e_val = (exD.lut + ((Const(1, 16) << exD.n) >> 1)) >> exD.n
         m.d.sync += [exA.valid.eq(ex1.valid), exA.idx.eq(ex1.idx), exA.keep.eq(ex1.keep),
                      exA.t.eq(self._sc_r.data),
                      exB.valid.eq(exA.valid), exB.idx.eq(exA.idx),
@@ -465,7 +467,7 @@ class Engine(wiring.Component):
                      exB.r.eq(v[:fixed.SCORE_FRAC]), exB.n.eq(n_int[:4]),
                      exC.valid.eq(exB.valid), exC.idx.eq(exB.idx), exC.live.eq(exB.live),
                      exC.lut.eq(self._lut_r.data), exC.n.eq(exB.n),
-                     ex2.valid.eq(exC.valid), ex2.idx.eq(exC.idx), ex2.e.eq(Mux(exC.live, e_val, 0))]
+                     ex2.valid.eq(exD.valid), ex2.idx.eq(exD.idx), ex2.e.eq(Mux(exD.live, e_val, 0))]
         with m.If(ex2.valid):
             m.d.comb += [dec_ex.eq(1), self._sc_w.addr.eq(ex2.idx), self._sc_w.data.eq(ex2.e),
                          self._sc_w.en.eq(1)]
