@@ -258,12 +258,14 @@ class Engine(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [op.eq(self.op), slot.eq(self.slot), n_keys.eq(self.n_keys),
                                  n_q.eq(self.n_q), causal.eq(self.causal & (self.op == Op.ATTENTION)),
-                                 kslot_base.eq(self.slot * HB), mslot_base.eq(self.slot * CB), a.eq(0)]
+                                 a.eq(0)]
                     with m.If(self.op == Op.ATTENTION):
                         m.next = "ROW"
                     with m.Else():
                         m.next = "PROJ_START"
             with m.State("PROJ_START"):
+                # slot bases from the latched slot (not from the start operands: timing)
+                m.d.sync += [kslot_base.eq(slot * HB), mslot_base.eq(slot * CB)]
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(c.d_h), inner_n.eq(CB),
                              base_o.eq(0), base_i.eq(0), sub_w.eq(0), sub_l.eq(0), issuing.eq(1)]
                 m.d.comb += self._vexp_q.addr.eq(0)
