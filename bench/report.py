@@ -13,6 +13,9 @@ from bench.stats import fmt_stat
 __all__ = ["markdown", "write_plots", "write_doc_section"]
 
 
+_SECTION_ORDER = {"device": 0, "recall": 1, "sim": 2, "run": 3, "memory": 4}
+
+
 def _f(x, spec=".3g", none="n/a"):
     return none if x is None else format(x, spec)
 
@@ -134,7 +137,7 @@ def markdown(res: dict, command: str | None = None) -> str:
         head += ["Sections were measured by these commands (each merged into the same JSON):", ""]
         head += [f"* {sec}: `{r['command']}` — {r['date']}, load average {_f(r.get('load_avg_1m_at_start'), '.1f')}"
                  + (f", {r['seconds']:.0f} s" if r.get("seconds") is not None else "")
-                 for sec, r in runs.items()]
+                 for sec, r in sorted(runs.items(), key=lambda kv: _SECTION_ORDER.get(kv[0].split(" ")[0], 9))]
         head += [""]
     elif command:
         head += [f"Command: `{command}`", ""]
