@@ -21,6 +21,7 @@ Number formats
 * Output P_n: int16 mantissas with one exponent.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -85,6 +86,14 @@ class QuantWeight:
 def exp2_lut() -> list[int]:
     """``LUT[r] = round(2^15 * 2^(-r/256))`` for r in [0, 256): the fractional part of 2^-v."""
     return [int(round(2.0 ** (EXP2_BITS - r / (1 << SCORE_FRAC)))) for r in range(1 << SCORE_FRAC)]
+
+
+@functools.lru_cache(maxsize=None)
+def _exp2_table() -> np.ndarray:
+    # Built once: softmax runs once per recall, and rebuilding the 256 entries dominated it.
+    table = np.asarray(exp2_lut(), dtype=np.int64)
+    table.flags.writeable = False
+    return table
 
 
 def score_scale(dk: int) -> tuple[int, int]:
@@ -275,7 +284,7 @@ def softmax(t, mask=None) -> np.ndarray:
         raise ValueError(f"softmax: mask shape {keep.shape} != scores shape {t.shape}")
     if not keep.any(axis=1).all():
         raise ValueError("softmax: a query row attends to no key")
-    lut = np.asarray(exp2_lut(), dtype=np.int64)
+    lut = _exp2_table()
     m = np.where(keep, t, np.iinfo(np.int64).min).max(axis=1, keepdims=True)
     v = np.where(keep, m - t, 0)
     n = v >> SCORE_FRAC
