@@ -6,11 +6,6 @@ when a GPU is present), and the measured errors must stay inside the bounds of d
 
 import time
 
-import torch
-
-from hmtx.model.arith_error import check_bit_identity, measure_errors
-from hmtx.model.configs import CONFIGS
-
 RECALL_BOUND = 0.02   # docs/arithmetic.md §8: recall, arithmetic only, error / memory norm
 
 
@@ -23,6 +18,12 @@ def register(sub):
 
 
 def run(args) -> int:
+    # Imported here: `hmtx --help` loads every command module and should not pay for torch.
+    import torch
+
+    from hmtx.model.arith_error import check_bit_identity, measure_errors
+    from hmtx.model.configs import CONFIGS
+
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     failures = 0
     t0 = time.perf_counter()

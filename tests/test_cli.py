@@ -29,3 +29,12 @@ def test_selfcheck_passes(capsys):
 def test_unknown_command_is_an_error():
     out = subprocess.run([sys.executable, "-m", "hmtx.host.cli", "frobnicate"], capture_output=True, text=True)
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_help_does_not_import_torch_or_transformers():
+    # Every command module is imported to build `hmtx --help`; heavy libraries belong inside the
+    # command that needs them, or `--help` and shell completion take seconds.
+    code = ("import sys; from hmtx.host import cli; cli.build_parser(); "
+            "print(' '.join(m for m in ('torch', 'transformers', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "", f"`hmtx --help` imports {out.strip()}"
