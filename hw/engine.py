@@ -11,7 +11,7 @@ from hmtx.model.configs import EngineConfig
 from .arith import Reciprocal, ShiftRoundSat
 from .mac import MacArray
 
-__all__ = ["Op", "Engine"]
+__all__ = ["Op", "Engine", "Region"]
 
 EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
 SHIFT_W = 5         # projection shifts 0..31 (protocol SHIFT_MAX)
@@ -20,6 +20,24 @@ MASK_W = 12         # score shifts before clamping: shift - 8 - qe - ke, |.| < 2
 
 def ceil_div(a, b):
     return -(-a // b)
+
+
+class Region:
+    """A window ``[base, base + depth)`` of a memory, indexed like the memory itself
+    (``region.data[i]`` is ``memory.data[base + i]``), for testbenches that fill or read one
+    logical buffer of a shared memory."""
+
+    def __init__(self, memory, base, depth):
+        self.memory, self.base, self.depth = memory, base, depth
+        self.data = self
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.depth:
+            raise IndexError(f"region index {i} out of range 0..{self.depth - 1}")
+        return self.memory.data[self.base + i]
+
+    def __len__(self):
+        return self.depth
 
 
 class Op:
@@ -31,20 +49,31 @@ class Op:
 class Engine(wiring.Component):
     """All on-chip state of a recall/attention engine and the sequencer that computes with it.
 
-    Memories (P-lane words; ``CB = ceil(d/P)``, ``HB = ceil(d_h/P)``, ``AB = ceil(head_dim/P)``):
+    Memories (P-lane words; ``CB = ceil(d/P)``, ``HB = ceil(d_h/P)``, ``AB = ceil(head_dim/P)``).
+    Block RAM is allocated by port width, not by bits (a 512-bit port takes 15-16 DP16KD
+    whatever its depth), so the P x int8 buffers that are never read in the same cycle share
+    one memory and one read port (docs/synthesis.md, "Block RAM"):
 
-    * ``vin``  : P x int8, the validated input: vector S/M at words 0..CB-1, or the attention
-      tile (Q rows at row 0, K rows at row ``max_queries``, V rows at ``max_queries + max_keys``,
-      AB words per row). ``vexp``: one int8 exponent per vector/row (the vector uses entry 0).
-    * ``wq``, ``wk``: P x int8, word ``j*CB + c//P`` lane ``c%P`` holds W[c, j], so the P lanes
-      read P consecutive input channels of one output column j.
-    * ``mem`` / ``mexp``: the ring of N memories M_i (word ``i*CB + cb``); ``key`` / ``kexp``: the
-      keys K_i = W_k^T M_i (P x int16, word ``i*HB + hb``).
-    * ``qbuf``: q = W_q^T S (P x int16); ``sc``: scores t then exp2 terms e; ``pm``:
-      probabilities; ``wm``: exponent-aligned weights; ``out``/``oexp``: the result rows.
+    * ``dat``: P x int8, three regions (:class:`Region` views ``vin``, ``mem``; ``out_base``):
 
-    The owner (the command processor) writes ``vin``/``vexp``/``wq``/``wk`` and reads
-    ``mem``/``key``/``out``/``pm`` through ports it adds to these memories before elaboration.
+      - ``vin`` (words ``0..VIN_D-1``): the validated input: vector S/M at words 0..CB-1, or the
+        attention tile (Q rows at row 0, K rows at row ``max_queries``, V rows at
+        ``max_queries + max_keys``, AB words per row);
+      - the result rows (from ``out_base``): result word w (P x int16) as two words, the low
+        bytes at ``out_base + 2w`` and the high bytes at ``out_base + 2w + 1``;
+      - ``mem`` (from ``mem_base``): the ring of N memories M_i (word ``i*CB + cb``).
+    * ``vexp``: one int8 exponent per vector/row (the vector uses entry 0); ``mexp``: M_i's.
+    * ``w``: P x int8, W_q then W_k (views ``wq``, ``wk``; W_k from word ``d_h*CB``): word
+      ``j*CB + c//P`` lane ``c%P`` of a matrix holds W[c, j], so the P lanes read P
+      consecutive input channels of one output column j.
+    * ``key`` / ``kexp``: the keys K_i = W_k^T M_i (P x int16, word ``i*HB + hb``).
+    * ``qbuf``: q = W_q^T S, or the current attention query row (P x int16); ``sc``: scores t
+      then exp2 terms e; ``pm``: probabilities; ``wm``: exponent-aligned weights; ``oexp``:
+      the result exponents.
+
+    The owner (the command processor) writes ``vin`` through ``wr_*`` (while idle), ``vexp``
+    and ``w`` through ports it adds, and reads ``dat`` and ``key`` through ``rd_*`` while idle
+    and ``pm`` through a port it adds before elaboration.
 
     Sequencing (one MAC beat per cycle, P lanes): projection ``d_h x CB`` beats (dot mode,
     one output per column j), scores ``n x HB`` beats (dot mode), an exp2 pass over the n scores,
@@ -64,8 +93,9 @@ class Engine(wiring.Component):
     wq_exp, wk_exp : In(signed 8); wq_shift, wk_shift : In(5)
     busy : Out(1)
     done : Out(1)      pulse when the results are in memory
-    rd_mem_addr, rd_key_addr : In    read addresses of ``mem``/``key`` while idle
-                                     (data: :attr:`mem_read_data`, :attr:`key_read_data`)
+    rd_dat_addr, rd_key_addr : In    read addresses of ``dat``/``key`` while idle
+                                     (data: :attr:`dat_read_data`, :attr:`key_read_data`)
+    wr_dat_addr, wr_dat_data, wr_dat_en : In   a write of ``dat`` while idle (lane enables)
     """
 
     def __init__(self, config: EngineConfig):
@@ -81,19 +111,24 @@ class Engine(wiring.Component):
             raise ValueError(f"config {c.name!r}: {self.KMAX} keys exceed fixed.KEYS_MAX")
         i8 = data.ArrayLayout(signed(8), P)
         i16 = data.ArrayLayout(signed(16), P)
-        self.vin = memory.Memory(shape=i8, depth=max(self.CB, self.ROWS * self.AB), init=[])
+        vin_d = max(self.CB, self.ROWS * self.AB)
+        self.out_words = max(self.CB, c.max_queries * self.AB)
+        self.out_base = vin_d
+        self.mem_base = vin_d + 2 * self.out_words
+        self.dat = memory.Memory(shape=i8, depth=self.mem_base + c.n_slots * self.CB, init=[])
+        self.vin = Region(self.dat, 0, vin_d)
+        self.mem = Region(self.dat, self.mem_base, c.n_slots * self.CB)
         self.vexp = memory.Memory(shape=signed(8), depth=self.ROWS, init=[])
-        self.wq = memory.Memory(shape=i8, depth=c.d_h * self.CB, init=[])
-        self.wk = memory.Memory(shape=i8, depth=c.d_h * self.CB, init=[])
-        self.mem = memory.Memory(shape=i8, depth=c.n_slots * self.CB, init=[])
+        self.w = memory.Memory(shape=i8, depth=2 * c.d_h * self.CB, init=[])
+        self.wq = Region(self.w, 0, c.d_h * self.CB)
+        self.wk = Region(self.w, c.d_h * self.CB, c.d_h * self.CB)
         self.mexp = memory.Memory(shape=signed(8), depth=c.n_slots, init=[])
         self.key = memory.Memory(shape=i16, depth=c.n_slots * self.HB, init=[])
         self.kexp = memory.Memory(shape=signed(EXP_W), depth=c.n_slots, init=[])
-        self.qbuf = memory.Memory(shape=i16, depth=self.HB, init=[])
+        self.qbuf = memory.Memory(shape=i16, depth=max(self.HB, self.AB), init=[])
         self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=self.KMAX, init=[])
         self.pm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[])
         self.wm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[])
-        self.out = memory.Memory(shape=i16, depth=max(self.CB, c.max_queries * self.AB), init=[])
         self.oexp = memory.Memory(shape=signed(EXP_W), depth=c.max_queries, init=[])
         self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
                                  init=fixed.exp2_lut())
@@ -108,18 +143,16 @@ class Engine(wiring.Component):
             "busy": Out(1), "done": Out(1),
             # while idle, the response generator reads the cache through the engine's own ports
             # (a second read port would make Yosys duplicate these block RAMs)
-            "rd_mem_addr": In(range(c.n_slots * self.CB)), "rd_key_addr": In(range(c.n_slots * self.HB)),
+            "rd_dat_addr": In(range(self.dat.depth)), "rd_key_addr": In(range(c.n_slots * self.HB)),
+            "wr_dat_addr": In(range(self.dat.depth)), "wr_dat_data": In(i8), "wr_dat_en": In(P),
         })
         # Ports the engine itself uses; created here so that they exist before the owner's.
-        self._vin_a = self.vin.read_port()
-        self._vin_b = self.vin.read_port()
+        self._dat_r = self.dat.read_port()
+        self._dat_w = self.dat.write_port(granularity=1)
         self._vexp_k = self.vexp.read_port(domain="comb")
         self._vexp_v = self.vexp.read_port(domain="comb")
         self._vexp_q = self.vexp.read_port(domain="comb")
-        self._wq_r = self.wq.read_port()
-        self._wk_r = self.wk.read_port()
-        self._mem_r = self.mem.read_port()
-        self._mem_w = self.mem.write_port()
+        self._w_r = self.w.read_port()
         self._mexp_r = self.mexp.read_port(domain="comb")
         self._mexp_w = self.mexp.write_port()
         self._key_r = self.key.read_port()
@@ -133,14 +166,13 @@ class Engine(wiring.Component):
         self._pm_w = self.pm.write_port()
         self._wm_r = self.wm.read_port()
         self._wm_w = self.wm.write_port()
-        self._out_w = self.out.write_port()
         self._oexp_w = self.oexp.write_port()
         self._lut_r = self.lut.read_port(domain="comb")
 
     @property
-    def mem_read_data(self):
-        """M word at ``rd_mem_addr`` of the previous cycle (valid while idle)."""
-        return self._mem_r.data
+    def dat_read_data(self):
+        """``dat`` word at ``rd_dat_addr`` of the previous cycle (valid while idle)."""
+        return self._dat_r.data
 
     @property
     def key_read_data(self):
@@ -151,8 +183,10 @@ class Engine(wiring.Component):
         m = Module()
         c, P, CB, HB, AB = self.config, self.P, self.CB, self.HB, self.AB
         MQ, MK = c.max_queries, c.max_keys
-        for name in ("vin", "vexp", "wq", "wk", "mem", "mexp", "key", "kexp", "qbuf", "sc", "pm",
-                     "wm", "out", "oexp", "lut"):
+        MEM_BASE, OUT_BASE = self.mem_base, self.out_base
+        W_K = c.d_h * CB          # W_k's first word in ``w``
+        for name in ("dat", "vexp", "w", "mexp", "key", "kexp", "qbuf", "sc", "pm",
+                     "wm", "oexp", "lut"):
             m.submodules[name] = getattr(self, name)
         m.submodules.mac = mac = MacArray(P, tag_bits=24)
         m.submodules.proj_rq = proj_rq = ShiftRoundSat(fixed.ACC_BITS, fixed.PROJ_BITS, MASK_W, tag_bits=24)
@@ -170,7 +204,7 @@ class Engine(wiring.Component):
         attn = op == Op.ATTENTION
         q_exp = Signal(signed(EXP_W))       # exponent of q (recall) / Q row a (attention)
         kslot_base = Signal(range(c.n_slots * HB + 1))
-        mslot_base = Signal(range(c.n_slots * CB + 1))
+        mslot_base = Signal(range(self.dat.depth + 1))
         a = Signal(range(MQ + 1))           # current query row (attention); 0 for recall
         keep_lim = Signal(signed(12))       # causal: key b is attended iff b <= a + n_k - n_q
 
@@ -198,7 +232,7 @@ class Engine(wiring.Component):
 
         # --- stage-1 control (the beat whose memory reads are arriving) -------------------
         s1 = Signal(data.StructLayout({
-            "valid": 1, "first": 1, "last": 1, "lane_mode": 1, "copy": 1,
+            "valid": 1, "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1,
             "lim": range(P + 1), "tag": 24, "phase": 3,
         }))
         s1_copy_addr = Signal(24)
@@ -209,9 +243,10 @@ class Engine(wiring.Component):
         # phases
         PROJ, SCORE, WSUM = 1, 2, 3
 
-        # memory read addresses default to the loop position
-        vin_a_addr = self._vin_a.addr
-        vin_b_addr = self._vin_b.addr
+        dat_addr = self._dat_r.addr
+        # while idle the owner writes ``dat`` (the engine's own writes below take precedence)
+        m.d.comb += [self._dat_w.addr.eq(self.wr_dat_addr), self._dat_w.data.eq(self.wr_dat_data),
+                     self._dat_w.en.eq(self.wr_dat_en)]
 
         # last-block lane counts (padding lanes of a partial block are forced to zero)
         def lim(n_total, blk, nblk):
@@ -241,6 +276,8 @@ class Engine(wiring.Component):
         pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5}))
         pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "prod": 42}))
         pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "p": 16}))
+        ql1 = Signal(data.StructLayout({"valid": 1, "idx": range(max(AB, 2))}))
+        ql_issue = Signal.like(ql1)
         ex_issue = Signal.like(ex1)
         pr_issue = Signal.like(pr1)
         m.d.sync += [ex1.eq(ex_issue), pr1.eq(pr_issue)]
@@ -254,7 +291,7 @@ class Engine(wiring.Component):
         phase = Signal(3)      # which MAC phase the in-flight results belong to
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += [self._mem_r.addr.eq(self.rd_mem_addr), self._key_r.addr.eq(self.rd_key_addr)]
+                m.d.comb += [dat_addr.eq(self.rd_dat_addr), self._key_r.addr.eq(self.rd_key_addr)]
                 with m.If(self.start):
                     m.d.sync += [op.eq(self.op), slot.eq(self.slot), n_keys.eq(self.n_keys),
                                  n_q.eq(self.n_q), causal.eq(self.causal & (self.op == Op.ATTENTION)),
@@ -265,9 +302,9 @@ class Engine(wiring.Component):
                         m.next = "PROJ_START"
             with m.State("PROJ_START"):
                 # slot bases from the latched slot (not from the start operands: timing)
-                m.d.sync += [kslot_base.eq(slot * HB), mslot_base.eq(slot * CB)]
+                m.d.sync += [kslot_base.eq(slot * HB), mslot_base.eq(MEM_BASE + slot * CB)]
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(c.d_h), inner_n.eq(CB),
-                             base_o.eq(0), base_i.eq(0), sub_w.eq(0), sub_l.eq(0), issuing.eq(1)]
+                             base_o.eq(Mux(op == Op.WRITE, W_K, 0)), base_i.eq(0), sub_w.eq(0), sub_l.eq(0), issuing.eq(1)]
                 m.d.comb += self._vexp_q.addr.eq(0)
                 vexp0 = self._vexp_q.data
                 with m.If(op == Op.WRITE):
@@ -282,8 +319,7 @@ class Engine(wiring.Component):
             with m.State("PROJ"):
                 # beat (j, cb): S/M block cb against W[., j] block cb
                 with m.If(issuing):
-                    m.d.comb += [vin_a_addr.eq(inner), self._wq_r.addr.eq(base_o + inner),
-                                 self._wk_r.addr.eq(base_o + inner),
+                    m.d.comb += [dat_addr.eq(inner), self._w_r.addr.eq(base_o + inner),
                                  issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
                                  issue.copy.eq((op == Op.WRITE) & (outer == 0)),
                                  issue.lim.eq(lim(c.d, inner, CB)), issue.phase.eq(PROJ),
@@ -301,8 +337,19 @@ class Engine(wiring.Component):
                 # attention: next query row a
                 m.d.comb += self._vexp_q.addr.eq(a)
                 m.d.sync += [q_exp.eq(self._vexp_q.data),
-                             keep_lim.eq(a + n_keys - n_q)]
-                m.next = "SCORE_START"
+                             keep_lim.eq(a + n_keys - n_q),
+                             base_o.eq(a * AB), inner.eq(0), issuing.eq(1)]
+                m.next = "QLOAD"
+            with m.State("QLOAD"):
+                # Q row a into qbuf (AB words, sign-extended), so that the scores read K rows
+                # through the one port of ``dat`` while Q comes from qbuf as in a recall
+                with m.If(issuing):
+                    m.d.comb += [dat_addr.eq(base_o + inner), ql_issue.valid.eq(1), ql_issue.idx.eq(inner)]
+                    with m.If(inner == AB - 1):
+                        m.d.sync += issuing.eq(0)
+                    m.d.sync += inner.eq(inner + 1)
+                with m.Elif(~ql1.valid):
+                    m.next = "SCORE_START"
             with m.State("SCORE_START"):
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(n_keys),
                              inner_n.eq(Mux(attn, AB, HB)),
@@ -313,7 +360,7 @@ class Engine(wiring.Component):
                 # beat (b, blk): q block blk against K_b block blk
                 with m.If(issuing):
                     m.d.comb += [self._qbuf_r.addr.eq(inner), self._key_r.addr.eq(base_o + inner),
-                                 vin_a_addr.eq(a * AB + inner), vin_b_addr.eq(base_o + inner),
+                                 dat_addr.eq(base_o + inner),
                                  issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
                                  issue.lim.eq(Mux(attn, lim(c.head_dim, inner, AB), lim(c.d_h, inner, HB))),
                                  issue.phase.eq(SCORE), issue.tag.eq(outer), inc.eq(last_i)]
@@ -349,20 +396,22 @@ class Engine(wiring.Component):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
                 with m.Elif(pending == 0):
+                    # a single key gets a second beat of weight 0: the two writes of a result word
+                    # (low, high bytes) need results at least two cycles apart
                     m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(Mux(attn, AB, CB)),
-                                 inner_n.eq(n_keys), base_o.eq(0),
-                                 base_i.eq(Mux(attn, (MQ + MK) * AB, 0)), issuing.eq(1), phase.eq(WSUM)]
+                                 inner_n.eq(Mux(n_keys == 1, 2, n_keys)), base_o.eq(0),
+                                 base_i.eq(Mux(attn, (MQ + MK) * AB, MEM_BASE)), issuing.eq(1), phase.eq(WSUM)]
                     m.next = "WSUM"
             with m.State("WSUM"):
                 # beat (blk, b): lane l accumulates w_b * V_b[blk*P + l]
                 with m.If(issuing):
-                    m.d.comb += [self._wm_r.addr.eq(inner), self._mem_r.addr.eq(base_i + outer),
-                                 vin_b_addr.eq(base_i + outer),
+                    m.d.comb += [self._wm_r.addr.eq(inner), dat_addr.eq(base_i + outer),
                                  issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
                                  issue.lane_mode.eq(1), issue.lim.eq(P), issue.phase.eq(WSUM),
+                                 issue.zero.eq((n_keys == 1) & (inner != 0)),
                                  issue.tag.eq(a * AB + outer), inc.eq(last_i)]
-                    advance([base_i.eq(Mux(attn, (MQ + MK) * AB, 0))],
-                            [base_i.eq(base_i + Mux(attn, AB, CB))])
+                    advance([base_i.eq(Mux(attn, (MQ + MK) * AB, MEM_BASE))],
+                            [base_i.eq(base_i + Mux(n_keys == 1, 0, Mux(attn, AB, CB)))])
                 with m.Elif(pending == 0):
                     m.d.comb += [self._oexp_w.addr.eq(a), self._oexp_w.en.eq(1),
                                  self._oexp_w.data.eq(big_e - (fixed.PROB_BITS - fixed.OUT_SHIFT))]
@@ -384,17 +433,17 @@ class Engine(wiring.Component):
             on = l < s1.lim
             with m.Switch(s1.phase):
                 with m.Case(PROJ):
-                    w = Mux(op == Op.WRITE, self._wk_r.data[l], self._wq_r.data[l])
-                    m.d.comb += [mi.a[l].eq(Mux(on, self._vin_a.data[l], 0)), mi.b[l].eq(w)]
+                    m.d.comb += [mi.a[l].eq(Mux(on, self._dat_r.data[l], 0)), mi.b[l].eq(self._w_r.data[l])]
                 with m.Case(SCORE):
-                    m.d.comb += [mi.a[l].eq(Mux(on, Mux(attn, self._vin_a.data[l], self._qbuf_r.data[l]), 0)),
-                                 mi.b[l].eq(Mux(attn, self._vin_b.data[l], self._key_r.data[l]))]
+                    m.d.comb += [mi.a[l].eq(Mux(on, self._qbuf_r.data[l], 0)),
+                                 mi.b[l].eq(Mux(attn, self._dat_r.data[l], self._key_r.data[l]))]
                 with m.Case(WSUM):
-                    m.d.comb += [mi.a[l].eq(self._wm_r.data),
-                                 mi.b[l].eq(Mux(attn, self._vin_b.data[l], self._mem_r.data[l]))]
+                    m.d.comb += [mi.a[l].eq(Mux(s1.zero, 0, self._wm_r.data)),
+                                 mi.b[l].eq(self._dat_r.data[l])]
         # WRITE: M_i is copied into its slot while the first column of K_i is projected
-        m.d.comb += [self._mem_w.addr.eq(s1_copy_addr), self._mem_w.data.eq(self._vin_a.data),
-                     self._mem_w.en.eq(s1.valid & s1.copy)]
+        with m.If(s1.valid & s1.copy):
+            m.d.comb += [self._dat_w.addr.eq(s1_copy_addr), self._dat_w.data.eq(self._dat_r.data),
+                         self._dat_w.en.eq((1 << P) - 1)]
 
         # --- MAC results ---------------------------------------------------------------------
         # Every phase drains before the next starts, so `phase` names the owner of a result.
@@ -442,13 +491,25 @@ class Engine(wiring.Component):
             with m.If((~(attn & causal) | (b_out.as_signed() <= keep_lim)) & (t_b > score_max)):
                 m.d.sync += score_max.eq(t_b)
 
-        # weighted sum: out = sat16(round_shift(acc, OUT_SHIFT)) per lane, a whole word at once
+        # weighted sum: out = sat16(round_shift(acc, OUT_SHIFT)) per lane, a whole word at once,
+        # written as its low bytes, then (next cycle, from a register) its high bytes
         hi, lo = (1 << (fixed.OUT_BITS - 1)) - 1, -(1 << (fixed.OUT_BITS - 1))
+        out_hi = Signal(data.ArrayLayout(signed(8), P), reset_less=True)
+        out_hi_addr = Signal(range(self.dat.depth), reset_less=True)
+        out_hi_valid = Signal()
+        m.d.sync += out_hi_valid.eq(0)
         with m.If(mac.o.valid & (phase == WSUM)):
-            m.d.comb += [dec_wsum.eq(1), self._out_w.addr.eq(mo.tag), self._out_w.en.eq(1)]
+            m.d.comb += [self._dat_w.addr.eq(OUT_BASE + 2 * mo.tag[:16]), self._dat_w.en.eq((1 << P) - 1)]
+            m.d.sync += [out_hi_valid.eq(1), out_hi_addr.eq(OUT_BASE + 2 * mo.tag[:16] + 1)]
         for l in range(P):
             r = (mo.lanes[l] + (1 << (fixed.OUT_SHIFT - 1))) >> fixed.OUT_SHIFT
-            m.d.comb += self._out_w.data[l].eq(Mux(r > hi, hi, Mux(r < lo, lo, r)))
+            sat = Mux(r > hi, hi, Mux(r < lo, lo, r))
+            with m.If(mac.o.valid & (phase == WSUM)):
+                m.d.comb += self._dat_w.data[l].eq(sat[:8])
+            m.d.sync += out_hi[l].eq(sat[8:16])
+        with m.If(out_hi_valid):
+            m.d.comb += [dec_wsum.eq(1), self._dat_w.addr.eq(out_hi_addr), self._dat_w.en.eq((1 << P) - 1),
+                         self._dat_w.data.eq(out_hi)]
 
         # --- exp2 pass: stage A registers t from the RAM, B forms v = max - t, C reads the LUT,
         # D registers it, then e = round_shift(LUT[v & 255], v >> 8) (0 past the cutoff or for a masked key)
@@ -493,4 +554,11 @@ class Engine(wiring.Component):
                          self._pm_w.addr.eq(pr3.idx), self._pm_w.data.eq(pr3.p), self._pm_w.en.eq(1),
                          self._wm_w.addr.eq(pr3.idx), self._wm_w.en.eq(1),
                          self._wm_w.data.eq(Mux(pr3.keep, w_val, 0))]
+
+        # (after the projection's qbuf assignments, which it overrides)
+        # attention: the Q row's words arrive one cycle after QLOAD asked for them
+        m.d.sync += ql1.eq(ql_issue)
+        with m.If(ql1.valid):
+            m.d.comb += [self._qbuf_w.addr.eq(ql1.idx), self._qbuf_w.en.eq((1 << P) - 1)]
+            m.d.comb += [self._qbuf_w.data[l].eq(self._dat_r.data[l]) for l in range(P)]
         return m

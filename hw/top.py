@@ -85,10 +85,9 @@ class HmtxTop(wiring.Component):
             return [ext[8 * k:8 * k + 8] for k in range(nbytes)]
         wiring.connect(m, enc.o, wiring.flipped(self.rsp))
 
-        vin_w = eng.vin.write_port(granularity=1)
         vexp_w = eng.vexp.write_port()
-        w_w = [eng.wq.write_port(granularity=1), eng.wk.write_port(granularity=1)]
-        out_r, pm_r = eng.out.read_port(), eng.pm.read_port()
+        w_w = eng.w.write_port(granularity=1)
+        pm_r = eng.pm.read_port()
         mexp_r, kexp_r, oexp_r = (eng.mexp.read_port(domain="comb"), eng.kexp.read_port(domain="comb"),
                                   eng.oexp.read_port(domain="comb"))
 
@@ -141,7 +140,7 @@ class HmtxTop(wiring.Component):
         ld_c_word = Signal(range(CB + 1))
         ld_c_lane = Signal(range(P))
         ld_j = Signal(range(c.d_h + 1))
-        ld_jbase = Signal(range(c.d_h * CB + 1))
+        ld_jbase = Signal(range(2 * c.d_h * CB + 1))
         ld_matrix = hdr[1]
         ld_exp = hdr[2].as_signed()
         ld_shift = hdr[3]
@@ -237,8 +236,8 @@ class HmtxTop(wiring.Component):
                             with m.If(~exp_ok(byte)):
                                 m.d.sync += bad_arg.eq(1)
                         with m.Elif((idx >= 2) & (idx < c.d + 2)):
-                            m.d.comb += [vin_w.addr.eq(vw), vin_w.en.eq(Const(1, P) << vl)]
-                            m.d.comb += [vin_w.data[l].eq(byte) for l in range(P)]
+                            m.d.comb += [eng.wr_dat_addr.eq(vw), eng.wr_dat_en.eq(Const(1, P) << vl)]
+                            m.d.comb += [eng.wr_dat_data[l].eq(byte) for l in range(P)]
                             m.d.sync += [vl.eq(Mux(vl == P - 1, 0, vl + 1)), vw.eq(Mux(vl == P - 1, vw + 1, vw))]
                             with m.If(mant_bad):
                                 m.d.sync += bad_arg.eq(1)
@@ -256,8 +255,8 @@ class HmtxTop(wiring.Component):
                                 with m.If(~exp_ok(byte)):
                                     m.d.sync += bad_arg.eq(1)
                             with m.Else():
-                                m.d.comb += [vin_w.addr.eq(pbase + aw), vin_w.en.eq(Const(1, P) << al)]
-                                m.d.comb += [vin_w.data[l].eq(byte) for l in range(P)]
+                                m.d.comb += [eng.wr_dat_addr.eq(pbase + aw), eng.wr_dat_en.eq(Const(1, P) << al)]
+                                m.d.comb += [eng.wr_dat_data[l].eq(byte) for l in range(P)]
                                 m.d.sync += [al.eq(Mux(al == P - 1, 0, al + 1)),
                                              aw.eq(Mux(al == P - 1, aw + 1, aw))]
                                 with m.If(mant_bad):
@@ -279,18 +278,17 @@ class HmtxTop(wiring.Component):
                             m.d.sync += ld_stop.eq(8 + Cat(hdr[6], byte) * c.d_h)
                             row_off = Cat(hdr[4], hdr[5])
                             sel = hdr[1][0]
-                            m.d.sync += [ld_j.eq(0), ld_jbase.eq(0),
+                            # W_q and W_k share one memory; W_k starts at word d_h*CB
+                            m.d.sync += [ld_j.eq(0), ld_jbase.eq(Mux(sel, c.d_h * CB, 0)),
                                          ld_c_word.eq(Mux(row_off == 0, 0, Mux(sel, nr_word[1], nr_word[0]))),
                                          ld_c_lane.eq(Mux(row_off == 0, 0, Mux(sel, nr_lane[1], nr_lane[0])))]
                         with m.If((idx >= 8) & ld_ok_r & (idx < ld_stop)):
-                            for n in range(2):
-                                m.d.comb += [w_w[n].addr.eq(ld_jbase + ld_c_word),
-                                             w_w[n].en.eq(Mux(ld_sel == n, Const(1, P) << ld_c_lane, 0))]
-                                m.d.comb += [w_w[n].data[l].eq(byte) for l in range(P)]
+                            m.d.comb += [w_w.addr.eq(ld_jbase + ld_c_word), w_w.en.eq(Const(1, P) << ld_c_lane)]
+                            m.d.comb += [w_w.data[l].eq(byte) for l in range(P)]
                             with m.If(mant_bad):
                                 m.d.sync += bad_arg.eq(1)
                             with m.If(ld_j == c.d_h - 1):
-                                m.d.sync += [ld_j.eq(0), ld_jbase.eq(0),
+                                m.d.sync += [ld_j.eq(0), ld_jbase.eq(Mux(ld_sel, c.d_h * CB, 0)),
                                              ld_c_lane.eq(Mux(ld_c_lane == P - 1, 0, ld_c_lane + 1)),
                                              ld_c_word.eq(Mux(ld_c_lane == P - 1, ld_c_word + 1, ld_c_word))]
                             with m.Else():
@@ -452,14 +450,17 @@ class HmtxTop(wiring.Component):
             slot = slot_arg[:max(1, (N - 1).bit_length())]
             m.d.comb += [mexp_r.addr.eq(slot), kexp_r.addr.eq(slot), oexp_r.addr.eq(rrow)]
             # element k of a vector lives in word k // P, lane k % P: rk counts words, ri lanes
-            m.d.comb += [eng.rd_mem_addr.eq(slot * CB + rk), eng.rd_key_addr.eq(slot * HB + rk),
-                         out_r.addr.eq(rrow * AB + rk), pm_r.addr.eq(ri)]
+            # ``dat`` holds M_i and the result rows (an int16 word as a low-byte and a high-byte word)
+            m.d.comb += [eng.rd_dat_addr.eq(Mux(is_op("READ_SLOT"), eng.mem_base + slot * CB + rk,
+                                                eng.out_base + 2 * (rrow * AB + rk) + rb)),
+                         eng.rd_key_addr.eq(slot * HB + rk), pm_r.addr.eq(ri)]
             r_elem = Signal(16)     # elements sent of the current vector
             elem = Signal(16)       # the element being sent, registered from its memory word
 
-            def vector(state, n_elems, word, elem_bytes, next_state, fetch_state):
+            def vector(state, n_elems, word, elem_bytes, next_state, fetch_state, split=False):
                 """Send elements 0..n-1 from a sync-read memory: per element one cycle for the read
-                and one to register the lane it selects (block RAM outputs are slow)."""
+                and one to register the lane it selects (block RAM outputs are slow). ``split``:
+                each byte of a 2-byte element is its own fetch (``rb`` selects the word)."""
                 with m.State(fetch_state):
                     m.next = fetch_state + "2"
                 with m.State(fetch_state + "2"):
@@ -468,11 +469,15 @@ class HmtxTop(wiring.Component):
                 with m.State(state):
                     v = elem
                     m.d.comb += [send.eq(1),
-                                 send_data.eq(Mux(rb, v[8:16], v[:8]) if elem_bytes == 2 else v[:8])]
+                                 send_data.eq(Mux(rb, v[8:16], v[:8]) if elem_bytes == 2 and not split
+                                              else v[:8])]
                     with m.If(sent):
                         if elem_bytes == 2:
                             m.d.sync += rb.eq(~rb)
                             adv = rb
+                            if split:
+                                with m.If(~rb):
+                                    m.next = fetch_state
                         else:
                             adv = 1
                         with m.If(adv):
@@ -496,14 +501,14 @@ class HmtxTop(wiring.Component):
                             m.next = next_state
 
             scalar("SLOT_MEXP", mexp_r.data, 1, "SLOT_M_F")
-            vector("SLOT_M", c.d, Value.cast(eng.mem_read_data[ri]), 1, "SLOT_KEXP", "SLOT_M_F")
+            vector("SLOT_M", c.d, Value.cast(eng.dat_read_data[ri]), 1, "SLOT_KEXP", "SLOT_M_F")
             scalar("SLOT_KEXP", kexp_r.data, 2, "SLOT_K_F")
             vector("SLOT_K", c.d_h, Value.cast(eng.key_read_data[ri]), 2, "CRC", "SLOT_K_F")
 
             # RECALL: P exponent, d x i16, n, n probabilities; ATTENTION: n_q x (exponent, row)
             scalar("OUT_EXP", oexp_r.data, 2, "OUT_V_F")
             out_len = Mux(is_op("RECALL"), c.d, c.head_dim)
-            vector("OUT_V", out_len, Value.cast(out_r.data[ri]), 2, "OUT_NEXT", "OUT_V_F")
+            vector("OUT_V", out_len, Value.cast(eng.dat_read_data[ri]), 2, "OUT_NEXT", "OUT_V_F", split=True)
             with m.State("OUT_NEXT"):
                 m.d.sync += [ri.eq(0), rk.eq(0), r_elem.eq(0)]
                 with m.If(is_op("RECALL")):

@@ -63,6 +63,12 @@ def test_engine_matches_golden(config, extreme):
             await ctx.tick()
         raise TimeoutError("engine never finished")
 
+    def out_lane(ctx, w, l):
+        # result word w is stored as its low bytes at out_base + 2w, high bytes at + 1
+        lo = ctx.get(dut.dat.data[dut.out_base + 2 * w])[l]
+        hi = ctx.get(dut.dat.data[dut.out_base + 2 * w + 1])[l]
+        return (hi << 8) | (lo & 0xFF)
+
     async def tb(ctx):
         for w in range(dut.vin.depth):
             ctx.set(dut.vin.data[w], [r.randint(-128, 127) for _ in range(P)])
@@ -102,7 +108,7 @@ def test_engine_matches_golden(config, extreme):
             out, oe, p = fixed.recall(wq, s_mant, s_exp, np.concatenate(km), np.concatenate(ke),
                                       np.stack([cache_m[i] for i in range(fill)]),
                                       np.array([cache_e[i] for i in range(fill)]))
-            got = [ctx.get(dut.out.data[k])[l] for k in range(CB) for l in range(P)][:c.d]
+            got = [out_lane(ctx, k, l) for k in range(CB) for l in range(P)][:c.d]
             assert [ctx.get(dut.pm.data[i]) for i in range(fill)] == list(p), f"recall {n}: probs"
             assert got == list(out), f"recall {n}: P_n"
             assert ctx.get(dut.oexp.data[0]) == oe
@@ -124,7 +130,7 @@ def test_engine_matches_golden(config, extreme):
             out, oe, _ = fixed.attend(mant[q], ex[q], mant[k], ex[k], mant[v], ex[v],
                                       fixed.causal_mask(nq, nk) if causal else None)
             for a in range(nq):
-                got = [ctx.get(dut.out.data[a * AB + k])[l] for k in range(AB) for l in range(P)][:c.head_dim]
+                got = [out_lane(ctx, a * AB + k, l) for k in range(AB) for l in range(P)][:c.head_dim]
                 assert got == list(out[a]), f"attention causal={causal} row {a}"
                 assert ctx.get(dut.oexp.data[a]) == oe[a]
 
