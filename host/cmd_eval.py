@@ -4,39 +4,44 @@ import json
 import os
 import sys
 
+from . import cli_options
+
 __all__ = ["register"]
 
 UNTRAINED_NOTE = ("HMT's own parameters (T, W_q, W_k, memory token) are UNTRAINED (random init, "
                   "seed {seed}); RMT's memory token likewise. Their PPLs show the plumbing, not "
-                  "HMT's benefit -- load a trained checkpoint with --checkpoint.")
+                  "HMT's benefit -- drop --untrained (smollm2: the shipped checkpoint) or give --checkpoint.")
+RMT_SHARED_NOTE = ("RMT ran with the HMT checkpoint's memory token (no RMT checkpoint): that token was trained "
+                   "for HMT's input layout, so the RMT column is not a baseline trained the same way.")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "eval", help="perplexity per segment: backbone, RMT, HMT (float and fixed-point recall)",
         description="Token-weighted perplexity of backbone-only, RMT, HMT with float recall and HMT "
-                    "with the fixed-point recall, on the same scored tokens of long documents.")
+                    "with the fixed-point recall, on the same scored tokens of long documents. By default "
+                    "the smollm2 backbone runs the shipped checkpoints (checkpoints/smollm2-hmt for HMT, "
+                    "checkpoints/smollm2-rmt for RMT); --untrained evaluates the seed initialisation.")
     p.add_argument("--text", required=True, help="text file or folder of .txt files (WikiText files are "
                                                  "split into articles at ' = Title = ' headers)")
     p.add_argument("--segments", type=int, default=4, help="score the first N segments of each document")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here")
     p.add_argument("--plot", help="write a PNG of PPL per segment here")
-    p.add_argument("--backbone", choices=("smollm2", "tiny"), default="smollm2")
-    p.add_argument("--checkpoint", help="HMT checkpoint folder (hmt_config.json + hmt.safetensors)")
-    p.add_argument("--device", default="cpu", help="torch device: cpu or cuda[:i]")
+    cli_options.add_backbone(p)
+    cli_options.add_checkpoint(p)
+    p.add_argument("--rmt-checkpoint",
+                   help="checkpoint whose memory token the RMT column uses (trained with `hmtx train --variant "
+                        "rmt`); default for smollm2: the shipped checkpoints/smollm2-rmt; 'none': RMT uses "
+                        "the HMT checkpoint's memory token")
+    cli_options.add_torch_device(p)
     p.add_argument("--max-docs", type=int, help="use at most this many documents (the first long enough)")
     p.add_argument("--min-segments", type=int, default=1,
                    help="skip documents with fewer than this many full segments (e.g. = --segments, so "
                         "every segment index averages the same documents)")
     p.add_argument("--variants", default="backbone,rmt,hmt_float,hmt_fixed",
                    help="comma-separated subset of backbone,rmt,hmt_float,hmt_fixed")
-    g = p.add_argument_group("HMT sizes (without --checkpoint)")
-    g.add_argument("--segment-length", type=int, default=512, help="L (B = L - 2 - k new tokens)")
-    g.add_argument("--sensory", type=int, default=32, help="k")
-    g.add_argument("--cache-size", type=int, default=64, help="N")
-    g.add_argument("--d-h", type=int, default=256, help="memory-search width")
-    g.add_argument("--summary-length", type=int, help="j (default round(B/2))")
-    g.add_argument("--seed", type=int, default=0, help="seed of the untrained HMT parameters")
+    cli_options.add_hmt_sizes(p, "HMT sizes (only with --untrained or a backbone without a shipped checkpoint)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the untrained HMT parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -49,39 +54,62 @@ def run(args) -> int:
         return 2
 
 
-def _run(args) -> int:
-    import torch
+def _rmt_checkpoint(args, checkpoint: str | None, variants) -> str | None:
+    from hmtx.model.train import default_checkpoint
 
+    if "rmt" not in variants or checkpoint is None:
+        if args.rmt_checkpoint not in (None, "none") and checkpoint is None:
+            raise ValueError("--rmt-checkpoint needs a trained HMT beside it (drop --untrained)")
+        return None
+    if args.rmt_checkpoint == "none":
+        return None
+    if args.rmt_checkpoint:
+        if not os.path.isdir(args.rmt_checkpoint):
+            raise ValueError(f"--rmt-checkpoint {args.rmt_checkpoint!r}: no such folder")
+        return args.rmt_checkpoint
+    return default_checkpoint(args.backbone, "rmt")
+
+
+def _run(args) -> int:
     from hmtx.model.backbone import load_backbone
     from hmtx.model.evaluate import evaluate, format_table, plot_per_segment
     from hmtx.model.hmt import HMT
     from hmtx.model.text import load_documents, tokenize_documents
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda requested but torch sees no CUDA device")
+    device = cli_options.torch_device(args.torch_device)
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    checkpoint = cli_options.resolve_checkpoint(args)
+    cli_options.check_sizes_match(args, checkpoint)
+    rmt_checkpoint = _rmt_checkpoint(args, checkpoint, variants)
     docs = load_documents(args.text)                     # fail on bad text before the slow load
     backbone = load_backbone(args.backbone, device)
-    if args.checkpoint:
+    rmt_model = None
+    if checkpoint:
         # A trained folder may also hold LoRA or backbone weights; load_trained applies them.
         from hmtx.model.train import load_trained
-        model = load_trained(args.checkpoint, backbone)
+        model = load_trained(checkpoint, backbone)
+        if rmt_checkpoint:
+            rmt_model = _load_rmt(rmt_checkpoint, checkpoint, backbone, model)
     else:
-        model = HMT.from_backbone(backbone, segment_length=args.segment_length, sensory=args.sensory,
-                                  cache_size=args.cache_size, d_h=args.d_h,
-                                  summary_length=args.summary_length, seed=args.seed)
+        model = HMT.from_backbone(backbone, **cli_options.hmt_sizes(args), seed=args.seed)
     model.to(device).eval()
+    if rmt_model is not None:
+        rmt_model.to(device).eval()
     tokens = tokenize_documents(docs, backbone.tokenizer)
     result = evaluate(model, tokens, args.segments, variants=variants, max_docs=args.max_docs,
-                      min_segments=args.min_segments, progress=not args.quiet)
-    trained = bool(args.checkpoint)
-    result["config"].update({"text": args.text,
-                             "checkpoint": args.checkpoint, "device": str(device)})
+                      min_segments=args.min_segments, progress=not args.quiet, rmt_model=rmt_model)
+    trained = bool(checkpoint)
+    result["config"].update({"text": args.text, "checkpoint": checkpoint, "rmt_checkpoint": rmt_checkpoint,
+                             "device": str(device)})
     result["trained"] = trained
+    notes = []
     if not trained:
-        result["note"] = UNTRAINED_NOTE.format(seed=model.config.seed)
+        notes.append(UNTRAINED_NOTE.format(seed=model.config.seed))
+    elif "rmt" in variants and rmt_model is None:
+        notes.append(RMT_SHARED_NOTE)
+    if notes:
+        result["note"] = " ".join(notes)
     print(format_table(result))
     diff = result.get("recall_fixed_vs_float")
     if diff:
@@ -89,7 +117,9 @@ def _run(args) -> int:
               f"(max |P| {diff['p_float_max_abs']:.4g}), relative L2 max {diff['rel_l2_max']:.4g} "
               f"mean {diff['rel_l2_mean']:.4g}, max |d prob| {diff['probs_max_abs']:.4g}; rounding P_float "
               f"itself to BFP8 costs {diff['p_float_bfp8_rel_l2_mean']:.4g} (mean relative L2)")
-    if not trained:
+    print(f"checkpoints: HMT {checkpoint or 'none (untrained)'}; RMT "
+          f"{rmt_checkpoint or ('the HMT one' if trained else 'none (untrained)')}")
+    if notes:
         print("note: " + result["note"])
     if args.json_out:
         with open(args.json_out, "w") as f:
@@ -97,3 +127,21 @@ def _run(args) -> int:
     if args.plot:
         plot_per_segment(result, args.plot)
     return 0
+
+
+def _load_rmt(folder: str, hmt_folder: str, backbone, model):
+    """The RMT baseline's own checkpoint, sharing the (frozen) backbone of ``model``."""
+    from hmtx.model.hmt import read_checkpoint
+    from hmtx.model.train import _read_adapter, load_trained
+
+    config, _ = read_checkpoint(folder)
+    for name in ("backbone", "segment_length", "sensory"):
+        if getattr(config, name) != getattr(model.config, name):
+            raise ValueError(f"--rmt-checkpoint {folder}: its {name} is {getattr(config, name)!r}, the HMT "
+                             f"checkpoint's {getattr(model.config, name)!r} (both must cut documents alike)")
+    # The two models share one backbone object: an adapted backbone in either would leak into the other.
+    for f in (folder, hmt_folder):
+        if _read_adapter(f)[0] != "frozen":
+            raise ValueError(f"{f} adapts the backbone (LoRA/full); evaluate HMT and RMT of such checkpoints "
+                             f"in separate runs (--checkpoint X --rmt-checkpoint none --variants ...)")
+    return load_trained(folder, backbone)

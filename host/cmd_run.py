@@ -14,10 +14,14 @@ import sys
 import time
 from pathlib import Path
 
+from . import cli_options
+
 __all__ = ["register", "REPO", "DEFAULT_TEXT", "DEFAULT_CHECKPOINT"]
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TEXT = REPO / "data" / "wikitext-2" / "test.txt"
+# The shipped checkpoint, = hmtx.model.train.DEFAULT_CHECKPOINT (not imported: that module imports
+# torch, and registering the command must stay light). Kept here for bench/end_to_end.py.
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "smollm2-hmt"
 
 # Per backbone: (engine config, HMT segment length L, sensory k). The tiny backbone (d=32, for
@@ -46,12 +50,12 @@ def register(subparsers) -> None:
                                   "the first document long enough for --segments is used")
     p.add_argument("--segments", type=int, default=8, help="run the first N segments (default 8)")
     p.add_argument("--config", help="engine config name (default: smollm for smollm2, tiny widened to d=32 for tiny)")
-    p.add_argument("--backbone", choices=sorted(BACKBONE_DEFAULTS), default="smollm2")
-    p.add_argument("--checkpoint", help=f"HMT checkpoint folder (default for smollm2: the shipped "
-                                        f"{DEFAULT_CHECKPOINT.relative_to(REPO)} when present; 'none': untrained)")
-    p.add_argument("--segment-length", type=int, help="L (default 512 for smollm2, 24 for tiny)")
-    p.add_argument("--sensory", type=int, help="k (default 32 for smollm2, 4 for tiny)")
-    p.add_argument("--torch-device", default="cpu", help="where the backbone runs: cpu or cuda[:i]")
+    cli_options.add_backbone(p)
+    cli_options.add_checkpoint(p)
+    cli_options.add_hmt_sizes(p, "HMT sizes of an untrained HMT (default L=512, k=32 for smollm2; L=24, k=4 "
+                                 "for tiny; N and d_h come from the engine config)",
+                              names=("segment_length", "sensory"), defaults={"segment_length": None, "sensory": None})
+    cli_options.add_torch_device(p, "--torch-device")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here")
     p.add_argument("--plot", help="write PNGs here: PPL per segment, recall weights over past segments")
     p.add_argument("--waves", action="store_true", help="sim: record waves (FST/VCD; the path is printed)")
@@ -142,8 +146,6 @@ def pick_document(text_path: str, tokenizer, tokens_needed: int):
 
 
 def _run(args) -> int:
-    import torch
-
     from hmtx.model.backbone import load_backbone
     from hmtx.model.hmt import HMT
 
@@ -158,19 +160,14 @@ def _run(args) -> int:
     text = args.text or str(DEFAULT_TEXT)
     if not os.path.exists(text):
         raise ValueError(f"{text}: no such file or folder")
-    tdev = torch.device(args.torch_device)
-    if tdev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--torch-device cuda requested but torch sees no CUDA device")
+    tdev = cli_options.torch_device(args.torch_device, "--torch-device")
+    checkpoint = cli_options.resolve_checkpoint(args)
+    cli_options.check_sizes_match(args, checkpoint)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     backbone = load_backbone(args.backbone, tdev)
     cfg = engine_config(args.backbone, backbone.d, args.config)
     _, seg_len, sensory = BACKBONE_DEFAULTS[args.backbone]
-    checkpoint = args.checkpoint
-    if checkpoint is None and args.backbone == "smollm2" and DEFAULT_CHECKPOINT.is_dir():
-        checkpoint = str(DEFAULT_CHECKPOINT)
-    if checkpoint == "none":
-        checkpoint = None
     if checkpoint:
         from hmtx.model.train import load_trained
         model = load_trained(checkpoint, backbone)

@@ -7,6 +7,8 @@ script under torchrun): every rank trains on its own windows, DDP averages the g
 import os
 import sys
 
+from . import cli_options
+
 __all__ = ["register"]
 
 
@@ -18,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--text", action="append", required=True,
                    help="training text file or folder (repeatable). Never the evaluation text.")
     p.add_argument("--out", required=True, help="checkpoint folder (written every --save-every steps)")
-    p.add_argument("--backbone", choices=("smollm2", "tiny"), default="smollm2")
+    cli_options.add_backbone(p)
     p.add_argument("--stage", type=int, choices=(1, 2), default=1)
     p.add_argument("--depth", type=int, help="segments per BPTT window (stage 1: 2; stage 2 default 4)")
     p.add_argument("--init", help="stage 2: the stage-1 checkpoint to start from")
@@ -37,15 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--grad-checkpoint", action="store_true", help="recompute backbone activations in backward")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=25)
-    p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: one GPU per rank)")
+    cli_options.add_torch_device(p)
     p.add_argument("--threads", type=int, help="torch CPU threads per process")
     p.add_argument("--max-tokens", type=int, help="use only the first this many tokens of the training text")
-    g = p.add_argument_group("HMT sizes (stage 1; stage 2 takes them from --init)")
-    g.add_argument("--segment-length", type=int, default=256, help="L (B = L - 2 - k new tokens)")
-    g.add_argument("--sensory", type=int, default=32, help="k")
-    g.add_argument("--cache-size", type=int, default=64, help="N")
-    g.add_argument("--d-h", type=int, default=256, help="memory-search width")
-    g.add_argument("--summary-length", type=int, help="j (default round(B/2))")
+    cli_options.add_hmt_sizes(p, "HMT sizes (stage 1; stage 2 and --resume take them from the checkpoint)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -69,6 +66,7 @@ def _run(args) -> int:
     from hmtx.model.train import TrainConfig, train
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    device = cli_options.torch_device(args.torch_device)
     if args.threads:
         torch.set_num_threads(args.threads)
     depth = args.depth if args.depth is not None else (2 if args.stage == 1 or args.variant == "rmt" else 4)
@@ -83,6 +81,7 @@ def _run(args) -> int:
     if args.resume and os.path.abspath(args.resume) != os.path.abspath(args.out):
         print(f"note: resuming from {args.resume}, writing to {args.out}", file=sys.stderr)
     init = None if args.resume else args.init      # a resumed run restores everything from --resume
+    cli_options.check_sizes_match(args, args.resume or args.init, hint="drop them")
     config = None
     if args.resume:
         config, _ = read_checkpoint(args.resume)
@@ -95,9 +94,7 @@ def _run(args) -> int:
     docs = [d for path in args.text for d in load_documents(path)]
     backbone = load_backbone(args.backbone)
     if config is None:
-        config = HMTConfig(backbone=backbone.name, d=backbone.d, segment_length=args.segment_length,
-                           sensory=args.sensory, cache_size=args.cache_size, d_h=args.d_h,
-                           summary_length=args.summary_length, seed=args.seed)
+        config = HMTConfig(backbone=backbone.name, d=backbone.d, **cli_options.hmt_sizes(args), seed=args.seed)
     tokens = tokenize_documents(docs, backbone.tokenizer)
     if args.max_tokens:
         kept, n = [], 0
@@ -109,7 +106,7 @@ def _run(args) -> int:
         tokens = kept
     t0 = time.perf_counter()
     train(backbone, config, tc, tokens, args.out, init=init, resume=args.resume,
-          save_every=args.save_every, device=args.device, progress=not args.quiet)
+          save_every=args.save_every, device=device, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"hmtx train: {tc.steps} steps done in {time.perf_counter() - t0:.0f} s; checkpoint in {args.out}")
     return 0

@@ -47,12 +47,18 @@ def _select_documents(docs: list[TokenDocument], model: HMT, segments: int, max_
 
 @torch.no_grad()
 def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tuple(VARIANT_SPECS),
-             max_docs: int | None = None, min_segments: int = 1, progress: bool = True) -> dict:
+             max_docs: int | None = None, min_segments: int = 1, progress: bool = True,
+             rmt_model: HMT | None = None) -> dict:
     """Perplexities of ``variants`` over the first ``segments`` segments of each document.
 
     Documents shorter than ``min_segments`` full segments are skipped (counted in the result);
-    ValueError if none is left. ``max_docs`` then keeps the first ones.
+    ValueError if none is left. ``max_docs`` then keeps the first ones. ``rmt_model`` (an RMT trained
+    on its own, i.e. its own memory token) runs the ``rmt`` variant instead of ``model``; it must cut
+    documents into the same segments.
     """
+    if rmt_model is not None and rmt_model.config.tokens_per_segment != model.config.tokens_per_segment:
+        raise ValueError(f"rmt_model has {rmt_model.config.tokens_per_segment} tokens per segment, the HMT "
+                         f"{model.config.tokens_per_segment}: they would not score the same tokens")
     if not isinstance(segments, int) or segments < 1:
         raise ValueError(f"segments must be a positive integer, got {segments!r}")
     if not isinstance(min_segments, int) or not 1 <= min_segments <= segments:
@@ -71,9 +77,10 @@ def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tupl
         ids = doc.ids.to(model.device)
         for v in variants:
             variant, impl = VARIANT_SPECS[v]
-            state = model.new_state(variant, impl)
+            runner = rmt_model if v == "rmt" and rmt_model is not None else model
+            state = runner.new_state(variant, impl)
             recent = deque(maxlen=model.config.cache_size)    # memories the next search sees
-            for out in model.segments(state, ids, final=True):
+            for out in runner.segments(state, ids, final=True):
                 start = out.segment * b
                 targets = ids[start + 1: start + out.ids.numel() + 1]
                 logp = torch.log_softmax(out.logits[: targets.numel()].float(), dim=-1)

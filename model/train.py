@@ -45,7 +45,8 @@ from torch import nn
 from hmtx.model.backbone import Backbone
 from hmtx.model.hmt import HMT, HMTConfig, read_checkpoint, save_checkpoint
 
-__all__ = ["TrainConfig", "MODES", "TRAIN_FORMAT", "DEFAULT_CHECKPOINT", "default_checkpoint",
+__all__ = ["TrainConfig", "MODES", "TRAIN_FORMAT", "DEFAULT_CHECKPOINT", "DEFAULT_RMT_CHECKPOINT",
+           "default_checkpoint",
            "TokenStream", "WindowLoss", "prepare_model", "load_trained", "trainable_parameters",
            "save_training_checkpoint", "load_training_checkpoint", "train", "plot_loss"]
 
@@ -59,14 +60,20 @@ LORA = dict(r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "v_p
 # HMT's own parameters, in the names of HMT.hmt_state_dict().
 HMT_PARAMS = ("prompt", "memory_token", "recall.w_q", "recall.w_k")
 
-# The shipped SmolLM2 checkpoint (checkpoints/ at the repository root).
+# The shipped SmolLM2 checkpoints (checkpoints/ at the repository root): HMT, and the RMT baseline
+# trained the same way (same format; RMT uses only its memory token).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "smollm2-hmt"
+DEFAULT_RMT_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-rmt"
 
 
-def default_checkpoint(backbone: str = "smollm2") -> str | None:
-    """Folder of the shipped checkpoint for ``backbone``, or None when there is none."""
-    if backbone == "smollm2" and (DEFAULT_CHECKPOINT / "hmt_config.json").is_file():
-        return str(DEFAULT_CHECKPOINT)
+def default_checkpoint(backbone: str = "smollm2", variant: str = "hmt") -> str | None:
+    """Folder of the shipped ``variant`` ("hmt" or "rmt") checkpoint for ``backbone``, or None when
+    there is none."""
+    if variant not in ("hmt", "rmt"):
+        raise ValueError(f"variant must be 'hmt' or 'rmt', got {variant!r}")
+    folder = DEFAULT_CHECKPOINT if variant == "hmt" else DEFAULT_RMT_CHECKPOINT
+    if backbone == "smollm2" and (folder / "hmt_config.json").is_file():
+        return str(folder)
     return None
 
 

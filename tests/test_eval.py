@@ -87,3 +87,65 @@ def test_eval_rejects_bad_arguments():
         evaluate(model, docs, segments=0, progress=False)
     with pytest.raises(ValueError, match="unknown variant 'lstm'"):
         evaluate(model, docs, segments=1, variants=("lstm",), progress=False)
+
+
+def _tiny_checkpoint(folder, seed, **sizes):
+    from hmtx.model.backbone import tiny_llama
+    from hmtx.model.hmt import HMT, save_checkpoint
+
+    save_checkpoint(HMT.from_backbone(tiny_llama(), **{"segment_length": 24, "sensory": 4, "cache_size": 2,
+                                                       "d_h": 8, **sizes}, seed=seed), str(folder))
+    return str(folder)
+
+
+def test_rmt_column_runs_the_rmt_checkpoint(tmp_path):
+    # The RMT column must come from the RMT checkpoint's memory token, not the HMT's: RMT run through
+    # `--checkpoint HMT --rmt-checkpoint RMT` equals RMT run alone from the RMT checkpoint.
+    text = tmp_path / "doc.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 6)
+    hmt, rmt = _tiny_checkpoint(tmp_path / "hmt", seed=1), _tiny_checkpoint(tmp_path / "rmt", seed=2)
+    common = ["eval", "--text", str(text), "--segments", "4", "--backbone", "tiny", "--quiet"]
+    results = {}
+    for name, extra in (("pair", ["--checkpoint", hmt, "--rmt-checkpoint", rmt]),
+                        ("alone", ["--checkpoint", rmt, "--rmt-checkpoint", "none", "--variants", "rmt"]),
+                        ("shared", ["--checkpoint", hmt, "--rmt-checkpoint", "none", "--variants", "rmt"])):
+        out = tmp_path / f"{name}.json"
+        args = _parse(common + extra + ["--json", str(out)])
+        assert args.func(args) == 0
+        results[name] = json.loads(out.read_text())
+    assert results["pair"]["ppl"]["rmt"] == results["alone"]["ppl"]["rmt"]
+    assert results["pair"]["ppl"]["rmt"] != results["shared"]["ppl"]["rmt"]
+    assert results["pair"]["config"]["rmt_checkpoint"] == rmt and results["pair"]["trained"] is True
+    assert "note" not in results["pair"] and "not a baseline trained the same way" in results["shared"]["note"]
+
+
+def test_eval_checkpoint_options(tmp_path, capsys):
+    text = tmp_path / "doc.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 6)
+    ck = _tiny_checkpoint(tmp_path / "ck", seed=1)
+    other = _tiny_checkpoint(tmp_path / "other", seed=1, segment_length=20)
+    base = ["eval", "--text", str(text), "--backbone", "tiny", "--quiet"]
+    for extra, message in ((["--checkpoint", ck, "--untrained"], "exclude each other"),
+                           (["--checkpoint", ck, "--segment-length", "30"], "--segment-length 30 (checkpoint: 24)"),
+                           (["--checkpoint", ck, "--rmt-checkpoint", other], "its segment_length is 20"),
+                           (["--untrained", "--rmt-checkpoint", ck], "needs a trained HMT"),
+                           (["--checkpoint", str(tmp_path / "missing")], "no such folder")):
+        args = _parse(base + extra)
+        assert args.func(args) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    # Repeating the checkpoint's own sizes is allowed.
+    args = _parse(base + ["--checkpoint", ck, "--segment-length", "24", "--variants", "backbone"])
+    assert args.func(args) == 0
+
+
+def test_shipped_checkpoints_are_the_defaults():
+    from hmtx.host import cli_options, cmd_run
+    from hmtx.model.train import DEFAULT_CHECKPOINT, default_checkpoint
+
+    assert cmd_run.DEFAULT_CHECKPOINT == DEFAULT_CHECKPOINT
+    args = _parse(["eval", "--text", "x"])
+    assert cli_options.resolve_checkpoint(args) == default_checkpoint("smollm2") == str(DEFAULT_CHECKPOINT)
+    assert cli_options.resolve_checkpoint(_parse(["eval", "--text", "x", "--untrained"])) is None
+    assert cli_options.resolve_checkpoint(_parse(["eval", "--text", "x", "--checkpoint", "none"])) is None
+    assert cli_options.resolve_checkpoint(_parse(["eval", "--text", "x", "--backbone", "tiny"])) is None
+    assert default_checkpoint("tiny", "rmt") is None
