@@ -110,25 +110,31 @@ class Engine(wiring.Component):
         if self.KMAX > fixed.KEYS_MAX:
             raise ValueError(f"config {c.name!r}: {self.KMAX} keys exceed fixed.KEYS_MAX")
         i8 = data.ArrayLayout(signed(8), P)
+        # No read of these memories ever needs the data of a write to the same address in the
+        # same cycle (each phase drains before the next reads what it wrote; the owner writes
+        # only while the engine is idle). Without this Yosys wraps every block RAM in
+        # collision-emulation logic (an address comparator and a bypass register per bit),
+        # which sat on the critical path.
+        NO_RW = {"no_rw_check": 1}
         i16 = data.ArrayLayout(signed(16), P)
         vin_d = max(self.CB, self.ROWS * self.AB)
         self.out_words = max(self.CB, c.max_queries * self.AB)
         self.out_base = vin_d
         self.mem_base = vin_d + 2 * self.out_words
-        self.dat = memory.Memory(shape=i8, depth=self.mem_base + c.n_slots * self.CB, init=[])
+        self.dat = memory.Memory(shape=i8, depth=self.mem_base + c.n_slots * self.CB, init=[], attrs=NO_RW)
         self.vin = Region(self.dat, 0, vin_d)
         self.mem = Region(self.dat, self.mem_base, c.n_slots * self.CB)
         self.vexp = memory.Memory(shape=signed(8), depth=self.ROWS, init=[])
-        self.w = memory.Memory(shape=i8, depth=2 * c.d_h * self.CB, init=[])
+        self.w = memory.Memory(shape=i8, depth=2 * c.d_h * self.CB, init=[], attrs=NO_RW)
         self.wq = Region(self.w, 0, c.d_h * self.CB)
         self.wk = Region(self.w, c.d_h * self.CB, c.d_h * self.CB)
         self.mexp = memory.Memory(shape=signed(8), depth=c.n_slots, init=[])
-        self.key = memory.Memory(shape=i16, depth=c.n_slots * self.HB, init=[])
+        self.key = memory.Memory(shape=i16, depth=c.n_slots * self.HB, init=[], attrs=NO_RW)
         self.kexp = memory.Memory(shape=signed(EXP_W), depth=c.n_slots, init=[])
-        self.qbuf = memory.Memory(shape=i16, depth=max(self.HB, self.AB), init=[])
-        self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=self.KMAX, init=[])
-        self.pm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[])
-        self.wm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[])
+        self.qbuf = memory.Memory(shape=i16, depth=max(self.HB, self.AB), init=[], attrs=NO_RW)
+        self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=self.KMAX, init=[], attrs=NO_RW)
+        self.pm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[], attrs=NO_RW)
+        self.wm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[], attrs=NO_RW)
         self.oexp = memory.Memory(shape=signed(EXP_W), depth=c.max_queries, init=[])
         self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
                                  init=fixed.exp2_lut())

@@ -450,10 +450,15 @@ class HmtxTop(wiring.Component):
             slot = slot_arg[:max(1, (N - 1).bit_length())]
             m.d.comb += [mexp_r.addr.eq(slot), kexp_r.addr.eq(slot), oexp_r.addr.eq(rrow)]
             # element k of a vector lives in word k // P, lane k % P: rk counts words, ri lanes
-            # ``dat`` holds M_i and the result rows (an int16 word as a low-byte and a high-byte word)
-            m.d.comb += [eng.rd_dat_addr.eq(Mux(is_op("READ_SLOT"), eng.mem_base + slot * CB + rk,
-                                                eng.out_base + 2 * (rrow * AB + rk) + rb)),
-                         eng.rd_key_addr.eq(slot * HB + rk), pm_r.addr.eq(ri)]
+            # ``dat`` holds M_i and the result rows (an int16 word as a low-byte and a high-byte word).
+            # The word addresses are registered before they reach the block RAMs (a fetch takes
+            # three cycles: address, read, lane select).
+            rd_dat_q = Signal.like(eng.rd_dat_addr)
+            rd_key_q = Signal.like(eng.rd_key_addr)
+            m.d.sync += [rd_dat_q.eq(Mux(is_op("READ_SLOT"), eng.mem_base + slot * CB + rk,
+                                         eng.out_base + 2 * (rrow * AB + rk) + rb)),
+                         rd_key_q.eq(slot * HB + rk)]
+            m.d.comb += [eng.rd_dat_addr.eq(rd_dat_q), eng.rd_key_addr.eq(rd_key_q), pm_r.addr.eq(ri)]
             r_elem = Signal(16)     # elements sent of the current vector
             elem = Signal(16)       # the element being sent, registered from its memory word
 
@@ -462,6 +467,8 @@ class HmtxTop(wiring.Component):
                 and one to register the lane it selects (block RAM outputs are slow). ``split``:
                 each byte of a 2-byte element is its own fetch (``rb`` selects the word)."""
                 with m.State(fetch_state):
+                    m.next = fetch_state + "1"
+                with m.State(fetch_state + "1"):
                     m.next = fetch_state + "2"
                 with m.State(fetch_state + "2"):
                     m.d.sync += elem.eq(word)
