@@ -66,7 +66,10 @@ class Engine(wiring.Component):
     * ``w``: P x int8, W_q then W_k (views ``wq``, ``wk``; W_k from word ``d_h*CB``): word
       ``j*CB + c//P`` lane ``c%P`` of a matrix holds W[c, j], so the P lanes read P
       consecutive input channels of one output column j.
-    * ``key`` / ``kexp``: the keys K_i = W_k^T M_i (P x int16, word ``i*HB + hb``).
+    * ``key`` / ``kexp``: the keys K_i = W_k^T M_i in words of ``KP`` int16 lanes (``KP = P/2``
+      for even P, else P; word ``i*KB + kb``, ``KB = ceil(d_h/KP)``). Half-width words fill a
+      block RAM's depth instead of doubling its width (a 64-lane int16 word would take 32
+      DP16KD for a ring that fills 16), at the price of scores at KP MACs per beat.
     * ``qbuf``: q = W_q^T S, or the current attention query row (P x int16); ``sc``: scores t
       then exp2 terms e; ``pm``: probabilities; ``wm``: exponent-aligned weights; ``oexp``:
       the result exponents.
@@ -76,7 +79,7 @@ class Engine(wiring.Component):
     and ``pm`` through a port it adds before elaboration.
 
     Sequencing (one MAC beat per cycle, P lanes): projection ``d_h x CB`` beats (dot mode,
-    one output per column j), scores ``n x HB`` beats (dot mode), an exp2 pass over the n scores,
+    one output per column j), scores ``n x KB`` beats (dot mode; attention ``n_k x AB``), an exp2 pass over the n scores,
     one ~41-cycle reciprocal, a probability pass, and the weighted sum ``CB x n`` beats in lane
     mode (lane l accumulates ``w_i * M_i[cb*P + l]`` over the slots, so no transposed copy of M
     is needed). Between phases the sequencer waits until every result of the previous phase
@@ -102,6 +105,8 @@ class Engine(wiring.Component):
         c = self.config = config
         P = self.P = c.lanes
         self.CB, self.HB, self.AB = ceil_div(c.d, P), ceil_div(c.d_h, P), ceil_div(c.head_dim, P)
+        self.KP = P // 2 if P % 2 == 0 else P
+        self.KB = ceil_div(c.d_h, self.KP)
         self.KMAX = max(c.n_slots, c.max_keys)
         self.ROWS = c.max_queries + 2 * c.max_keys
         for name, v in (("d", c.d), ("d_h", c.d_h), ("head_dim", c.head_dim)):
@@ -129,7 +134,8 @@ class Engine(wiring.Component):
         self.wq = Region(self.w, 0, c.d_h * self.CB)
         self.wk = Region(self.w, c.d_h * self.CB, c.d_h * self.CB)
         self.mexp = memory.Memory(shape=signed(8), depth=c.n_slots, init=[])
-        self.key = memory.Memory(shape=i16, depth=c.n_slots * self.HB, init=[], attrs=NO_RW)
+        self.key = memory.Memory(shape=data.ArrayLayout(signed(16), self.KP), depth=c.n_slots * self.KB,
+                                 init=[], attrs=NO_RW)
         self.kexp = memory.Memory(shape=signed(EXP_W), depth=c.n_slots, init=[])
         self.qbuf = memory.Memory(shape=i16, depth=max(self.HB, self.AB), init=[], attrs=NO_RW)
         self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=self.KMAX, init=[], attrs=NO_RW)
@@ -149,7 +155,7 @@ class Engine(wiring.Component):
             "busy": Out(1), "done": Out(1),
             # while idle, the response generator reads the cache through the engine's own ports
             # (a second read port would make Yosys duplicate these block RAMs)
-            "rd_dat_addr": In(range(self.dat.depth)), "rd_key_addr": In(range(c.n_slots * self.HB)),
+            "rd_dat_addr": In(range(self.dat.depth)), "rd_key_addr": In(range(c.n_slots * self.KB)),
             "wr_dat_addr": In(range(self.dat.depth)), "wr_dat_data": In(i8), "wr_dat_en": In(P),
         })
         # Ports the engine itself uses; created here so that they exist before the owner's.
@@ -188,6 +194,7 @@ class Engine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         c, P, CB, HB, AB = self.config, self.P, self.CB, self.HB, self.AB
+        KP, KB = self.KP, self.KB
         MQ, MK = c.max_queries, c.max_keys
         MEM_BASE, OUT_BASE = self.mem_base, self.out_base
         W_K = c.d_h * CB          # W_k's first word in ``w``
@@ -209,7 +216,7 @@ class Engine(wiring.Component):
         causal = Signal()
         attn = op == Op.ATTENTION
         q_exp = Signal(signed(EXP_W))       # exponent of q (recall) / Q row a (attention)
-        kslot_base = Signal(range(c.n_slots * HB + 1))
+        kslot_base = Signal(range(c.n_slots * KB + 1))
         mslot_base = Signal(range(self.dat.depth + 1))
         a = Signal(range(MQ + 1))           # current query row (attention); 0 for recall
         keep_lim = Signal(signed(12))       # causal: key b is attended iff b <= a + n_k - n_q
@@ -238,7 +245,7 @@ class Engine(wiring.Component):
 
         # --- stage-1 control (the beat whose memory reads are arriving) -------------------
         s1 = Signal(data.StructLayout({
-            "valid": 1, "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1,
+            "valid": 1, "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1, "qhi": 1,
             "lim": range(P + 1), "tag": 24, "phase": 3,
         }))
         s1_copy_addr = Signal(24)
@@ -255,9 +262,9 @@ class Engine(wiring.Component):
                      self._dat_w.en.eq(self.wr_dat_en)]
 
         # last-block lane counts (padding lanes of a partial block are forced to zero)
-        def lim(n_total, blk, nblk):
-            rem = n_total - (nblk - 1) * P
-            return Mux(blk == nblk - 1, rem, P)
+        def lim(n_total, blk, nblk, width=P):
+            rem = n_total - (nblk - 1) * width
+            return Mux(blk == nblk - 1, rem, width)
 
         first_i = inner == 0
         last_i = inner == inner_n - 1
@@ -308,7 +315,7 @@ class Engine(wiring.Component):
                         m.next = "PROJ_START"
             with m.State("PROJ_START"):
                 # slot bases from the latched slot (not from the start operands: timing)
-                m.d.sync += [kslot_base.eq(slot * HB), mslot_base.eq(MEM_BASE + slot * CB)]
+                m.d.sync += [kslot_base.eq(slot * KB), mslot_base.eq(MEM_BASE + slot * CB)]
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(c.d_h), inner_n.eq(CB),
                              base_o.eq(Mux(op == Op.WRITE, W_K, 0)), base_i.eq(0), sub_w.eq(0), sub_l.eq(0), issuing.eq(1)]
                 m.d.comb += self._vexp_q.addr.eq(0)
@@ -331,9 +338,11 @@ class Engine(wiring.Component):
                                  issue.lim.eq(lim(c.d, inner, CB)), issue.phase.eq(PROJ),
                                  issue.tag.eq(sub_w | (sub_l << 16)),
                                  issue_copy_addr.eq(mslot_base + inner), inc.eq(last_i)]
+                    # the tag is the result's (word, lane): q words have P lanes, K words KP
+                    sub_wrap = sub_l == Mux(op == Op.WRITE, KP - 1, P - 1)
                     advance([base_o.eq(base_o + CB),
-                             sub_l.eq(Mux(sub_l == P - 1, 0, sub_l + 1)),
-                             sub_w.eq(Mux(sub_l == P - 1, sub_w + 1, sub_w))], [])
+                             sub_l.eq(Mux(sub_wrap, 0, sub_l + 1)),
+                             sub_w.eq(Mux(sub_wrap, sub_w + 1, sub_w))], [])
                 with m.Elif(pending == 0):
                     with m.If(op == Op.WRITE):
                         m.next = "DONE"
@@ -358,19 +367,25 @@ class Engine(wiring.Component):
                     m.next = "SCORE_START"
             with m.State("SCORE_START"):
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(n_keys),
-                             inner_n.eq(Mux(attn, AB, HB)),
+                             inner_n.eq(Mux(attn, AB, KB)),
                              base_o.eq(Mux(attn, MQ * AB, 0)), base_i.eq(0),
                              score_max.eq(-(1 << (fixed.SCORE_BITS - 1))), issuing.eq(1), phase.eq(SCORE)]
                 m.next = "SCORE"
             with m.State("SCORE"):
                 # beat (b, blk): q block blk against K_b block blk
                 with m.If(issuing):
-                    m.d.comb += [self._qbuf_r.addr.eq(inner), self._key_r.addr.eq(base_o + inner),
+                    # recall: K block kb (KP lanes) is q's word kb*KP // P from lane kb*KP % P
+                    if KP == P:
+                        m.d.comb += self._qbuf_r.addr.eq(inner)
+                    else:
+                        m.d.comb += [self._qbuf_r.addr.eq(Mux(attn, inner, inner >> 1)),
+                                     issue.qhi.eq(~attn & inner[0])]
+                    m.d.comb += [self._key_r.addr.eq(base_o + inner),
                                  dat_addr.eq(base_o + inner),
                                  issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
-                                 issue.lim.eq(Mux(attn, lim(c.head_dim, inner, AB), lim(c.d_h, inner, HB))),
+                                 issue.lim.eq(Mux(attn, lim(c.head_dim, inner, AB), lim(c.d_h, inner, KB, KP))),
                                  issue.phase.eq(SCORE), issue.tag.eq(outer), inc.eq(last_i)]
-                    advance([base_o.eq(base_o + Mux(attn, AB, HB))], [])
+                    advance([base_o.eq(base_o + Mux(attn, AB, KB))], [])
                 with m.Elif(pending == 0):
                     m.d.sync += [inner.eq(0), exp_sum.eq(0), big_e.eq(-(1 << (EXP_W - 1))), issuing.eq(1)]
                     m.next = "EXP"
@@ -441,8 +456,10 @@ class Engine(wiring.Component):
                 with m.Case(PROJ):
                     m.d.comb += [mi.a[l].eq(Mux(on, self._dat_r.data[l], 0)), mi.b[l].eq(self._w_r.data[l])]
                 with m.Case(SCORE):
-                    m.d.comb += [mi.a[l].eq(Mux(on, self._qbuf_r.data[l], 0)),
-                                 mi.b[l].eq(Mux(attn, self._dat_r.data[l], self._key_r.data[l]))]
+                    q_hi = self._qbuf_r.data[l + KP] if (KP != P and l + KP < P) else 0
+                    k_l = self._key_r.data[l] if l < KP else 0
+                    m.d.comb += [mi.a[l].eq(Mux(on, Mux(s1.qhi, q_hi, self._qbuf_r.data[l]), 0)),
+                                 mi.b[l].eq(Mux(attn, self._dat_r.data[l], k_l))]
                 with m.Case(WSUM):
                     m.d.comb += [mi.a[l].eq(Mux(s1.zero, 0, self._wm_r.data)),
                                  mi.b[l].eq(self._dat_r.data[l])]
@@ -464,14 +481,14 @@ class Engine(wiring.Component):
                      proj_rq.i.payload.s.eq(Mux(op == Op.WRITE, self.wk_shift, self.wq_shift)),
                      proj_rq.i.payload.tag.eq(mo.tag)]
         pw, plane = proj_rq.o.payload.tag[:16], proj_rq.o.payload.tag[16:24]
-        for port in (self._key_w, self._qbuf_w):
-            m.d.comb += [port.data[l].eq(proj_rq.o.payload.y) for l in range(P)]
+        m.d.comb += [self._key_w.data[l].eq(proj_rq.o.payload.y) for l in range(KP)]
+        m.d.comb += [self._qbuf_w.data[l].eq(proj_rq.o.payload.y) for l in range(P)]
         lane_en = Signal(P)
         m.d.comb += lane_en.eq(Const(1, P) << plane)
         with m.If(proj_rq.o.valid):
             m.d.comb += dec_proj.eq(1)
             with m.If(op == Op.WRITE):
-                m.d.comb += [self._key_w.addr.eq(kslot_base + pw), self._key_w.en.eq(lane_en)]
+                m.d.comb += [self._key_w.addr.eq(kslot_base + pw), self._key_w.en.eq(lane_en[:KP])]
             with m.Else():
                 m.d.comb += [self._qbuf_w.addr.eq(pw), self._qbuf_w.en.eq(lane_en)]
 

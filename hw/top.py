@@ -457,12 +457,12 @@ class HmtxTop(wiring.Component):
             rd_key_q = Signal.like(eng.rd_key_addr)
             m.d.sync += [rd_dat_q.eq(Mux(is_op("READ_SLOT"), eng.mem_base + slot * CB + rk,
                                          eng.out_base + 2 * (rrow * AB + rk) + rb)),
-                         rd_key_q.eq(slot * HB + rk)]
+                         rd_key_q.eq(slot * eng.KB + rk)]
             m.d.comb += [eng.rd_dat_addr.eq(rd_dat_q), eng.rd_key_addr.eq(rd_key_q), pm_r.addr.eq(ri)]
             r_elem = Signal(16)     # elements sent of the current vector
             elem = Signal(16)       # the element being sent, registered from its memory word
 
-            def vector(state, n_elems, word, elem_bytes, next_state, fetch_state, split=False):
+            def vector(state, n_elems, word, elem_bytes, next_state, fetch_state, split=False, lanes=P):
                 """Send elements 0..n-1 from a sync-read memory: per element one cycle for the read
                 and one to register the lane it selects (block RAM outputs are slow). ``split``:
                 each byte of a 2-byte element is its own fetch (``rb`` selects the word)."""
@@ -488,8 +488,8 @@ class HmtxTop(wiring.Component):
                         else:
                             adv = 1
                         with m.If(adv):
-                            m.d.sync += [r_elem.eq(r_elem + 1), ri.eq(Mux(ri == P - 1, 0, ri + 1)),
-                                         rk.eq(Mux(ri == P - 1, rk + 1, rk))]
+                            m.d.sync += [r_elem.eq(r_elem + 1), ri.eq(Mux(ri == lanes - 1, 0, ri + 1)),
+                                         rk.eq(Mux(ri == lanes - 1, rk + 1, rk))]
                             with m.If(r_elem == n_elems - 1):
                                 m.next = next_state
                             with m.Else():
@@ -510,7 +510,7 @@ class HmtxTop(wiring.Component):
             scalar("SLOT_MEXP", mexp_r.data, 1, "SLOT_M_F")
             vector("SLOT_M", c.d, Value.cast(eng.dat_read_data[ri]), 1, "SLOT_KEXP", "SLOT_M_F")
             scalar("SLOT_KEXP", kexp_r.data, 2, "SLOT_K_F")
-            vector("SLOT_K", c.d_h, Value.cast(eng.key_read_data[ri]), 2, "CRC", "SLOT_K_F")
+            vector("SLOT_K", c.d_h, Value.cast(eng.key_read_data[ri]), 2, "CRC", "SLOT_K_F", lanes=eng.KP)
 
             # RECALL: P exponent, d x i16, n, n probabilities; ATTENTION: n_q x (exponent, row)
             scalar("OUT_EXP", oexp_r.data, 2, "OUT_V_F")

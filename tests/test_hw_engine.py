@@ -93,7 +93,8 @@ def test_engine_matches_golden(config, extreme):
             cache_m[slot], cache_e[slot] = m_mant, m_exp
             k_mant, k_exp = fixed.project(wk, m_mant[None], np.array([m_exp]))
             got_m = [ctx.get(dut.mem.data[slot * CB + k])[l] for k in range(CB) for l in range(P)][:c.d]
-            got_k = [ctx.get(dut.key.data[slot * HB + k])[l] for k in range(HB) for l in range(P)][:c.d_h]
+            got_k = [ctx.get(dut.key.data[slot * dut.KB + k])[l] for k in range(dut.KB)
+                     for l in range(dut.KP)][:c.d_h]
             assert got_m == list(m_mant), f"write {n}: M"
             assert got_k == list(k_mant[0]), f"write {n}: K"
             assert ctx.get(dut.kexp.data[slot]) == k_exp[0] and ctx.get(dut.mexp.data[slot]) == m_exp
