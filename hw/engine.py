@@ -124,7 +124,7 @@ class Engine(wiring.Component):
         i16 = data.ArrayLayout(signed(16), P)
         vin_d = max(self.CB, self.ROWS * self.AB)
         self.out_words = max(self.CB, c.max_queries * self.AB)
-        self.out_base = vin_d
+        self.out_base = vin_d + (vin_d & 1)     # even: a result's high-byte word is base | 1
         self.mem_base = vin_d + 2 * self.out_words
         self.dat = memory.Memory(shape=i8, depth=self.mem_base + c.n_slots * self.CB, init=[], attrs=NO_RW)
         self.vin = Region(self.dat, 0, vin_d)
@@ -246,12 +246,26 @@ class Engine(wiring.Component):
         # --- stage-1 control (the beat whose memory reads are arriving) -------------------
         s1 = Signal(data.StructLayout({
             "valid": 1, "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1, "qhi": 1,
+            "qaddr": range(max(HB, AB, 2)),
             "lim": range(P + 1), "tag": 24, "phase": 3,
         }))
         s1_copy_addr = Signal(24)
         issue = Signal.like(s1)
         issue_copy_addr = Signal(24)
         m.d.sync += [s1.eq(issue), s1_copy_addr.eq(issue_copy_addr)]
+        # stage 2: the block RAM outputs are registered before any logic looks at them
+        # (a DP16KD's clock-to-output is ~4 ns, and at P=64 its lanes fan out across the chip)
+        s2 = Signal.like(s1)
+        s2_copy_addr = Signal.like(s1_copy_addr)
+        m.d.sync += [s2.eq(s1), s2_copy_addr.eq(s1_copy_addr)]
+        dat_q = Signal.like(self._dat_r.data, reset_less=True)
+        w_q = Signal.like(self._w_r.data, reset_less=True)
+        key_q = Signal.like(self._key_r.data, reset_less=True)
+        wm_q = Signal.like(self._wm_r.data, reset_less=True)
+        m.d.sync += [dat_q.eq(self._dat_r.data), w_q.eq(self._w_r.data), key_q.eq(self._key_r.data),
+                     wm_q.eq(self._wm_r.data)]
+        # qbuf is read one cycle later instead (its address rides in s1), so its data is due at s2
+        m.d.comb += self._qbuf_r.addr.eq(s1.qaddr)
 
         # phases
         PROJ, SCORE, WSUM = 1, 2, 3
@@ -284,12 +298,13 @@ class Engine(wiring.Component):
                 m.d.sync += inner_step_stmts
 
         # --- the PROB/EXP pass pipelines (single loop over keys) ----------------------------
-        ex1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
+        ex1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8)}))
         ex2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "e": fixed.EXP2_BITS + 1}))
-        pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5}))
+        pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8)}))
         pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "prod": 42}))
         pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "p": 16}))
         ql1 = Signal(data.StructLayout({"valid": 1, "idx": range(max(AB, 2))}))
+        ql2 = Signal.like(ql1)
         ql_issue = Signal.like(ql1)
         ex_issue = Signal.like(ex1)
         pr_issue = Signal.like(pr1)
@@ -363,7 +378,7 @@ class Engine(wiring.Component):
                     with m.If(inner == AB - 1):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
-                with m.Elif(~ql1.valid):
+                with m.Elif(~ql1.valid & ~ql2.valid):
                     m.next = "SCORE_START"
             with m.State("SCORE_START"):
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(n_keys),
@@ -376,9 +391,9 @@ class Engine(wiring.Component):
                 with m.If(issuing):
                     # recall: K block kb (KP lanes) is q's word kb*KP // P from lane kb*KP % P
                     if KP == P:
-                        m.d.comb += self._qbuf_r.addr.eq(inner)
+                        m.d.comb += issue.qaddr.eq(inner)
                     else:
-                        m.d.comb += [self._qbuf_r.addr.eq(Mux(attn, inner, inner >> 1)),
+                        m.d.comb += [issue.qaddr.eq(Mux(attn, inner, inner >> 1)),
                                      issue.qhi.eq(~attn & inner[0])]
                     m.d.comb += [self._key_r.addr.eq(base_o + inner),
                                  dat_addr.eq(base_o + inner),
@@ -392,10 +407,10 @@ class Engine(wiring.Component):
             with m.State("EXP"):
                 # e_b = round_shift(LUT[v & 255], v >> 8) for v = max - t_b (0 past the cutoff)
                 with m.If(issuing):
+                    # the value exponent is registered (ex1.ve) before E = max over kept keys
                     m.d.comb += [self._sc_r.addr.eq(inner), ex_issue.valid.eq(1),
-                                 ex_issue.idx.eq(inner), ex_issue.keep.eq(keep_inner), inc.eq(1)]
-                    with m.If(keep_inner & (ve_inner > big_e)):
-                        m.d.sync += big_e.eq(ve_inner)
+                                 ex_issue.idx.eq(inner), ex_issue.keep.eq(keep_inner),
+                                 ex_issue.ve.eq(ve_inner), inc.eq(1)]
                     with m.If(inner == n_keys - 1):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
@@ -409,9 +424,7 @@ class Engine(wiring.Component):
             with m.State("PROB"):
                 with m.If(issuing):
                     m.d.comb += [self._sc_r.addr.eq(inner), pr_issue.valid.eq(1), pr_issue.idx.eq(inner),
-                                 pr_issue.keep.eq(keep_inner),
-                                 pr_issue.align.eq(Mux(big_e - ve_inner > fixed.ALIGN_CUTOFF,
-                                                       fixed.ALIGN_CUTOFF, big_e - ve_inner)),
+                                 pr_issue.keep.eq(keep_inner), pr_issue.ve.eq(ve_inner),
                                  inc.eq(1)]
                     with m.If(inner == n_keys - 1):
                         m.d.sync += issuing.eq(0)
@@ -446,26 +459,26 @@ class Engine(wiring.Component):
                 m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
 
-        # --- stage 1: operands into the MAC ---------------------------------------------------
+        # --- stage 2: operands into the MAC ---------------------------------------------------
         mi = mac.i.payload
-        m.d.comb += [mac.i.valid.eq(s1.valid), mi.first.eq(s1.first), mi.last.eq(s1.last),
-                     mi.lane_mode.eq(s1.lane_mode), mi.tag.eq(s1.tag)]
+        m.d.comb += [mac.i.valid.eq(s2.valid), mi.first.eq(s2.first), mi.last.eq(s2.last),
+                     mi.lane_mode.eq(s2.lane_mode), mi.tag.eq(s2.tag)]
         for l in range(P):
-            on = l < s1.lim
-            with m.Switch(s1.phase):
+            on = l < s2.lim
+            with m.Switch(s2.phase):
                 with m.Case(PROJ):
-                    m.d.comb += [mi.a[l].eq(Mux(on, self._dat_r.data[l], 0)), mi.b[l].eq(self._w_r.data[l])]
+                    m.d.comb += [mi.a[l].eq(Mux(on, dat_q[l], 0)), mi.b[l].eq(w_q[l])]
                 with m.Case(SCORE):
                     q_hi = self._qbuf_r.data[l + KP] if (KP != P and l + KP < P) else 0
-                    k_l = self._key_r.data[l] if l < KP else 0
-                    m.d.comb += [mi.a[l].eq(Mux(on, Mux(s1.qhi, q_hi, self._qbuf_r.data[l]), 0)),
-                                 mi.b[l].eq(Mux(attn, self._dat_r.data[l], k_l))]
+                    k_l = key_q[l] if l < KP else 0
+                    m.d.comb += [mi.a[l].eq(Mux(on, Mux(s2.qhi, q_hi, self._qbuf_r.data[l]), 0)),
+                                 mi.b[l].eq(Mux(attn, dat_q[l], k_l))]
                 with m.Case(WSUM):
-                    m.d.comb += [mi.a[l].eq(Mux(s1.zero, 0, self._wm_r.data)),
-                                 mi.b[l].eq(self._dat_r.data[l])]
+                    m.d.comb += [mi.a[l].eq(Mux(s2.zero, 0, wm_q)),
+                                 mi.b[l].eq(dat_q[l])]
         # WRITE: M_i is copied into its slot while the first column of K_i is projected
-        with m.If(s1.valid & s1.copy):
-            m.d.comb += [self._dat_w.addr.eq(s1_copy_addr), self._dat_w.data.eq(self._dat_r.data),
+        with m.If(s2.valid & s2.copy):
+            m.d.comb += [self._dat_w.addr.eq(s2_copy_addr), self._dat_w.data.eq(dat_q),
                          self._dat_w.en.eq((1 << P) - 1)]
 
         # --- MAC results ---------------------------------------------------------------------
@@ -496,14 +509,25 @@ class Engine(wiring.Component):
         b_res = mo.tag[:16]
         m.d.comb += [self._kexp_r.addr.eq(b_res), self._vexp_k.addr.eq(MQ + b_res)]
         ke = Mux(attn, self._vexp_k.data, self._kexp_r.data)
+        # acc * mult (mult < 2^16) as three 17-bit slices of acc, one MULT18X18D each with a
+        # register after it (sc0), summed in the next stage (sc1); k_exp registered in sc0 too
+        assert max(sm[0] for sm in score_mult) < (1 << 17) and fixed.ACC_BITS <= 51
+        sc0_valid = Signal()
+        sc0_p = [Signal(signed(36), name=f"sc0_p{k}", reset_less=True) for k in range(3)]
+        sc0_ke = Signal(signed(EXP_W), reset_less=True)
+        sc0_tag = Signal(24, reset_less=True)
         sc1_valid = Signal()
         sc1_x = Signal(signed(64), reset_less=True)
         sc1_s = Signal(signed(MASK_W), reset_less=True)
         sc1_tag = Signal(24, reset_less=True)
         mult = Mux(attn, score_mult[1][0], score_mult[0][0])
         sshift = Mux(attn, score_mult[1][1], score_mult[0][1])
-        m.d.sync += [sc1_valid.eq(mac.o.valid & (phase == SCORE)), sc1_x.eq(mo.dot * mult),
-                     sc1_s.eq(sshift - fixed.SCORE_FRAC - q_exp - ke), sc1_tag.eq(mo.tag)]
+        dot_sl = [mo.dot[0:17], mo.dot[17:34], mo.dot[34:].as_signed()]
+        m.d.sync += [sc0_valid.eq(mac.o.valid & (phase == SCORE)), sc0_ke.eq(ke), sc0_tag.eq(mo.tag)]
+        m.d.sync += [sc0_p[k].eq(dot_sl[k] * mult) for k in range(3)]
+        m.d.sync += [sc1_valid.eq(sc0_valid),
+                     sc1_x.eq((sc0_p[2] << 34) + (sc0_p[1] << 17) + sc0_p[0]),
+                     sc1_s.eq(sshift - fixed.SCORE_FRAC - q_exp - sc0_ke), sc1_tag.eq(sc0_tag)]
         m.d.comb += [score_rq.i.valid.eq(sc1_valid), score_rq.i.payload.x.eq(sc1_x),
                      score_rq.i.payload.s.eq(sc1_s), score_rq.i.payload.tag.eq(sc1_tag)]
         t_b = score_rq.o.payload.y
@@ -517,22 +541,24 @@ class Engine(wiring.Component):
         # weighted sum: out = sat16(round_shift(acc, OUT_SHIFT)) per lane, a whole word at once,
         # written as its low bytes, then (next cycle, from a register) its high bytes
         hi, lo = (1 << (fixed.OUT_BITS - 1)) - 1, -(1 << (fixed.OUT_BITS - 1))
-        out_hi = Signal(data.ArrayLayout(signed(8), P), reset_less=True)
-        out_hi_addr = Signal(range(self.dat.depth), reset_less=True)
-        out_hi_valid = Signal()
-        m.d.sync += out_hi_valid.eq(0)
+        # The rounded word is registered (res), its low bytes are written the cycle after and its
+        # high bytes the cycle after that; results come >= 2 cycles apart, so res holds still.
+        res = Signal(data.ArrayLayout(signed(16), P), reset_less=True)
+        res_addr = Signal(range(self.dat.depth), reset_less=True)
+        res_lo, res_hi = Signal(), Signal()
+        m.d.sync += [res_lo.eq(mac.o.valid & (phase == WSUM)), res_hi.eq(res_lo)]
         with m.If(mac.o.valid & (phase == WSUM)):
-            m.d.comb += [self._dat_w.addr.eq(OUT_BASE + 2 * mo.tag[:16]), self._dat_w.en.eq((1 << P) - 1)]
-            m.d.sync += [out_hi_valid.eq(1), out_hi_addr.eq(OUT_BASE + 2 * mo.tag[:16] + 1)]
+            m.d.sync += res_addr.eq(OUT_BASE + 2 * mo.tag[:16])
         for l in range(P):
             r = (mo.lanes[l] + (1 << (fixed.OUT_SHIFT - 1))) >> fixed.OUT_SHIFT
-            sat = Mux(r > hi, hi, Mux(r < lo, lo, r))
             with m.If(mac.o.valid & (phase == WSUM)):
-                m.d.comb += self._dat_w.data[l].eq(sat[:8])
-            m.d.sync += out_hi[l].eq(sat[8:16])
-        with m.If(out_hi_valid):
-            m.d.comb += [dec_wsum.eq(1), self._dat_w.addr.eq(out_hi_addr), self._dat_w.en.eq((1 << P) - 1),
-                         self._dat_w.data.eq(out_hi)]
+                m.d.sync += res[l].eq(Mux(r > hi, hi, Mux(r < lo, lo, r)))
+        with m.If(res_lo):
+            m.d.comb += [self._dat_w.addr.eq(res_addr), self._dat_w.en.eq((1 << P) - 1)]
+            m.d.comb += [self._dat_w.data[l].eq(res[l][:8]) for l in range(P)]
+        with m.If(res_hi):
+            m.d.comb += [dec_wsum.eq(1), self._dat_w.addr.eq(res_addr | 1), self._dat_w.en.eq((1 << P) - 1)]
+            m.d.comb += [self._dat_w.data[l].eq(res[l][8:16]) for l in range(P)]
 
         # --- exp2 pass: stage A registers t from the RAM, B forms v = max - t, C reads the LUT,
         # D registers it, then e = round_shift(LUT[v & 255], v >> 8) (0 past the cutoff or for a masked key)
@@ -546,6 +572,8 @@ class Engine(wiring.Component):
         exD = Signal.like(exC)      # the table value registered (it maps to a block RAM)
         m.d.sync += exD.eq(exC)
         e_val = (exD.lut + ((Const(1, 16) << exD.n) >> 1)) >> exD.n
+        with m.If(ex1.valid & ex1.keep & (ex1.ve > big_e)):
+            m.d.sync += big_e.eq(ex1.ve)
         m.d.sync += [exA.valid.eq(ex1.valid), exA.idx.eq(ex1.idx), exA.keep.eq(ex1.keep),
                      exA.t.eq(self._sc_r.data),
                      exB.valid.eq(exA.valid), exB.idx.eq(exA.idx),
@@ -563,8 +591,10 @@ class Engine(wiring.Component):
         # (stage A registers e from the RAM so the multiplier starts from a flip-flop)
         prA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "e": 16}))
         pshift = fixed.RECIP_BITS - fixed.PROB_BITS
+        ediff = big_e - pr1.ve
         m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep),
-                     prA.align.eq(pr1.align), prA.e.eq(self._sc_r.data[:16])]
+                     prA.align.eq(Mux(ediff > fixed.ALIGN_CUTOFF, fixed.ALIGN_CUTOFF, ediff)),
+                     prA.e.eq(self._sc_r.data[:16])]
         m.d.sync += [pr2.valid.eq(prA.valid), pr2.idx.eq(prA.idx), pr2.keep.eq(prA.keep),
                      pr2.align.eq(prA.align), pr2.prod.eq(prA.e * rcp)]
         p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
@@ -580,8 +610,8 @@ class Engine(wiring.Component):
 
         # (after the projection's qbuf assignments, which it overrides)
         # attention: the Q row's words arrive one cycle after QLOAD asked for them
-        m.d.sync += ql1.eq(ql_issue)
-        with m.If(ql1.valid):
-            m.d.comb += [self._qbuf_w.addr.eq(ql1.idx), self._qbuf_w.en.eq((1 << P) - 1)]
-            m.d.comb += [self._qbuf_w.data[l].eq(self._dat_r.data[l]) for l in range(P)]
+        m.d.sync += [ql1.eq(ql_issue), ql2.eq(ql1)]
+        with m.If(ql2.valid):
+            m.d.comb += [self._qbuf_w.addr.eq(ql2.idx), self._qbuf_w.en.eq((1 << P) - 1)]
+            m.d.comb += [self._qbuf_w.data[l].eq(dat_q[l]) for l in range(P)]
         return m
