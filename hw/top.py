@@ -453,11 +453,17 @@ class HmtxTop(wiring.Component):
             # ``dat`` holds M_i and the result rows (an int16 word as a low-byte and a high-byte word).
             # The word addresses are registered before they reach the block RAMs (a fetch takes
             # three cycles: address, read, lane select).
+            # The slot/row bases (multiplies by constants) have registers of their own: the slot
+            # is fixed from the header on, and rrow changes >= 2 cycles before its next fetch.
             rd_dat_q = Signal.like(eng.rd_dat_addr)
             rd_key_q = Signal.like(eng.rd_key_addr)
-            m.d.sync += [rd_dat_q.eq(Mux(is_op("READ_SLOT"), eng.mem_base + slot * CB + rk,
-                                         eng.out_base + 2 * (rrow * AB + rk) + rb)),
-                         rd_key_q.eq(slot * eng.KB + rk)]
+            slot_mbase = Signal.like(eng.rd_dat_addr)
+            slot_kbase = Signal.like(eng.rd_key_addr)
+            row_obase = Signal.like(eng.rd_dat_addr)
+            m.d.sync += [slot_mbase.eq(eng.mem_base + slot * CB), slot_kbase.eq(slot * eng.KB),
+                         row_obase.eq(eng.out_base + rrow * (2 * AB))]
+            m.d.sync += [rd_dat_q.eq(Mux(is_op("READ_SLOT"), slot_mbase + rk, row_obase + 2 * rk + rb)),
+                         rd_key_q.eq(slot_kbase + rk)]
             m.d.comb += [eng.rd_dat_addr.eq(rd_dat_q), eng.rd_key_addr.eq(rd_key_q), pm_r.addr.eq(ri)]
             r_elem = Signal(16)     # elements sent of the current vector
             elem = Signal(16)       # the element being sent, registered from its memory word
