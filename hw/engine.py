@@ -180,16 +180,19 @@ class Engine(wiring.Component):
         self._wm_w = self.wm.write_port()
         self._oexp_w = self.oexp.write_port()
         self._lut_r = self.lut.read_port(domain="comb")
+        self._dat_q = Signal.like(self._dat_r.data, reset_less=True, name="dat_q")
+        self._key_q = Signal.like(self._key_r.data, reset_less=True, name="key_q")
 
     @property
     def dat_read_data(self):
-        """``dat`` word at ``rd_dat_addr`` of the previous cycle (valid while idle)."""
-        return self._dat_r.data
+        """``dat`` word at ``rd_dat_addr`` of two cycles before (valid while idle): the block
+        RAM's output is registered (``dat_q``) before anything looks at it."""
+        return self._dat_q
 
     @property
     def key_read_data(self):
-        """K word at ``rd_key_addr`` of the previous cycle (valid while idle)."""
-        return self._key_r.data
+        """K word at ``rd_key_addr`` of two cycles before (valid while idle), registered."""
+        return self._key_q
 
     def elaborate(self, platform):
         m = Module()
@@ -258,9 +261,8 @@ class Engine(wiring.Component):
         s2 = Signal.like(s1)
         s2_copy_addr = Signal.like(s1_copy_addr)
         m.d.sync += [s2.eq(s1), s2_copy_addr.eq(s1_copy_addr)]
-        dat_q = Signal.like(self._dat_r.data, reset_less=True)
+        dat_q, key_q = self._dat_q, self._key_q
         w_q = Signal.like(self._w_r.data, reset_less=True)
-        key_q = Signal.like(self._key_r.data, reset_less=True)
         wm_q = Signal.like(self._wm_r.data, reset_less=True)
         m.d.sync += [dat_q.eq(self._dat_r.data), w_q.eq(self._w_r.data), key_q.eq(self._key_r.data),
                      wm_q.eq(self._wm_r.data)]

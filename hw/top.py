@@ -452,7 +452,7 @@ class HmtxTop(wiring.Component):
             # element k of a vector lives in word k // P, lane k % P: rk counts words, ri lanes
             # ``dat`` holds M_i and the result rows (an int16 word as a low-byte and a high-byte word).
             # The word addresses are registered before they reach the block RAMs (a fetch takes
-            # three cycles: address, read, lane select).
+            # four cycles: address, read, the engine's register after the block RAM, lane select).
             # The slot/row bases (multiplies by constants) have registers of their own: the slot
             # is fixed from the header on, and rrow changes >= 2 cycles before its next fetch.
             rd_dat_q = Signal.like(eng.rd_dat_addr)
@@ -475,6 +475,8 @@ class HmtxTop(wiring.Component):
                 with m.State(fetch_state):
                     m.next = fetch_state + "1"
                 with m.State(fetch_state + "1"):
+                    m.next = fetch_state + "1b"
+                with m.State(fetch_state + "1b"):
                     m.next = fetch_state + "2"
                 with m.State(fetch_state + "2"):
                     m.d.sync += elem.eq(word)
