@@ -93,10 +93,16 @@ def load_smollm2(device="cpu") -> Backbone:
     # The GGUF de-quantization prints per-tensor notes and two progress bars; our own bar is enough.
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    # transformers' GGUF reader uses tqdm.auto directly, not its own switchable bar; in a log
+    # file that bar is hundreds of carriage-return updates, so it iterates plainly here.
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+    gguf_bar = gguf_utils.tqdm
+    gguf_utils.tqdm = lambda iterable, *args, **kwargs: iterable
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     finally:
+        gguf_utils.tqdm = gguf_bar
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
