@@ -185,14 +185,14 @@ class Engine(wiring.Component):
 
     @property
     def dat_read_data(self):
-        """``dat`` word at ``rd_dat_addr`` of two cycles before (valid while idle): the block
-        RAM's output is registered (``dat_q``) before anything looks at it."""
-        return self._dat_q
+        """``dat`` word at ``rd_dat_addr`` of the previous cycle (valid while idle): the block
+        RAM's output itself, to be registered before any logic looks at it."""
+        return self._dat_r.data
 
     @property
     def key_read_data(self):
-        """K word at ``rd_key_addr`` of two cycles before (valid while idle), registered."""
-        return self._key_q
+        """K word at ``rd_key_addr`` of the previous cycle (valid while idle), unregistered."""
+        return self._key_r.data
 
     def elaborate(self, platform):
         m = Module()

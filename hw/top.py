@@ -516,14 +516,21 @@ class HmtxTop(wiring.Component):
                             m.next = next_state
 
             scalar("SLOT_MEXP", mexp_r.data, 1, "SLOT_M_F")
-            vector("SLOT_M", c.d, Value.cast(eng.dat_read_data[ri]), 1, "SLOT_KEXP", "SLOT_M_F")
+            # The block RAM words are registered here before the lane select (a DP16KD's clock to
+            # output is ~5.8 ns). These registers have a reset: Yosys would otherwise merge them
+            # with the engine's identical operand registers, and that netlist trips an assertion
+            # in Yosys 0.70's abc9 reintegration (docs/synthesis.md).
+            dat_word = Signal.like(eng.dat_read_data)
+            key_word = Signal.like(eng.key_read_data)
+            m.d.sync += [dat_word.eq(eng.dat_read_data), key_word.eq(eng.key_read_data)]
+            vector("SLOT_M", c.d, Value.cast(dat_word[ri]), 1, "SLOT_KEXP", "SLOT_M_F")
             scalar("SLOT_KEXP", kexp_r.data, 2, "SLOT_K_F")
-            vector("SLOT_K", c.d_h, Value.cast(eng.key_read_data[ri]), 2, "CRC", "SLOT_K_F", lanes=eng.KP)
+            vector("SLOT_K", c.d_h, Value.cast(key_word[ri]), 2, "CRC", "SLOT_K_F", lanes=eng.KP)
 
             # RECALL: P exponent, d x i16, n, n probabilities; ATTENTION: n_q x (exponent, row)
             scalar("OUT_EXP", oexp_r.data, 2, "OUT_V_F")
             out_len = Mux(is_op("RECALL"), c.d, c.head_dim)
-            vector("OUT_V", out_len, Value.cast(eng.dat_read_data[ri]), 2, "OUT_NEXT", "OUT_V_F", split=True)
+            vector("OUT_V", out_len, Value.cast(dat_word[ri]), 2, "OUT_NEXT", "OUT_V_F", split=True)
             with m.State("OUT_NEXT"):
                 m.d.sync += [ri.eq(0), rk.eq(0), r_elem.eq(0)]
                 with m.If(is_op("RECALL")):
