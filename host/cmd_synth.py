@@ -37,6 +37,8 @@ def add_build_arguments(p) -> None:
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                    help=f"UART rate, 8N1 (default {DEFAULT_BAUD}, the host runtime's default)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--router", choices=["router1", "router2"],
+                   help="nextpnr router (default: hmtx.hw.synth.DEFAULT_ROUTER for the family)")
     p.add_argument("--yosys-opts", help="options for synth_ecp5/synth_ice40 instead of the "
                                         "defaults (-nolutram on ECP5, none on iCE40); quote "
                                         "them, e.g. --yosys-opts='-nolutram -dff', or "
@@ -89,7 +91,8 @@ def build_one(args, config_name, config, out_dir):
         report = synthesize(args.board, make_core(args.core, config), config_name=config_name,
                             lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq,
                             baud=args.baud, seed=args.seed, ice40_dsp=args.ice40_dsp,
-                            synth_opts=None if args.yosys_opts is None else args.yosys_opts.split())
+                            synth_opts=None if args.yosys_opts is None else args.yosys_opts.split(),
+                            router=args.router)
     except BuildFailed as e:
         e.report.update(extra)
         raise

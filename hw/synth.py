@@ -67,6 +67,9 @@ BOARDS = {
 # aborts on HmtxTop with "Assert `GetSize(conn.first) == GetSize(conn.second)' failed" while
 # reintegrating the TRELLIS_DPR16X4 bypass cells; small memories go to block RAM instead.
 DEFAULT_SYNTH_OPTS = {"ecp5": ["-nolutram"], "ice40": []}
+# nextpnr's router: None = the tool's default (router1). smollm at P=64 spent > 10 min in
+# router1's rip-up loop on the congested block RAM columns (docs/synthesis.md).
+DEFAULT_ROUTER = {"ecp5": None, "ice40": None}
 
 # Amaranth finds each tool through an upper-case environment variable named after it.
 _TOOLS = {
@@ -136,7 +139,7 @@ def diagnose_failure(*, nextpnr_log=None, yosys_log=None):
 
 
 def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
-               seed=1, ice40_dsp=False, synth_opts=None, name="top"):
+               seed=1, ice40_dsp=False, synth_opts=None, router=None, name="top"):
     """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
 
     ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
@@ -155,12 +158,16 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     if spec.family == "ice40" and ice40_dsp:
         synth_opts.append("-dsp")
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed)]
+    router = DEFAULT_ROUTER[spec.family] if router is None else router
+    if router:
+        nextpnr_opts += ["--router", router]
 
     saved = dict(os.environ)
     os.environ.update(tool_env())
     start = time.monotonic()
     labels = {"config": config_name, "lanes": lanes, "core": type(core).__name__, "baud": baud,
-              "seed": seed, "yosys_synth_opts": " ".join(synth_opts), "build_dir": out_dir}
+              "seed": seed, "yosys_synth_opts": " ".join(synth_opts), "router": router or "default",
+              "build_dir": out_dir}
 
     def read(fname):
         path = os.path.join(out_dir, fname)
