@@ -517,9 +517,7 @@ class HmtxTop(wiring.Component):
 
             scalar("SLOT_MEXP", mexp_r.data, 1, "SLOT_M_F")
             # The block RAM words are registered here before the lane select (a DP16KD's clock to
-            # output is ~5.8 ns). These registers have a reset: Yosys would otherwise merge them
-            # with the engine's identical operand registers, and that netlist trips an assertion
-            # in Yosys 0.70's abc9 reintegration (docs/synthesis.md).
+            # output is ~5.8 ns).
             dat_word = Signal.like(eng.dat_read_data)
             key_word = Signal.like(eng.key_read_data)
             m.d.sync += [dat_word.eq(eng.dat_read_data), key_word.eq(eng.key_read_data)]
