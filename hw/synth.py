@@ -67,6 +67,12 @@ BOARDS = {
 # aborts on HmtxTop with "Assert `GetSize(conn.first) == GetSize(conn.second)' failed" while
 # reintegrating the TRELLIS_DPR16X4 bypass cells; small memories go to block RAM instead.
 DEFAULT_SYNTH_OPTS = {"ecp5": ["-nolutram"], "ice40": []}
+# The same assertion also hit HmtxTop builds *without* LUT RAM, depending on the netlist (seen
+# on the tiny config; the debug log ends while abc9 maps outputs onto the `$connect` cells that
+# keep aliased public wire names). Purging those names right before the LUT mapping avoids it:
+# on ECP5 synth_ecp5 runs in two halves with `opt_clean -purge` between them
+# (ECP5_PURGE_BEFORE_ABC9; names of internal wires are lost, cells keep their `src`).
+ECP5_PURGE_BEFORE_ABC9 = True
 # nextpnr's router: None = the tool's default (router1). smollm at P=64 spent > 10 min in
 # router1's rip-up loop on the congested block RAM columns (docs/synthesis.md).
 DEFAULT_ROUTER = {"ecp5": None, "ice40": None}
@@ -176,9 +182,16 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
         with open(path) as f:
             return f.read()
 
+    overrides = {}
+    if spec.family == "ecp5" and ECP5_PURGE_BEFORE_ABC9:
+        overrides["script_after_read"] = (f"synth_ecp5 {' '.join(synth_opts)} -top {name} "
+                                          f"-run begin:map_luts\nopt_clean -purge")
+        tool_synth_opts = synth_opts + ["-run", "map_luts:"]
+    else:
+        tool_synth_opts = synth_opts
     try:
         platform.build(top, name=name, build_dir=out_dir, do_build=True,
-                       synth_opts=synth_opts, nextpnr_opts=nextpnr_opts)
+                       synth_opts=tool_synth_opts, nextpnr_opts=nextpnr_opts, **overrides)
     except subprocess.CalledProcessError as e:
         yosys_log = read(f"{name}.rpt")
         message, details = diagnose_failure(nextpnr_log=read(f"{name}.tim"), yosys_log=yosys_log)
