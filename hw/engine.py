@@ -597,8 +597,14 @@ class Engine(wiring.Component):
         m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep),
                      prA.align.eq(Mux(ediff > fixed.ALIGN_CUTOFF, fixed.ALIGN_CUTOFF, ediff)),
                      prA.e.eq(self._sc_r.data[:16])]
-        m.d.sync += [pr2.valid.eq(prA.valid), pr2.idx.eq(prA.idx), pr2.keep.eq(prA.keep),
-                     pr2.align.eq(prA.align), pr2.prod.eq(prA.e * rcp)]
+        # e * r as two DSP products (r's low 17 bits, its high 9), each registered (prM), then
+        # summed into pr2: a 16 x 26 multiply does not fit one MULT18X18D
+        prM = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5,
+                                        "lo": 33, "hi": 25}))
+        m.d.sync += [prM.valid.eq(prA.valid), prM.idx.eq(prA.idx), prM.keep.eq(prA.keep),
+                     prM.align.eq(prA.align), prM.lo.eq(prA.e * rcp[:17]), prM.hi.eq(prA.e * rcp[17:])]
+        m.d.sync += [pr2.valid.eq(prM.valid), pr2.idx.eq(prM.idx), pr2.keep.eq(prM.keep),
+                     pr2.align.eq(prM.align), pr2.prod.eq((prM.hi << 17) + prM.lo)]
         p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
         m.d.sync += [pr3.valid.eq(pr2.valid), pr3.idx.eq(pr2.idx), pr3.keep.eq(pr2.keep),
                      pr3.align.eq(pr2.align),
