@@ -148,4 +148,4 @@ def test_shipped_checkpoints_are_the_defaults():
     assert cli_options.resolve_checkpoint(_parse(["eval", "--text", "x", "--untrained"])) is None
     assert cli_options.resolve_checkpoint(_parse(["eval", "--text", "x", "--checkpoint", "none"])) is None
     assert cli_options.resolve_checkpoint(_parse(["eval", "--text", "x", "--backbone", "tiny"])) is None
-    assert default_checkpoint("tiny", "rmt") is None
+    assert default_checkpoint("smollm2", "rmt") is not None and default_checkpoint("tiny", "rmt") is None

@@ -224,6 +224,26 @@ def test_shipped_checkpoint_is_the_documented_hardware_configuration():
     # Only HMT's own parameters are shipped: a few MB, no optimizer state, no backbone weights.
     size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
     assert size < 4_000_000 and not {"train_state.safetensors", "backbone.safetensors"} & set(os.listdir(folder))
+    # Stage 2 trained the search: W_q and W_k are no longer the seed initialisation (drawn, as in
+    # HMT.__init__, after T and the memory token). The RMT checkpoint trained only its memory token.
+    from hmtx.model.recall import MemoryRecall
+    gen = torch.Generator().manual_seed(config.seed)
+    torch.randn(config.d, generator=gen), torch.randn(config.d, generator=gen)
+    init = MemoryRecall(config.d, config.d_h, config.cache_size, generator=gen)
+    assert not torch.equal(tensors["recall.w_q"], init.w_q.detach())
+    assert not torch.equal(tensors["recall.w_k"], init.w_k.detach())
+    assert read_training_meta_file(folder, "train_stage2.json")["train_config"]["stage"] == 2
+    rmt_config, rmt = read_checkpoint(default_checkpoint("smollm2", "rmt"))
+    assert (rmt_config.segment_length, rmt_config.sensory) == (config.segment_length, config.sensory)
+    assert torch.equal(rmt["recall.w_q"], init.w_q.detach())
+    assert not torch.equal(rmt["memory_token"], tensors["memory_token"])
+
+
+def read_training_meta_file(folder, name):
+    with open(os.path.join(folder, name)) as f:
+        meta = json.load(f)
+    assert meta["format"] == "hmtx-train-1"
+    return meta
 
 
 def test_out_folder_with_foreign_files_is_refused_not_replaced(tmp_path):
