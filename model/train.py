@@ -539,7 +539,7 @@ def _save(out, model, tc, optimizer, scheduler, step, log, elapsed, world, devic
     extra = {"elapsed_s": elapsed, "world_size": world, "device": str(device),
              "torch_threads": torch.get_num_threads()}
     save_training_checkpoint(out, model, tc, optimizer, scheduler, step, log, extra)
-    plot_loss(log, os.path.join(out, "loss.png"), title=f"stage {tc.stage}, depth {tc.depth}, {tc.mode} backbone")
+    plot_loss(log, os.path.join(out, "loss.png"), title=f"{tc.variant.upper()} stage {tc.stage}, depth {tc.depth}, {tc.mode} backbone")
 
 
 def plot_loss(log: list, path: str, title: str = "") -> None:
