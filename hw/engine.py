@@ -164,6 +164,7 @@ class Engine(wiring.Component):
         self._vexp_k = self.vexp.read_port(domain="comb")
         self._vexp_v = self.vexp.read_port(domain="comb")
         self._vexp_q = self.vexp.read_port(domain="comb")
+        self._vexp_0 = self.vexp.read_port(domain="comb")     # entry 0 (the vector's exponent)
         self._w_r = self.w.read_port()
         self._mexp_r = self.mexp.read_port(domain="comb")
         self._mexp_w = self.mexp.write_port()
@@ -318,6 +319,15 @@ class Engine(wiring.Component):
         ve_inner = Mux(attn, self._vexp_v.data, self._mexp_r.data)
         keep_inner = ~(attn & causal) | (inner.as_signed() <= keep_lim)
 
+        # the vector's exponent sums, registered every cycle (vexp[0] and the weight exponents
+        # are stable for cycles before a start), so PROJ_START only copies registers
+        vexp0_r = Signal(signed(8))
+        kexp_pre = Signal(signed(EXP_W))
+        qexp_pre = Signal(signed(EXP_W))
+        m.d.comb += self._vexp_0.addr.eq(0)
+        m.d.sync += [vexp0_r.eq(self._vexp_0.data),
+                     kexp_pre.eq(self._vexp_0.data + self.wk_exp + self.wk_shift),
+                     qexp_pre.eq(self._vexp_0.data + self.wq_exp + self.wq_shift)]
         phase = Signal(3)      # which MAC phase the in-flight results belong to
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -335,15 +345,13 @@ class Engine(wiring.Component):
                 m.d.sync += [kslot_base.eq(slot * KB), mslot_base.eq(MEM_BASE + slot * CB)]
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(c.d_h), inner_n.eq(CB),
                              base_o.eq(Mux(op == Op.WRITE, W_K, 0)), base_i.eq(0), sub_w.eq(0), sub_l.eq(0), issuing.eq(1)]
-                m.d.comb += self._vexp_q.addr.eq(0)
-                vexp0 = self._vexp_q.data
                 with m.If(op == Op.WRITE):
-                    m.d.comb += [self._mexp_w.addr.eq(slot), self._mexp_w.data.eq(vexp0),
+                    m.d.comb += [self._mexp_w.addr.eq(slot), self._mexp_w.data.eq(vexp0_r),
                                  self._mexp_w.en.eq(1),
                                  self._kexp_w.addr.eq(slot), self._kexp_w.en.eq(1),
-                                 self._kexp_w.data.eq(vexp0 + self.wk_exp + self.wk_shift)]
+                                 self._kexp_w.data.eq(kexp_pre)]
                 with m.Else():
-                    m.d.sync += q_exp.eq(vexp0 + self.wq_exp + self.wq_shift)
+                    m.d.sync += q_exp.eq(qexp_pre)
                 m.d.sync += phase.eq(PROJ)
                 m.next = "PROJ"
             with m.State("PROJ"):
