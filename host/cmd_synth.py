@@ -38,7 +38,8 @@ def add_build_arguments(p) -> None:
                    help=f"UART rate, 8N1 (default {DEFAULT_BAUD}, the host runtime's default)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     p.add_argument("--router", choices=["router1", "router2"],
-                   help="nextpnr router (default: router2 on ECP5, nextpnr's own on iCE40)")
+                   help="nextpnr router (default: nextpnr's own, router1; router2 routes the "
+                        "full-size smollm build much faster at some cost in Fmax)")
     p.add_argument("--yosys-opts", help="options for synth_ecp5/synth_ice40 instead of the "
                                         "defaults (-nolutram on ECP5, none on iCE40); quote "
                                         "them, e.g. --yosys-opts='-nolutram -dff', or "

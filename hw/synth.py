@@ -73,9 +73,10 @@ DEFAULT_SYNTH_OPTS = {"ecp5": ["-nolutram"], "ice40": []}
 # on ECP5 synth_ecp5 runs in two halves with `opt_clean -purge` between them
 # (ECP5_PURGE_BEFORE_ABC9; names of internal wires are lost, cells keep their `src`).
 ECP5_PURGE_BEFORE_ABC9 = True
-# nextpnr's router (None = the tool's default, router1). ECP5: router2, because router1 spent
-# > 10 min in its rip-up loop on smollm at P=64 (the block RAM columns, docs/synthesis.md).
-DEFAULT_ROUTER = {"ecp5": "router2", "ice40": None}
+# nextpnr's router (None = the tool's default, router1). router1 gives the better Fmax (tiny:
+# 107.5 MHz vs 75.7 MHz with router2 on the same placement) but spent > 10 min in its rip-up
+# loop on smollm at P=64, where `--router router2` finishes (docs/synthesis.md, "Routing").
+DEFAULT_ROUTER = {"ecp5": None, "ice40": None}
 
 # Amaranth finds each tool through an upper-case environment variable named after it.
 _TOOLS = {
