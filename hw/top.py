@@ -469,9 +469,10 @@ class HmtxTop(wiring.Component):
             elem = Signal(16)       # the element being sent, registered from its memory word
 
             def vector(state, n_elems, word, elem_bytes, next_state, fetch_state, split=False, lanes=P):
-                """Send elements 0..n-1 from a sync-read memory: per element one cycle for the read
-                and one to register the lane it selects (block RAM outputs are slow). ``split``:
-                each byte of a 2-byte element is its own fetch (``rb`` selects the word)."""
+                """Send elements 0..n-1 from a sync-read memory: per element a four-cycle fetch
+                (address register, block RAM read, word register, lane select into ``elem``;
+                block RAM outputs are slow). ``split``: each byte of a 2-byte element is its own
+                fetch (``rb`` selects the word)."""
                 with m.State(fetch_state):
                     m.next = fetch_state + "1"
                 with m.State(fetch_state + "1"):
