@@ -54,6 +54,15 @@ def run(args) -> int:
         return 2
 
 
+def _shown(path: str | None) -> str | None:
+    """A checkpoint path as a saved result shows it: relative to the working directory when it
+    lies below it, so results written in one clone read the same in another."""
+    if path is None:
+        return None
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def _rmt_checkpoint(args, checkpoint: str | None, variants) -> str | None:
     from hmtx.model.train import default_checkpoint
 
@@ -100,8 +109,8 @@ def _run(args) -> int:
     result = evaluate(model, tokens, args.segments, variants=variants, max_docs=args.max_docs,
                       min_segments=args.min_segments, progress=not args.quiet, rmt_model=rmt_model)
     trained = bool(checkpoint)
-    result["config"].update({"text": args.text, "checkpoint": checkpoint, "rmt_checkpoint": rmt_checkpoint,
-                             "device": str(device)})
+    result["config"].update({"text": args.text, "checkpoint": _shown(checkpoint),
+                             "rmt_checkpoint": _shown(rmt_checkpoint), "device": str(device)})
     result["trained"] = trained
     notes = []
     if not trained:
