@@ -34,7 +34,7 @@ def ideal(c, op, n=0, nq=0, nk=0):
 def beats(e, op, n=0, nq=0, nk=0):
     """MAC beats the sequencer issues (padding lanes of partial blocks included)."""
     c = e.config
-    return {"write": c.d_h * e.CB, "recall": c.d_h * e.CB + n * e.HB + e.CB * n,
+    return {"write": c.d_h * e.CB, "recall": c.d_h * e.CB + n * e.KB + e.CB * n,
             "attention": nq * 2 * nk * e.AB}[op]
 
 
