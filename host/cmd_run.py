@@ -6,7 +6,6 @@ WikiText-2 test text that is long enough, 8 segments, the ``smollm`` engine simu
 its generated Verilog (``--device sim``). See docs/runtime.md.
 """
 
-import glob
 import json
 import os
 import signal
@@ -114,22 +113,10 @@ def parse_fault(spec: str | None):
 
 def find_fmax(cfg) -> tuple[float, str] | None:
     """(Fmax MHz, report path) of the newest `hmtx synth` report of the engine with this config."""
-    best = None
-    for path in glob.glob(str(REPO / "build" / "synth" / "*" / "synth_report.json")):
-        try:
-            with open(path) as f:
-                rep = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            continue
-        # Only builds of the engine itself (not the EchoCore board check) say how fast it runs.
-        if rep.get("config") != cfg.name or rep.get("core") != "HmtxTop" or "fmax_mhz" not in rep:
-            continue
-        if rep.get("lanes", cfg.lanes) != cfg.lanes:
-            continue
-        mtime = os.path.getmtime(path)
-        if best is None or mtime > best[0]:
-            best = (mtime, float(rep["fmax_mhz"]), os.path.relpath(path))
-    return best[1:] if best else None
+    from hmtx.hw.reports import engine_report
+
+    rep = engine_report(cfg, REPO)
+    return (float(rep["fmax_mhz"]), rep["path"]) if rep else None
 
 
 def pick_document(text_path: str, tokenizer, tokens_needed: int):
