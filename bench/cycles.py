@@ -23,6 +23,7 @@ from amaranth.sim import Simulator
 
 from hmtx.hw.engine import Engine, Op
 from hmtx.model.configs import CONFIGS
+from hmtx.sim.perf import run_engine_op
 
 
 def ideal(c, op, n=0, nq=0, nk=0):
@@ -43,19 +44,6 @@ def measure(c):
     r = random.Random(0)
     rows = []
 
-    async def run_op(ctx, **kw):
-        for k, v in kw.items():
-            ctx.set(getattr(e, k), v)
-        ctx.set(e.start, 1)
-        await ctx.tick()
-        ctx.set(e.start, 0)
-        cycles = 1
-        while not ctx.get(e.done):
-            await ctx.tick()
-            cycles += 1
-        await ctx.tick()
-        return cycles
-
     async def tb(ctx):
         P = e.P
         for mem in (e.vin, e.mem):
@@ -68,13 +56,13 @@ def measure(c):
         ctx.set(e.wk_shift, 12)
         for w in range(e.ROWS):
             ctx.set(e.vexp.data[w], r.randint(-8, 8))
-        cyc = await run_op(ctx, op=Op.WRITE, slot=0)
+        cyc = await run_engine_op(ctx, e, op=Op.WRITE, slot=0)
         rows.append(("WRITE", cyc, *ideal(c, "write"), beats(e, "write")))
         for n in sorted({1, c.n_slots}):
-            cyc = await run_op(ctx, op=Op.RECALL, n_keys=n)
+            cyc = await run_engine_op(ctx, e, op=Op.RECALL, n_keys=n)
             rows.append((f"RECALL n={n}", cyc, *ideal(c, "recall", n), beats(e, "recall", n)))
         nq, nk = c.max_queries, c.max_keys
-        cyc = await run_op(ctx, op=Op.ATTENTION, n_keys=nk, n_q=nq, causal=0)
+        cyc = await run_engine_op(ctx, e, op=Op.ATTENTION, n_keys=nk, n_q=nq, causal=0)
         rows.append((f"ATTENTION {nq}x{nk}", cyc, *ideal(c, "attention", nq=nq, nk=nk),
                      beats(e, "attention", nq=nq, nk=nk)))
 

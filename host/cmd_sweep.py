@@ -29,50 +29,15 @@ def register(subparsers) -> None:
 
 
 # ---- cycles per recall ------------------------------------------------------------------
-# Measured, not estimated: the engine RTL (hmtx.hw.engine.Engine) runs one RECALL over a full
-# cache (n = N slots) in Amaranth's simulator and the clock cycles from its start pulse to its
-# done pulse are counted, as bench/cycles.py counts them (the device's CYCLES command reports
-# one more: frame validated -> start). The count does not depend on the memories' contents,
-# so they are left as they power up. `hmtx.sim.perf.cycles_per_recall(config)`, if present,
-# takes precedence.
-def simulate_recall_cycles(config, limit=10_000_000):
-    from amaranth.sim import Simulator
-
-    from hmtx.hw.engine import Engine, Op
-
-    e = Engine(config)
-    got = []
-
-    async def tb(ctx):
-        ctx.set(e.op, Op.RECALL)
-        ctx.set(e.n_keys, config.n_slots)
-        ctx.set(e.start, 1)
-        await ctx.tick()
-        ctx.set(e.start, 0)
-        cycles = 1
-        while not ctx.get(e.done):
-            if cycles >= limit:
-                raise RuntimeError(f"engine RECALL did not finish in {limit} cycles")
-            await ctx.tick()
-            cycles += 1
-        got.append(cycles)
-
-    sim = Simulator(e)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    return got[0]
-
-
+# Measured, not estimated: the engine RTL runs one RECALL over a full cache in Amaranth's
+# simulator (hmtx.sim.perf, the same count as bench/cycles.py).
 def cycles_per_recall(config, core="hmtx"):
     """Engine cycles of one RECALL over a full cache at ``config`` (None for a stand-in core)."""
     if core != "hmtx":
         return None
-    try:
-        from hmtx.sim.perf import cycles_per_recall as measured
-    except ImportError:
-        return simulate_recall_cycles(config)
-    return int(measured(config))
+    from hmtx.sim.perf import cycles_per_recall as measured
+
+    return measured(config)
 # -----------------------------------------------------------------------------------------
 
 
