@@ -70,13 +70,8 @@ DEFAULT_SYNTH_OPTS = {"ecp5": ["-nolutram"], "ice40": []}
 # The same assertion also hit HmtxTop builds *without* LUT RAM, depending on the netlist (seen
 # on the tiny config; the debug log ends while abc9 maps outputs onto the `$connect` cells that
 # keep aliased public wire names). Purging those names right before the LUT mapping avoids it:
-# on ECP5 synth_ecp5 runs in two halves with `opt_clean -purge` between them
-# (ECP5_PURGE_BEFORE_ABC9; names of internal wires are lost, cells keep their `src`).
-ECP5_PURGE_BEFORE_ABC9 = True
-# nextpnr's router (None = the tool's default, router1). router1 gives the better Fmax (tiny:
-# 107.5 MHz vs 75.7 MHz with router2 on the same placement) but spent > 10 min in its rip-up
-# loop on smollm at P=64, where `--router router2` finishes (docs/synthesis.md, "Routing").
-DEFAULT_ROUTER = {"ecp5": None, "ice40": None}
+# on ECP5 synth_ecp5 runs in two halves with `opt_clean -purge` between them (names of
+# internal wires are lost, cells keep their `src`).
 
 # Amaranth finds each tool through an upper-case environment variable named after it.
 _TOOLS = {
@@ -165,7 +160,9 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     if spec.family == "ice40" and ice40_dsp:
         synth_opts.append("-dsp")
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed)]
-    router = DEFAULT_ROUTER[spec.family] if router is None else router
+    # router None = nextpnr's default, router1: the better Fmax (tiny: 107.5 MHz vs 75.7 MHz with
+    # router2 on the same placement), but > 10 min in its rip-up loop on smollm at P=64, where
+    # router2 gets further (docs/synthesis.md, "Routing").
     if router:
         nextpnr_opts += ["--router", router]
 
@@ -184,7 +181,7 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
             return f.read()
 
     overrides = {}
-    if spec.family == "ecp5" and ECP5_PURGE_BEFORE_ABC9:
+    if spec.family == "ecp5":
         overrides["script_after_read"] = (f"synth_ecp5 {' '.join(synth_opts)} -top {name} "
                                           f"-run begin:map_luts\nopt_clean -purge")
         tool_synth_opts = synth_opts + ["-run", "map_luts:"]
