@@ -60,7 +60,7 @@ class HmtxTop(wiring.Component):
         m = Module()
         c = self.config
         eng = m.submodules.engine = self.engine
-        P, CB, HB, AB = eng.P, eng.CB, eng.HB, eng.AB
+        P, CB, AB = eng.P, eng.CB, eng.AB
         MQ, MK, N = c.max_queries, c.max_keys, c.n_slots
         m.submodules.dec = dec = SlipDecoder()
         m.submodules.enc = enc = SlipEncoder()
