@@ -129,3 +129,27 @@ def test_memory_point_rejects_bad_input(tmp_path):
         memory.measure_point("bogus", 16, "tiny", str(ids))
     with pytest.raises(ValueError, match="needs 128"):
         memory.measure_point("full", 128, "tiny", str(ids))
+
+
+def test_cuda_parity_replay_snapshots_each_segment_and_catches_one_flipped_bit():
+    """bench/cuda_parity's CPU replay (what a GPU run is compared with): per-segment snapshots of
+    the wrapped ring must not alias the live cache, and one changed integer must be reported."""
+    import torch
+
+    from bench import cuda_parity
+    from hmt_testlib import SEED
+
+    g = torch.Generator().manual_seed(SEED)
+    d, d_h, segs = 24, 8, 7
+    w_q, w_k = torch.randn(d, d_h, generator=g), torch.randn(d, d_h, generator=g)
+    m = [torch.randn(d, generator=g) for _ in range(segs)]
+    s = [None, None] + [torch.randn(d, generator=g) for _ in range(segs - 2)]
+    a = cuda_parity.replay(w_q, w_k, s, m, 3, "cpu")
+    b = cuda_parity.replay(w_q, w_k, s, m, 3, "cpu")
+    assert cuda_parity._diff(a, b) == []
+    # Slot 0 after segment 0 holds M_0, although segment 3 overwrote that slot later.
+    assert a["m_mant.0"].shape == (1, d) and not torch.equal(a["m_mant.0"][0], a["m_mant.6"][0])
+    assert sorted(k for k in a if k.startswith("p.")) == [f"p.{n}" for n in range(2, segs)]
+    b["probs.4"] = b["probs.4"].clone()
+    b["probs.4"][0] += 2.0 ** -15
+    assert cuda_parity._diff(a, b) == ["probs.4"], f"seed {SEED}"
