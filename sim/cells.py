@@ -8,9 +8,13 @@ signed/unsigned operands, and the optional input, pipeline and output registers 
 enable and reset selected by the REG_* parameters, synchronous or asynchronous reset). The
 cascade shift chains (SOURCEA/SOURCEB, SRIA/SRIB) and MULT_BYPASS are not modelled: the model
 stops the simulation if a netlist asks for them.
+
+The ECP5 block RAM ``DP16KD`` is a ``(* blackbox *)`` module even in Yosys's ``cells_sim.v``:
+simulated as is, every read returns z. :func:`dp16kd_verilog` models the configurations
+``synth_ecp5`` instantiates (see its docstring).
 """
 
-__all__ = ["mult18x18d_verilog"]
+__all__ = ["mult18x18d_verilog", "dp16kd_verilog"]
 
 
 def _bits(name: str, n: int) -> list[str]:
@@ -107,5 +111,188 @@ module MULT18X18D({", ".join(inputs + outputs)});
             $display("MULT18X18D model: cascade inputs (SOURCEA/SOURCEB) are not modelled");
             $finish;
         end
+endmodule
+"""
+
+
+def _pins(port: str) -> dict:
+    """Pin names of one DP16KD port (A or B), buses MSB first."""
+    return {"DI": _bits(f"DI{port}", 18), "AD": _bits(f"AD{port}", 14), "CS": _bits(f"CS{port}", 3),
+            "DO": _bits(f"DO{port}", 18), "CTRL": [f"CE{port}", f"OCE{port}", f"CLK{port}", f"WE{port}", f"RST{port}"]}
+
+
+def dp16kd_verilog() -> str:
+    """Behavioural model of the ECP5 DP16KD block RAM in the configurations Yosys maps to it.
+
+    Yosys ships DP16KD only as a blackbox (its ``cells_sim.v`` declares the ports and parameters,
+    no body), so a netlist's block RAMs read as ``z`` without a model. This one covers what
+    ``synth_ecp5`` instantiates (share/lattice/brams_map_16kd.v): true dual port with 18-bit
+    ports (address AD[13:4], byte enables AD[1:0]), and pseudo dual port 36-bit (port A writes
+    {DIB, DIA} at AD[13:5] with byte enables AD[3:0]; port B reads {DOB, DOA} at AD[13:5]).
+    Reads are synchronous (NOREG) with an optional output register (OUTREG, enabled by OCE);
+    WRITEMODE NORMAL / WRITETHROUGH / READBEFOREWRITE decide what a port reads while it writes;
+    RST clears the read data synchronously (and blocks that port's write, as Yosys's library
+    describes it) or asynchronously; CSDECODE selects the port; INITVAL_xx holds 16 18-bit words
+    each in 20-bit slots, and the read outputs start at zero. A port reading the address the other
+    port writes on the same edge gets X for the bytes written (the hardware result is undefined,
+    and Yosys adds soft logic wherever the RTL depends on it). Other widths (1, 2, 4, 9) stop the
+    simulation.
+    """
+    a, b = _pins("A"), _pins("B")
+    inputs = a["DI"] + a["AD"] + a["CTRL"] + a["CS"] + b["DI"] + b["AD"] + b["CTRL"] + b["CS"]
+    outputs = a["DO"] + b["DO"]
+
+    def bus(names):
+        return "{" + ", ".join(names) + "}"
+
+    muxed = a["DI"] + a["AD"] + a["CTRL"] + a["CS"] + a["DO"] + b["DI"] + b["AD"] + b["CTRL"] + b["CS"] + b["DO"]
+    mux_params = "\n".join(f'    parameter {p}MUX = "{p}";' for p in muxed)
+    # Only the clock inverter is modelled; any other pin mux setting stops the simulation.
+    mux_checks = "\n".join(
+        f'        if ({p}MUX != "{p}") begin $display("DP16KD model: {p}MUX=%s is not modelled", {p}MUX); $finish; end'
+        for p in muxed if p not in ("CLKA", "CLKB"))
+    initvals = "\n".join(f"    parameter INITVAL_{k:02X} = 320'h0;" for k in range(64))
+    init_loads = "\n".join(f"        for (i = 0; i < 16; i = i + 1) mem[{16 * k} + i] = INITVAL_{k:02X}[i * 20 +: 18];"
+                           for k in range(64))
+
+    def cs_sel(port):
+        chain = " : ".join(f'CSDECODE_{port} == "0b{v:03b}" ? 3\'d{v}' for v in range(8))
+        return f"    localparam [2:0] CS{port}_SEL = {chain} : 3'bxxx;"
+
+    def port18_wires(p, q):
+        P = p.upper()
+        return f"""
+    // Port {P} in 18-bit mode: word AD{P}[13:4], byte enables AD{P}[1:0] (bits 8:0 and 17:9).
+    wire [9:0] {p}_word = {p}_ad[13:4];
+    wire [17:0] {p}_mask = {{{{9{{{p}_ad[1]}}}}, {{9{{{p}_ad[0]}}}}}};
+    wire {p}_wr = {p}_en & WE{P} & ~({P}_SYNC & RST{P});
+    wire [17:0] {p}_new = ({p}_di & {p}_mask) | (mem[{p}_word] & ~{p}_mask);"""
+
+    def port18(p, q):
+        """Always blocks of read/write port p (18 bits wide); q is the other port."""
+        P = p.upper()
+        return f"""
+    always @(posedge {p}_clk)
+        if ({p}_wr !== 1'b0) begin
+            if (^{p}_word === 1'bx || {p}_wr !== 1'b1)
+                $display("DP16KD model %m: port {P} write with unknown address or enable at %0t", $time);
+            if (^{p}_word !== 1'bx)
+                mem[{p}_word] <= {p}_wr === 1'b1 ? {p}_new : ({p}_new ^ (18'bx & {p}_mask));
+        end
+    // Bits that port {q.upper()} writes to this word on the same edge (one clock net: its clock
+    // is high when this edge runs) read as X.
+    wire [17:0] {p}_hit = ({q}_clk === 1'b1 && {q}_wr !== 1'b0 && ({q}_word === {p}_word || ^{q}_word === 1'bx))
+                          ? {q}_mask : 18'd0;
+    always @(posedge {p}_clk or posedge {p}_arst)
+        if ({p}_arst || ({P}_SYNC && RST{P}))
+            {p}_q <= 18'd0;
+        else if ({p}_en) begin
+            if ({p}_wr && WRITEMODE_{P} == "NORMAL")
+                {p}_q <= {p}_q;
+            else if ({p}_wr && WRITEMODE_{P} == "WRITETHROUGH")
+                {p}_q <= {p}_new;
+            else
+                {p}_q <= mem[{p}_word] ^ ({p}_hit & 18'bx);
+        end"""
+
+    return f"""// Generated by hmtx.sim.cells.dp16kd_verilog(): behavioural model of the ECP5 DP16KD.
+module DP16KD({", ".join(inputs + outputs)});
+{chr(10).join(f"    input {p};" for p in inputs)}
+{chr(10).join(f"    output {p};" for p in outputs)}
+    parameter DATA_WIDTH_A = 18;
+    parameter DATA_WIDTH_B = 18;
+    parameter REGMODE_A = "NOREG";
+    parameter REGMODE_B = "NOREG";
+    parameter RESETMODE = "SYNC";
+    parameter ASYNC_RESET_RELEASE = "SYNC";
+    parameter CSDECODE_A = "0b000";
+    parameter CSDECODE_B = "0b000";
+    parameter WRITEMODE_A = "NORMAL";
+    parameter WRITEMODE_B = "NORMAL";
+{mux_params}
+    parameter WID = 0;
+    parameter GSR = "ENABLED";
+    parameter INIT_DATA = "STATIC";
+{initvals}
+
+{cs_sel("A")}
+{cs_sel("B")}
+    localparam PDP = DATA_WIDTH_A == 36;
+    localparam A_SYNC = RESETMODE != "ASYNC";
+    localparam B_SYNC = RESETMODE != "ASYNC";
+
+    initial begin
+        if (!((DATA_WIDTH_A == 18 && DATA_WIDTH_B == 18) || (DATA_WIDTH_A == 36 && DATA_WIDTH_B == 36))) begin
+            $display("DP16KD model: DATA_WIDTH_A=%0d DATA_WIDTH_B=%0d is not modelled (18/18 and 36/36 are)",
+                     DATA_WIDTH_A, DATA_WIDTH_B);
+            $finish;
+        end
+        if (CSA_SEL === 3'bxxx || CSB_SEL === 3'bxxx) begin
+            $display("DP16KD model: bad CSDECODE_A=%s CSDECODE_B=%s", CSDECODE_A, CSDECODE_B);
+            $finish;
+        end
+{mux_checks}
+    end
+
+    reg [17:0] mem [0:1023];
+    integer i;
+    initial begin
+{init_loads}
+    end
+
+    wire [17:0] a_di = {bus(a["DI"])};
+    wire [17:0] b_di = {bus(b["DI"])};
+    wire [13:0] a_ad = {bus(a["AD"])};
+    wire [13:0] b_ad = {bus(b["AD"])};
+    wire a_clk = CLKAMUX == "INV" ? ~CLKA : CLKA;
+    wire b_clk = CLKBMUX == "INV" ? ~CLKB : CLKB;
+    wire a_en = CEA & ({bus(a["CS"])} == CSA_SEL);
+    wire b_en = CEB & ({bus(b["CS"])} == CSB_SEL);
+    wire a_arst = !A_SYNC && RSTA === 1'b1;
+    wire b_arst = !B_SYNC && RSTB === 1'b1;
+    reg [17:0] a_q = 18'd0, b_q = 18'd0, a_oq = 18'd0, b_oq = 18'd0;
+
+{port18_wires("a", "b")}
+{port18_wires("b", "a")}
+
+    generate
+        if (!PDP) begin : dual
+{port18("a", "b")}
+{port18("b", "a")}
+        end else begin : pdp
+    // Pseudo dual port: port A writes 36 bits {{DIB, DIA}} at AD[13:5] (byte enables AD[3:0]),
+    // port B reads 36 bits {{DOB, DOA}} at AD[13:5]. A 36-bit word is the 18-bit words 2n, 2n+1.
+    wire [8:0] w_word = a_ad[13:5];
+    wire [8:0] r_word = b_ad[13:5];
+    wire [35:0] w_mask = {{{{9{{a_ad[3]}}}}, {{9{{a_ad[2]}}}}, {{9{{a_ad[1]}}}}, {{9{{a_ad[0]}}}}}};
+    wire w_en = a_en & WEA;
+    wire [35:0] w_old = {{mem[{{w_word, 1'b1}}], mem[{{w_word, 1'b0}}]}};
+    wire [35:0] w_new = ({{b_di, a_di}} & w_mask) | (w_old & ~w_mask);
+    always @(posedge a_clk)
+        if (w_en !== 1'b0) begin
+            if (^w_word === 1'bx || w_en !== 1'b1)
+                $display("DP16KD model %m: write with unknown address or enable at %0t", $time);
+            if (^w_word !== 1'bx) begin
+                mem[{{w_word, 1'b0}}] <= w_en === 1'b1 ? w_new[17:0] : (w_new[17:0] ^ (18'bx & w_mask[17:0]));
+                mem[{{w_word, 1'b1}}] <= w_en === 1'b1 ? w_new[35:18] : (w_new[35:18] ^ (18'bx & w_mask[35:18]));
+            end
+        end
+    wire [35:0] r_hit = (a_clk === 1'b1 && w_en !== 1'b0 && (w_word === r_word || ^w_word === 1'bx)) ? w_mask : 36'd0;
+    always @(posedge b_clk or posedge b_arst)
+        if (b_arst || (B_SYNC && RSTB))
+            {{b_q, a_q}} <= 36'd0;
+        else if (b_en)
+            {{b_q, a_q}} <= {{mem[{{r_word, 1'b1}}], mem[{{r_word, 1'b0}}]}} ^ (r_hit & 36'bx);
+        end
+    endgenerate
+
+    // Optional output registers; the 36-bit read's low half (DOA) is port B's data too.
+    wire oa_clk = PDP ? b_clk : a_clk;
+    always @(posedge oa_clk)
+        if ((PDP ? RSTB : RSTA) === 1'b1) a_oq <= 18'd0; else if (PDP ? OCEB : OCEA) a_oq <= a_q;
+    always @(posedge b_clk)
+        if (RSTB === 1'b1) b_oq <= 18'd0; else if (OCEB) b_oq <= b_q;
+    assign {bus(a["DO"])} = (PDP ? REGMODE_B : REGMODE_A) == "OUTREG" ? a_oq : a_q;
+    assign {bus(b["DO"])} = REGMODE_B == "OUTREG" ? b_oq : b_q;
 endmodule
 """

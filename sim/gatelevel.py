@@ -2,8 +2,12 @@
 
 :func:`synthesize` runs ``synth_ecp5`` or ``synth_ice40`` on a Verilog file and writes the mapped
 netlist as Verilog; :func:`gate_target` pairs it with the vendor cell models (Yosys's
-``cells_sim.v`` plus the MULT18X18D model from :mod:`hmtx.sim.cells`) as a :class:`SimTarget`
-that the same cocotb tests run on. Netlists are cached by the hash of the RTL and the script.
+``cells_sim.v`` plus the MULT18X18D and DP16KD models from :mod:`hmtx.sim.cells`) as a
+:class:`SimTarget` that the same cocotb tests run on. Netlists are cached by the hash of the RTL
+and the script. Yosys's ``cells_sim.v`` declares some cells only as ``(* blackbox *)`` modules
+(ECP5 DP16KD): a simulator elaborates those as empty modules whose outputs float (z), so
+:func:`gate_target` replaces them with hmtx.sim.cells' models and refuses a netlist that
+instantiates a blackbox without one.
 Netlists simulate in Icarus by default (``HMTX_GATE_SIM=verilator`` to override): Verilator
 turns a few thousand cell instances into tens of megabytes of C++ that take minutes to compile.
 
@@ -13,12 +17,13 @@ runs in the repository root with relative paths.
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from .cells import mult18x18d_verilog
+from .cells import dp16kd_verilog, mult18x18d_verilog
 from .runner import BUILD, REPO, SimTarget
 
 __all__ = ["ARCHES", "synthesize", "gate_target", "yosys_share"]
@@ -101,12 +106,16 @@ def gate_target(name: str, netlist: Path, toplevel: str, arch: str) -> SimTarget
             text = (share / "ecp5" / f).read_text()
             text = text.replace('$error("unsupported COMB mode %s", MODE);',
                                 'initial begin $display("unsupported COMB mode %s", MODE); $finish; end')
+            if f == "cells_sim.v":
+                text = _drop_blackboxes(text, netlist, modelled=("DP16KD",))
             _write_if_changed(cells / f, text)
         _write_if_changed(cells / "mult18x18d_sim.v", mult18x18d_verilog())
-        sources = (cells / "cells_sim.v", cells / "mult18x18d_sim.v", Path(netlist))
+        _write_if_changed(cells / "dp16kd_sim.v", dp16kd_verilog())
+        sources = (cells / "cells_sim.v", cells / "mult18x18d_sim.v", cells / "dp16kd_sim.v", Path(netlist))
         includes = (cells,)
         defines = ("-DNO_INCLUDES",)
     elif arch == "ice40":
+        _drop_blackboxes((share / "ice40" / "cells_sim.v").read_text(), netlist, modelled=())
         sources = (share / "ice40" / "cells_sim.v", Path(netlist))
         includes = ()
         # Default port values (`input X = 1'b1`) are SystemVerilog that Icarus 11 cannot parse.
@@ -116,6 +125,24 @@ def gate_target(name: str, netlist: Path, toplevel: str, arch: str) -> SimTarget
     sim = os.environ.get("HMTX_GATE_SIM", "icarus").strip().lower() or "icarus"
     return SimTarget(name=name, sources=sources, toplevel=toplevel, includes=includes,
                      verilator_args=_GATE_VERILATOR_ARGS + defines, icarus_args=defines, sim=sim)
+
+
+_BLACKBOX = re.compile(r"\(\*\s*blackbox\s*\*\)\s*module\s+(\w+)\b.*?\bendmodule\b\n?", re.S)
+
+
+def _drop_blackboxes(cells_sim: str, netlist: Path, modelled: tuple) -> str:
+    """``cells_sim`` without the blackbox modules that hmtx.sim.cells models.
+
+    Raises RuntimeError when the netlist instantiates a blackbox without a model: it would
+    simulate as an empty module whose outputs are all z.
+    """
+    used = set(re.findall(r"^  ([A-Z][A-Z0-9_]*) ", Path(netlist).read_text(), re.M))
+    missing = sorted(m.group(1) for m in _BLACKBOX.finditer(cells_sim)
+                     if m.group(1) in used and m.group(1) not in modelled)
+    if missing:
+        raise RuntimeError(f"netlist {netlist} uses {', '.join(missing)}, which Yosys's cell library declares "
+                           "only as a blackbox; add a simulation model to hmtx.sim.cells")
+    return _BLACKBOX.sub(lambda m: "" if m.group(1) in modelled else m.group(0), cells_sim)
 
 
 def _write_if_changed(path: Path, text: str) -> None:
