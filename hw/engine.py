@@ -1,7 +1,7 @@
 """The compute engine: memories, the MAC lane array and the sequencer of WRITE, RECALL and
 ATTENTION, bit-exact with ``hmtx.model.fixed``."""
 
-from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -9,6 +9,7 @@ from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 from .arith import Reciprocal, ShiftRoundSat
+from .fanout import replicate
 from .mac import MacArray
 
 __all__ = ["Op", "Engine", "Region"]
@@ -70,7 +71,8 @@ class Engine(wiring.Component):
       for even P, else P; word ``i*KB + kb``, ``KB = ceil(d_h/KP)``). Half-width words fill a
       block RAM's depth instead of doubling its width (a 64-lane int16 word would take 32
       DP16KD for a ring that fills 16), at the price of scores at KP MACs per beat.
-    * ``qbuf``: q = W_q^T S, or the current attention query row (P x int16); ``sc``: scores t
+    * ``qbuf``: q = W_q^T S, or the current attention query row (P x int16 words; a few words, so
+      flip-flops per lane group rather than a memory); ``sc``: scores t
       then exp2 terms e; ``pm``: probabilities; ``wm``: exponent-aligned weights; ``oexp``:
       the result exponents.
 
@@ -137,7 +139,6 @@ class Engine(wiring.Component):
         self.key = memory.Memory(shape=data.ArrayLayout(signed(16), self.KP), depth=c.n_slots * self.KB,
                                  init=[], attrs=NO_RW)
         self.kexp = memory.Memory(shape=signed(EXP_W), depth=c.n_slots, init=[])
-        self.qbuf = memory.Memory(shape=i16, depth=max(self.HB, self.AB), init=[], attrs=NO_RW)
         self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=self.KMAX, init=[], attrs=NO_RW)
         self.pm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[], attrs=NO_RW)
         self.wm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[], attrs=NO_RW)
@@ -172,8 +173,6 @@ class Engine(wiring.Component):
         self._key_w = self.key.write_port(granularity=1)
         self._kexp_r = self.kexp.read_port(domain="comb")
         self._kexp_w = self.kexp.write_port()
-        self._qbuf_r = self.qbuf.read_port()
-        self._qbuf_w = self.qbuf.write_port(granularity=1)
         self._sc_r = self.sc.read_port()
         self._sc_w = self.sc.write_port()
         self._pm_w = self.pm.write_port()
@@ -186,13 +185,14 @@ class Engine(wiring.Component):
 
     @property
     def dat_read_data(self):
-        """``dat`` word at ``rd_dat_addr`` of the previous cycle (valid while idle): the block
-        RAM's output itself, to be registered before any logic looks at it."""
+        """``dat`` word at ``rd_dat_addr`` of two cycles before (valid while idle; the engine
+        registers the address): the block RAM's output itself, to be registered before any
+        logic looks at it."""
         return self._dat_r.data
 
     @property
     def key_read_data(self):
-        """K word at ``rd_key_addr`` of the previous cycle (valid while idle), unregistered."""
+        """K word at ``rd_key_addr`` of two cycles before (valid while idle), unregistered."""
         return self._key_r.data
 
     def elaborate(self, platform):
@@ -202,10 +202,14 @@ class Engine(wiring.Component):
         MQ, MK = c.max_queries, c.max_keys
         MEM_BASE, OUT_BASE = self.mem_base, self.out_base
         W_K = c.d_h * CB          # W_k's first word in ``w``
-        for name in ("dat", "vexp", "w", "mexp", "key", "kexp", "qbuf", "sc", "pm",
+        for name in ("dat", "vexp", "w", "mexp", "key", "kexp", "sc", "pm",
                      "wm", "oexp", "lut"):
             m.submodules[name] = getattr(self, name)
-        m.submodules.mac = mac = MacArray(P, tag_bits=24)
+        # lane groups: the lane array's controls are registered once per group of LG lanes
+        # (hw/fanout.py), so no register drives all P lanes
+        LG = min(P, 8)
+        G = ceil_div(P, LG)
+        m.submodules.mac = mac = MacArray(P, tag_bits=24, groups=G if P % G == 0 else 1)
         m.submodules.proj_rq = proj_rq = ShiftRoundSat(fixed.ACC_BITS, fixed.PROJ_BITS, MASK_W, tag_bits=24)
         m.submodules.score_rq = score_rq = ShiftRoundSat(64, fixed.SCORE_BITS, MASK_W, tag_bits=24)
         m.submodules.recip = recip = Reciprocal(32)
@@ -252,14 +256,33 @@ class Engine(wiring.Component):
             "valid": 1, "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1, "qhi": 1,
             "qaddr": range(max(HB, AB, 2)),
             "lim": range(P + 1), "tag": 24, "phase": 3,
-        }))
+        }), reset_less=True)
         s1_copy_addr = Signal(24)
         issue = Signal.like(s1)
         issue_copy_addr = Signal(24)
-        m.d.sync += [s1.eq(issue), s1_copy_addr.eq(issue_copy_addr)]
+        # Stage 0: the read addresses are registered on their way to the block RAMs (at P=64
+        # one address fans out to up to 144 DP16KD spread over the die; computing it and
+        # driving them in one cycle was too slow). The memories' address inputs are driven
+        # from the sync domain below; the sequencer computes next cycle's addresses.
+        # The stage registers carry no reset (a reset would fan out to all of them); only their
+        # valid bits (sv[k]: stage k) do, so a reset mid-operation issues no stray MAC beats.
+        s0 = Signal.like(s1, reset_less=True)
+        s0_copy_addr = Signal.like(issue_copy_addr)
+        sv = Signal(4)
+        m.d.sync += [s0.eq(issue), s0_copy_addr.eq(issue_copy_addr),
+                     s1.eq(s0), s1_copy_addr.eq(s0_copy_addr),
+                     sv.eq(Cat(issue.valid, sv[:3]))]
+        dat_addr = Signal.like(self._dat_r.addr)
+        w_addr = Signal.like(self._w_r.addr)
+        key_addr = Signal.like(self._key_r.addr)
+        wm_addr = Signal.like(self._wm_r.addr)
+        addr_r = [Signal.like(a, reset_less=True, name=f"{a.name}_r") for a in (dat_addr, w_addr, key_addr, wm_addr)]
+        m.d.sync += [r.eq(a) for r, a in zip(addr_r, (dat_addr, w_addr, key_addr, wm_addr))]
+        m.d.comb += [self._dat_r.addr.eq(addr_r[0]), self._w_r.addr.eq(addr_r[1]),
+                     self._key_r.addr.eq(addr_r[2]), self._wm_r.addr.eq(addr_r[3])]
         # stage 2: the block RAM outputs are registered before any logic looks at them
-        # (a DP16KD's clock-to-output is ~4 ns, and at P=64 its lanes fan out across the chip)
-        s2 = Signal.like(s1)
+        # (a DP16KD's clock-to-output is 5.8 ns in nextpnr's model)
+        s2 = Signal.like(s1, reset_less=True)
         s2_copy_addr = Signal.like(s1_copy_addr)
         m.d.sync += [s2.eq(s1), s2_copy_addr.eq(s1_copy_addr)]
         dat_q, key_q = self._dat_q, self._key_q
@@ -267,16 +290,54 @@ class Engine(wiring.Component):
         wm_q = Signal.like(self._wm_r.data, reset_less=True)
         m.d.sync += [dat_q.eq(self._dat_r.data), w_q.eq(self._w_r.data), key_q.eq(self._key_r.data),
                      wm_q.eq(self._wm_r.data)]
-        # qbuf is read one cycle later instead (its address rides in s1), so its data is due at s2
-        m.d.comb += self._qbuf_r.addr.eq(s1.qaddr)
+        # stage 3: a second register on the way from the block RAMs (all over the die) to the
+        # MAC lanes (in the DSP columns), so the placer can put one half-way
+        s3 = Signal.like(s1, reset_less=True)
+        m.d.sync += s3.eq(s2)
+        # the operand muxes' selects, one register per lane group (the same values as s3's)
+        s3_sel = replicate(m, Cat(s2.phase, s2.lim, s2.qhi, s2.zero, attn), G, "opsel")
+        dat_q2 = Signal.like(dat_q, reset_less=True)
+        key_q2 = Signal.like(key_q, reset_less=True)
+        w_q2 = Signal.like(w_q, reset_less=True)
+        wm_q2 = Signal.like(wm_q, reset_less=True)
+        m.d.sync += [dat_q2.eq(dat_q), key_q2.eq(key_q), w_q2.eq(w_q), wm_q2.eq(wm_q)]
+        # qbuf: QD words of P int16 lanes in flip-flops. Each lane group reads with its own copy
+        # of the word address (and of qhi: the half-width key words' upper half takes q's lanes
+        # KP.., its own lanes otherwise), registered at s3 like the block RAM operands.
+        QD = max(HB, AB)
+        qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)] for w in range(QD)]
+        q_op = [Signal(signed(16), name=f"q_op{l}", reset_less=True) for l in range(P)]
+        q_rd = replicate(m, Cat(s1.qaddr, s1.qhi), G, "q_rd")
+        for l in range(P):
+            g_addr, g_hi = q_rd[l // LG][:len(s1.qaddr)], q_rd[l // LG][-1]
+            hi_lane = l + KP if (KP != P and l + KP < P) else None
+            with m.Switch(g_addr):
+                for w in range(QD):
+                    with m.Case(w):
+                        lo_v = qbuf[w][l]
+                        m.d.sync += q_op[l].eq(lo_v if hi_lane is None else Mux(g_hi, qbuf[w][hi_lane], lo_v))
 
         # phases
         PROJ, SCORE, WSUM = 1, 2, 3
 
-        dat_addr = self._dat_r.addr
+        # The write ports of ``dat`` and ``key`` are registered too (a write lands one cycle
+        # later; nothing reads an address in the cycle after writing it: phases drain first).
+        dat_w = Signal(data.StructLayout({"addr": len(self._dat_w.addr), "data": self._dat_w.data.shape(),
+                                          "en": P}))
+        key_w = Signal(data.StructLayout({"addr": len(self._key_w.addr), "data": self._key_w.data.shape(),
+                                          "en": KP}))
+        # (addresses and data without reset, the lane enables with it)
+        dat_w_r = Signal.like(dat_w, reset_less=True)
+        key_w_r = Signal.like(key_w, reset_less=True)
+        dat_en_r, key_en_r = Signal(P), Signal(KP)
+        m.d.sync += [dat_w_r.eq(dat_w), key_w_r.eq(key_w), dat_en_r.eq(dat_w.en), key_en_r.eq(key_w.en)]
+        m.d.comb += [self._dat_w.addr.eq(dat_w_r.addr), self._dat_w.data.eq(dat_w_r.data),
+                     self._dat_w.en.eq(dat_en_r),
+                     self._key_w.addr.eq(key_w_r.addr), self._key_w.data.eq(key_w_r.data),
+                     self._key_w.en.eq(key_en_r)]
         # while idle the owner writes ``dat`` (the engine's own writes below take precedence)
-        m.d.comb += [self._dat_w.addr.eq(self.wr_dat_addr), self._dat_w.data.eq(self.wr_dat_data),
-                     self._dat_w.en.eq(self.wr_dat_en)]
+        m.d.comb += [dat_w.addr.eq(self.wr_dat_addr), dat_w.data.eq(self.wr_dat_data),
+                     dat_w.en.eq(self.wr_dat_en)]
 
         # last-block lane counts (padding lanes of a partial block are forced to zero)
         def lim(n_total, blk, nblk, width=P):
@@ -306,9 +367,10 @@ class Engine(wiring.Component):
         pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8)}))
         pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "prod": 42}))
         pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "p": 16}))
-        ql1 = Signal(data.StructLayout({"valid": 1, "idx": range(max(AB, 2))}))
+        ql0 = Signal(data.StructLayout({"valid": 1, "idx": range(max(AB, 2))}))
+        ql1 = Signal.like(ql0)
         ql2 = Signal.like(ql1)
-        ql_issue = Signal.like(ql1)
+        ql_issue = Signal.like(ql0)
         ex_issue = Signal.like(ex1)
         pr_issue = Signal.like(pr1)
         m.d.sync += [ex1.eq(ex_issue), pr1.eq(pr_issue)]
@@ -331,7 +393,7 @@ class Engine(wiring.Component):
         phase = Signal(3)      # which MAC phase the in-flight results belong to
         with m.FSM() as fsm:
             with m.State("IDLE"):
-                m.d.comb += [dat_addr.eq(self.rd_dat_addr), self._key_r.addr.eq(self.rd_key_addr)]
+                m.d.comb += [dat_addr.eq(self.rd_dat_addr), key_addr.eq(self.rd_key_addr)]
                 with m.If(self.start):
                     m.d.sync += [op.eq(self.op), slot.eq(self.slot), n_keys.eq(self.n_keys),
                                  n_q.eq(self.n_q), causal.eq(self.causal & (self.op == Op.ATTENTION)),
@@ -357,7 +419,7 @@ class Engine(wiring.Component):
             with m.State("PROJ"):
                 # beat (j, cb): S/M block cb against W[., j] block cb
                 with m.If(issuing):
-                    m.d.comb += [dat_addr.eq(inner), self._w_r.addr.eq(base_o + inner),
+                    m.d.comb += [dat_addr.eq(inner), w_addr.eq(base_o + inner),
                                  issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
                                  issue.copy.eq((op == Op.WRITE) & (outer == 0)),
                                  issue.lim.eq(lim(c.d, inner, CB)), issue.phase.eq(PROJ),
@@ -388,7 +450,7 @@ class Engine(wiring.Component):
                     with m.If(inner == AB - 1):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
-                with m.Elif(~ql1.valid & ~ql2.valid):
+                with m.Elif(~ql0.valid & ~ql1.valid & ~ql2.valid):
                     m.next = "SCORE_START"
             with m.State("SCORE_START"):
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(n_keys),
@@ -405,7 +467,7 @@ class Engine(wiring.Component):
                     else:
                         m.d.comb += [issue.qaddr.eq(Mux(attn, inner, inner >> 1)),
                                      issue.qhi.eq(~attn & inner[0])]
-                    m.d.comb += [self._key_r.addr.eq(base_o + inner),
+                    m.d.comb += [key_addr.eq(base_o + inner),
                                  dat_addr.eq(base_o + inner),
                                  issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
                                  issue.lim.eq(Mux(attn, lim(c.head_dim, inner, AB), lim(c.d_h, inner, KB, KP))),
@@ -449,7 +511,7 @@ class Engine(wiring.Component):
             with m.State("WSUM"):
                 # beat (blk, b): lane l accumulates w_b * V_b[blk*P + l]
                 with m.If(issuing):
-                    m.d.comb += [self._wm_r.addr.eq(inner), dat_addr.eq(base_i + outer),
+                    m.d.comb += [wm_addr.eq(inner), dat_addr.eq(base_i + outer),
                                  issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
                                  issue.lane_mode.eq(1), issue.lim.eq(P), issue.phase.eq(WSUM),
                                  issue.zero.eq((n_keys == 1) & (inner != 0)),
@@ -469,27 +531,33 @@ class Engine(wiring.Component):
                 m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
 
-        # --- stage 2: operands into the MAC ---------------------------------------------------
+        # --- stage 3: operands into the MAC ---------------------------------------------------
         mi = mac.i.payload
-        m.d.comb += [mac.i.valid.eq(s2.valid), mi.first.eq(s2.first), mi.last.eq(s2.last),
-                     mi.lane_mode.eq(s2.lane_mode), mi.tag.eq(s2.tag)]
+        m.d.comb += [mac.i.valid.eq(sv[3]), mi.first.eq(s3.first), mi.last.eq(s3.last),
+                     mi.lane_mode.eq(s3.lane_mode), mi.tag.eq(s3.tag)]
         for l in range(P):
-            on = l < s2.lim
-            with m.Switch(s2.phase):
+            sel = s3_sel[l // LG]
+            g_phase, g_lim = sel[:3], sel[3:3 + len(s2.lim)]
+            g_qhi, g_zero, g_attn = sel[-3], sel[-2], sel[-1]
+            on = l < g_lim
+            with m.Switch(g_phase):
                 with m.Case(PROJ):
-                    m.d.comb += [mi.a[l].eq(Mux(on, dat_q[l], 0)), mi.b[l].eq(w_q[l])]
+                    m.d.comb += [mi.a[l].eq(Mux(on, dat_q2[l], 0)), mi.b[l].eq(w_q2[l])]
                 with m.Case(SCORE):
-                    q_hi = self._qbuf_r.data[l + KP] if (KP != P and l + KP < P) else 0
-                    k_l = key_q[l] if l < KP else 0
-                    m.d.comb += [mi.a[l].eq(Mux(on, Mux(s2.qhi, q_hi, self._qbuf_r.data[l]), 0)),
-                                 mi.b[l].eq(Mux(attn, dat_q[l], k_l))]
+                    # (q_op holds lane l + KP for the upper half of a key word; beyond P it is 0)
+                    q_l = q_op[l] if (KP == P or l + KP < P) else Mux(g_qhi, 0, q_op[l])
+                    k_l = key_q2[l] if l < KP else 0
+                    m.d.comb += [mi.a[l].eq(Mux(on, q_l, 0)),
+                                 mi.b[l].eq(Mux(g_attn, dat_q2[l], k_l))]
                 with m.Case(WSUM):
-                    m.d.comb += [mi.a[l].eq(Mux(s2.zero, 0, wm_q)),
-                                 mi.b[l].eq(dat_q[l])]
+                    m.d.comb += [mi.a[l].eq(Mux(g_zero, 0, wm_q2)),
+                                 mi.b[l].eq(dat_q2[l])]
         # WRITE: M_i is copied into its slot while the first column of K_i is projected
-        with m.If(s2.valid & s2.copy):
-            m.d.comb += [self._dat_w.addr.eq(s2_copy_addr), self._dat_w.data.eq(dat_q),
-                         self._dat_w.en.eq((1 << P) - 1)]
+        # (the data multiplexer of ``dat``'s write port selects per lane group, from copies of
+        # the write's kind: M copy, result low bytes, result high bytes)
+        copy_now = sv[2] & s2.copy
+        with m.If(copy_now):
+            m.d.comb += [dat_w.addr.eq(s2_copy_addr), dat_w.en.eq((1 << P) - 1)]
 
         # --- MAC results ---------------------------------------------------------------------
         # Every phase drains before the next starts, so `phase` names the owner of a result.
@@ -504,16 +572,31 @@ class Engine(wiring.Component):
                      proj_rq.i.payload.s.eq(Mux(op == Op.WRITE, self.wk_shift, self.wq_shift)),
                      proj_rq.i.payload.tag.eq(mo.tag)]
         pw, plane = proj_rq.o.payload.tag[:16], proj_rq.o.payload.tag[16:24]
-        m.d.comb += [self._key_w.data[l].eq(proj_rq.o.payload.y) for l in range(KP)]
-        m.d.comb += [self._qbuf_w.data[l].eq(proj_rq.o.payload.y) for l in range(P)]
+        m.d.comb += [key_w.data[l].eq(proj_rq.o.payload.y) for l in range(KP)]
         lane_en = Signal(P)
         m.d.comb += lane_en.eq(Const(1, P) << plane)
         with m.If(proj_rq.o.valid):
             m.d.comb += dec_proj.eq(1)
             with m.If(op == Op.WRITE):
-                m.d.comb += [self._key_w.addr.eq(kslot_base + pw), self._key_w.en.eq(lane_en[:KP])]
-            with m.Else():
-                m.d.comb += [self._qbuf_w.addr.eq(pw), self._qbuf_w.en.eq(lane_en)]
+                m.d.comb += [key_w.addr.eq(kslot_base + pw), key_w.en.eq(lane_en[:KP])]
+        # q's element lands in qbuf a cycle later, from a copy per lane group of (write, word,
+        # lane, value): the value would otherwise go to every one of the P x QD registers
+        qa_bits = max(1, (QD - 1).bit_length())
+        lane_bits = max(1, (P - 1).bit_length())
+        q_wr = replicate(m, Cat(proj_rq.o.valid & (op != Op.WRITE), pw[:qa_bits], plane[:lane_bits],
+                                proj_rq.o.payload.y), G, "q_wr", reset=True)
+        # attention: the Q row's words, from dat_q, at ql2 (copies per group of ql1's valid, word)
+        ql_wr = replicate(m, Cat(ql1.valid, ql1.idx), G, "ql_wr", reset=True)
+        for l in range(P):
+            g = l // LG
+            qv, qw, ql, qy = (q_wr[g][0], q_wr[g][1:1 + qa_bits], q_wr[g][1 + qa_bits:1 + qa_bits + lane_bits],
+                              q_wr[g][1 + qa_bits + lane_bits:])
+            lv, lw = ql_wr[g][0], ql_wr[g][1:]
+            for w in range(QD):
+                with m.If(lv & (lw == w)):
+                    m.d.sync += qbuf[w][l].eq(dat_q[l])
+                with m.Elif(qv & (qw == w) & (ql == l)):
+                    m.d.sync += qbuf[w][l].eq(qy.as_signed())
 
         # scores: t = shift_round_sat(acc * mult, shift - 8 - q_exp - k_exp[b], 32)
         b_res = mo.tag[:16]
@@ -555,20 +638,30 @@ class Engine(wiring.Component):
         # high bytes the cycle after that; results come >= 2 cycles apart, so res holds still.
         res = Signal(data.ArrayLayout(signed(16), P), reset_less=True)
         res_addr = Signal(range(self.dat.depth), reset_less=True)
+        # ``res`` loads every cycle: the MAC's lane outputs hold still until its next result, which
+        # comes two or more cycles later, so the word is unchanged for both writes (and no enable
+        # fans out to its P x 16 registers).
         res_lo, res_hi = Signal(), Signal()
-        m.d.sync += [res_lo.eq(mac.o.valid & (phase == WSUM)), res_hi.eq(res_lo)]
-        with m.If(mac.o.valid & (phase == WSUM)):
+        res_now = mac.o.valid & (phase == WSUM)
+        m.d.sync += [res_lo.eq(res_now), res_hi.eq(res_lo)]
+        with m.If(res_now):
             m.d.sync += res_addr.eq(OUT_BASE + 2 * mo.tag[:16])
         for l in range(P):
             r = (mo.lanes[l] + (1 << (fixed.OUT_SHIFT - 1))) >> fixed.OUT_SHIFT
-            with m.If(mac.o.valid & (phase == WSUM)):
-                m.d.sync += res[l].eq(Mux(r > hi, hi, Mux(r < lo, lo, r)))
+            m.d.sync += res[l].eq(Mux(r > hi, hi, Mux(r < lo, lo, r)))
         with m.If(res_lo):
-            m.d.comb += [self._dat_w.addr.eq(res_addr), self._dat_w.en.eq((1 << P) - 1)]
-            m.d.comb += [self._dat_w.data[l].eq(res[l][:8]) for l in range(P)]
+            m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
         with m.If(res_hi):
-            m.d.comb += [dec_wsum.eq(1), self._dat_w.addr.eq(res_addr | 1), self._dat_w.en.eq((1 << P) - 1)]
-            m.d.comb += [self._dat_w.data[l].eq(res[l][8:16]) for l in range(P)]
+            m.d.comb += [dec_wsum.eq(1), dat_w.addr.eq(res_addr | 1), dat_w.en.eq((1 << P) - 1)]
+        wsel = replicate(m, Cat(res_now, res_lo, sv[1] & s1.copy), G, "dat_wsel")
+        for l in range(P):
+            g_lo, g_hi, g_copy = (wsel[l // LG][k] for k in range(3))
+            with m.If(g_lo):
+                m.d.comb += dat_w.data[l].eq(res[l][:8])
+            with m.Elif(g_hi):
+                m.d.comb += dat_w.data[l].eq(res[l][8:16])
+            with m.Elif(g_copy):
+                m.d.comb += dat_w.data[l].eq(dat_q[l])
 
         # --- exp2 pass: stage A registers t from the RAM, B forms v = max - t, C reads the LUT,
         # D registers it, then e = round_shift(LUT[v & 255], v >> 8) (0 past the cutoff or for a masked key)
@@ -624,10 +717,6 @@ class Engine(wiring.Component):
                          self._wm_w.addr.eq(pr3.idx), self._wm_w.en.eq(1),
                          self._wm_w.data.eq(Mux(pr3.keep, w_val, 0))]
 
-        # (after the projection's qbuf assignments, which it overrides)
         # attention: the Q row's words arrive one cycle after QLOAD asked for them
-        m.d.sync += [ql1.eq(ql_issue), ql2.eq(ql1)]
-        with m.If(ql2.valid):
-            m.d.comb += [self._qbuf_w.addr.eq(ql2.idx), self._qbuf_w.en.eq((1 << P) - 1)]
-            m.d.comb += [self._qbuf_w.data[l].eq(dat_q[l]) for l in range(P)]
+        m.d.sync += [ql0.eq(ql_issue), ql1.eq(ql0), ql2.eq(ql1)]
         return m

@@ -1,10 +1,12 @@
 """MAC lane array: P signed multipliers, an adder tree and accumulators, fully pipelined."""
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hmtx.model.fixed import ACC_BITS
+
+from .fanout import replicate
 
 __all__ = ["OPERAND_BITS", "LANE_ACC_BITS", "mac_in_layout", "mac_out_layout", "MacArray"]
 
@@ -48,7 +50,9 @@ class MacArray(wiring.Component):
     lane latency 3 (the lane accumulators sit right after the product registers). All
     stages advance together when the output register is empty or being read, so ``i.ready``
     falls only under output backpressure. Datapath registers have no reset; only the valid
-    bits do.
+    bits do. The lane accumulators' controls are registered once per group of
+    ``lanes / groups`` lanes (:func:`hmtx.hw.fanout.replicate`): one register driving all P
+    lanes' accumulators is thousands of loads spread over the DSP columns.
 
     Members
     -------
@@ -56,10 +60,13 @@ class MacArray(wiring.Component):
     o : Out(stream.Signature(mac_out_layout(lanes, tag_bits)))
     """
 
-    def __init__(self, lanes, tag_bits=16):
+    def __init__(self, lanes, tag_bits=16, groups=1):
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
+        if groups < 1 or lanes % groups:
+            raise ValueError(f"groups must divide lanes ({lanes}), got {groups}")
         self.lanes = lanes
+        self.groups = groups
         self.tag_bits = tag_bits
         self.levels = max(0, (lanes - 1).bit_length())
         self.latency = 3 + self.levels   # dot mode; lane mode: 3
@@ -101,13 +108,25 @@ class MacArray(wiring.Component):
         # never ride through the adder tree's registers; its results leave after 3 cycles, dot
         # results after 3 + levels. The engine never mixes modes in flight (it drains between
         # phases), so both paths can share the output register.
+        # the output payload register (P x 32 bits) has no reset: only o.valid needs one, and a
+        # reset net to thousands of flip-flops is a timing path of its own
+        out = Signal(mac_out_layout(P, self.tag_bits), reset_less=True)
+        m.d.comb += self.o.payload.eq(out)
         lacc = [Signal(signed(LANE_ACC_BITS), name=f"lacc{l}", reset_less=True) for l in range(P)]
         lacc_next = [Signal(signed(LANE_ACC_BITS), name=f"lacc_next{l}") for l in range(P)]
+        # per lane group, at stage 2: (accumulate, clear first, emit), copies of v2 & c2.lane_mode,
+        # c2.first and the lane-mode emit below
+        G, LG = self.groups, P // self.groups
+        lane_ctl = replicate(m, Cat(v1 & c1.lane_mode, c1.first, v1 & c1.lane_mode & c1.last),
+                             G, "lane_ctl", reset=True, en=en)
         for l in range(P):
-            m.d.comb += lacc_next[l].eq(Mux(c2.first, prod[l], lacc[l] + prod[l]))
+            acc_g, first_g, emit_g = (lane_ctl[l // LG][k] for k in range(3))
+            m.d.comb += lacc_next[l].eq(Mux(first_g, prod[l], lacc[l] + prod[l]))
+            with m.If(en & acc_g):
+                m.d.sync += lacc[l].eq(lacc_next[l])
+            with m.If(en & emit_g):
+                m.d.sync += out.lanes[l].eq(lacc_next[l])
         lane_emit = v2 & c2.lane_mode & c2.last
-        with m.If(en & v2 & c2.lane_mode):
-            m.d.sync += [lacc[l].eq(lacc_next[l]) for l in range(P)]
 
         level = prod
         v, c = v2, c2
@@ -131,8 +150,7 @@ class MacArray(wiring.Component):
             with m.If(v & ~c.lane_mode):
                 m.d.sync += acc.eq(acc_next)
             with m.If(dot_emit):
-                m.d.sync += [self.o.payload.dot.eq(acc_next), self.o.payload.tag.eq(c.tag)]
+                m.d.sync += [out.dot.eq(acc_next), out.tag.eq(c.tag)]
             with m.If(lane_emit):
-                m.d.sync += [self.o.payload.lanes[l].eq(lacc_next[l]) for l in range(P)]
-                m.d.sync += self.o.payload.tag.eq(c2.tag)
+                m.d.sync += out.tag.eq(c2.tag)
         return m

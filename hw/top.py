@@ -1,7 +1,7 @@
 """Top level of the hmtx engine: command frames in, response frames out (docs/protocol.md)."""
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hmtx.host.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSION, Op as WireOp, Status as WireStatus
@@ -87,6 +87,14 @@ class HmtxTop(wiring.Component):
 
         vexp_w = eng.vexp.write_port()
         w_w = eng.w.write_port(granularity=1)
+        # Weight writes are registered on their way to the block RAMs (at P=64 one address and
+        # one byte drive all 144 DP16KD of ``w``): a write lands one cycle after its byte.
+        # (address and data without reset: a reset would fan out to all of them)
+        w_wr = Signal(data.StructLayout({"addr": len(w_w.addr), "data": w_w.data.shape(), "en": P}))
+        w_wr_r = Signal.like(w_wr, reset_less=True)
+        w_en_r = Signal(P)
+        m.d.sync += [w_wr_r.eq(w_wr), w_en_r.eq(w_wr.en)]
+        m.d.comb += [w_w.addr.eq(w_wr_r.addr), w_w.data.eq(w_wr_r.data), w_w.en.eq(w_en_r)]
         pm_r = eng.pm.read_port()
         mexp_r, kexp_r, oexp_r = (eng.mexp.read_port(domain="comb"), eng.kexp.read_port(domain="comb"),
                                   eng.oexp.read_port(domain="comb"))
@@ -283,8 +291,8 @@ class HmtxTop(wiring.Component):
                                          ld_c_word.eq(Mux(row_off == 0, 0, Mux(sel, nr_word[1], nr_word[0]))),
                                          ld_c_lane.eq(Mux(row_off == 0, 0, Mux(sel, nr_lane[1], nr_lane[0])))]
                         with m.If((idx >= 8) & ld_ok_r & (idx < ld_stop)):
-                            m.d.comb += [w_w.addr.eq(ld_jbase + ld_c_word), w_w.en.eq(Const(1, P) << ld_c_lane)]
-                            m.d.comb += [w_w.data[l].eq(byte) for l in range(P)]
+                            m.d.comb += [w_wr.addr.eq(ld_jbase + ld_c_word), w_wr.en.eq(Const(1, P) << ld_c_lane)]
+                            m.d.comb += [w_wr.data[l].eq(byte) for l in range(P)]
                             with m.If(mant_bad):
                                 m.d.sync += bad_arg.eq(1)
                             with m.If(ld_j == c.d_h - 1):
@@ -451,8 +459,9 @@ class HmtxTop(wiring.Component):
             m.d.comb += [mexp_r.addr.eq(slot), kexp_r.addr.eq(slot), oexp_r.addr.eq(rrow)]
             # element k of a vector lives in word k // P, lane k % P: rk counts words, ri lanes
             # ``dat`` holds M_i and the result rows (an int16 word as a low-byte and a high-byte word).
-            # The word addresses are registered before they reach the block RAMs (a fetch takes
-            # four cycles: address, read, the engine's register after the block RAM, lane select).
+            # The word addresses are registered here and again in the engine before they reach
+            # the block RAMs (a fetch takes five cycles: two address registers, read, the
+            # engine's register after the block RAM, lane select).
             # The slot/row bases (multiplies by constants) have registers of their own: the slot
             # is fixed from the header on, and rrow changes >= 2 cycles before its next fetch.
             rd_dat_q = Signal.like(eng.rd_dat_addr)
@@ -469,13 +478,15 @@ class HmtxTop(wiring.Component):
             elem = Signal(16)       # the element being sent, registered from its memory word
 
             def vector(state, n_elems, word, elem_bytes, next_state, fetch_state, split=False, lanes=P):
-                """Send elements 0..n-1 from a sync-read memory: per element a four-cycle fetch
-                (address register, block RAM read, word register, lane select into ``elem``;
+                """Send elements 0..n-1 from a sync-read memory: per element a five-cycle fetch
+                (two address registers, block RAM read, word register, lane select into ``elem``;
                 block RAM outputs are slow). ``split``: each byte of a 2-byte element is its own
                 fetch (``rb`` selects the word)."""
                 with m.State(fetch_state):
                     m.next = fetch_state + "1"
                 with m.State(fetch_state + "1"):
+                    m.next = fetch_state + "1a"
+                with m.State(fetch_state + "1a"):
                     m.next = fetch_state + "1b"
                 with m.State(fetch_state + "1b"):
                     m.next = fetch_state + "2"
@@ -519,8 +530,8 @@ class HmtxTop(wiring.Component):
             scalar("SLOT_MEXP", mexp_r.data, 1, "SLOT_M_F")
             # The block RAM words are registered here before the lane select (a DP16KD's clock to
             # output is ~5.8 ns).
-            dat_word = Signal.like(eng.dat_read_data)
-            key_word = Signal.like(eng.key_read_data)
+            dat_word = Signal.like(eng.dat_read_data, reset_less=True)
+            key_word = Signal.like(eng.key_read_data, reset_less=True)
             m.d.sync += [dat_word.eq(eng.dat_read_data), key_word.eq(eng.key_read_data)]
             vector("SLOT_M", c.d, Value.cast(dat_word[ri]), 1, "SLOT_KEXP", "SLOT_M_F")
             scalar("SLOT_KEXP", kexp_r.data, 2, "SLOT_K_F")

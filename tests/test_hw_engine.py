@@ -12,6 +12,8 @@ from hwsim import rng
 
 # d, d_h and head_dim not multiples of P: every loop has a partial last block
 ODD = EngineConfig("odd20", d=20, d_h=12, n_slots=3, lanes=8, head_dim=12, max_queries=3, max_keys=5)
+# P=16: two lane groups (hw/fanout.py's per-group control copies), partial blocks again
+WIDE = EngineConfig("wide16", d=40, d_h=20, n_slots=3, lanes=16, head_dim=20, max_queries=2, max_keys=4)
 
 
 def rand_weight(r, d, d_h, extreme=False):
@@ -35,8 +37,8 @@ def rand_vec(r, n, extreme=False):
     return mant.astype(np.int64), int(exp)
 
 
-@pytest.mark.parametrize("config,extreme", [(CONFIGS["tiny"], False), (ODD, False), (ODD, True)],
-                         ids=["tiny", "odd20", "odd20-extreme"])
+@pytest.mark.parametrize("config,extreme", [(CONFIGS["tiny"], False), (ODD, False), (ODD, True), (WIDE, False)],
+                         ids=["tiny", "odd20", "odd20-extreme", "wide16"])
 def test_engine_matches_golden(config, extreme):
     r = rng(20)
     c = config

@@ -1,0 +1,92 @@
+"""hmtx.hw.netlist: register duplication for block-RAM fanout keeps the logic and splits the load."""
+
+import json
+
+from hmtx.hw.netlist import _bram_columns, split_bram_fanout
+
+
+def _ff(d, q):
+    return {"type": "TRELLIS_FF", "parameters": {"GSR": "DISABLED", "CEMUX": "1"}, "attributes": {},
+            "port_directions": {"CLK": "input", "DI": "input", "Q": "output", "LSR": "input"},
+            "connections": {"CLK": [2], "DI": [d], "Q": [q], "LSR": ["0"]}}
+
+
+def _bram(addr, do):
+    return {"type": "DP16KD", "parameters": {}, "attributes": {},
+            "port_directions": {"ADB5": "input", "CLKB": "input", "DOA0": "output"},
+            "connections": {"ADB5": [addr], "CLKB": [2], "DOA0": [do]}}
+
+
+def _lut(ins, out):
+    return {"type": "LUT4", "parameters": {}, "attributes": {},
+            "port_directions": {"A": "input", "B": "input", "Z": "output"},
+            "connections": {"A": [ins[0]], "B": [ins[1]], "Z": [out]}}
+
+
+def _netlist(rows, cols):
+    """An address register driving a rows x cols memory (row-major block names, as Yosys
+    writes them); the blocks of a column meet in one read multiplexer LUT per column."""
+    cells = {"addr_ff": _ff(3, 10), "other": _lut([10, 10], 11)}
+    bit = 100
+    col_outs = {c: [] for c in range(cols)}
+    for r in range(rows):
+        for c in range(cols):
+            cells[f"mem.0.{r * cols + c}"] = _bram(10, bit)
+            col_outs[c].append(bit)
+            bit += 1
+    for c in range(cols):
+        if rows > 1:
+            cells[f"mux{c}"] = _lut(col_outs[c][:2], 500 + c)
+    return {"modules": {"top": {"attributes": {"top": "00000000000000000000000000000001"},
+                                "ports": {}, "cells": cells, "netnames": {"addr": {"bits": [10]}}}}}
+
+
+def _sinks(top, bit):
+    return sorted(n for n, c in top["cells"].items()
+                  if any(bit in bits for p, bits in c["connections"].items()
+                         if c["port_directions"].get(p) == "input"))
+
+
+def test_columns_are_found_from_shared_read_multiplexers():
+    for rows, cols in ((3, 4), (1, 6)):
+        top = _netlist(rows, cols)["modules"]["top"]
+        sinks = {}
+        for n, c in top["cells"].items():
+            for p, bits in c["connections"].items():
+                if c["port_directions"].get(p) == "input":
+                    for b in bits:
+                        sinks.setdefault(b, set()).add(n)
+        got = _bram_columns(top["cells"], sinks)
+        assert {name: col for name, (_, col, _) in got.items()} == \
+            {f"mem.0.{r * cols + c}": c for r in range(rows) for c in range(cols)}
+
+
+def test_split_copies_the_register_per_column_cluster_and_rewires_only_block_rams():
+    net = _netlist(rows=3, cols=16)
+    before = json.loads(json.dumps(net))
+    counts = split_bram_fanout(net, clusters=8)
+    top = net["modules"]["top"]
+    # 16 columns in 8 clusters of 2: the original keeps one cluster (and the LUT), 7 copies
+    assert counts == {"nets": 1, "copies": 7}
+    dups = [n for n in top["cells"] if "$bramdup$" in n]
+    assert len(dups) == 7
+    seen = set()
+    for d in dups:
+        c = top["cells"][d]
+        orig = before["modules"]["top"]["cells"]["addr_ff"]
+        assert c["type"] == "TRELLIS_FF" and c["parameters"] == orig["parameters"]
+        assert {p: v for p, v in c["connections"].items() if p != "Q"} == \
+               {p: v for p, v in orig["connections"].items() if p != "Q"}
+        q = c["connections"]["Q"][0]
+        users = _sinks(top, q)
+        cols = {int(u.rsplit(".", 1)[1]) % 16 for u in users}
+        assert len(users) == 6 and len(cols) == 2 and max(cols) - min(cols) == 1, users
+        seen |= set(users)
+    kept = _sinks(top, 10)
+    assert "other" in kept and len([k for k in kept if k.startswith("mem")]) == 6
+    assert len(seen) + 6 == 48     # every block RAM driven by exactly one copy
+
+
+def test_a_register_feeding_one_column_is_left_alone():
+    net = _netlist(rows=4, cols=1)
+    assert split_bram_fanout(net, clusters=8) == {"nets": 0, "copies": 0}
