@@ -41,6 +41,28 @@ class Region:
         return self.depth
 
 
+class Rows:
+    """One logical memory stored as several memories of ``row_depth`` words each (word ``i`` in
+    ``rows[i // row_depth]``), indexed like a memory (``rows.data[i]``) for testbenches."""
+
+    def __init__(self, rows, row_depth):
+        self.rows, self.row_depth = rows, row_depth
+        self.depth = sum(r.depth for r in rows)
+        self.data = self
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.depth:
+            raise IndexError(f"word {i} out of range 0..{self.depth - 1}")
+        return self.rows[i // self.row_depth].data[i % self.row_depth]
+
+    def __len__(self):
+        return self.depth
+
+
+# Words per block-RAM row of ``w``: a DP16KD's depth at its widest (36-bit) port.
+W_ROW_DEPTH = 512
+
+
 class Op:
     WRITE = 0
     RECALL = 1
@@ -103,8 +125,11 @@ class Engine(wiring.Component):
     wr_dat_addr, wr_dat_data, wr_dat_en : In   a write of ``dat`` while idle (lane enables)
     """
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, w_row_depth: int = W_ROW_DEPTH):
         c = self.config = config
+        if w_row_depth < 1 or w_row_depth & (w_row_depth - 1):
+            raise ValueError(f"w_row_depth must be a power of two, got {w_row_depth}")
+        self.w_row_depth = w_row_depth
         P = self.P = c.lanes
         self.CB, self.HB, self.AB = ceil_div(c.d, P), ceil_div(c.d_h, P), ceil_div(c.head_dim, P)
         self.KP = P // 2 if P % 2 == 0 else P
@@ -132,7 +157,15 @@ class Engine(wiring.Component):
         self.vin = Region(self.dat, 0, vin_d)
         self.mem = Region(self.dat, self.mem_base, c.n_slots * self.CB)
         self.vexp = memory.Memory(shape=signed(8), depth=self.ROWS, init=[])
-        self.w = memory.Memory(shape=i8, depth=2 * c.d_h * self.CB, init=[], attrs=NO_RW)
+        # ``w`` is one memory per block-RAM row (W_ROW_DEPTH words): every row is read at once and
+        # registered, then the row is selected -- instead of Yosys's multiplexer straight after
+        # the block RAMs of a deep memory, which had to reach nine DP16KD within the ~4 ns that
+        # their clock-to-output leaves of a 10 ns cycle
+        w_depth = 2 * c.d_h * self.CB
+        rd = w_row_depth
+        self.w_rows = [memory.Memory(shape=i8, depth=min(rd, w_depth - r * rd), init=[], attrs=NO_RW)
+                       for r in range(ceil_div(w_depth, rd))]
+        self.w = Rows(self.w_rows, rd)
         self.wq = Region(self.w, 0, c.d_h * self.CB)
         self.wk = Region(self.w, c.d_h * self.CB, c.d_h * self.CB)
         self.mexp = memory.Memory(shape=signed(8), depth=c.n_slots, init=[])
@@ -158,6 +191,7 @@ class Engine(wiring.Component):
             # (a second read port would make Yosys duplicate these block RAMs)
             "rd_dat_addr": In(range(self.dat.depth)), "rd_key_addr": In(range(c.n_slots * self.KB)),
             "wr_dat_addr": In(range(self.dat.depth)), "wr_dat_data": In(i8), "wr_dat_en": In(P),
+            "wr_w_addr": In(range(self.w.depth)), "wr_w_data": In(i8), "wr_w_en": In(P),
         })
         # Ports the engine itself uses; created here so that they exist before the owner's.
         self._dat_r = self.dat.read_port()
@@ -166,7 +200,8 @@ class Engine(wiring.Component):
         self._vexp_v = self.vexp.read_port(domain="comb")
         self._vexp_q = self.vexp.read_port(domain="comb")
         self._vexp_0 = self.vexp.read_port(domain="comb")     # entry 0 (the vector's exponent)
-        self._w_r = self.w.read_port()
+        self._w_r = [r.read_port() for r in self.w_rows]
+        self._w_w = [r.write_port(granularity=1) for r in self.w_rows]
         self._mexp_r = self.mexp.read_port(domain="comb")
         self._mexp_w = self.mexp.write_port()
         self._key_r = self.key.read_port()
@@ -202,9 +237,11 @@ class Engine(wiring.Component):
         MQ, MK = c.max_queries, c.max_keys
         MEM_BASE, OUT_BASE = self.mem_base, self.out_base
         W_K = c.d_h * CB          # W_k's first word in ``w``
-        for name in ("dat", "vexp", "w", "mexp", "key", "kexp", "sc", "pm",
+        for name in ("dat", "vexp", "mexp", "key", "kexp", "sc", "pm",
                      "wm", "oexp", "lut"):
             m.submodules[name] = getattr(self, name)
+        for r, mem in enumerate(self.w_rows):
+            m.submodules[f"w{r}"] = mem
         # lane groups: the lane array's controls are registered once per group of LG lanes
         # (hw/fanout.py), so no register drives all P lanes
         LG = min(P, 8)
@@ -273,23 +310,26 @@ class Engine(wiring.Component):
                      s1.eq(s0), s1_copy_addr.eq(s0_copy_addr),
                      sv.eq(Cat(issue.valid, sv[:3]))]
         dat_addr = Signal.like(self._dat_r.addr)
-        w_addr = Signal.like(self._w_r.addr)
+        w_addr = Signal(range(self.w.depth))
         key_addr = Signal.like(self._key_r.addr)
         wm_addr = Signal.like(self._wm_r.addr)
         addr_r = [Signal.like(a, reset_less=True, name=f"{a.name}_r") for a in (dat_addr, w_addr, key_addr, wm_addr)]
         m.d.sync += [r.eq(a) for r, a in zip(addr_r, (dat_addr, w_addr, key_addr, wm_addr))]
-        m.d.comb += [self._dat_r.addr.eq(addr_r[0]), self._w_r.addr.eq(addr_r[1]),
-                     self._key_r.addr.eq(addr_r[2]), self._wm_r.addr.eq(addr_r[3])]
+        m.d.comb += [self._dat_r.addr.eq(addr_r[0]), self._key_r.addr.eq(addr_r[2]), self._wm_r.addr.eq(addr_r[3])]
+        m.d.comb += [port.addr.eq(addr_r[1] % self.w_row_depth) for port in self._w_r]
         # stage 2: the block RAM outputs are registered before any logic looks at them
         # (a DP16KD's clock-to-output is 5.8 ns in nextpnr's model)
         s2 = Signal.like(s1, reset_less=True)
         s2_copy_addr = Signal.like(s1_copy_addr)
         m.d.sync += [s2.eq(s1), s2_copy_addr.eq(s1_copy_addr)]
         dat_q, key_q = self._dat_q, self._key_q
-        w_q = Signal.like(self._w_r.data, reset_less=True)
+        w_row_q = [Signal.like(port.data, reset_less=True, name=f"w_row{r}_q") for r, port in enumerate(self._w_r)]
         wm_q = Signal.like(self._wm_r.data, reset_less=True)
-        m.d.sync += [dat_q.eq(self._dat_r.data), w_q.eq(self._w_r.data), key_q.eq(self._key_r.data),
-                     wm_q.eq(self._wm_r.data)]
+        m.d.sync += [dat_q.eq(self._dat_r.data), key_q.eq(self._key_r.data), wm_q.eq(self._wm_r.data)]
+        m.d.sync += [q.eq(port.data) for q, port in zip(w_row_q, self._w_r)]
+        # which row of ``w`` the word at stage 2 came from (the address's high bits, two cycles on)
+        w_row_sel = [Signal(range(max(2, len(self.w_rows))), name=f"w_row_sel{k}", reset_less=True) for k in range(2)]
+        m.d.sync += [w_row_sel[0].eq(addr_r[1] // self.w_row_depth), w_row_sel[1].eq(w_row_sel[0])]
         # stage 3: a second register on the way from the block RAMs (all over the die) to the
         # MAC lanes (in the DSP columns), so the placer can put one half-way
         s3 = Signal.like(s1, reset_less=True)
@@ -298,9 +338,13 @@ class Engine(wiring.Component):
         s3_sel = replicate(m, Cat(s2.phase, s2.lim, s2.qhi, s2.zero, attn), G, "opsel")
         dat_q2 = Signal.like(dat_q, reset_less=True)
         key_q2 = Signal.like(key_q, reset_less=True)
-        w_q2 = Signal.like(w_q, reset_less=True)
+        w_q2 = Signal.like(w_row_q[0], reset_less=True)
         wm_q2 = Signal.like(wm_q, reset_less=True)
-        m.d.sync += [dat_q2.eq(dat_q), key_q2.eq(key_q), w_q2.eq(w_q), wm_q2.eq(wm_q)]
+        m.d.sync += [dat_q2.eq(dat_q), key_q2.eq(key_q), wm_q2.eq(wm_q)]
+        with m.Switch(w_row_sel[1]):
+            for r, q in enumerate(w_row_q):
+                with m.Case(r):
+                    m.d.sync += w_q2.eq(q)
         # qbuf: QD words of P int16 lanes in flip-flops. Each lane group reads with its own copy
         # of the word address (and of qhi: the half-width key words' upper half takes q's lanes
         # KP.., its own lanes otherwise), registered at s3 like the block RAM operands.
@@ -335,6 +379,13 @@ class Engine(wiring.Component):
                      self._dat_w.en.eq(dat_en_r),
                      self._key_w.addr.eq(key_w_r.addr), self._key_w.data.eq(key_w_r.data),
                      self._key_w.en.eq(key_en_r)]
+        # the owner's writes of ``w`` (weights while idle), registered, then into their row
+        w_wr = Signal(data.StructLayout({"addr": range(self.w.depth), "data": self.wr_w_data.shape()}), reset_less=True)
+        w_en_r = Signal(P)
+        m.d.sync += [w_wr.addr.eq(self.wr_w_addr), w_wr.data.eq(self.wr_w_data), w_en_r.eq(self.wr_w_en)]
+        for r, port in enumerate(self._w_w):
+            m.d.comb += [port.addr.eq(w_wr.addr % self.w_row_depth), port.data.eq(w_wr.data),
+                         port.en.eq(Mux(w_wr.addr // self.w_row_depth == r, w_en_r, 0))]
         # while idle the owner writes ``dat`` (the engine's own writes below take precedence)
         m.d.comb += [dat_w.addr.eq(self.wr_dat_addr), dat_w.data.eq(self.wr_dat_data),
                      dat_w.en.eq(self.wr_dat_en)]

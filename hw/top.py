@@ -1,7 +1,7 @@
 """Top level of the hmtx engine: command frames in, response frames out (docs/protocol.md)."""
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hmtx.host.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSION, Op as WireOp, Status as WireStatus
@@ -86,15 +86,6 @@ class HmtxTop(wiring.Component):
         wiring.connect(m, enc.o, wiring.flipped(self.rsp))
 
         vexp_w = eng.vexp.write_port()
-        w_w = eng.w.write_port(granularity=1)
-        # Weight writes are registered on their way to the block RAMs (at P=64 one address and
-        # one byte drive all 144 DP16KD of ``w``): a write lands one cycle after its byte.
-        # (address and data without reset: a reset would fan out to all of them)
-        w_wr = Signal(data.StructLayout({"addr": len(w_w.addr), "data": w_w.data.shape(), "en": P}))
-        w_wr_r = Signal.like(w_wr, reset_less=True)
-        w_en_r = Signal(P)
-        m.d.sync += [w_wr_r.eq(w_wr), w_en_r.eq(w_wr.en)]
-        m.d.comb += [w_w.addr.eq(w_wr_r.addr), w_w.data.eq(w_wr_r.data), w_w.en.eq(w_en_r)]
         pm_r = eng.pm.read_port()
         mexp_r, kexp_r, oexp_r = (eng.mexp.read_port(domain="comb"), eng.kexp.read_port(domain="comb"),
                                   eng.oexp.read_port(domain="comb"))
@@ -291,8 +282,9 @@ class HmtxTop(wiring.Component):
                                          ld_c_word.eq(Mux(row_off == 0, 0, Mux(sel, nr_word[1], nr_word[0]))),
                                          ld_c_lane.eq(Mux(row_off == 0, 0, Mux(sel, nr_lane[1], nr_lane[0])))]
                         with m.If((idx >= 8) & ld_ok_r & (idx < ld_stop)):
-                            m.d.comb += [w_wr.addr.eq(ld_jbase + ld_c_word), w_wr.en.eq(Const(1, P) << ld_c_lane)]
-                            m.d.comb += [w_wr.data[l].eq(byte) for l in range(P)]
+                            # (the engine registers the write on its way to the block RAMs)
+                            m.d.comb += [eng.wr_w_addr.eq(ld_jbase + ld_c_word), eng.wr_w_en.eq(Const(1, P) << ld_c_lane)]
+                            m.d.comb += [eng.wr_w_data[l].eq(byte) for l in range(P)]
                             with m.If(mant_bad):
                                 m.d.sync += bad_arg.eq(1)
                             with m.If(ld_j == c.d_h - 1):
@@ -460,8 +452,8 @@ class HmtxTop(wiring.Component):
             # element k of a vector lives in word k // P, lane k % P: rk counts words, ri lanes
             # ``dat`` holds M_i and the result rows (an int16 word as a low-byte and a high-byte word).
             # The word addresses are registered here and again in the engine before they reach
-            # the block RAMs (a fetch takes five cycles: two address registers, read, the
-            # engine's register after the block RAM, lane select).
+            # the block RAMs (a fetch takes six cycles: two address registers, read, the
+            # engine's register after the block RAM, two lane-select steps).
             # The slot/row bases (multiplies by constants) have registers of their own: the slot
             # is fixed from the header on, and rrow changes >= 2 cycles before its next fetch.
             rd_dat_q = Signal.like(eng.rd_dat_addr)
@@ -477,11 +469,14 @@ class HmtxTop(wiring.Component):
             r_elem = Signal(16)     # elements sent of the current vector
             elem = Signal(16)       # the element being sent, registered from its memory word
 
-            def vector(state, n_elems, word, elem_bytes, next_state, fetch_state, split=False, lanes=P):
-                """Send elements 0..n-1 from a sync-read memory: per element a five-cycle fetch
-                (two address registers, block RAM read, word register, lane select into ``elem``;
-                block RAM outputs are slow). ``split``: each byte of a 2-byte element is its own
-                fetch (``rb`` selects the word)."""
+            def vector(state, n_elems, word, lane_bits, elem_bytes, next_state, fetch_state, split=False, lanes=P):
+                """Send elements 0..n-1 from a sync-read memory word (``word``: its raw bits, lanes
+                of ``lane_bits``): per element a six-cycle fetch (two address registers, block RAM
+                read, word register, then the lane in two registered steps: its group of 8 lanes,
+                then the lane -- a P-lane word sits in block RAMs across the die). ``split``:
+                each byte of a 2-byte element is its own fetch (``rb`` selects the word)."""
+                gl = 8 if lanes % 8 == 0 else lanes
+                grp = Signal(gl * lane_bits, name=f"{state.lower()}_grp", reset_less=True)
                 with m.State(fetch_state):
                     m.next = fetch_state + "1"
                 with m.State(fetch_state + "1"):
@@ -489,9 +484,12 @@ class HmtxTop(wiring.Component):
                 with m.State(fetch_state + "1a"):
                     m.next = fetch_state + "1b"
                 with m.State(fetch_state + "1b"):
+                    m.next = fetch_state + "1c"
+                with m.State(fetch_state + "1c"):
+                    m.d.sync += grp.eq(word.word_select(ri // gl, gl * lane_bits))
                     m.next = fetch_state + "2"
                 with m.State(fetch_state + "2"):
-                    m.d.sync += elem.eq(word)
+                    m.d.sync += elem.eq(grp.word_select(ri % gl, lane_bits))
                     m.next = state
                 with m.State(state):
                     v = elem
@@ -533,14 +531,14 @@ class HmtxTop(wiring.Component):
             dat_word = Signal.like(eng.dat_read_data, reset_less=True)
             key_word = Signal.like(eng.key_read_data, reset_less=True)
             m.d.sync += [dat_word.eq(eng.dat_read_data), key_word.eq(eng.key_read_data)]
-            vector("SLOT_M", c.d, Value.cast(dat_word[ri]), 1, "SLOT_KEXP", "SLOT_M_F")
+            vector("SLOT_M", c.d, Value.cast(dat_word), 8, 1, "SLOT_KEXP", "SLOT_M_F")
             scalar("SLOT_KEXP", kexp_r.data, 2, "SLOT_K_F")
-            vector("SLOT_K", c.d_h, Value.cast(key_word[ri]), 2, "CRC", "SLOT_K_F", lanes=eng.KP)
+            vector("SLOT_K", c.d_h, Value.cast(key_word), 16, 2, "CRC", "SLOT_K_F", lanes=eng.KP)
 
             # RECALL: P exponent, d x i16, n, n probabilities; ATTENTION: n_q x (exponent, row)
             scalar("OUT_EXP", oexp_r.data, 2, "OUT_V_F")
             out_len = Mux(is_op("RECALL"), c.d, c.head_dim)
-            vector("OUT_V", out_len, Value.cast(dat_word[ri]), 2, "OUT_NEXT", "OUT_V_F", split=True)
+            vector("OUT_V", out_len, Value.cast(dat_word), 8, 2, "OUT_NEXT", "OUT_V_F", split=True)
             with m.State("OUT_NEXT"):
                 m.d.sync += [ri.eq(0), rk.eq(0), r_elem.eq(0)]
                 with m.If(is_op("RECALL")):

@@ -37,12 +37,16 @@ def rand_vec(r, n, extreme=False):
     return mant.astype(np.int64), int(exp)
 
 
-@pytest.mark.parametrize("config,extreme", [(CONFIGS["tiny"], False), (ODD, False), (ODD, True), (WIDE, False)],
+# wide16 also stores ``w`` in rows of 16 words (8 rows, the last partial), as smollm's 4608
+# words are stored in 9 rows of 512
+@pytest.mark.parametrize("config,extreme,w_rows", [(CONFIGS["tiny"], False, 512), (ODD, False, 512), (ODD, True, 512),
+                                                   (WIDE, False, 16)],
                          ids=["tiny", "odd20", "odd20-extreme", "wide16"])
-def test_engine_matches_golden(config, extreme):
+def test_engine_matches_golden(config, extreme, w_rows):
     r = rng(20)
     c = config
-    dut = Engine(c)
+    dut = Engine(c, w_row_depth=w_rows)
+    assert len(dut.w_rows) == -(-2 * c.d_h * dut.CB // w_rows)
     P, CB, HB, AB = dut.P, dut.CB, dut.HB, dut.AB
     wq, wk = rand_weight(r, c.d, c.d_h, extreme), rand_weight(r, c.d, c.d_h, extreme)
     n_writes = c.n_slots + 2
