@@ -305,10 +305,10 @@ class Engine(wiring.Component):
         # valid bits (sv[k]: stage k) do, so a reset mid-operation issues no stray MAC beats.
         s0 = Signal.like(s1, reset_less=True)
         s0_copy_addr = Signal.like(issue_copy_addr)
-        sv = Signal(4)
+        sv = Signal(5)
         m.d.sync += [s0.eq(issue), s0_copy_addr.eq(issue_copy_addr),
                      s1.eq(s0), s1_copy_addr.eq(s0_copy_addr),
-                     sv.eq(Cat(issue.valid, sv[:3]))]
+                     sv.eq(Cat(issue.valid, sv[:4]))]
         dat_addr = Signal.like(self._dat_r.addr)
         w_addr = Signal(range(self.w.depth))
         key_addr = Signal.like(self._key_r.addr)
@@ -327,31 +327,38 @@ class Engine(wiring.Component):
         wm_q = Signal.like(self._wm_r.data, reset_less=True)
         m.d.sync += [dat_q.eq(self._dat_r.data), key_q.eq(self._key_r.data), wm_q.eq(self._wm_r.data)]
         m.d.sync += [q.eq(port.data) for q, port in zip(w_row_q, self._w_r)]
-        # which row of ``w`` the word at stage 2 came from (the address's high bits, two cycles on)
-        w_row_sel = [Signal(range(max(2, len(self.w_rows))), name=f"w_row_sel{k}", reset_less=True) for k in range(2)]
-        m.d.sync += [w_row_sel[0].eq(addr_r[1] // self.w_row_depth), w_row_sel[1].eq(w_row_sel[0])]
-        # stage 3: a second register on the way from the block RAMs (all over the die) to the
-        # MAC lanes (in the DSP columns), so the placer can put one half-way
+        # which row of ``w`` the word at stage 3 came from (the address's high bits, three cycles on)
+        w_row_sel = [Signal(range(max(2, len(self.w_rows))), name=f"w_row_sel{k}", reset_less=True) for k in range(3)]
+        m.d.sync += [w_row_sel[0].eq(addr_r[1] // self.w_row_depth), w_row_sel[1].eq(w_row_sel[0]),
+                     w_row_sel[2].eq(w_row_sel[1])]
+        # stages 3 and 4: two more registers on the way from the block RAMs (all over the die) to
+        # the MAC lanes (in the DSP columns): the first can sit at its block RAM (whose 5.8 ns
+        # clock-to-output leaves little for the route), the next one where the placer likes.
+        # ``w``'s row select sits between them (nine rows, nine places on the die).
         s3 = Signal.like(s1, reset_less=True)
-        m.d.sync += s3.eq(s2)
-        # the operand muxes' selects, one register per lane group (the same values as s3's)
-        s3_sel = replicate(m, Cat(s2.phase, s2.lim, s2.qhi, s2.zero, attn), G, "opsel")
-        dat_q2 = Signal.like(dat_q, reset_less=True)
-        key_q2 = Signal.like(key_q, reset_less=True)
-        w_q2 = Signal.like(w_row_q[0], reset_less=True)
-        wm_q2 = Signal.like(wm_q, reset_less=True)
-        m.d.sync += [dat_q2.eq(dat_q), key_q2.eq(key_q), wm_q2.eq(wm_q)]
-        with m.Switch(w_row_sel[1]):
-            for r, q in enumerate(w_row_q):
+        s4 = Signal.like(s1, reset_less=True)
+        m.d.sync += [s3.eq(s2), s4.eq(s3)]
+        # the operand muxes' selects, one register per lane group (the same values as s4's)
+        s4_sel = replicate(m, Cat(s3.phase, s3.lim, s3.qhi, s3.zero, attn), G, "opsel")
+        dat_q2, dat_q3 = (Signal.like(dat_q, reset_less=True, name=f"dat_q{k}") for k in (2, 3))
+        key_q2, key_q3 = (Signal.like(key_q, reset_less=True, name=f"key_q{k}") for k in (2, 3))
+        wm_q2, wm_q3 = (Signal.like(wm_q, reset_less=True, name=f"wm_q{k}") for k in (2, 3))
+        w_row_q2 = [Signal.like(q, reset_less=True, name=f"w_row{r}_q2") for r, q in enumerate(w_row_q)]
+        w_q3 = Signal.like(w_row_q[0], reset_less=True)
+        m.d.sync += [dat_q2.eq(dat_q), key_q2.eq(key_q), wm_q2.eq(wm_q),
+                     dat_q3.eq(dat_q2), key_q3.eq(key_q2), wm_q3.eq(wm_q2)]
+        m.d.sync += [q2.eq(q) for q2, q in zip(w_row_q2, w_row_q)]
+        with m.Switch(w_row_sel[2]):
+            for r, q in enumerate(w_row_q2):
                 with m.Case(r):
-                    m.d.sync += w_q2.eq(q)
+                    m.d.sync += w_q3.eq(q)
         # qbuf: QD words of P int16 lanes in flip-flops. Each lane group reads with its own copy
         # of the word address (and of qhi: the half-width key words' upper half takes q's lanes
-        # KP.., its own lanes otherwise), registered at s3 like the block RAM operands.
+        # KP.., its own lanes otherwise), registered at s4 like the block RAM operands.
         QD = max(HB, AB)
         qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)] for w in range(QD)]
         q_op = [Signal(signed(16), name=f"q_op{l}", reset_less=True) for l in range(P)]
-        q_rd = replicate(m, Cat(s1.qaddr, s1.qhi), G, "q_rd")
+        q_rd = replicate(m, Cat(s2.qaddr, s2.qhi), G, "q_rd")
         for l in range(P):
             g_addr, g_hi = q_rd[l // LG][:len(s1.qaddr)], q_rd[l // LG][-1]
             hi_lane = l + KP if (KP != P and l + KP < P) else None
@@ -582,27 +589,27 @@ class Engine(wiring.Component):
                 m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
 
-        # --- stage 3: operands into the MAC ---------------------------------------------------
+        # --- stage 4: operands into the MAC ---------------------------------------------------
         mi = mac.i.payload
-        m.d.comb += [mac.i.valid.eq(sv[3]), mi.first.eq(s3.first), mi.last.eq(s3.last),
-                     mi.lane_mode.eq(s3.lane_mode), mi.tag.eq(s3.tag)]
+        m.d.comb += [mac.i.valid.eq(sv[4]), mi.first.eq(s4.first), mi.last.eq(s4.last),
+                     mi.lane_mode.eq(s4.lane_mode), mi.tag.eq(s4.tag)]
         for l in range(P):
-            sel = s3_sel[l // LG]
+            sel = s4_sel[l // LG]
             g_phase, g_lim = sel[:3], sel[3:3 + len(s2.lim)]
             g_qhi, g_zero, g_attn = sel[-3], sel[-2], sel[-1]
             on = l < g_lim
             with m.Switch(g_phase):
                 with m.Case(PROJ):
-                    m.d.comb += [mi.a[l].eq(Mux(on, dat_q2[l], 0)), mi.b[l].eq(w_q2[l])]
+                    m.d.comb += [mi.a[l].eq(Mux(on, dat_q3[l], 0)), mi.b[l].eq(w_q3[l])]
                 with m.Case(SCORE):
                     # (q_op holds lane l + KP for the upper half of a key word; beyond P it is 0)
                     q_l = q_op[l] if (KP == P or l + KP < P) else Mux(g_qhi, 0, q_op[l])
-                    k_l = key_q2[l] if l < KP else 0
+                    k_l = key_q3[l] if l < KP else 0
                     m.d.comb += [mi.a[l].eq(Mux(on, q_l, 0)),
-                                 mi.b[l].eq(Mux(g_attn, dat_q2[l], k_l))]
+                                 mi.b[l].eq(Mux(g_attn, dat_q3[l], k_l))]
                 with m.Case(WSUM):
-                    m.d.comb += [mi.a[l].eq(Mux(g_zero, 0, wm_q2)),
-                                 mi.b[l].eq(dat_q2[l])]
+                    m.d.comb += [mi.a[l].eq(Mux(g_zero, 0, wm_q3)),
+                                 mi.b[l].eq(dat_q3[l])]
         # WRITE: M_i is copied into its slot while the first column of K_i is projected
         # (the data multiplexer of ``dat``'s write port selects per lane group, from copies of
         # the write's kind: M copy, result low bytes, result high bytes)
