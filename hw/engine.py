@@ -220,14 +220,14 @@ class Engine(wiring.Component):
 
     @property
     def dat_read_data(self):
-        """``dat`` word at ``rd_dat_addr`` of two cycles before (valid while idle; the engine
-        registers the address): the block RAM's output itself, to be registered before any
-        logic looks at it."""
+        """``dat`` word at ``rd_dat_addr`` of three cycles before (valid while idle; the engine
+        registers the address twice): the block RAM's output itself, to be registered before
+        any logic looks at it."""
         return self._dat_r.data
 
     @property
     def key_read_data(self):
-        """K word at ``rd_key_addr`` of two cycles before (valid while idle), unregistered."""
+        """K word at ``rd_key_addr`` of three cycles before (valid while idle), unregistered."""
         return self._key_r.data
 
     def elaborate(self, platform):
@@ -303,18 +303,27 @@ class Engine(wiring.Component):
         # from the sync domain below; the sequencer computes next cycle's addresses.
         # The stage registers carry no reset (a reset would fan out to all of them); only their
         # valid bits (sv[k]: stage k) do, so a reset mid-operation issues no stray MAC beats.
+        # Two address registers: one next to the sequencer (whose logic computes the address) and
+        # one that hmtx.hw.netlist copies next to each cluster of block RAMs, so the long way
+        # across the die is a register-to-register hop (stages 0 and 0b).
+        # sv[k]: valid of stage 0, 0b, 1, 2, 3, 4 for k = 0..5.
         s0 = Signal.like(s1, reset_less=True)
+        s0b = Signal.like(s1, reset_less=True)
         s0_copy_addr = Signal.like(issue_copy_addr)
-        sv = Signal(5)
+        s0b_copy_addr = Signal.like(issue_copy_addr)
+        sv = Signal(6)
         m.d.sync += [s0.eq(issue), s0_copy_addr.eq(issue_copy_addr),
-                     s1.eq(s0), s1_copy_addr.eq(s0_copy_addr),
-                     sv.eq(Cat(issue.valid, sv[:4]))]
+                     s0b.eq(s0), s0b_copy_addr.eq(s0_copy_addr),
+                     s1.eq(s0b), s1_copy_addr.eq(s0b_copy_addr),
+                     sv.eq(Cat(issue.valid, sv[:5]))]
         dat_addr = Signal.like(self._dat_r.addr)
         w_addr = Signal(range(self.w.depth))
         key_addr = Signal.like(self._key_r.addr)
         wm_addr = Signal.like(self._wm_r.addr)
+        addr_c = [Signal.like(a, reset_less=True, name=f"{a.name}_c") for a in (dat_addr, w_addr, key_addr, wm_addr)]
         addr_r = [Signal.like(a, reset_less=True, name=f"{a.name}_r") for a in (dat_addr, w_addr, key_addr, wm_addr)]
-        m.d.sync += [r.eq(a) for r, a in zip(addr_r, (dat_addr, w_addr, key_addr, wm_addr))]
+        m.d.sync += [c.eq(a) for c, a in zip(addr_c, (dat_addr, w_addr, key_addr, wm_addr))]
+        m.d.sync += [r.eq(c) for r, c in zip(addr_r, addr_c)]
         m.d.comb += [self._dat_r.addr.eq(addr_r[0]), self._key_r.addr.eq(addr_r[2]), self._wm_r.addr.eq(addr_r[3])]
         m.d.comb += [port.addr.eq(addr_r[1] % self.w_row_depth) for port in self._w_r]
         # stage 2: the block RAM outputs are registered before any logic looks at them
@@ -378,18 +387,24 @@ class Engine(wiring.Component):
         key_w = Signal(data.StructLayout({"addr": len(self._key_w.addr), "data": self._key_w.data.shape(),
                                           "en": KP}))
         # (addresses and data without reset, the lane enables with it)
+        # (two registers, as for the read addresses: central, then per block-RAM cluster)
+        dat_w_c = Signal.like(dat_w, reset_less=True)
+        key_w_c = Signal.like(key_w, reset_less=True)
         dat_w_r = Signal.like(dat_w, reset_less=True)
         key_w_r = Signal.like(key_w, reset_less=True)
-        dat_en_r, key_en_r = Signal(P), Signal(KP)
-        m.d.sync += [dat_w_r.eq(dat_w), key_w_r.eq(key_w), dat_en_r.eq(dat_w.en), key_en_r.eq(key_w.en)]
+        dat_en_c, key_en_c, dat_en_r, key_en_r = Signal(P), Signal(KP), Signal(P), Signal(KP)
+        m.d.sync += [dat_w_c.eq(dat_w), key_w_c.eq(key_w), dat_en_c.eq(dat_w.en), key_en_c.eq(key_w.en),
+                     dat_w_r.eq(dat_w_c), key_w_r.eq(key_w_c), dat_en_r.eq(dat_en_c), key_en_r.eq(key_en_c)]
         m.d.comb += [self._dat_w.addr.eq(dat_w_r.addr), self._dat_w.data.eq(dat_w_r.data),
                      self._dat_w.en.eq(dat_en_r),
                      self._key_w.addr.eq(key_w_r.addr), self._key_w.data.eq(key_w_r.data),
                      self._key_w.en.eq(key_en_r)]
         # the owner's writes of ``w`` (weights while idle), registered, then into their row
-        w_wr = Signal(data.StructLayout({"addr": range(self.w.depth), "data": self.wr_w_data.shape()}), reset_less=True)
-        w_en_r = Signal(P)
-        m.d.sync += [w_wr.addr.eq(self.wr_w_addr), w_wr.data.eq(self.wr_w_data), w_en_r.eq(self.wr_w_en)]
+        w_wr_c = Signal(data.StructLayout({"addr": range(self.w.depth), "data": self.wr_w_data.shape()}), reset_less=True)
+        w_wr = Signal.like(w_wr_c, reset_less=True)
+        w_en_c, w_en_r = Signal(P), Signal(P)
+        m.d.sync += [w_wr_c.addr.eq(self.wr_w_addr), w_wr_c.data.eq(self.wr_w_data), w_en_c.eq(self.wr_w_en),
+                     w_wr.eq(w_wr_c), w_en_r.eq(w_en_c)]
         for r, port in enumerate(self._w_w):
             m.d.comb += [port.addr.eq(w_wr.addr % self.w_row_depth), port.data.eq(w_wr.data),
                          port.en.eq(Mux(w_wr.addr // self.w_row_depth == r, w_en_r, 0))]
@@ -426,6 +441,7 @@ class Engine(wiring.Component):
         pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "prod": 42}))
         pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "p": 16}))
         ql0 = Signal(data.StructLayout({"valid": 1, "idx": range(max(AB, 2))}))
+        ql0b = Signal.like(ql0)
         ql1 = Signal.like(ql0)
         ql2 = Signal.like(ql1)
         ql_issue = Signal.like(ql0)
@@ -508,7 +524,7 @@ class Engine(wiring.Component):
                     with m.If(inner == AB - 1):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
-                with m.Elif(~ql0.valid & ~ql1.valid & ~ql2.valid):
+                with m.Elif(~ql0.valid & ~ql0b.valid & ~ql1.valid & ~ql2.valid):
                     m.next = "SCORE_START"
             with m.State("SCORE_START"):
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(n_keys),
@@ -591,7 +607,7 @@ class Engine(wiring.Component):
 
         # --- stage 4: operands into the MAC ---------------------------------------------------
         mi = mac.i.payload
-        m.d.comb += [mac.i.valid.eq(sv[4]), mi.first.eq(s4.first), mi.last.eq(s4.last),
+        m.d.comb += [mac.i.valid.eq(sv[5]), mi.first.eq(s4.first), mi.last.eq(s4.last),
                      mi.lane_mode.eq(s4.lane_mode), mi.tag.eq(s4.tag)]
         for l in range(P):
             sel = s4_sel[l // LG]
@@ -613,7 +629,7 @@ class Engine(wiring.Component):
         # WRITE: M_i is copied into its slot while the first column of K_i is projected
         # (the data multiplexer of ``dat``'s write port selects per lane group, from copies of
         # the write's kind: M copy, result low bytes, result high bytes)
-        copy_now = sv[2] & s2.copy
+        copy_now = sv[3] & s2.copy
         with m.If(copy_now):
             m.d.comb += [dat_w.addr.eq(s2_copy_addr), dat_w.en.eq((1 << P) - 1)]
 
@@ -711,7 +727,7 @@ class Engine(wiring.Component):
             m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
         with m.If(res_hi):
             m.d.comb += [dec_wsum.eq(1), dat_w.addr.eq(res_addr | 1), dat_w.en.eq((1 << P) - 1)]
-        wsel = replicate(m, Cat(res_now, res_lo, sv[1] & s1.copy), G, "dat_wsel")
+        wsel = replicate(m, Cat(res_now, res_lo, sv[2] & s1.copy), G, "dat_wsel")
         for l in range(P):
             g_lo, g_hi, g_copy = (wsel[l // LG][k] for k in range(3))
             with m.If(g_lo):
@@ -776,5 +792,5 @@ class Engine(wiring.Component):
                          self._wm_w.data.eq(Mux(pr3.keep, w_val, 0))]
 
         # attention: the Q row's words arrive one cycle after QLOAD asked for them
-        m.d.sync += [ql0.eq(ql_issue), ql1.eq(ql0), ql2.eq(ql1)]
+        m.d.sync += [ql0.eq(ql_issue), ql0b.eq(ql0), ql1.eq(ql0b), ql2.eq(ql1)]
         return m
