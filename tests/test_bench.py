@@ -153,3 +153,42 @@ def test_cuda_parity_replay_snapshots_each_segment_and_catches_one_flipped_bit()
     b["probs.4"] = b["probs.4"].clone()
     b["probs.4"][0] += 2.0 ** -15
     assert cuda_parity._diff(a, b) == ["probs.4"], f"seed {SEED}"
+
+
+def test_slack_histogram_counts_the_bins_nextpnr_drew():
+    from bench import slack_histogram
+
+    log = ("Info: Max frequency for clock '$glbnet$clk': 54.39 MHz (FAIL at 100.00 MHz)\n\n"
+           "Info: Slack histogram:\nInfo:  legend: * represents 10 endpoint(s)\n"
+           "Info:          + represents [1,10) endpoint(s)\n"
+           "Info: [ -5000,  -4000) |**+\nInfo: [ -4000,  -2000) |***\n"
+           "Info: [ -2000,   1000) |***+\nInfo: [  1000,   4000) |*****\nInfo: Checksum: 0x1\n")
+    s = slack_histogram.summarise(log)
+    assert s["fmax_mhz"] == [54.39] and s["worst_ps"] == -5000
+    assert s["endpoints"] == 25 + 30 + 35 + 50
+    assert s["short_by_4ns"] == 25 and s["short_by_2ns"] == 55
+    assert s["failing"] == 25 + 30 + round(35 * 2000 / 3000)
+    with pytest.raises(ValueError, match="no 'Slack histogram'"):
+        slack_histogram.summarise("Info: Program finished normally.\n")
+
+
+def test_placed_arcs_ranks_nets_by_the_ecp5_distance_estimate():
+    from bench import placed_arcs
+
+    def cell(kind, bel, conns):
+        return {"type": kind, "attributes": {"NEXTPNR_BEL": bel, "src": f"x.py:{len(bel)}"},
+                "port_directions": {p: d for p, (d, _) in conns.items()},
+                "connections": {p: [b] for p, (_, b) in conns.items()}}
+
+    net = {"modules": {"top": {"attributes": {"top": 1}, "cells": {
+        "ff_a": cell("TRELLIS_FF", "X10/Y10/SLICEA", {"Q": ("output", 5)}),
+        "near": cell("TRELLIS_COMB", "X11/Y10/SLICEA", {"A": ("input", 5), "F": ("output", 6)}),
+        "far": cell("TRELLIS_COMB", "X70/Y50/SLICEB", {"A": ("input", 5)}),
+        "ff_b": cell("TRELLIS_FF", "X11/Y11/SLICEC", {"DI": ("input", 6)}),
+    }}}}
+    rows = placed_arcs.net_arcs(net)
+    assert [r[3] for r in rows] == ["ff_a", "near"]
+    assert rows[0][1] == 2 and rows[0][6] == "far"
+    # 60 x 40 tiles: 3 + 55 + 35 + 2 * (5 + 5) units of 120 ps
+    assert abs(rows[0][0] - 0.120 * (3 + 55 + 35 + 20)) < 1e-9
+    assert abs(rows[1][0] - 0.120 * (3 + 2 * 1)) < 1e-9
