@@ -141,7 +141,8 @@ def diagnose_failure(*, nextpnr_log=None, yosys_log=None):
 
 
 def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
-               seed=1, ice40_dsp=False, synth_opts=None, router=None, name="top", split_fanout=True):
+               seed=1, ice40_dsp=False, synth_opts=None, router=None, name="top", split_fanout=True,
+               timing_weight=None):
     """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
 
     ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
@@ -165,6 +166,10 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     # router2 gets further (docs/synthesis.md, "Routing").
     if router:
         nextpnr_opts += ["--router", router]
+    if timing_weight is not None:
+        if timing_weight < 0:
+            raise ValueError(f"timing weight must be >= 0, got {timing_weight}")
+        nextpnr_opts += ["--placer-heap-timingweight", str(timing_weight)]
 
     saved = dict(os.environ)
     os.environ.update(tool_env())
@@ -181,6 +186,7 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     labels = {"config": config_name, "lanes": lanes, "core": type(core).__name__, "baud": baud,
               "seed": seed, "yosys_synth_opts": " ".join(synth_opts), "router": router or "default",
               "bram_fanout_split": bool(spec.family == "ecp5" and split_fanout),
+              "placer_timing_weight": timing_weight,
               "build_dir": out_dir}
 
     def read(fname):
