@@ -23,6 +23,16 @@ def ceil_div(a, b):
     return -(-a // b)
 
 
+def delay(m, value, cycles, name, reset_less=True):
+    """``value`` through ``cycles`` registers; every register in order (the last is the output)."""
+    taps = []
+    for k in range(cycles):
+        reg = Signal.like(value, reset_less=reset_less, name=f"{name}_d{k + 1}")
+        m.d.sync += reg.eq(value)
+        taps.append(value := reg)
+    return taps
+
+
 class Region:
     """A window ``[base, base + depth)`` of a memory, indexed like the memory itself
     (``region.data[i]`` is ``memory.data[base + i]``), for testbenches that fill or read one
@@ -61,6 +71,9 @@ class Rows:
 
 # Words per block-RAM row of ``w``: a DP16KD's depth at its widest (36-bit) port.
 W_ROW_DEPTH = 512
+# Read address registers before the block RAMs: one by the sequencer, one that hmtx.hw.netlist
+# copies next to each cluster of block RAMs (the long way across the die is register to register).
+ADDR_REGS = 2
 
 
 class Op:
@@ -218,16 +231,19 @@ class Engine(wiring.Component):
         self._dat_q = Signal.like(self._dat_r.data, reset_less=True, name="dat_q")
         self._key_q = Signal.like(self._key_r.data, reset_less=True, name="key_q")
 
+    # cycles from ``rd_dat_addr``/``rd_key_addr`` to ``dat_read_data``/``key_read_data``
+    READ_LATENCY = ADDR_REGS + 1
+
     @property
     def dat_read_data(self):
-        """``dat`` word at ``rd_dat_addr`` of three cycles before (valid while idle; the engine
-        registers the address twice): the block RAM's output itself, to be registered before
+        """``dat`` word at ``rd_dat_addr`` of READ_LATENCY cycles before (valid while idle; the
+        engine registers the address): the block RAM's output itself, to be registered before
         any logic looks at it."""
         return self._dat_r.data
 
     @property
     def key_read_data(self):
-        """K word at ``rd_key_addr`` of three cycles before (valid while idle), unregistered."""
+        """K word at ``rd_key_addr`` of READ_LATENCY cycles before (valid while idle), unregistered."""
         return self._key_r.data
 
     def elaborate(self, platform):
@@ -246,7 +262,7 @@ class Engine(wiring.Component):
         # (hw/fanout.py), so no register drives all P lanes
         LG = min(P, 8)
         G = ceil_div(P, LG)
-        m.submodules.mac = mac = MacArray(P, tag_bits=24, groups=G if P % G == 0 else 1)
+        m.submodules.mac = mac = MacArray(P, tag_bits=24, group_lanes=LG)
         m.submodules.proj_rq = proj_rq = ShiftRoundSat(fixed.ACC_BITS, fixed.PROJ_BITS, MASK_W, tag_bits=24)
         m.submodules.score_rq = score_rq = ShiftRoundSat(64, fixed.SCORE_BITS, MASK_W, tag_bits=24)
         m.submodules.recip = recip = Reciprocal(32)
@@ -289,74 +305,50 @@ class Engine(wiring.Component):
         score_mult = [fixed.score_scale(c.d_h), fixed.score_scale(c.head_dim)]
 
         # --- stage-1 control (the beat whose memory reads are arriving) -------------------
-        s1 = Signal(data.StructLayout({
+        issue = Signal(data.StructLayout({
             "valid": 1, "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1, "qhi": 1,
             "qaddr": range(max(HB, AB, 2)),
             "lim": range(P + 1), "tag": 24, "phase": 3,
-        }), reset_less=True)
-        s1_copy_addr = Signal(24)
-        issue = Signal.like(s1)
+        }))
         issue_copy_addr = Signal(24)
-        # Stage 0: the read addresses are registered on their way to the block RAMs (at P=64
-        # one address fans out to up to 144 DP16KD spread over the die; computing it and
-        # driving them in one cycle was too slow). The memories' address inputs are driven
-        # from the sync domain below; the sequencer computes next cycle's addresses.
-        # The stage registers carry no reset (a reset would fan out to all of them); only their
-        # valid bits (sv[k]: stage k) do, so a reset mid-operation issues no stray MAC beats.
-        # Two address registers: one next to the sequencer (whose logic computes the address) and
-        # one that hmtx.hw.netlist copies next to each cluster of block RAMs, so the long way
-        # across the die is a register-to-register hop (stages 0 and 0b).
-        # sv[k]: valid of stage 0, 0b, 1, 2, 3, 4 for k = 0..5.
-        s0 = Signal.like(s1, reset_less=True)
-        s0b = Signal.like(s1, reset_less=True)
-        s0_copy_addr = Signal.like(issue_copy_addr)
-        s0b_copy_addr = Signal.like(issue_copy_addr)
-        sv = Signal(6)
-        m.d.sync += [s0.eq(issue), s0_copy_addr.eq(issue_copy_addr),
-                     s0b.eq(s0), s0b_copy_addr.eq(s0_copy_addr),
-                     s1.eq(s0b), s1_copy_addr.eq(s0b_copy_addr),
-                     sv.eq(Cat(issue.valid, sv[:5]))]
+        # The beat's control follows its memory reads: ADDR_REGS registers while the read
+        # addresses travel to the block RAMs (the sequencer computes next cycle's addresses),
+        # stage 1 while the block RAMs read, stage 2 at their output registers, stages 3 and 4 on
+        # the way to the MAC. The stage registers carry no reset (a reset would fan out to all of
+        # them); only their valid bits (sv) do, so a reset mid-operation issues no stray MAC beats.
+        s_taps = delay(m, issue, ADDR_REGS + 4, "s")
+        s1, s2, s3, s4 = s_taps[ADDR_REGS:]
+        s1_copy_addr, s2_copy_addr = delay(m, issue_copy_addr, ADDR_REGS + 2, "copy_addr")[ADDR_REGS:]
+        sv = delay(m, issue.valid, ADDR_REGS + 4, "s_valid", reset_less=False)
+        s1_valid, s2_valid, s4_valid = sv[ADDR_REGS], sv[ADDR_REGS + 1], sv[ADDR_REGS + 3]
         dat_addr = Signal.like(self._dat_r.addr)
         w_addr = Signal(range(self.w.depth))
         key_addr = Signal.like(self._key_r.addr)
         wm_addr = Signal.like(self._wm_r.addr)
-        addr_c = [Signal.like(a, reset_less=True, name=f"{a.name}_c") for a in (dat_addr, w_addr, key_addr, wm_addr)]
-        addr_r = [Signal.like(a, reset_less=True, name=f"{a.name}_r") for a in (dat_addr, w_addr, key_addr, wm_addr)]
-        m.d.sync += [c.eq(a) for c, a in zip(addr_c, (dat_addr, w_addr, key_addr, wm_addr))]
-        m.d.sync += [r.eq(c) for r, c in zip(addr_r, addr_c)]
+        addr_r = [delay(m, a, ADDR_REGS, a.name)[-1] for a in (dat_addr, w_addr, key_addr, wm_addr)]
         m.d.comb += [self._dat_r.addr.eq(addr_r[0]), self._key_r.addr.eq(addr_r[2]), self._wm_r.addr.eq(addr_r[3])]
         m.d.comb += [port.addr.eq(addr_r[1] % self.w_row_depth) for port in self._w_r]
         # stage 2: the block RAM outputs are registered before any logic looks at them
         # (a DP16KD's clock-to-output is 5.8 ns in nextpnr's model)
-        s2 = Signal.like(s1, reset_less=True)
-        s2_copy_addr = Signal.like(s1_copy_addr)
-        m.d.sync += [s2.eq(s1), s2_copy_addr.eq(s1_copy_addr)]
         dat_q, key_q = self._dat_q, self._key_q
         w_row_q = [Signal.like(port.data, reset_less=True, name=f"w_row{r}_q") for r, port in enumerate(self._w_r)]
         wm_q = Signal.like(self._wm_r.data, reset_less=True)
         m.d.sync += [dat_q.eq(self._dat_r.data), key_q.eq(self._key_r.data), wm_q.eq(self._wm_r.data)]
         m.d.sync += [q.eq(port.data) for q, port in zip(w_row_q, self._w_r)]
         # which row of ``w`` the word at stage 3 came from (the address's high bits, three cycles on)
-        w_row_sel = [Signal(range(max(2, len(self.w_rows))), name=f"w_row_sel{k}", reset_less=True) for k in range(3)]
-        m.d.sync += [w_row_sel[0].eq(addr_r[1] // self.w_row_depth), w_row_sel[1].eq(w_row_sel[0]),
-                     w_row_sel[2].eq(w_row_sel[1])]
+        w_row_now = Signal(range(max(2, len(self.w_rows))))
+        m.d.comb += w_row_now.eq(addr_r[1] // self.w_row_depth)
+        w_row_sel = delay(m, w_row_now, 3, "w_row_sel")
         # stages 3 and 4: two more registers on the way from the block RAMs (all over the die) to
         # the MAC lanes (in the DSP columns): the first can sit at its block RAM (whose 5.8 ns
         # clock-to-output leaves little for the route), the next one where the placer likes.
         # ``w``'s row select sits between them (nine rows, nine places on the die).
-        s3 = Signal.like(s1, reset_less=True)
-        s4 = Signal.like(s1, reset_less=True)
-        m.d.sync += [s3.eq(s2), s4.eq(s3)]
         # the operand muxes' selects, one register per lane group (the same values as s4's)
         s4_sel = replicate(m, Cat(s3.phase, s3.lim, s3.qhi, s3.zero, attn), G, "opsel")
-        dat_q2, dat_q3 = (Signal.like(dat_q, reset_less=True, name=f"dat_q{k}") for k in (2, 3))
-        key_q2, key_q3 = (Signal.like(key_q, reset_less=True, name=f"key_q{k}") for k in (2, 3))
-        wm_q2, wm_q3 = (Signal.like(wm_q, reset_less=True, name=f"wm_q{k}") for k in (2, 3))
-        w_row_q2 = [Signal.like(q, reset_less=True, name=f"w_row{r}_q2") for r, q in enumerate(w_row_q)]
+        dat_q3, key_q3, wm_q3 = (delay(m, q, 2, name)[-1] for q, name in ((dat_q, "dat_q"), (key_q, "key_q"),
+                                                                          (wm_q, "wm_q")))
+        w_row_q2 = [delay(m, q, 1, f"w_row{r}_q")[-1] for r, q in enumerate(w_row_q)]
         w_q3 = Signal.like(w_row_q[0], reset_less=True)
-        m.d.sync += [dat_q2.eq(dat_q), key_q2.eq(key_q), wm_q2.eq(wm_q),
-                     dat_q3.eq(dat_q2), key_q3.eq(key_q2), wm_q3.eq(wm_q2)]
-        m.d.sync += [q2.eq(q) for q2, q in zip(w_row_q2, w_row_q)]
         with m.Switch(w_row_sel[2]):
             for r, q in enumerate(w_row_q2):
                 with m.Case(r):
@@ -386,28 +378,22 @@ class Engine(wiring.Component):
                                           "en": P}))
         key_w = Signal(data.StructLayout({"addr": len(self._key_w.addr), "data": self._key_w.data.shape(),
                                           "en": KP}))
-        # (addresses and data without reset, the lane enables with it)
-        # (two registers, as for the read addresses: central, then per block-RAM cluster)
-        dat_w_c = Signal.like(dat_w, reset_less=True)
-        key_w_c = Signal.like(key_w, reset_less=True)
-        dat_w_r = Signal.like(dat_w, reset_less=True)
-        key_w_r = Signal.like(key_w, reset_less=True)
-        dat_en_c, key_en_c, dat_en_r, key_en_r = Signal(P), Signal(KP), Signal(P), Signal(KP)
-        m.d.sync += [dat_w_c.eq(dat_w), key_w_c.eq(key_w), dat_en_c.eq(dat_w.en), key_en_c.eq(key_w.en),
-                     dat_w_r.eq(dat_w_c), key_w_r.eq(key_w_c), dat_en_r.eq(dat_en_c), key_en_r.eq(key_en_c)]
+        # (as many registers as the read addresses; addresses and data without reset, the lane
+        # enables with it)
+        dat_w_r, key_w_r = delay(m, dat_w, ADDR_REGS, "dat_w")[-1], delay(m, key_w, ADDR_REGS, "key_w")[-1]
+        dat_en_r = delay(m, dat_w.en, ADDR_REGS, "dat_w_en", reset_less=False)[-1]
+        key_en_r = delay(m, key_w.en, ADDR_REGS, "key_w_en", reset_less=False)[-1]
         m.d.comb += [self._dat_w.addr.eq(dat_w_r.addr), self._dat_w.data.eq(dat_w_r.data),
                      self._dat_w.en.eq(dat_en_r),
                      self._key_w.addr.eq(key_w_r.addr), self._key_w.data.eq(key_w_r.data),
                      self._key_w.en.eq(key_en_r)]
         # the owner's writes of ``w`` (weights while idle), registered, then into their row
-        w_wr_c = Signal(data.StructLayout({"addr": range(self.w.depth), "data": self.wr_w_data.shape()}), reset_less=True)
-        w_wr = Signal.like(w_wr_c, reset_less=True)
-        w_en_c, w_en_r = Signal(P), Signal(P)
-        m.d.sync += [w_wr_c.addr.eq(self.wr_w_addr), w_wr_c.data.eq(self.wr_w_data), w_en_c.eq(self.wr_w_en),
-                     w_wr.eq(w_wr_c), w_en_r.eq(w_en_c)]
+        w_wr = delay(m, Cat(self.wr_w_addr, self.wr_w_data), ADDR_REGS, "w_wr")[-1]
+        w_wr_addr, w_wr_data = w_wr[:len(self.wr_w_addr)], w_wr[len(self.wr_w_addr):]
+        w_en_r = delay(m, self.wr_w_en, ADDR_REGS, "w_wr_en", reset_less=False)[-1]
         for r, port in enumerate(self._w_w):
-            m.d.comb += [port.addr.eq(w_wr.addr % self.w_row_depth), port.data.eq(w_wr.data),
-                         port.en.eq(Mux(w_wr.addr // self.w_row_depth == r, w_en_r, 0))]
+            m.d.comb += [port.addr.eq(w_wr_addr % self.w_row_depth), port.data.eq(w_wr_data),
+                         port.en.eq(Mux(w_wr_addr // self.w_row_depth == r, w_en_r, 0))]
         # while idle the owner writes ``dat`` (the engine's own writes below take precedence)
         m.d.comb += [dat_w.addr.eq(self.wr_dat_addr), dat_w.data.eq(self.wr_dat_data),
                      dat_w.en.eq(self.wr_dat_en)]
@@ -440,11 +426,10 @@ class Engine(wiring.Component):
         pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8)}))
         pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "prod": 42}))
         pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "p": 16}))
-        ql0 = Signal(data.StructLayout({"valid": 1, "idx": range(max(AB, 2))}))
-        ql0b = Signal.like(ql0)
-        ql1 = Signal.like(ql0)
-        ql2 = Signal.like(ql1)
-        ql_issue = Signal.like(ql0)
+        ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(AB, 2))}))
+        # (the Q row's words: addresses registered, read, registered -- as the MAC beats)
+        ql_taps = delay(m, ql_issue, ADDR_REGS + 2, "ql", reset_less=False)
+        ql1, ql2 = ql_taps[ADDR_REGS:]
         ex_issue = Signal.like(ex1)
         pr_issue = Signal.like(pr1)
         m.d.sync += [ex1.eq(ex_issue), pr1.eq(pr_issue)]
@@ -524,7 +509,7 @@ class Engine(wiring.Component):
                     with m.If(inner == AB - 1):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
-                with m.Elif(~ql0.valid & ~ql0b.valid & ~ql1.valid & ~ql2.valid):
+                with m.Elif(~Cat(*(t.valid for t in ql_taps)).any()):
                     m.next = "SCORE_START"
             with m.State("SCORE_START"):
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(n_keys),
@@ -607,7 +592,7 @@ class Engine(wiring.Component):
 
         # --- stage 4: operands into the MAC ---------------------------------------------------
         mi = mac.i.payload
-        m.d.comb += [mac.i.valid.eq(sv[5]), mi.first.eq(s4.first), mi.last.eq(s4.last),
+        m.d.comb += [mac.i.valid.eq(s4_valid), mi.first.eq(s4.first), mi.last.eq(s4.last),
                      mi.lane_mode.eq(s4.lane_mode), mi.tag.eq(s4.tag)]
         for l in range(P):
             sel = s4_sel[l // LG]
@@ -629,7 +614,7 @@ class Engine(wiring.Component):
         # WRITE: M_i is copied into its slot while the first column of K_i is projected
         # (the data multiplexer of ``dat``'s write port selects per lane group, from copies of
         # the write's kind: M copy, result low bytes, result high bytes)
-        copy_now = sv[3] & s2.copy
+        copy_now = s2_valid & s2.copy
         with m.If(copy_now):
             m.d.comb += [dat_w.addr.eq(s2_copy_addr), dat_w.en.eq((1 << P) - 1)]
 
@@ -727,7 +712,7 @@ class Engine(wiring.Component):
             m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
         with m.If(res_hi):
             m.d.comb += [dec_wsum.eq(1), dat_w.addr.eq(res_addr | 1), dat_w.en.eq((1 << P) - 1)]
-        wsel = replicate(m, Cat(res_now, res_lo, sv[2] & s1.copy), G, "dat_wsel")
+        wsel = replicate(m, Cat(res_now, res_lo, s1_valid & s1.copy), G, "dat_wsel")
         for l in range(P):
             g_lo, g_hi, g_copy = (wsel[l // LG][k] for k in range(3))
             with m.If(g_lo):
@@ -791,6 +776,4 @@ class Engine(wiring.Component):
                          self._wm_w.addr.eq(pr3.idx), self._wm_w.en.eq(1),
                          self._wm_w.data.eq(Mux(pr3.keep, w_val, 0))]
 
-        # attention: the Q row's words arrive one cycle after QLOAD asked for them
-        m.d.sync += [ql0.eq(ql_issue), ql0b.eq(ql0), ql1.eq(ql0b), ql2.eq(ql1)]
         return m

@@ -50,9 +50,9 @@ class MacArray(wiring.Component):
     lane latency 3 (the lane accumulators sit right after the product registers). All
     stages advance together when the output register is empty or being read, so ``i.ready``
     falls only under output backpressure. Datapath registers have no reset; only the valid
-    bits do. The lane accumulators' controls are registered once per group of
-    ``lanes / groups`` lanes (:func:`hmtx.hw.fanout.replicate`): one register driving all P
-    lanes' accumulators is thousands of loads spread over the DSP columns.
+    bits do. The lane accumulators' controls are registered once per group of ``group_lanes``
+    lanes (:func:`hmtx.hw.fanout.replicate`; the last group may be smaller): one register
+    driving all P lanes' accumulators is thousands of loads spread over the DSP columns.
 
     Members
     -------
@@ -60,13 +60,14 @@ class MacArray(wiring.Component):
     o : Out(stream.Signature(mac_out_layout(lanes, tag_bits)))
     """
 
-    def __init__(self, lanes, tag_bits=16, groups=1):
+    def __init__(self, lanes, tag_bits=16, group_lanes=None):
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
-        if groups < 1 or lanes % groups:
-            raise ValueError(f"groups must divide lanes ({lanes}), got {groups}")
+        group_lanes = lanes if group_lanes is None else group_lanes
+        if group_lanes < 1:
+            raise ValueError(f"group_lanes must be >= 1, got {group_lanes}")
         self.lanes = lanes
-        self.groups = groups
+        self.group_lanes = group_lanes
         self.tag_bits = tag_bits
         self.levels = max(0, (lanes - 1).bit_length())
         self.latency = 3 + self.levels   # dot mode; lane mode: 3
@@ -116,9 +117,9 @@ class MacArray(wiring.Component):
         lacc_next = [Signal(signed(LANE_ACC_BITS), name=f"lacc_next{l}") for l in range(P)]
         # per lane group, at stage 2: (accumulate, clear first, emit), copies of v2 & c2.lane_mode,
         # c2.first and the lane-mode emit below
-        G, LG = self.groups, P // self.groups
+        LG = self.group_lanes
         lane_ctl = replicate(m, Cat(v1 & c1.lane_mode, c1.first, v1 & c1.lane_mode & c1.last),
-                             G, "lane_ctl", reset=True, en=en)
+                             -(-P // LG), "lane_ctl", reset=True, en=en)
         for l in range(P):
             acc_g, first_g, emit_g = (lane_ctl[l // LG][k] for k in range(3))
             m.d.comb += lacc_next[l].eq(Mux(first_g, prod[l], lacc[l] + prod[l]))

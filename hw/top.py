@@ -477,20 +477,16 @@ class HmtxTop(wiring.Component):
                 each byte of a 2-byte element is its own fetch (``rb`` selects the word)."""
                 gl = 8 if lanes % 8 == 0 else lanes
                 grp = Signal(gl * lane_bits, name=f"{state.lower()}_grp", reset_less=True)
-                with m.State(fetch_state):
-                    m.next = fetch_state + "1"
-                with m.State(fetch_state + "1"):
-                    m.next = fetch_state + "1a"
-                with m.State(fetch_state + "1a"):
-                    m.next = fetch_state + "1a2"
-                with m.State(fetch_state + "1a2"):
-                    m.next = fetch_state + "1b"
-                with m.State(fetch_state + "1b"):
-                    m.next = fetch_state + "1c"
-                with m.State(fetch_state + "1c"):
+                # wait while the word is in flight: our address register, the engine's read
+                # latency, our word register
+                waits = [fetch_state] + [f"{fetch_state}_wait{k}" for k in range(1, eng.READ_LATENCY + 2)]
+                for cur, nxt in zip(waits, waits[1:] + [fetch_state + "_grp"]):
+                    with m.State(cur):
+                        m.next = nxt
+                with m.State(fetch_state + "_grp"):
                     m.d.sync += grp.eq(word.word_select(ri // gl, gl * lane_bits))
-                    m.next = fetch_state + "2"
-                with m.State(fetch_state + "2"):
+                    m.next = fetch_state + "_lane"
+                with m.State(fetch_state + "_lane"):
                     m.d.sync += elem.eq(grp.word_select(ri % gl, lane_bits))
                     m.next = state
                 with m.State(state):

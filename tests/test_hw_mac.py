@@ -7,12 +7,12 @@ from hwsim import rng, run_stream
 
 
 @pytest.mark.parametrize("lane_mode", [False, True], ids=["dot", "lanes"])
-@pytest.mark.parametrize("lanes,groups", [(1, 1), (5, 1), (6, 3)])
-def test_mac_array_matches_integer_sums(lanes, groups, lane_mode):
+@pytest.mark.parametrize("lanes,group_lanes", [(1, None), (5, None), (6, 2), (5, 2)])
+def test_mac_array_matches_integer_sums(lanes, group_lanes, lane_mode):
     # one mode per run: the engine drains the pipeline between modes (lane results leave
     # after 3 cycles, dot results after 3 + ceil(log2 P), so mixed modes in flight collide)
     r = rng(10 + lanes)
-    dut = MacArray(lanes, tag_bits=8, groups=groups)
+    dut = MacArray(lanes, tag_bits=8, group_lanes=group_lanes)
     items, expect = [], []
     for tag in range(10):
         beats = r.randint(1, 4)
