@@ -16,6 +16,7 @@ column feed the same read-data multiplexers, so the smallest stride c with block
 sharing a read-data sink is the column count (no sharing: one row, every block a column).
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -107,7 +108,7 @@ def split_bram_fanout(netlist: dict, clusters: int = 8) -> dict:
                 continue
             new_bit = next_bit
             next_bit += 1
-            dup = json.loads(json.dumps(cells[src]))
+            dup = copy.deepcopy(cells[src])
             dup["connections"]["Q"] = [new_bit]
             dup_name = f"{src}$bramdup${g[0]}${g[1]}"
             cells[dup_name] = dup
