@@ -43,6 +43,9 @@ def add_build_arguments(p) -> None:
     p.add_argument("--timing-weight", type=int,
                    help="nextpnr's placer timing weight (--placer-heap-timingweight; nextpnr's default "
                         "10). 40 raised smollm's post-placement estimate from 54.4 to 57.4 MHz")
+    p.add_argument("--no-floorplan", dest="floorplan", action="store_false",
+                   help="leave the engine's block RAMs and lane multipliers to the placer (by "
+                        "default they are pinned per lane quad on the LFE5U-85F, hw/floorplan.py)")
     p.add_argument("--yosys-opts", help="options for synth_ecp5/synth_ice40 instead of the "
                                         "defaults (-nolutram on ECP5, none on iCE40); quote "
                                         "them, e.g. --yosys-opts='-nolutram -dff', or "
@@ -96,7 +99,8 @@ def build_one(args, config_name, config, out_dir):
                             lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq,
                             baud=args.baud, seed=args.seed, ice40_dsp=args.ice40_dsp,
                             synth_opts=None if args.yosys_opts is None else args.yosys_opts.split(),
-                            router=args.router, timing_weight=args.timing_weight)
+                            router=args.router, timing_weight=args.timing_weight,
+                            floorplan=args.floorplan)
     except BuildFailed as e:
         e.report.update(extra)
         raise

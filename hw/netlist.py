@@ -17,19 +17,15 @@ sharing a read-data sink is the column count (no sharing: one row, every block a
 """
 
 import copy
-import json
-import os
-import subprocess
-import sys
 from collections import defaultdict
 
-__all__ = ["split_bram_fanout", "main"]
+__all__ = ["split_bram_fanout", "bram_columns", "top_module"]
 
 BRAM = "DP16KD"
 FF = "TRELLIS_FF"
 
 
-def _top(netlist):
+def top_module(netlist):
     mods = netlist["modules"]
     tops = [m for m in mods.values() if str(m.get("attributes", {}).get("top", "0")).strip("0") != ""]
     if len(tops) != 1:
@@ -65,15 +61,12 @@ def _bram_columns(cells, sinks) -> dict:
     return out
 
 
-def split_bram_fanout(netlist: dict, clusters: int = 8) -> dict:
-    """Duplicate, in place, every TRELLIS_FF whose output reaches block RAMs of more than one
-    cluster of columns (``clusters`` per memory). Returns counts for the log."""
-    top = _top(netlist)
-    cells, netnames = top["cells"], top["netnames"]
+def _connectivity(top):
+    """(sinks: bit -> cell names reading it, driver: bit -> (cell, port), next free bit)."""
     sinks = defaultdict(set)
     driver = {}
     next_bit = 2
-    for name, c in cells.items():
+    for name, c in top["cells"].items():
         dirs = c.get("port_directions", {})
         for port, bits in c["connections"].items():
             for b in bits:
@@ -84,8 +77,23 @@ def split_bram_fanout(netlist: dict, clusters: int = 8) -> dict:
                     driver[b] = (name, port)
                 else:
                     sinks[b].add(name)
-    for n in netnames.values():
+    for n in top["netnames"].values():
         next_bit = max([next_bit] + [b + 1 for b in n["bits"] if not isinstance(b, str)])
+    return sinks, driver, next_bit
+
+
+def bram_columns(netlist: dict) -> dict:
+    """{DP16KD cell name: (memory, column, columns)} of the netlist's top module."""
+    top = top_module(netlist)
+    return _bram_columns(top["cells"], _connectivity(top)[0])
+
+
+def split_bram_fanout(netlist: dict, clusters: int = 8) -> dict:
+    """Duplicate, in place, every TRELLIS_FF whose output reaches block RAMs of more than one
+    cluster of columns (``clusters`` per memory). Returns counts for the log."""
+    top = top_module(netlist)
+    cells, netnames = top["cells"], top["netnames"]
+    sinks, driver, next_bit = _connectivity(top)
     column = _bram_columns(cells, sinks)
 
     copies = nets = 0
@@ -119,29 +127,3 @@ def split_bram_fanout(netlist: dict, clusters: int = 8) -> dict:
                 for p, bits in conn.items():
                     conn[p] = [new_bit if b == bit else b for b in bits]
     return {"nets": nets, "copies": copies}
-
-
-def main(argv=None) -> int:
-    """``python -m hmtx.hw.netlist NEXTPNR ARGS...``: duplicate in the ``--json`` netlist, then run
-    the given nextpnr with the same arguments (the hook ``hmtx synth`` puts in the build)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv:
-        print("usage: python -m hmtx.hw.netlist NEXTPNR [nextpnr arguments]", file=sys.stderr)
-        return 2
-    tool, args = argv[0], argv[1:]
-    if "--json" in args:
-        path = args[args.index("--json") + 1]
-        with open(path) as f:
-            netlist = json.load(f)
-        counts = split_bram_fanout(netlist)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(netlist, f)
-        os.replace(tmp, path)
-        print(f"hmtx.hw.netlist: {counts['copies']} register copies for {counts['nets']} nets "
-              f"that drive block RAMs of several column clusters", file=sys.stderr)
-    return subprocess.call([tool] + args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -142,7 +142,7 @@ def diagnose_failure(*, nextpnr_log=None, yosys_log=None):
 
 def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
                seed=1, ice40_dsp=False, synth_opts=None, router=None, name="top", split_fanout=True,
-               timing_weight=None):
+               timing_weight=None, floorplan=True):
     """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
 
     ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
@@ -173,20 +173,25 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
 
     saved = dict(os.environ)
     os.environ.update(tool_env())
-    if spec.family == "ecp5" and split_fanout:
-        # nextpnr runs through hmtx.hw.netlist, which first copies the registers that drive block
-        # RAMs all over the die (one copy per cluster of block-RAM columns)
+    # the engine floorplan is made for the LFE5U-85F's block-RAM and DSP rows (hw/floorplan.py)
+    floorplan = bool(floorplan and spec.family == "ecp5" and platform.device == "LFE5U-85F")
+    if spec.family == "ecp5" and (split_fanout or floorplan):
+        # nextpnr runs through hmtx.hw.nextpnr_hook, which first copies the registers that drive
+        # block RAMs all over the die (one copy per cluster of block-RAM columns) and pins the
+        # engine's block RAMs and lane multipliers
         os.makedirs(out_dir, exist_ok=True)
-        hook = os.path.join(os.path.abspath(out_dir), "nextpnr_with_fanout_split.sh")
+        hook = os.path.join(os.path.abspath(out_dir), "nextpnr_hook.sh")
+        flags = (" --split" if split_fanout else "") + (" --floorplan" if floorplan else "")
         with open(hook, "w") as f:
-            f.write(f'#!/bin/sh\nexec "{sys.executable}" -m hmtx.hw.netlist "{os.environ["NEXTPNR_ECP5"]}" "$@"\n')
+            f.write(f'#!/bin/sh\nexec "{sys.executable}" -m hmtx.hw.nextpnr_hook{flags} '
+                    f'"{os.environ["NEXTPNR_ECP5"]}" "$@"\n')
         os.chmod(hook, 0o755)
         os.environ["NEXTPNR_ECP5"] = hook
     start = time.monotonic()
     labels = {"config": config_name, "lanes": lanes, "core": type(core).__name__, "baud": baud,
               "seed": seed, "yosys_synth_opts": " ".join(synth_opts), "router": router or "default",
               "bram_fanout_split": bool(spec.family == "ecp5" and split_fanout),
-              "placer_timing_weight": timing_weight,
+              "placer_timing_weight": timing_weight, "floorplan": floorplan,
               "build_dir": out_dir}
 
     def read(fname):
