@@ -338,7 +338,7 @@ class Engine(wiring.Component):
         # which row of ``w`` the word at stage 3 came from (the address's high bits, three cycles on)
         w_row_now = Signal(range(max(2, len(self.w_rows))))
         m.d.comb += w_row_now.eq(addr_r[1] // self.w_row_depth)
-        w_row_sel = delay(m, w_row_now, 3, "w_row_sel")
+        w_row_sel = delay(m, w_row_now, 2, "w_row_sel")
         # stages 3 and 4: two more registers on the way from the block RAMs (all over the die) to
         # the MAC lanes (in the DSP columns): the first can sit at its block RAM (whose 5.8 ns
         # clock-to-output leaves little for the route), the next one where the placer likes.
@@ -349,10 +349,13 @@ class Engine(wiring.Component):
                                                                           (wm_q, "wm_q")))
         w_row_q2 = [delay(m, q, 1, f"w_row{r}_q")[-1] for r, q in enumerate(w_row_q)]
         w_q3 = Signal.like(w_row_q[0], reset_less=True)
-        with m.Switch(w_row_sel[2]):
-            for r, q in enumerate(w_row_q2):
-                with m.Case(r):
-                    m.d.sync += w_q3.eq(q)
+        # the row select drives 512 nine-way multiplexers, one per bit: one copy per lane group
+        w_rsel = replicate(m, w_row_sel[-1], G, "w_rsel")
+        for g in range(G):
+            with m.Switch(w_rsel[g]):
+                for r, q in enumerate(w_row_q2):
+                    with m.Case(r):
+                        m.d.sync += [w_q3[l].eq(q[l]) for l in range(g * LG, min(P, (g + 1) * LG))]
         # qbuf: QD words of P int16 lanes in flip-flops. Each lane group reads with its own copy
         # of the word address (and of qhi: the half-width key words' upper half takes q's lanes
         # KP.., its own lanes otherwise), registered at s4 like the block RAM operands.

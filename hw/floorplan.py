@@ -31,7 +31,7 @@ from collections import defaultdict
 
 from .netlist import bram_columns, top_module
 
-__all__ = ["ECP5_85K", "floorplan_engine"]
+__all__ = ["ECP5_85K", "floorplan_engine", "region_of_bel"]
 
 
 class _Ecp5Geometry:
@@ -137,6 +137,18 @@ def floorplan_engine(netlist: dict, geometry=ECP5_85K) -> dict:
     for name, bel in {**placement, **mult_bels}.items():
         cells[name].setdefault("attributes", {})["BEL"] = bel
     return {"brams": len(placement), "mults": len(mult_bels), "quads": len(spans)}
+
+
+def region_of_bel(bel: str, geometry=ECP5_85K):
+    """The region of the die a bel lies in: the left or right half (a lane group's half of a
+    block-RAM row) of a band of 24 tile rows (one block-RAM row each), for
+    hmtx.hw.netlist.split_by_region."""
+    m = re.match(r"X(\d+)/Y(\d+)/", bel)
+    if not m:
+        raise ValueError(f"floorplan: not an ECP5 bel name: {bel!r}")
+    x, y = int(m.group(1)), int(m.group(2))
+    middle = geometry.columns[len(geometry.columns) // 2] + 4     # x of block-RAM position 26
+    return int(x >= middle), y // 24
 
 
 def _data_bits(cell):

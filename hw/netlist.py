@@ -19,7 +19,7 @@ sharing a read-data sink is the column count (no sharing: one row, every block a
 import copy
 from collections import defaultdict
 
-__all__ = ["split_bram_fanout", "bram_columns", "top_module"]
+__all__ = ["split_bram_fanout", "split_by_region", "bram_columns", "top_module"]
 
 BRAM = "DP16KD"
 FF = "TRELLIS_FF"
@@ -110,20 +110,78 @@ def split_bram_fanout(netlist: dict, clusters: int = 8) -> dict:
             continue
         nets += 1
         # the largest group stays on the original register, with every non-block-RAM sink
-        keep = max(groups, key=lambda g: len(groups[g]))
-        for g, members in sorted(groups.items()):
-            if g == keep:
-                continue
-            new_bit = next_bit
-            next_bit += 1
-            dup = copy.deepcopy(cells[src])
-            dup["connections"]["Q"] = [new_bit]
-            dup_name = f"{src}$bramdup${g[0]}${g[1]}"
-            cells[dup_name] = dup
-            netnames[f"{dup_name}$q"] = {"hide_name": 1, "bits": [new_bit], "attributes": {}}
-            copies += 1
-            for s in members:
-                conn = cells[s]["connections"]
-                for p, bits in conn.items():
-                    conn[p] = [new_bit if b == bit else b for b in bits]
+        next_bit, made = _split(cells, netnames, src, bit, groups, next_bit, "bramdup")
+        copies += made
+    return {"nets": nets, "copies": copies}
+
+
+def _split(cells, netnames, src, bit, groups, next_bit, tag):
+    """Copy flip-flop ``src`` (output ``bit``) once per group of sinks but the largest, which
+    stays on the original with every sink not in a group; rewire each group to its copy.
+    Returns (next free bit, copies made)."""
+    keep = max(groups, key=lambda g: (len(groups[g]), str(g)))
+    made = 0
+    for g, members in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        if g == keep:
+            continue
+        new_bit = next_bit
+        next_bit += 1
+        dup = copy.deepcopy(cells[src])
+        dup["connections"]["Q"] = [new_bit]
+        dup_name = f"{src}${tag}${'$'.join(map(str, g if isinstance(g, tuple) else (g,)))}"
+        cells[dup_name] = dup
+        netnames[f"{dup_name}$q"] = {"hide_name": 1, "bits": [new_bit], "attributes": {}}
+        made += 1
+        for s in members:
+            conn = cells[s]["connections"]
+            for p, bits in conn.items():
+                conn[p] = [new_bit if b == bit else b for b in bits]
+    return next_bit, made
+
+
+def split_by_region(netlist: dict, region_of_bel) -> dict:
+    """One level up from the block RAMs: copy every flip-flop whose sinks lie in several regions
+    of the die, one copy per region, where a cell's region is ``region_of_bel(its BEL)`` for
+    pinned cells (hw/floorplan.py) and, for a flip-flop, the one region all its sinks share.
+
+    After :func:`split_bram_fanout` each block-RAM cluster has its own address register, but
+    those copies still hang off one register in the middle, which cannot reach block RAM rows
+    at both ends of the die in one clock; this gives that register a copy per region, so the
+    path is centre -> region -> cluster, register to register. Returns counts for the log."""
+    top = top_module(netlist)
+    cells, netnames = top["cells"], top["netnames"]
+    sinks, driver, next_bit = _connectivity(top)
+    q_sinks = {}
+    for bit, (src, port) in driver.items():
+        if cells[src]["type"] == FF and port == "Q":
+            q_sinks[src] = (bit, sinks.get(bit, set()))
+
+    def pinned(name):
+        bel = cells[name].get("attributes", {}).get("BEL")
+        return None if bel is None else region_of_bel(bel)
+
+    region = {}
+    for name, c in cells.items():
+        r = pinned(name)
+        if r is not None:
+            region[name] = r
+    for name, (bit, outs) in q_sinks.items():
+        if name not in region and outs:
+            rs = {region.get(s) for s in outs}
+            if len(rs) == 1 and None not in rs:
+                region[name] = rs.pop()
+
+    copies = nets = 0
+    for src, (bit, outs) in list(q_sinks.items()):
+        if src in region:
+            continue
+        groups = defaultdict(list)
+        for s in outs:
+            if cells[s]["type"] == FF and s in region:
+                groups[region[s]].append(s)
+        if len(groups) < 2:
+            continue
+        nets += 1
+        next_bit, made = _split(cells, netnames, src, bit, groups, next_bit, "regiondup")
+        copies += made
     return {"nets": nets, "copies": copies}

@@ -3,9 +3,10 @@ between Yosys and nextpnr-ecp5, then nextpnr itself with the same arguments.
 
 ``hmtx synth`` points Amaranth's ``NEXTPNR_ECP5`` at a script that calls this, so the platform's
 own build script stays as Amaranth writes it. The ``--json`` netlist is rewritten in place: with
-``--split``, register copies per block-RAM cluster (:mod:`hmtx.hw.netlist`); with
-``--floorplan``, the engine's block RAMs and lane multipliers pinned (:mod:`hmtx.hw.floorplan`,
-LFE5U-85F only).
+``--floorplan``, the engine's block RAMs and lane multipliers are pinned (:mod:`hmtx.hw.floorplan`,
+LFE5U-85F only); with ``--split``, the registers that drive block RAMs get a copy per block-RAM
+cluster, and with both, the registers feeding those copies get one per region of the die
+(:mod:`hmtx.hw.netlist`).
 """
 
 import json
@@ -13,8 +14,8 @@ import os
 import subprocess
 import sys
 
-from .floorplan import floorplan_engine
-from .netlist import split_bram_fanout
+from .floorplan import floorplan_engine, region_of_bel
+from .netlist import split_bram_fanout, split_by_region
 
 __all__ = ["main"]
 
@@ -33,10 +34,6 @@ def main(argv=None) -> int:
         path = args[args.index("--json") + 1]
         with open(path) as f:
             netlist = json.load(f)
-        if "--split" in passes:
-            counts = split_bram_fanout(netlist)
-            print(f"hmtx.hw.netlist: {counts['copies']} register copies for {counts['nets']} nets "
-                  f"that drive block RAMs of several column clusters", file=sys.stderr)
         if "--floorplan" in passes:
             if "--85k" not in args:
                 print("hmtx.hw.floorplan: the floorplan is for the LFE5U-85F (--85k)", file=sys.stderr)
@@ -44,6 +41,14 @@ def main(argv=None) -> int:
             placed = floorplan_engine(netlist)
             print(f"hmtx.hw.floorplan: pinned {placed['brams']} block RAMs and {placed['mults']} "
                   f"lane multipliers of {placed['quads']} lane quads", file=sys.stderr)
+        if "--split" in passes:
+            counts = split_bram_fanout(netlist)
+            print(f"hmtx.hw.netlist: {counts['copies']} register copies for {counts['nets']} nets "
+                  f"that drive block RAMs of several column clusters", file=sys.stderr)
+            if "--floorplan" in passes:
+                counts = split_by_region(netlist, region_of_bel)
+                print(f"hmtx.hw.netlist: {counts['copies']} register copies for {counts['nets']} "
+                      f"nets that drive registers in several regions", file=sys.stderr)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(netlist, f)

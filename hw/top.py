@@ -472,22 +472,26 @@ class HmtxTop(wiring.Component):
             def vector(state, n_elems, word, lane_bits, elem_bytes, next_state, fetch_state, split=False, lanes=P):
                 """Send elements 0..n-1 from a sync-read memory word (``word``: its raw bits, lanes
                 of ``lane_bits``): per element a seven-cycle fetch (three address registers, block
-                RAM read, word register, then the lane in two registered steps: its group of 8 lanes,
-                then the lane -- a P-lane word sits in block RAMs across the die). ``split``:
-                each byte of a 2-byte element is its own fetch (``rb`` selects the word)."""
+                RAM read, word register, then the lane in two registered steps: the lane's place
+                within every group of 8 lanes, then the group -- a P-lane word sits in block RAMs
+                across the die, a lane group's in one region (hw/floorplan.py), so the first step is
+                local to each group and only one element per group travels to the second).
+                ``split``: each byte of a 2-byte element is its own fetch (``rb`` selects the word)."""
                 gl = 8 if lanes % 8 == 0 else lanes
-                grp = Signal(gl * lane_bits, name=f"{state.lower()}_grp", reset_less=True)
+                groups = lanes // gl
+                picks = Signal(groups * lane_bits, name=f"{state.lower()}_picks", reset_less=True)
                 # wait while the word is in flight: our address register, the engine's read
                 # latency, our word register
                 waits = [fetch_state] + [f"{fetch_state}_wait{k}" for k in range(1, eng.READ_LATENCY + 2)]
-                for cur, nxt in zip(waits, waits[1:] + [fetch_state + "_grp"]):
+                for cur, nxt in zip(waits, waits[1:] + [fetch_state + "_in_group"]):
                     with m.State(cur):
                         m.next = nxt
-                with m.State(fetch_state + "_grp"):
-                    m.d.sync += grp.eq(word.word_select(ri // gl, gl * lane_bits))
-                    m.next = fetch_state + "_lane"
-                with m.State(fetch_state + "_lane"):
-                    m.d.sync += elem.eq(grp.word_select(ri % gl, lane_bits))
+                with m.State(fetch_state + "_in_group"):
+                    m.d.sync += picks.eq(Cat(word[g * gl * lane_bits:(g + 1) * gl * lane_bits]
+                                             .word_select(ri % gl, lane_bits) for g in range(groups)))
+                    m.next = fetch_state + "_group"
+                with m.State(fetch_state + "_group"):
+                    m.d.sync += elem.eq(picks.word_select(ri // gl, lane_bits))
                     m.next = state
                 with m.State(state):
                     v = elem

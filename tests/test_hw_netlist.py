@@ -90,3 +90,38 @@ def test_split_copies_the_register_per_column_cluster_and_rewires_only_block_ram
 def test_a_register_feeding_one_column_is_left_alone():
     net = _netlist(rows=4, cols=1)
     assert split_bram_fanout(net, clusters=8) == {"nets": 0, "copies": 0}
+
+
+def test_region_split_gives_the_register_above_the_clusters_one_copy_per_region():
+    from hmtx.hw.netlist import split_by_region
+
+    # addr_ff -> four cluster registers -> block RAMs pinned in two regions (two each),
+    # plus one LUT sink with no region
+    cells = {"addr_ff": _ff(3, 10), "other": _lut([10, 10], 11)}
+    for k in range(4):
+        cells[f"clu{k}"] = _ff(10, 20 + k)
+        for j in range(2):
+            bram = _bram(20 + k, 100 + 2 * k + j)
+            bram["attributes"]["BEL"] = f"X{4 + 70 * (k % 2) + 2 * j}/Y22/EBR{j}"
+            cells[f"mem{k}.0.{j}"] = bram
+    cells["mixed"] = _ff(10, 30)               # sinks in both regions: no region of its own
+    for j, x in enumerate((4, 80)):
+        bram = _bram(30, 200 + j)
+        bram["attributes"]["BEL"] = f"X{x}/Y46/EBR0"
+        cells[f"mix.0.{j}"] = bram
+    net = {"modules": {"top": {"attributes": {"top": "1"}, "ports": {}, "cells": cells,
+                               "netnames": {"addr": {"bits": [10]}}}}}
+    counts = split_by_region(net, lambda bel: int(bel.split("/")[0][1:]) // 62)
+    assert counts == {"nets": 1, "copies": 1}
+    top = net["modules"]["top"]
+    dup = [n for n in top["cells"] if "$regiondup$" in n]
+    assert len(dup) == 1
+    q = top["cells"][dup[0]]["connections"]["Q"][0]
+    assert top["cells"][dup[0]]["connections"]["DI"] == [3]
+    moved, kept = _sinks(top, q), _sinks(top, 10)
+    # one region's two cluster registers move to the copy; the other region's, the LUT and the
+    # register without a region stay
+    assert moved in (["clu0", "clu2"], ["clu1", "clu3"])
+    assert sorted(set(kept) - set(moved)) == sorted({"clu0", "clu1", "clu2", "clu3"} - set(moved) | {"other", "mixed"})
+    # nothing to split: a second pass copies nothing more
+    assert split_by_region(net, lambda bel: int(bel.split("/")[0][1:]) // 62) == {"nets": 0, "copies": 0}

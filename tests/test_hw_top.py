@@ -13,6 +13,8 @@ from hwsim import rng
 from hwtop import run_against_golden
 
 ODD = EngineConfig("odd20", d=20, d_h=12, n_slots=3, lanes=8, head_dim=12, max_queries=3, max_keys=5)
+# 32 lanes: the response generator's lane select spans four groups of 8 (two for 16-lane key words)
+WIDE = EngineConfig("wide32", d=40, d_h=20, n_slots=2, lanes=32, head_dim=20, max_queries=2, max_keys=3)
 Op = P.Op
 
 
@@ -37,7 +39,7 @@ def load_steps(c, qws, rows_per_chunk):
     return steps
 
 
-@pytest.mark.parametrize("config", [CONFIGS["tiny"], ODD], ids=lambda c: c.name)
+@pytest.mark.parametrize("config", [CONFIGS["tiny"], ODD, WIDE], ids=lambda c: c.name)
 def test_top_sequence_matches_golden(config):
     r = rng(30)
     g = np.random.default_rng(r.randrange(1 << 30))
