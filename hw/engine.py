@@ -12,7 +12,7 @@ from .arith import Reciprocal, ShiftRoundSat
 from .fanout import replicate
 from .mac import MacArray
 
-__all__ = ["Op", "Engine", "Region"]
+__all__ = ["Op", "Engine", "Region", "key_block_lanes"]
 
 EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
 SHIFT_W = 5         # projection shifts 0..31 (protocol SHIFT_MAX)
@@ -31,6 +31,14 @@ def delay(m, value, cycles, name, reset_less=True):
         m.d.sync += reg.eq(value)
         taps.append(value := reg)
     return taps
+
+
+def key_block_lanes(P: int) -> int:
+    """KBL, the block of lanes in which key words interleave q's two halves (Engine.key_place):
+    8, the lane group, when P is a multiple of 16; otherwise the whole half (P // 2, or P for
+    odd P, whose key words are not halved)."""
+    KP = P // 2 if P % 2 == 0 else P
+    return 8 if (KP != P and P % 16 == 0) else KP
 
 
 class Region:
@@ -103,9 +111,12 @@ class Engine(wiring.Component):
       ``j*CB + c//P`` lane ``c%P`` of a matrix holds W[c, j], so the P lanes read P
       consecutive input channels of one output column j.
     * ``key`` / ``kexp``: the keys K_i = W_k^T M_i in words of ``KP`` int16 lanes (``KP = P/2``
-      for even P, else P; word ``i*KB + kb``, ``KB = ceil(d_h/KP)``). Half-width words fill a
-      block RAM's depth instead of doubling its width (a 64-lane int16 word would take 32
-      DP16KD for a ring that fills 16), at the price of scores at KP MACs per beat.
+      for even P, else P; word ``i*KB + kb``). Half-width words fill a block RAM's depth
+      instead of doubling its width (a 64-lane int16 word would take 32 DP16KD for a ring that
+      fills 16), at the price of scores at KP MACs per beat. Key word ``2w + h`` holds half h
+      of q's word w, the halves interleaved in blocks of ``KBL`` lanes (:meth:`key_place`,
+      :meth:`key_element`; ``KB = 2 ceil(d_h/P)``, or ``ceil(d_h/KP)`` when KBL = KP), so each
+      MAC lane multiplies its own q lane by a key lane of its own neighbourhood.
     * ``qbuf``: q = W_q^T S, or the current attention query row (P x int16 words; a few words, so
       flip-flops per lane group rather than a memory); ``sc``: scores t
       then exp2 terms e; ``pm``: probabilities; ``wm``: exponent-aligned weights; ``oexp``:
@@ -146,7 +157,15 @@ class Engine(wiring.Component):
         P = self.P = c.lanes
         self.CB, self.HB, self.AB = ceil_div(c.d, P), ceil_div(c.d_h, P), ceil_div(c.head_dim, P)
         self.KP = P // 2 if P % 2 == 0 else P
-        self.KB = ceil_div(c.d_h, self.KP)
+        # The two halves of a q word are interleaved in blocks of KBL lanes (8 when P is a
+        # multiple of 16: the lane groups): key lane k of half h is q lane
+        # 2*KBL*(k // KBL) + KBL*h + k % KBL. Each key lane then feeds the MAC lanes of two
+        # neighbouring lane groups (even groups in one beat, odd ones in the next), which the
+        # floorplan keeps in one block-RAM row with their key blocks (hw/floorplan.py), and every
+        # MAC lane multiplies its own q lane. KBL = KP is the plain layout (half h = lanes
+        # h*KP..). Words per slot: two per q word (the last q word's halves as needed).
+        self.KBL = key_block_lanes(P)
+        self.KB = ceil_div(c.d_h, self.KP) if self.KBL == self.KP else 2 * ceil_div(c.d_h, P)
         self.KMAX = max(c.n_slots, c.max_keys)
         self.ROWS = c.max_queries + 2 * c.max_keys
         for name, v in (("d", c.d), ("d_h", c.d_h), ("head_dim", c.head_dim)):
@@ -245,6 +264,28 @@ class Engine(wiring.Component):
     def key_read_data(self):
         """K word at ``rd_key_addr`` of READ_LATENCY cycles before (valid while idle), unregistered."""
         return self._key_r.data
+
+    def key_place(self, lane):
+        """(half, key lane) that holds q lane ``lane`` (an int or an Amaranth value)."""
+        if self.KP == self.P:
+            return 0, lane
+        B = self.KBL
+        if B & (B - 1) == 0:
+            s = B.bit_length() - 1
+            return (lane >> s) & 1, ((lane >> (s + 1)) << s) | (lane & (B - 1))
+        return (lane // B) % 2, B * (lane // (2 * B)) + lane % B
+
+    def key_word(self, q_word, lane):
+        """Key word (within a slot) that holds element ``q_word * P + lane``."""
+        return q_word if self.KP == self.P else 2 * q_word + self.key_place(lane)[0]
+
+    def key_element(self, word, k):
+        """Element of K_i held by key lane ``k`` of key word ``word`` (within a slot); may be
+        >= d_h in the last words (padding)."""
+        if self.KP == self.P:
+            return word * self.KP + k
+        B = self.KBL
+        return (word // 2) * self.P + 2 * B * (k // B) + B * (word % 2) + k % B
 
     def elaborate(self, platform):
         m = Module()
@@ -357,20 +398,16 @@ class Engine(wiring.Component):
                     with m.Case(r):
                         m.d.sync += [w_q3[l].eq(q[l]) for l in range(g * LG, min(P, (g + 1) * LG))]
         # qbuf: QD words of P int16 lanes in flip-flops. Each lane group reads with its own copy
-        # of the word address (and of qhi: the half-width key words' upper half takes q's lanes
-        # KP.., its own lanes otherwise), registered at s4 like the block RAM operands.
+        # of the word address, registered at s4 like the block RAM operands.
         QD = max(HB, AB)
         qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)] for w in range(QD)]
         q_op = [Signal(signed(16), name=f"q_op{l}", reset_less=True) for l in range(P)]
-        q_rd = replicate(m, Cat(s2.qaddr, s2.qhi), G, "q_rd")
+        q_rd = replicate(m, s2.qaddr, G, "q_rd")
         for l in range(P):
-            g_addr, g_hi = q_rd[l // LG][:len(s1.qaddr)], q_rd[l // LG][-1]
-            hi_lane = l + KP if (KP != P and l + KP < P) else None
-            with m.Switch(g_addr):
+            with m.Switch(q_rd[l // LG]):
                 for w in range(QD):
                     with m.Case(w):
-                        lo_v = qbuf[w][l]
-                        m.d.sync += q_op[l].eq(lo_v if hi_lane is None else Mux(g_hi, qbuf[w][hi_lane], lo_v))
+                        m.d.sync += q_op[l].eq(qbuf[w][l])
 
         # phases
         PROJ, SCORE, WSUM = 1, 2, 3
@@ -487,8 +524,8 @@ class Engine(wiring.Component):
                                  issue.lim.eq(lim(c.d, inner, CB)), issue.phase.eq(PROJ),
                                  issue.tag.eq(sub_w | (sub_l << 16)),
                                  issue_copy_addr.eq(mslot_base + inner), inc.eq(last_i)]
-                    # the tag is the result's (word, lane): q words have P lanes, K words KP
-                    sub_wrap = sub_l == Mux(op == Op.WRITE, KP - 1, P - 1)
+                    # the tag is the result's (word, lane) in q's layout (K's place: key_place)
+                    sub_wrap = sub_l == P - 1
                     advance([base_o.eq(base_o + CB),
                              sub_l.eq(Mux(sub_wrap, 0, sub_l + 1)),
                              sub_w.eq(Mux(sub_wrap, sub_w + 1, sub_w))], [])
@@ -523,16 +560,17 @@ class Engine(wiring.Component):
             with m.State("SCORE"):
                 # beat (b, blk): q block blk against K_b block blk
                 with m.If(issuing):
-                    # recall: K block kb (KP lanes) is q's word kb*KP // P from lane kb*KP % P
+                    # recall: key word kb is half kb % 2 of q's word kb // 2 (key_place)
                     if KP == P:
                         m.d.comb += issue.qaddr.eq(inner)
                     else:
                         m.d.comb += [issue.qaddr.eq(Mux(attn, inner, inner >> 1)),
                                      issue.qhi.eq(~attn & inner[0])]
+                    q_word = inner if KP == P else inner >> 1
                     m.d.comb += [key_addr.eq(base_o + inner),
                                  dat_addr.eq(base_o + inner),
                                  issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
-                                 issue.lim.eq(Mux(attn, lim(c.head_dim, inner, AB), lim(c.d_h, inner, KB, KP))),
+                                 issue.lim.eq(Mux(attn, lim(c.head_dim, inner, AB), lim(c.d_h, q_word, HB))),
                                  issue.phase.eq(SCORE), issue.tag.eq(outer), inc.eq(last_i)]
                     advance([base_o.eq(base_o + Mux(attn, AB, KB))], [])
                 with m.Elif(pending == 0):
@@ -606,11 +644,11 @@ class Engine(wiring.Component):
                 with m.Case(PROJ):
                     m.d.comb += [mi.a[l].eq(Mux(on, dat_q3[l], 0)), mi.b[l].eq(w_q3[l])]
                 with m.Case(SCORE):
-                    # (q_op holds lane l + KP for the upper half of a key word; beyond P it is 0)
-                    q_l = q_op[l] if (KP == P or l + KP < P) else Mux(g_qhi, 0, q_op[l])
-                    k_l = key_q3[l] if l < KP else 0
-                    m.d.comb += [mi.a[l].eq(Mux(on, q_l, 0)),
-                                 mi.b[l].eq(Mux(g_attn, dat_q3[l], k_l))]
+                    # recall: lane l takes part in the beats of its half (g_qhi), with its key lane
+                    half, k = self.key_place(l)
+                    in_beat = g_attn | (g_qhi if half else ~g_qhi) if KP != P else 1
+                    m.d.comb += [mi.a[l].eq(Mux(on & in_beat, q_op[l], 0)),
+                                 mi.b[l].eq(Mux(g_attn, dat_q3[l], key_q3[k]))]
                 with m.Case(WSUM):
                     m.d.comb += [mi.a[l].eq(Mux(g_zero, 0, wm_q3)),
                                  mi.b[l].eq(dat_q3[l])]
@@ -635,12 +673,12 @@ class Engine(wiring.Component):
                      proj_rq.i.payload.tag.eq(mo.tag)]
         pw, plane = proj_rq.o.payload.tag[:16], proj_rq.o.payload.tag[16:24]
         m.d.comb += [key_w.data[l].eq(proj_rq.o.payload.y) for l in range(KP)]
-        lane_en = Signal(P)
-        m.d.comb += lane_en.eq(Const(1, P) << plane)
+        k_lane = self.key_place(plane[:max(1, (P - 1).bit_length())])[1]
         with m.If(proj_rq.o.valid):
             m.d.comb += dec_proj.eq(1)
             with m.If(op == Op.WRITE):
-                m.d.comb += [key_w.addr.eq(kslot_base + pw), key_w.en.eq(lane_en[:KP])]
+                m.d.comb += [key_w.addr.eq(kslot_base + self.key_word(pw, plane)),
+                             key_w.en.eq(Const(1, KP) << k_lane)]
         # q's element lands in qbuf a cycle later, from a copy per lane group of (write, word,
         # lane, value): the value would otherwise go to every one of the P x QD registers
         qa_bits = max(1, (QD - 1).bit_length())

@@ -15,9 +15,11 @@ int8 lanes, one 32-bit block-RAM column) reads sits together:
 
 A lane group (two quads) stays in one half of a row, so the per-group control copies
 (``hw/fanout.py``) and the per-cluster address copies (``hw/netlist.py``, two columns per
-cluster) each serve one compact region. Groups ``g`` and ``g + 4`` share row ``g % 4`` -- the
-key memory only has columns for the lower half of the lanes, so this balances the rows. Every
-other cell (the small memories, the scalar multipliers, all logic) is left to the placer.
+cluster) each serve one compact region. Groups ``2i`` and ``2i + 1`` share row ``i``: the
+key words interleave the halves of q in blocks of 8 lanes (``Engine.key_place``), so key lanes
+``8i .. 8i + 7`` feed exactly those two groups, and their four key blocks go in the same row
+(filed with group ``2i``), which also balances the rows (48 blocks each at P=64). Every other
+cell (the small memories, the scalar multipliers, all logic) is left to the placer.
 
 The geometry below is the LFE5U-85F's as nextpnr names it, read from its placements here
 (``NEXTPNR_BEL`` of placed DP16KD and MULT18X18D cells): 13 tile columns that each hold four
@@ -29,6 +31,7 @@ at y = 10, 34, 58: 13 x 4 x 4 = 208 DP16KD and 13 x 4 x 3 = 156 MULT18X18D, the 
 import re
 from collections import defaultdict
 
+from .engine import key_block_lanes
 from .netlist import bram_columns, top_module
 
 __all__ = ["ECP5_85K", "floorplan_engine", "region_of_bel"]
@@ -79,13 +82,6 @@ def floorplan_engine(netlist: dict, geometry=ECP5_85K) -> dict:
     if the blocks do not fit the rows this way."""
     columns = bram_columns(netlist)
     cells = top_module(netlist)["cells"]
-    quads = defaultdict(list)                         # quad -> [block RAM cell names]
-    for name in sorted(columns, key=lambda n: (columns[n][0], _natural(n))):
-        mem, col, _ = columns[name]
-        for pattern, lane_bits in _LANE_MEMORIES:
-            if pattern.search(mem):
-                quads[(col * _data_bits(cells[name]) // lane_bits) // QUAD].append(name)
-                break
     mults = {}
     for name, c in cells.items():
         m = _LANE_MULT.search(name) if c["type"] == "MULT18X18D" else None
@@ -94,14 +90,28 @@ def floorplan_engine(netlist: dict, geometry=ECP5_85K) -> dict:
             if lane in mults:
                 raise ValueError(f"floorplan: two multipliers for lane {lane}: {mults[lane]}, {name}")
             mults[lane] = name
+    P = max(mults) + 1 if mults else 0
+    quads = defaultdict(list)                         # quad -> [block RAM cell names]
+    for name in sorted(columns, key=lambda n: (columns[n][0], _natural(n))):
+        mem, col, _ = columns[name]
+        for pattern, lane_bits in _LANE_MEMORIES:
+            if pattern.search(mem):
+                lane = col * _data_bits(cells[name]) // lane_bits
+                if lane_bits == 16 and P:
+                    # a key lane serves q lanes of two neighbouring lane groups
+                    # (Engine.key_place): file it with the first
+                    B = key_block_lanes(P)
+                    lane = 2 * B * (lane // B) + lane % B
+                quads[lane // QUAD].append(name)
+                break
     if not quads:
         return {"brams": 0, "mults": 0, "quads": 0}
 
-    # lane group g -> block-RAM row g % rows, its quads one after the other along the row
+    # lane groups 2i and 2i + 1 -> block-RAM row i, their quads one after the other along it
     rows = geometry.bram_rows
     row_quads = defaultdict(list)
     for q in sorted(quads):
-        row_quads[rows[(q // GROUP_QUADS) % len(rows)]].append(q)
+        row_quads[rows[(q // (2 * GROUP_QUADS)) % len(rows)]].append(q)
     placement, spans = {}, {}
     for y, qs in row_quads.items():
         used = sum(len(quads[q]) for q in qs)

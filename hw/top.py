@@ -464,19 +464,23 @@ class HmtxTop(wiring.Component):
             m.d.sync += [slot_mbase.eq(eng.mem_base + slot * CB), slot_kbase.eq(slot * eng.KB),
                          row_obase.eq(eng.out_base + rrow * (2 * AB))]
             m.d.sync += [rd_dat_q.eq(Mux(is_op("READ_SLOT"), slot_mbase + rk, row_obase + 2 * rk + rb)),
-                         rd_key_q.eq(slot_kbase + rk)]
+                         rd_key_q.eq(slot_kbase + eng.key_word(rk, ri))]
             m.d.comb += [eng.rd_dat_addr.eq(rd_dat_q), eng.rd_key_addr.eq(rd_key_q), pm_r.addr.eq(ri)]
             r_elem = Signal(16)     # elements sent of the current vector
             elem = Signal(16)       # the element being sent, registered from its memory word
 
-            def vector(state, n_elems, word, lane_bits, elem_bytes, next_state, fetch_state, split=False, lanes=P):
+            def vector(state, n_elems, word, lane_bits, elem_bytes, next_state, fetch_state, split=False, lanes=P,
+                       pick=None):
                 """Send elements 0..n-1 from a sync-read memory word (``word``: its raw bits, lanes
                 of ``lane_bits``): per element a seven-cycle fetch (three address registers, block
                 RAM read, word register, then the lane in two registered steps: the lane's place
                 within every group of 8 lanes, then the group -- a P-lane word sits in block RAMs
                 across the die, a lane group's in one region (hw/floorplan.py), so the first step is
                 local to each group and only one element per group travels to the second).
-                ``split``: each byte of a 2-byte element is its own fetch (``rb`` selects the word)."""
+                ``split``: each byte of a 2-byte element is its own fetch (``rb`` selects the word).
+                Element ``rk * P + ri`` is lane ``pick`` (default ``ri``) of a word of ``lanes``
+                lanes (the key words: ``Engine.key_place``)."""
+                pick = ri if pick is None else pick
                 gl = 8 if lanes % 8 == 0 else lanes
                 groups = lanes // gl
                 picks = Signal(groups * lane_bits, name=f"{state.lower()}_picks", reset_less=True)
@@ -488,10 +492,10 @@ class HmtxTop(wiring.Component):
                         m.next = nxt
                 with m.State(fetch_state + "_in_group"):
                     m.d.sync += picks.eq(Cat(word[g * gl * lane_bits:(g + 1) * gl * lane_bits]
-                                             .word_select(ri % gl, lane_bits) for g in range(groups)))
+                                             .word_select(pick % gl, lane_bits) for g in range(groups)))
                     m.next = fetch_state + "_group"
                 with m.State(fetch_state + "_group"):
-                    m.d.sync += elem.eq(picks.word_select(ri // gl, lane_bits))
+                    m.d.sync += elem.eq(picks.word_select(pick // gl, lane_bits))
                     m.next = state
                 with m.State(state):
                     v = elem
@@ -508,8 +512,8 @@ class HmtxTop(wiring.Component):
                         else:
                             adv = 1
                         with m.If(adv):
-                            m.d.sync += [r_elem.eq(r_elem + 1), ri.eq(Mux(ri == lanes - 1, 0, ri + 1)),
-                                         rk.eq(Mux(ri == lanes - 1, rk + 1, rk))]
+                            m.d.sync += [r_elem.eq(r_elem + 1), ri.eq(Mux(ri == P - 1, 0, ri + 1)),
+                                         rk.eq(Mux(ri == P - 1, rk + 1, rk))]
                             with m.If(r_elem == n_elems - 1):
                                 m.next = next_state
                             with m.Else():
@@ -535,7 +539,8 @@ class HmtxTop(wiring.Component):
             m.d.sync += [dat_word.eq(eng.dat_read_data), key_word.eq(eng.key_read_data)]
             vector("SLOT_M", c.d, Value.cast(dat_word), 8, 1, "SLOT_KEXP", "SLOT_M_F")
             scalar("SLOT_KEXP", kexp_r.data, 2, "SLOT_K_F")
-            vector("SLOT_K", c.d_h, Value.cast(key_word), 16, 2, "CRC", "SLOT_K_F", lanes=eng.KP)
+            vector("SLOT_K", c.d_h, Value.cast(key_word), 16, 2, "CRC", "SLOT_K_F", lanes=eng.KP,
+                   pick=eng.key_place(ri)[1])
 
             # RECALL: P exponent, d x i16, n, n probabilities; ATTENTION: n_q x (exponent, row)
             scalar("OUT_EXP", oexp_r.data, 2, "OUT_V_F")

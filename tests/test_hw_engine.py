@@ -14,6 +14,9 @@ from hwsim import rng
 ODD = EngineConfig("odd20", d=20, d_h=12, n_slots=3, lanes=8, head_dim=12, max_queries=3, max_keys=5)
 # P=16: two lane groups (hw/fanout.py's per-group control copies), partial blocks again
 WIDE = EngineConfig("wide16", d=40, d_h=20, n_slots=3, lanes=16, head_dim=20, max_queries=2, max_keys=4)
+# 32 lanes: key words interleave q's halves in blocks of 8 lanes (Engine.KBL = 8 < KP = 16), and
+# d_h = 40 leaves the last q word's second half with no element at all
+WIDE32 = EngineConfig("wide32", d=40, d_h=40, n_slots=2, lanes=32, head_dim=20, max_queries=2, max_keys=3)
 
 
 def rand_weight(r, d, d_h, extreme=False):
@@ -40,8 +43,8 @@ def rand_vec(r, n, extreme=False):
 # wide16 also stores ``w`` in rows of 16 words (8 rows, the last partial), as smollm's 4608
 # words are stored in 9 rows of 512
 @pytest.mark.parametrize("config,extreme,w_rows", [(CONFIGS["tiny"], False, 512), (ODD, False, 512), (ODD, True, 512),
-                                                   (WIDE, False, 16)],
-                         ids=["tiny", "odd20", "odd20-extreme", "wide16"])
+                                                   (WIDE, False, 16), (WIDE32, False, 512)],
+                         ids=["tiny", "odd20", "odd20-extreme", "wide16", "wide32"])
 def test_engine_matches_golden(config, extreme, w_rows):
     r = rng(20)
     c = config
@@ -99,8 +102,10 @@ def test_engine_matches_golden(config, extreme, w_rows):
             cache_m[slot], cache_e[slot] = m_mant, m_exp
             k_mant, k_exp = fixed.project(wk, m_mant[None], np.array([m_exp]))
             got_m = [ctx.get(dut.mem.data[slot * CB + k])[l] for k in range(CB) for l in range(P)][:c.d]
-            got_k = [ctx.get(dut.key.data[slot * dut.KB + k])[l] for k in range(dut.KB)
-                     for l in range(dut.KP)][:c.d_h]
+            # key words interleave q's halves (Engine.key_element): gather by element
+            held = {dut.key_element(kb, k): ctx.get(dut.key.data[slot * dut.KB + kb])[k]
+                    for kb in range(dut.KB) for k in range(dut.KP)}
+            got_k = [held.get(e) for e in range(c.d_h)]
             assert got_m == list(m_mant), f"write {n}: M"
             assert got_k == list(k_mant[0]), f"write {n}: K"
             assert ctx.get(dut.kexp.data[slot]) == k_exp[0] and ctx.get(dut.mexp.data[slot]) == m_exp
