@@ -35,10 +35,10 @@ def delay(m, value, cycles, name, reset_less=True):
 
 def key_block_lanes(P: int) -> int:
     """KBL, the block of lanes in which key words interleave q's two halves (Engine.key_place):
-    8, the lane group, when P is a multiple of 16; otherwise the whole half (P // 2, or P for
-    odd P, whose key words are not halved)."""
+    4, half a lane group of 8, when P is a multiple of 8; otherwise the whole half (P // 2, or P
+    for odd P, whose key words are not halved)."""
     KP = P // 2 if P % 2 == 0 else P
-    return 8 if (KP != P and P % 16 == 0) else KP
+    return 4 if (KP != P and P % 8 == 0) else KP
 
 
 class Region:
@@ -116,7 +116,7 @@ class Engine(wiring.Component):
       fills 16), at the price of scores at KP MACs per beat. Key word ``2w + h`` holds half h
       of q's word w, the halves interleaved in blocks of ``KBL`` lanes (:meth:`key_place`,
       :meth:`key_element`; ``KB = 2 ceil(d_h/P)``, or ``ceil(d_h/KP)`` when KBL = KP), so each
-      MAC lane multiplies its own q lane by a key lane of its own neighbourhood.
+      MAC lane multiplies its own q lane by a key lane of its own lane group.
     * ``qbuf``: q = W_q^T S, or the current attention query row (P x int16 words; a few words, so
       flip-flops per lane group rather than a memory); ``sc``: scores t
       then exp2 terms e; ``pm``: probabilities; ``wm``: exponent-aligned weights; ``oexp``:
@@ -157,12 +157,12 @@ class Engine(wiring.Component):
         P = self.P = c.lanes
         self.CB, self.HB, self.AB = ceil_div(c.d, P), ceil_div(c.d_h, P), ceil_div(c.head_dim, P)
         self.KP = P // 2 if P % 2 == 0 else P
-        # The two halves of a q word are interleaved in blocks of KBL lanes (8 when P is a
-        # multiple of 16: the lane groups): key lane k of half h is q lane
-        # 2*KBL*(k // KBL) + KBL*h + k % KBL. Each key lane then feeds the MAC lanes of two
-        # neighbouring lane groups (even groups in one beat, odd ones in the next), which the
-        # floorplan keeps in one block-RAM row with their key blocks (hw/floorplan.py), and every
-        # MAC lane multiplies its own q lane. KBL = KP is the plain layout (half h = lanes
+        # The two halves of a q word are interleaved in blocks of KBL lanes (4 when P is a
+        # multiple of 8: half a lane group): key lane k of half h is q lane
+        # 2*KBL*(k // KBL) + KBL*h + k % KBL. Each key lane then feeds two MAC lanes of one lane
+        # group (its first four lanes in one beat, the other four in the next), whose key block
+        # the floorplan puts next to that group's other blocks (hw/floorplan.py), and every MAC
+        # lane multiplies its own q lane. KBL = KP is the plain layout (half h = lanes
         # h*KP..). Words per slot: two per q word (the last q word's halves as needed).
         self.KBL = key_block_lanes(P)
         self.KB = ceil_div(c.d_h, self.KP) if self.KBL == self.KP else 2 * ceil_div(c.d_h, P)

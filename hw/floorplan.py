@@ -15,10 +15,10 @@ int8 lanes, one 32-bit block-RAM column) reads sits together:
 
 A lane group (two quads) stays in one half of a row, so the per-group control copies
 (``hw/fanout.py``) and the per-cluster address copies (``hw/netlist.py``, two columns per
-cluster) each serve one compact region. Groups ``2i`` and ``2i + 1`` share row ``i``: the
-key words interleave the halves of q in blocks of 8 lanes (``Engine.key_place``), so key lanes
-``8i .. 8i + 7`` feed exactly those two groups, and their four key blocks go in the same row
-(filed with group ``2i``), which also balances the rows (48 blocks each at P=64). Every other
+cluster) each serve one compact region. Groups ``2i`` and ``2i + 1`` share row ``i`` (48
+blocks at P=64): the key words interleave the halves of q in blocks of 4 lanes
+(``Engine.key_place``), so key lanes ``4g .. 4g + 3`` (two key blocks) feed exactly lane group
+``g``, and are filed with its first quad. Every other
 cell (the small memories, the scalar multipliers, all logic) is left to the placer.
 
 The geometry below is the LFE5U-85F's as nextpnr names it, read from its placements here
@@ -98,8 +98,8 @@ def floorplan_engine(netlist: dict, geometry=ECP5_85K) -> dict:
             if pattern.search(mem):
                 lane = col * _data_bits(cells[name]) // lane_bits
                 if lane_bits == 16 and P:
-                    # a key lane serves q lanes of two neighbouring lane groups
-                    # (Engine.key_place): file it with the first
+                    # a key lane serves two q lanes of one lane group (Engine.key_place):
+                    # file it with the first
                     B = key_block_lanes(P)
                     lane = 2 * B * (lane // B) + lane % B
                 quads[lane // QUAD].append(name)

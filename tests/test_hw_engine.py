@@ -14,7 +14,7 @@ from hwsim import rng
 ODD = EngineConfig("odd20", d=20, d_h=12, n_slots=3, lanes=8, head_dim=12, max_queries=3, max_keys=5)
 # P=16: two lane groups (hw/fanout.py's per-group control copies), partial blocks again
 WIDE = EngineConfig("wide16", d=40, d_h=20, n_slots=3, lanes=16, head_dim=20, max_queries=2, max_keys=4)
-# 32 lanes: key words interleave q's halves in blocks of 8 lanes (Engine.KBL = 8 < KP = 16), and
+# 32 lanes: key words interleave q's halves in blocks of 4 lanes (Engine.KBL = 4 < KP = 16), and
 # d_h = 40 leaves the last q word's second half with no element at all
 WIDE32 = EngineConfig("wide32", d=40, d_h=40, n_slots=2, lanes=32, head_dim=20, max_queries=2, max_keys=3)
 

@@ -50,8 +50,8 @@ def _engine_netlist(w_rows=9, lanes=P):
 def _quad_of(name):
     mem, k = re.match(rf"{E}\.(\w+)\.0\.(\d+)$", name).groups()
     k = int(k)
-    if mem == "key":       # key lane 2k feeds q lanes 16 (2k // 8) + 2k % 8 (and 8 more)
-        return (16 * (2 * k // 8) + 2 * k % 8) // 4
+    if mem == "key":       # key lane 2k feeds q lanes 8 (2k // 4) + 2k % 4 (and 4 more)
+        return (8 * (2 * k // 4) + 2 * k % 4) // 4
     return {"dat": k * 16 // 8 // 4}.get(mem, k * 32 // 8 // 4)
 
 
@@ -102,7 +102,7 @@ def test_every_lane_quad_is_pinned_together():
         positions = sorted(pos_of[b] for b in qbels)
         assert positions == list(range(positions[0], positions[0] + len(positions))), \
             f"quad {q} not contiguous: {positions}"
-        # two neighbouring lane groups (four quads, which share key blocks) share a row
+        # two neighbouring lane groups (four quads) share a row
         row = ys.pop()
         assert all(_xy(by_quad[p][0])[1] == row for p in range(q & ~3, (q & ~3) + 4))
         mult_bels = [bels[n] for n in cells if (m := re.search(r"mac\.prod(\d+)_", n))
