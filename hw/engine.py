@@ -80,8 +80,9 @@ class Rows:
 # Words per block-RAM row of ``w``: a DP16KD's depth at its widest (36-bit) port.
 W_ROW_DEPTH = 512
 # Read address registers before the block RAMs: one by the sequencer, one that hmtx.hw.netlist
-# copies next to each cluster of block RAMs (the long way across the die is register to register).
-ADDR_REGS = 2
+# copies once per region of the die, one it copies next to each cluster of block RAMs (the long
+# way across the die is register to register, and no hop spans more than about half of it).
+ADDR_REGS = 3
 
 
 class Op:
@@ -386,8 +387,9 @@ class Engine(wiring.Component):
         # ``w``'s row select sits between them (nine rows, nine places on the die).
         # the operand muxes' selects, one register per lane group (the same values as s4's)
         s4_sel = replicate(m, Cat(s3.phase, s3.lim, s3.qhi, s3.zero, attn), G, "opsel")
-        dat_q3, key_q3, wm_q3 = (delay(m, q, 2, name)[-1] for q, name in ((dat_q, "dat_q"), (key_q, "key_q"),
-                                                                          (wm_q, "wm_q")))
+        dat_q3, key_q3 = (delay(m, q, 2, name)[-1] for q, name in ((dat_q, "dat_q"), (key_q, "key_q")))
+        # the weighted sum's weight goes to every lane: one copy per lane group
+        wm_q3 = replicate(m, delay(m, wm_q, 1, "wm_q")[-1], G, "wm_q3")
         w_row_q2 = [delay(m, q, 1, f"w_row{r}_q")[-1] for r, q in enumerate(w_row_q)]
         w_q3 = Signal.like(w_row_q[0], reset_less=True)
         # the row select drives 512 nine-way multiplexers, one per bit: one copy per lane group
@@ -421,8 +423,11 @@ class Engine(wiring.Component):
         # (as many registers as the read addresses; addresses and data without reset, the lane
         # enables with it)
         dat_w_r, key_w_r = delay(m, dat_w, ADDR_REGS, "dat_w")[-1], delay(m, key_w, ADDR_REGS, "key_w")[-1]
-        dat_en_r = delay(m, dat_w.en, ADDR_REGS, "dat_w_en", reset_less=False)[-1]
-        key_en_r = delay(m, key_w.en, ADDR_REGS, "key_w_en", reset_less=False)[-1]
+        dat_en_taps = delay(m, dat_w.en, ADDR_REGS, "dat_w_en", reset_less=False)
+        key_en_taps = delay(m, key_w.en, ADDR_REGS, "key_w_en", reset_less=False)
+        dat_en_r, key_en_r = dat_en_taps[-1], key_en_taps[-1]
+        # the engine's writes still on their way to ``dat``/``key`` (an op is done once they land)
+        writes_in_flight = Cat(*(t.any() for t in dat_en_taps[:-1] + key_en_taps[:-1])).any()
         m.d.comb += [self._dat_w.addr.eq(dat_w_r.addr), self._dat_w.data.eq(dat_w_r.data),
                      self._dat_w.en.eq(dat_en_r),
                      self._key_w.addr.eq(key_w_r.addr), self._key_w.data.eq(key_w_r.data),
@@ -430,10 +435,13 @@ class Engine(wiring.Component):
         # the owner's writes of ``w`` (weights while idle), registered, then into their row
         w_wr = delay(m, Cat(self.wr_w_addr, self.wr_w_data), ADDR_REGS, "w_wr")[-1]
         w_wr_addr, w_wr_data = w_wr[:len(self.wr_w_addr)], w_wr[len(self.wr_w_addr):]
-        w_en_r = delay(m, self.wr_w_en, ADDR_REGS, "w_wr_en", reset_less=False)[-1]
+        # (each row's byte enables are decoded before their registers, so that no logic sits
+        # between the last register and the block RAMs of a row)
         for r, port in enumerate(self._w_w):
+            en_r = delay(m, Mux(self.wr_w_addr // self.w_row_depth == r, self.wr_w_en, 0), ADDR_REGS,
+                         f"w{r}_wr_en", reset_less=False)[-1]
             m.d.comb += [port.addr.eq(w_wr_addr % self.w_row_depth), port.data.eq(w_wr_data),
-                         port.en.eq(Mux(w_wr_addr // self.w_row_depth == r, w_en_r, 0))]
+                         port.en.eq(en_r)]
         # while idle the owner writes ``dat`` (the engine's own writes below take precedence)
         m.d.comb += [dat_w.addr.eq(self.wr_dat_addr), dat_w.data.eq(self.wr_dat_data),
                      dat_w.en.eq(self.wr_dat_en)]
@@ -627,8 +635,9 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.next = "DONE"
             with m.State("DONE"):
-                m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
+                with m.If(~writes_in_flight):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
 
         # --- stage 4: operands into the MAC ---------------------------------------------------
@@ -650,7 +659,7 @@ class Engine(wiring.Component):
                     m.d.comb += [mi.a[l].eq(Mux(on & in_beat, q_op[l], 0)),
                                  mi.b[l].eq(Mux(g_attn, dat_q3[l], key_q3[k]))]
                 with m.Case(WSUM):
-                    m.d.comb += [mi.a[l].eq(Mux(g_zero, 0, wm_q3)),
+                    m.d.comb += [mi.a[l].eq(Mux(g_zero, 0, wm_q3[l // LG].as_signed())),
                                  mi.b[l].eq(dat_q3[l])]
         # WRITE: M_i is copied into its slot while the first column of K_i is projected
         # (the data multiplexer of ``dat``'s write port selects per lane group, from copies of

@@ -13,6 +13,8 @@ int8 lanes, one 32-bit block-RAM column) reads sits together:
 * its four lane multipliers (``mac.prod<l>``) in the DSP row next to that block-RAM row, in the
   DSP tile nearest to the middle of the quad's blocks.
 
+The spare block RAMs of each row are left in the middle of the die, for the small memories.
+
 A lane group (two quads) stays in one half of a row, so the per-group control copies
 (``hw/fanout.py``) and the per-cluster address copies (``hw/netlist.py``, two columns per
 cluster) each serve one compact region. Groups ``2i`` and ``2i + 1`` share row ``i`` (48
@@ -118,8 +120,15 @@ def floorplan_engine(netlist: dict, geometry=ECP5_85K) -> dict:
         if used > geometry.brams_per_row:
             raise ValueError(f"floorplan: block-RAM row y={y} would need {used} blocks "
                              f"(quads {qs}); it has {geometry.brams_per_row}")
+        # the first group from the left end, the second ending at the right end: the spare
+        # blocks stay in the middle of the die, where the placer can put the small memories
+        # (scores, probabilities, FIFOs) next to the central logic that uses them
+        left = [q for q in qs if (q // GROUP_QUADS) % 2 == 0]
+        right = [q for q in qs if (q // GROUP_QUADS) % 2 == 1]
         pos = 0
-        for q in qs:
+        for q in left + right:
+            if q == (right or [None])[0]:
+                pos = geometry.brams_per_row - sum(len(quads[r]) for r in right)
             spans[q] = (y, pos, pos + len(quads[q]))
             for name in quads[q]:
                 placement[name] = geometry.bram_bel(y, pos)

@@ -115,6 +115,21 @@ def test_every_lane_quad_is_pinned_together():
         assert positions[0] // 4 - 1 <= cols.pop() <= positions[-1] // 4 + 1
 
 
+def test_the_spare_block_rams_of_each_row_are_in_the_middle():
+    net = _engine_netlist()
+    floorplan_engine(net)
+    used = {}
+    for c in net["modules"]["top"]["cells"].values():
+        bel = c["attributes"].get("BEL", "")
+        if "EBR" in bel:
+            used.setdefault(_xy(bel)[1], set()).add(bel)
+    assert sorted(used) == list(ECP5_85K.bram_rows)
+    for y, bels in used.items():
+        free = [p for p in range(ECP5_85K.brams_per_row) if ECP5_85K.bram_bel(y, p) not in bels]
+        assert free == list(range(free[0], free[0] + len(free))), f"row {y}: spares {free} not together"
+        assert 0 < free[0] and free[-1] < ECP5_85K.brams_per_row - 1, f"row {y}: spares {free} at an end"
+
+
 def test_a_row_overflow_is_refused_and_changes_nothing():
     net = _engine_netlist(w_rows=16)          # 16 + 2 + 2 blocks per quad: > 52 per row
     before = json.dumps(net, sort_keys=True)
