@@ -23,11 +23,15 @@ def ceil_div(a, b):
     return -(-a // b)
 
 
-def delay(m, value, cycles, name, reset_less=True):
-    """``value`` through ``cycles`` registers; every register in order (the last is the output)."""
+def delay(m, value, cycles, name, reset_less=True, reset_first=False):
+    """``value`` through ``cycles`` registers; every register in order (the last is the output).
+
+    ``reset_first``: only the first register resets (write enables: the later ones are flushed
+    while the reset is held, and a reset net to every tap of a wide enable is a long path)."""
     taps = []
     for k in range(cycles):
-        reg = Signal.like(value, reset_less=reset_less, name=f"{name}_d{k + 1}")
+        reg = Signal.like(value, reset_less=reset_less and not (reset_first and k == 0),
+                          name=f"{name}_d{k + 1}")
         m.d.sync += reg.eq(value)
         taps.append(value := reg)
     return taps
@@ -423,8 +427,8 @@ class Engine(wiring.Component):
         # (as many registers as the read addresses; addresses and data without reset, the lane
         # enables with it)
         dat_w_r, key_w_r = delay(m, dat_w, ADDR_REGS, "dat_w")[-1], delay(m, key_w, ADDR_REGS, "key_w")[-1]
-        dat_en_taps = delay(m, dat_w.en, ADDR_REGS, "dat_w_en", reset_less=False)
-        key_en_taps = delay(m, key_w.en, ADDR_REGS, "key_w_en", reset_less=False)
+        dat_en_taps = delay(m, dat_w.en, ADDR_REGS, "dat_w_en", reset_first=True)
+        key_en_taps = delay(m, key_w.en, ADDR_REGS, "key_w_en", reset_first=True)
         dat_en_r, key_en_r = dat_en_taps[-1], key_en_taps[-1]
         # the engine's writes still on their way to ``dat``/``key`` (an op is done once they land)
         writes_in_flight = Cat(*(t.any() for t in dat_en_taps[:-1] + key_en_taps[:-1])).any()
@@ -439,7 +443,7 @@ class Engine(wiring.Component):
         # between the last register and the block RAMs of a row)
         for r, port in enumerate(self._w_w):
             en_r = delay(m, Mux(self.wr_w_addr // self.w_row_depth == r, self.wr_w_en, 0), ADDR_REGS,
-                         f"w{r}_wr_en", reset_less=False)[-1]
+                         f"w{r}_wr_en", reset_first=True)[-1]
             m.d.comb += [port.addr.eq(w_wr_addr % self.w_row_depth), port.data.eq(w_wr_data),
                          port.en.eq(en_r)]
         # while idle the owner writes ``dat`` (the engine's own writes below take precedence)

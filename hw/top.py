@@ -490,12 +490,20 @@ class HmtxTop(wiring.Component):
                 for cur, nxt in zip(waits, waits[1:] + [fetch_state + "_in_group"]):
                     with m.State(cur):
                         m.next = nxt
+                # (case statements, not word_select: Yosys maps a variable word_select to a
+                # shifter whose stages spread every input bit over many LUTs)
                 with m.State(fetch_state + "_in_group"):
-                    m.d.sync += picks.eq(Cat(word[g * gl * lane_bits:(g + 1) * gl * lane_bits]
-                                             .word_select(pick % gl, lane_bits) for g in range(groups)))
+                    with m.Switch(pick % gl):
+                        for j in range(gl):
+                            with m.Case(j):
+                                m.d.sync += picks.eq(Cat(word[(g * gl + j) * lane_bits:(g * gl + j + 1) * lane_bits]
+                                                         for g in range(groups)))
                     m.next = fetch_state + "_group"
                 with m.State(fetch_state + "_group"):
-                    m.d.sync += elem.eq(picks.word_select(pick // gl, lane_bits))
+                    with m.Switch(pick // gl):
+                        for g in range(groups):
+                            with m.Case(g):
+                                m.d.sync += elem.eq(picks[g * lane_bits:(g + 1) * lane_bits])
                     m.next = state
                 with m.State(state):
                     v = elem
