@@ -38,8 +38,13 @@ def add_build_arguments(p) -> None:
                    help=f"UART rate, 8N1 (default {DEFAULT_BAUD}, the host runtime's default)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
     p.add_argument("--router", choices=["router1", "router2"],
-                   help="nextpnr router (default: nextpnr's own, router1; router2 gets further on the "
-                        "congested full-size smollm build, at some cost in Fmax)")
+                   help="nextpnr router (default: router2 for the accelerator at 32 lanes or more, "
+                        "which it routes where router1 stalls; otherwise nextpnr's own, router1, "
+                        "the better Fmax)")
+    p.add_argument("--placer-density", type=float,
+                   help="nextpnr HeAP's maximum placement density (--placer-heap-beta; default "
+                        "0.7 on ECP5, nextpnr's own 0.9 elsewhere): lower spreads the logic, "
+                        "which is what lets smollm at P=64 route")
     p.add_argument("--timing-weight", type=int,
                    help="nextpnr's placer timing weight (--placer-heap-timingweight; nextpnr's default "
                         "10). 40 raised smollm's post-placement estimate from 54.4 to 57.4 MHz")
@@ -89,6 +94,13 @@ def resolve_config(args, lanes=None, n_slots=None):
     return name, config.with_(**changes) if changes else config
 
 
+def default_router(args, config):
+    """--router, or router2 for the accelerator at >= 32 lanes (router1 stalls on it)."""
+    if args.router:
+        return args.router
+    return "router2" if args.core == "hmtx" and config.lanes >= 32 else None
+
+
 def build_one(args, config_name, config, out_dir):
     """One build; raises BuildFailed (with a partial report) when no bitstream comes out."""
     from hmtx.hw.synth import BuildFailed, synthesize
@@ -99,8 +111,8 @@ def build_one(args, config_name, config, out_dir):
                             lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq,
                             baud=args.baud, seed=args.seed, ice40_dsp=args.ice40_dsp,
                             synth_opts=None if args.yosys_opts is None else args.yosys_opts.split(),
-                            router=args.router, timing_weight=args.timing_weight,
-                            floorplan=args.floorplan)
+                            router=default_router(args, config), timing_weight=args.timing_weight,
+                            floorplan=args.floorplan, placer_density=args.placer_density)
     except BuildFailed as e:
         e.report.update(extra)
         raise

@@ -142,7 +142,7 @@ def diagnose_failure(*, nextpnr_log=None, yosys_log=None):
 
 def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
                seed=1, ice40_dsp=False, synth_opts=None, router=None, name="top", split_fanout=True,
-               timing_weight=None, floorplan=True):
+               timing_weight=None, floorplan=True, placer_density=None):
     """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
 
     ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
@@ -170,6 +170,14 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
         if timing_weight < 0:
             raise ValueError(f"timing weight must be >= 0, got {timing_weight}")
         nextpnr_opts += ["--placer-heap-timingweight", str(timing_weight)]
+    if placer_density is None and spec.family == "ecp5":
+        # smollm at P=64 routes with HeAP's maximum density at 0.7 (router2, 44 iterations);
+        # at nextpnr's 0.9 router2 stalled at thousands of overused wires (docs/synthesis.md)
+        placer_density = 0.7
+    if placer_density is not None:
+        if not 0.3 <= placer_density <= 1.0:
+            raise ValueError(f"placer density must be in [0.3, 1.0], got {placer_density}")
+        nextpnr_opts += ["--placer-heap-beta", str(placer_density)]
 
     saved = dict(os.environ)
     os.environ.update(tool_env())
@@ -192,6 +200,7 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
               "seed": seed, "yosys_synth_opts": " ".join(synth_opts), "router": router or "default",
               "bram_fanout_split": bool(spec.family == "ecp5" and split_fanout),
               "placer_timing_weight": timing_weight, "floorplan": floorplan,
+              "placer_density": placer_density,
               "build_dir": out_dir}
 
     def read(fname):
