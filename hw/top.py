@@ -452,7 +452,7 @@ class HmtxTop(wiring.Component):
             # element k of a vector lives in word k // P, lane k % P: rk counts words, ri lanes
             # ``dat`` holds M_i and the result rows (an int16 word as a low-byte and a high-byte word).
             # The word addresses are registered here and again in the engine before they reach
-            # the block RAMs (a fetch takes seven cycles: three address registers, read, the
+            # the block RAMs (a fetch takes eight cycles: four address registers, read, the
             # engine's register after the block RAM, two lane-select steps).
             # The slot/row bases (multiplies by constants) have registers of their own: the slot
             # is fixed from the header on, and rrow changes >= 2 cycles before its next fetch.
@@ -472,7 +472,7 @@ class HmtxTop(wiring.Component):
             def vector(state, n_elems, word, lane_bits, elem_bytes, next_state, fetch_state, split=False, lanes=P,
                        pick=None):
                 """Send elements 0..n-1 from a sync-read memory word (``word``: its raw bits, lanes
-                of ``lane_bits``): per element a seven-cycle fetch (three address registers, block
+                of ``lane_bits``): per element an eight-cycle fetch (four address registers, block
                 RAM read, word register, then the lane in two registered steps: the lane's place
                 within every group of 8 lanes, then the group -- a P-lane word sits in block RAMs
                 across the die, a lane group's in one region (hw/floorplan.py), so the first step is
