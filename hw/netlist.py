@@ -92,25 +92,61 @@ def split_bram_fanout(netlist: dict, clusters: int = 8) -> dict:
     """Duplicate, in place, every TRELLIS_FF whose output reaches block RAMs of more than one
     cluster of columns (``clusters`` per memory). Returns counts for the log."""
     top = top_module(netlist)
-    cells, netnames = top["cells"], top["netnames"]
-    sinks, driver, next_bit = _connectivity(top)
-    column = _bram_columns(cells, sinks)
+    sinks, driver, next_bit = conn = _connectivity(top)
+    column = _bram_columns(top["cells"], sinks)
 
+    def cluster(sink):
+        if sink not in column:
+            return None
+        mem, col, cols = column[sink]
+        return mem, col // max(1, -(-cols // clusters))
+
+    return _split_by(top, conn, cluster, "bramdup")
+
+
+def split_by_region(netlist: dict, region_of_bel) -> dict:
+    """One level up from the block RAMs: copy every flip-flop whose sinks lie in several regions
+    of the die, one copy per region, where a cell's region is ``region_of_bel(its BEL)`` for
+    pinned cells (hw/floorplan.py) and, for a flip-flop, the one region all its sinks share.
+
+    After :func:`split_bram_fanout` each block-RAM cluster has its own address register, but
+    those copies still hang off one register in the middle, which cannot reach block RAM rows
+    at both ends of the die in one clock; this gives that register a copy per region, so the
+    path is centre -> region -> cluster, register to register. Returns counts for the log."""
+    top = top_module(netlist)
+    cells = top["cells"]
+    sinks, driver, next_bit = conn = _connectivity(top)
+    region = {name: region_of_bel(c["attributes"]["BEL"]) for name, c in cells.items()
+              if "BEL" in c.get("attributes", {})}
+    for bit, (src, port) in driver.items():
+        outs = sinks.get(bit, ())
+        if cells[src]["type"] == FF and port == "Q" and src not in region and outs:
+            rs = {region.get(s) for s in outs}
+            if len(rs) == 1 and None not in rs:
+                region[src] = rs.pop()
+    # only the flip-flops above the regions are copied, for their flip-flop sinks
+    return _split_by(top, conn, lambda s: region.get(s) if cells[s]["type"] == FF else None,
+                     "regiondup", skip=region.__contains__)
+
+
+def _split_by(top, conn, group_of, tag, skip=lambda src: False) -> dict:
+    """Split every flip-flop (not ``skip``-ped) whose sinks fall in two or more groups
+    (``group_of(sink)``, None for no group) with :func:`_split`. Returns counts for the log."""
+    cells, netnames = top["cells"], top["netnames"]
+    sinks, driver, next_bit = conn
     copies = nets = 0
     for bit, (src, port) in list(driver.items()):
-        if cells[src]["type"] != FF or port != "Q":
+        if cells[src]["type"] != FF or port != "Q" or skip(src):
             continue
         groups = defaultdict(list)
         for s in sinks.get(bit, ()):
-            if s in column:
-                mem, col, cols = column[s]
-                per = max(1, -(-cols // clusters))
-                groups[(mem, col // per)].append(s)
+            g = group_of(s)
+            if g is not None:
+                groups[g].append(s)
         if len(groups) < 2:
             continue
         nets += 1
-        # the largest group stays on the original register, with every non-block-RAM sink
-        next_bit, made = _split(cells, netnames, src, bit, groups, next_bit, "bramdup")
+        next_bit, made = _split(cells, netnames, src, bit, groups, next_bit, tag)
         copies += made
     return {"nets": nets, "copies": copies}
 
@@ -137,51 +173,3 @@ def _split(cells, netnames, src, bit, groups, next_bit, tag):
             for p, bits in conn.items():
                 conn[p] = [new_bit if b == bit else b for b in bits]
     return next_bit, made
-
-
-def split_by_region(netlist: dict, region_of_bel) -> dict:
-    """One level up from the block RAMs: copy every flip-flop whose sinks lie in several regions
-    of the die, one copy per region, where a cell's region is ``region_of_bel(its BEL)`` for
-    pinned cells (hw/floorplan.py) and, for a flip-flop, the one region all its sinks share.
-
-    After :func:`split_bram_fanout` each block-RAM cluster has its own address register, but
-    those copies still hang off one register in the middle, which cannot reach block RAM rows
-    at both ends of the die in one clock; this gives that register a copy per region, so the
-    path is centre -> region -> cluster, register to register. Returns counts for the log."""
-    top = top_module(netlist)
-    cells, netnames = top["cells"], top["netnames"]
-    sinks, driver, next_bit = _connectivity(top)
-    q_sinks = {}
-    for bit, (src, port) in driver.items():
-        if cells[src]["type"] == FF and port == "Q":
-            q_sinks[src] = (bit, sinks.get(bit, set()))
-
-    def pinned(name):
-        bel = cells[name].get("attributes", {}).get("BEL")
-        return None if bel is None else region_of_bel(bel)
-
-    region = {}
-    for name, c in cells.items():
-        r = pinned(name)
-        if r is not None:
-            region[name] = r
-    for name, (bit, outs) in q_sinks.items():
-        if name not in region and outs:
-            rs = {region.get(s) for s in outs}
-            if len(rs) == 1 and None not in rs:
-                region[name] = rs.pop()
-
-    copies = nets = 0
-    for src, (bit, outs) in list(q_sinks.items()):
-        if src in region:
-            continue
-        groups = defaultdict(list)
-        for s in outs:
-            if cells[s]["type"] == FF and s in region:
-                groups[region[s]].append(s)
-        if len(groups) < 2:
-            continue
-        nets += 1
-        next_bit, made = _split(cells, netnames, src, bit, groups, next_bit, "regiondup")
-        copies += made
-    return {"nets": nets, "copies": copies}
