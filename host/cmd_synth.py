@@ -51,6 +51,10 @@ def add_build_arguments(p) -> None:
     p.add_argument("--no-floorplan", dest="floorplan", action="store_false",
                    help="leave the engine's block RAMs and lane multipliers to the placer (by "
                         "default they are pinned per lane quad on the LFE5U-85F, hw/floorplan.py)")
+    p.add_argument("--detailed-timing", action="store_true",
+                   help="have nextpnr add every net's routed delays to its report.json "
+                        "(--detailed-timing-report; tens of MB at P=64), for "
+                        "bench/routed_nets.py")
     p.add_argument("--yosys-opts", help="options for synth_ecp5/synth_ice40 instead of the "
                                         "defaults (-nolutram on ECP5, none on iCE40); quote "
                                         "them, e.g. --yosys-opts='-nolutram -dff', or "
@@ -112,7 +116,8 @@ def build_one(args, config_name, config, out_dir):
                             baud=args.baud, seed=args.seed, ice40_dsp=args.ice40_dsp,
                             synth_opts=None if args.yosys_opts is None else args.yosys_opts.split(),
                             router=default_router(args, config), timing_weight=args.timing_weight,
-                            floorplan=args.floorplan, placer_density=args.placer_density)
+                            floorplan=args.floorplan, placer_density=args.placer_density,
+                            detailed_timing=args.detailed_timing)
     except BuildFailed as e:
         e.report.update(extra)
         raise

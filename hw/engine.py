@@ -9,7 +9,7 @@ from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 from .arith import Reciprocal, ShiftRoundSat
-from .fanout import replicate
+from .fanout import replicate, replicate_tree
 from .mac import MacArray
 
 __all__ = ["Op", "Engine", "Region", "key_block_lanes"]
@@ -43,6 +43,14 @@ def key_block_lanes(P: int) -> int:
     for odd P, whose key words are not halved)."""
     KP = P // 2 if P % 2 == 0 else P
     return 4 if (KP != P and P % 8 == 0) else KP
+
+
+def lane_group_regions(G: int) -> list:
+    """The region of each of ``G`` lane groups, for the two-level copies of the lane-group
+    controls (fanout.replicate_tree). The LFE5U-85F floorplan (hw/floorplan.py) puts groups
+    ``2i`` and ``2i + 1`` at the two ends of block-RAM row ``i % 4``; a region is one end of
+    two neighbouring rows, so a region's copy sits between the centre and its two groups."""
+    return [g % 2 + 2 * ((g // 2) % 4 // 2) for g in range(G)]
 
 
 class Region:
@@ -390,14 +398,17 @@ class Engine(wiring.Component):
         # clock-to-output leaves little for the route), the next one where the placer likes.
         # ``w``'s row select sits between them (nine rows, nine places on the die).
         # the operand muxes' selects, one register per lane group (the same values as s4's)
-        s4_sel = replicate(m, Cat(s3.phase, s3.lim, s3.qhi, s3.zero, attn), G, "opsel")
+        # (these per-group copies come in two levels, a copy per region and then per group:
+        # one hop from the sequencer to a far group was 40-60 tiles)
+        regions = lane_group_regions(G)
+        s4_sel = replicate_tree(m, Cat(s2.phase, s2.lim, s2.qhi, s2.zero, attn), regions, "opsel")
         dat_q3, key_q3 = (delay(m, q, 2, name)[-1] for q, name in ((dat_q, "dat_q"), (key_q, "key_q")))
         # the weighted sum's weight goes to every lane: one copy per lane group
-        wm_q3 = replicate(m, delay(m, wm_q, 1, "wm_q")[-1], G, "wm_q3")
+        wm_q3 = replicate_tree(m, wm_q, regions, "wm_q3")
         w_row_q2 = [delay(m, q, 1, f"w_row{r}_q")[-1] for r, q in enumerate(w_row_q)]
         w_q3 = Signal.like(w_row_q[0], reset_less=True)
         # the row select drives 512 nine-way multiplexers, one per bit: one copy per lane group
-        w_rsel = replicate(m, w_row_sel[-1], G, "w_rsel")
+        w_rsel = replicate_tree(m, w_row_sel[-2], regions, "w_rsel")
         for g in range(G):
             with m.Switch(w_rsel[g]):
                 for r, q in enumerate(w_row_q2):
@@ -408,7 +419,7 @@ class Engine(wiring.Component):
         QD = max(HB, AB)
         qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)] for w in range(QD)]
         q_op = [Signal(signed(16), name=f"q_op{l}", reset_less=True) for l in range(P)]
-        q_rd = replicate(m, s2.qaddr, G, "q_rd")
+        q_rd = replicate_tree(m, s1.qaddr, regions, "q_rd")
         for l in range(P):
             with m.Switch(q_rd[l // LG]):
                 for w in range(QD):

@@ -12,7 +12,7 @@ the same logic.
 
 from amaranth.hdl import ClockSignal, Const, Elaboratable, Instance, Module, ResetSignal, Signal, Value
 
-__all__ = ["Replicas", "replicate"]
+__all__ = ["Replicas", "replicate", "replicate_tree"]
 
 
 def _is_ecp5(platform) -> bool:
@@ -62,3 +62,21 @@ def replicate(m: Module, value, n: int, name: str, *, reset: bool = False, en=No
     if en is not None:
         m.d.comb += r.en.eq(en)
     return r.o
+
+
+def replicate_tree(m: Module, value, regions, name: str, *, reset: bool = False) -> list:
+    """Two levels of copies: one per region, then one per leaf from its region's copy, so that
+    no hop is longer than about half the way from the driver to the farthest leaf.
+    ``regions[k]`` is leaf k's region (0 .. R-1). Returns the leaf copies, **two** cycles after
+    ``value`` (take ``value`` a stage earlier than for :func:`replicate`)."""
+    regions = list(regions)
+    if not regions or min(regions) < 0:
+        raise ValueError(f"replicate_tree {name}: need region numbers >= 0 per leaf, got {regions}")
+    mids = replicate(m, value, max(regions) + 1, f"{name}_r", reset=reset)
+    leaves = [None] * len(regions)
+    for r, mid in enumerate(mids):
+        ks = [k for k, rk in enumerate(regions) if rk == r]
+        if ks:
+            for k, o in zip(ks, replicate(m, mid, len(ks), f"{name}_r{r}_", reset=reset)):
+                leaves[k] = o
+    return leaves

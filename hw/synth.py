@@ -142,7 +142,7 @@ def diagnose_failure(*, nextpnr_log=None, yosys_log=None):
 
 def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
                seed=1, ice40_dsp=False, synth_opts=None, router=None, name="top", split_fanout=True,
-               timing_weight=None, floorplan=True, placer_density=None):
+               timing_weight=None, floorplan=True, placer_density=None, detailed_timing=False):
     """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
 
     ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
@@ -166,6 +166,9 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     # router2 gets further (docs/synthesis.md, "Routing").
     if router:
         nextpnr_opts += ["--router", router]
+    if detailed_timing:
+        # every net's routed delay per sink in report.json (bench/routed_nets.py ranks them)
+        nextpnr_opts += ["--detailed-timing-report"]
     if timing_weight is not None:
         if timing_weight < 0:
             raise ValueError(f"timing weight must be >= 0, got {timing_weight}")

@@ -1,7 +1,7 @@
 """Top level of the hmtx engine: command frames in, response frames out (docs/protocol.md)."""
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hmtx.host.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSION, Op as WireOp, Status as WireStatus
@@ -182,6 +182,24 @@ class HmtxTop(wiring.Component):
 
         mant_bad = byte == 0x80          # -128 is not a BFP8 mantissa
 
+        # Payload writes into the engine's ``dat`` and ``w``: the parser's decision (a compare of
+        # the byte count, a lane decode) is registered here, next to the parser, so that only
+        # flip-flops drive the long way out to the lane block RAMs (the engine registers again
+        # on its side). A write lands a cycle later; the engine starts >= 4 cycles after the
+        # last payload byte (END beat, CHECK, CHECK2, EXEC) and the weights are read by later
+        # commands only.
+        def payload_write(depth, name):
+            req = Signal(data.StructLayout({"addr": range(depth), "data": 8, "en": P}), name=f"{name}_req")
+            reg = Signal.like(req, name=f"{name}_reg")
+            m.d.sync += reg.eq(req)
+            return req, reg
+        dat_wr, dat_wr_r = payload_write(eng.dat.depth, "dat_wr")
+        w_wr, w_wr_r = payload_write(eng.w.depth, "w_wr")
+        m.d.comb += [eng.wr_dat_addr.eq(dat_wr_r.addr), eng.wr_dat_en.eq(dat_wr_r.en),
+                     eng.wr_w_addr.eq(w_wr_r.addr), eng.wr_w_en.eq(w_wr_r.en)]
+        m.d.comb += [eng.wr_dat_data[l].eq(dat_wr_r.data) for l in range(P)]
+        m.d.comb += [eng.wr_w_data[l].eq(w_wr_r.data) for l in range(P)]
+
         # --- response generator state ------------------------------------------------------------
         ri = Signal(16)              # element / byte counters of the response segments
         rk = Signal(16)
@@ -235,8 +253,7 @@ class HmtxTop(wiring.Component):
                             with m.If(~exp_ok(byte)):
                                 m.d.sync += bad_arg.eq(1)
                         with m.Elif((idx >= 2) & (idx < c.d + 2)):
-                            m.d.comb += [eng.wr_dat_addr.eq(vw), eng.wr_dat_en.eq(Const(1, P) << vl)]
-                            m.d.comb += [eng.wr_dat_data[l].eq(byte) for l in range(P)]
+                            m.d.comb += [dat_wr.addr.eq(vw), dat_wr.en.eq(Const(1, P) << vl), dat_wr.data.eq(byte)]
                             m.d.sync += [vl.eq(Mux(vl == P - 1, 0, vl + 1)), vw.eq(Mux(vl == P - 1, vw + 1, vw))]
                             with m.If(mant_bad):
                                 m.d.sync += bad_arg.eq(1)
@@ -254,8 +271,8 @@ class HmtxTop(wiring.Component):
                                 with m.If(~exp_ok(byte)):
                                     m.d.sync += bad_arg.eq(1)
                             with m.Else():
-                                m.d.comb += [eng.wr_dat_addr.eq(pbase + aw), eng.wr_dat_en.eq(Const(1, P) << al)]
-                                m.d.comb += [eng.wr_dat_data[l].eq(byte) for l in range(P)]
+                                m.d.comb += [dat_wr.addr.eq(pbase + aw), dat_wr.en.eq(Const(1, P) << al),
+                                             dat_wr.data.eq(byte)]
                                 m.d.sync += [al.eq(Mux(al == P - 1, 0, al + 1)),
                                              aw.eq(Mux(al == P - 1, aw + 1, aw))]
                                 with m.If(mant_bad):
@@ -283,8 +300,8 @@ class HmtxTop(wiring.Component):
                                          ld_c_lane.eq(Mux(row_off == 0, 0, Mux(sel, nr_lane[1], nr_lane[0])))]
                         with m.If((idx >= 8) & ld_ok_r & (idx < ld_stop)):
                             # (the engine registers the write on its way to the block RAMs)
-                            m.d.comb += [eng.wr_w_addr.eq(ld_jbase + ld_c_word), eng.wr_w_en.eq(Const(1, P) << ld_c_lane)]
-                            m.d.comb += [eng.wr_w_data[l].eq(byte) for l in range(P)]
+                            m.d.comb += [w_wr.addr.eq(ld_jbase + ld_c_word), w_wr.en.eq(Const(1, P) << ld_c_lane),
+                                         w_wr.data.eq(byte)]
                             with m.If(mant_bad):
                                 m.d.sync += bad_arg.eq(1)
                             with m.If(ld_j == c.d_h - 1):

@@ -157,3 +157,26 @@ def test_hook_rewrites_the_netlist_then_runs_the_tool(tmp_path):
     # the floorplan's geometry is one part's: refused for another
     assert hook_main(["--floorplan", shutil.which("true"), "--25k", "--json", str(path)]) == 2
     assert hook_main(["--floorplan"]) == 2
+
+
+def test_lane_group_regions_follow_the_floorplan():
+    """The engine's two-level control copies (one per region, then per lane group) assume the
+    floorplan's layout: a region's groups are on one side of the die, in neighbouring rows."""
+    from hmtx.hw.engine import lane_group_regions
+
+    net = _engine_netlist()
+    floorplan_engine(net)
+    cells = net["modules"]["top"]["cells"]
+    middle = ECP5_85K.columns[len(ECP5_85K.columns) // 2] + 4
+    where = {}                                    # lane group -> (side, block-RAM row index)
+    for n, c in cells.items():
+        if re.search(r"\.(w\d|dat|key)\.0\.\d+$", n):
+            x, y, _ = _xy(c["attributes"]["BEL"])
+            where.setdefault(_quad_of(n) // 2, set()).add((int(x >= middle), ECP5_85K.bram_rows.index(y)))
+    assert all(len(s) == 1 for s in where.values())
+    regions = lane_group_regions(P // 8)
+    assert sorted(set(regions)) == [0, 1, 2, 3]
+    for r in set(regions):
+        spots = [next(iter(where[g])) for g in range(P // 8) if regions[g] == r]
+        assert len(spots) == 2 and len({side for side, _ in spots}) == 1, (r, spots)
+        assert abs(spots[0][1] - spots[1][1]) == 1, (r, spots)
