@@ -1,61 +1,94 @@
-"""Rank the routed nets of a nextpnr build by their slowest arc, from nextpnr's own routed
-delays, and count the slow nets by the RTL line that made them.
+"""Which registers of a routed nextpnr build miss the clock, and by how much, from nextpnr's
+own routed timing -- not just the one critical path it prints.
 
     # nextpnr ... --report report.json --detailed-timing-report   (hmtx synth: --detailed-timing)
-    python bench/routed_nets.py build/synth/ulx3s-85f-smollm-p64/report.json [--top 40] [--over 6]
+    python bench/routed_nets.py build/synth/ulx3s-85f-smollm-p64/report.json [--period 10] [--top 30]
 
-Only routing delay is counted (``detailed_net_timings``: each sink's delay from its driver); the
-logic on either side is not. Where nextpnr's critical path names one net, this table shows how
-many more are as far from the clock period, and which source lines they come from -- the list
-of what to pipeline or floorplan next.
+nextpnr's ``detailed_net_timings`` give, for every sink of every net, the arrival time there
+(the longest path from a launching register, routing and logic). The endpoints that count are
+the inputs of registers, block RAMs and multipliers; an arrival past the clock period is a
+failing path. They are grouped by the signal they belong to: the cell name as Yosys wrote it,
+less the suffixes its mapping adds (``w0_wr_en_d1_TRELLIS_FF_Q_49`` -> ``w0_wr_en_d1``), so a
+bus or a family of copies counts once, with how many of its bits fail and its worst arrival.
 """
 
 import argparse
 import collections
 import json
+import re
 import sys
 
-__all__ = ["net_delays", "by_source"]
+__all__ = ["endpoints", "failing_by_signal", "signal_of"]
+
+# cell types whose inputs end a timing path, as the nextpnr-ecp5 netlist names them
+_ENDPOINT_PORTS = re.compile(r"^(M|DI|CE|LSR|DI\d|A[DB]?\d+|B\d+|C\d+|D[IA]?\d+|WE[AB]?|CE[AB]|OCE[AB]|CS[AB]\d)$")
+_MAPPED = re.compile(r"(_TRELLIS_FF|_TRELLIS_COMB|_LUT4|_CCU2C|_PFUMX|_L6MUX21|_DP16KD|_MULT18X18D|\$).*$")
 
 
-def net_delays(report: dict) -> list[tuple]:
-    """(slowest arc ns, fanout, net, driver, first source, slowest sink) per net, slowest first."""
+def signal_of(cell: str) -> str:
+    """The RTL signal a mapped cell belongs to (its Yosys name less the mapping suffixes)."""
+    return _MAPPED.sub("", cell) or cell
+
+
+def endpoints(report: dict, is_endpoint=None) -> list[tuple]:
+    """(arrival ns, sink cell, sink port, driving net) for every sink nextpnr timed, worst first.
+    ``is_endpoint(cell, port)`` keeps only path ends (default: every sink)."""
     nets = report.get("detailed_net_timings")
     if nets is None:
         raise ValueError("no 'detailed_net_timings' in this report: run nextpnr with "
                          "--detailed-timing-report (hmtx synth --detailed-timing)")
-    rows = []
-    for n in nets:
-        ends = n.get("endpoints") or []
-        if not ends:
-            continue
-        worst = max(ends, key=lambda e: e["delay"][1])
-        src = (n.get("sources") or ["?"])[0].rsplit("/", 1)[-1]
-        rows.append((worst["delay"][1], len(ends), n["net"], n["driver"], src,
-                     f'{worst["cell"]}.{worst["port"]}'))
+    rows = [(e["delay"][1], e["cell"], e["port"], n["net"]) for n in nets for e in n.get("endpoints") or []
+            if is_endpoint is None or is_endpoint(e["cell"], e["port"])]
     rows.sort(key=lambda r: -r[0])
     return rows
 
 
-def by_source(rows, over_ns: float) -> collections.Counter:
-    """How many nets have an arc slower than ``over_ns``, per first source line."""
-    return collections.Counter(r[4] for r in rows if r[0] > over_ns)
+def register_inputs(netlist: dict):
+    """``is_endpoint`` for :func:`endpoints` from the placed/synthesized netlist: inputs of
+    flip-flops, block RAMs and multipliers."""
+    mods = netlist["modules"]
+    top = next((m for m in mods.values() if m.get("attributes", {}).get("top")), next(iter(mods.values())))
+    kinds = {name: c["type"] for name, c in top["cells"].items()}
+    ends = {"TRELLIS_FF", "DP16KD", "MULT18X18D", "ALU54B", "TRELLIS_DPR16X4"}
+    return lambda cell, port: kinds.get(cell) in ends
+
+
+def failing_by_signal(rows, period_ns: float) -> list[tuple]:
+    """(failing endpoints, worst arrival ns, signal) per signal with an arrival past
+    ``period_ns``, most endpoints first."""
+    count, worst = collections.Counter(), {}
+    for arrival, cell, _, _ in rows:
+        if arrival > period_ns:
+            s = signal_of(cell)
+            count[s] += 1
+            worst[s] = max(worst.get(s, 0.0), arrival)
+    return sorted(((n, worst[s], s) for s, n in count.items()), key=lambda r: (-r[0], -r[1]))
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("report")
-    ap.add_argument("--top", type=int, default=30, help="slowest nets to list")
-    ap.add_argument("--over", type=float, default=6.0, help="arc delay (ns) that counts as slow")
+    ap.add_argument("report", help="nextpnr --report JSON written with --detailed-timing-report")
+    ap.add_argument("--netlist", help="the netlist nextpnr read (top.json): count only register, "
+                                      "block-RAM and multiplier inputs (default: every sink "
+                                      "whose port looks like one)")
+    ap.add_argument("--period", type=float, default=10.0, help="clock period in ns (default 10)")
+    ap.add_argument("--top", type=int, default=30, help="how many signals to list")
     args = ap.parse_args(argv)
     with open(args.report) as f:
-        rows = net_delays(json.load(f))
-    for ns, fanout, net, driver, src, sink in rows[:args.top]:
-        print(f"{ns:6.2f} ns  fanout {fanout:5d}  {net[-56:]:56s} {src[:28]:28s} -> {sink[-40:]}")
-    slow = by_source(rows, args.over)
-    print(f"\n{sum(slow.values())} of {len(rows)} nets have an arc over {args.over} ns; by source:")
-    for src, n in slow.most_common(25):
-        print(f"{n:6d}  {src}")
+        report = json.load(f)
+    if args.netlist:
+        with open(args.netlist) as f:
+            keep = register_inputs(json.load(f))
+    else:
+        keep = lambda cell, port: bool(_ENDPOINT_PORTS.match(port)) and "_TRELLIS_FF" in cell  # noqa: E731
+    rows = endpoints(report, keep)
+    groups = failing_by_signal(rows, args.period)
+    n_fail = sum(g[0] for g in groups)
+    print(f"{n_fail} of {len(rows)} endpoints arrive after {args.period} ns "
+          f"(worst {rows[0][0]:.2f} ns at {rows[0][1]}.{rows[0][2]})" if rows else "no endpoints")
+    print(f"\n{'failing':>8} {'worst ns':>9}  signal")
+    for n, worst, sig in groups[:args.top]:
+        print(f"{n:8d} {worst:9.2f}  {sig}")
     return 0
 
 

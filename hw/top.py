@@ -182,19 +182,21 @@ class HmtxTop(wiring.Component):
 
         mant_bad = byte == 0x80          # -128 is not a BFP8 mantissa
 
-        # Payload writes into the engine's ``dat`` and ``w``: the parser's decision (a compare of
+        # Payload writes into the engine's ``dat``, ``w`` and ``vexp``: the parser's decision (a compare of
         # the byte count, a lane decode) is registered here, next to the parser, so that only
         # flip-flops drive the long way out to the lane block RAMs (the engine registers again
         # on its side). A write lands a cycle later; the engine starts >= 4 cycles after the
         # last payload byte (END beat, CHECK, CHECK2, EXEC) and the weights are read by later
         # commands only.
-        def payload_write(depth, name):
-            req = Signal(data.StructLayout({"addr": range(depth), "data": 8, "en": P}), name=f"{name}_req")
+        def payload_write(depth, name, en_bits=P):
+            req = Signal(data.StructLayout({"addr": range(depth), "data": 8, "en": en_bits}), name=f"{name}_req")
             reg = Signal.like(req, name=f"{name}_reg")
             m.d.sync += reg.eq(req)
             return req, reg
         dat_wr, dat_wr_r = payload_write(eng.dat.depth, "dat_wr")
         w_wr, w_wr_r = payload_write(eng.w.depth, "w_wr")
+        vexp_wr, vexp_wr_r = payload_write(eng.vexp.depth, "vexp_wr", en_bits=1)
+        m.d.comb += [vexp_w.addr.eq(vexp_wr_r.addr), vexp_w.data.eq(vexp_wr_r.data), vexp_w.en.eq(vexp_wr_r.en)]
         m.d.comb += [eng.wr_dat_addr.eq(dat_wr_r.addr), eng.wr_dat_en.eq(dat_wr_r.en),
                      eng.wr_w_addr.eq(w_wr_r.addr), eng.wr_w_en.eq(w_wr_r.en)]
         m.d.comb += [eng.wr_dat_data[l].eq(dat_wr_r.data) for l in range(P)]
@@ -249,7 +251,7 @@ class HmtxTop(wiring.Component):
                     # WRITE_MEMORY / RECALL vector
                     with m.If(is_op("WRITE_MEMORY") | is_op("RECALL")):
                         with m.If(idx == 1):
-                            m.d.comb += [vexp_w.addr.eq(0), vexp_w.data.eq(byte), vexp_w.en.eq(1)]
+                            m.d.comb += [vexp_wr.addr.eq(0), vexp_wr.data.eq(byte), vexp_wr.en.eq(1)]
                             with m.If(~exp_ok(byte)):
                                 m.d.sync += bad_arg.eq(1)
                         with m.Elif((idx >= 2) & (idx < c.d + 2)):
@@ -267,7 +269,7 @@ class HmtxTop(wiring.Component):
                                          a_rows.eq(n_q + 2 * n_k)]
                         with m.If((idx >= 4) & a_sane & (rin < a_rows)):
                             with m.If(col == 0):
-                                m.d.comb += [vexp_w.addr.eq(prow), vexp_w.data.eq(byte), vexp_w.en.eq(1)]
+                                m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(byte), vexp_wr.en.eq(1)]
                                 with m.If(~exp_ok(byte)):
                                     m.d.sync += bad_arg.eq(1)
                             with m.Else():
@@ -437,7 +439,7 @@ class HmtxTop(wiring.Component):
                             with m.Case(OPCODES["READ_SLOT"]):
                                 m.next = "SLOT_MEXP"
                             with m.Case(OPCODES["RECALL"], OPCODES["ATTENTION"]):
-                                m.next = "OUT_EXP"
+                                m.next = "OUT_EXP_F"
                             with m.Default():
                                 m.next = "CRC"
 
@@ -498,6 +500,11 @@ class HmtxTop(wiring.Component):
                 Element ``rk * P + ri`` is lane ``pick`` (default ``ri``) of a word of ``lanes``
                 lanes (the key words: ``Engine.key_place``)."""
                 pick = ri if pick is None else pick
+                # the lane to pick, registered: ri is fixed from the fetch on, and the lane
+                # selects of every group then start at a flip-flop
+                pick_r = Signal(range(lanes), name=f"{state.lower()}_pick")
+                m.d.sync += pick_r.eq(pick)
+                pick = pick_r
                 gl = 8 if lanes % 8 == 0 else lanes
                 groups = lanes // gl
                 picks = Signal(groups * lane_bits, name=f"{state.lower()}_picks", reset_less=True)
@@ -556,19 +563,27 @@ class HmtxTop(wiring.Component):
                             m.d.sync += list(on_done)
                             m.next = next_state
 
-            scalar("SLOT_MEXP", mexp_r.data, 1, "SLOT_M_F")
+            # The exponents the response sends, read from their flip-flop memories and
+            # registered (slot is fixed from the header on; rrow changes one state ahead, in
+            # HDR_O / OUT_NEXT, and OUT_EXP_F waits a cycle for it)
+            mexp_q, kexp_q, oexp_q = (Signal.like(p.data, name=f"{n}_q") for p, n in
+                                      ((mexp_r, "mexp"), (kexp_r, "kexp"), (oexp_r, "oexp")))
+            m.d.sync += [mexp_q.eq(mexp_r.data), kexp_q.eq(kexp_r.data), oexp_q.eq(oexp_r.data)]
+            with m.State("OUT_EXP_F"):
+                m.next = "OUT_EXP"
+            scalar("SLOT_MEXP", mexp_q, 1, "SLOT_M_F")
             # The block RAM words are registered here before the lane select (a DP16KD's clock to
             # output is ~5.8 ns).
             dat_word = Signal.like(eng.dat_read_data, reset_less=True)
             key_word = Signal.like(eng.key_read_data, reset_less=True)
             m.d.sync += [dat_word.eq(eng.dat_read_data), key_word.eq(eng.key_read_data)]
             vector("SLOT_M", c.d, Value.cast(dat_word), 8, 1, "SLOT_KEXP", "SLOT_M_F")
-            scalar("SLOT_KEXP", kexp_r.data, 2, "SLOT_K_F")
+            scalar("SLOT_KEXP", kexp_q, 2, "SLOT_K_F")
             vector("SLOT_K", c.d_h, Value.cast(key_word), 16, 2, "CRC", "SLOT_K_F", lanes=eng.KP,
                    pick=eng.key_place(ri)[1])
 
             # RECALL: P exponent, d x i16, n, n probabilities; ATTENTION: n_q x (exponent, row)
-            scalar("OUT_EXP", oexp_r.data, 2, "OUT_V_F")
+            scalar("OUT_EXP", oexp_q, 2, "OUT_V_F")
             out_len = Mux(is_op("RECALL"), c.d, c.head_dim)
             vector("OUT_V", out_len, Value.cast(dat_word), 8, 2, "OUT_NEXT", "OUT_V_F", split=True)
             with m.State("OUT_NEXT"):
@@ -577,14 +592,20 @@ class HmtxTop(wiring.Component):
                     m.next = "REC_N"
                 with m.Elif(rrow + 1 < n_q):
                     m.d.sync += rrow.eq(rrow + 1)
-                    m.next = "OUT_EXP"
+                    m.next = "OUT_EXP_F"
                 with m.Else():
                     m.next = "CRC"
             scalar("REC_N", fill, 2, "REC_P_F")
+            # (the probability's block RAM output is registered before it goes anywhere: a
+            # DP16KD's clock-to-output is ~5.8 ns)
+            pm_q = Signal.like(pm_r.data, reset_less=True)
+            m.d.sync += pm_q.eq(pm_r.data)
             with m.State("REC_P_F"):
                 m.next = "REC_P_F2"
             with m.State("REC_P_F2"):
-                m.d.sync += elem.eq(pm_r.data)
+                m.next = "REC_P_F3"
+            with m.State("REC_P_F3"):
+                m.d.sync += elem.eq(pm_q)
                 m.next = "REC_P"
             with m.State("REC_P"):
                 m.d.comb += [send.eq(1), send_data.eq(Mux(rb, elem[8:16], elem[:8]))]
