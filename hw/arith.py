@@ -44,13 +44,16 @@ class ShiftRoundSat(wiring.Component):
         # stage 1: clamp s and split it into a right and a left shift amount
         v1 = Signal()
         x1 = Signal(signed(self.in_width), reset_less=True)
-        right = Signal(range(63), reset_less=True)
+        # (the shifter's amount, right - 1, and whether right is 0 are registered here too, so
+        # that stage 2 is the barrel shifter alone, straight from flip-flops)
+        right_m1 = Signal(range(62), reset_less=True)
+        r_zero1 = Signal(reset_less=True)
         left = Signal(range(bits), reset_less=True)
         t1 = Signal(self.tag_bits, reset_less=True)
         s = self.i.payload.s
         with m.If(en):
             m.d.sync += [v1.eq(self.i.valid), x1.eq(self.i.payload.x), t1.eq(self.i.payload.tag),
-                         right.eq(Mux(s > 62, 62, Mux(s > 0, s, 0))),
+                         right_m1.eq(Mux(s > 62, 61, Mux(s > 0, s - 1, 0))), r_zero1.eq(s <= 0),
                          left.eq(Mux(s < -(bits - 1), bits - 1, Mux(s < 0, -s, 0)))]
 
         # stages 2 and 3: round half up and shift right, split so that the barrel shifter and
@@ -62,8 +65,7 @@ class ShiftRoundSat(wiring.Component):
         left_z = Signal.like(left, reset_less=True)
         tz = Signal(self.tag_bits, reset_less=True)
         with m.If(en):
-            m.d.sync += [vz.eq(v1), z.eq(x1 >> Mux(right == 0, 0, (right - 1).as_unsigned())), r_zero.eq(right == 0),
-                         left_z.eq(left), tz.eq(t1)]
+            m.d.sync += [vz.eq(v1), z.eq(x1 >> right_m1), r_zero.eq(r_zero1), left_z.eq(left), tz.eq(t1)]
         v2 = Signal()
         y2 = Signal(signed(self.in_width + 1), reset_less=True)
         left2 = Signal.like(left, reset_less=True)

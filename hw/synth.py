@@ -28,6 +28,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from .board import DEFAULT_BAUD, BoardTop
+from .rtlil import collisions_dont_care
 
 __all__ = ["BOARDS", "Board", "BuildFailed", "tool_env", "synthesize", "parse_nextpnr_report",
            "parse_nextpnr_log", "parse_yosys_stat", "build_report", "diagnose_failure"]
@@ -161,9 +162,9 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     if spec.family == "ice40" and ice40_dsp:
         synth_opts.append("-dsp")
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed)]
-    # router None = nextpnr's default, router1: the better Fmax (tiny: 107.5 MHz vs 75.7 MHz with
-    # router2 on the same placement), but > 10 min in its rip-up loop on smollm at P=64, where
-    # router2 gets further (docs/synthesis.md, "Routing").
+    # router None = nextpnr's default, router1: the better Fmax wherever both finish (tiny 107.5
+    # vs 75.7 MHz, smollm at P=64 65.6 vs 41.4 MHz; docs/synthesis.md, "Routing"). At the 0.7
+    # placement density below it routes smollm in ~10 minutes.
     if router:
         nextpnr_opts += ["--router", router]
     if detailed_timing:
@@ -174,8 +175,8 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
             raise ValueError(f"timing weight must be >= 0, got {timing_weight}")
         nextpnr_opts += ["--placer-heap-timingweight", str(timing_weight)]
     if placer_density is None and spec.family == "ecp5":
-        # smollm at P=64 routes with HeAP's maximum density at 0.7 (router2, 44 iterations);
-        # at nextpnr's 0.9 router2 stalled at thousands of overused wires (docs/synthesis.md)
+        # smollm at P=64 routes with HeAP's maximum density at 0.7; at nextpnr's 0.9 neither
+        # router finished (docs/synthesis.md)
         placer_density = 0.7
     if placer_density is not None:
         if not 0.3 <= placer_density <= 1.0:
@@ -221,8 +222,11 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     else:
         tool_synth_opts = synth_opts
     try:
-        platform.build(top, name=name, build_dir=out_dir, do_build=True,
-                       synth_opts=tool_synth_opts, nextpnr_opts=nextpnr_opts, **overrides)
+        plan = platform.build(top, name=name, build_dir=out_dir, do_build=False,
+                              synth_opts=tool_synth_opts, nextpnr_opts=nextpnr_opts, **overrides)
+        # block RAM read/write collisions are don't-care where the design says so (hw/rtlil.py)
+        plan.files[f"{name}.il"], _ = collisions_dont_care(plan.files[f"{name}.il"])
+        plan.execute_local(out_dir)
     except subprocess.CalledProcessError as e:
         yosys_log = read(f"{name}.rpt")
         message, details = diagnose_failure(nextpnr_log=read(f"{name}.tim"), yosys_log=yosys_log)

@@ -191,20 +191,6 @@ def test_synthesize_rejects_bad_board_and_tmp_build_dir():
                    placer_density=1.5)
 
 
-def test_default_router_is_router2_only_for_the_full_size_accelerator():
-    import argparse
-
-    from hmtx.host.cmd_synth import default_router
-
-    def args(core="hmtx", router=None):
-        return argparse.Namespace(core=core, router=router)
-
-    assert default_router(args(), get_config("smollm")) == "router2"
-    assert default_router(args(), get_config("tiny")) is None          # nextpnr's router1
-    assert default_router(args(core="echo"), get_config("smollm")) is None
-    assert default_router(args(router="router1"), get_config("smollm")) == "router1"
-
-
 # ---- sweep table and figure from saved reports -------------------------------------------
 
 def test_sweep_table_and_figure_from_reports(tmp_path):
@@ -254,9 +240,9 @@ def test_ecp5_tiny_place_and_route_makes_bitstream_and_report():
 
 @pytest.mark.slow
 def test_smollm_on_ulx3s_85f_closes_100mhz_at_p64():
-    # as `hmtx synth --board ulx3s-85f` builds it: router2, floorplan, placer density 0.7
+    # as `hmtx synth --board ulx3s-85f` builds it: router1, floorplan, placer density 0.7
     rep = synthesize("ulx3s-85f", _hmtx_core("smollm", lanes=64), config_name="smollm", lanes=64,
-                     out_dir=os.path.join(BUILD, "ulx3s_smollm_p64"), router="router2")
+                     out_dir=os.path.join(BUILD, "ulx3s_smollm_p64"))
     print(json.dumps(rep, indent=1))
     _check_sane(rep, "ulx3s-85f")
     assert rep["fmax_mhz"] >= 100.0, rep["critical_path"]
