@@ -452,9 +452,14 @@ class Engine(wiring.Component):
         w_wr_addr, w_wr_data = w_wr[:len(self.wr_w_addr)], w_wr[len(self.wr_w_addr):]
         # (each row's byte enables are decoded before their registers, so that no logic sits
         # between the last register and the block RAMs of a row)
+        # The first register of each row's enables is an explicit flip-flop (fanout.replicate):
+        # as a plain register Yosys folds "row != r" into its synchronous reset, and that reset
+        # LUT then drives 64 flip-flops across the row. No reset: the owner's request register
+        # (hw/top.py) resets, and the chain flushes while reset is held.
         for r, port in enumerate(self._w_w):
-            en_r = delay(m, Mux(self.wr_w_addr // self.w_row_depth == r, self.wr_w_en, 0), ADDR_REGS,
-                         f"w{r}_wr_en", reset_first=True)[-1]
+            en_d1 = replicate(m, Mux(self.wr_w_addr // self.w_row_depth == r, self.wr_w_en, 0), 1,
+                              f"w{r}_wr_en_d1")[0]
+            en_r = delay(m, en_d1, ADDR_REGS - 1, f"w{r}_wr_en_d")[-1]
             m.d.comb += [port.addr.eq(w_wr_addr % self.w_row_depth), port.data.eq(w_wr_data),
                          port.en.eq(en_r)]
         # while idle the owner writes ``dat`` (the engine's own writes below take precedence)
