@@ -220,7 +220,8 @@ class Engine(wiring.Component):
         self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=self.KMAX, init=[], attrs=NO_RW)
         self.pm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[], attrs=NO_RW)
         self.wm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[], attrs=NO_RW)
-        self.oexp = memory.Memory(shape=signed(EXP_W), depth=c.max_queries, init=[])
+        # (flip-flops, not a block RAM: its only read is the response generator's, into logic)
+        self.oexp = memory.Memory(shape=signed(EXP_W), depth=c.max_queries, init=[], attrs={"ram_style": "logic"})
         self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
                                  init=fixed.exp2_lut())
         super().__init__({
@@ -518,6 +519,13 @@ class Engine(wiring.Component):
                      kexp_pre.eq(self._vexp_0.data + self.wk_exp + self.wk_shift),
                      qexp_pre.eq(self._vexp_0.data + self.wq_exp + self.wq_shift)]
         phase = Signal(3)      # which MAC phase the in-flight results belong to
+        # the row's output exponent is written from a register, a cycle after the row ends (its
+        # enable decode would otherwise hang off the sequencer's state; the response reads it
+        # only after done)
+        oexp_wr = Signal(data.StructLayout({"addr": len(self._oexp_w.addr), "data": signed(EXP_W), "en": 1}))
+        m.d.sync += oexp_wr.en.eq(0)
+        m.d.comb += [self._oexp_w.addr.eq(oexp_wr.addr), self._oexp_w.data.eq(oexp_wr.data),
+                     self._oexp_w.en.eq(oexp_wr.en)]
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += [dat_addr.eq(self.rd_dat_addr), key_addr.eq(self.rd_key_addr)]
@@ -647,8 +655,8 @@ class Engine(wiring.Component):
                     advance([base_i.eq(Mux(attn, (MQ + MK) * AB, MEM_BASE))],
                             [base_i.eq(base_i + Mux(n_keys == 1, 0, Mux(attn, AB, CB)))])
                 with m.Elif(pending == 0):
-                    m.d.comb += [self._oexp_w.addr.eq(a), self._oexp_w.en.eq(1),
-                                 self._oexp_w.data.eq(big_e - (fixed.PROB_BITS - fixed.OUT_SHIFT))]
+                    m.d.sync += [oexp_wr.addr.eq(a), oexp_wr.en.eq(1),
+                                 oexp_wr.data.eq(big_e - (fixed.PROB_BITS - fixed.OUT_SHIFT))]
                     with m.If(attn & (a + 1 < n_q)):
                         m.d.sync += a.eq(a + 1)
                         m.next = "ROW"
@@ -757,8 +765,15 @@ class Engine(wiring.Component):
         with m.If(score_rq.o.valid):
             m.d.comb += [dec_score.eq(1), self._sc_w.addr.eq(b_out), self._sc_w.data.eq(t_b),
                          self._sc_w.en.eq(1)]
-            with m.If((~(attn & causal) | (b_out.as_signed() <= keep_lim)) & (t_b > score_max)):
-                m.d.sync += score_max.eq(t_b)
+        # the running maximum one cycle behind the scores: the kept score is registered first, so
+        # the compare with score_max starts from flip-flops (the EXP pass reads score_max no
+        # sooner than four cycles after the last score: pending, state change, issue, ex1)
+        smax_ok = Signal()
+        smax_t = Signal.like(t_b, reset_less=True)
+        m.d.sync += [smax_ok.eq(score_rq.o.valid & (~(attn & causal) | (b_out.as_signed() <= keep_lim))),
+                     smax_t.eq(t_b)]
+        with m.If(smax_ok & (smax_t > score_max)):
+            m.d.sync += score_max.eq(smax_t)
 
         # weighted sum: out = sat16(round_shift(acc, OUT_SHIFT)) per lane, a whole word at once,
         # written as its low bytes, then (next cycle, from a register) its high bytes

@@ -188,17 +188,21 @@ class HmtxTop(wiring.Component):
         # on its side). A write lands a cycle later; the engine starts >= 4 cycles after the
         # last payload byte (END beat, CHECK, CHECK2, EXEC) and the weights are read by later
         # commands only.
-        def payload_write(depth, name, en_bits=P):
-            req = Signal(data.StructLayout({"addr": range(depth), "data": 8, "en": en_bits}), name=f"{name}_req")
+        # (the request carries the lane's number and a valid bit; the one-hot lane enable is
+        # decoded after the register -- as a register input, Yosys folds "not writing" into a
+        # synchronous reset whose LUT then fans out to all P enable flip-flops)
+        def payload_write(depth, name, lanes=P):
+            fields = {"addr": range(depth), "data": 8, "valid": 1} | ({"lane": range(lanes)} if lanes > 1 else {})
+            req = Signal(data.StructLayout(fields), name=f"{name}_req")
             reg = Signal.like(req, name=f"{name}_reg")
             m.d.sync += reg.eq(req)
-            return req, reg
-        dat_wr, dat_wr_r = payload_write(eng.dat.depth, "dat_wr")
-        w_wr, w_wr_r = payload_write(eng.w.depth, "w_wr")
-        vexp_wr, vexp_wr_r = payload_write(eng.vexp.depth, "vexp_wr", en_bits=1)
-        m.d.comb += [vexp_w.addr.eq(vexp_wr_r.addr), vexp_w.data.eq(vexp_wr_r.data), vexp_w.en.eq(vexp_wr_r.en)]
-        m.d.comb += [eng.wr_dat_addr.eq(dat_wr_r.addr), eng.wr_dat_en.eq(dat_wr_r.en),
-                     eng.wr_w_addr.eq(w_wr_r.addr), eng.wr_w_en.eq(w_wr_r.en)]
+            return req, reg, (Mux(reg.valid, Const(1, lanes) << reg.lane, 0) if lanes > 1 else reg.valid)
+        dat_wr, dat_wr_r, dat_wr_en = payload_write(eng.dat.depth, "dat_wr")
+        w_wr, w_wr_r, w_wr_en = payload_write(eng.w.depth, "w_wr")
+        vexp_wr, vexp_wr_r, vexp_wr_en = payload_write(eng.vexp.depth, "vexp_wr", lanes=1)
+        m.d.comb += [vexp_w.addr.eq(vexp_wr_r.addr), vexp_w.data.eq(vexp_wr_r.data), vexp_w.en.eq(vexp_wr_en)]
+        m.d.comb += [eng.wr_dat_addr.eq(dat_wr_r.addr), eng.wr_dat_en.eq(dat_wr_en),
+                     eng.wr_w_addr.eq(w_wr_r.addr), eng.wr_w_en.eq(w_wr_en)]
         m.d.comb += [eng.wr_dat_data[l].eq(dat_wr_r.data) for l in range(P)]
         m.d.comb += [eng.wr_w_data[l].eq(w_wr_r.data) for l in range(P)]
 
@@ -251,11 +255,11 @@ class HmtxTop(wiring.Component):
                     # WRITE_MEMORY / RECALL vector
                     with m.If(is_op("WRITE_MEMORY") | is_op("RECALL")):
                         with m.If(idx == 1):
-                            m.d.comb += [vexp_wr.addr.eq(0), vexp_wr.data.eq(byte), vexp_wr.en.eq(1)]
+                            m.d.comb += [vexp_wr.addr.eq(0), vexp_wr.data.eq(byte), vexp_wr.valid.eq(1)]
                             with m.If(~exp_ok(byte)):
                                 m.d.sync += bad_arg.eq(1)
                         with m.Elif((idx >= 2) & (idx < c.d + 2)):
-                            m.d.comb += [dat_wr.addr.eq(vw), dat_wr.en.eq(Const(1, P) << vl), dat_wr.data.eq(byte)]
+                            m.d.comb += [dat_wr.addr.eq(vw), dat_wr.lane.eq(vl), dat_wr.valid.eq(1), dat_wr.data.eq(byte)]
                             m.d.sync += [vl.eq(Mux(vl == P - 1, 0, vl + 1)), vw.eq(Mux(vl == P - 1, vw + 1, vw))]
                             with m.If(mant_bad):
                                 m.d.sync += bad_arg.eq(1)
@@ -269,11 +273,11 @@ class HmtxTop(wiring.Component):
                                          a_rows.eq(n_q + 2 * n_k)]
                         with m.If((idx >= 4) & a_sane & (rin < a_rows)):
                             with m.If(col == 0):
-                                m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(byte), vexp_wr.en.eq(1)]
+                                m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(byte), vexp_wr.valid.eq(1)]
                                 with m.If(~exp_ok(byte)):
                                     m.d.sync += bad_arg.eq(1)
                             with m.Else():
-                                m.d.comb += [dat_wr.addr.eq(pbase + aw), dat_wr.en.eq(Const(1, P) << al),
+                                m.d.comb += [dat_wr.addr.eq(pbase + aw), dat_wr.lane.eq(al), dat_wr.valid.eq(1),
                                              dat_wr.data.eq(byte)]
                                 m.d.sync += [al.eq(Mux(al == P - 1, 0, al + 1)),
                                              aw.eq(Mux(al == P - 1, aw + 1, aw))]
@@ -302,8 +306,8 @@ class HmtxTop(wiring.Component):
                                          ld_c_lane.eq(Mux(row_off == 0, 0, Mux(sel, nr_lane[1], nr_lane[0])))]
                         with m.If((idx >= 8) & ld_ok_r & (idx < ld_stop)):
                             # (the engine registers the write on its way to the block RAMs)
-                            m.d.comb += [w_wr.addr.eq(ld_jbase + ld_c_word), w_wr.en.eq(Const(1, P) << ld_c_lane),
-                                         w_wr.data.eq(byte)]
+                            m.d.comb += [w_wr.addr.eq(ld_jbase + ld_c_word), w_wr.lane.eq(ld_c_lane),
+                                         w_wr.valid.eq(1), w_wr.data.eq(byte)]
                             with m.If(mant_bad):
                                 m.d.sync += bad_arg.eq(1)
                             with m.If(ld_j == c.d_h - 1):
