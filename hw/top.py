@@ -175,7 +175,19 @@ class HmtxTop(wiring.Component):
         with m.If(dec.o.valid & dec.o.ready):
             m.d.sync += [beat.eq(dec.o.payload), beat_valid.eq(1)]
         byte = beat.data
-        idx = count
+
+        # Comparisons of the byte index, registered: beats come at least two cycles apart (and
+        # none in RX's first cycle, after NEXT clears count), so a flag computed from count
+        # in the cycle after it changed is current at the next beat -- and the parser's
+        # decisions start from flip-flops instead of 16-bit compares.
+        def beat_flag(cond, name):
+            flag = Signal(name=f"at_{name}")
+            m.d.sync += flag.eq(cond)
+            return flag
+        at = [beat_flag(count == k, str(k)) for k in range(8)]
+        in_vector = beat_flag((count >= 2) & (count < c.d + 2), "vector")
+        in_rows = beat_flag(count >= 4, "rows")
+        in_weights = beat_flag((count >= 8) & (count < ld_stop), "weights")
 
         def exp_ok(b):
             return b[7] == b[6]         # EXP_MIN..EXP_MAX = -64..63: bits 7 and 6 agree
@@ -246,19 +258,19 @@ class HmtxTop(wiring.Component):
                         m.d.sync += overlong.eq(1)
                     with m.Else():
                         m.d.sync += [count.eq(count + 1), crc.eq(crc8_next(crc, byte))]
-                    with m.If(idx == 0):
+                    with m.If(at[0]):
                         m.d.sync += [opcode.eq(byte), vw.eq(0), vl.eq(0)]
                     for k in range(1, 8):
-                        with m.If(idx == k):
+                        with m.If(at[k]):
                             m.d.sync += hdr[k].eq(byte)
 
                     # WRITE_MEMORY / RECALL vector
                     with m.If(is_op("WRITE_MEMORY") | is_op("RECALL")):
-                        with m.If(idx == 1):
+                        with m.If(at[1]):
                             m.d.comb += [vexp_wr.addr.eq(0), vexp_wr.data.eq(byte), vexp_wr.valid.eq(1)]
                             with m.If(~exp_ok(byte)):
                                 m.d.sync += bad_arg.eq(1)
-                        with m.Elif((idx >= 2) & (idx < c.d + 2)):
+                        with m.Elif(in_vector):
                             m.d.comb += [dat_wr.addr.eq(vw), dat_wr.lane.eq(vl), dat_wr.valid.eq(1), dat_wr.data.eq(byte)]
                             m.d.sync += [vl.eq(Mux(vl == P - 1, 0, vl + 1)), vw.eq(Mux(vl == P - 1, vw + 1, vw))]
                             with m.If(mant_bad):
@@ -266,12 +278,12 @@ class HmtxTop(wiring.Component):
 
                     # ATTENTION rows: Q at row 0, K at row MQ, V at row MQ + MK
                     with m.If(is_op("ATTENTION")):
-                        with m.If(idx == 3):
+                        with m.If(at[3]):
                             m.d.sync += [rin.eq(0), col.eq(0), aw.eq(0), al.eq(0), prow.eq(0), pbase.eq(0),
                                          a_sane.eq((n_q >= 1) & (n_q <= MQ) & (n_k >= 1) & (n_k <= MK)),
                                          a_qend.eq(n_q - 1), a_kend.eq(n_q + n_k - 1),
                                          a_rows.eq(n_q + 2 * n_k)]
-                        with m.If((idx >= 4) & a_sane & (rin < a_rows)):
+                        with m.If(in_rows & a_sane & (rin < a_rows)):
                             with m.If(col == 0):
                                 m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(byte), vexp_wr.valid.eq(1)]
                                 with m.If(~exp_ok(byte)):
@@ -296,7 +308,7 @@ class HmtxTop(wiring.Component):
 
                     # LOAD_WEIGHTS: mantissas stream into the weight memory once the header is good
                     with m.If(is_op("LOAD_WEIGHTS")):
-                        with m.If(idx == 7):
+                        with m.If(at[7]):
                             m.d.sync += ld_stop.eq(8 + Cat(hdr[6], byte) * c.d_h)
                             row_off = Cat(hdr[4], hdr[5])
                             sel = hdr[1][0]
@@ -304,7 +316,7 @@ class HmtxTop(wiring.Component):
                             m.d.sync += [ld_j.eq(0), ld_jbase.eq(Mux(sel, c.d_h * CB, 0)),
                                          ld_c_word.eq(Mux(row_off == 0, 0, Mux(sel, nr_word[1], nr_word[0]))),
                                          ld_c_lane.eq(Mux(row_off == 0, 0, Mux(sel, nr_lane[1], nr_lane[0])))]
-                        with m.If((idx >= 8) & ld_ok_r & (idx < ld_stop)):
+                        with m.If(in_weights & ld_ok_r):
                             # (the engine registers the write on its way to the block RAMs)
                             m.d.comb += [w_wr.addr.eq(ld_jbase + ld_c_word), w_wr.lane.eq(ld_c_lane),
                                          w_wr.valid.eq(1), w_wr.data.eq(byte)]
