@@ -161,8 +161,11 @@ class HmtxTop(wiring.Component):
         ld_stop = Signal(32)
         m.d.sync += ld_ok_r.eq(ld_hdr_ok)
 
-        attn_len = Signal(32)   # registered: a_rows is set at body byte 3, END comes >= 2 cycles later
-        m.d.sync += attn_len.eq(5 + a_rows * (1 + c.head_dim))
+        # registered twice: a_rows is set at body byte 3, and CHECK comes >= 3 cycles later
+        # (END beat two cycles after byte 3, then the state change)
+        attn_rows_len = Signal(32)
+        attn_len = Signal(32)
+        m.d.sync += [attn_rows_len.eq(a_rows * (1 + c.head_dim)), attn_len.eq(5 + attn_rows_len)]
         ld_len = Signal(32)
         m.d.comb += ld_len.eq(ld_stop + 1)                       # 9 + rows * d_h
 
@@ -188,6 +191,11 @@ class HmtxTop(wiring.Component):
         in_vector = beat_flag((count >= 2) & (count < c.d + 2), "vector")
         in_rows = beat_flag(count >= 4, "rows")
         in_weights = beat_flag((count >= 8) & (count < ld_stop), "weights")
+        # the opcode, decoded into flags the same way (it is set at body byte 0, and the body
+        # bytes that these flags steer come two or more cycles later)
+        op_vector = beat_flag(is_op("WRITE_MEMORY") | is_op("RECALL"), "op_vector")
+        op_attention = beat_flag(is_op("ATTENTION"), "op_attention")
+        op_weights = beat_flag(is_op("LOAD_WEIGHTS"), "op_weights")
 
         def exp_ok(b):
             return b[7] == b[6]         # EXP_MIN..EXP_MAX = -64..63: bits 7 and 6 agree
@@ -265,7 +273,7 @@ class HmtxTop(wiring.Component):
                             m.d.sync += hdr[k].eq(byte)
 
                     # WRITE_MEMORY / RECALL vector
-                    with m.If(is_op("WRITE_MEMORY") | is_op("RECALL")):
+                    with m.If(op_vector):
                         with m.If(at[1]):
                             m.d.comb += [vexp_wr.addr.eq(0), vexp_wr.data.eq(byte), vexp_wr.valid.eq(1)]
                             with m.If(~exp_ok(byte)):
@@ -277,7 +285,7 @@ class HmtxTop(wiring.Component):
                                 m.d.sync += bad_arg.eq(1)
 
                     # ATTENTION rows: Q at row 0, K at row MQ, V at row MQ + MK
-                    with m.If(is_op("ATTENTION")):
+                    with m.If(op_attention):
                         with m.If(at[3]):
                             m.d.sync += [rin.eq(0), col.eq(0), aw.eq(0), al.eq(0), prow.eq(0), pbase.eq(0),
                                          a_sane.eq((n_q >= 1) & (n_q <= MQ) & (n_k >= 1) & (n_k <= MK)),
@@ -307,7 +315,7 @@ class HmtxTop(wiring.Component):
                                 m.d.sync += col.eq(col + 1)
 
                     # LOAD_WEIGHTS: mantissas stream into the weight memory once the header is good
-                    with m.If(is_op("LOAD_WEIGHTS")):
+                    with m.If(op_weights):
                         with m.If(at[7]):
                             m.d.sync += ld_stop.eq(8 + Cat(hdr[6], byte) * c.d_h)
                             row_off = Cat(hdr[4], hdr[5])
