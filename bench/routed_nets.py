@@ -2,7 +2,7 @@
 own routed timing -- not just the one critical path it prints.
 
     # nextpnr ... --report report.json --detailed-timing-report   (hmtx synth: --detailed-timing)
-    python bench/routed_nets.py build/synth/ulx3s-85f-smollm-p64/report.json [--period 10] [--top 30]
+    python bench/routed_nets.py OUT/report.json --netlist OUT/top.json [--period 10] [--top 30]
 
 nextpnr's ``detailed_net_timings`` give, for every sink of every net, the arrival time there
 (the longest path from a launching register, routing and logic). The endpoints that count are
@@ -18,10 +18,8 @@ import json
 import re
 import sys
 
-__all__ = ["endpoints", "failing_by_signal", "signal_of"]
+__all__ = ["endpoints", "failing_by_signal", "register_inputs", "signal_of"]
 
-# cell types whose inputs end a timing path, as the nextpnr-ecp5 netlist names them
-_ENDPOINT_PORTS = re.compile(r"^(M|DI|CE|LSR|DI\d|A[DB]?\d+|B\d+|C\d+|D[IA]?\d+|WE[AB]?|CE[AB]|OCE[AB]|CS[AB]\d)$")
 _MAPPED = re.compile(r"(_TRELLIS_FF|_TRELLIS_COMB|_LUT4|_CCU2C|_PFUMX|_L6MUX21|_DP16KD|_MULT18X18D|\$).*$")
 
 
@@ -68,19 +66,16 @@ def failing_by_signal(rows, period_ns: float) -> list[tuple]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("report", help="nextpnr --report JSON written with --detailed-timing-report")
-    ap.add_argument("--netlist", help="the netlist nextpnr read (top.json): count only register, "
-                                      "block-RAM and multiplier inputs (default: every sink "
-                                      "whose port looks like one)")
+    ap.add_argument("--netlist", required=True,
+                    help="the netlist nextpnr read (the build's top.json), for the cell types: only "
+                         "the inputs of flip-flops, block RAMs and multipliers end a path")
     ap.add_argument("--period", type=float, default=10.0, help="clock period in ns (default 10)")
     ap.add_argument("--top", type=int, default=30, help="how many signals to list")
     args = ap.parse_args(argv)
     with open(args.report) as f:
         report = json.load(f)
-    if args.netlist:
-        with open(args.netlist) as f:
-            keep = register_inputs(json.load(f))
-    else:
-        keep = lambda cell, port: bool(_ENDPOINT_PORTS.match(port)) and "_TRELLIS_FF" in cell  # noqa: E731
+    with open(args.netlist) as f:
+        keep = register_inputs(json.load(f))
     rows = endpoints(report, keep)
     groups = failing_by_signal(rows, args.period)
     n_fail = sum(g[0] for g in groups)

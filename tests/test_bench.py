@@ -192,3 +192,25 @@ def test_placed_arcs_ranks_nets_by_the_ecp5_distance_estimate():
     # 60 x 40 tiles: 3 + 55 + 35 + 2 * (5 + 5) units of 120 ps
     assert abs(rows[0][0] - 0.120 * (3 + 55 + 35 + 20)) < 1e-9
     assert abs(rows[1][0] - 0.120 * (3 + 2 * 1)) < 1e-9
+
+
+def test_routed_nets_groups_late_register_inputs_by_signal():
+    """On a real excerpt of nextpnr's detailed timing report (smollm, 85.32 MHz)."""
+    from bench import routed_nets
+
+    data = Path(__file__).parent / "data" / "synth_logs"
+    report = json.loads((data / "ecp5_smollm_routed_nets.json").read_text())
+    netlist = json.loads((data / "ecp5_smollm_routed_cells.json").read_text())
+    rows = routed_nets.endpoints(report, routed_nets.register_inputs(netlist))
+    assert rows == sorted(rows, key=lambda r: -r[0])
+    # the worst endpoint: ex1's input, on a net driven from pr1's register logic
+    assert rows[0][1].startswith("bridge.core.engine.ex1") and abs(rows[0][0] - 11.54) < 0.01
+    groups = {sig: (n, worst) for n, worst, sig in routed_nets.failing_by_signal(rows, 10.0)}
+    # the three write-data bits of one block RAM count as one signal; early FIFO registers do not fail
+    assert groups["bridge.core.engine.wm.0.0"][0] == 3
+    assert set(groups) == {"bridge.core.engine.ex1", "bridge.core.engine.pr1", "bridge.core.engine.wm.0.0",
+                           "bridge.core.engine.sc0_ke"}
+    assert not routed_nets.failing_by_signal(rows, 12.0)
+    assert routed_nets.signal_of("bridge.core.engine.w0_wr_en_d1_TRELLIS_FF_Q_49") == "bridge.core.engine.w0_wr_en_d1"
+    with pytest.raises(ValueError, match="detailed-timing"):
+        routed_nets.endpoints({"fmax": {}})
