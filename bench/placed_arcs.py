@@ -16,6 +16,8 @@ import json
 import re
 import sys
 
+from hmtx.hw.netlist import top_module
+
 __all__ = ["estimate_ns", "net_arcs"]
 
 
@@ -32,9 +34,7 @@ def _loc(cell):
 
 def net_arcs(netlist: dict) -> list[tuple]:
     """(worst arc ns, fanout, driver type, driver, sink type, sink port, sink) per placed net."""
-    mods = netlist["modules"]
-    top = next((m for m in mods.values() if m.get("attributes", {}).get("top")), next(iter(mods.values())))
-    cells = top["cells"]
+    cells = top_module(netlist)["cells"]
     drivers, sinks = {}, collections.defaultdict(list)
     for name, c in cells.items():
         where = _loc(c)
@@ -72,8 +72,7 @@ def main(argv=None) -> int:
     with open(args.placed) as f:
         netlist = json.load(f)
     rows = net_arcs(netlist)
-    cells = next((m for m in netlist["modules"].values() if m.get("attributes", {}).get("top")),
-                 next(iter(netlist["modules"].values())))["cells"]
+    cells = top_module(netlist)["cells"]
     for ns, fo, kind, name, skind, sport, sink in rows[:args.top]:
         print(f"{ns:5.1f} ns  fanout {fo:5d}  {kind:12s} {name[-48:]:48s} {_src(cells, name)[:32]:32s} -> {skind}.{sport}")
     by_src = collections.Counter((_src(cells, r[3]), r[2]) for r in rows if r[0] > 6)

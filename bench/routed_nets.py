@@ -18,6 +18,8 @@ import json
 import re
 import sys
 
+from hmtx.hw.netlist import top_module
+
 __all__ = ["endpoints", "failing_by_signal", "register_inputs", "signal_of"]
 
 _MAPPED = re.compile(r"(_TRELLIS_FF|_TRELLIS_COMB|_LUT4|_CCU2C|_PFUMX|_L6MUX21|_DP16KD|_MULT18X18D|\$).*$")
@@ -44,9 +46,7 @@ def endpoints(report: dict, is_endpoint=None) -> list[tuple]:
 def register_inputs(netlist: dict):
     """``is_endpoint`` for :func:`endpoints` from the placed/synthesized netlist: inputs of
     flip-flops, block RAMs and multipliers."""
-    mods = netlist["modules"]
-    top = next((m for m in mods.values() if m.get("attributes", {}).get("top")), next(iter(mods.values())))
-    kinds = {name: c["type"] for name, c in top["cells"].items()}
+    kinds = {name: c["type"] for name, c in top_module(netlist)["cells"].items()}
     ends = {"TRELLIS_FF", "DP16KD", "MULT18X18D", "ALU54B", "TRELLIS_DPR16X4"}
     return lambda cell, port: kinds.get(cell) in ends
 
