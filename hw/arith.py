@@ -70,12 +70,17 @@ class ShiftRoundSat(wiring.Component):
         y2 = Signal(signed(self.in_width + 1), reset_less=True)
         left2 = Signal.like(left, reset_less=True)
         t2 = Signal(self.tag_bits, reset_less=True)
+        # the left shift saturates exactly when y leaves [lo >> left, hi >> left]: the bounds are
+        # shifted here, a stage ahead of the compares that use them
+        hi2 = Signal(signed(bits), reset_less=True)
+        lo2 = Signal(signed(bits), reset_less=True)
         with m.If(en):
-            m.d.sync += [v2.eq(vz), y2.eq(Mux(r_zero, z, (z >> 1) + z[0])), left2.eq(left_z), t2.eq(tz)]
+            m.d.sync += [v2.eq(vz), y2.eq(Mux(r_zero, z, (z >> 1) + z[0])), left2.eq(left_z), t2.eq(tz),
+                         hi2.eq(Const(hi, signed(bits)) >> left_z), lo2.eq(Const(lo, signed(bits)) >> left_z)]
 
-        # stage 3: the left shift saturates exactly when y leaves [lo >> left, hi >> left]
-        over = y2 > (Const(hi, signed(bits)) >> left2)
-        under = y2 < (Const(lo, signed(bits)) >> left2)
+        # stage 3: compare and saturate
+        over = y2 > hi2
+        under = y2 < lo2
         with m.If(en):
             m.d.sync += [self.o.valid.eq(v2), self.o.payload.tag.eq(t2),
                          self.o.payload.y.eq(Mux(over, hi, Mux(under, lo, (y2 << left2)[:bits])))]

@@ -182,8 +182,11 @@ class UartBridge(wiring.Component):
         m.submodules.core = core = self.core
         m.submodules.uart_rx = uart_rx = UARTRx(self.divisor)
         m.submodules.uart_tx = uart_tx = UARTTx(self.divisor)
-        m.submodules.cmd_fifo = cmd_fifo = fifo.SyncFIFOBuffered(width=8, depth=self.fifo_depth)
-        m.submodules.rsp_fifo = rsp_fifo = fifo.SyncFIFOBuffered(width=8, depth=self.fifo_depth)
+        # (SyncFIFO reads asynchronously, so on ECP5 its storage is LUT RAM: a byte FIFO in a
+        # block RAM put the DP16KD's 5.8 ns clock-to-output and Yosys's read/write collision
+        # multiplexer in front of the decoder's and transmitter's registers)
+        m.submodules.cmd_fifo = cmd_fifo = fifo.SyncFIFO(width=8, depth=self.fifo_depth)
+        m.submodules.rsp_fifo = rsp_fifo = fifo.SyncFIFO(width=8, depth=self.fifo_depth)
 
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         wiring.connect(m, uart_rx.data, cmd_fifo.w_stream)

@@ -11,6 +11,7 @@ from hmtx.model.configs import EngineConfig
 from .arith import Reciprocal, ShiftRoundSat
 from .fanout import replicate, replicate_tree
 from .mac import MacArray
+from .regtable import RegisterTable
 
 __all__ = ["Op", "Engine", "Region", "key_block_lanes"]
 
@@ -119,7 +120,8 @@ class Engine(wiring.Component):
       - the result rows (from ``out_base``): result word w (P x int16) as two words, the low
         bytes at ``out_base + 2w`` and the high bytes at ``out_base + 2w + 1``;
       - ``mem`` (from ``mem_base``): the ring of N memories M_i (word ``i*CB + cb``).
-    * ``vexp``: one int8 exponent per vector/row (the vector uses entry 0); ``mexp``: M_i's.
+    * ``vexp``: one int8 exponent per vector/row (the vector uses entry 0); ``mexp``: M_i's
+      (flip-flop tables, :class:`~hmtx.hw.regtable.RegisterTable`, read synchronously).
     * ``w``: P x int8, W_q then W_k (views ``wq``, ``wk``; W_k from word ``d_h*CB``): word
       ``j*CB + c//P`` lane ``c%P`` of a matrix holds W[c, j], so the P lanes read P
       consecutive input channels of one output column j.
@@ -201,7 +203,10 @@ class Engine(wiring.Component):
         self.dat = memory.Memory(shape=i8, depth=self.mem_base + c.n_slots * self.CB, init=[], attrs=NO_RW)
         self.vin = Region(self.dat, 0, vin_d)
         self.mem = Region(self.dat, self.mem_base, c.n_slots * self.CB)
-        self.vexp = memory.Memory(shape=signed(8), depth=self.ROWS, init=[])
+        # the exponent tables are flip-flops read through a register inside their multiplexer
+        # (hw/regtable.py): each is read at a new address every cycle of the exp2 and
+        # probability passes
+        self.vexp = RegisterTable(signed(8), self.ROWS, name="vexp")
         # ``w`` is one memory per block-RAM row (W_ROW_DEPTH words): every row is read at once and
         # registered, then the row is selected -- instead of Yosys's multiplexer straight after
         # the block RAMs of a deep memory, which had to reach nine DP16KD within the ~4 ns that
@@ -213,10 +218,10 @@ class Engine(wiring.Component):
         self.w = Rows(self.w_rows, rd)
         self.wq = Region(self.w, 0, c.d_h * self.CB)
         self.wk = Region(self.w, c.d_h * self.CB, c.d_h * self.CB)
-        self.mexp = memory.Memory(shape=signed(8), depth=c.n_slots, init=[])
+        self.mexp = RegisterTable(signed(8), c.n_slots, name="mexp")
         self.key = memory.Memory(shape=data.ArrayLayout(signed(16), self.KP), depth=c.n_slots * self.KB,
                                  init=[], attrs=NO_RW)
-        self.kexp = memory.Memory(shape=signed(EXP_W), depth=c.n_slots, init=[])
+        self.kexp = RegisterTable(signed(EXP_W), c.n_slots, name="kexp")
         self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=self.KMAX, init=[], attrs=NO_RW)
         self.pm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[], attrs=NO_RW)
         self.wm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[], attrs=NO_RW)
@@ -242,17 +247,16 @@ class Engine(wiring.Component):
         # Ports the engine itself uses; created here so that they exist before the owner's.
         self._dat_r = self.dat.read_port()
         self._dat_w = self.dat.write_port(granularity=1)
-        self._vexp_k = self.vexp.read_port(domain="comb")
-        self._vexp_v = self.vexp.read_port(domain="comb")
-        self._vexp_q = self.vexp.read_port(domain="comb")
-        self._vexp_0 = self.vexp.read_port(domain="comb")     # entry 0 (the vector's exponent)
+        self._vexp_k = self.vexp.read_port()
+        self._vexp_v = self.vexp.read_port()
+        self._vexp_q = self.vexp.read_port()
         self._w_r = [r.read_port() for r in self.w_rows]
         self._w_w = [r.write_port(granularity=1) for r in self.w_rows]
-        self._mexp_r = self.mexp.read_port(domain="comb")
+        self._mexp_r = self.mexp.read_port()
         self._mexp_w = self.mexp.write_port()
         self._key_r = self.key.read_port()
         self._key_w = self.key.write_port(granularity=1)
-        self._kexp_r = self.kexp.read_port(domain="comb")
+        self._kexp_r = self.kexp.read_port()
         self._kexp_w = self.kexp.write_port()
         self._sc_r = self.sc.read_port()
         self._sc_w = self.sc.write_port()
@@ -335,6 +339,7 @@ class Engine(wiring.Component):
         kslot_base = Signal(range(c.n_slots * KB + 1))
         mslot_base = Signal(range(self.dat.depth + 1))
         a = Signal(range(MQ + 1))           # current query row (attention); 0 for recall
+        a_more = Signal()                   # a + 1 < n_q (registered beside a)
         keep_lim = Signal(signed(12))       # causal: key b is attended iff b <= a + n_k - n_q
 
         # --- sequencer state -----------------------------------------------------------------
@@ -490,9 +495,9 @@ class Engine(wiring.Component):
                 m.d.sync += inner_step_stmts
 
         # --- the PROB/EXP pass pipelines (single loop over keys) ----------------------------
-        ex1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8)}))
+        ex1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
         ex2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "e": fixed.EXP2_BITS + 1}))
-        pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8)}))
+        pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
         pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "prod": 42}))
         pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "p": 16}))
         ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(AB, 2))}))
@@ -503,10 +508,11 @@ class Engine(wiring.Component):
         pr_issue = Signal.like(pr1)
         m.d.sync += [ex1.eq(ex_issue), pr1.eq(pr_issue)]
 
-        # value exponent of key b: M_i's exponent (recall) or V row b's (attention)
+        # value exponent of key b: M_i's exponent (recall) or V row b's (attention), read at the
+        # beat's issue and there at ex1/pr1 (the tables' synchronous read)
         m.d.comb += self._mexp_r.addr.eq(inner)
         m.d.comb += self._vexp_v.addr.eq(MQ + MK + inner)
-        ve_inner = Mux(attn, self._vexp_v.data, self._mexp_r.data)
+        ve1 = Mux(attn, self._vexp_v.data, self._mexp_r.data)
         keep_inner = ~(attn & causal) | (inner.as_signed() <= keep_lim)
 
         # the vector's exponent sums, registered every cycle (vexp[0] and the weight exponents
@@ -514,10 +520,10 @@ class Engine(wiring.Component):
         vexp0_r = Signal(signed(8))
         kexp_pre = Signal(signed(EXP_W))
         qexp_pre = Signal(signed(EXP_W))
-        m.d.comb += self._vexp_0.addr.eq(0)
-        m.d.sync += [vexp0_r.eq(self._vexp_0.data),
-                     kexp_pre.eq(self._vexp_0.data + self.wk_exp + self.wk_shift),
-                     qexp_pre.eq(self._vexp_0.data + self.wq_exp + self.wq_shift)]
+        vexp0 = self.vexp.data[0]
+        m.d.sync += [vexp0_r.eq(vexp0),
+                     kexp_pre.eq(vexp0 + self.wk_exp + self.wk_shift),
+                     qexp_pre.eq(vexp0 + self.wq_exp + self.wq_shift)]
         phase = Signal(3)      # which MAC phase the in-flight results belong to
         # the row's output exponent is written from a register, a cycle after the row ends (its
         # enable decode would otherwise hang off the sequencer's state; the response reads it
@@ -526,13 +532,23 @@ class Engine(wiring.Component):
         m.d.sync += oexp_wr.en.eq(0)
         m.d.comb += [self._oexp_w.addr.eq(oexp_wr.addr), self._oexp_w.data.eq(oexp_wr.data),
                      self._oexp_w.en.eq(oexp_wr.en)]
+        # WRITE's M and K exponents go into their tables from a register too (the tables' enable
+        # decode then starts at flip-flops, not at the sequencer's state)
+        exp_wr = Signal(data.StructLayout({"slot": len(slot), "m": signed(8), "k": signed(EXP_W), "en": 1}))
+        m.d.sync += exp_wr.en.eq(0)
+        m.d.comb += [self._mexp_w.addr.eq(exp_wr.slot), self._mexp_w.data.eq(exp_wr.m),
+                     self._mexp_w.en.eq(exp_wr.en),
+                     self._kexp_w.addr.eq(exp_wr.slot), self._kexp_w.data.eq(exp_wr.k),
+                     self._kexp_w.en.eq(exp_wr.en)]
+        # attention: Q row a's exponent, there from the cycle after a changes (QLOAD takes it)
+        m.d.comb += self._vexp_q.addr.eq(a)
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += [dat_addr.eq(self.rd_dat_addr), key_addr.eq(self.rd_key_addr)]
                 with m.If(self.start):
                     m.d.sync += [op.eq(self.op), slot.eq(self.slot), n_keys.eq(self.n_keys),
                                  n_q.eq(self.n_q), causal.eq(self.causal & (self.op == Op.ATTENTION)),
-                                 a.eq(0)]
+                                 a.eq(0), a_more.eq(self.n_q > 1)]
                     with m.If(self.op == Op.ATTENTION):
                         m.next = "ROW"
                     with m.Else():
@@ -543,10 +559,8 @@ class Engine(wiring.Component):
                 m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(c.d_h), inner_n.eq(CB),
                              base_o.eq(Mux(op == Op.WRITE, W_K, 0)), base_i.eq(0), sub_w.eq(0), sub_l.eq(0), issuing.eq(1)]
                 with m.If(op == Op.WRITE):
-                    m.d.comb += [self._mexp_w.addr.eq(slot), self._mexp_w.data.eq(vexp0_r),
-                                 self._mexp_w.en.eq(1),
-                                 self._kexp_w.addr.eq(slot), self._kexp_w.en.eq(1),
-                                 self._kexp_w.data.eq(kexp_pre)]
+                    m.d.sync += [exp_wr.slot.eq(slot), exp_wr.m.eq(vexp0_r), exp_wr.k.eq(kexp_pre),
+                                 exp_wr.en.eq(1)]
                 with m.Else():
                     m.d.sync += q_exp.eq(qexp_pre)
                 m.d.sync += phase.eq(PROJ)
@@ -572,14 +586,13 @@ class Engine(wiring.Component):
                         m.next = "SCORE_START"
             with m.State("ROW"):
                 # attention: next query row a
-                m.d.comb += self._vexp_q.addr.eq(a)
-                m.d.sync += [q_exp.eq(self._vexp_q.data),
-                             keep_lim.eq(a + n_keys - n_q),
+                m.d.sync += [keep_lim.eq(a + n_keys - n_q),
                              base_o.eq(a * AB), inner.eq(0), issuing.eq(1)]
                 m.next = "QLOAD"
             with m.State("QLOAD"):
                 # Q row a into qbuf (AB words, sign-extended), so that the scores read K rows
                 # through the one port of ``dat`` while Q comes from qbuf as in a recall
+                m.d.sync += q_exp.eq(self._vexp_q.data)
                 with m.If(issuing):
                     m.d.comb += [dat_addr.eq(base_o + inner), ql_issue.valid.eq(1), ql_issue.idx.eq(inner)]
                     with m.If(inner == AB - 1):
@@ -615,10 +628,9 @@ class Engine(wiring.Component):
             with m.State("EXP"):
                 # e_b = round_shift(LUT[v & 255], v >> 8) for v = max - t_b (0 past the cutoff)
                 with m.If(issuing):
-                    # the value exponent is registered (ex1.ve) before E = max over kept keys
+                    # the value exponent is registered (exA.ve) before E = max over kept keys
                     m.d.comb += [self._sc_r.addr.eq(inner), ex_issue.valid.eq(1),
-                                 ex_issue.idx.eq(inner), ex_issue.keep.eq(keep_inner),
-                                 ex_issue.ve.eq(ve_inner), inc.eq(1)]
+                                 ex_issue.idx.eq(inner), ex_issue.keep.eq(keep_inner), inc.eq(1)]
                     with m.If(inner == n_keys - 1):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
@@ -632,8 +644,7 @@ class Engine(wiring.Component):
             with m.State("PROB"):
                 with m.If(issuing):
                     m.d.comb += [self._sc_r.addr.eq(inner), pr_issue.valid.eq(1), pr_issue.idx.eq(inner),
-                                 pr_issue.keep.eq(keep_inner), pr_issue.ve.eq(ve_inner),
-                                 inc.eq(1)]
+                                 pr_issue.keep.eq(keep_inner), inc.eq(1)]
                     with m.If(inner == n_keys - 1):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
@@ -657,8 +668,8 @@ class Engine(wiring.Component):
                 with m.Elif(pending == 0):
                     m.d.sync += [oexp_wr.addr.eq(a), oexp_wr.en.eq(1),
                                  oexp_wr.data.eq(big_e - (fixed.PROB_BITS - fixed.OUT_SHIFT))]
-                    with m.If(attn & (a + 1 < n_q)):
-                        m.d.sync += a.eq(a + 1)
+                    with m.If(attn & a_more):
+                        m.d.sync += [a.eq(a + 1), a_more.eq(a + 2 < n_q)]
                         m.next = "ROW"
                     with m.Else():
                         m.next = "DONE"
@@ -737,14 +748,14 @@ class Engine(wiring.Component):
 
         # scores: t = shift_round_sat(acc * mult, shift - 8 - q_exp - k_exp[b], 32)
         b_res = mo.tag[:16]
+        # k_exp of key b: read with the result's tag, there at sc0 (the tables' synchronous read)
         m.d.comb += [self._kexp_r.addr.eq(b_res), self._vexp_k.addr.eq(MQ + b_res)]
-        ke = Mux(attn, self._vexp_k.data, self._kexp_r.data)
+        ke0 = Mux(attn, self._vexp_k.data, self._kexp_r.data)
         # acc * mult (mult < 2^16) as three 17-bit slices of acc, one MULT18X18D each with a
-        # register after it (sc0), summed in the next stage (sc1); k_exp registered in sc0 too
+        # register after it (sc0), summed in the next stage (sc1)
         assert max(sm[0] for sm in score_mult) < (1 << 17) and fixed.ACC_BITS <= 51
         sc0_valid = Signal()
         sc0_p = [Signal(signed(36), name=f"sc0_p{k}", reset_less=True) for k in range(3)]
-        sc0_ke = Signal(signed(EXP_W), reset_less=True)
         sc0_tag = Signal(24, reset_less=True)
         sc1_valid = Signal()
         sc1_x = Signal(signed(64), reset_less=True)
@@ -753,11 +764,14 @@ class Engine(wiring.Component):
         mult = Mux(attn, score_mult[1][0], score_mult[0][0])
         sshift = Mux(attn, score_mult[1][1], score_mult[0][1])
         dot_sl = [mo.dot[0:17], mo.dot[17:34], mo.dot[34:].as_signed()]
-        m.d.sync += [sc0_valid.eq(mac.o.valid & (phase == SCORE)), sc0_ke.eq(ke), sc0_tag.eq(mo.tag)]
+        # shift - 8 - q_exp, registered (q_exp is fixed long before the first score)
+        sc_base = Signal(signed(EXP_W + 8), reset_less=True)
+        m.d.sync += sc_base.eq(sshift - fixed.SCORE_FRAC - q_exp)
+        m.d.sync += [sc0_valid.eq(mac.o.valid & (phase == SCORE)), sc0_tag.eq(mo.tag)]
         m.d.sync += [sc0_p[k].eq(dot_sl[k] * mult) for k in range(3)]
         m.d.sync += [sc1_valid.eq(sc0_valid),
                      sc1_x.eq((sc0_p[2] << 34) + (sc0_p[1] << 17) + sc0_p[0]),
-                     sc1_s.eq(sshift - fixed.SCORE_FRAC - q_exp - sc0_ke), sc1_tag.eq(sc0_tag)]
+                     sc1_s.eq(sc_base - ke0), sc1_tag.eq(sc0_tag)]
         m.d.comb += [score_rq.i.valid.eq(sc1_valid), score_rq.i.payload.x.eq(sc1_x),
                      score_rq.i.payload.s.eq(sc1_s), score_rq.i.payload.tag.eq(sc1_tag)]
         t_b = score_rq.o.payload.y
@@ -809,7 +823,8 @@ class Engine(wiring.Component):
 
         # --- exp2 pass: stage A registers t from the RAM, B forms v = max - t, C reads the LUT,
         # D registers it, then e = round_shift(LUT[v & 255], v >> 8) (0 past the cutoff or for a masked key)
-        exA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "t": signed(fixed.SCORE_BITS)}))
+        exA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "t": signed(fixed.SCORE_BITS),
+                                        "ve": signed(8)}))
         exB = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "r": fixed.SCORE_FRAC, "n": 4}))
         exC = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "lut": fixed.EXP2_BITS + 1, "n": 4}))
         v = Signal(signed(fixed.SCORE_BITS + 2))
@@ -819,10 +834,10 @@ class Engine(wiring.Component):
         exD = Signal.like(exC)      # the table value registered (it maps to a block RAM)
         m.d.sync += exD.eq(exC)
         e_val = (exD.lut + ((Const(1, 16) << exD.n) >> 1)) >> exD.n
-        with m.If(ex1.valid & ex1.keep & (ex1.ve > big_e)):
-            m.d.sync += big_e.eq(ex1.ve)
+        with m.If(exA.valid & exA.keep & (exA.ve > big_e)):
+            m.d.sync += big_e.eq(exA.ve)
         m.d.sync += [exA.valid.eq(ex1.valid), exA.idx.eq(ex1.idx), exA.keep.eq(ex1.keep),
-                     exA.t.eq(self._sc_r.data),
+                     exA.t.eq(self._sc_r.data), exA.ve.eq(ve1),
                      exB.valid.eq(exA.valid), exB.idx.eq(exA.idx),
                      exB.live.eq(exA.keep & (n_int < fixed.EXP2_CUTOFF)),
                      exB.r.eq(v[:fixed.SCORE_FRAC]), exB.n.eq(n_int[:4]),
@@ -835,19 +850,20 @@ class Engine(wiring.Component):
             m.d.sync += exp_sum.eq(exp_sum + ex2.e)
 
         # --- probability pass: p = min(round_shift(e * r, 25), 32767), w = round_shift(p, align)
-        # (stage A registers e from the RAM so the multiplier starts from a flip-flop)
-        prA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "e": 16}))
+        # (stage A registers e from the RAM so the multiplier starts from a flip-flop, and the
+        # value exponent from its table; the alignment follows in stage M)
+        prA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8), "e": 16}))
         pshift = fixed.RECIP_BITS - fixed.PROB_BITS
-        ediff = big_e - pr1.ve
+        ediff = big_e - prA.ve
         m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep),
-                     prA.align.eq(Mux(ediff > fixed.ALIGN_CUTOFF, fixed.ALIGN_CUTOFF, ediff)),
-                     prA.e.eq(self._sc_r.data[:16])]
+                     prA.ve.eq(ve1), prA.e.eq(self._sc_r.data[:16])]
         # e * r as two DSP products (r's low 17 bits, its high 9), each registered (prM), then
         # summed into pr2: a 16 x 26 multiply does not fit one MULT18X18D
         prM = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5,
                                         "lo": 33, "hi": 25}))
         m.d.sync += [prM.valid.eq(prA.valid), prM.idx.eq(prA.idx), prM.keep.eq(prA.keep),
-                     prM.align.eq(prA.align), prM.lo.eq(prA.e * rcp[:17]), prM.hi.eq(prA.e * rcp[17:])]
+                     prM.align.eq(Mux(ediff > fixed.ALIGN_CUTOFF, fixed.ALIGN_CUTOFF, ediff)),
+                     prM.lo.eq(prA.e * rcp[:17]), prM.hi.eq(prA.e * rcp[17:])]
         m.d.sync += [pr2.valid.eq(prM.valid), pr2.idx.eq(prM.idx), pr2.keep.eq(prM.keep),
                      pr2.align.eq(prM.align), pr2.prod.eq((prM.hi << 17) + prM.lo)]
         p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
@@ -857,8 +873,11 @@ class Engine(wiring.Component):
         w_val = (pr3.p + ((Const(1, 17) << pr3.align) >> 1)) >> pr3.align
         with m.If(pr3.valid):
             m.d.comb += [dec_pr.eq(1),
-                         self._pm_w.addr.eq(pr3.idx), self._pm_w.data.eq(pr3.p), self._pm_w.en.eq(1),
-                         self._wm_w.addr.eq(pr3.idx), self._wm_w.en.eq(1),
-                         self._wm_w.data.eq(Mux(pr3.keep, w_val, 0))]
+                         self._pm_w.addr.eq(pr3.idx), self._pm_w.data.eq(pr3.p), self._pm_w.en.eq(1)]
+        # the weight goes into wm from a register (the rounding shift reached wm's block RAM
+        # late); WSUM's first read of wm is several cycles after pending drops to 0
+        wm_wr = Signal(data.StructLayout({"addr": len(self._wm_w.addr), "data": 16, "en": 1}))
+        m.d.sync += [wm_wr.addr.eq(pr3.idx), wm_wr.data.eq(Mux(pr3.keep, w_val, 0)), wm_wr.en.eq(pr3.valid)]
+        m.d.comb += [self._wm_w.addr.eq(wm_wr.addr), self._wm_w.data.eq(wm_wr.data), self._wm_w.en.eq(wm_wr.en)]
 
         return m

@@ -87,8 +87,8 @@ class HmtxTop(wiring.Component):
 
         vexp_w = eng.vexp.write_port()
         pm_r = eng.pm.read_port()
-        mexp_r, kexp_r, oexp_r = (eng.mexp.read_port(domain="comb"), eng.kexp.read_port(domain="comb"),
-                                  eng.oexp.read_port(domain="comb"))
+        # (the M/K exponent tables read synchronously: the slot is fixed from the header on)
+        mexp_r, kexp_r, oexp_r = eng.mexp.read_port(), eng.kexp.read_port(), eng.oexp.read_port(domain="comb")
 
         # --- device state --------------------------------------------------------------------
         fill = Signal(range(N + 1))
@@ -504,7 +504,9 @@ class HmtxTop(wiring.Component):
             slot_mbase = Signal.like(eng.rd_dat_addr)
             slot_kbase = Signal.like(eng.rd_key_addr)
             row_obase = Signal.like(eng.rd_dat_addr)
-            m.d.sync += [slot_mbase.eq(eng.mem_base + slot * CB), slot_kbase.eq(slot * eng.KB),
+            # (slot * CB in a register of its own: a multiplier, then the add, each from flip-flops)
+            slot_cb = Signal.like(eng.rd_dat_addr)
+            m.d.sync += [slot_cb.eq(slot * CB), slot_mbase.eq(eng.mem_base + slot_cb), slot_kbase.eq(slot * eng.KB),
                          row_obase.eq(eng.out_base + rrow * (2 * AB))]
             m.d.sync += [rd_dat_q.eq(Mux(is_op("READ_SLOT"), slot_mbase + rk, row_obase + 2 * rk + rb)),
                          rd_key_q.eq(slot_kbase + eng.key_word(rk, ri))]
