@@ -121,8 +121,12 @@ class Reciprocal(wiring.Component):
             # dividend 2^RECIP_BITS: its only one bit enters at the first step
             shifted = Signal(self.width + 1)
             m.d.comb += shifted.eq(Cat_bit(rem, k == RECIP_BITS + 1))
-            ge = shifted >= div
-            m.d.sync += [rem.eq(Mux(ge, shifted - div, shifted)), quo.eq(Cat_bit(quo, ge)),
+            # one subtraction: its borrow is the quotient bit (a compare beside a subtract was
+            # two carry chains and a multiplexer)
+            diff = Signal(self.width + 2)
+            m.d.comb += diff.eq(shifted - div)
+            ge = ~diff[-1]
+            m.d.sync += [rem.eq(Mux(ge, diff[:self.width + 1], shifted)), quo.eq(Cat_bit(quo, ge)),
                          k.eq(k - 1)]
             with m.If(k == 1):
                 m.d.sync += [busy.eq(0), self.o.valid.eq(1)]

@@ -345,8 +345,10 @@ class Engine(wiring.Component):
         # --- sequencer state -----------------------------------------------------------------
         outer = Signal(16)
         inner = Signal(16)
-        outer_n = Signal(16)
-        inner_n = Signal(16)
+        # the last outer/inner index of the current pass (its count less one, kept so that the
+        # end-of-row test is a compare of two registers)
+        outer_last = Signal(16)
+        inner_last = Signal(16)
         issuing = Signal()
         pending = Signal(16)
         inc = Signal()
@@ -356,6 +358,10 @@ class Engine(wiring.Component):
         sub_w = Signal(16)      # PROJ: j // P
         sub_l = Signal(range(P))  # PROJ: j % P
         m.d.sync += pending.eq(pending + inc - dec)
+        # pending == 0, registered: it is computed from this cycle's count and changes (inc, dec
+        # are single results), so the phase ends' tests start at a flip-flop
+        pending_zero = Signal(init=1)
+        m.d.sync += pending_zero.eq(((pending == 0) & (inc == dec)) | ((pending == 1) & dec.bool() & ~inc))
 
         score_max = Signal(signed(fixed.SCORE_BITS))
         big_e = Signal(signed(EXP_W))
@@ -478,8 +484,8 @@ class Engine(wiring.Component):
             return Mux(blk == nblk - 1, rem, width)
 
         first_i = inner == 0
-        last_i = inner == inner_n - 1
-        last_o = outer == outer_n - 1
+        last_i = inner == inner_last
+        last_o = outer == outer_last
 
         def advance(outer_step_stmts, inner_step_stmts):
             """One beat issued: step inner, and outer at the end of a row."""
@@ -556,7 +562,7 @@ class Engine(wiring.Component):
             with m.State("PROJ_START"):
                 # slot bases from the latched slot (not from the start operands: timing)
                 m.d.sync += [kslot_base.eq(slot * KB), mslot_base.eq(MEM_BASE + slot * CB)]
-                m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(c.d_h), inner_n.eq(CB),
+                m.d.sync += [outer.eq(0), inner.eq(0), outer_last.eq(c.d_h - 1), inner_last.eq(CB - 1),
                              base_o.eq(Mux(op == Op.WRITE, W_K, 0)), base_i.eq(0), sub_w.eq(0), sub_l.eq(0), issuing.eq(1)]
                 with m.If(op == Op.WRITE):
                     m.d.sync += [exp_wr.slot.eq(slot), exp_wr.m.eq(vexp0_r), exp_wr.k.eq(kexp_pre),
@@ -579,7 +585,7 @@ class Engine(wiring.Component):
                     advance([base_o.eq(base_o + CB),
                              sub_l.eq(Mux(sub_wrap, 0, sub_l + 1)),
                              sub_w.eq(Mux(sub_wrap, sub_w + 1, sub_w))], [])
-                with m.Elif(pending == 0):
+                with m.Elif(pending_zero):
                     with m.If(op == Op.WRITE):
                         m.next = "DONE"
                     with m.Else():
@@ -601,8 +607,8 @@ class Engine(wiring.Component):
                 with m.Elif(~Cat(*(t.valid for t in ql_taps)).any()):
                     m.next = "SCORE_START"
             with m.State("SCORE_START"):
-                m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(n_keys),
-                             inner_n.eq(Mux(attn, AB, KB)),
+                m.d.sync += [outer.eq(0), inner.eq(0), outer_last.eq(n_keys - 1),
+                             inner_last.eq(Mux(attn, AB - 1, KB - 1)),
                              base_o.eq(Mux(attn, MQ * AB, 0)), base_i.eq(0),
                              score_max.eq(-(1 << (fixed.SCORE_BITS - 1))), issuing.eq(1), phase.eq(SCORE)]
                 m.next = "SCORE"
@@ -622,7 +628,7 @@ class Engine(wiring.Component):
                                  issue.lim.eq(Mux(attn, lim(c.head_dim, inner, AB), lim(c.d_h, q_word, HB))),
                                  issue.phase.eq(SCORE), issue.tag.eq(outer), inc.eq(last_i)]
                     advance([base_o.eq(base_o + Mux(attn, AB, KB))], [])
-                with m.Elif(pending == 0):
+                with m.Elif(pending_zero):
                     m.d.sync += [inner.eq(0), exp_sum.eq(0), big_e.eq(-(1 << (EXP_W - 1))), issuing.eq(1)]
                     m.next = "EXP"
             with m.State("EXP"):
@@ -634,7 +640,7 @@ class Engine(wiring.Component):
                     with m.If(inner == n_keys - 1):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
-                with m.Elif(pending == 0):
+                with m.Elif(pending_zero):
                     m.d.comb += [recip.i.valid.eq(1), recip.i.payload.eq(exp_sum)]
                     m.next = "DIV"
             with m.State("DIV"):
@@ -648,11 +654,11 @@ class Engine(wiring.Component):
                     with m.If(inner == n_keys - 1):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
-                with m.Elif(pending == 0):
+                with m.Elif(pending_zero):
                     # a single key gets a second beat of weight 0: the two writes of a result word
                     # (low, high bytes) need results at least two cycles apart
-                    m.d.sync += [outer.eq(0), inner.eq(0), outer_n.eq(Mux(attn, AB, CB)),
-                                 inner_n.eq(Mux(n_keys == 1, 2, n_keys)), base_o.eq(0),
+                    m.d.sync += [outer.eq(0), inner.eq(0), outer_last.eq(Mux(attn, AB - 1, CB - 1)),
+                                 inner_last.eq(Mux(n_keys == 1, 1, n_keys - 1)), base_o.eq(0),
                                  base_i.eq(Mux(attn, (MQ + MK) * AB, MEM_BASE)), issuing.eq(1), phase.eq(WSUM)]
                     m.next = "WSUM"
             with m.State("WSUM"):
@@ -665,7 +671,7 @@ class Engine(wiring.Component):
                                  issue.tag.eq(a * AB + outer), inc.eq(last_i)]
                     advance([base_i.eq(Mux(attn, (MQ + MK) * AB, MEM_BASE))],
                             [base_i.eq(base_i + Mux(n_keys == 1, 0, Mux(attn, AB, CB)))])
-                with m.Elif(pending == 0):
+                with m.Elif(pending_zero):
                     m.d.sync += [oexp_wr.addr.eq(a), oexp_wr.en.eq(1),
                                  oexp_wr.data.eq(big_e - (fixed.PROB_BITS - fixed.OUT_SHIFT))]
                     with m.If(attn & a_more):
