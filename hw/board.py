@@ -136,6 +136,20 @@ def _check_core(core):
                          f"it has {sig!r}")
 
 
+class FlopFIFO(fifo.SyncFIFO):
+    """``lib.fifo.SyncFIFO`` with its storage in flip-flops (``ram_style = "logic"``).
+
+    As a block RAM (SyncFIFOBuffered, or SyncFIFO whose asynchronous read Yosys merges with the
+    register after it into a synchronous block-RAM port) a byte FIFO puts the DP16KD's 5.8 ns
+    clock-to-output in front of the SLIP decoder's or the transmitter's logic: the slowest paths
+    of the routed smollm build. 32 bytes of flip-flops and a 32:1 multiplexer cost little."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.submodules.storage.attrs["ram_style"] = "logic"
+        return m
+
+
 class UartBridge(wiring.Component):
     """A core on a UART: bytes received on ``rx`` go to ``core.cmd``, ``core.rsp`` goes out ``tx``.
 
@@ -182,11 +196,8 @@ class UartBridge(wiring.Component):
         m.submodules.core = core = self.core
         m.submodules.uart_rx = uart_rx = UARTRx(self.divisor)
         m.submodules.uart_tx = uart_tx = UARTTx(self.divisor)
-        # (SyncFIFO reads asynchronously, so on ECP5 its storage is LUT RAM: a byte FIFO in a
-        # block RAM put the DP16KD's 5.8 ns clock-to-output and Yosys's read/write collision
-        # multiplexer in front of the decoder's and transmitter's registers)
-        m.submodules.cmd_fifo = cmd_fifo = fifo.SyncFIFO(width=8, depth=self.fifo_depth)
-        m.submodules.rsp_fifo = rsp_fifo = fifo.SyncFIFO(width=8, depth=self.fifo_depth)
+        m.submodules.cmd_fifo = cmd_fifo = FlopFIFO(width=8, depth=self.fifo_depth)
+        m.submodules.rsp_fifo = rsp_fifo = FlopFIFO(width=8, depth=self.fifo_depth)
 
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         wiring.connect(m, uart_rx.data, cmd_fifo.w_stream)
