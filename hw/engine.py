@@ -629,7 +629,9 @@ class Engine(wiring.Component):
                                  issue.phase.eq(SCORE), issue.tag.eq(outer), inc.eq(last_i)]
                     advance([base_o.eq(base_o + Mux(attn, AB, KB))], [])
                 with m.Elif(pending_zero):
-                    m.d.sync += [inner.eq(0), exp_sum.eq(0), big_e.eq(-(1 << (EXP_W - 1))), issuing.eq(1)]
+                    # (the EXP and PROB passes run over keys 0..n_keys-1)
+                    m.d.sync += [inner.eq(0), inner_last.eq(n_keys - 1), exp_sum.eq(0),
+                                 big_e.eq(-(1 << (EXP_W - 1))), issuing.eq(1)]
                     m.next = "EXP"
             with m.State("EXP"):
                 # e_b = round_shift(LUT[v & 255], v >> 8) for v = max - t_b (0 past the cutoff)
@@ -637,7 +639,7 @@ class Engine(wiring.Component):
                     # the value exponent is registered (exA.ve) before E = max over kept keys
                     m.d.comb += [self._sc_r.addr.eq(inner), ex_issue.valid.eq(1),
                                  ex_issue.idx.eq(inner), ex_issue.keep.eq(keep_inner), inc.eq(1)]
-                    with m.If(inner == n_keys - 1):
+                    with m.If(inner == inner_last):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
                 with m.Elif(pending_zero):
@@ -651,7 +653,7 @@ class Engine(wiring.Component):
                 with m.If(issuing):
                     m.d.comb += [self._sc_r.addr.eq(inner), pr_issue.valid.eq(1), pr_issue.idx.eq(inner),
                                  pr_issue.keep.eq(keep_inner), inc.eq(1)]
-                    with m.If(inner == n_keys - 1):
+                    with m.If(inner == inner_last):
                         m.d.sync += issuing.eq(0)
                     m.d.sync += inner.eq(inner + 1)
                 with m.Elif(pending_zero):
