@@ -340,6 +340,7 @@ class Engine(wiring.Component):
         mslot_base = Signal(range(self.dat.depth + 1))
         a = Signal(range(MQ + 1))           # current query row (attention); 0 for recall
         a_more = Signal()                   # a + 1 < n_q (registered beside a)
+        single = Signal()                   # n_keys == 1 (latched with it)
         keep_lim = Signal(signed(12))       # causal: key b is attended iff b <= a + n_k - n_q
 
         # --- sequencer state -----------------------------------------------------------------
@@ -514,11 +515,15 @@ class Engine(wiring.Component):
         pr_issue = Signal.like(pr1)
         m.d.sync += [ex1.eq(ex_issue), pr1.eq(pr_issue)]
 
-        # value exponent of key b: M_i's exponent (recall) or V row b's (attention), read at the
-        # beat's issue and there at ex1/pr1 (the tables' synchronous read)
-        m.d.comb += self._mexp_r.addr.eq(inner)
-        m.d.comb += self._vexp_v.addr.eq(MQ + MK + inner)
-        ve1 = Mux(attn, self._vexp_v.data, self._mexp_r.data)
+        # value exponent of key b: M_i's exponent (recall) or V row b's (attention), read with a
+        # copy of the key index registered beside the tables (not with ``inner``, whose compares
+        # steer the sequencer: shared with the tables' address decode, they were pulled across
+        # the die) and there at exA/prA (the tables' synchronous read)
+        ve_idx = Signal(16, reset_less=True)
+        m.d.sync += ve_idx.eq(inner)
+        m.d.comb += self._mexp_r.addr.eq(ve_idx)
+        m.d.comb += self._vexp_v.addr.eq(MQ + MK + ve_idx)
+        ve2 = Mux(attn, self._vexp_v.data, self._mexp_r.data)
         keep_inner = ~(attn & causal) | (inner.as_signed() <= keep_lim)
 
         # the vector's exponent sums, registered every cycle (vexp[0] and the weight exponents
@@ -554,7 +559,7 @@ class Engine(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [op.eq(self.op), slot.eq(self.slot), n_keys.eq(self.n_keys),
                                  n_q.eq(self.n_q), causal.eq(self.causal & (self.op == Op.ATTENTION)),
-                                 a.eq(0), a_more.eq(self.n_q > 1)]
+                                 a.eq(0), a_more.eq(self.n_q > 1), single.eq(self.n_keys == 1)]
                     with m.If(self.op == Op.ATTENTION):
                         m.next = "ROW"
                     with m.Else():
@@ -660,7 +665,7 @@ class Engine(wiring.Component):
                     # a single key gets a second beat of weight 0: the two writes of a result word
                     # (low, high bytes) need results at least two cycles apart
                     m.d.sync += [outer.eq(0), inner.eq(0), outer_last.eq(Mux(attn, AB - 1, CB - 1)),
-                                 inner_last.eq(Mux(n_keys == 1, 1, n_keys - 1)), base_o.eq(0),
+                                 inner_last.eq(Mux(single, 1, n_keys - 1)), base_o.eq(0),
                                  base_i.eq(Mux(attn, (MQ + MK) * AB, MEM_BASE)), issuing.eq(1), phase.eq(WSUM)]
                     m.next = "WSUM"
             with m.State("WSUM"):
@@ -669,10 +674,10 @@ class Engine(wiring.Component):
                     m.d.comb += [wm_addr.eq(inner), dat_addr.eq(base_i + outer),
                                  issue.valid.eq(1), issue.first.eq(first_i), issue.last.eq(last_i),
                                  issue.lane_mode.eq(1), issue.lim.eq(P), issue.phase.eq(WSUM),
-                                 issue.zero.eq((n_keys == 1) & (inner != 0)),
+                                 issue.zero.eq(single & ~first_i),
                                  issue.tag.eq(a * AB + outer), inc.eq(last_i)]
                     advance([base_i.eq(Mux(attn, (MQ + MK) * AB, MEM_BASE))],
-                            [base_i.eq(base_i + Mux(n_keys == 1, 0, Mux(attn, AB, CB)))])
+                            [base_i.eq(base_i + Mux(single, 0, Mux(attn, AB, CB)))])
                 with m.Elif(pending_zero):
                     m.d.sync += [oexp_wr.addr.eq(a), oexp_wr.en.eq(1),
                                  oexp_wr.data.eq(big_e - (fixed.PROB_BITS - fixed.OUT_SHIFT))]
@@ -831,9 +836,9 @@ class Engine(wiring.Component):
 
         # --- exp2 pass: stage A registers t from the RAM, B forms v = max - t, C reads the LUT,
         # D registers it, then e = round_shift(LUT[v & 255], v >> 8) (0 past the cutoff or for a masked key)
-        exA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "t": signed(fixed.SCORE_BITS),
-                                        "ve": signed(8)}))
-        exB = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "r": fixed.SCORE_FRAC, "n": 4}))
+        exA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "t": signed(fixed.SCORE_BITS)}))
+        exB = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "r": fixed.SCORE_FRAC, "n": 4,
+                                        "keep": 1, "ve": signed(8)}))
         exC = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "lut": fixed.EXP2_BITS + 1, "n": 4}))
         v = Signal(signed(fixed.SCORE_BITS + 2))
         m.d.comb += v.eq(score_max - exA.t)
@@ -842,11 +847,11 @@ class Engine(wiring.Component):
         exD = Signal.like(exC)      # the table value registered (it maps to a block RAM)
         m.d.sync += exD.eq(exC)
         e_val = (exD.lut + ((Const(1, 16) << exD.n) >> 1)) >> exD.n
-        with m.If(exA.valid & exA.keep & (exA.ve > big_e)):
-            m.d.sync += big_e.eq(exA.ve)
+        with m.If(exB.valid & exB.keep & (exB.ve > big_e)):
+            m.d.sync += big_e.eq(exB.ve)
         m.d.sync += [exA.valid.eq(ex1.valid), exA.idx.eq(ex1.idx), exA.keep.eq(ex1.keep),
-                     exA.t.eq(self._sc_r.data), exA.ve.eq(ve1),
-                     exB.valid.eq(exA.valid), exB.idx.eq(exA.idx),
+                     exA.t.eq(self._sc_r.data),
+                     exB.valid.eq(exA.valid), exB.idx.eq(exA.idx), exB.keep.eq(exA.keep), exB.ve.eq(ve2),
                      exB.live.eq(exA.keep & (n_int < fixed.EXP2_CUTOFF)),
                      exB.r.eq(v[:fixed.SCORE_FRAC]), exB.n.eq(n_int[:4]),
                      exC.valid.eq(exB.valid), exC.idx.eq(exB.idx), exC.live.eq(exB.live),
@@ -858,22 +863,22 @@ class Engine(wiring.Component):
             m.d.sync += exp_sum.eq(exp_sum + ex2.e)
 
         # --- probability pass: p = min(round_shift(e * r, 25), 32767), w = round_shift(p, align)
-        # (stage A registers e from the RAM so the multiplier starts from a flip-flop, and the
-        # value exponent from its table; the alignment follows in stage M)
-        prA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8), "e": 16}))
+        # (stage A registers e from the RAM so the multiplier starts from a flip-flop; stage M
+        # the value exponent from its table, and the alignment follows in stage 2)
+        prA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "e": 16}))
         pshift = fixed.RECIP_BITS - fixed.PROB_BITS
-        ediff = big_e - prA.ve
         m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep),
-                     prA.ve.eq(ve1), prA.e.eq(self._sc_r.data[:16])]
+                     prA.e.eq(self._sc_r.data[:16])]
         # e * r as two DSP products (r's low 17 bits, its high 9), each registered (prM), then
         # summed into pr2: a 16 x 26 multiply does not fit one MULT18X18D
-        prM = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5,
+        prM = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8),
                                         "lo": 33, "hi": 25}))
-        m.d.sync += [prM.valid.eq(prA.valid), prM.idx.eq(prA.idx), prM.keep.eq(prA.keep),
-                     prM.align.eq(Mux(ediff > fixed.ALIGN_CUTOFF, fixed.ALIGN_CUTOFF, ediff)),
+        m.d.sync += [prM.valid.eq(prA.valid), prM.idx.eq(prA.idx), prM.keep.eq(prA.keep), prM.ve.eq(ve2),
                      prM.lo.eq(prA.e * rcp[:17]), prM.hi.eq(prA.e * rcp[17:])]
+        ediff = big_e - prM.ve
         m.d.sync += [pr2.valid.eq(prM.valid), pr2.idx.eq(prM.idx), pr2.keep.eq(prM.keep),
-                     pr2.align.eq(prM.align), pr2.prod.eq((prM.hi << 17) + prM.lo)]
+                     pr2.align.eq(Mux(ediff > fixed.ALIGN_CUTOFF, fixed.ALIGN_CUTOFF, ediff)),
+                     pr2.prod.eq((prM.hi << 17) + prM.lo)]
         p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
         m.d.sync += [pr3.valid.eq(pr2.valid), pr3.idx.eq(pr2.idx), pr3.keep.eq(pr2.keep),
                      pr3.align.eq(pr2.align),
