@@ -454,8 +454,15 @@ class Engine(wiring.Component):
         dat_en_taps = delay(m, dat_w.en, ADDR_REGS, "dat_w_en", reset_first=True)
         key_en_taps = delay(m, key_w.en, ADDR_REGS, "key_w_en", reset_first=True)
         dat_en_r, key_en_r = dat_en_taps[-1], key_en_taps[-1]
-        # the engine's writes still on their way to ``dat``/``key`` (an op is done once they land)
-        writes_in_flight = Cat(*(t.any() for t in dat_en_taps[:-1] + key_en_taps[:-1])).any()
+        # whether any of the engine's writes will still be on its way to ``dat``/``key`` next
+        # cycle (an op is done once they land): the taps shift, so that is this cycle's enables
+        # and every in-flight tap but the last
+        coming = ([dat_w.en, key_w.en] if ADDR_REGS > 1 else []) + dat_en_taps[:-2] + key_en_taps[:-2]
+        writes_in_flight_next = Cat(*(e.any() for e in coming)).any()
+        # ``done`` comes from a flip-flop: set for the one cycle in DONE with no write in flight
+        # (the command processor's state machine follows it, and its decode of our state was
+        # the slowest path of the routed smollm build)
+        done_r = Signal()
         m.d.comb += [self._dat_w.addr.eq(dat_w_r.addr), self._dat_w.data.eq(dat_w_r.data),
                      self._dat_w.en.eq(dat_en_r),
                      self._key_w.addr.eq(key_w_r.addr), self._key_w.data.eq(key_w_r.data),
@@ -687,10 +694,11 @@ class Engine(wiring.Component):
                     with m.Else():
                         m.next = "DONE"
             with m.State("DONE"):
-                with m.If(~writes_in_flight):
-                    m.d.comb += self.done.eq(1)
+                with m.If(done_r):
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        m.d.sync += done_r.eq(fsm.ongoing("DONE") & ~done_r & ~writes_in_flight_next)
+        m.d.comb += self.done.eq(done_r)
 
         # --- stage 4: operands into the MAC ---------------------------------------------------
         mi = mac.i.payload
