@@ -247,12 +247,15 @@ class Engine(wiring.Component):
         # Ports the engine itself uses; created here so that they exist before the owner's.
         self._dat_r = self.dat.read_port()
         self._dat_w = self.dat.write_port(granularity=1)
-        self._vexp_k = self.vexp.read_port()
-        self._vexp_v = self.vexp.read_port()
-        self._vexp_q = self.vexp.read_port()
+        # (each read covers only its part of vexp -- K rows, V rows, Q rows -- so it is a smaller
+        # multiplexer with no adder in front; the value exponents' reads register their address
+        # beside each bank of the table first)
+        self._vexp_k = self.vexp.read_port(base=c.max_queries, size=c.max_keys)
+        self._vexp_v = self.vexp.read_port(base=c.max_queries + c.max_keys, size=c.max_keys, latency=2)
+        self._vexp_q = self.vexp.read_port(size=c.max_queries)
         self._w_r = [r.read_port() for r in self.w_rows]
         self._w_w = [r.write_port(granularity=1) for r in self.w_rows]
-        self._mexp_r = self.mexp.read_port()
+        self._mexp_r = self.mexp.read_port(latency=2)
         self._mexp_w = self.mexp.write_port()
         self._key_r = self.key.read_port()
         self._key_w = self.key.write_port(granularity=1)
@@ -522,14 +525,11 @@ class Engine(wiring.Component):
         pr_issue = Signal.like(pr1)
         m.d.sync += [ex1.eq(ex_issue), pr1.eq(pr_issue)]
 
-        # value exponent of key b: M_i's exponent (recall) or V row b's (attention), read with a
-        # copy of the key index registered beside the tables (not with ``inner``, whose compares
-        # steer the sequencer: shared with the tables' address decode, they were pulled across
-        # the die) and there at exA/prA (the tables' synchronous read)
-        ve_idx = Signal(16, reset_less=True)
-        m.d.sync += ve_idx.eq(inner)
-        m.d.comb += self._mexp_r.addr.eq(ve_idx)
-        m.d.comb += self._vexp_v.addr.eq(MQ + MK + ve_idx)
+        # value exponent of key b: M_i's exponent (recall) or V row b's (attention), read at the
+        # beat's issue and there at exA/prA: the reads register the key index beside each bank of
+        # the tables first (latency 2), so ``inner``, whose compares steer the sequencer, is not
+        # pulled towards the tables
+        m.d.comb += [self._mexp_r.addr.eq(inner), self._vexp_v.addr.eq(inner)]
         ve2 = Mux(attn, self._vexp_v.data, self._mexp_r.data)
         keep_inner = ~(attn & causal) | (inner.as_signed() <= keep_lim)
 
@@ -770,7 +770,7 @@ class Engine(wiring.Component):
         # scores: t = shift_round_sat(acc * mult, shift - 8 - q_exp - k_exp[b], 32)
         b_res = mo.tag[:16]
         # k_exp of key b: read with the result's tag, there at sc0 (the tables' synchronous read)
-        m.d.comb += [self._kexp_r.addr.eq(b_res), self._vexp_k.addr.eq(MQ + b_res)]
+        m.d.comb += [self._kexp_r.addr.eq(b_res), self._vexp_k.addr.eq(b_res)]
         ke0 = Mux(attn, self._vexp_k.data, self._kexp_r.data)
         # acc * mult (mult < 2^16) as three 17-bit slices of acc, one MULT18X18D each with a
         # register after it (sc0), summed in the next stage (sc1)
