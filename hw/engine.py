@@ -648,7 +648,7 @@ class Engine(wiring.Component):
             with m.State("EXP"):
                 # e_b = round_shift(LUT[v & 255], v >> 8) for v = max - t_b (0 past the cutoff)
                 with m.If(issuing):
-                    # the value exponent is registered (exA.ve) before E = max over kept keys
+                    # the value exponent is registered (exB.ve) before E = max over kept keys
                     m.d.comb += [self._sc_r.addr.eq(inner), ex_issue.valid.eq(1),
                                  ex_issue.idx.eq(inner), ex_issue.keep.eq(keep_inner), inc.eq(1)]
                     with m.If(inner == inner_last):

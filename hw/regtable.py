@@ -6,7 +6,7 @@ score. As ``lib.memory.Memory`` in flip-flops, a read is one 64:1 or 144:1 multi
 the address register and the next register: on the routed LFE5U-85F smollm build it was the
 slowest path of the design (11.6 ns, 9.4 ns of it routing between the table's flip-flops,
 which spread over many slices). A block RAM would cost one DP16KD per read port (the engine
-reads vexp through four). :class:`RegisterTable` keeps the flip-flops and moves the register
+reads vexp through three). :class:`RegisterTable` keeps the flip-flops and moves the register
 into the multiplexer instead: a read selects within banks of ``bank`` entries into a register
 per bank, and the bank after it. The data then comes one cycle after the address, like a
 block RAM's synchronous read port (old data when the same entry is written in that cycle).
