@@ -36,7 +36,13 @@ def add_build_arguments(p) -> None:
                                              "(default: 100 on ulx3s-85f, 24 on icebreaker)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                    help=f"UART rate, 8N1 (default {DEFAULT_BAUD}, the host runtime's default)")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed")
+    p.add_argument("--seed", default="1", metavar="SEED[,SEED...]",
+                   help="nextpnr placement seed, or several separated by commas: Yosys runs once, "
+                        "place and route once per seed (OUT/seedN), and the build with the "
+                        "highest Fmax is kept (default 1)")
+    p.add_argument("--jobs", type=int,
+                   help="place-and-route runs at a time with several seeds (default: one per "
+                        "seed, at most the CPU count)")
     p.add_argument("--router", choices=["router1", "router2"],
                    help="nextpnr router (default: nextpnr's own, router1: on the same smollm "
                         "netlist it reached 65.6 MHz where router2 reached 41.4)")
@@ -105,7 +111,8 @@ def build_one(args, config_name, config, out_dir):
     try:
         report = synthesize(args.board, make_core(args.core, config), config_name=config_name,
                             lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq,
-                            baud=args.baud, seed=args.seed, ice40_dsp=args.ice40_dsp,
+                            baud=args.baud, seed=args.seed, jobs=args.jobs, progress=_seed_done,
+                            ice40_dsp=args.ice40_dsp,
                             synth_opts=None if args.yosys_opts is None else args.yosys_opts.split(),
                             router=args.router, timing_weight=args.timing_weight,
                             floorplan=args.floorplan, placer_density=args.placer_density,
@@ -115,6 +122,11 @@ def build_one(args, config_name, config, out_dir):
         raise
     report.update(extra)
     return report
+
+
+def _seed_done(seed, fmax_mhz, error):
+    print(f"  seed {seed}: " + (f"{fmax_mhz:.2f} MHz" if error is None else f"failed: {error}"),
+          file=sys.stderr, flush=True)
 
 
 def format_summary(report):
@@ -129,7 +141,8 @@ def format_summary(report):
     lines = [
         f"{report['board']} ({report['device']}), config {report['config']}, P={report['lanes']}, "
         f"core {report['core']}",
-        f"  Fmax {report['fmax_mhz']:.2f} MHz, target {report['target_mhz']:g} MHz: timing {verdict}",
+        f"  Fmax {report['fmax_mhz']:.2f} MHz, target {report['target_mhz']:g} MHz: timing {verdict}"
+        + (f" (seed {report['seed']}, best of {len(report['seeds'])})" if report.get("seeds") else ""),
         f"  LUT {pct('lut')}  FF {pct('ff')}  DSP {pct('dsp')}  BRAM {pct('bram')}",
     ]
     cp = report.get("critical_path")
@@ -155,8 +168,9 @@ def run(args) -> int:
         return 2
     except BuildFailed as e:
         report = e.report
-        print(f"hmtx synth: error: {e}; logs: top.rpt (Yosys), top.tim (nextpnr) in {out_dir}",
-              file=sys.stderr)
+        pnr_dir = os.path.join(out_dir, "seed*") if report.get("seeds") else out_dir
+        print(f"hmtx synth: error: {e}; logs: top.rpt (Yosys) in {out_dir}, top.tim (nextpnr) "
+              f"in {pnr_dir}", file=sys.stderr)
     json_out = args.json_out or os.path.join(out_dir, "synth_report.json")
     os.makedirs(os.path.dirname(json_out) or ".", exist_ok=True)
     with open(json_out, "w") as f:

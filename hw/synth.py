@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from amaranth_boards.icebreaker import ICEBreakerPlatform
@@ -31,7 +32,8 @@ from .board import DEFAULT_BAUD, BoardTop
 from .rtlil import collisions_dont_care
 
 __all__ = ["BOARDS", "Board", "BuildFailed", "tool_env", "synthesize", "parse_nextpnr_report",
-           "parse_nextpnr_log", "parse_yosys_stat", "build_report", "diagnose_failure"]
+           "parse_nextpnr_log", "parse_yosys_stat", "build_report", "diagnose_failure",
+           "parse_seeds", "split_build_script"]
 
 
 class _ULX3S85F(ULX3S_85F_Platform):
@@ -141,19 +143,74 @@ def diagnose_failure(*, nextpnr_log=None, yosys_log=None):
     return "a tool failed without an ERROR line in the logs", details
 
 
+def parse_seeds(seed):
+    """nextpnr placement seeds from an int, a sequence of ints, or text like ``"1,2,3"``: a
+    non-empty list of distinct integers in nextpnr's range, in the order given."""
+    if isinstance(seed, str):
+        try:
+            seeds = [int(t) for t in seed.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError(f"seeds must be integers separated by commas, got {seed!r}") from None
+    elif isinstance(seed, int) and not isinstance(seed, bool):
+        seeds = [seed]
+    else:
+        seeds = list(seed)
+    if not seeds:
+        raise ValueError("no placement seed given")
+    for s in seeds:
+        if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 1 << 31:
+            raise ValueError(f"placement seed must be an integer in [0, 2^31), got {s!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"placement seeds repeat: {seeds}")
+    return seeds
+
+
+_SEED_ARG = re.compile(r"--seed \d+")
+
+
+def split_build_script(text):
+    """Amaranth's ``build_NAME.sh`` as ``(preamble, synthesis, place_and_pack)``: the lines up to
+    the Yosys command, that command, and the commands after it (nextpnr, then the packer), so
+    that place and route can run once per seed on one netlist."""
+    lines = text.splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith('"$YOSYS"')]
+    if len(starts) != 1:
+        raise ValueError("build script: expected exactly one Yosys command line")
+    i = starts[0]
+    rest = [line for line in lines[i + 1:] if line.strip()]
+    if not rest or not rest[0].startswith('"$NEXTPNR_') or len(_SEED_ARG.findall(rest[0])) != 1:
+        raise ValueError("build script: the Yosys command is not followed by one nextpnr "
+                         "command with one --seed")
+    return "\n".join(lines[:i]), lines[i], rest
+
+
+def _run_sh(preamble, commands, cwd):
+    subprocess.run(["sh", "-c", "\n".join([preamble, *commands])], cwd=cwd, check=True)
+
+
 def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
                seed=1, ice40_dsp=False, synth_opts=None, router=None, name="top", split_fanout=True,
-               timing_weight=None, floorplan=True, placer_density=None, detailed_timing=False):
+               timing_weight=None, floorplan=True, placer_density=None, detailed_timing=False,
+               jobs=None, progress=None):
     """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
 
     ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
-    ``lanes`` only label the report. Raises ValueError for an unknown board or a bad build dir,
-    and BuildFailed (with the tools' logs in ``out_dir``) if no bitstream comes out.
+    ``lanes`` only label the report. ``seed`` is one nextpnr placement seed or several
+    (:func:`parse_seeds`): with several, Yosys runs once and place and route once per seed, up
+    to ``jobs`` at a time (default: as many as there are seeds and CPUs), each in
+    ``out_dir/seedN``; the best (highest Fmax, the first listed on a tie) is copied into
+    ``out_dir`` and reported, with every seed's result under ``"seeds"``. ``progress`` is called
+    with each seed's ``(seed, fmax_mhz or None, error or None)`` as it finishes.
+    Raises ValueError for an unknown board or a bad build dir, and BuildFailed (with the tools'
+    logs in ``out_dir``) if no bitstream comes out.
     """
     if board not in BOARDS:
         raise ValueError(f"unknown board {board!r}; choose one of {', '.join(BOARDS)}")
     spec = BOARDS[board]
     _check_build_dir(out_dir)
+    seeds = parse_seeds(seed)
+    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     platform = spec.platform()
     top = BoardTop(core, family=spec.family, ref_mhz=platform.default_clk_frequency / 1e6,
                    sync_mhz=spec.target_mhz if sync_mhz is None else sync_mhz, baud=baud)
@@ -161,7 +218,7 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     synth_opts = list(DEFAULT_SYNTH_OPTS[spec.family] if synth_opts is None else synth_opts)
     if spec.family == "ice40" and ice40_dsp:
         synth_opts.append("-dsp")
-    nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seed)]
+    nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seeds[0])]
     # router None = nextpnr's default, router1: the better Fmax wherever both finish (tiny 107.5
     # vs 75.7 MHz, smollm at P=64 65.6 vs 41.4 MHz; docs/synthesis.md, "Routing"). At the 0.7
     # placement density below it routes smollm in ~10 minutes.
@@ -201,18 +258,25 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
         os.environ["NEXTPNR_ECP5"] = hook
     start = time.monotonic()
     labels = {"config": config_name, "lanes": lanes, "core": type(core).__name__, "baud": baud,
-              "seed": seed, "yosys_synth_opts": " ".join(synth_opts), "router": router or "default",
+              "seed": seeds[0], "yosys_synth_opts": " ".join(synth_opts), "router": router or "default",
               "bram_fanout_split": bool(spec.family == "ecp5" and split_fanout),
               "placer_timing_weight": timing_weight, "floorplan": floorplan,
               "placer_density": placer_density,
               "build_dir": out_dir}
 
-    def read(fname):
-        path = os.path.join(out_dir, fname)
+    def read(fname, where=out_dir):
+        path = os.path.join(where, fname)
         if not os.path.exists(path):
             return None
         with open(path) as f:
             return f.read()
+
+    def failed(message, details):
+        yosys_log = read(f"{name}.rpt")
+        if yosys_log and "Printing statistics." in yosys_log:
+            details["yosys_cells"] = parse_yosys_stat(yosys_log)
+        return BuildFailed(message, {"board": spec.name, "device": platform.device, "fits": False,
+                                     "error": message, "bitstream": None, **labels, **details})
 
     overrides = {}
     if spec.family == "ecp5":
@@ -226,19 +290,32 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
                               synth_opts=tool_synth_opts, nextpnr_opts=nextpnr_opts, **overrides)
         # block RAM read/write collisions are don't-care where the design says so (hw/rtlil.py)
         plan.files[f"{name}.il"], _ = collisions_dont_care(plan.files[f"{name}.il"])
-        plan.execute_local(out_dir)
-    except subprocess.CalledProcessError as e:
-        yosys_log = read(f"{name}.rpt")
-        message, details = diagnose_failure(nextpnr_log=read(f"{name}.tim"), yosys_log=yosys_log)
-        if yosys_log and "Printing statistics." in yosys_log:
-            details["yosys_cells"] = parse_yosys_stat(yosys_log)
-        raise BuildFailed(message, {"board": spec.name, "device": platform.device, "fits": False,
-                                    "error": message, "bitstream": None, **labels,
-                                    **details}) from e
+        preamble, synthesis, place = split_build_script(plan.files[f"{plan.script}.sh"])
+        plan.extract(out_dir)
+        try:
+            _run_sh(preamble, [synthesis], out_dir)
+        except subprocess.CalledProcessError as e:
+            message, details = diagnose_failure(yosys_log=read(f"{name}.rpt"))
+            raise failed(message, details) from e
+        results = _place_seeds(seeds, preamble, place, out_dir, name, jobs, progress, read)
     finally:
         os.environ.clear()
         os.environ.update(saved)
     wall_s = time.monotonic() - start
+    ok = [r for r in results if r["fmax_mhz"] is not None]
+    if not ok:
+        first = results[0]
+        message, details = diagnose_failure(nextpnr_log=read(f"{name}.tim", first["dir"]),
+                                            yosys_log=read(f"{name}.rpt"))
+        if len(seeds) > 1:
+            details["seeds"] = [{k: r[k] for k in ("seed", "fmax_mhz", "error")} for r in results]
+        raise failed(message, details)
+    best = max(ok, key=lambda r: r["fmax_mhz"])      # max keeps the first of equal ones
+    if best["dir"] != out_dir:
+        # the chosen seed's outputs become the build's, with the netlist nextpnr placed (the
+        # hook's copy; bench/routed_nets.py names its cells); every seed keeps its folder
+        for fname in os.listdir(best["dir"]):
+            shutil.copy2(os.path.join(best["dir"], fname), os.path.join(out_dir, fname))
 
     report = build_report(
         board=spec, device=platform.device,
@@ -250,10 +327,50 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     report.update(labels)
     report.update({
         "fits": True,
+        "seed": best["seed"],
         "bitstream": os.path.join(out_dir, f"{name}.{spec.bitstream_ext}"),
         "build_wall_s": round(wall_s, 1),
     })
+    if len(seeds) > 1:
+        report["seeds"] = [{"seed": r["seed"], "fmax_mhz": r["fmax_mhz"], "error": r["error"],
+                            "build_dir": r["dir"]} for r in results]
     return report
+
+
+def _place_seeds(seeds, preamble, place, out_dir, name, jobs, progress, read):
+    """Run ``place`` (nextpnr and the packer) once per seed: in ``out_dir`` itself for one seed,
+    else in ``out_dir/seedN`` with its own copy of the netlist (the nextpnr hook rewrites it)
+    and of the constraints. Returns one dict per seed, in the order given."""
+    def job(seed):
+        where = out_dir
+        if len(seeds) > 1:
+            where = os.path.join(out_dir, f"seed{seed}")
+            os.makedirs(where, exist_ok=True)
+            for fname in os.listdir(out_dir):
+                src = os.path.join(out_dir, fname)
+                if os.path.isfile(src) and fname.startswith(name + ".") and \
+                        fname.rsplit(".", 1)[-1] in ("json", "lpf", "pcf"):
+                    shutil.copy2(src, os.path.join(where, fname))
+        commands = [_SEED_ARG.sub(f"--seed {seed}", place[0]), *place[1:]]
+        result = {"seed": seed, "dir": where, "fmax_mhz": None, "error": None}
+        try:
+            _run_sh(preamble, commands, where)
+            rep = parse_nextpnr_report(json.loads(read("report.json", where)))
+            result["fmax_mhz"] = round(min(c["achieved_mhz"] for c in rep["fmax"].values()), 2)
+        except (subprocess.CalledProcessError, ValueError, TypeError) as e:
+            result["error"] = diagnose_failure(nextpnr_log=read(f"{name}.tim", where))[0] \
+                if isinstance(e, subprocess.CalledProcessError) else str(e)
+        if progress is not None:
+            progress(seed, result["fmax_mhz"], result["error"])
+        return result
+
+    workers = min(len(seeds), jobs or os.cpu_count() or 1)
+    if workers == 1:
+        return [job(s) for s in seeds]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(job, s): s for s in seeds}
+        done = {futures[f]: f.result() for f in as_completed(futures)}
+    return [done[s] for s in seeds]
 
 
 def parse_nextpnr_report(report):
