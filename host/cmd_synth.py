@@ -60,6 +60,10 @@ def add_build_arguments(p) -> None:
                    help="have nextpnr add every net's routed delays to its report.json "
                         "(--detailed-timing-report; tens of MB at P=64), for "
                         "bench/routed_nets.py")
+    p.add_argument("--hierarchy", action="store_true",
+                   help="also report what each module costs (LUTs, flip-flops, carries, DSPs, "
+                        "block RAMs per module of the design; Yosys runs once more without "
+                        "flattening), also for a design that does not fit")
     p.add_argument("--yosys-opts", help="options for synth_ecp5/synth_ice40 instead of the "
                                         "defaults (-nolutram on ECP5, none on iCE40); quote "
                                         "them, e.g. --yosys-opts='-nolutram -dff', or "
@@ -116,7 +120,7 @@ def build_one(args, config_name, config, out_dir):
                             synth_opts=None if args.yosys_opts is None else args.yosys_opts.split(),
                             router=args.router, timing_weight=args.timing_weight,
                             floorplan=args.floorplan, placer_density=args.placer_density,
-                            detailed_timing=args.detailed_timing)
+                            detailed_timing=args.detailed_timing, hierarchy=args.hierarchy)
     except BuildFailed as e:
         e.report.update(extra)
         raise
@@ -177,5 +181,8 @@ def run(args) -> int:
         json.dump(report, f, indent=2)
     if report["fits"]:
         print(format_summary(report))
+    if report.get("modules"):
+        from hmtx.hw.hierarchy import costs_table
+        print(costs_table(report["modules"]))
     print(f"  report {json_out}")
     return 0 if report["fits"] else 1

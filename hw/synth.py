@@ -29,6 +29,7 @@ from amaranth_boards.icebreaker import ICEBreakerPlatform
 from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
 from .board import DEFAULT_BAUD, BoardTop
+from .hierarchy import module_costs, run_hierarchy
 from .rtlil import collisions_dont_care
 
 __all__ = ["BOARDS", "Board", "BuildFailed", "tool_env", "synthesize", "parse_nextpnr_report",
@@ -191,7 +192,7 @@ def _run_sh(preamble, commands, cwd):
 def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
                seed=1, ice40_dsp=False, synth_opts=None, router=None, name="top", split_fanout=True,
                timing_weight=None, floorplan=True, placer_density=None, detailed_timing=False,
-               jobs=None, progress=None):
+               jobs=None, progress=None, hierarchy=False):
     """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
 
     ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
@@ -200,7 +201,9 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     to ``jobs`` at a time (default: as many as there are seeds and CPUs), each in
     ``out_dir/seedN``; the best (highest Fmax, the first listed on a tie) is copied into
     ``out_dir`` and reported, with every seed's result under ``"seeds"``. ``progress`` is called
-    with each seed's ``(seed, fmax_mhz or None, error or None)`` as it finishes.
+    with each seed's ``(seed, fmax_mhz or None, error or None)`` as it finishes. ``hierarchy``
+    adds what each module costs (``"modules"``, :mod:`hmtx.hw.hierarchy`; Yosys runs a second
+    time, without flattening), also to the report of a build that does not fit.
     Raises ValueError for an unknown board or a bad build dir, and BuildFailed (with the tools'
     logs in ``out_dir``) if no bitstream comes out.
     """
@@ -271,7 +274,10 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
         with open(path) as f:
             return f.read()
 
+    modules = {}
+
     def failed(message, details):
+        details.update(modules)
         yosys_log = read(f"{name}.rpt")
         if yosys_log and "Printing statistics." in yosys_log:
             details["yosys_cells"] = parse_yosys_stat(yosys_log)
@@ -297,6 +303,10 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
         except subprocess.CalledProcessError as e:
             message, details = diagnose_failure(yosys_log=read(f"{name}.rpt"))
             raise failed(message, details) from e
+        if hierarchy:
+            modules["modules"] = module_costs(
+                run_hierarchy(out_dir, spec.family, synth_opts, name=name, yosys=os.environ["YOSYS"]),
+                spec.family)
         results = _place_seeds(seeds, preamble, place, out_dir, name, jobs, progress, read)
     finally:
         os.environ.clear()
@@ -325,6 +335,7 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
         target_mhz=top.sync_mhz,
     )
     report.update(labels)
+    report.update(modules)
     report.update({
         "fits": True,
         "seed": best["seed"],
