@@ -34,7 +34,7 @@ from .rtlil import collisions_dont_care
 
 __all__ = ["BOARDS", "Board", "BuildFailed", "tool_env", "synthesize", "parse_nextpnr_report",
            "parse_nextpnr_log", "parse_yosys_stat", "build_report", "diagnose_failure",
-           "parse_seeds", "split_build_script"]
+           "parse_seeds", "split_build_script", "yosys_synth_commands"]
 
 
 class _ULX3S85F(ULX3S_85F_Platform):
@@ -76,6 +76,21 @@ DEFAULT_SYNTH_OPTS = {"ecp5": ["-nolutram"], "ice40": []}
 # keep aliased public wire names). Purging those names right before the LUT mapping avoids it:
 # on ECP5 synth_ecp5 runs in two halves with `opt_clean -purge` between them (names of
 # internal wires are lost, cells keep their `src`).
+
+def yosys_synth_commands(family, synth_opts, top):
+    """The Yosys commands that synthesize the design read before them: what ``hmtx synth`` runs,
+    and what the gate-level flow (hmtx.sim.gatelevel) runs on the same RTLIL, so that the
+    netlist simulated is the netlist built. ECP5 synthesizes in two halves with the purge between
+    them (above)."""
+    def synth(*extra):
+        return " ".join([f"synth_{family}", *synth_opts, *extra, "-top", top])
+
+    if family == "ecp5":
+        return [synth("-run", "begin:map_luts"), "opt_clean -purge", synth("-run", "map_luts:")]
+    if family == "ice40":
+        return [synth()]
+    raise ValueError(f"unknown FPGA family {family!r}; expected 'ecp5' or 'ice40'")
+
 
 # Amaranth finds each tool through an upper-case environment variable named after it.
 _TOOLS = {
@@ -284,13 +299,13 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
         return BuildFailed(message, {"board": spec.name, "device": platform.device, "fits": False,
                                      "error": message, "bitstream": None, **labels, **details})
 
-    overrides = {}
-    if spec.family == "ecp5":
-        overrides["script_after_read"] = (f"synth_ecp5 {' '.join(synth_opts)} -top {name} "
-                                          f"-run begin:map_luts\nopt_clean -purge")
-        tool_synth_opts = synth_opts + ["-run", "map_luts:"]
-    else:
-        tool_synth_opts = synth_opts
+    # Amaranth's script runs `synth_FAMILY OPTS -top NAME` after `script_after_read`: the last
+    # of the commands goes there, the others before it (the build's top.ys shows them)
+    *before, last = yosys_synth_commands(spec.family, synth_opts, name)
+    tool_synth_opts = last.split()[1:-2]
+    if last != " ".join([f"synth_{spec.family}", *tool_synth_opts, "-top", name]):
+        raise AssertionError(f"unexpected synthesis command {last!r}")
+    overrides = {"script_after_read": "\n".join(before)} if before else {}
     try:
         plan = platform.build(top, name=name, build_dir=out_dir, do_build=False,
                               synth_opts=tool_synth_opts, nextpnr_opts=nextpnr_opts, **overrides)

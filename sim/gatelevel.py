@@ -52,8 +52,12 @@ def _yosys() -> str:
 def synthesize(rtl: Path, toplevel: str, arch: str, *, name: str, options: str = "") -> Path:
     """Synthesize ``rtl`` for ``arch`` into build/sim/<name>/netlist/<toplevel>.v and return it.
 
-    ``options`` go to ``synth_<arch>`` (e.g. ``-dsp`` for iCE40 UP5K multipliers).
+    ``rtl`` is Verilog, or RTLIL (``.il``, as :func:`engine_rtlil` writes it and ``hmtx synth``
+    builds from). ``options`` go to ``synth_<arch>`` (e.g. ``-nolutram``, ``-dsp``); the
+    commands are ``hmtx synth``'s own (:func:`hmtx.hw.synth.yosys_synth_commands`).
     """
+    from hmtx.hw.synth import yosys_synth_commands
+
     if arch not in ARCHES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHES)}")
     rtl = Path(rtl).resolve()
@@ -63,8 +67,9 @@ def synthesize(rtl: Path, toplevel: str, arch: str, *, name: str, options: str =
         raise ValueError(f"RTL {rtl} must lie inside the repository (YoWASP cannot see other paths)") from None
     out = BUILD / name / "netlist"
     netlist = out / f"{toplevel}.v"
-    script = (f"read_verilog -sv {rtl_rel}; synth_{arch} -top {toplevel} {options}; "
-              f"stat; write_verilog -noattr {netlist.relative_to(REPO)}")
+    read = f"read_rtlil {rtl_rel}" if rtl.suffix == ".il" else f"read_verilog -sv {rtl_rel}"
+    script = "; ".join([read, *yosys_synth_commands(arch, options.split(), toplevel), "stat",
+                        f"write_verilog -noattr {netlist.relative_to(REPO)}"])
     key = hashlib.sha256(script.encode() + rtl.read_bytes()).hexdigest()
     stamp = out / "script.sha256"
     if netlist.exists() and stamp.exists() and stamp.read_text().strip() == key:

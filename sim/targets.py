@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .runner import BUILD, REPO, SimTarget, component_target, write_verilog
 
-__all__ = ["standin_target", "engine_target", "ENGINE_TOPLEVEL"]
+__all__ = ["standin_target", "engine_target", "engine_rtlil", "ENGINE_TOPLEVEL"]
 
 ENGINE_TOPLEVEL = "hmtx_top"     # the module name `hmtx gen` writes
 
@@ -45,3 +45,25 @@ def engine_target(config_name: str, *, generate: bool = True) -> SimTarget | Non
         write_verilog(HmtxTop(config), ENGINE_TOPLEVEL, path)
         stamp.write_text(key + "\n")
     return SimTarget(name=config.name, sources=(Path(path),), toplevel=ENGINE_TOPLEVEL)
+
+
+def engine_rtlil(config_name: str) -> Path:
+    """RTLIL of the same ``HmtxTop`` as :func:`engine_target`, as ``hmtx synth`` hands it to
+    Yosys (block-RAM collisions made don't-care, hw/rtlil.py), for the gate-level flow: the
+    netlist simulated is then the netlist built. Cached like the Verilog."""
+    from amaranth.back import rtlil
+
+    from hmtx.hw.rtlil import collisions_dont_care
+    from hmtx.hw.top import HmtxTop
+    from hmtx.model.configs import get_config
+
+    config = get_config(config_name)
+    path = BUILD / config.name / "rtl" / f"{ENGINE_TOPLEVEL}.il"
+    stamp = path.with_suffix(".il.sha256")
+    key = _engine_sources_digest(config)
+    if not (path.exists() and stamp.exists() and stamp.read_text().strip() == key):
+        text, _ = collisions_dont_care(rtlil.convert(HmtxTop(config), name=ENGINE_TOPLEVEL, emit_src=False))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        stamp.write_text(key + "\n")
+    return path

