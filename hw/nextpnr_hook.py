@@ -20,6 +20,31 @@ from .netlist import split_bram_fanout, split_by_region
 __all__ = ["main"]
 
 
+def _rewrite(args, passes):
+    """The netlist passes on the ``--json`` netlist, in place."""
+    path = args[args.index("--json") + 1]
+    with open(path) as f:
+        netlist = json.load(f)
+    if "--floorplan" in passes:
+        if "--85k" not in args:
+            raise ValueError("floorplan: it is made for the LFE5U-85F (nextpnr --85k)")
+        placed = floorplan_engine(netlist)
+        print(f"hmtx.hw.floorplan: pinned {placed['brams']} block RAMs and {placed['mults']} "
+              f"lane multipliers of {placed['quads']} lane quads", file=sys.stderr)
+    if "--split" in passes:
+        counts = split_bram_fanout(netlist)
+        print(f"hmtx.hw.netlist: {counts['copies']} register copies for {counts['nets']} nets "
+              f"that drive block RAMs of several column clusters", file=sys.stderr)
+        if "--floorplan" in passes:
+            counts = split_by_region(netlist, region_of_bel)
+            print(f"hmtx.hw.netlist: {counts['copies']} register copies for {counts['nets']} "
+                  f"nets that drive registers in several regions", file=sys.stderr)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(netlist, f)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     passes = set()
@@ -31,28 +56,16 @@ def main(argv=None) -> int:
         return 2
     tool, args = argv[0], argv[1:]
     if "--json" in args:
-        path = args[args.index("--json") + 1]
-        with open(path) as f:
-            netlist = json.load(f)
-        if "--floorplan" in passes:
-            if "--85k" not in args:
-                print("hmtx.hw.floorplan: the floorplan is for the LFE5U-85F (--85k)", file=sys.stderr)
-                return 2
-            placed = floorplan_engine(netlist)
-            print(f"hmtx.hw.floorplan: pinned {placed['brams']} block RAMs and {placed['mults']} "
-                  f"lane multipliers of {placed['quads']} lane quads", file=sys.stderr)
-        if "--split" in passes:
-            counts = split_bram_fanout(netlist)
-            print(f"hmtx.hw.netlist: {counts['copies']} register copies for {counts['nets']} nets "
-                  f"that drive block RAMs of several column clusters", file=sys.stderr)
-            if "--floorplan" in passes:
-                counts = split_by_region(netlist, region_of_bel)
-                print(f"hmtx.hw.netlist: {counts['copies']} register copies for {counts['nets']} "
-                      f"nets that drive registers in several regions", file=sys.stderr)
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(netlist, f)
-        os.replace(tmp, path)
+        try:
+            _rewrite(args, passes)
+        except ValueError as e:
+            # in nextpnr's own log too, where `hmtx synth` looks for the reason a build stopped
+            message = f"ERROR: hmtx.hw.nextpnr_hook: {e}"
+            print(message, file=sys.stderr)
+            if "--log" in args:
+                with open(args[args.index("--log") + 1], "w") as f:
+                    f.write(message + "\n")
+            return 1
     return subprocess.call([tool] + args)
 
 

@@ -154,9 +154,30 @@ def test_hook_rewrites_the_netlist_then_runs_the_tool(tmp_path):
     assert hook_main(["--split", "--floorplan", shutil.which("true"), "--85k", "--json", str(path)]) == 0
     cells = json.loads(path.read_text())["modules"]["top"]["cells"]
     assert sum("BEL" in c["attributes"] for c in cells.values()) == 9 * 16 + 32 + 16 + P
-    # the floorplan's geometry is one part's: refused for another
-    assert hook_main(["--floorplan", shutil.which("true"), "--25k", "--json", str(path)]) == 2
+    # the floorplan's geometry is one part's: refused for another, with the reason as an ERROR
+    # line in nextpnr's log (where `hmtx synth` reads why a build stopped)
+    log = tmp_path / "top.tim"
+    assert hook_main(["--floorplan", shutil.which("true"), "--25k", "--json", str(path),
+                      "--log", str(log)]) == 1
+    assert log.read_text().startswith("ERROR: hmtx.hw.nextpnr_hook: floorplan: it is made for the LFE5U-85F")
     assert hook_main(["--floorplan"]) == 2
+
+
+def test_hook_reports_a_floorplan_that_does_not_fit(tmp_path):
+    from hmtx.hw.synth import diagnose_failure
+
+    net = _engine_netlist()
+    cells = net["modules"]["top"]["cells"]
+    # twice the lane quads of one block-RAM row (as smollm at P=128 has)
+    for n in [n for n in cells if re.search(r"\.(w\d|dat|key)\.0\.\d+$", n)]:
+        cells[n + "0"] = json.loads(json.dumps(cells[n]))
+    path, log = tmp_path / "top.json", tmp_path / "top.tim"
+    path.write_text(json.dumps(net))
+    assert hook_main(["--floorplan", shutil.which("false"), "--85k", "--json", str(path),
+                      "--log", str(log)]) == 1
+    message, details = diagnose_failure(nextpnr_log=log.read_text())
+    assert re.match(r"nextpnr failed: ERROR: hmtx.hw.nextpnr_hook: floorplan: block-RAM row y=\d+ "
+                    r"would need \d+ blocks", message), message
 
 
 def test_lane_group_regions_follow_the_floorplan():
