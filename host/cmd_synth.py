@@ -184,5 +184,7 @@ def run(args) -> int:
     if report.get("modules"):
         from hmtx.hw.hierarchy import costs_table
         print(costs_table(report["modules"]))
+    if report.get("modules_error"):
+        print(f"hmtx synth: {report['modules_error']}", file=sys.stderr)
     print(f"  report {json_out}")
     return 0 if report["fits"] else 1

@@ -16,7 +16,9 @@ CATEGORIES = {
     "ice40": {"lut": ("SB_LUT4",), "ff": ("SB_DFF",), "carry": ("SB_CARRY",),
               "dsp": ("SB_MAC16",), "bram": ("SB_RAM40_4K",), "spram": ("SB_SPRAM256KA",)},
     "ecp5": {"lut": ("LUT4",), "ff": ("TRELLIS_FF",), "carry": ("CCU2C",),
-             "dsp": ("MULT18X18D", "ALU54B"), "bram": ("DP16KD",), "lutram": ("TRELLIS_DPR16X4",)},
+             "dsp": ("MULT18X18D", "ALU54B"), "bram": ("DP16KD",), "lutram": ("TRELLIS_DPR16X4",),
+             # the slice multiplexers that join LUT4s into wider functions
+             "mux": ("PFUMX", "L6MUX21")},
 }
 
 _MODULE = re.compile(r"^=== (\S+) ===\s*$")

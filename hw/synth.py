@@ -319,9 +319,13 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
             message, details = diagnose_failure(yosys_log=read(f"{name}.rpt"))
             raise failed(message, details) from e
         if hierarchy:
-            modules["modules"] = module_costs(
-                run_hierarchy(out_dir, spec.family, synth_opts, name=name, yosys=os.environ["YOSYS"]),
-                spec.family)
+            # (the breakdown is an extra; a failure of its Yosys run does not stop the build)
+            try:
+                modules["modules"] = module_costs(
+                    run_hierarchy(out_dir, spec.family, synth_opts, name=name,
+                                  yosys=os.environ["YOSYS"]), spec.family)
+            except (subprocess.CalledProcessError, ValueError, OSError) as e:
+                modules["modules_error"] = f"per-module statistics failed ({e}); see hierarchy.log"
         results = _place_seeds(seeds, preamble, place, out_dir, name, jobs, progress, read)
     finally:
         os.environ.clear()

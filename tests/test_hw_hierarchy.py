@@ -87,3 +87,5 @@ def test_real_yosys_run_on_a_small_core(family, opts):
     assert {"top", "top.core", "top.uart_rx", "top.uart_tx"} <= set(costs)
     assert costs["top"]["total"]["lut"] == sum(c["own"]["lut"] for c in costs.values())
     assert costs["top.core"]["total"]["lut"] > 0 and costs["top.uart_rx"]["total"]["ff"] > 0
+    # every primitive Yosys left has its resource
+    assert costs["top"]["total"]["other"] == 0, costs["top"]
