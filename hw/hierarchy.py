@@ -112,17 +112,13 @@ def run_hierarchy(build_dir, family, synth_opts, *, name="top", yosys="yosys"):
     options; the same ``opt_clean -purge`` split as the ECP5 build, which also keeps Yosys
     0.70's abc9 from asserting on the unflattened design) and return
     :func:`parse_hierarchy_stat` of it. Writes ``hierarchy.ys`` and ``hierarchy.log`` there."""
+    from .synth import yosys_synth_commands     # (hw/synth.py imports this module)
+
     if family not in CATEGORIES:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(CATEGORIES)}")
-    opts = " ".join([*synth_opts, "-noflatten"])
-    script = "\n".join([
-        f"read_rtlil {name}.il",
-        f"synth_{family} -top {name} {opts} -run begin:map_luts",
-        "opt_clean -purge",
-        f"synth_{family} -top {name} {opts} -run map_luts:",
-        "tee -q -o hierarchy_stat.txt stat",
-        "",
-    ])
+    script = "\n".join([f"read_rtlil {name}.il",
+                        *yosys_synth_commands(family, [*synth_opts, "-noflatten"], name, purge=True),
+                        "tee -q -o hierarchy_stat.txt stat", ""])
     with open(f"{build_dir}/hierarchy.ys", "w") as f:
         f.write(script)
     subprocess.run([yosys, "-q", "-l", "hierarchy.log", "hierarchy.ys"], cwd=build_dir, check=True,

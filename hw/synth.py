@@ -77,19 +77,20 @@ DEFAULT_SYNTH_OPTS = {"ecp5": ["-nolutram"], "ice40": []}
 # on ECP5 synth_ecp5 runs in two halves with `opt_clean -purge` between them (names of
 # internal wires are lost, cells keep their `src`).
 
-def yosys_synth_commands(family, synth_opts, top):
+def yosys_synth_commands(family, synth_opts, top, *, purge=None):
     """The Yosys commands that synthesize the design read before them: what ``hmtx synth`` runs,
     and what the gate-level flow (hmtx.sim.gatelevel) runs on the same RTLIL, so that the
-    netlist simulated is the netlist built. ECP5 synthesizes in two halves with the purge between
-    them (above)."""
+    netlist simulated is the netlist built. ``purge`` (default: on ECP5) synthesizes in two
+    halves with the purge between them (above)."""
+    if family not in ("ecp5", "ice40"):
+        raise ValueError(f"unknown FPGA family {family!r}; expected 'ecp5' or 'ice40'")
+
     def synth(*extra):
         return " ".join([f"synth_{family}", *synth_opts, *extra, "-top", top])
 
-    if family == "ecp5":
+    if family == "ecp5" if purge is None else purge:
         return [synth("-run", "begin:map_luts"), "opt_clean -purge", synth("-run", "map_luts:")]
-    if family == "ice40":
-        return [synth()]
-    raise ValueError(f"unknown FPGA family {family!r}; expected 'ecp5' or 'ice40'")
+    return [synth()]
 
 
 # Amaranth finds each tool through an upper-case environment variable named after it.

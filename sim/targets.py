@@ -30,21 +30,32 @@ def _engine_sources_digest(config) -> str:
     return h.hexdigest()
 
 
-def engine_target(config_name: str, *, generate: bool = True) -> SimTarget | None:
-    """``hmtx.hw.top.HmtxTop(get_config(config_name))`` as a simulation target (None when its
-    cached Verilog is stale and ``generate`` is false)."""
-    from hmtx.model.configs import get_config
-    config = get_config(config_name)
-    path = BUILD / config.name / "rtl" / f"{ENGINE_TOPLEVEL}.v"
-    stamp = path.with_suffix(".sha256")
+def _engine_file(config, suffix, write, generate=True) -> Path | None:
+    """``build/sim/<config>/rtl/hmtx_top<suffix>``, made by ``write(HmtxTop(config), path)``
+    unless its stamp says it was made from the current sources (None when it is stale and
+    ``generate`` is false)."""
+    path = BUILD / config.name / "rtl" / f"{ENGINE_TOPLEVEL}{suffix}"
+    stamp = path.with_name(path.name + ".sha256")
     key = _engine_sources_digest(config)
     if not (path.exists() and stamp.exists() and stamp.read_text().strip() == key):
         if not generate:
             return None
         from hmtx.hw.top import HmtxTop
-        write_verilog(HmtxTop(config), ENGINE_TOPLEVEL, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(HmtxTop(config), path)
         stamp.write_text(key + "\n")
-    return SimTarget(name=config.name, sources=(Path(path),), toplevel=ENGINE_TOPLEVEL)
+    return path
+
+
+def engine_target(config_name: str, *, generate: bool = True) -> SimTarget | None:
+    """``hmtx.hw.top.HmtxTop(get_config(config_name))`` as a simulation target (None when its
+    cached Verilog is stale and ``generate`` is false)."""
+    from hmtx.model.configs import get_config
+    config = get_config(config_name)
+    path = _engine_file(config, ".v", lambda top, path: write_verilog(top, ENGINE_TOPLEVEL, path), generate)
+    if path is None:
+        return None
+    return SimTarget(name=config.name, sources=(path,), toplevel=ENGINE_TOPLEVEL)
 
 
 def engine_rtlil(config_name: str) -> Path:
@@ -54,16 +65,9 @@ def engine_rtlil(config_name: str) -> Path:
     from amaranth.back import rtlil
 
     from hmtx.hw.rtlil import collisions_dont_care
-    from hmtx.hw.top import HmtxTop
     from hmtx.model.configs import get_config
 
-    config = get_config(config_name)
-    path = BUILD / config.name / "rtl" / f"{ENGINE_TOPLEVEL}.il"
-    stamp = path.with_suffix(".il.sha256")
-    key = _engine_sources_digest(config)
-    if not (path.exists() and stamp.exists() and stamp.read_text().strip() == key):
-        text, _ = collisions_dont_care(rtlil.convert(HmtxTop(config), name=ENGINE_TOPLEVEL, emit_src=False))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        stamp.write_text(key + "\n")
-    return path
+    def write(top, path):
+        path.write_text(collisions_dont_care(rtlil.convert(top, name=ENGINE_TOPLEVEL, emit_src=False))[0])
+
+    return _engine_file(get_config(config_name), ".il", write)
