@@ -4,9 +4,9 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hmtx.model.fixed import RECIP_BITS
+from hmtx.model.fixed import ACC_BITS, RECIP_BITS
 
-__all__ = ["ShiftRoundSat", "Reciprocal"]
+__all__ = ["ShiftRoundSat", "Reciprocal", "SerialMulShiftRoundSat"]
 
 
 class ShiftRoundSat(wiring.Component):
@@ -136,3 +136,108 @@ class Reciprocal(wiring.Component):
 def Cat_bit(value, bit):
     """``(value << 1) | bit`` at the width of ``value``."""
     return Cat(bit, value)[:len(value)]
+
+
+class SerialMulShiftRoundSat(wiring.Component):
+    """``fixed.shift_round_sat(x * m, s, bits)`` one bit per cycle, for the sequential engine
+    (hw/serial_engine.py), where one unit serves every requantization of a recall or attention.
+
+    One 64-bit register ``r``:
+
+    * multiply (``use_m``; ``m`` unsigned, 16 bits): ``r`` starts as ``m`` in its low bits and 0
+      above; each of 16 steps adds ``x`` to the upper 48 bits if ``r``'s lowest bit is set and
+      shifts ``r`` right (arithmetic), so the product fills ``r`` as ``m`` leaves it;
+    * right shift by ``q = min(s, 62)``: ``q`` steps ``r >> 1``, keeping the last bit shifted
+      out, ``rb``; the contract's round half up ``(x + 2^(q-1)) >> q`` is ``(x >> q) + rb``;
+    * saturating left shift by ``min(-s, bits - 1)``: steps ``r << 1``, stopping at saturation
+      (a shift saturates exactly when ``r`` no longer fits ``bits - 1`` bits before it);
+
+    then saturation to ``bits`` (``wide``: 32, else 16) with ``rb`` added on the way: when
+    ``x >> q`` fits, ``+ rb`` can only reach ``hi + 1`` (saturated to ``hi``); when it does not,
+    the sum saturates to the same bound. ``y`` is sign-extended to 32 bits.
+
+    A register, one 49-bit adder and a counter instead of a barrel shifter and a multiplier: on
+    the iCE40 logic cells are what width costs, and cycles are cheap at 24 MHz. (Rounding by a
+    full-width ``r + 1`` was the 65-level carry chain that held a UP5K build at 23.5 MHz.)
+
+    Latency: ``3 + 16 * use_m + |shift|`` cycles from ``i`` to ``o``; ``i.ready`` while idle.
+
+    Members
+    -------
+    i : In(stream.Signature({x: signed(x_width), m: unsigned(16), use_m: 1, s: signed(s_width), wide: 1}))
+    o : Out(stream.Signature(signed(32)))      ``valid`` for one cycle (``ready`` is ignored)
+    """
+
+    M_BITS = 16
+
+    def __init__(self, x_width=ACC_BITS, s_width=14):
+        if not 1 <= x_width <= 64 - self.M_BITS:
+            raise ValueError(f"x_width must be in 1..{64 - self.M_BITS} (x * m must fit 64 bits), got {x_width}")
+        self.x_width, self.s_width = x_width, s_width
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({
+                "x": signed(x_width), "m": unsigned(self.M_BITS), "use_m": 1,
+                "s": signed(s_width), "wide": 1}))),
+            "o": Out(stream.Signature(signed(32))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        W, MB = 64, self.M_BITS
+        x_reg = Signal(signed(self.x_width), reset_less=True)
+        r = Signal(signed(W), reset_less=True)
+        rb = Signal(reset_less=True)
+        count = Signal(range(63), reset_less=True)
+        wide = Signal(reset_less=True)
+        sat = Signal(reset_less=True)
+        s = Signal(signed(self.s_width), reset_less=True)
+
+        def fits(v, bits):
+            """v fits ``bits`` signed bits: its bits from ``bits - 1`` up agree."""
+            top = v[bits - 1:]
+            return (top == 0) | (top == (1 << len(top)) - 1)
+
+        m.d.comb += self.i.ready.eq(0)
+        m.d.sync += self.o.valid.eq(0)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    p = self.i.payload
+                    m.d.sync += [x_reg.eq(p.x), r.eq(Mux(p.use_m, p.m, p.x)), s.eq(p.s), rb.eq(0),
+                                 wide.eq(p.wide), sat.eq(0), count.eq(MB - 1)]
+                    with m.If(p.use_m):
+                        m.next = "MUL"
+                    with m.Else():
+                        m.next = "CLAMP"
+            with m.State("MUL"):
+                upper = (r[MB:].as_signed() + Mux(r[0], x_reg, 0))[:W - MB + 1]
+                m.d.sync += [r.eq(Cat(r[1:MB], upper)), count.eq(count - 1)]
+                with m.If(count == 0):
+                    m.next = "CLAMP"
+            with m.State("CLAMP"):
+                # the contract clamps s to [-(bits - 1), 62]
+                lim = Mux(wide, 31, 15)
+                m.d.sync += count.eq(Mux(s > 62, 62, Mux(s > 0, s, Mux(-s > lim, lim, -s))))
+                m.next = "SHIFT"
+            with m.State("SHIFT"):
+                with m.If(count == 0):
+                    m.next = "OUT"
+                with m.Elif(s < 0):
+                    with m.If(~Mux(wide, fits(r, 31), fits(r, 15))):
+                        m.d.sync += [sat.eq(1), count.eq(0)]
+                    with m.Else():
+                        m.d.sync += [r.eq(r << 1), count.eq(count - 1)]
+                with m.Else():
+                    m.d.sync += [r.eq(r >> 1), rb.eq(r[0]), count.eq(count - 1)]
+            with m.State("OUT"):
+                # (r's sign is x's: a left shift stops before it would change it)
+                over = sat | ~Mux(wide, fits(r, 32), fits(r, 16))
+                hi = Mux(wide, (1 << 31) - 1, (1 << 15) - 1)
+                lo = Mux(wide, -(1 << 31), -(1 << 15))
+                rounded = Signal(signed(33))
+                m.d.comb += rounded.eq(Mux(wide, r[:32].as_signed(), r[:16].as_signed()) + rb)
+                m.d.sync += [self.o.valid.eq(1),
+                             self.o.payload.eq(Mux(over, Mux(r[-1], lo, hi), Mux(rounded > hi, hi, rounded)))]
+                m.next = "IDLE"
+        return m

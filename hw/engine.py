@@ -13,7 +13,7 @@ from .fanout import replicate, replicate_tree
 from .mac import MacArray
 from .regtable import RegisterTable
 
-__all__ = ["Op", "Engine", "Region", "key_block_lanes"]
+__all__ = ["Op", "Engine", "EngineLayout", "Region", "key_block_lanes"]
 
 EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
 SHIFT_W = 5         # projection shifts 0..31 (protocol SHIFT_MAX)
@@ -104,7 +104,62 @@ class Op:
     ATTENTION = 2
 
 
-class Engine(wiring.Component):
+class EngineLayout:
+    """What the command processor (hw/top.py) relies on in every engine: the sizes, the places of
+    the buffers in ``dat`` and the key words' lane layout. :class:`Engine` and
+    :class:`~hmtx.hw.serial_engine.SerialEngine` share it, so either serves the same top."""
+
+    def _set_layout(self, c: EngineConfig):
+        self.config = c
+        P = self.P = c.lanes
+        self.CB, self.HB, self.AB = ceil_div(c.d, P), ceil_div(c.d_h, P), ceil_div(c.head_dim, P)
+        self.KP = P // 2 if P % 2 == 0 else P
+        # The two halves of a q word are interleaved in blocks of KBL lanes (4 when P is a
+        # multiple of 8: half a lane group): key lane k of half h is q lane
+        # 2*KBL*(k // KBL) + KBL*h + k % KBL. Each key lane then feeds two MAC lanes of one lane
+        # group (its first four lanes in one beat, the other four in the next), whose key block
+        # the floorplan puts next to that group's other blocks (hw/floorplan.py), and every MAC
+        # lane multiplies its own q lane. KBL = KP is the plain layout (half h = lanes
+        # h*KP..). Words per slot: two per q word (the last q word's halves as needed).
+        self.KBL = key_block_lanes(P)
+        self.KB = ceil_div(c.d_h, self.KP) if self.KBL == self.KP else 2 * ceil_div(c.d_h, P)
+        self.KMAX = max(c.n_slots, c.max_keys)
+        self.ROWS = c.max_queries + 2 * c.max_keys
+        for name, v in (("d", c.d), ("d_h", c.d_h), ("head_dim", c.head_dim)):
+            if v > fixed.D_MAX:
+                raise ValueError(f"config {c.name!r}: {name}={v} exceeds fixed.D_MAX={fixed.D_MAX}")
+        if self.KMAX > fixed.KEYS_MAX:
+            raise ValueError(f"config {c.name!r}: {self.KMAX} keys exceed fixed.KEYS_MAX")
+        self.vin_depth = max(self.CB, self.ROWS * self.AB)
+        self.out_words = max(self.CB, c.max_queries * self.AB)
+        self.out_base = self.vin_depth + (self.vin_depth & 1)   # even: a result's high-byte word is base | 1
+        self.mem_base = self.vin_depth + 2 * self.out_words
+        self.dat_depth = self.mem_base + c.n_slots * self.CB
+
+    def key_place(self, lane):
+        """(half, key lane) that holds q lane ``lane`` (an int or an Amaranth value)."""
+        if self.KP == self.P:
+            return 0, lane
+        B = self.KBL
+        if B & (B - 1) == 0:
+            s = B.bit_length() - 1
+            return (lane >> s) & 1, ((lane >> (s + 1)) << s) | (lane & (B - 1))
+        return (lane // B) % 2, B * (lane // (2 * B)) + lane % B
+
+    def key_word(self, q_word, lane):
+        """Key word (within a slot) that holds element ``q_word * P + lane``."""
+        return q_word if self.KP == self.P else 2 * q_word + self.key_place(lane)[0]
+
+    def key_element(self, word, k):
+        """Element of K_i held by key lane ``k`` of key word ``word`` (within a slot); may be
+        >= d_h in the last words (padding)."""
+        if self.KP == self.P:
+            return word * self.KP + k
+        B = self.KBL
+        return (word // 2) * self.P + 2 * B * (k // B) + B * (word % 2) + k % B
+
+
+class Engine(EngineLayout, wiring.Component):
     """All on-chip state of a recall/attention engine and the sequencer that computes with it.
 
     Memories (P-lane words; ``CB = ceil(d/P)``, ``HB = ceil(d_h/P)``, ``AB = ceil(head_dim/P)``).
@@ -165,29 +220,12 @@ class Engine(wiring.Component):
     """
 
     def __init__(self, config: EngineConfig, w_row_depth: int = W_ROW_DEPTH):
-        c = self.config = config
+        c = config
         if w_row_depth < 1 or w_row_depth & (w_row_depth - 1):
             raise ValueError(f"w_row_depth must be a power of two, got {w_row_depth}")
         self.w_row_depth = w_row_depth
-        P = self.P = c.lanes
-        self.CB, self.HB, self.AB = ceil_div(c.d, P), ceil_div(c.d_h, P), ceil_div(c.head_dim, P)
-        self.KP = P // 2 if P % 2 == 0 else P
-        # The two halves of a q word are interleaved in blocks of KBL lanes (4 when P is a
-        # multiple of 8: half a lane group): key lane k of half h is q lane
-        # 2*KBL*(k // KBL) + KBL*h + k % KBL. Each key lane then feeds two MAC lanes of one lane
-        # group (its first four lanes in one beat, the other four in the next), whose key block
-        # the floorplan puts next to that group's other blocks (hw/floorplan.py), and every MAC
-        # lane multiplies its own q lane. KBL = KP is the plain layout (half h = lanes
-        # h*KP..). Words per slot: two per q word (the last q word's halves as needed).
-        self.KBL = key_block_lanes(P)
-        self.KB = ceil_div(c.d_h, self.KP) if self.KBL == self.KP else 2 * ceil_div(c.d_h, P)
-        self.KMAX = max(c.n_slots, c.max_keys)
-        self.ROWS = c.max_queries + 2 * c.max_keys
-        for name, v in (("d", c.d), ("d_h", c.d_h), ("head_dim", c.head_dim)):
-            if v > fixed.D_MAX:
-                raise ValueError(f"config {c.name!r}: {name}={v} exceeds fixed.D_MAX={fixed.D_MAX}")
-        if self.KMAX > fixed.KEYS_MAX:
-            raise ValueError(f"config {c.name!r}: {self.KMAX} keys exceed fixed.KEYS_MAX")
+        self._set_layout(c)
+        P = self.P
         i8 = data.ArrayLayout(signed(8), P)
         # No read of these memories ever needs the data of a write to the same address in the
         # same cycle (each phase drains before the next reads what it wrote; the owner writes
@@ -196,11 +234,8 @@ class Engine(wiring.Component):
         # which sat on the critical path.
         NO_RW = {"no_rw_check": 1}
         i16 = data.ArrayLayout(signed(16), P)
-        vin_d = max(self.CB, self.ROWS * self.AB)
-        self.out_words = max(self.CB, c.max_queries * self.AB)
-        self.out_base = vin_d + (vin_d & 1)     # even: a result's high-byte word is base | 1
-        self.mem_base = vin_d + 2 * self.out_words
-        self.dat = memory.Memory(shape=i8, depth=self.mem_base + c.n_slots * self.CB, init=[], attrs=NO_RW)
+        vin_d = self.vin_depth
+        self.dat = memory.Memory(shape=i8, depth=self.dat_depth, init=[], attrs=NO_RW)
         self.vin = Region(self.dat, 0, vin_d)
         self.mem = Region(self.dat, self.mem_base, c.n_slots * self.CB)
         # the exponent tables are flip-flops read through a register inside their multiplexer
@@ -285,28 +320,6 @@ class Engine(wiring.Component):
     def key_read_data(self):
         """K word at ``rd_key_addr`` of READ_LATENCY cycles before (valid while idle), unregistered."""
         return self._key_r.data
-
-    def key_place(self, lane):
-        """(half, key lane) that holds q lane ``lane`` (an int or an Amaranth value)."""
-        if self.KP == self.P:
-            return 0, lane
-        B = self.KBL
-        if B & (B - 1) == 0:
-            s = B.bit_length() - 1
-            return (lane >> s) & 1, ((lane >> (s + 1)) << s) | (lane & (B - 1))
-        return (lane // B) % 2, B * (lane // (2 * B)) + lane % B
-
-    def key_word(self, q_word, lane):
-        """Key word (within a slot) that holds element ``q_word * P + lane``."""
-        return q_word if self.KP == self.P else 2 * q_word + self.key_place(lane)[0]
-
-    def key_element(self, word, k):
-        """Element of K_i held by key lane ``k`` of key word ``word`` (within a slot); may be
-        >= d_h in the last words (padding)."""
-        if self.KP == self.P:
-            return word * self.KP + k
-        B = self.KBL
-        return (word // 2) * self.P + 2 * B * (k // B) + B * (word % 2) + k % B
 
     def elaborate(self, platform):
         m = Module()
