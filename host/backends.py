@@ -10,9 +10,10 @@ whose far end has gone away raises :class:`ConnectionError` from ``read``/``writ
     :class:`GoldenTransport`: the golden device in this process (no simulator, no hardware).
 ``serial:PORT`` or ``serial:PORT@BAUD``
     :class:`SerialTransport`: a UART via pyserial (PORT may also be a pyserial URL).
-``sim``
+``sim`` or ``sim:ENGINE``
     :class:`hmtx.host.backends_sim.SimTransport`: the generated Verilog under Verilator and
-    cocotb in a child process, over a Unix socket.
+    cocotb in a child process, over a Unix socket; ENGINE is HmtxTop's engine, ``lanes``
+    (default) or ``serial``.
 """
 
 import collections
@@ -134,16 +135,17 @@ def parse_serial_spec(spec: str) -> tuple[str, int]:
 
 
 def open_transport(spec: str, config: EngineConfig, *, waves: bool = False) -> Transport:
-    """Open the transport named by ``spec`` (golden, sim, serial:PORT[@BAUD])."""
+    """Open the transport named by ``spec`` (golden, sim[:ENGINE], serial:PORT[@BAUD])."""
     if spec == "golden":
         return GoldenTransport(config)
-    if spec == "sim":
+    if spec == "sim" or spec.startswith("sim:"):
         from .backends_sim import SimTransport
-        return SimTransport(config, waves=waves)
+        engine = spec.partition(":")[2] or "lanes"
+        return SimTransport(config, waves=waves, engine=engine)
     if spec.startswith("serial:"):
         port, baud = parse_serial_spec(spec)
         return SerialTransport(port, baud)
-    raise ValueError(f"unknown device {spec!r}; use golden, sim or serial:PORT[@BAUD]")
+    raise ValueError(f"unknown device {spec!r}; use golden, sim[:ENGINE] or serial:PORT[@BAUD]")
 
 
 class FaultInjector(Transport):

@@ -1,7 +1,7 @@
 """The ``sim`` backend: the engine's generated Verilog under Verilator + cocotb, in a child process.
 
 :class:`SimTransport` starts ``python -m hmtx.host.backends_sim`` in its own process group. That
-launcher writes the Verilog of the top (``hmtx.hw.top.HmtxTop(config)`` by default), builds it
+launcher writes the Verilog of the top (``hmtx.hw.top.HmtxTop(config, engine)`` by default), builds it
 with ``hmtx.sim.runner`` (cached by content hash), and runs the cocotb module
 ``hmtx.sim.bridge``, which listens on a Unix socket in a private temporary folder; the transport
 connects to it and moves bytes. Nothing listens on a network interface.
@@ -51,20 +51,27 @@ class SimTransport(Transport):
     waves : bool
         Build a tracing model and write waves (the path is in the log).
     top : str
-        ``module:Class`` of the Amaranth component to simulate; called with ``config``.
+        ``module:Class`` of the Amaranth component to simulate; called with ``config`` (and
+        ``engine=`` when ``engine`` is not the default).
+    engine : str
+        HmtxTop's engine, one of :data:`hmtx.hw.ENGINES` (``lanes`` or ``serial``). The
+        transport's name is ``sim`` for lanes, ``sim:<engine>`` otherwise (the device spec).
     """
 
-    name = "sim"
-
     def __init__(self, config: EngineConfig, *, waves: bool = False, top: str = DEFAULT_TOP,
-                 start_timeout: float = START_TIMEOUT_S):
+                 engine: str = "lanes", start_timeout: float = START_TIMEOUT_S):
+        from hmtx.hw import ENGINES
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        self.name = "sim" if engine == "lanes" else f"sim:{engine}"
         self._dir = tempfile.mkdtemp(prefix="hmtx-sim-")       # mode 0700: the socket is private
         self.socket_path = os.path.join(self._dir, "bridge.sock")
         self.log_path = os.path.join(self._dir, "launcher.log")
         self._sock = None
         self.waves_path = None
         cmd = [sys.executable, "-m", "hmtx.host.backends_sim", "--socket", self.socket_path,
-               "--config", json.dumps(config.to_dict()), "--top", top] + (["--waves"] if waves else [])
+               "--config", json.dumps(config.to_dict()), "--top", top, "--engine", engine] + \
+              (["--waves"] if waves else [])
         with open(self.log_path, "w") as log:
             # (the simulator is found by hmtx.sim.runner, which puts the venv's bin on PATH if needed)
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -166,16 +173,24 @@ def main(argv=None) -> int:
     ap.add_argument("--socket", required=True)
     ap.add_argument("--config", required=True, help="EngineConfig as JSON")
     ap.add_argument("--top", default=DEFAULT_TOP)
+    from hmtx.hw import ENGINES
+    ap.add_argument("--engine", choices=ENGINES, default="lanes",
+                    help="HmtxTop's engine: lanes (hw/engine.py, default) or serial (hw/serial_engine.py)")
     ap.add_argument("--waves", action="store_true")
     args = ap.parse_args(argv)
     from hmtx.sim import runner
 
     config = EngineConfig(**json.loads(args.config))
     top_cls = _load_top(args.top)
+    # (a --top other than HmtxTop, e.g. the bridge's Loopback, need not take an engine)
+    top = top_cls(config) if args.engine == "lanes" else top_cls(config, engine=args.engine)
     c = config
-    name = f"bridge-{top_cls.__name__}-{c.name}-{c.d}x{c.d_h}x{c.n_slots}x{c.lanes}-{c.head_dim}x{c.max_queries}x{c.max_keys}"
+    # the engine is in the name: the runner keeps one model per name and drops the older ones
+    engine = "" if args.engine == "lanes" else f"-{args.engine}"
+    name = (f"bridge-{top_cls.__name__}{engine}-{c.name}-{c.d}x{c.d_h}x{c.n_slots}x{c.lanes}-"
+            f"{c.head_dim}x{c.max_queries}x{c.max_keys}")
     from hmtx.sim.bridge import BlockBridge
-    target = runner.component_target(name, BlockBridge(top_cls(config)), toplevel="top")
+    target = runner.component_target(name, BlockBridge(top), toplevel="top")
     print(f"building {name} ...", flush=True)
     model = runner.build(target, waves=args.waves)
     print(f"model {model.build_dir}; serving on {args.socket}", flush=True)

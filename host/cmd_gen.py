@@ -21,6 +21,11 @@ def register(sub):
                        description=__doc__)
     p.add_argument("--config", default="tiny", help="named engine configuration (default tiny)")
     p.add_argument("--out", default="build/gen", help="output folder (default build/gen)")
+    from hmtx.hw import ENGINES
+    p.add_argument("--engine", choices=ENGINES, default="lanes",
+                   help="HmtxTop's datapath: lanes (P MAC lanes, hw/engine.py; default) or serial "
+                        "(one time-shared multiplier, hw/serial_engine.py); serial writes to "
+                        "OUT/CONFIG-serial")
     p.set_defaults(func=run)
 
 
@@ -104,28 +109,29 @@ def check_ports(expected: dict, found: dict, documented: dict) -> list[str]:
     return problems
 
 
-def generate(config_name: str, out: Path) -> tuple[Path, list[str]]:
-    """Write <out>/<config>/hmtx_top.{v,il,ports.md}; return (verilog path, port problems)."""
+def generate(config_name: str, out: Path, engine: str = "lanes") -> tuple[Path, list[str]]:
+    """Write <out>/<config>/hmtx_top.{v,il,ports.md} (<out>/<config>-<engine>/ for an engine
+    other than lanes); return (verilog path, port problems)."""
     from amaranth.back import rtlil, verilog
 
     from hmtx.hw.top import HmtxTop
     from hmtx.model.configs import get_config
 
     cfg = get_config(config_name)
-    folder = Path(out) / cfg.name
+    folder = Path(out) / (cfg.name if engine == "lanes" else f"{cfg.name}-{engine}")
     folder.mkdir(parents=True, exist_ok=True)
     vpath, ilpath = folder / f"{TOPLEVEL}.v", folder / f"{TOPLEVEL}.il"
     # separate instances: an elaborated design is not converted twice
-    top = HmtxTop(cfg)
+    top = HmtxTop(cfg, engine)
     vpath.write_text(verilog.convert(top, name=TOPLEVEL, emit_src=False))
-    ilpath.write_text(rtlil.convert(HmtxTop(cfg), name=TOPLEVEL, emit_src=False))
+    ilpath.write_text(rtlil.convert(HmtxTop(cfg, engine), name=TOPLEVEL, emit_src=False))
     stripped = folder / f"{TOPLEVEL}.noattr.v"
     stripped.write_text(strip_attributes(vpath.read_text()))
     expected = signature_ports(top)
     found = verilog_ports(stripped, TOPLEVEL)
     documented = protocol_ports(PROTOCOL_DOC)
     problems = check_ports(expected, found, documented)
-    lines = [f"# Ports of `{TOPLEVEL}` (config {cfg.name})", "",
+    lines = [f"# Ports of `{TOPLEVEL}` (config {cfg.name}, engine {engine})", "",
              f"Checked: pyverilog parse of `{vpath.name}` == HmtxTop signature == docs/protocol.md.", "",
              "| port | direction | width | in protocol.md |", "|---|---|---|---|"]
     for name, (d, w) in sorted(found.items()):
@@ -137,7 +143,7 @@ def generate(config_name: str, out: Path) -> tuple[Path, list[str]]:
 def run(args) -> int:
     t0 = time.perf_counter()
     try:
-        vpath, problems = generate(args.config, Path(args.out))
+        vpath, problems = generate(args.config, Path(args.out), args.engine)
     except ValueError as e:
         print(f"hmtx gen: {e}", file=sys.stderr)
         return 1

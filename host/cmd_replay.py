@@ -12,7 +12,7 @@ def register(subparsers) -> None:
                     "cache read-backs since the last reset) to a device and check every answer against the "
                     "golden arithmetic. Exit status: 0 no mismatch, 1 mismatch, 2 bad case file, 3 device error.")
     p.add_argument("case", metavar="FILE", help="case file (JSON) written by `hmtx run`")
-    p.add_argument("--device", default="golden", help="golden | sim | serial:PORT[@BAUD] (default golden)")
+    p.add_argument("--device", default="golden", help="golden | sim[:ENGINE] | serial:PORT[@BAUD] (default golden; ENGINE: lanes or serial)")
     p.add_argument("--timeout", type=float, help="seconds per device transaction (default by backend)")
     p.add_argument("--waves", action="store_true", help="sim: record waves")
     p.set_defaults(func=run)

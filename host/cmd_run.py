@@ -44,7 +44,8 @@ def register(subparsers) -> None:
                     "bit against the fixed-point reference, as is the whole memory cache after each segment. "
                     "Reports PPL (backbone only, HMT float, HMT on the device), device cycles and time. "
                     "Exit status: 0 ok, 1 mismatch, 2 bad arguments/input, 3 device error.")
-    p.add_argument("--device", default="sim", help="golden | sim | serial:PORT[@BAUD] (default sim)")
+    p.add_argument("--device", default="sim", help="golden | sim[:ENGINE] | serial:PORT[@BAUD] (default sim; "
+                                                   "ENGINE: lanes, the default, or serial, the iCE40 engine)")
     p.add_argument("--text", help=f"text file or folder (default the shipped {DEFAULT_TEXT.relative_to(REPO)}); "
                                   "the first document long enough for --segments is used")
     p.add_argument("--segments", type=int, default=8, help="run the first N segments (default 8)")
@@ -111,11 +112,11 @@ def parse_fault(spec: str | None):
     return seg, elem, bit
 
 
-def find_fmax(cfg) -> tuple[float, str] | None:
-    """(Fmax MHz, report path) of the newest `hmtx synth` report of the engine with this config."""
+def find_fmax(cfg, engine: str = "lanes") -> tuple[float, str] | None:
+    """(Fmax MHz, report path) of the newest `hmtx synth` report of ``engine`` with this config."""
     from hmtx.hw.reports import engine_report
 
-    rep = engine_report(cfg, REPO)
+    rep = engine_report(cfg, REPO, engine)
     return (float(rep["fmax_mhz"]), rep["path"]) if rep else None
 
 
@@ -218,7 +219,9 @@ def _run(args) -> int:
     if args.waves and hasattr(transport, "waves_path") and transport.waves_path:
         print(f"waves: {transport.waves_path}")
     wall = time.monotonic() - t_start
-    fmax = (args.fmax, "--fmax") if args.fmax else find_fmax(cfg)
+    # (the RTL simulation names its engine, sim:serial; other devices are taken for the lanes engine)
+    engine = "serial" if args.device == "sim:serial" else "lanes"
+    fmax = (args.fmax, "--fmax") if args.fmax else find_fmax(cfg, engine)
     summary = {
         "segments": res.segments,
         "ops_checked": res.ops_checked,

@@ -31,13 +31,13 @@ def register(subparsers) -> None:
 # ---- cycles per recall ------------------------------------------------------------------
 # Measured, not estimated: the engine RTL runs one RECALL over a full cache in Amaranth's
 # simulator (hmtx.sim.perf, the same count as bench/cycles.py).
-def cycles_per_recall(config, core="hmtx"):
+def cycles_per_recall(config, core="hmtx", engine="lanes"):
     """Engine cycles of one RECALL over a full cache at ``config`` (None for a stand-in core)."""
     if core != "hmtx":
         return None
     from hmtx.sim.perf import cycles_per_recall as measured
 
-    return measured(config)
+    return measured(config, engine)
 # -----------------------------------------------------------------------------------------
 
 
@@ -96,7 +96,8 @@ def plot_sweep(points, path):
     ax_f.set_ylabel("post-route Fmax (MHz)")
     ax_r.set_ylabel("% of device")
     fig.suptitle(f"{points[0]['board']} ({points[0]['device']}), config {points[0]['config']}, "
-                 f"core {points[0].get('core', '?')}")
+                 f"core {points[0].get('core', '?')}"
+                 + (f" ({points[0]['engine']} engine)" if points[0].get("engine") else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -105,7 +106,7 @@ def plot_sweep(points, path):
 def run(args) -> int:
     from hmtx.hw.synth import BuildFailed
 
-    from .cmd_synth import build_one, default_out_dir, format_summary, resolve_config
+    from .cmd_synth import build_one, default_out_dir, format_summary, resolve_config, resolve_engine
 
     failed = []
     try:
@@ -114,13 +115,14 @@ def run(args) -> int:
                 points = json.load(f)
         else:
             points = []
+            engine, _ = resolve_engine(args)
             lanes = _ints(args.lanes, "lanes")
             slots = _ints(args.slots, "slots") if args.slots else [None]
             for n in slots:
                 for p in lanes:
                     name, config = resolve_config(args, lanes=p, n_slots=n)
                     out_dir = os.path.join(args.out, os.path.basename(
-                        default_out_dir(args.board, name, p, args.core)) + f"-n{config.n_slots}")
+                        default_out_dir(args.board, name, p, args.core, engine)) + f"-n{config.n_slots}")
                     try:
                         report = build_one(args, name, config, out_dir)
                     except BuildFailed as e:
@@ -128,7 +130,7 @@ def run(args) -> int:
                         print(f"P={p} N={config.n_slots}: {e}", flush=True)
                         failed.append(e.report)
                         continue
-                    report["cycles_per_recall"] = cycles_per_recall(config, args.core)
+                    report["cycles_per_recall"] = cycles_per_recall(config, args.core, engine)
                     points.append(report)
                     print(format_summary(report), flush=True)
     except ValueError as e:
@@ -146,6 +148,8 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     core = points[0].get("core", "HmtxTop")
     suffix = "" if core == "HmtxTop" else f"_{core.lower()}"
+    if points[0].get("engine") not in (None, "lanes"):
+        suffix += f"_{points[0]['engine']}"     # (a serial sweep does not overwrite a lanes one)
     stem = os.path.join(args.out, f"sweep_{points[0]['board']}_{points[0]['config']}{suffix}")
     if not args.from_json:
         with open(stem + ".json", "w") as f:

@@ -1,10 +1,11 @@
 """`hmtx synth`: a bitstream for a board with the open tools, and a JSON report read from them."""
 
+import argparse
 import json
 import os
 import sys
 
-__all__ = ["register", "make_core", "default_out_dir", "format_summary"]
+__all__ = ["register", "make_core", "resolve_engine", "default_out_dir", "format_summary"]
 
 CORES = ("hmtx", "echo")
 
@@ -17,13 +18,15 @@ def register(subparsers) -> None:
                     "reports (nextpnr --report JSON and log, Yosys statistics). See docs/synthesis.md.")
     add_build_arguments(p)
     p.add_argument("--lanes", type=int, help="P, MAC lanes (default: the config's)")
-    p.add_argument("--out", help="build directory inside the project (default build/synth/BOARD-CONFIG-pP)")
+    p.add_argument("--out", help="build directory inside the project (default build/synth/BOARD-CONFIG-pP, "
+                                 "with -serial appended for the serial engine)")
     p.add_argument("--json", dest="json_out", help="write the report here (default OUT/synth_report.json; OUT/report.json is nextpnr's own)")
     p.set_defaults(func=run)
 
 
 def add_build_arguments(p) -> None:
     """Arguments `hmtx synth` and `hmtx sweep` share."""
+    from hmtx.hw import ENGINES
     from hmtx.hw.board import DEFAULT_BAUD
     from hmtx.hw.synth import BOARDS
 
@@ -32,6 +35,10 @@ def add_build_arguments(p) -> None:
     p.add_argument("--core", choices=CORES, default="hmtx",
                    help="hmtx: the accelerator (hmtx.hw.top.HmtxTop); echo: the small stand-in "
                         "EchoCore (UART loopback with P int8 MAC lanes) for checking a board")
+    p.add_argument("--engine", choices=ENGINES,
+                   help="datapath of --core hmtx: lanes, P pipelined MAC lanes (hw/engine.py), or "
+                        "serial, one time-shared multiplier (hw/serial_engine.py); default: serial "
+                        "on icebreaker, lanes on ulx3s-85f")
     p.add_argument("--freq", type=float, help="system clock in MHz made by the PLL "
                                              "(default: 100 on ulx3s-85f, 24 on icebreaker)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
@@ -68,28 +75,58 @@ def add_build_arguments(p) -> None:
                                         "defaults (-nolutram on ECP5, none on iCE40); quote "
                                         "them, e.g. --yosys-opts='-nolutram -dff', or "
                                         "--yosys-opts= for none")
-    p.add_argument("--ice40-dsp", action="store_true",
-                   help="let Yosys map multipliers to SB_MAC16 (synth_ice40 -dsp). Off by default: "
-                        "it has miscompiled here; check the netlist by gate-level simulation")
+    p.add_argument("--ice40-dsp", action=argparse.BooleanOptionalAction,
+                   help="let Yosys map multipliers to SB_MAC16 (synth_ice40 -dsp). On by default "
+                        "for the serial engine, whose one multiplier is meant for an SB_MAC16; off "
+                        "otherwise: it has miscompiled here (two int8 products merged into one "
+                        "SB_MAC16), so check such a netlist by gate-level simulation")
 
 
-def make_core(name, config):
-    """The core instance for ``--core``: HmtxTop(config) or EchoCore(config)."""
+def make_core(name, config, engine="lanes"):
+    """The core instance for ``--core``: HmtxTop(config, engine) or EchoCore(config)."""
     if name == "hmtx":
         try:
             from hmtx.hw.top import HmtxTop
         except ImportError as e:
             raise ValueError(f"--core hmtx: hmtx.hw.top.HmtxTop cannot be imported ({e}); "
                              f"use --core echo") from None
-        return HmtxTop(config)
+        try:
+            return HmtxTop(config, engine)
+        except ImportError as e:
+            raise ValueError(f"--engine {engine}: its engine cannot be imported ({e})") from None
     if name == "echo":
         from hmtx.hw.board import EchoCore
         return EchoCore(config)
     raise ValueError(f"unknown core {name!r}; choose one of {', '.join(CORES)}")
 
 
-def default_out_dir(board, config_name, lanes, core="hmtx"):
+def resolve_engine(args):
+    """(engine, ice40_dsp) of a parsed `hmtx synth`/`hmtx sweep` command line.
+
+    The engine defaults to the board's (serial on the iCE40 UP5K, whose few LUTs hold no lanes,
+    lanes elsewhere); it is None for the echo core, which has none. ``--ice40-dsp`` defaults to
+    on for the serial engine on iCE40: its multiplier is sized for one SB_MAC16, and in logic
+    cells it would cost a large share of the UP5K.
+    """
+    from hmtx.hw.synth import BOARDS
+
+    board = BOARDS[args.board]
+    if args.core != "hmtx":
+        if args.engine is not None:
+            raise ValueError(f"--engine applies to --core hmtx, not --core {args.core}")
+        engine = None
+    else:
+        engine = args.engine or board.default_engine
+    dsp = args.ice40_dsp
+    if dsp is None:
+        dsp = board.family == "ice40" and engine == "serial"
+    return engine, dsp
+
+
+def default_out_dir(board, config_name, lanes, core="hmtx", engine="lanes"):
     suffix = "" if core == "hmtx" else f"-{core}"
+    if core == "hmtx" and engine not in (None, "lanes"):
+        suffix += f"-{engine}"      # (lanes keeps the folder names of the builds made before)
     return os.path.join("build", "synth", f"{board}-{config_name}-p{lanes}{suffix}")
 
 
@@ -111,12 +148,13 @@ def build_one(args, config_name, config, out_dir):
     """One build; raises BuildFailed (with a partial report) when no bitstream comes out."""
     from hmtx.hw.synth import BuildFailed, synthesize
 
+    engine, ice40_dsp = resolve_engine(args)
     extra = {"n_slots": config.n_slots, "engine_config": config.to_dict()}
     try:
-        report = synthesize(args.board, make_core(args.core, config), config_name=config_name,
+        report = synthesize(args.board, make_core(args.core, config, engine), config_name=config_name,
                             lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq,
                             baud=args.baud, seed=args.seed, jobs=args.jobs, progress=_seed_done,
-                            ice40_dsp=args.ice40_dsp,
+                            ice40_dsp=ice40_dsp,
                             synth_opts=None if args.yosys_opts is None else args.yosys_opts.split(),
                             router=args.router, timing_weight=args.timing_weight,
                             floorplan=args.floorplan, placer_density=args.placer_density,
@@ -144,10 +182,12 @@ def format_summary(report):
         f"MISSED by {report['target_mhz'] - report['fmax_mhz']:.2f} MHz"
     lines = [
         f"{report['board']} ({report['device']}), config {report['config']}, P={report['lanes']}, "
-        f"core {report['core']}",
+        f"core {report['core']}" + (f" ({report['engine']} engine)" if report.get("engine") else ""),
         f"  Fmax {report['fmax_mhz']:.2f} MHz, target {report['target_mhz']:g} MHz: timing {verdict}"
         + (f" (seed {report['seed']}, best of {len(report['seeds'])})" if report.get("seeds") else ""),
-        f"  LUT {pct('lut')}  FF {pct('ff')}  DSP {pct('dsp')}  BRAM {pct('bram')}",
+        f"  LUT {pct('lut')}  FF {pct('ff')}  DSP {pct('dsp')}  BRAM {pct('bram')}"
+        # (an iCE40 logic cell is a LUT and a flip-flop: the cells, not the LUTs, are what runs out)
+        + (f"  logic cells {pct('logic_cells')}" if "logic_cells" in res else ""),
     ]
     cp = report.get("critical_path")
     if cp:
@@ -165,7 +205,8 @@ def run(args) -> int:
 
     try:
         config_name, config = resolve_config(args, lanes=args.lanes)
-        out_dir = args.out or default_out_dir(args.board, config_name, config.lanes, args.core)
+        engine, _ = resolve_engine(args)
+        out_dir = args.out or default_out_dir(args.board, config_name, config.lanes, args.core, engine)
         report = build_one(args, config_name, config, out_dir)
     except ValueError as e:
         print(f"hmtx synth: error: {e}", file=sys.stderr)

@@ -72,7 +72,7 @@ class Device:
 
     @classmethod
     def open(cls, spec: str, config: EngineConfig, *, timeout: float | None = None, waves: bool = False) -> "Device":
-        """Connect to ``golden``, ``sim`` or ``serial:PORT[@BAUD]``."""
+        """Connect to ``golden``, ``sim[:ENGINE]`` or ``serial:PORT[@BAUD]``."""
         transport = open_transport(spec, config, waves=waves)
         try:
             return cls(transport, config, timeout)

@@ -9,7 +9,9 @@ statistics in Yosys's log. Nothing is estimated.
 iCE40 synthesis runs ``synth_ice40`` *without* ``-dsp`` by default: with ``-dsp`` Yosys was
 seen here to merge two int8 products into one SB_MAC16 with inputs tied to x (a silent
 miscompile caught only by gate-level simulation, see ../shared/TOOLCHAIN.md), so multipliers
-go to logic cells unless ``ice40_dsp=True`` is asked for explicitly.
+go to logic cells unless ``ice40_dsp=True`` is asked for explicitly (`hmtx synth` asks for it
+for the serial engine, whose one multiplier is meant for an SB_MAC16; tests/test_cocotb_gate.py
+checks that netlist at gate level).
 
 The YoWASP tools run in a WebAssembly sandbox that cannot see /tmp; the build therefore runs
 in a directory inside the project and passes the tools only relative paths.
@@ -55,6 +57,7 @@ class Board:
     bitstream_ext: str
     # nextpnr utilisation cell types for each reported resource
     cells: dict
+    default_engine: str = "lanes"   # HmtxTop's engine `hmtx synth` builds unless told (hw/top.py)
 
 
 BOARDS = {
@@ -63,7 +66,7 @@ BOARDS = {
                         "bram": "DP16KD"}),
     "icebreaker": Board("icebreaker", ICEBreakerPlatform, "ice40", "up5k", 24.0, "bin",
                         {"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "dsp": "ICESTORM_DSP",
-                         "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM"}),
+                         "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM"}, "serial"),
 }
 
 # Options for `synth_ecp5` / `synth_ice40` (see the module docstring and docs/synthesis.md).
@@ -276,7 +279,8 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
         os.chmod(hook, 0o755)
         os.environ["NEXTPNR_ECP5"] = hook
     start = time.monotonic()
-    labels = {"config": config_name, "lanes": lanes, "core": type(core).__name__, "baud": baud,
+    labels = {"config": config_name, "lanes": lanes, "core": type(core).__name__,
+              "engine": getattr(core, "engine_kind", None), "baud": baud,
               "seed": seeds[0], "yosys_synth_opts": " ".join(synth_opts), "router": router or "default",
               "bram_fanout_split": bool(spec.family == "ecp5" and split_fanout),
               "placer_timing_weight": timing_weight, "floorplan": floorplan,

@@ -8,10 +8,11 @@ from hmtx.host.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSION, Op as WireOp
 from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
+from . import ENGINES
 from .engine import Engine, Op as EngineOp
 from .slip import SlipDecoder, SlipEncoder, crc8_next
 
-__all__ = ["HmtxTop", "OPCODES", "STATUS"]
+__all__ = ["HmtxTop", "OPCODES", "STATUS", "ENGINES", "engine_class"]
 
 # The wire constants exist once, in the protocol's executable form (host/protocol.py); the
 # tests compare this RTL with the golden device byte for byte.
@@ -19,6 +20,16 @@ OPCODES = {op.name: int(op) for op in WireOp}
 STATUS = {st.name: int(st) for st in WireStatus}
 
 
+def engine_class(kind: str):
+    """The engine class of ``kind`` (one of :data:`ENGINES`): Engine for "lanes", SerialEngine
+    for "serial"."""
+    if kind not in ENGINES:
+        raise ValueError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINES)}")
+    if kind == "serial":
+        # imported only when asked for: the ECP5 builds and their tests never need it
+        from .serial_engine import SerialEngine
+        return SerialEngine
+    return Engine
 
 
 class HmtxTop(wiring.Component):
@@ -29,9 +40,15 @@ class HmtxTop(wiring.Component):
     buffer (vector mantissas to P-byte words, exponents to their table, weight mantissas to
     the weight memory at word ``j*ceil(d/P) + c//P``) while the CRC register runs over every
     body byte. At END the frame is judged in the documented order; a valid compute command
-    starts the :class:`~hmtx.hw.engine.Engine`; the response is generated from registers and
-    result memories, CRC'd on the fly and SLIP-encoded onto ``rsp``. ``cmd`` is not ready
-    while a command executes or its response is being sent (protocol: stop-and-wait).
+    starts the engine; the response is generated from registers and result memories, CRC'd on
+    the fly and SLIP-encoded onto ``rsp``. ``cmd`` is not ready while a command executes or its
+    response is being sent (protocol: stop-and-wait).
+
+    ``engine`` picks the datapath behind the same interface: ``"lanes"`` (default), the
+    pipelined P-lane :class:`~hmtx.hw.engine.Engine` (ECP5), or ``"serial"``,
+    :class:`~hmtx.hw.serial_engine.SerialEngine` with one time-shared multiplier (iCE40 UP5K).
+    Both give the same responses, CYCLES' counts aside. ``engine_kind`` keeps the
+    choice for reports.
 
     Members
     -------
@@ -44,7 +61,7 @@ class HmtxTop(wiring.Component):
     cmd: In(stream.Signature(8))
     rsp: Out(stream.Signature(8))
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, engine: str = "lanes"):
         if not isinstance(config, EngineConfig):
             raise ValueError(f"HmtxTop needs an EngineConfig, got {type(config).__name__}")
         for name in ("d", "d_h", "n_slots", "lanes", "head_dim", "max_queries", "max_keys"):
@@ -53,7 +70,8 @@ class HmtxTop(wiring.Component):
         if config.max_queries > 255 or config.max_keys > 255:
             raise ValueError(f"config {config.name!r}: tile sizes must fit the protocol's u8 header")
         self.config = config
-        self.engine = Engine(config)
+        self.engine = engine_class(engine)(config)      # (ValueError for an unknown kind)
+        self.engine_kind = engine
         super().__init__()
 
     def elaborate(self, platform):

@@ -2,8 +2,8 @@
 
 One way to count, used by `hmtx sweep` (cycles per recall of each design point) and
 bench/cycles.py (the cycle table of docs/hardware.md): from the start pulse to the done pulse
-of :class:`hmtx.hw.engine.Engine`. The device's CYCLES command reports one more (frame
-validated -> start). Counts do not depend on the memories' contents.
+of the engine (:class:`hmtx.hw.engine.Engine` or the serial one). The device's CYCLES command
+reports one more (frame validated -> start). Counts do not depend on the memories' contents.
 """
 
 __all__ = ["run_engine_op", "cycles_per_recall"]
@@ -31,13 +31,15 @@ async def run_engine_op(ctx, engine, limit: int = OP_CYCLE_LIMIT, **operands) ->
     return cycles
 
 
-def cycles_per_recall(config) -> int:
-    """Engine cycles of one RECALL over a full cache (n = N slots) at ``config``."""
+def cycles_per_recall(config, engine_kind: str = "lanes") -> int:
+    """Engine cycles of one RECALL over a full cache (n = N slots) at ``config``, for the engine
+    HmtxTop builds with ``engine=engine_kind``."""
     from amaranth.sim import Simulator
 
-    from hmtx.hw.engine import Engine, Op
+    from hmtx.hw.engine import Op
+    from hmtx.hw.top import engine_class
 
-    engine = Engine(config)
+    engine = engine_class(engine_kind)(config)
     got = []
 
     async def tb(ctx):

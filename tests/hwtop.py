@@ -10,11 +10,12 @@ from hmtx.hw.top import HmtxTop
 __all__ = ["run_against_golden"]
 
 
-def run_against_golden(config, steps, r, gap=0.2, stall=0.2, compare_cycles=False):
+def run_against_golden(config, steps, r, gap=0.2, stall=0.2, compare_cycles=False, engine="lanes"):
     """``steps``: (label, raw wire bytes). Every response must equal the golden's byte for byte,
     except CYCLES payloads (implementation-defined counts), whose status/opcode/length are checked.
-    Returns [(label, golden response bytes, rtl response bytes)]."""
-    dut = HmtxTop(config)
+    ``engine``: HmtxTop's datapath ("lanes" or "serial"). Returns [(label, golden response
+    bytes, rtl response bytes)]."""
+    dut = HmtxTop(config, engine=engine)
     gold = GoldenDevice(config)
     results = []
 

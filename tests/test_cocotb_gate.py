@@ -6,7 +6,8 @@ multipliers; the engine's from the RTLIL and Yosys commands ``hmtx synth`` build
 DP16KD. The cocotb test ``record`` drives a fixed stimulus with random stalls and saves every
 response byte with its cycle; the RTL (Verilator) and the netlist must produce identical records.
 The stand-in runs in ``make test``; the engine (tiny on ECP5, with LUT RAM and with the
-``-nolutram`` that ``hmtx synth`` uses; up5k on iCE40) takes minutes and is marked slow. The
+``-nolutram`` that ``hmtx synth`` uses; up5k on iCE40, with the lanes engine and with the serial
+engine `hmtx synth` builds for the iCEBreaker) takes minutes and is marked slow. The
 DP16KD model itself is checked against Yosys's block RAM mapping on a few Amaranth memories (the
 RTL and its netlist side by side in one Icarus run, random stimulus, every cycle compared).
 """
@@ -58,24 +59,29 @@ def test_standin_netlist_matches_rtl(standin_rtl_record, arch, options, dsp_cell
 
 
 ENGINE_CASES = [
-    pytest.param("tiny", "ecp5", "", id="tiny-ecp5"),
+    pytest.param("tiny", "lanes", "ecp5", "", id="tiny-ecp5"),
     # hw/synth.py builds ECP5 with -nolutram (DEFAULT_SYNTH_OPTS): small memories go to DP16KD.
-    pytest.param("tiny", "ecp5", "-nolutram", id="tiny-ecp5-nolutram"),
-    pytest.param("up5k", "ice40", "-dsp", id="up5k-ice40-dsp"),
+    pytest.param("tiny", "lanes", "ecp5", "-nolutram", id="tiny-ecp5-nolutram"),
+    pytest.param("up5k", "lanes", "ice40", "-dsp", id="up5k-ice40-dsp"),
+    # what `hmtx synth --board icebreaker` builds: the serial engine, its multiplier in an SB_MAC16
+    pytest.param("up5k", "serial", "ice40", "-dsp", id="up5k-serial-ice40-dsp"),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config,arch,options", ENGINE_CASES)
-def test_engine_netlist_matches_rtl(config, arch, options):
-    env = {"HMTX_CONFIG": config}
-    rtl = engine_target(config)
+@pytest.mark.parametrize("config,engine,arch,options", ENGINE_CASES)
+def test_engine_netlist_matches_rtl(config, engine, arch, options):
+    env = {"HMTX_CONFIG": config, "HMTX_ENGINE": engine}
+    rtl = engine_target(config, engine=engine)
     rtl_record = _record(build(rtl, sim="verilator").run(ENGINE, tests="record", tag="record", env=env, wall_limit_s=4 * LIMIT))
-    name = f"{config}-{arch}{options}"
+    name = f"{rtl.name}-{arch}{options}"
     # from the RTLIL that `hmtx synth` builds (collisions don't-care), with its Yosys commands
-    netlist = synthesize(engine_rtlil(config), rtl.toplevel, arch, name=name, options=options)
+    netlist = synthesize(engine_rtlil(config, engine), rtl.toplevel, arch, name=name, options=options)
+    if engine == "serial":
+        # the case is there to simulate the engine's multiplier as the SB_MAC16 it becomes
+        assert cell_usage(netlist).get("SB_MAC16", 0) >= 1, f"no SB_MAC16 in the netlist: {cell_usage(netlist)}"
     out = build(gate_target(name, netlist, rtl.toplevel, arch)).run(ENGINE, tests="record", tag="record", env=env, wall_limit_s=4 * LIMIT)
-    _compare(rtl_record, _record(out), f"{config} {arch} {options}")
+    _compare(rtl_record, _record(out), f"{config} ({engine} engine) {arch} {options}")
 
 
 def _memories():

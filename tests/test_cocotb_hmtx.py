@@ -7,7 +7,9 @@ cocotb test fails here with its message and seed (``HMTX_SEED=<n>`` reproduces i
 ``tiny`` runs every group in ``make test``. ``smollm`` (d=576, N=64) takes minutes to elaborate
 and compile on two cores and a weight load alone is 295 k bytes through the byte stream, so its
 groups are marked slow; ``make test`` runs the weight-free ``smoke`` group on it only when a
-current smollm model is already built (HMTX_SMOLLM=1 forces the build).
+current smollm model is already built (HMTX_SMOLLM=1 forces the build). ``up5k_serial`` is
+the iCE40 build's engine (``HmtxTop(up5k, engine="serial")``, one time-shared multiplier) in
+every group at modest sizes.
 """
 
 import os
@@ -32,6 +34,11 @@ def tiny():
 @pytest.fixture(scope="module")
 def smollm():
     return build(engine_target("smollm"))
+
+
+@pytest.fixture(scope="module")
+def up5k_serial():
+    return build(engine_target("up5k", engine="serial"))
 
 
 def print_coverage(out) -> None:
@@ -70,3 +77,11 @@ def test_smollm_smoke(request):
             pytest.skip("no current smollm model (minutes to build on 2 cores): `make test-all` or HMTX_SMOLLM=1 builds it")
     model = request.getfixturevalue("smollm")
     model.run(MODULE, tests="smoke", tag="smoke", wall_limit_s=LIMIT, env={"HMTX_CONFIG": "smollm"})
+
+
+@pytest.mark.parametrize("group", ["session", "smoke", "ring", "reset_mid_operation", "fuzz", "soak"])
+def test_up5k_serial(up5k_serial, group):
+    # HMTX_ENGINE: the serial engine takes ~12,000 cycles per RECALL, the watchdogs scale with it
+    print_coverage(up5k_serial.run(MODULE, tests=group, tag=group, wall_limit_s=LIMIT,
+                                   env={"HMTX_CONFIG": "up5k", "HMTX_ENGINE": "serial", "HMTX_SOAK_OPS": "150",
+                                        "HMTX_FUZZ_CASES": "20", "HMTX_RESET_TRIALS": "3", "HMTX_WRAPS": "2"}))

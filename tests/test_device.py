@@ -120,6 +120,8 @@ def test_config_mismatch_is_refused():
 def test_open_and_specs():
     with pytest.raises(ValueError, match="unknown device"):
         open_transport("fpga", CFG)
+    with pytest.raises(ValueError, match="unknown engine 'wide'"):      # before a simulator starts
+        open_transport("sim:wide", CFG)
     assert parse_serial_spec("serial:/dev/ttyUSB0@115200") == ("/dev/ttyUSB0", 115200)
     assert parse_serial_spec("serial:/dev/ttyUSB0") == ("/dev/ttyUSB0", 1_000_000)
     with pytest.raises(ValueError, match="baud"):

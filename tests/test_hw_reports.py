@@ -23,6 +23,10 @@ def test_newest_engine_report_of_the_config_wins(tmp_path):
     _save(tmp_path / "build/synth/p8/synth_report.json", 200, core="HmtxTop", fmax_mhz=60.0, config="tiny",
           lanes=cfg.lanes * 2)
     _save(tmp_path / "build/synth/unrouted/synth_report.json", 200, core="HmtxTop", fmax_mhz=None, **base)
+    # another engine's build: its Fmax does not go with the lanes engine's cycle counts
+    _save(tmp_path / "build/synth/serial/synth_report.json", 300, core="HmtxTop", fmax_mhz=30.0,
+          engine="serial", **base)
     rep = engine_report(cfg, tmp_path)
     assert (rep["fmax_mhz"], rep["path"]) == (90.0, "docs/results/synth_tiny.json")
+    assert engine_report(cfg, tmp_path, "serial")["fmax_mhz"] == 30.0
     assert engine_report(get_config("smollm"), tmp_path) is None

@@ -39,8 +39,10 @@ def load_steps(c, qws, rows_per_chunk):
     return steps
 
 
-@pytest.mark.parametrize("config", [CONFIGS["tiny"], ODD, WIDE], ids=lambda c: c.name)
-def test_top_sequence_matches_golden(config):
+@pytest.mark.parametrize("config,engine", [(CONFIGS["tiny"], "lanes"), (ODD, "lanes"), (WIDE, "lanes"),
+                                           (CONFIGS["tiny"], "serial"), (ODD, "serial"), (WIDE, "serial")],
+                         ids=lambda v: v if isinstance(v, str) else v.name)
+def test_top_sequence_matches_golden(config, engine):
     r = rng(30)
     g = np.random.default_rng(r.randrange(1 << 30))
     c = config
@@ -60,7 +62,7 @@ def test_top_sequence_matches_golden(config):
         steps.append((f"attention causal={causal} {nq}x{nk}", cmd(Op.ATTENTION, payload)))
     steps += [("cycles", cmd(Op.CYCLES)), ("reset", cmd(Op.RESET_CACHE)), ("status after reset", cmd(Op.STATUS)),
               ("recall on empty cache", cmd(Op.RECALL, P.pack_vector_cmd(*vec(g, c.d), c.d)))]
-    results = run_against_golden(c, steps, r)
+    results = run_against_golden(c, steps, r, engine=engine)
     status = {label: P.FrameDecoder().feed(want)[0].body[0] for label, want, _ in results if want}
     assert all(status[f"recall {n}"] == P.Status.OK for n in range(c.n_slots + 2))
     assert status["recall before weights"] == P.Status.NO_WEIGHTS
@@ -124,3 +126,13 @@ def test_top_overlong_frame_then_recovery():
     overlong = bytes([Op.INFO]) + bytes(P.MAX_BODY) + bytes([P.END])
     run_against_golden(c, [("overlong", overlong), ("info", cmd(Op.INFO)), ("status", cmd(Op.STATUS))],
                        r, gap=0.0, stall=0.0)
+
+
+def test_top_engine_choice():
+    from hmtx.hw.engine import Engine
+    from hmtx.hw.top import HmtxTop
+
+    top = HmtxTop(CONFIGS["tiny"])
+    assert top.engine_kind == "lanes" and isinstance(top.engine, Engine)
+    with pytest.raises(ValueError, match=r"unknown engine 'wide'; choose one of lanes, serial"):
+        HmtxTop(CONFIGS["tiny"], engine="wide")

@@ -1,7 +1,10 @@
-"""sim.runner.build: concurrent requests for one model compile it once."""
+"""sim.runner.build: concurrent requests for one model compile it once. sim.targets: each engine
+kind has its own cached Verilog and target name."""
 
 import threading
 import time
+
+import pytest
 
 from hmtx.sim import runner
 
@@ -41,3 +44,25 @@ def test_concurrent_builds_of_one_target_compile_once(tmp_path, monkeypatch):
     assert len(calls) == 1, f"model compiled {len(calls)} times"
     assert not overlaps
     assert len({m.build_dir for m in models}) == 1 and len(models) == 3
+
+
+def test_engine_targets_are_separate_per_engine(tmp_path, monkeypatch):
+    from hmtx.hw import top
+    from hmtx.sim import targets
+
+    monkeypatch.setattr(targets, "BUILD", tmp_path / "sim")
+    # no elaboration: a stand-in engine, and a "Verilog" that only says which engine it has
+    monkeypatch.setattr(top, "engine_class", lambda kind: lambda config: object())
+    monkeypatch.setattr(targets, "write_verilog", lambda t, name, path: path.write_text(f"// {t.engine_kind}\n"))
+    assert targets.engine_target("tiny", engine="serial", generate=False) is None     # nothing cached yet
+    lanes, serial = targets.engine_target("tiny"), targets.engine_target("tiny", engine="serial")
+    # the runner keys models on the name: "lanes" keeps the name (and the caches) it had
+    assert (lanes.name, serial.name) == ("tiny", "tiny-serial")
+    assert lanes.sources[0] == tmp_path / "sim" / "tiny" / "rtl" / "hmtx_top.v"
+    assert serial.sources[0] == tmp_path / "sim" / "tiny-serial" / "rtl" / "hmtx_top.v"
+    assert serial.sources[0].read_text() == "// serial\n" and lanes.sources[0].read_text() == "// lanes\n"
+    assert targets.engine_target("tiny", engine="serial", generate=False) == serial
+    stamp = lambda t: t.sources[0].with_name("hmtx_top.v.sha256").read_text()
+    assert stamp(lanes) != stamp(serial)
+    with pytest.raises(ValueError, match="unknown engine 'wide'"):
+        targets.engine_target("tiny", engine="wide")

@@ -5,9 +5,10 @@ compared byte for byte with :class:`hmtx.host.golden_device.GoldenDevice` — ex
 counts are implementation-defined (status, opcode and length are still compared).
 
 Environment: HMTX_CONFIG names the configuration (model/configs.py; set by the pytest entry,
-which also builds the matching Verilog); HMTX_SOAK_OPS (default 500), HMTX_FUZZ_CASES (default
-40), HMTX_WRAPS (ring wraps in ``ring``, default 3) and HMTX_RESET_TRIALS (default 6) size the
-random tests.
+which also builds the matching Verilog); HMTX_ENGINE says which engine that Verilog has (lanes,
+default, or serial: it only scales the cycle counts the tests wait); HMTX_SOAK_OPS (default
+500), HMTX_FUZZ_CASES (default 40), HMTX_WRAPS (ring wraps in ``ring``, default 3) and
+HMTX_RESET_TRIALS (default 6) size the random tests.
 """
 
 import os
@@ -25,6 +26,9 @@ from hmtx.sim.scoreboard import Scoreboard
 from hmtx.sim.tb import STALL_PATTERNS, TB, test_seed
 
 CONFIG = get_config(os.environ.get("HMTX_CONFIG", "tiny"))
+# Products per cycle the engine computes: P lanes, or the serial engine's one multiplier (a
+# RECALL at up5k takes ~12,000 cycles there); the waits below scale with 1 / this.
+MACS_PER_CYCLE = 1 if os.environ.get("HMTX_ENGINE", "lanes") == "serial" else max(1, CONFIG.lanes)
 OPS = [op.name for op in P.Op] + ["MALFORMED"]
 CACHE_STATES = ["empty", "partial", "full"]
 
@@ -43,7 +47,7 @@ class Harness:
         c = golden.config
         # Watchdog: the slowest legal command (a full-size frame plus the longest compute and
         # response) takes well under this many cycles.
-        self.timeout = 20 * (P.MAX_BODY // 8 + c.d * c.d_h + c.n_slots * (c.d + c.d_h)) // max(1, c.lanes) + 200_000
+        self.timeout = 20 * (P.MAX_BODY // 8 + c.d * c.d_h + c.n_slots * (c.d + c.d_h)) // MACS_PER_CYCLE + 200_000
 
     def cache_state(self) -> str:
         g = self.golden
@@ -217,7 +221,7 @@ async def reset_mid_operation(dut):
             P.encode_command(P.Op.ATTENTION, attention_payload(rng, c.max_queries, c.max_keys, False)),
         ])
         h.tb.send(victim)
-        await h.tb.cycles(prng.randint(0, len(victim) + 4 * c.d * c.d_h // c.lanes))
+        await h.tb.cycles(prng.randint(0, len(victim) + 4 * c.d * c.d_h // MACS_PER_CYCLE))
         await h.tb.reset()
         h.golden = GoldenDevice(CONFIG)
         await h.tb.expect_silence(16)
