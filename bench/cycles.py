@@ -6,9 +6,11 @@ pulse to the done pulse (the top level adds 1 cycle, frame validated -> engine s
 what the CYCLES command reports). Memory contents are random: cycle counts do not depend on
 data. smollm takes about 75 s to simulate.
 
-    python bench/cycles.py [--configs tiny,up5k,smollm] [--write-doc docs/hardware.md]
+    python bench/cycles.py [--configs tiny,up5k,smollm] [--engine lanes|serial] [--write-doc docs/hardware.md]
 
-With --write-doc the table between the markers <!-- cycles:begin --> / <!-- cycles:end --> of
+``--engine serial`` measures hmtx.hw.serial_engine.SerialEngine instead: one multiplier, so its
+ideal is one cycle per MAC and every MAC is a beat. With --write-doc the table between the
+markers <!-- cycles:begin --> / <!-- cycles:end --> (``cycles-serial`` for the serial engine) of
 that file is replaced.
 """
 
@@ -22,25 +24,30 @@ from pathlib import Path
 from amaranth.sim import Simulator
 
 from hmtx.hw.engine import Engine, Op
+from hmtx.hw.serial_engine import SerialEngine
 from hmtx.model.configs import CONFIGS
 from hmtx.sim.perf import run_engine_op
 
 
-def ideal(c, op, n=0, nq=0, nk=0):
+def ideal(c, op, n=0, nq=0, nk=0, lanes=None):
     macs = {"write": c.d * c.d_h, "recall": c.d * c.d_h + n * c.d_h + n * c.d,
             "attention": 2 * nq * nk * c.head_dim}[op]
-    return macs, math.ceil(macs / c.lanes)
+    return macs, math.ceil(macs / (c.lanes if lanes is None else lanes))
 
 
 def beats(e, op, n=0, nq=0, nk=0):
-    """MAC beats the sequencer issues (padding lanes of partial blocks included)."""
+    """MAC beats the sequencer issues (padding lanes of partial blocks included; the serial
+    engine issues exactly one beat per MAC)."""
     c = e.config
+    if isinstance(e, SerialEngine):
+        return ideal(c, op, n, nq, nk)[0]
     return {"write": c.d_h * e.CB, "recall": c.d_h * e.CB + n * e.KB + e.CB * n,
             "attention": nq * 2 * nk * e.AB}[op]
 
 
-def measure(c):
-    e = Engine(c)
+def measure(c, engine="lanes"):
+    e = Engine(c) if engine == "lanes" else SerialEngine(c)
+    lanes = 1 if engine == "serial" else None
     r = random.Random(0)
     rows = []
 
@@ -57,13 +64,13 @@ def measure(c):
         for w in range(e.ROWS):
             ctx.set(e.vexp.data[w], r.randint(-8, 8))
         cyc = await run_engine_op(ctx, e, op=Op.WRITE, slot=0)
-        rows.append(("WRITE", cyc, *ideal(c, "write"), beats(e, "write")))
+        rows.append(("WRITE", cyc, *ideal(c, "write", lanes=lanes), beats(e, "write")))
         for n in sorted({1, c.n_slots}):
             cyc = await run_engine_op(ctx, e, op=Op.RECALL, n_keys=n)
-            rows.append((f"RECALL n={n}", cyc, *ideal(c, "recall", n), beats(e, "recall", n)))
+            rows.append((f"RECALL n={n}", cyc, *ideal(c, "recall", n, lanes=lanes), beats(e, "recall", n)))
         nq, nk = c.max_queries, c.max_keys
         cyc = await run_engine_op(ctx, e, op=Op.ATTENTION, n_keys=nk, n_q=nq, causal=0)
-        rows.append((f"ATTENTION {nq}x{nk}", cyc, *ideal(c, "attention", nq=nq, nk=nk),
+        rows.append((f"ATTENTION {nq}x{nk}", cyc, *ideal(c, "attention", nq=nq, nk=nk, lanes=lanes),
                      beats(e, "attention", nq=nq, nk=nk)))
 
     sim = Simulator(e)
@@ -73,8 +80,9 @@ def measure(c):
     return rows
 
 
-def table(results):
-    lines = ["| config | P | op | MACs | ideal = ceil(MACs/P) | MAC beats issued | measured cycles "
+def table(results, engine="lanes"):
+    ideal_col = "ideal = ceil(MACs/P)" if engine == "lanes" else "ideal = MACs (one multiplier)"
+    lines = [f"| config | P | op | MACs | {ideal_col} | MAC beats issued | measured cycles "
              "| measured / ideal | fixed overhead (measured - beats) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for c, rows in results:
@@ -87,20 +95,22 @@ def table(results):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="tiny,up5k,smollm")
+    ap.add_argument("--engine", choices=("lanes", "serial"), default="lanes")
     ap.add_argument("--write-doc", default=None)
     args = ap.parse_args(argv)
     results = []
     for name in args.configs.split(","):
         c = CONFIGS[name]
         t0 = time.perf_counter()
-        results.append((c, measure(c)))
+        results.append((c, measure(c, args.engine)))
         print(f"{name}: simulated in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    text = table(results)
+    text = table(results, args.engine)
     print(text)
     if args.write_doc:
         path = Path(args.write_doc)
         doc = path.read_text()
-        begin, end = "<!-- cycles:begin -->", "<!-- cycles:end -->"
+        tag = "cycles" if args.engine == "lanes" else "cycles-serial"
+        begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
         if begin not in doc or end not in doc:
             raise SystemExit(f"{path}: markers {begin} / {end} not found")
         head, rest = doc.split(begin, 1)

@@ -168,6 +168,11 @@ class UartBridge(wiring.Component):
         Line rate in bit/s (8N1).
     fifo_depth : int
         Bytes each FIFO holds.
+    fifo_ram : "logic" or "block"
+        Where the FIFOs keep their bytes: flip-flops (:class:`FlopFIFO`, the ECP5 builds) or a
+        block RAM (``lib.fifo.SyncFIFOBuffered``: on the iCE40 UP5K 32 bytes of flip-flops and
+        their multiplexer are ~570 of the 5,280 logic cells per FIFO, and at 24 MHz the block
+        RAM's output is no timing concern).
 
     Members
     -------
@@ -180,10 +185,13 @@ class UartBridge(wiring.Component):
     rx: In(1, init=1)
     tx: Out(1, init=1)
 
-    def __init__(self, core, clk_freq, baud=DEFAULT_BAUD, *, fifo_depth=32):
+    def __init__(self, core, clk_freq, baud=DEFAULT_BAUD, *, fifo_depth=32, fifo_ram="logic"):
         _check_core(core)
         if fifo_depth < 2:
             raise ValueError(f"UART bridge FIFO depth must be at least 2, got {fifo_depth}")
+        if fifo_ram not in ("logic", "block"):
+            raise ValueError(f"UART bridge fifo_ram must be 'logic' or 'block', got {fifo_ram!r}")
+        self.fifo_ram = fifo_ram
         self.core = core
         self.clk_freq = clk_freq
         self.baud = baud
@@ -196,8 +204,9 @@ class UartBridge(wiring.Component):
         m.submodules.core = core = self.core
         m.submodules.uart_rx = uart_rx = UARTRx(self.divisor)
         m.submodules.uart_tx = uart_tx = UARTTx(self.divisor)
-        m.submodules.cmd_fifo = cmd_fifo = FlopFIFO(width=8, depth=self.fifo_depth)
-        m.submodules.rsp_fifo = rsp_fifo = FlopFIFO(width=8, depth=self.fifo_depth)
+        fifo_cls = FlopFIFO if self.fifo_ram == "logic" else fifo.SyncFIFOBuffered
+        m.submodules.cmd_fifo = cmd_fifo = fifo_cls(width=8, depth=self.fifo_depth)
+        m.submodules.rsp_fifo = rsp_fifo = fifo_cls(width=8, depth=self.fifo_depth)
 
         m.d.comb += [uart_rx.rx.eq(self.rx), self.tx.eq(uart_tx.tx)]
         wiring.connect(m, uart_rx.data, cmd_fifo.w_stream)
@@ -207,9 +216,9 @@ class UartBridge(wiring.Component):
         return m
 
 
-def bridge_verilog(core, clk_freq, baud=DEFAULT_BAUD, *, name="uart_bridge", fifo_depth=32):
+def bridge_verilog(core, clk_freq, baud=DEFAULT_BAUD, *, name="uart_bridge", fifo_depth=32, fifo_ram="logic"):
     """Verilog of :class:`UartBridge` around ``core``: ports ``clk``, ``rst``, ``rx``, ``tx``."""
-    bridge = UartBridge(core, clk_freq, baud, fifo_depth=fifo_depth)
+    bridge = UartBridge(core, clk_freq, baud, fifo_depth=fifo_depth, fifo_ram=fifo_ram)
     return verilog.convert(bridge, name=name)
 
 
@@ -247,7 +256,9 @@ class BoardTop(wiring.Component):
         else:
             self.pll = ice40_pll_params(ref_mhz, sync_mhz)
             self.sync_mhz = self.pll.fout_mhz
-        self.bridge = UartBridge(core, self.sync_mhz * 1e6, baud, fifo_depth=fifo_depth)
+        # (the UP5K's logic cells are what a build runs out of, its block RAM is not)
+        self.bridge = UartBridge(core, self.sync_mhz * 1e6, baud, fifo_depth=fifo_depth,
+                                 fifo_ram="block" if family == "ice40" else "logic")
         super().__init__({})
 
     def elaborate(self, platform):

@@ -4,7 +4,9 @@ device-time estimate, `hmtx bench`'s µs per recall).
 Reports are searched where `hmtx synth` writes them (``build/synth/*/``) and under ``docs/``
 (reports committed with the synthesis results, so a fresh clone has them). Only builds of the
 engine itself count: the EchoCore stand-in's reports measure the UART bridge, not the datapath.
-The newest matching report wins; nothing is estimated.
+The newest matching report wins; nothing is estimated. Reports name their engine (``"engine"``:
+``lanes`` or ``serial``, hw/top.py); a report from before that field is a lanes build. Cycle
+counts and Fmax must come from the same engine, so every lookup names one.
 """
 
 import glob
@@ -38,8 +40,9 @@ def find_engine_reports(repo: Path = REPO) -> list[dict]:
     return found
 
 
-def engine_report(cfg, repo: Path = REPO) -> dict | None:
-    """The newest engine report of ``cfg`` (same config name and lane count), or None."""
+def engine_report(cfg, repo: Path = REPO, engine: str = "lanes") -> dict | None:
+    """The newest report of ``cfg`` (same config name and lane count) built with ``engine``, or None."""
     mine = [r for r in find_engine_reports(repo)
-            if r["config"] == cfg.name and r.get("lanes", cfg.lanes) == cfg.lanes]
+            if r["config"] == cfg.name and r.get("lanes", cfg.lanes) == cfg.lanes
+            and r.get("engine", "lanes") == engine]
     return max(mine, key=lambda r: r["mtime"]) if mine else None

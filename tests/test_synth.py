@@ -191,6 +191,42 @@ def test_synthesize_rejects_bad_board_and_tmp_build_dir():
                    placer_density=1.5)
 
 
+def _synth_args(*argv, command="synth"):
+    import argparse
+
+    from hmtx.host import cmd_sweep, cmd_synth
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    cmd_synth.register(sub)
+    cmd_sweep.register(sub)
+    return parser.parse_args([command, *argv])
+
+
+def test_engine_and_ice40_dsp_follow_the_board_unless_told():
+    from hmtx.host.cmd_synth import default_out_dir, resolve_engine
+
+    # the iCEBreaker gets the serial engine, its multiplier in an SB_MAC16 (synth_ice40 -dsp)
+    assert resolve_engine(_synth_args("--board", "icebreaker")) == ("serial", True)
+    assert resolve_engine(_synth_args("--board", "icebreaker", "--no-ice40-dsp")) == ("serial", False)
+    assert resolve_engine(_synth_args("--board", "icebreaker", "--engine", "lanes")) == ("lanes", False)
+    assert resolve_engine(_synth_args("--board", "icebreaker", "--engine", "lanes", "--ice40-dsp")) == ("lanes", True)
+    assert resolve_engine(_synth_args("--board", "ulx3s-85f")) == ("lanes", False)
+    assert resolve_engine(_synth_args("--board", "ulx3s-85f", "--engine", "serial")) == ("serial", False)
+    assert resolve_engine(_synth_args("--board", "icebreaker", command="sweep")) == ("serial", True)
+    # the echo stand-in has no engine, and keeps Yosys's multipliers in logic cells
+    assert resolve_engine(_synth_args("--board", "icebreaker", "--core", "echo")) == (None, False)
+    with pytest.raises(ValueError, match="--engine applies to --core hmtx"):
+        resolve_engine(_synth_args("--board", "icebreaker", "--core", "echo", "--engine", "serial"))
+    with pytest.raises(SystemExit):         # argparse: invalid choice
+        _synth_args("--board", "icebreaker", "--engine", "wide")
+    # the engines' builds get folders of their own; lanes keeps the one it always had
+    synth = os.path.join("build", "synth")
+    assert default_out_dir("icebreaker", "up5k", 8, "hmtx", "serial") == os.path.join(synth, "icebreaker-up5k-p8-serial")
+    assert default_out_dir("icebreaker", "up5k", 8, "hmtx", "lanes") == os.path.join(synth, "icebreaker-up5k-p8")
+    assert default_out_dir("icebreaker", "up5k", 8, "echo", None) == os.path.join(synth, "icebreaker-up5k-p8-echo")
+
+
 def test_seed_lists():
     from hmtx.hw.synth import parse_seeds
 
@@ -294,6 +330,7 @@ def test_ecp5_tiny_place_and_route_makes_bitstream_and_report():
             open(os.path.join(out, "top.bit"), "rb") as g:
         assert f.read() == g.read()
     assert rep["device"] == "LFE5U-85F" and rep["config"] == "tiny"
+    assert rep["core"] == "EchoCore" and rep["engine"] is None
     assert rep["lanes"] == get_config("tiny").lanes
     assert rep["resources"]["dsp"]["used"] == rep["lanes"]
     assert rep["target_mhz"] == 100.0 and rep["critical_path"]["delay_ns"] > 0
@@ -321,10 +358,15 @@ def test_smollm_on_ulx3s_85f_closes_100mhz_at_p64():
 
 @pytest.mark.slow
 def test_up5k_on_icebreaker_closes_24mhz():
-    rep = synthesize("icebreaker", _hmtx_core("up5k"), config_name="up5k",
-                     lanes=get_config("up5k").lanes, out_dir=os.path.join(BUILD, "icebreaker_up5k"))
+    """What `hmtx synth --board icebreaker` builds: the serial engine, SB_MAC16 mapping on."""
+    rep = synthesize("icebreaker", _hmtx_core("up5k", engine="serial"), config_name="up5k",
+                     lanes=get_config("up5k").lanes, out_dir=os.path.join(BUILD, "icebreaker_up5k"),
+                     ice40_dsp=True)
     print(json.dumps(rep, indent=1))
     _check_sane(rep, "icebreaker")
+    assert rep["engine"] == "serial" and rep["fits"]
+    assert rep["resources"]["logic_cells"]["used"] <= rep["resources"]["logic_cells"]["total"]
+    assert 1 <= rep["resources"]["dsp"]["used"] <= rep["resources"]["dsp"]["total"]
     assert rep["fmax_mhz"] >= 24.0, rep["critical_path"]
 
 
@@ -339,11 +381,11 @@ def test_echo_core_on_ulx3s_closes_100mhz_at_p64():
     assert rep["fmax_mhz"] >= 100.0, rep["critical_path"]
 
 
-def _hmtx_core(name, lanes=None):
+def _hmtx_core(name, lanes=None, engine="lanes"):
     from hmtx.hw.top import HmtxTop
 
     config = get_config(name)
-    return HmtxTop(config.with_(lanes=lanes) if lanes else config)
+    return HmtxTop(config.with_(lanes=lanes) if lanes else config, engine=engine)
 
 
 # A plain Verilog testbench for the gate-level check: feeds in.hex to the core's cmd stream,
@@ -413,3 +455,19 @@ def test_ice40_default_synthesis_matches_reference_at_gate_level():
     out = subprocess.run(["vvp", "-n", "gl.vvp"], cwd=work, check=True, capture_output=True,
                          text=True).stdout
     assert "MISMATCHES 0" in out, out[-2000:]
+
+
+def test_summary_names_the_engine_and_the_ice40_logic_cells():
+    """The terminal summary of the saved up5k report: the engine, and the logic cells (what an
+    iCE40 build runs out of) beside the LUTs."""
+    from hmtx.host.cmd_synth import format_summary
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results",
+                           "synth_icebreaker_up5k.json")) as f:
+        rep = json.load(f)
+    text = format_summary(rep)
+    assert "(serial engine)" in text
+    lc = rep["resources"]["logic_cells"]
+    assert f"logic cells {lc['used']}/{lc['total']}" in text
+    assert "logic cells" not in format_summary(dict(rep, resources={k: v for k, v in rep["resources"].items()
+                                                                     if k != "logic_cells"}))

@@ -147,14 +147,16 @@ def test_rx_tolerates_clock_mismatch_and_flags_bad_stop_bit():
     assert flags == [3], "the bad frame (after three good ones) must raise frame_error once"
 
 
-def test_bridge_echo_core_through_pins():
-    """Bytes in at the rx pin, answers out of the tx pin, against the EchoCore reference."""
+@pytest.mark.parametrize("fifo_ram", ["logic", "block"])
+def test_bridge_echo_core_through_pins(fifo_ram):
+    """Bytes in at the rx pin, answers out of the tx pin, against the EchoCore reference, with the
+    FIFOs in flip-flops (ECP5 builds) and in block RAM (iCE40 builds)."""
     rng, seed = _rng("bridge")
     lanes, divisor = 4, 8
     data = bytes(rng.randrange(256) for _ in range(24))
     expected = echo_core_reference(data, lanes)
     assert expected != data   # the MAC lanes really change the answers
-    bridge = UartBridge(EchoCore(lanes=lanes), clk_freq=8e6, baud=1_000_000, fifo_depth=4)
+    bridge = UartBridge(EchoCore(lanes=lanes), clk_freq=8e6, baud=1_000_000, fifo_depth=4, fifo_ram=fifo_ram)
     assert bridge.divisor == divisor
 
     async def host_tx(ctx):
@@ -188,6 +190,8 @@ def test_echo_core_reference_is_echo_from_zero_window():
 def test_bridge_rejects_core_with_wrong_ports():
     with pytest.raises(ValueError, match="exactly the ports"):
         UartBridge(UARTTx(8), clk_freq=8e6, baud=1_000_000)
+    with pytest.raises(ValueError, match="fifo_ram must be 'logic' or 'block'"):
+        UartBridge(EchoCore(lanes=2), clk_freq=8e6, baud=1_000_000, fifo_ram="lut")
 
 
 def test_bridge_converts_to_verilog_with_pin_ports():
