@@ -23,6 +23,11 @@ blocks at P=64): the key words interleave the halves of q in blocks of 4 lanes
 ``g``, and are filed with its first quad. Every other
 cell (the small memories, the scalar multipliers, all logic) is left to the placer.
 
+At smaller P each quad's column of ``w`` has more rows (36 at P=16, 72 at P=8), so two lane
+groups no longer fit a block-RAM row; the quads are then laid one after the other along the
+rows, each row filled to an equal share (P=32: two quads a row, P=16: one, P=8: each quad over
+two rows), with the same left/right halves and spares in the middle.
+
 The geometry below is the LFE5U-85F's as nextpnr names it, read from its placements here
 (``NEXTPNR_BEL`` of placed DP16KD and MULT18X18D cells): 13 tile columns that each hold four
 DP16KD per block-RAM row (tiles x, x+2, x+4, x+6, bels EBR0..3) and four MULT18X18D per DSP row
@@ -109,30 +114,17 @@ def floorplan_engine(netlist: dict, geometry=ECP5_85K) -> dict:
     if not quads:
         return {"brams": 0, "mults": 0, "quads": 0}
 
-    # lane groups 2i and 2i + 1 -> block-RAM row i, their quads one after the other along it
-    rows = geometry.bram_rows
-    row_quads = defaultdict(list)
-    for q in sorted(quads):
-        row_quads[rows[(q // (2 * GROUP_QUADS)) % len(rows)]].append(q)
-    placement, spans = {}, {}
-    for y, qs in row_quads.items():
-        used = sum(len(quads[q]) for q in qs)
-        if used > geometry.brams_per_row:
-            raise ValueError(f"floorplan: block-RAM row y={y} would need {used} blocks "
-                             f"(quads {qs}); it has {geometry.brams_per_row}")
-        # the first group from the left end, the second ending at the right end: the spare
-        # blocks stay in the middle of the die, where the placer can put the small memories
-        # (scores, probabilities, FIFOs) next to the central logic that uses them
-        left = [q for q in qs if (q // GROUP_QUADS) % 2 == 0]
-        right = [q for q in qs if (q // GROUP_QUADS) % 2 == 1]
-        pos = 0
-        for q in left + right:
-            if q == (right or [None])[0]:
-                pos = geometry.brams_per_row - sum(len(quads[r]) for r in right)
-            spans[q] = (y, pos, pos + len(quads[q]))
-            for name in quads[q]:
-                placement[name] = geometry.bram_bel(y, pos)
-                pos += 1
+    try:
+        spans, placement = _rows_by_lane_group(quads, geometry)
+    except _RowOverflow as overflow:
+        # a quad's w column has more rows than P=64's nine (72, 36 and 18 at P = 8, 16, 32):
+        # the lane groups do not fit a row each, so the quads are laid along the rows instead
+        total = sum(len(v) for v in quads.values())
+        capacity = geometry.brams_per_row * len(geometry.bram_rows)
+        if total > capacity:
+            raise ValueError(f"floorplan: the engine's lane memories need {total} block RAMs; the "
+                             f"rows hold {capacity} ({overflow})") from None
+        spans, placement = _rows_in_sequence(quads, geometry)
 
     # each quad's four multipliers: a whole DSP tile column in the DSP row by its block-RAM row,
     # the free one nearest to the middle of its blocks
@@ -156,6 +148,74 @@ def floorplan_engine(netlist: dict, geometry=ECP5_85K) -> dict:
     for name, bel in {**placement, **mult_bels}.items():
         cells[name].setdefault("attributes", {})["BEL"] = bel
     return {"brams": len(placement), "mults": len(mult_bels), "quads": len(spans)}
+
+
+class _RowOverflow(ValueError):
+    pass
+
+
+def _rows_by_lane_group(quads, geometry):
+    """P=64's layout: lane groups 2i and 2i + 1 in block-RAM row i (mod the rows), their quads
+    one after the other along it, the first group from the left end and the second ending at
+    the right end, so the spare blocks stay in the middle of the die, where the placer can put
+    the small memories (scores, probabilities, FIFOs) next to the central logic that uses them.
+    Returns ({quad: (row y, first, end position)}, {cell: bel}); raises _RowOverflow."""
+    rows = geometry.bram_rows
+    row_quads = defaultdict(list)
+    for q in sorted(quads):
+        row_quads[rows[(q // (2 * GROUP_QUADS)) % len(rows)]].append(q)
+    placement, spans = {}, {}
+    for y, qs in row_quads.items():
+        used = sum(len(quads[q]) for q in qs)
+        if used > geometry.brams_per_row:
+            raise _RowOverflow(f"floorplan: block-RAM row y={y} would need {used} blocks "
+                               f"(quads {qs}); it has {geometry.brams_per_row}")
+        left = [q for q in qs if (q // GROUP_QUADS) % 2 == 0]
+        right = [q for q in qs if (q // GROUP_QUADS) % 2 == 1]
+        pos = 0
+        for q in left + right:
+            if q == (right or [None])[0]:
+                pos = geometry.brams_per_row - sum(len(quads[r]) for r in right)
+            spans[q] = (y, pos, pos + len(quads[q]))
+            for name in quads[q]:
+                placement[name] = geometry.bram_bel(y, pos)
+                pos += 1
+    return spans, placement
+
+
+def _rows_in_sequence(quads, geometry):
+    """Smaller P: the quads one after the other through the rows, each row filled to an equal
+    share of the blocks (a quad longer than the share continues in the next row, which is the
+    next band of the die); in each row the first half of its pieces from the left end and the
+    rest ending at the right end, the spare blocks in the middle as in :func:`_rows_by_lane_group`.
+    A quad's span (for its multipliers) is its longest piece. P=16: one quad per row; P=32: two;
+    P=8: each quad over two rows."""
+    rows = geometry.bram_rows
+    total = sum(len(v) for v in quads.values())
+    share = -(-total // len(rows))
+    pieces = defaultdict(list)                 # row y -> [(quad, [cells])]
+    r, used = 0, 0
+    for q in sorted(quads):
+        cells = list(quads[q])
+        while cells:
+            take = min(len(cells), share - used)
+            pieces[rows[r]].append((q, cells[:take]))
+            cells, used = cells[take:], used + take
+            if used == share and r + 1 < len(rows):
+                r, used = r + 1, 0
+    placement, spans = {}, {}
+    for y, row in pieces.items():
+        half = -(-len(row) // 2)
+        pos = 0
+        for k, (q, cells) in enumerate(row):
+            if k == half:
+                pos = geometry.brams_per_row - sum(len(c) for _, c in row[half:])
+            if q not in spans or len(cells) > spans[q][2] - spans[q][1]:
+                spans[q] = (y, pos, pos + len(cells))
+            for name in cells:
+                placement[name] = geometry.bram_bel(y, pos)
+                pos += 1
+    return spans, placement
 
 
 def region_of_bel(bel: str, geometry=ECP5_85K):

@@ -34,7 +34,15 @@ def top_module(netlist):
 
 
 def _bram_columns(cells, sinks) -> dict:
-    """{block RAM cell name: (memory, column)} for every DP16KD named ``<memory>.0.<k>``."""
+    """{block RAM cell name: (memory, column, columns)} for every DP16KD named ``<memory>.0.<k>``.
+
+    A column is the blocks that hold the same bits of the memory's word at different depths.
+    They are written with the same data, so blocks with equal ``DI`` connections are one column
+    (numbered in the order of their first block, which memory_libmap names in bit order).
+    Without write data (a ROM, or cells stripped down for a test) the blocks are taken as
+    row-major, and the column count is the first block that shares a read multiplexer with
+    block 0 -- a guess that fails when Yosys builds the depth multiplexer in another order
+    (dat at P=16, three blocks deep, was taken for 24 columns)."""
     by_mem = defaultdict(dict)
     for name, c in cells.items():
         if c["type"] != BRAM:
@@ -47,6 +55,17 @@ def _bram_columns(cells, sinks) -> dict:
         by_mem[mem][int(k)] = name
     out = {}
     for mem, blocks in by_mem.items():
+        data_in = {k: tuple((p, tuple(map(str, bits))) for p, bits in sorted(cells[name]["connections"].items())
+                            if p.startswith("DI")) for k, name in blocks.items()}
+        if all(data_in.values()):
+            groups = defaultdict(list)
+            for k in sorted(blocks):
+                groups[data_in[k]].append(k)
+            columns = len(groups)
+            for col, ks in enumerate(sorted(groups.values(), key=min)):
+                for k in ks:
+                    out[blocks[k]] = (mem, col, columns)
+            continue
         n = len(blocks)
 
         def readers(k):

@@ -130,12 +130,60 @@ def test_the_spare_block_rams_of_each_row_are_in_the_middle():
         assert 0 < free[0] and free[-1] < ECP5_85K.brams_per_row - 1, f"row {y}: spares {free} at an end"
 
 
-def test_a_row_overflow_is_refused_and_changes_nothing():
-    net = _engine_netlist(w_rows=16)          # 16 + 2 + 2 blocks per quad: > 52 per row
+def test_more_blocks_than_the_rows_hold_are_refused_and_change_nothing():
+    net = _engine_netlist(w_rows=16)          # 16 x (16 + 2 + 1) blocks: > 208
     before = json.dumps(net, sort_keys=True)
-    with pytest.raises(ValueError, match=r"block-RAM row y=\d+ would need \d+ blocks"):
+    with pytest.raises(ValueError, match=r"need \d+ block RAMs; the rows hold 208 .*row y=\d+ would need"):
         floorplan_engine(net)
     assert json.dumps(net, sort_keys=True) == before
+
+
+@pytest.mark.parametrize("lanes,w_rows", [(32, 18), (16, 36), (8, 72)])
+def test_smaller_p_lays_the_quads_along_the_rows(lanes, w_rows):
+    """P < 64: a quad's w column is too long for two lane groups per row; the quads go one after
+    the other along the rows, in at most two pieces, each piece contiguous, the multipliers by
+    the quad's longest piece."""
+    net = _engine_netlist(w_rows=w_rows, lanes=lanes)
+    counts = floorplan_engine(net)
+    cells = net["modules"]["top"]["cells"]
+    bels = {n: c["attributes"]["BEL"] for n, c in cells.items() if "BEL" in c["attributes"]}
+    lane_brams = [n for n in cells if re.search(r"\.(w\d+|dat|key)\.0\.\d+$", n)]
+    assert counts == {"brams": len(lane_brams), "mults": lanes, "quads": lanes // 4}
+    assert len(set(bels.values())) == len(bels), "two cells on one bel"
+    ebr, dsp = _all_bels(ECP5_85K)
+    assert all(b in ebr or b in dsp for b in bels.values())
+    pos_of = {ECP5_85K.bram_bel(y, p): p for y in ECP5_85K.bram_rows for p in range(ECP5_85K.brams_per_row)}
+    by_quad = {}
+    for n in lane_brams:
+        by_quad.setdefault(_quad_of_lanes(n, lanes), []).append(bels[n])
+    assert sorted(by_quad) == list(range(lanes // 4))
+    rows_used = {}
+    for q, qbels in by_quad.items():
+        pieces = {}
+        for b in qbels:
+            pieces.setdefault(_xy(b)[1], []).append(pos_of[b])
+        assert len(pieces) <= 2, f"quad {q} in rows {sorted(pieces)}"
+        for y, ps in pieces.items():
+            ps.sort()
+            assert ps == list(range(ps[0], ps[0] + len(ps))), f"quad {q} row {y} not contiguous: {ps}"
+            rows_used.setdefault(y, set()).add(q)
+        main_row = max(pieces, key=lambda y: len(pieces[y]))
+        mult_ys = {_xy(bels[n])[1] for n in cells if (m := re.search(r"mac\.prod(\d+)_", n))
+                   and int(m.group(1)) // 4 == q}
+        assert mult_ys == {ECP5_85K.dsp_row_of[main_row]}
+    # every row carries a share of the blocks
+    assert sorted(rows_used) == list(ECP5_85K.bram_rows)
+
+
+def _quad_of_lanes(name, lanes):
+    mem, k = re.match(rf"{E}\.(\w+)\.0\.(\d+)$", name).groups()
+    k = int(k)
+    if mem == "key":
+        from hmtx.hw.engine import key_block_lanes
+        B = key_block_lanes(lanes)
+        lane = 2 * k
+        return (2 * B * (lane // B) + lane % B) // 4
+    return k * (16 if mem == "dat" else 32) // 8 // 4
 
 
 def test_a_netlist_without_the_engine_is_left_alone():
@@ -176,8 +224,8 @@ def test_hook_reports_a_floorplan_that_does_not_fit(tmp_path):
     assert hook_main(["--floorplan", shutil.which("false"), "--85k", "--json", str(path),
                       "--log", str(log)]) == 1
     message, details = diagnose_failure(nextpnr_log=log.read_text())
-    assert re.match(r"nextpnr failed: ERROR: hmtx.hw.nextpnr_hook: floorplan: block-RAM row y=\d+ "
-                    r"would need \d+ blocks", message), message
+    assert re.match(r"nextpnr failed: ERROR: hmtx.hw.nextpnr_hook: floorplan: the engine's lane memories "
+                    r"need \d+ block RAMs; the rows hold 208", message), message
 
 
 def test_lane_group_regions_follow_the_floorplan():

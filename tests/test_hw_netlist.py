@@ -125,3 +125,19 @@ def test_region_split_gives_the_register_above_the_clusters_one_copy_per_region(
     assert sorted(set(kept) - set(moved)) == sorted({"clu0", "clu1", "clu2", "clu3"} - set(moved) | {"other", "mixed"})
     # nothing to split: a second pass copies nothing more
     assert split_by_region(net, lambda bel: int(bel.split("/")[0][1:]) // 62) == {"nets": 0, "copies": 0}
+
+
+def test_columns_are_found_from_shared_write_data():
+    """Blocks written with the same data bits are one column at different depths, whatever the
+    read multiplexer looks like (here none is shared with block 0, as at P=16 for ``dat``)."""
+    rows, cols = 3, 8
+    cells = {}
+    for r in range(rows):
+        for c in range(cols):
+            b = _bram(10, 100 + r * cols + c)
+            b["port_directions"].update({"DIA0": "input", "DIA1": "input"})
+            b["connections"].update({"DIA0": [1000 + 2 * c], "DIA1": [1001 + 2 * c]})
+            cells[f"mem.0.{r * cols + c}"] = b
+    got = _bram_columns(cells, {})
+    assert {n: (col, total) for n, (_, col, total) in got.items()} == \
+        {f"mem.0.{r * cols + c}": (c, cols) for r in range(rows) for c in range(cols)}
