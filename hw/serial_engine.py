@@ -18,10 +18,10 @@ with:
 * the restoring divider of the lane engine (:class:`~hmtx.hw.arith.Reciprocal`);
 * block RAM for every table (exponents, scores, probabilities, weights, q, the exp2 table).
 
-Every step waits for the one before it, so the cost is cycles: a RECALL at ``up5k`` takes about
-d_h*(d + |shift| + 8) + n*(d_h + 16 + |score shift| + 10) + ... cycles (``hmtx.sim.perf``
-measures it), a few hundred microseconds at 24 MHz against milliseconds for its frames on a
-1 Mbaud UART.
+Every step waits for the one before it, so the cost is cycles, and they depend on the data (the
+requantizer shifts one place per cycle): a RECALL over 16 slots at ``up5k`` takes 6,000-7,000
+cycles (``python bench/cycles.py --engine serial``, docs/hardware.md), about 250 µs at 27 MHz,
+against ~2.4 ms for its frames on a 1 Mbaud UART.
 """
 
 from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
