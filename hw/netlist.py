@@ -36,13 +36,15 @@ def top_module(netlist):
 def _bram_columns(cells, sinks) -> dict:
     """{block RAM cell name: (memory, column, columns)} for every DP16KD named ``<memory>.0.<k>``.
 
-    A column is the blocks that hold the same bits of the memory's word at different depths.
-    They are written with the same data, so blocks with equal ``DI`` connections are one column
-    (numbered in the order of their first block, which memory_libmap names in bit order).
-    Without write data (a ROM, or cells stripped down for a test) the blocks are taken as
-    row-major, and the column count is the first block that shares a read multiplexer with
-    block 0 -- a guess that fails when Yosys builds the depth multiplexer in another order
-    (dat at P=16, three blocks deep, was taken for 24 columns)."""
+    A column is the blocks that hold the same bits of the memory's word at different depths:
+    their outputs meet in the read multiplexer of those bits. Blocks are joined when their
+    outputs reach a common cell through combinational logic within two levels (a three-deep
+    column's multiplexer is two LUTs and a PFUMX, which only two of its blocks share directly);
+    the columns are numbered in the order of their first block (memory_libmap names blocks in
+    bit order). If that does not split the memory into equal columns, the blocks are taken as
+    row-major and the column count is the first block that shares a reader with block 0.
+    (The write data cannot tell columns apart: ``w`` and ``key`` are written with the same byte
+    or value in every lane.)"""
     by_mem = defaultdict(dict)
     for name, c in cells.items():
         if c["type"] != BRAM:
@@ -53,28 +55,46 @@ def _bram_columns(cells, sinks) -> dict:
             by_mem[name][0] = name          # not a memory_libmap name: a column of its own
             continue
         by_mem[mem][int(k)] = name
+
+    def readers_of(name, ports=None):
+        c = cells[name]
+        return {s for p, bits in c["connections"].items()
+                if (p.startswith("DO") if ports is None else c.get("port_directions", {}).get(p) == "output")
+                for b in bits if not isinstance(b, str) for s in sinks.get(b, ())}
+
     out = {}
     for mem, blocks in by_mem.items():
-        data_in = {k: tuple((p, tuple(map(str, bits))) for p, bits in sorted(cells[name]["connections"].items())
-                            if p.startswith("DI")) for k, name in blocks.items()}
-        if all(data_in.values()):
-            groups = defaultdict(list)
-            for k in sorted(blocks):
-                groups[data_in[k]].append(k)
-            columns = len(groups)
+        n = len(blocks)
+        reach = {}
+        for k, name in blocks.items():
+            first = readers_of(name)
+            reach[k] = first | {s for r in first if r in cells and cells[r]["type"] != FF
+                                for s in readers_of(r, ports="out")}
+        parent = {k: k for k in blocks}
+
+        def find(k):
+            while parent[k] != k:
+                parent[k] = parent[parent[k]]
+                k = parent[k]
+            return k
+        owner = {}
+        for k in sorted(blocks):
+            for cell in reach[k]:
+                if cell in owner:
+                    parent[find(k)] = find(owner[cell])
+                else:
+                    owner[cell] = k
+        groups = defaultdict(list)
+        for k in sorted(blocks):
+            groups[find(k)].append(k)
+        sizes = {len(g) for g in groups.values()}
+        if len(sizes) == 1 and len(groups) * sizes.pop() == n:
             for col, ks in enumerate(sorted(groups.values(), key=min)):
                 for k in ks:
-                    out[blocks[k]] = (mem, col, columns)
+                    out[blocks[k]] = (mem, col, len(groups))
             continue
-        n = len(blocks)
-
-        def readers(k):
-            c = cells[blocks[k]]
-            return {s for p, bits in c["connections"].items() if p.startswith("DO")
-                    for b in bits if not isinstance(b, str) for s in sinks.get(b, ())}
-
-        first = readers(0) if 0 in blocks else set()
-        columns = next((c for c in range(1, n) if n % c == 0 and c in blocks and first & readers(c)), n)
+        first = readers_of(blocks[0]) if 0 in blocks else set()
+        columns = next((c for c in range(1, n) if n % c == 0 and c in blocks and first & readers_of(blocks[c])), n)
         for k, name in blocks.items():
             out[name] = (mem, k % columns, columns)
     return out

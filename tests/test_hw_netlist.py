@@ -127,17 +127,29 @@ def test_region_split_gives_the_register_above_the_clusters_one_copy_per_region(
     assert split_by_region(net, lambda bel: int(bel.split("/")[0][1:]) // 62) == {"nets": 0, "copies": 0}
 
 
-def test_columns_are_found_from_shared_write_data():
-    """Blocks written with the same data bits are one column at different depths, whatever the
-    read multiplexer looks like (here none is shared with block 0, as at P=16 for ``dat``)."""
+def test_columns_of_a_three_deep_memory_are_found_through_its_multiplexer():
+    """dat at P=16 as Yosys maps it: each column three blocks deep, blocks 0 and 16 of a column
+    into two LUTs, block 8 with those LUTs' outputs into a PFUMX: no block shares a reader with
+    block 0 at the count of columns (8), only at 16; the two-level reach finds the columns."""
     rows, cols = 3, 8
     cells = {}
     for r in range(rows):
         for c in range(cols):
-            b = _bram(10, 100 + r * cols + c)
-            b["port_directions"].update({"DIA0": "input", "DIA1": "input"})
-            b["connections"].update({"DIA0": [1000 + 2 * c], "DIA1": [1001 + 2 * c]})
-            cells[f"mem.0.{r * cols + c}"] = b
-    got = _bram_columns(cells, {})
+            cells[f"mem.0.{r * cols + c}"] = _bram(10, 100 + r * cols + c)
+    for c in range(cols):
+        a, b, d = 100 + c, 100 + cols + c, 100 + 2 * cols + c
+        cells[f"lut_a{c}"] = _lut([a, d], 300 + c)
+        cells[f"lut_b{c}"] = _lut([a, d], 320 + c)
+        cells[f"mux{c}"] = {"type": "PFUMX", "parameters": {}, "attributes": {},
+                            "port_directions": {"ALUT": "input", "BLUT": "input", "C0": "input", "Z": "output"},
+                            "connections": {"ALUT": [300 + c], "BLUT": [320 + c], "C0": [b], "Z": [340 + c]}}
+        cells[f"q{c}"] = _ff(340 + c, 360 + c)
+    sinks = {}
+    for n, c in cells.items():
+        for p, bits in c["connections"].items():
+            if c["port_directions"].get(p) == "input":
+                for bit in bits:
+                    sinks.setdefault(bit, set()).add(n)
+    got = _bram_columns(cells, sinks)
     assert {n: (col, total) for n, (_, col, total) in got.items()} == \
         {f"mem.0.{r * cols + c}": (c, cols) for r in range(rows) for c in range(cols)}
