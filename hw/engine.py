@@ -136,6 +136,26 @@ class EngineLayout:
         self.mem_base = self.vin_depth + 2 * self.out_words
         self.dat_depth = self.mem_base + c.n_slots * self.CB
 
+    def _owner_members(self) -> dict:
+        """The engine's ports towards the command processor (its wiring signature's members);
+        ``dat``, ``w`` and the sizes must be set."""
+        c, word = self.config, data.ArrayLayout(signed(8), self.P)
+        return {
+            "start": In(1), "op": In(2),
+            "slot": In(range(c.n_slots)),
+            "n_keys": In(range(self.KMAX + 1)),
+            "n_q": In(range(c.max_queries + 1)),
+            "causal": In(1),
+            "wq_exp": In(signed(8)), "wk_exp": In(signed(8)),
+            "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
+            "busy": Out(1), "done": Out(1),
+            # while idle, the response generator reads the cache through the engine's own ports
+            # (a second read port would make Yosys duplicate these block RAMs)
+            "rd_dat_addr": In(range(self.dat.depth)), "rd_key_addr": In(range(c.n_slots * self.KB)),
+            "wr_dat_addr": In(range(self.dat.depth)), "wr_dat_data": In(word), "wr_dat_en": In(self.P),
+            "wr_w_addr": In(range(self.w.depth)), "wr_w_data": In(word), "wr_w_en": In(self.P),
+        }
+
     def key_place(self, lane):
         """(half, key lane) that holds q lane ``lane`` (an int or an Amaranth value)."""
         if self.KP == self.P:
@@ -264,21 +284,7 @@ class Engine(EngineLayout, wiring.Component):
         self.oexp = memory.Memory(shape=signed(EXP_W), depth=c.max_queries, init=[], attrs={"ram_style": "logic"})
         self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
                                  init=fixed.exp2_lut())
-        super().__init__({
-            "start": In(1), "op": In(2),
-            "slot": In(range(c.n_slots)),
-            "n_keys": In(range(self.KMAX + 1)),
-            "n_q": In(range(c.max_queries + 1)),
-            "causal": In(1),
-            "wq_exp": In(signed(8)), "wk_exp": In(signed(8)),
-            "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
-            "busy": Out(1), "done": Out(1),
-            # while idle, the response generator reads the cache through the engine's own ports
-            # (a second read port would make Yosys duplicate these block RAMs)
-            "rd_dat_addr": In(range(self.dat.depth)), "rd_key_addr": In(range(c.n_slots * self.KB)),
-            "wr_dat_addr": In(range(self.dat.depth)), "wr_dat_data": In(i8), "wr_dat_en": In(P),
-            "wr_w_addr": In(range(self.w.depth)), "wr_w_data": In(i8), "wr_w_en": In(P),
-        })
+        super().__init__(self._owner_members())
         # Ports the engine itself uses; created here so that they exist before the owner's.
         self._dat_r = self.dat.read_port()
         self._dat_w = self.dat.write_port(granularity=1)

@@ -91,19 +91,7 @@ class SerialEngine(EngineLayout, wiring.Component):
         self.wm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[], attrs=NO_RW)
         self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
                                  init=fixed.exp2_lut())
-        super().__init__({
-            "start": In(1), "op": In(2),
-            "slot": In(range(c.n_slots)),
-            "n_keys": In(range(self.KMAX + 1)),
-            "n_q": In(range(c.max_queries + 1)),
-            "causal": In(1),
-            "wq_exp": In(signed(8)), "wk_exp": In(signed(8)),
-            "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
-            "busy": Out(1), "done": Out(1),
-            "rd_dat_addr": In(range(self.dat.depth)), "rd_key_addr": In(range(c.n_slots * self.KB)),
-            "wr_dat_addr": In(range(self.dat.depth)), "wr_dat_data": In(i8), "wr_dat_en": In(P),
-            "wr_w_addr": In(range(self.w.depth)), "wr_w_data": In(i8), "wr_w_en": In(P),
-        })
+        super().__init__(self._owner_members())
         # the engine's own ports, made before the owner's
         self._dat_r = self.dat.read_port()
         self._dat_w = self.dat.write_port(granularity=1)
