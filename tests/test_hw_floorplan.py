@@ -75,16 +75,23 @@ def test_geometry_has_the_parts_block_ram_and_dsp_counts():
     assert "X13/Y34/MULT18_0" in dsp and "X106/Y58/MULT18_1" in dsp and "X9/Y58/MULT18_5" in dsp
 
 
-def test_every_lane_quad_is_pinned_together():
-    net = _engine_netlist()
+def _pinned(net, lanes):
+    """Floorplan ``net``; check that every lane block RAM and multiplier got its own bel of the
+    part; return (cells, {cell: bel}, lane block-RAM names)."""
     counts = floorplan_engine(net)
     cells = net["modules"]["top"]["cells"]
     bels = {n: c["attributes"]["BEL"] for n, c in cells.items() if "BEL" in c["attributes"]}
-    lane_brams = [n for n in cells if re.search(r"\.(w\d|dat|key)\.0\.\d+$", n)]
-    assert counts == {"brams": len(lane_brams), "mults": P, "quads": P // 4}
+    lane_brams = [n for n in cells if re.search(r"\.(w\d+|dat|key)\.0\.\d+$", n)]
+    assert counts == {"brams": len(lane_brams), "mults": lanes, "quads": lanes // 4}
     assert len(set(bels.values())) == len(bels), "two cells on one bel"
     ebr, dsp = _all_bels(ECP5_85K)
     assert all(b in ebr or b in dsp for b in bels.values())
+    return cells, bels, lane_brams
+
+
+def test_every_lane_quad_is_pinned_together():
+    net = _engine_netlist()
+    cells, bels, lane_brams = _pinned(net, P)
     # the small memories and the scalar multiplier stay with the placer
     assert not any(s in n for n in bels for s in (".sc.", ".pm.", ".lut.", "sc0_p1"))
 
@@ -144,14 +151,7 @@ def test_smaller_p_lays_the_quads_along_the_rows(lanes, w_rows):
     the other along the rows, in at most two pieces, each piece contiguous, the multipliers by
     the quad's longest piece."""
     net = _engine_netlist(w_rows=w_rows, lanes=lanes)
-    counts = floorplan_engine(net)
-    cells = net["modules"]["top"]["cells"]
-    bels = {n: c["attributes"]["BEL"] for n, c in cells.items() if "BEL" in c["attributes"]}
-    lane_brams = [n for n in cells if re.search(r"\.(w\d+|dat|key)\.0\.\d+$", n)]
-    assert counts == {"brams": len(lane_brams), "mults": lanes, "quads": lanes // 4}
-    assert len(set(bels.values())) == len(bels), "two cells on one bel"
-    ebr, dsp = _all_bels(ECP5_85K)
-    assert all(b in ebr or b in dsp for b in bels.values())
+    cells, bels, lane_brams = _pinned(net, lanes)
     pos_of = {ECP5_85K.bram_bel(y, p): p for y in ECP5_85K.bram_rows for p in range(ECP5_85K.brams_per_row)}
     by_quad = {}
     for n in lane_brams:
