@@ -73,12 +73,15 @@ def markdown_table(points):
 
 
 def plot_sweep(points, path):
-    """Fmax and resource use (% of the device) against P, one line per N."""
+    """Fmax, resource use (% of the device) and, where the points have a cycle count, recalls per
+    second at Fmax, against P; one line per N."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_f, ax_r) = plt.subplots(1, 2, figsize=(10, 4))
+    timed = any(p.get("cycles_per_recall") for p in points)
+    fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 4))
+    ax_f, ax_r = axes[0], axes[1]
     for n in sorted({p["n_slots"] for p in points}):
         pts = sorted((p for p in points if p["n_slots"] == n), key=lambda p: p["lanes"])
         lanes = [p["lanes"] for p in pts]
@@ -86,15 +89,23 @@ def plot_sweep(points, path):
         for kind, style in (("lut", "o-"), ("ff", "s--"), ("dsp", "^-"), ("bram", "d:")):
             ax_r.plot(lanes, [100 * p["resources"][kind]["used"] / p["resources"][kind]["total"]
                               for p in pts], style, label=f"{kind.upper()} N={n}")
+        if timed:
+            rated = [p for p in pts if p.get("cycles_per_recall")]
+            axes[2].plot([p["lanes"] for p in rated],
+                         [p["fmax_mhz"] * 1e6 / p["cycles_per_recall"] for p in rated], "o-", label=f"N={n}")
     target = points[0]["target_mhz"]
     ax_f.axhline(target, color="gray", linestyle="--", label=f"target {target:g} MHz")
-    for ax in (ax_f, ax_r):
+    for ax in axes:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("MAC lanes P")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
     ax_f.set_ylabel("post-route Fmax (MHz)")
     ax_r.set_ylabel("% of device")
+    if timed:
+        # (cycles simulated on the RTL, Fmax from the routed build)
+        axes[2].set_yscale("log")
+        axes[2].set_ylabel("recalls/s at Fmax (full cache)")
     fig.suptitle(f"{points[0]['board']} ({points[0]['device']}), config {points[0]['config']}, "
                  f"core {points[0].get('core', '?')}"
                  + (f" ({points[0]['engine']} engine)" if points[0].get("engine") else ""))

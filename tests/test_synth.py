@@ -291,6 +291,11 @@ def test_sweep_table_and_figure_from_reports(tmp_path):
     assert f"| 1000 | {rate:,.0f} |" in table[3]
     plot_sweep(points, tmp_path / "sweep.png")
     assert (tmp_path / "sweep.png").stat().st_size > 1000
+    # a recalls/s panel only where some point has a cycle count (EchoCore sweeps have none)
+    import matplotlib.image
+    assert matplotlib.image.imread(tmp_path / "sweep.png").shape[1] == 15 * 120
+    plot_sweep(points[:1], tmp_path / "echo.png")
+    assert matplotlib.image.imread(tmp_path / "echo.png").shape[1] == 10 * 120
 
 
 # ---- real builds ------------------------------------------------------------------------
