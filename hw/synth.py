@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -498,12 +499,15 @@ def _summarise_path(path):
 
 def _design_sources(steps):
     """The design's own source lines along a path (nextpnr keeps Yosys's `src` attributes),
-    in path order, without the tools' techmap library files; absolute paths made relative to
-    the current directory when under it."""
+    in path order, without the tools' techmap library files or Python's own (Amaranth's
+    ``with m.If(...)`` blocks name ``contextlib.py``, which says nothing about the design);
+    absolute paths made relative to the current directory when under it."""
+    python_lib = tuple(os.path.join(sysconfig.get_paths()[k], "")
+                       for k in ("stdlib", "platstdlib", "purelib", "platlib"))
     seen = []
     for step in steps:
         for src in step.get("sources", []):
-            if src.startswith("/share/"):
+            if src.startswith("/share/") or src.startswith(python_lib):
                 continue
             if os.path.isabs(src):
                 rel = os.path.relpath(src)

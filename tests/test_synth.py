@@ -275,6 +275,20 @@ def test_seeds_that_all_fail_report_each_seed():
     assert rep["over_capacity"]["ICESTORM_LC"]["used"] > 5280
 
 
+def test_critical_path_sources_leave_out_tool_and_python_library_files():
+    """Only the design's own lines are named: not Yosys's techmap files, not contextlib.py (what
+    Amaranth's ``with m.If`` records) or other files of Python's library."""
+    import sysconfig
+
+    from hmtx.hw.synth import _design_sources
+
+    stdlib = os.path.join(sysconfig.get_paths()["stdlib"], "contextlib.py:144")
+    site = os.path.join(sysconfig.get_paths()["purelib"], "amaranth", "hdl", "_ast.py:10")
+    steps = [{"sources": ["/share/ecp5/cells_map.v:3", stdlib, "hw/engine.py:538"]},
+             {"sources": [site, "hw/engine.py:538", "hw/top.py:248"]}]
+    assert _design_sources(steps) == ["hw/engine.py:538", "hw/top.py:248"]
+
+
 # ---- sweep table and figure from saved reports -------------------------------------------
 
 def test_sweep_table_and_figure_from_reports(tmp_path):
