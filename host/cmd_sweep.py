@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-__all__ = ["register", "cycles_per_recall", "markdown_table", "plot_sweep"]
+__all__ = ["register", "cycles_per_recall", "recalls_per_s", "markdown_table", "plot_sweep"]
 
 
 def register(subparsers) -> None:
@@ -55,6 +55,13 @@ def _pct(r):
     return f"{r['used']} ({100 * r['used'] / r['total']:.1f}%)"
 
 
+def recalls_per_s(point):
+    """Recalls per second at the point's Fmax (simulated cycles per recall), or None without a
+    cycle count."""
+    cycles = point.get("cycles_per_recall")
+    return point["fmax_mhz"] * 1e6 / cycles if cycles else None
+
+
 def markdown_table(points):
     """One row per build: P, N, Fmax, LUT/FF/DSP/BRAM used (% of device), cycles and recalls/s."""
     head = ("| board | config | P | N | Fmax (MHz) | target (MHz) | LUT | FF | DSP | BRAM "
@@ -64,7 +71,7 @@ def markdown_table(points):
     for r in points:
         res = r["resources"]
         cycles = r.get("cycles_per_recall")
-        rate = f"{r['fmax_mhz'] * 1e6 / cycles:,.0f}" if cycles else "n/a"
+        rate = f"{recalls_per_s(r):,.0f}" if cycles else "n/a"
         rows.append(
             f"| {r['board']} | {r['config']} | {r['lanes']} | {r['n_slots']} | {r['fmax_mhz']:.1f} "
             f"| {r['target_mhz']:g} | {_pct(res['lut'])} | {_pct(res['ff'])} | {_pct(res['dsp'])} "
@@ -79,7 +86,7 @@ def plot_sweep(points, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    timed = any(p.get("cycles_per_recall") for p in points)
+    timed = any(recalls_per_s(p) for p in points)
     fig, axes = plt.subplots(1, 3 if timed else 2, figsize=(15 if timed else 10, 4))
     ax_f, ax_r = axes[0], axes[1]
     for n in sorted({p["n_slots"] for p in points}):
@@ -90,9 +97,8 @@ def plot_sweep(points, path):
             ax_r.plot(lanes, [100 * p["resources"][kind]["used"] / p["resources"][kind]["total"]
                               for p in pts], style, label=f"{kind.upper()} N={n}")
         if timed:
-            rated = [p for p in pts if p.get("cycles_per_recall")]
-            axes[2].plot([p["lanes"] for p in rated],
-                         [p["fmax_mhz"] * 1e6 / p["cycles_per_recall"] for p in rated], "o-", label=f"N={n}")
+            rated = [p for p in pts if recalls_per_s(p)]
+            axes[2].plot([p["lanes"] for p in rated], [recalls_per_s(p) for p in rated], "o-", label=f"N={n}")
     target = points[0]["target_mhz"]
     ax_f.axhline(target, color="gray", linestyle="--", label=f"target {target:g} MHz")
     for ax in axes:
