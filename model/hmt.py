@@ -269,30 +269,41 @@ class HMT(nn.Module):
 
 # -- checkpoints ------------------------------------------------------------------------------
 def save_checkpoint(model: HMT, folder: str) -> None:
-    """Write ``hmt_config.json`` and ``hmt.safetensors`` (HMT's own parameters) into ``folder``."""
+    """Write ``hmt_config.json`` and ``hmt.safetensors`` (HMT's own parameters) into ``folder``, then
+    ``manifest.json`` (their hashes, :mod:`hmtx.model.checkpoint_files`)."""
     from safetensors.torch import save_file
+
+    from hmtx.model.checkpoint_files import write_manifest
 
     os.makedirs(folder, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.hmt_state_dict().items()}
     save_file(tensors, os.path.join(folder, WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
     with open(os.path.join(folder, CONFIG_FILE), "w") as f:
         json.dump({"format": CHECKPOINT_FORMAT, "config": model.config.to_dict()}, f, indent=2)
+    write_manifest(folder)        # last: hashes every checkpoint file written above
 
 
 def read_checkpoint(folder: str) -> tuple[HMTConfig, dict]:
-    """The config and the tensors of a checkpoint, without a backbone."""
-    from safetensors.torch import load_file
+    """The config and the tensors of a checkpoint, without a backbone. The folder's manifest is
+    checked first; a damaged file raises ValueError naming it (:mod:`hmtx.model.checkpoint_files`)."""
+    from hmtx.model.checkpoint_files import load_safetensors, read_json, verify_manifest
 
     cfg_path, w_path = os.path.join(folder, CONFIG_FILE), os.path.join(folder, WEIGHTS_FILE)
     for p in (cfg_path, w_path):
         if not os.path.isfile(p):
             raise ValueError(f"checkpoint {folder!r}: missing {os.path.basename(p)}")
-    with open(cfg_path) as f:
-        meta = json.load(f)
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {folder!r}: format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-    config = HMTConfig.from_dict(meta["config"])
-    tensors = load_file(w_path)
+    verify_manifest(folder)
+    meta = read_json(cfg_path)
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ValueError(f"{cfg_path}: format {got!r}, expected {CHECKPOINT_FORMAT!r}")
+    if not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{cfg_path}: no \"config\" object")
+    try:
+        config = HMTConfig.from_dict(meta["config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{cfg_path}: {e}") from None
+    tensors = load_safetensors(w_path)
     expected = {"prompt": (config.d,), "memory_token": (config.d,),
                 "recall.w_q": (config.d, config.d_h), "recall.w_k": (config.d, config.d_h)}
     if set(tensors) != set(expected):

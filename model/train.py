@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hmtx.model.backbone import Backbone
+from hmtx.model.checkpoint_files import MANIFEST_FILE, read_json, verify_manifest, write_manifest
 from hmtx.model.hmt import HMT, HMTConfig, read_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "MODES", "TRAIN_FORMAT", "DEFAULT_CHECKPOINT", "DEFAULT_RMT_CHECKPOINT",
@@ -301,7 +302,8 @@ def prepare_model(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, in
 
 
 # -- checkpoints ------------------------------------------------------------------------------
-CHECKPOINT_FILES = {"hmt_config.json", "hmt.safetensors", LORA_FILE, BACKBONE_FILE, TRAIN_JSON, TRAIN_STATE, "loss.png"}
+CHECKPOINT_FILES = {"hmt_config.json", "hmt.safetensors", LORA_FILE, BACKBONE_FILE, TRAIN_JSON, TRAIN_STATE, "loss.png",
+                    MANIFEST_FILE}
 
 
 def check_output_folder(folder: str) -> None:
@@ -329,6 +331,7 @@ def _atomic_folder_write(folder: str, write) -> None:
         shutil.rmtree(p, ignore_errors=True)
     os.makedirs(tmp)
     write(tmp)
+    write_manifest(tmp)           # last: hashes every checkpoint file write() made
     if os.path.exists(folder):
         os.replace(folder, old)
     os.replace(tmp, folder)
@@ -372,11 +375,8 @@ def read_training_meta(folder: str) -> dict:
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {folder!r}: missing {TRAIN_JSON} (not a training checkpoint; "
                          f"--init takes a finished stage-1 folder, --resume a training folder)")
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"checkpoint {folder!r}: {TRAIN_JSON} is not valid JSON ({e})") from None
+    verify_manifest(folder)
+    meta = read_json(path)
     if not isinstance(meta, dict) or meta.get("format") != TRAIN_FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
         raise ValueError(f"checkpoint {folder!r}: {TRAIN_JSON} format {got!r}, expected {TRAIN_FORMAT!r}")

@@ -9,6 +9,7 @@ import torch
 from hmt_testlib import SEED, backbone, random_ids, tiny_hmt
 from hmtx.model import backbone as backbone_mod
 from hmtx.model.backbone import Backbone, find_smollm2_gguf, load_backbone, tiny_llama
+from hmtx.model.checkpoint_files import write_manifest
 from hmtx.model.hmt import CONFIG_FILE, HMT, HMTConfig, load_checkpoint, save_checkpoint
 
 
@@ -16,7 +17,7 @@ from hmtx.model.hmt import CONFIG_FILE, HMT, HMTConfig, load_checkpoint, save_ch
 def test_checkpoint_round_trip(tmp_path):
     model = tiny_hmt(seed=5)
     save_checkpoint(model, str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["hmt.safetensors", "hmt_config.json"]
+    assert sorted(os.listdir(tmp_path)) == ["hmt.safetensors", "hmt_config.json", "manifest.json"]
     loaded = load_checkpoint(str(tmp_path), backbone())
     assert loaded.config == model.config
     for (k, a), b in zip(model.hmt_state_dict().items(), loaded.hmt_state_dict().values()):
@@ -40,10 +41,14 @@ def test_checkpoint_mismatches(tmp_path):
     meta = json.loads(cfg_path.read_text())
     meta["config"]["d_h"] = 4                               # config no longer matches the tensors
     cfg_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="hmt_config.json: .* manifest.json says"):   # the manifest sees the edit
+        load_checkpoint(str(tmp_path), backbone())
+    write_manifest(str(tmp_path))                           # accept the edit: the checks behind the manifest
     with pytest.raises(ValueError, match=r"recall.w_q has shape \(32, 8\), its config says \(32, 4\)"):
         load_checkpoint(str(tmp_path), backbone())
     meta["config"]["colour"] = "red"
     cfg_path.write_text(json.dumps(meta))
+    write_manifest(str(tmp_path))
     with pytest.raises(ValueError, match="unknown field"):
         load_checkpoint(str(tmp_path), backbone())
     with pytest.raises(ValueError, match="missing hmt_config.json"):

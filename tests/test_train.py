@@ -12,6 +12,7 @@ import torch
 from hmt_testlib import SEED
 from hmtx.host.cli import main as cli_main
 from hmtx.model.backbone import tiny_llama
+from hmtx.model.checkpoint_files import write_manifest
 from hmtx.model.hmt import HMTConfig, load_checkpoint
 from hmtx.model.train import (TokenStream, TrainConfig, WindowLoss, load_trained, prepare_model,
                               read_training_meta, train, trainable_parameters)
@@ -135,10 +136,16 @@ def test_bad_checkpoints_raise_clear_errors(tmp_path):
         _run(tmp_path / "x", TrainConfig(**{**tc.to_dict(), "lr": 0.5}), resume=str(tmp_path / "ok"))
     state = tmp_path / "ok" / "train_state.safetensors"
     state.write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="train_state.safetensors: 8 bytes, manifest.json says"):
+        _run(tmp_path / "x", tc, resume=str(tmp_path / "ok"))
+    write_manifest(str(tmp_path / "ok"))                   # past the manifest: the file's own checks
     with pytest.raises(ValueError, match="not a readable safetensors file"):
         _run(tmp_path / "x", tc, resume=str(tmp_path / "ok"))
     meta = tmp_path / "ok" / "train.json"
     meta.write_text(json.dumps({"format": "pickle-me"}))
+    with pytest.raises(ValueError, match="train.json: .* manifest.json says"):
+        _run(tmp_path / "x", tc, resume=str(tmp_path / "ok"))
+    write_manifest(str(tmp_path / "ok"))
     with pytest.raises(ValueError, match="format 'pickle-me', expected 'hmtx-train-1'"):
         _run(tmp_path / "x", tc, resume=str(tmp_path / "ok"))
     meta.unlink()
