@@ -4,8 +4,14 @@
 (``hmtx.host.backends``: golden model, simulator, serial port), and decodes the responses.
 Every transaction has a timeout. A device error status raises :class:`DeviceError` naming the
 op and the status, and the connection stays usable. A response that does not decode or does
-not arrive raises :class:`ProtocolError` after the link has been resynchronized (END sent, stale
-bytes drained), so the next call starts clean.
+not arrive raises :class:`ProtocolError` after the link has been resynchronized, so the next
+call starts clean: the host sends END and a marker command with an opcode the device never
+assigns (``protocol.RESYNC_OPS``) and drops every frame until the BAD_OPCODE answer echoing
+that marker arrives. The device answers in order, so once that answer is in, no answer to an
+earlier command can still arrive -- a late answer is never taken for a later command's
+(docs/protocol.md section 7). A transaction cut short any other way (an exception, Ctrl-C)
+leaves its answer owed, and the next call resynchronizes first. A device that answers none of
+``len(RESYNC_OPS)`` markers in a row is declared dead (``ConnectionError``).
 
 It also implements the device interface of ``hmtx.model.recall`` (``reset``, ``load_weights``,
 ``write``, ``recall``), so the HMT reference model can run its memory on it directly.
@@ -56,7 +62,10 @@ class Device:
         self.bytes_in = 0
         self.transactions = 0
         self._weights_key = None
-        self.resync(quiet=0.05)
+        self._owed = False                  # a command was sent whose answer has not been read
+        self._markers_out = []              # resync markers sent and not answered, oldest first
+        self._next_marker = 0
+        self.resync()
         self.device_info = self.info()
         if self.device_info.version[0] != P.VERSION[0]:
             raise ProtocolError(f"device speaks protocol {self.device_info.version[0]}.{self.device_info.version[1]}, "
@@ -108,41 +117,79 @@ class Device:
             self._frames.extend(self._decoder.feed(data))
         return self._frames.pop(0)
 
-    def resync(self, quiet: float = 0.2) -> bytes:
-        """End any partial frame in the device (END) and drop whatever arrives until the line has
-        been quiet for ``quiet`` seconds; returns the dropped bytes."""
-        self._send(bytes([P.END]))
-        dropped = bytearray()
-        deadline = time.monotonic() + max(self.timeout, quiet)
-        while time.monotonic() < deadline:
-            data = self.transport.read(quiet)
-            if not data:
-                break
-            dropped += data
+    def resync(self) -> bytes:
+        """Bring the link back in step: END (ends any partial frame in the device), then a marker
+        command whose opcode (one of ``P.RESYNC_OPS``) the device answers BAD_OPCODE, echoing it;
+        every frame before that answer is dropped. Returns the dropped frames (wire form).
+        Raises ProtocolError when the marker's answer does not come within the timeout (the link
+        stays out of step; the next transaction tries again with another marker) and
+        ConnectionError once no marker has been answered ``len(P.RESYNC_OPS)`` times in a row."""
+        self._owed = True
+        if len(self._markers_out) >= len(P.RESYNC_OPS):
+            raise ConnectionError(f"{self.name} answered none of the last {len(self._markers_out)} "
+                                  f"resynchronization markers: the device is not responding (reopen it)")
+        while P.RESYNC_OPS[self._next_marker] in self._markers_out:
+            self._next_marker = (self._next_marker + 1) % len(P.RESYNC_OPS)
+        marker = P.RESYNC_OPS[self._next_marker]
+        self._next_marker = (self._next_marker + 1) % len(P.RESYNC_OPS)
+        self._markers_out.append(marker)
         self._decoder = P.FrameDecoder()
         self._frames = []
+        self._send(bytes([P.END]) + P.encode_command(marker))
+        deadline = time.monotonic() + self.timeout
+        dropped = bytearray()
+        while True:
+            try:
+                frame = self._next_frame(deadline, "resynchronization")
+            except ProtocolError:
+                raise ProtocolError(f"no answer from {self.name} to the resynchronization marker within "
+                                    f"{self.timeout:g} s (the link is out of step)") from None
+            try:
+                rsp = None if frame.error else P.decode_response(frame)
+            except ProtocolError:
+                rsp = None
+            if rsp is not None and rsp.status == Status.BAD_OPCODE and not rsp.payload and rsp.op in self._markers_out:
+                # In order: this marker's answer came after everything sent before it.
+                del self._markers_out[:self._markers_out.index(rsp.op) + 1]
+                if rsp.op == marker:
+                    break
+            dropped += P.slip_escape(frame.body)
+        self._frames = []                 # nothing may follow the marker's answer; noise if it did
+        self._owed = False
         return bytes(dropped)
 
     def transact(self, op: Op, payload: bytes = b"", timeout: float | None = None) -> bytes:
         """Send one command, return the OK response's payload.
 
         Raises DeviceError for an error status, ProtocolError for a lost or garbled response
-        (after resynchronizing the link).
+        (after resynchronizing the link; a command whose answer is still owed from an earlier
+        call is resynchronized before this one is sent).
         """
         op = Op(op)
         frame = P.encode_command(op, payload)
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        self.transactions += 1
         try:
+            if self._owed:
+                try:
+                    self.resync()
+                except ProtocolError as e:
+                    raise ProtocolError(f"{op.name} not sent: {e}") from None
+            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+            self.transactions += 1
+            self._owed = True
             self._send(frame)
-            rsp = P.decode_response(self._next_frame(deadline, op.name))
-            if rsp.op != op:
-                raise ProtocolError(f"{op.name}: response echoes {P.op_name(rsp.op)}")
-            if rsp.status != Status.OK and rsp.payload:
-                raise ProtocolError(f"{op.name}: error response {P.status_name(rsp.status)} carries a payload")
-        except ProtocolError:
-            self.resync()
-            raise
+            try:
+                rsp = P.decode_response(self._next_frame(deadline, op.name))
+                if rsp.op != op:
+                    raise ProtocolError(f"{op.name}: response echoes {P.op_name(rsp.op)}")
+                if rsp.status != Status.OK and rsp.payload:
+                    raise ProtocolError(f"{op.name}: error response {P.status_name(rsp.status)} carries a payload")
+            except ProtocolError as e:
+                try:
+                    self.resync()
+                except ProtocolError as e2:
+                    raise ProtocolError(f"{e}; {e2}") from None
+                raise
+            self._owed = False
         except ConnectionError as e:
             raise ConnectionError(f"{op.name} on {self.name}: {e}") from None
         if rsp.status != Status.OK:

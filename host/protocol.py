@@ -16,7 +16,7 @@ import numpy as np
 from hmtx.model import fixed
 
 __all__ = [
-    "END", "ESC", "ESC_END", "ESC_ESC", "MAX_BODY", "SHIFT_MAX", "VERSION", "MAGIC", "LOAD_CHUNK",
+    "END", "ESC", "ESC_END", "ESC_ESC", "MAX_BODY", "SHIFT_MAX", "VERSION", "MAGIC", "LOAD_CHUNK", "RESYNC_OPS",
     "Op", "Status", "COMPUTE_OPS", "ProtocolError", "DeviceError",
     "crc8", "slip_escape", "FrameDecoder", "Frame",
     "encode_command", "encode_response", "split_command", "decode_response", "Response",
@@ -34,6 +34,9 @@ SHIFT_MAX = 31            # largest projection shift LOAD_WEIGHTS accepts
 VERSION = (1, 0)
 MAGIC = b"HM"
 LOAD_CHUNK = 4096         # mantissas per LOAD_WEIGHTS frame sent by the host (not a device limit)
+# Opcodes never assigned to a command (docs/protocol.md section 7): the host sends them as
+# resynchronization markers, and the device's BAD_OPCODE answer echoing one is recognisable.
+RESYNC_OPS = tuple(range(0xF0, 0xFF))
 
 
 class Op(enum.IntEnum):
