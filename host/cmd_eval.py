@@ -1,4 +1,5 @@
-"""`hmtx eval`: perplexity of backbone-only, RMT, HMT-float and HMT-fixed on long documents."""
+"""`hmtx eval`: perplexity of HMT (float and fixed recall) against its baselines (backbone, sliding
+window, full context, RMT) and its recall-off ablation, on the same scored tokens."""
 
 import json
 import os
@@ -7,6 +8,8 @@ import sys
 from . import cli_options
 
 __all__ = ["register"]
+
+DEFAULT_VARIANTS = ("backbone", "sliding", "full", "rmt", "hmt_norecall", "hmt_float", "hmt_fixed")
 
 UNTRAINED_NOTE = ("HMT's own parameters (T, W_q, W_k, memory token) are UNTRAINED (random init, "
                   "seed {seed}); RMT's memory token likewise. Their PPLs show the plumbing, not "
@@ -17,16 +20,23 @@ RMT_SHARED_NOTE = ("RMT ran with the HMT checkpoint's memory token (no RMT check
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "eval", help="perplexity per segment: backbone, RMT, HMT (float and fixed-point recall)",
-        description="Token-weighted perplexity of backbone-only, RMT, HMT with float recall and HMT "
-                    "with the fixed-point recall, on the same scored tokens of long documents. By default "
+        "eval", help="perplexity per segment: HMT (float, fixed) against backbone, sliding window, full context, "
+                     "RMT and HMT with the recall off",
+        description="Token-weighted perplexity, on the same scored tokens of long documents, of: backbone (each "
+                    "segment alone), sliding (the L-B document tokens before each segment: HMT's token budget, "
+                    "no memory), full (the whole prefix up to the backbone's context limit), rmt, hmt_norecall "
+                    "(HMT with the memory token in place of every recall: the ablation of the part the chip "
+                    "accelerates), hmt_float and hmt_fixed (the chip's arithmetic). Reports recall gain = "
+                    "1 - PPL(hmt) / PPL(hmt_norecall). By default "
                     "the smollm2 backbone runs the shipped checkpoints (checkpoints/smollm2-hmt for HMT, "
                     "checkpoints/smollm2-rmt for RMT); --untrained evaluates the seed initialisation.")
     p.add_argument("--text", required=True, help="text file or folder of .txt files (WikiText files are "
-                                                 "split into articles at ' = Title = ' headers)")
+                                                 "split into articles at ' = Title = ' headers), or a split "
+                                                 "of the long-document corpus: longdocs:test|validation|train")
     p.add_argument("--segments", type=int, default=4, help="score the first N segments of each document")
     p.add_argument("--json", dest="json_out", help="write the results as JSON here")
     p.add_argument("--plot", help="write a PNG of PPL per segment here")
+    p.add_argument("--age-plot", help="write a PNG of the float recall's probability mass by memory age here")
     cli_options.add_backbone(p)
     cli_options.add_checkpoint(p)
     p.add_argument("--rmt-checkpoint",
@@ -38,8 +48,8 @@ def register(subparsers) -> None:
     p.add_argument("--min-segments", type=int, default=1,
                    help="skip documents with fewer than this many full segments (e.g. = --segments, so "
                         "every segment index averages the same documents)")
-    p.add_argument("--variants", default="backbone,rmt,hmt_float,hmt_fixed",
-                   help="comma-separated subset of backbone,rmt,hmt_float,hmt_fixed")
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                   help=f"comma-separated subset of {','.join(DEFAULT_VARIANTS)} (default: all)")
     cli_options.add_hmt_sizes(p, "HMT sizes (only with --untrained or a backbone without a shipped checkpoint)")
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained HMT parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -81,13 +91,21 @@ def _rmt_checkpoint(args, checkpoint: str | None, variants) -> str | None:
 
 def _run(args) -> int:
     from hmtx.model.backbone import load_backbone
-    from hmtx.model.evaluate import evaluate, format_table, plot_per_segment
+    from hmtx.model.evaluate import evaluate, format_table, plot_per_segment, plot_recall_age
     from hmtx.model.hmt import HMT
     from hmtx.model.text import load_documents, tokenize_documents
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     device = cli_options.torch_device(args.torch_device)
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in variants if v not in DEFAULT_VARIANTS]
+    if unknown or not variants:
+        raise ValueError(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from "
+                         f"{','.join(DEFAULT_VARIANTS)}")
+    if args.age_plot and "hmt_float" not in variants:
+        raise ValueError("--age-plot shows the float recall: include hmt_float in --variants")
+    for flag, path in (("--json", args.json_out), ("--plot", args.plot), ("--age-plot", args.age_plot)):
+        _check_writable(flag, path)
     checkpoint = cli_options.resolve_checkpoint(args)
     cli_options.check_sizes_match(args, checkpoint)
     rmt_checkpoint = _rmt_checkpoint(args, checkpoint, variants)
@@ -135,7 +153,23 @@ def _run(args) -> int:
             json.dump(result, f, indent=2)
     if args.plot:
         plot_per_segment(result, args.plot)
+    if args.age_plot and "recall_mass_by_age" in result:
+        plot_recall_age(result, args.age_plot)
     return 0
+
+
+def _check_writable(flag: str, path: str | None) -> None:
+    """Fail before the model loads, not after an hour of evaluation, on an output path that cannot
+    be written."""
+    if not path:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder; give a file path")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path!r}: folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"{flag} {path!r}: not writable")
 
 
 def _load_rmt(folder: str, hmt_folder: str, backbone, model):

@@ -21,12 +21,16 @@ def register(subparsers) -> None:
                    help="training text file or folder (repeatable). Never the evaluation text.")
     p.add_argument("--out", required=True, help="checkpoint folder (written every --save-every steps)")
     cli_options.add_backbone(p)
-    p.add_argument("--stage", type=int, choices=(1, 2), default=1)
+    p.add_argument("--stage", type=int, choices=(1, 2, 3), default=1,
+                   help="1: no search; 2: search on (--init a stage-1 folder); 3: streaming BPTT over long "
+                        "documents with the host-side read-out, memory token frozen (--init a stage-2 folder)")
     p.add_argument("--depth", type=int, help="segments per BPTT window (stage 1: 2; stage 2 default 4)")
-    p.add_argument("--init", help="stage 2: the stage-1 checkpoint to start from")
+    p.add_argument("--init", help="stage 2: the stage-1 checkpoint to start from; stage 3: the stage-2 one")
+    p.add_argument("--readout-lr", type=float, help="stage 3: learning rate of the read-out (default: --lr)")
     p.add_argument("--resume", help="continue a training checkpoint (same settings; --steps may grow)")
     p.add_argument("--steps", type=int, default=200, help="total optimizer steps")
-    p.add_argument("--batch", type=int, default=2, help="windows per step per process (accumulated)")
+    p.add_argument("--batch", type=int, default=2, help="windows per step per process (accumulated); stage 3: "
+                                                         "graded segments per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lr-step", type=int, default=100, help="multiply the LR by --lr-gamma every this many steps")
     p.add_argument("--lr-gamma", type=float, default=0.5)
@@ -73,9 +77,9 @@ def _run(args) -> int:
     tc = TrainConfig(stage=args.stage, depth=depth, steps=args.steps, batch=args.batch, lr=args.lr,
                      lr_step=args.lr_step, lr_gamma=args.lr_gamma, weight_decay=args.weight_decay,
                      clip=args.clip, mode=args.mode, variant=args.variant, loss_on=args.loss_on,
-                     grad_checkpoint=args.grad_checkpoint, seed=args.seed)
-    if args.stage == 2 and args.variant == "hmt" and not args.init and not args.resume:
-        raise ValueError("stage 2 starts from a stage-1 checkpoint: give --init FOLDER")
+                     grad_checkpoint=args.grad_checkpoint, seed=args.seed, readout_lr=args.readout_lr)
+    if args.stage >= 2 and args.variant == "hmt" and not args.init and not args.resume:
+        raise ValueError(f"stage {args.stage} starts from a stage-{args.stage - 1} checkpoint: give --init FOLDER")
     if args.stage == 1 and args.init:
         raise ValueError("--init is for stage 2 (stage 1 starts from the backbone)")
     if args.resume and os.path.abspath(args.resume) != os.path.abspath(args.out):
@@ -88,7 +92,8 @@ def _run(args) -> int:
     elif args.init:
         # Sizes come from stage 1; the seed of the fresh T, W_q, W_k from this run.
         config, _ = read_checkpoint(args.init)
-        config = HMTConfig.from_dict({**config.to_dict(), "seed": args.seed})
+        extra = {"readout": "linear"} if args.stage == 3 else {}
+        config = HMTConfig.from_dict({**config.to_dict(), "seed": args.seed, **extra})
     if config is not None and config.backbone != args.backbone:
         raise ValueError(f"checkpoint is for backbone {config.backbone!r}, not {args.backbone!r}")
     docs = [d for path in args.text for d in load_documents(path)]

@@ -1,4 +1,11 @@
-"""Token-weighted perplexity of backbone-only, RMT, HMT (float recall) and HMT (fixed recall).
+"""Token-weighted perplexity of HMT (float and fixed recall) against its baselines and its ablation.
+
+Variants (``VARIANT_SPECS``): ``backbone`` (H_n alone), ``sliding`` (the L - B document tokens
+before H_n, then H_n: HMT's token budget without memory), ``full`` (the whole document prefix, up to
+the backbone's context limit: the upper reference), ``rmt``, ``hmt_norecall`` (HMT with the memory
+token in place of every recalled P_n: the ablation of what the chip accelerates), ``hmt_float`` and
+``hmt_fixed``. ``recall gain = 1 - PPL(hmt) / PPL(hmt_norecall)`` is what the memory recall itself
+is worth; a gain over ``backbone`` that ``sliding`` also has is not HMT's.
 
 Every variant sees the same segmentation (B = L - 2 - k tokens per segment) and scores the same
 targets: each position of a segment predicts the next token of the document, the last position of
@@ -16,18 +23,22 @@ from collections import deque
 import torch
 
 from hmtx.model import fixed_torch as ft
-from hmtx.model.hmt import HMT
+from hmtx.model.hmt import HMT, full_context_limit, kv_cache_bytes
 from hmtx.model.text import TokenDocument
 
-__all__ = ["VARIANT_SPECS", "evaluate", "plot_per_segment", "format_table"]
+__all__ = ["VARIANT_SPECS", "evaluate", "recall_gains", "plot_per_segment", "plot_recall_age", "format_table"]
 
 # name -> (HMT variant, recall implementation)
 VARIANT_SPECS = {
     "backbone": ("backbone", "float"),
+    "sliding": ("sliding", "float"),
+    "full": ("full", "float"),
     "rmt": ("rmt", "float"),
+    "hmt_norecall": ("hmt_norecall", "float"),
     "hmt_float": ("hmt", "float"),
     "hmt_fixed": ("hmt", "fixed"),
 }
+BUCKET = 4          # segments per bucket in the recall-gain table
 
 
 def _select_documents(docs: list[TokenDocument], model: HMT, segments: int, max_docs: int | None,
@@ -71,6 +82,8 @@ def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tupl
     nll = {v: [0.0] * segments for v in variants}
     count = [0] * segments
     diffs = []
+    age_mass, recalls = [0.0] * model.config.cache_size, 0      # hmt_float: probability mass by memory age
+    full_kv_bytes = 0
     total_steps = len(variants) * sum(math.ceil(d.ids.numel() / b) for d in docs)
     bar = _progress(total_steps, progress)
     for doc in docs:
@@ -90,7 +103,12 @@ def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tupl
                 if v == "hmt_float":
                     if out.probs is not None:
                         diffs.append(_recall_difference(model, out, torch.stack(list(recent))))
+                        for slot, p in enumerate(out.probs.tolist()):
+                            age_mass[out.segment - out.slot_segment[slot] - 1] += p
+                        recalls += 1
                     recent.append(out.memory)
+                if v == "full":
+                    full_kv_bytes = max(full_kv_bytes, kv_cache_bytes(state.context[1]))
                 bar.update(1)
     bar.close()
     used = [i for i in range(segments) if count[i]]
@@ -106,6 +124,15 @@ def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tupl
                    "segments": segments},
         "documents_used": [d.name for d in docs],
     }
+    gains = recall_gains(result)
+    if gains:
+        result["recall_gain"] = gains
+    if recalls:
+        last = max(i for i, m in enumerate(age_mass) if m > 0)
+        result["recall_mass_by_age"] = {"age": list(range(1, last + 2)), "searches": recalls,
+                                        "mass": [m / recalls for m in age_mass[: last + 1]]}
+    if "full" in variants:
+        result["full_context"] = {"limit": full_context_limit(model.lm), "kv_cache_bytes_max": full_kv_bytes}
     if diffs:
         rel = [d["rel_l2"] for d in diffs]
         result["recall_fixed_vs_float"] = {
@@ -136,6 +163,26 @@ def _recall_difference(model: HMT, out, memories: torch.Tensor) -> dict:
     }
 
 
+def recall_gains(result: dict) -> dict:
+    """``1 - PPL(hmt) / PPL(hmt_norecall)`` overall and per bucket of ``BUCKET`` segments, for the
+    HMT variants present; {} without ``hmt_norecall``."""
+    ppl, per = result["ppl"], result["per_segment"]
+    if "hmt_norecall" not in ppl:
+        return {}
+    out = {}
+    for v in ("hmt_float", "hmt_fixed"):
+        if v not in ppl:
+            continue
+        buckets = []
+        for lo in range(0, max(per["segment"]) + 1, BUCKET):
+            idx = [i for i, s in enumerate(per["segment"]) if lo <= s < lo + BUCKET]
+            tok = sum(per["tokens"][i] for i in idx)
+            ppl_of = lambda name: math.exp(sum(math.log(per[name][i]) * per["tokens"][i] for i in idx) / tok)
+            buckets.append({"segments": [lo, lo + BUCKET - 1], "gain": 1 - ppl_of(v) / ppl_of("hmt_norecall")})
+        out[v] = {"all": 1 - ppl[v] / ppl["hmt_norecall"], "buckets": buckets}
+    return out
+
+
 def _progress(total: int, enabled: bool):
     from tqdm import tqdm
     return tqdm(total=total, desc="eval segments", unit="seg", disable=not enabled)
@@ -149,6 +196,9 @@ def format_table(result: dict) -> str:
     for i, seg in enumerate(per["segment"]):
         lines.append(f"{seg:>8} {per['tokens'][i]:>7} " + " ".join(f"{per[v][i]:>10.3f}" for v in variants))
     lines.append(f"{'all':>8} {result['tokens']:>7} " + " ".join(f"{result['ppl'][v]:>10.3f}" for v in variants))
+    for v, g in result.get("recall_gain", {}).items():
+        parts = ", ".join(f"{b['segments'][0]}-{b['segments'][1]}: {100 * b['gain']:+.2f} %" for b in g["buckets"])
+        lines.append(f"recall gain of {v} (1 - PPL / PPL hmt_norecall): {100 * g['all']:+.2f} % ({parts})")
     return "\n".join(lines)
 
 
@@ -167,6 +217,24 @@ def plot_per_segment(result: dict, path: str, title: str = "") -> None:
     ax.set_title(title or f"PPL per segment, {result['documents']} document(s), {result['tokens']} tokens")
     ax.legend()
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_recall_age(result: dict, path: str, title: str = "") -> None:
+    """Where the float recall's probability mass goes, by memory age (1 = the previous segment)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mass = result["recall_mass_by_age"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(mass["age"], mass["mass"], color="tab:purple")
+    ax.set_xlabel("memory age (segments back; 1 = previous segment)")
+    ax.set_ylabel("mean recall probability")
+    ax.set_title(title or f"recall probability mass by memory age ({mass['searches']} searches)")
+    ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

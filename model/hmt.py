@@ -15,9 +15,22 @@ Segment 1: P_1 = M_0 (the only memory; no search needed).
 i.e. AFTER the final norm (Llama/SmolLM2: RMSNorm; GPT-2: ln_f; OPT: final layer norm and
 project_out) -- the state the LM head reads. tests/test_hmt_structure.py checks this.
 
+Read-out (``HMTConfig.readout = "linear"``, host side): the backbone's final hidden states live in
+another space than its input embeddings (post-norm, outlier channels up to |x| ~ 53), yet HMT feeds
+the recalled P_n (a weighted sum of such states) back as an input embedding. With a read-out, the
+backbone reads ``memory_token + R P_n`` (R: d x d, zero at initialisation) wherever the paper reads
+P_n for n >= 1 (P_1 = M_0 included). The cache, the search and P_n itself are unchanged -- R runs on
+the host after RECALL, so the chip's contract and protocol do not change -- and at initialisation
+HMT *is* its recall-off ablation, so whatever it gains over ``hmt_norecall`` the training put there.
+
 Variants share the segmentation and the scored tokens so perplexities compare like for like:
-``"hmt"``; ``"rmt"``: [mem || H_n || mem], new mem = final hidden state at the last position, passed
-straight to the next segment (mem_0 = the same memory token); ``"backbone"``: H_n alone.
+``"hmt"``; ``"hmt_norecall"``: the ablation of the part the chip accelerates -- HMT with the
+memory token in place of P_n in every segment (sensory tokens kept, no search, no memory);
+``"rmt"``: [mem || H_n || mem], new mem = final hidden state at the last position, passed
+straight to the next segment (mem_0 = the same memory token); ``"backbone"``: H_n alone;
+``"sliding"``: the backbone on the L - B = k + 2 document tokens before H_n followed by H_n -- HMT's
+token budget with plain text instead of memory; ``"full"``: the backbone over the whole document
+prefix (key/value cache), up to its context limit (the upper reference).
 
 Streaming: :meth:`HMT.new_state` makes a :class:`StreamState` (cache, sensory ids, segment index,
 pending tokens); :meth:`HMT.segments` consumes tokens in any chunking and yields one
@@ -36,10 +49,11 @@ from torch import nn
 from hmtx.model.backbone import Backbone, embedding_dim
 from hmtx.model.recall import IMPLS, MemoryRecall, RecallCache
 
-__all__ = ["HMTConfig", "HMT", "StreamState", "SegmentOutput", "VARIANTS",
+__all__ = ["HMTConfig", "HMT", "StreamState", "SegmentOutput", "VARIANTS", "kv_cache_bytes", "full_context_limit",
            "save_checkpoint", "read_checkpoint", "load_checkpoint"]
 
-VARIANTS = ("hmt", "rmt", "backbone")
+VARIANTS = ("hmt", "hmt_norecall", "rmt", "backbone", "sliding", "full")
+READOUTS = ("none", "linear")
 CHECKPOINT_FORMAT = "hmtx-hmt-1"
 CONFIG_FILE = "hmt_config.json"
 WEIGHTS_FILE = "hmt.safetensors"
@@ -67,6 +81,9 @@ class HMTConfig:
         Memory-search projection width (W_q, W_k are d x d_h).
     seed : int
         Seed of the initial T, memory token, W_q and W_k.
+    readout : str
+        "none" (the paper: the backbone reads P_n) or "linear" (it reads memory_token + R P_n; the
+        module docstring says why).
     """
 
     backbone: str = "smollm2"
@@ -77,8 +94,11 @@ class HMTConfig:
     summary_length: int | None = None
     d_h: int = 256
     seed: int = 0
+    readout: str = "none"
 
     def __post_init__(self):
+        if self.readout not in READOUTS:
+            raise ValueError(f"HMTConfig.readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
         for name in ("d", "segment_length", "cache_size", "d_h"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -125,6 +145,7 @@ class StreamState:
     segment: int = 0                       # index of the next segment
     pending: torch.Tensor | None = None    # tokens of an incomplete segment
     finished: bool = False
+    context: object = None                 # sliding: the previous document ids; full: (ids, KV cache)
 
 
 @dataclass
@@ -159,10 +180,17 @@ class HMT(nn.Module):
         self.prompt = nn.Parameter(torch.randn(config.d, generator=gen) * std)
         self.memory_token = nn.Parameter(torch.randn(config.d, generator=gen) * std)
         self.recall = MemoryRecall(config.d, config.d_h, config.cache_size, generator=gen)
+        if config.readout == "linear":
+            self.readout = nn.Linear(config.d, config.d, bias=False)
+            nn.init.zeros_(self.readout.weight)
+        else:
+            self.readout = None
         device = lm.get_input_embeddings().weight.device
         self.prompt.data = self.prompt.data.to(device)
         self.memory_token.data = self.memory_token.data.to(device)
         self.recall.to(device)
+        if self.readout is not None:
+            self.readout.to(device)
 
     @classmethod
     def from_backbone(cls, backbone: Backbone, **overrides) -> "HMT":
@@ -174,8 +202,17 @@ class HMT(nn.Module):
 
     def hmt_state_dict(self) -> dict:
         """HMT's own parameters (the backbone is loaded from its own source)."""
-        return {"prompt": self.prompt, "memory_token": self.memory_token,
-                "recall.w_q": self.recall.w_q, "recall.w_k": self.recall.w_k}
+        params = {"prompt": self.prompt, "memory_token": self.memory_token,
+                  "recall.w_q": self.recall.w_q, "recall.w_k": self.recall.w_k}
+        if self.readout is not None:
+            params["readout.weight"] = self.readout.weight
+        return params
+
+    def read_out(self, p: torch.Tensor) -> torch.Tensor:
+        """What the backbone reads for a recalled (or, at segment 1, the only) memory ``p``."""
+        if self.readout is None:
+            return p
+        return self.memory_token + self.readout(p.to(self.memory_token.dtype))
 
     # -- streaming --------------------------------------------------------------------------
     def new_state(self, variant: str = "hmt", recall: str = "float", hw=None) -> StreamState:
@@ -222,6 +259,15 @@ class HMT(nn.Module):
         n = state.segment
         if state.variant == "backbone":
             out = SegmentOutput(n, ids, self.lm(inputs_embeds=h[None]).logits[0])
+        elif state.variant == "sliding":
+            out = self._sliding_step(state, ids)
+        elif state.variant == "full":
+            out = self._full_step(state, ids)
+        elif state.variant == "hmt_norecall":
+            sens = self.lm.get_input_embeddings()(state.sensory)
+            logits, m = self._segment_pass(self.memory_token, sens, h)
+            state.sensory = self._sensory_ids(ids)
+            out = SegmentOutput(n, ids, logits, memory=m)
         elif state.variant == "rmt":
             mem = self.memory_token if n == 0 else state.memory
             logits, last = self._segment_pass(mem, h[:0], h)
@@ -245,11 +291,43 @@ class HMT(nn.Module):
             probs = cache.last_probs
         slots = list(cache.slot_segment)                             # what the search saw
         sens = self.lm.get_input_embeddings()(state.sensory)          # sensory memory (ids)
-        logits, m = self._segment_pass(p, sens, h)                   # eq. 3, 4
+        read = p if cache.fill == 0 else self.read_out(p)            # host-side read-out
+        logits, m = self._segment_pass(read, sens, h)                # eq. 3, 4
         self.recall.write(cache, m, n)
         state.memory = m
-        state.sensory = ids[max(0, ids.numel() - cfg.sensory):] if cfg.sensory else ids[:0]
+        state.sensory = self._sensory_ids(ids)
         return SegmentOutput(n, ids, logits, memory=m, recalled=p, query=s, probs=probs, slot_segment=slots)
+
+    def _sensory_ids(self, ids):
+        k = self.config.sensory
+        return ids[max(0, ids.numel() - k):] if k else ids[:0]
+
+    def _sliding_step(self, state, ids):
+        """The backbone on the L - B document tokens before H_n, then H_n; logits at H_n."""
+        before = self.config.segment_length - self.config.tokens_per_segment
+        prev = state.context if state.context is not None else ids[:0]
+        x = torch.cat([prev, ids])
+        logits = self.lm(input_ids=x[None], logits_to_keep=ids.numel()).logits[0]
+        state.context = x[max(0, x.numel() - before):]
+        return SegmentOutput(state.segment, ids, logits)
+
+    def _full_step(self, state, ids):
+        """The backbone over the whole prefix through its key/value cache. When prefix + segment
+        would pass the context limit, the cache is dropped and the last ``limit - len(H_n)`` tokens
+        are read again as a fresh prefix (never needed for 16 segments of SmolLM2)."""
+        from transformers import DynamicCache
+
+        limit = full_context_limit(self.lm)
+        seen, cache = state.context if state.context is not None else (ids[:0], None)
+        if seen.numel() + ids.numel() > limit:
+            seen, cache = seen[seen.numel() + ids.numel() - limit:], None
+        x = ids if cache is not None else torch.cat([seen, ids])
+        past = seen.numel() if cache is not None else 0
+        pos = torch.arange(past, past + x.numel(), device=ids.device)[None]
+        out = self.lm(input_ids=x[None], cache=cache if cache is not None else DynamicCache(),
+                      use_cache=True, position_ids=pos, logits_to_keep=ids.numel())
+        state.context = (torch.cat([seen, ids]), out.cache)
+        return SegmentOutput(state.segment, ids, out.logits[0])
 
     def representation(self, h_summary: torch.Tensor) -> torch.Tensor:
         """S_n: final hidden state at the trailing T of [T || H_n[0:j) || T]."""
@@ -265,6 +343,21 @@ class HMT(nn.Module):
         # Logits only for positions [1+k, len): the n positions of h, plus the appended p's, dropped.
         out = self.lm(inputs_embeds=x, output_hidden_states=True, logits_to_keep=h.shape[0] + 1)
         return out.logits[0, :-1], out.hidden_states[-1][0, -1]
+
+
+def kv_cache_bytes(cache) -> int:
+    """Bytes held by a transformers key/value cache (the ``full`` variant's memory)."""
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
+
+
+def full_context_limit(lm) -> int:
+    """The backbone's context length (SmolLM2: 8,192), the ``full`` variant's window."""
+    return int(getattr(lm.config, "max_position_embeddings", 0) or 2048)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
@@ -306,6 +399,8 @@ def read_checkpoint(folder: str) -> tuple[HMTConfig, dict]:
     tensors = load_safetensors(w_path)
     expected = {"prompt": (config.d,), "memory_token": (config.d,),
                 "recall.w_q": (config.d, config.d_h), "recall.w_k": (config.d, config.d_h)}
+    if config.readout == "linear":
+        expected["readout.weight"] = (config.d, config.d)
     if set(tensors) != set(expected):
         raise ValueError(f"checkpoint {folder!r}: tensors {sorted(tensors)} != expected {sorted(expected)}")
     for k, shape in expected.items():

@@ -62,7 +62,11 @@ def _file_documents(path: str) -> list[Document]:
 
 
 def load_documents(path: str) -> list[Document]:
-    """Documents of a text file or a folder of ``*.txt`` files; ValueError if none has any text."""
+    """Documents of a text file, a folder of ``*.txt`` files, or a split of the long-document corpus
+    (``longdocs:train|validation|test``, :mod:`hmtx.model.corpus`); ValueError if none has any text."""
+    if path.startswith("longdocs:"):
+        from hmtx.model.corpus import corpus_documents
+        return corpus_documents(path)
     if os.path.isdir(path):
         files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".txt"))
         if not files:

@@ -16,6 +16,16 @@ stage 1
 stage 2
     loads the memory token (and LoRA / backbone weights) of a stage-1 checkpoint, starts T, W_q,
     W_k fresh from the seed, and trains everything at depth >= 3 (search on).
+stage 3 (ours: "a recall that pays", docs/training.md)
+    loads every HMT parameter of a stage-2 checkpoint, adds the host-side read-out R (zero, so the
+    model starts as its own recall-off ablation) and trains T, W_q, W_k and R -- the memory token
+    stays frozen, so ``hmt_norecall`` is the same before and after -- by streaming truncated BPTT:
+    a window of ``depth`` segments of ONE document runs from an empty cache; from segment 2 on
+    (the first search) each segment is a graded step: its loss is back-propagated through its own
+    representation pass, search, read-out and segment pass, the cached memories being constants
+    (detached) -- so a window of 32 segments trains the search against caches of 2 to 31
+    memories at the cost of one backward pass per segment. ``batch`` graded segments make one
+    optimizer step; the window carries over from one step to the next.
 
 What is trained besides HMT's own parameters (``mode``): ``"frozen"`` backbone, ``"lora"``
 (peft, r=8, alpha=32, dropout 0.1 on q_proj/v_proj) or ``"full"`` fine-tuning.
@@ -100,16 +110,22 @@ class TrainConfig:
     loss_on: str = "all"
     grad_checkpoint: bool = False
     seed: int = 0
+    readout_lr: float | None = None     # stage 3: the read-out's learning rate (None: lr)
 
     def __post_init__(self):
-        if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {self.stage!r}")
+        if self.stage not in (1, 2, 3):
+            raise ValueError(f"stage must be 1, 2 or 3, got {self.stage!r}")
+        if self.stage == 3 and (self.variant != "hmt" or self.depth < 3):
+            raise ValueError(f"stage 3 streams HMT windows with search: variant hmt and depth >= 3 "
+                             f"(got {self.variant}, depth {self.depth})")
+        if self.readout_lr is not None and not self.readout_lr > 0:
+            raise ValueError(f"readout_lr must be > 0, got {self.readout_lr!r}")
         if not isinstance(self.depth, int) or self.depth < 1:
             raise ValueError(f"depth must be a positive integer, got {self.depth!r}")
         if self.variant == "hmt" and self.stage == 1 and self.depth != 2:
             raise ValueError(f"stage 1 trains without memory search, i.e. depth 2 (got depth {self.depth}); "
                              f"use stage 2 for deeper windows")
-        if self.variant == "hmt" and self.stage == 2 and self.depth < 3:
+        if self.variant == "hmt" and self.stage >= 2 and self.depth < 3:
             raise ValueError(f"stage 2 trains the memory search, which first runs at segment 2: depth must be "
                              f">= 3, got {self.depth}")
         for name in ("steps", "batch", "lr_step"):
@@ -144,11 +160,13 @@ class TokenStream:
     and every rank draws different windows."""
 
     def __init__(self, docs, eos_id: int):
-        parts = []
+        parts, self.bounds, at = [], [], 0
         for d in docs:
             ids = d.ids if hasattr(d, "ids") else torch.as_tensor(d, dtype=torch.long)
             if ids.numel():
                 parts += [ids.reshape(-1).long(), torch.tensor([eos_id])]
+                self.bounds.append((at, at + ids.numel()))
+                at += ids.numel() + 1
         if not parts:
             raise ValueError("training text is empty")
         self.ids = torch.cat(parts)
@@ -163,6 +181,23 @@ class TokenStream:
         rng = random.Random(f"{seed}:{step}:{index}")     # str seeds hash deterministically
         start = rng.randrange(len(self) - length + 1)
         return self.ids[start: start + length]
+
+    def document_window(self, length: int, seed: int, index: int) -> torch.Tensor:
+        """``length`` ids from inside ONE document (drawn in proportion to the starts it offers),
+        so that a long unroll never reads across a document boundary."""
+        spans = [(a, b - length + 1) for a, b in self.bounds if b - a >= length]
+        if not spans:
+            longest = max(b - a for a, b in self.bounds)
+            raise ValueError(f"no training document has the {length} tokens a window needs (longest: "
+                             f"{longest}); give longer documents or a smaller --depth")
+        rng = random.Random(f"{seed}:doc:{index}")
+        pick = rng.randrange(sum(stop - a for a, stop in spans))
+        for a, stop in spans:
+            if pick < stop - a:
+                start = a + pick
+                return self.ids[start: start + length]
+            pick -= stop - a
+        raise AssertionError("unreachable")
 
 
 # -- the trainable model ----------------------------------------------------------------------
@@ -189,6 +224,45 @@ class WindowLoss(nn.Module):
                 total = total + F.cross_entropy(out.logits.float(), targets, reduction="sum")
                 count += b
         return total / count
+
+
+class StreamFeeder:
+    """Stage 3's streaming truncated BPTT: yields one graded segment loss at a time from windows of
+    ``depth`` segments of one document, each window run from an empty cache (module docstring)."""
+
+    FIRST_GRADED = 2            # the first segment that searches the cache
+
+    def __init__(self, model: HMT, stream: "TokenStream", depth: int, seed: int, window: int = 0):
+        self.model, self.stream, self.depth, self.seed = model, stream, depth, seed
+        self.window = window    # index of the next window to draw
+        self.ids, self.state, self.n = None, None, 0
+
+    def _next_window(self):
+        b = self.model.config.tokens_per_segment
+        self.ids = self.stream.document_window(self.depth * b + 1, self.seed, self.window).to(self.model.device)
+        self.window += 1
+        self.state, self.n = self.model.new_state("hmt", "float"), 0
+
+    def graded_loss(self) -> torch.Tensor:
+        """Mean NLL of the next graded segment (its graph only: cached memories are constants)."""
+        b = self.model.config.tokens_per_segment
+        if self.ids is None or self.n >= self.depth:
+            self._next_window()
+        while self.n < self.FIRST_GRADED:
+            with torch.no_grad():
+                self._step()
+        out = self._step()
+        targets = self.ids[(self.n - 1) * b + 1: self.n * b + 1]
+        return F.cross_entropy(out.logits.float(), targets)
+
+    def _step(self):
+        b = self.model.config.tokens_per_segment
+        out = self.model.step(self.state, self.ids[self.n * b:(self.n + 1) * b])
+        self.n += 1
+        cache = self.state.cache
+        cache.m = [m.detach() if m is not None else None for m in cache.m]
+        self.state.memory = self.state.memory.detach()
+        return out
 
 
 def _apply_mode(lm: nn.Module, mode: str, seed: int) -> None:
@@ -286,15 +360,22 @@ def prepare_model(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, in
         mode, adapter = _read_adapter(init)
         if mode != tc.mode:
             raise ValueError(f"--init {init!r} was trained with backbone mode {mode!r}, this run uses {tc.mode!r}")
+        # Stage 2 keeps only the memory token (fresh T, W_q, W_k); stage 3 continues from all of them.
+        keep = ("memory_token",) if tc.stage < 3 else tuple(tensors)
         with torch.no_grad():
-            model.memory_token.copy_(tensors["memory_token"])
+            for name, p in model.hmt_state_dict().items():
+                if name in keep and name in tensors:
+                    p.copy_(tensors[name])
         _copy_into(model.lm, adapter, init)
     # Parameters a window never reaches get no gradient; DDP (without find_unused_parameters) and
     # AdamW's weight decay must not see them.
     searches = tc.variant == "hmt" and tc.depth >= 3
-    model.memory_token.requires_grad_(True)
+    # Stage 3 freezes the memory token: it is all that the recall-off ablation reads.
+    model.memory_token.requires_grad_(tc.stage < 3)
     for p in (model.prompt, model.recall.w_q, model.recall.w_k):
         p.requires_grad_(searches)
+    if model.readout is not None:
+        model.readout.weight.requires_grad_(tc.stage == 3)
     if tc.grad_checkpoint:
         model.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -466,13 +547,23 @@ def train(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, docs, out:
     if win > len(stream):
         stream.window(win, 0, 0, 0)                   # raises the clear error
     params = trainable_parameters(model)
-    optimizer = torch.optim.AdamW([p for _, p in params], lr=tc.lr, weight_decay=tc.weight_decay)
+    groups = [{"params": [p for n, p in params if not n.startswith("readout.")]}]
+    readout = [p for n, p in params if n.startswith("readout.")]
+    if readout:
+        groups.append({"params": readout, "lr": tc.readout_lr or tc.lr})
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_step, gamma=tc.lr_gamma)
     step, log, elapsed0 = 0, [], 0.0
     if resume is not None:
         step, log, meta = load_training_checkpoint(resume, model, tc, optimizer, scheduler)
         elapsed0 = float(meta.get("elapsed_s", 0.0))
     loss_module = WindowLoss(model, tc.depth, tc.variant, tc.loss_on)
+    feeder = None
+    if tc.stage == 3:
+        if world > 1:
+            raise ValueError("stage 3 (streaming BPTT) runs in one process; use stage 2 under torchrun")
+        # A resumed run starts a fresh window (the stream position is not saved).
+        feeder = StreamFeeder(model, stream, tc.depth, tc.seed, window=step * tc.batch)
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -483,7 +574,7 @@ def train(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, docs, out:
     if progress and rank == 0:
         from tqdm import tqdm
         bar = tqdm(total=tc.steps, initial=step, desc=f"train stage {tc.stage}", unit="step")
-    tokens_per_step = world * tc.batch * tc.depth * b
+    tokens_per_step = world * tc.batch * (b if tc.stage == 3 else tc.depth * b)
     t_start = time.perf_counter()
     done_here = 0
     try:
@@ -492,6 +583,11 @@ def train(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, docs, out:
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for i in range(tc.batch):
+                if feeder is not None:
+                    loss = feeder.graded_loss() / tc.batch
+                    loss.backward()
+                    total += float(loss.detach())
+                    continue
                 ids = stream.window(win, tc.seed, step, rank * tc.batch + i).to(device)
                 sync = net.no_sync() if world > 1 and i < tc.batch - 1 else nullcontext()
                 with sync:
