@@ -14,6 +14,11 @@ whose far end has gone away raises :class:`ConnectionError` from ``read``/``writ
     :class:`hmtx.host.backends_sim.SimTransport`: the generated Verilog under Verilator and
     cocotb in a child process, over a Unix socket; ENGINE is HmtxTop's engine, ``lanes``
     (default) or ``serial``.
+``board-sim``, ``board-sim:CONFIG``, optionally ``@BAUD``
+    :class:`hmtx.host.backends_board.BoardSimTransport`: the virtual board (the board top that
+    ``hmtx synth`` builds, UART included, under Verilator behind a pseudo-terminal), started
+    for the connection and reached through :class:`SerialTransport`. CONFIG defaults to the
+    host's engine config.
 """
 
 import collections
@@ -145,7 +150,12 @@ def open_transport(spec: str, config: EngineConfig, *, waves: bool = False) -> T
     if spec.startswith("serial:"):
         port, baud = parse_serial_spec(spec)
         return SerialTransport(port, baud)
-    raise ValueError(f"unknown device {spec!r}; use golden, sim[:ENGINE] or serial:PORT[@BAUD]")
+    if spec == "board-sim" or spec.startswith(("board-sim:", "board-sim@")):
+        from .backends_board import BoardSimTransport, parse_board_sim_spec
+        board_config, baud = parse_board_sim_spec(spec, config)
+        return BoardSimTransport(board_config, baud=baud)
+    raise ValueError(f"unknown device {spec!r}; use golden, sim[:ENGINE], serial:PORT[@BAUD] or "
+                     f"board-sim[:CONFIG][@BAUD]")
 
 
 class FaultInjector(Transport):

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "cmd_synth",
     "cmd_sweep",
     "cmd_run",
+    "cmd_board_sim",
     "cmd_replay",
     "cmd_bench",
     "cmd_gen",

@@ -31,8 +31,9 @@ from .protocol import DeviceError, Op, ProtocolError, Status
 __all__ = ["Device", "DeviceError", "ProtocolError", "DEFAULT_TIMEOUTS"]
 
 # Seconds per transaction by backend kind. The simulator runs a few ten thousand clock cycles
-# per second, so its large frames need far longer than a UART at 1 Mbaud.
-DEFAULT_TIMEOUTS = {"golden": 5.0, "serial": 5.0, "sim": 120.0}
+# per second, so its large frames need far longer than a UART at 1 Mbaud; the virtual board
+# (board-sim) simulates every bit of the UART as well.
+DEFAULT_TIMEOUTS = {"golden": 5.0, "serial": 5.0, "sim": 120.0, "board-sim": 600.0}
 
 
 def _kind(name: str) -> str:

@@ -256,6 +256,8 @@ class BoardTop(wiring.Component):
         else:
             self.pll = ice40_pll_params(ref_mhz, sync_mhz)
             self.sync_mhz = self.pll.fout_mhz
+        # clocks `sync` stays in reset after the PLL locks (15 us)
+        self.reset_cycles = max(1, int(15e-6 * self.sync_mhz * 1e6))
         # (the UP5K's logic cells are what a build runs out of, its block RAM is not)
         self.bridge = UartBridge(core, self.sync_mhz * 1e6, baud, fifo_depth=fifo_depth,
                                  fifo_ram="block" if family == "ice40" else "logic")
@@ -281,7 +283,7 @@ class BoardTop(wiring.Component):
         # starts at zero from configuration, restarts whenever the PLL loses lock.
         # The reset comes straight from a flip-flop, so the counter's compare logic is not on
         # the path into every register that has a reset.
-        delay = max(1, int(15e-6 * self.sync_mhz * 1e6))
+        delay = self.reset_cycles
         por_count = Signal(range(delay + 1))
         running = Signal()
         m.domains.por = ClockDomain(reset_less=True, local=True)

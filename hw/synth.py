@@ -35,7 +35,7 @@ from .board import DEFAULT_BAUD, BoardTop
 from .hierarchy import module_costs, run_hierarchy
 from .rtlil import collisions_dont_care
 
-__all__ = ["BOARDS", "Board", "BuildFailed", "tool_env", "synthesize", "parse_nextpnr_report",
+__all__ = ["BOARDS", "Board", "BuildFailed", "board_top", "tool_env", "synthesize", "parse_nextpnr_report",
            "parse_nextpnr_log", "parse_yosys_stat", "build_report", "diagnose_failure",
            "parse_seeds", "split_build_script", "yosys_synth_commands"]
 
@@ -209,6 +209,19 @@ def _run_sh(preamble, commands, cwd):
     subprocess.run(["sh", "-c", "\n".join([preamble, *commands])], cwd=cwd, check=True)
 
 
+def board_top(board, core, *, sync_mhz=None, baud=DEFAULT_BAUD, platform=None):
+    """The :class:`~hmtx.hw.board.BoardTop` that :func:`synthesize` builds for ``board``: ``core``
+    behind the UART bridge at the board's clock (``sync_mhz``, default the board's target, as
+    the PLL makes it) and ``baud``. The virtual board (hmtx.sim.board_sim) simulates its
+    ``bridge``, so the two cannot drift apart."""
+    if board not in BOARDS:
+        raise ValueError(f"unknown board {board!r}; choose one of {', '.join(BOARDS)}")
+    spec = BOARDS[board]
+    platform = spec.platform() if platform is None else platform
+    return BoardTop(core, family=spec.family, ref_mhz=platform.default_clk_frequency / 1e6,
+                    sync_mhz=spec.target_mhz if sync_mhz is None else sync_mhz, baud=baud)
+
+
 def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
                seed=1, ice40_dsp=False, synth_opts=None, router=None, name="top", split_fanout=True,
                timing_weight=None, floorplan=True, placer_density=None, detailed_timing=False,
@@ -235,8 +248,7 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
     platform = spec.platform()
-    top = BoardTop(core, family=spec.family, ref_mhz=platform.default_clk_frequency / 1e6,
-                   sync_mhz=spec.target_mhz if sync_mhz is None else sync_mhz, baud=baud)
+    top = board_top(board, core, sync_mhz=sync_mhz, baud=baud, platform=platform)
 
     synth_opts = list(DEFAULT_SYNTH_OPTS[spec.family] if synth_opts is None else synth_opts)
     if spec.family == "ice40" and ice40_dsp:

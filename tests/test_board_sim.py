@@ -1,0 +1,182 @@
+"""The virtual board: the board top `hmtx synth` builds (UART bridge, divisor, FIFOs, engine)
+under Verilator behind a pseudo-terminal, driven through the unchanged serial backend.
+
+One Verilator build of the tiny board top serves the module (cached under build/sim/); each
+test starts its own board process (a fraction of a second), so every test sees a fresh device.
+"""
+
+import os
+import time
+
+import numpy as np
+import pytest
+
+from device_testlib import run_session
+from hmtx.host import protocol as P
+from hmtx.host.backends import DEFAULT_BAUD, GoldenTransport, SerialTransport, open_transport
+from hmtx.host.device import Device
+from hmtx.host.golden_device import example_session
+from hmtx.model import fixed
+from hmtx.host.cmd_run import engine_config
+
+# The engine `hmtx run --backbone tiny` expects (tiny widened to the tiny Llama's d=32), so one
+# Verilator build serves the sessions and the `hmtx run` test.
+CFG = engine_config("tiny", 32, None)
+BOARD = "ulx3s-85f"
+SEED = int(os.environ.get("HMTX_SEED", "7"))
+
+
+@pytest.fixture(scope="module")
+def design():
+    from hmtx.sim.board_sim import board_design, build_board
+    d = board_design(BOARD, CFG)
+    build_board(d)
+    return d
+
+
+@pytest.fixture
+def board(design):
+    from hmtx.sim.board_sim import BoardSim
+    b = BoardSim(design)
+    yield b
+    b.close()
+
+
+def test_simulated_design_is_the_board_top_synth_builds(design):
+    """The bridge simulated has the clock, divisor, FIFOs and reset of hmtx synth's BoardTop."""
+    from hmtx.hw.board import BoardTop, EchoCore
+    from hmtx.hw.synth import BOARDS, board_top
+    from hmtx.hw.uart import baud_divisor
+    core = EchoCore(lanes=1)
+    top = board_top(BOARD, core)
+    core._MustUse__silence = top._MustUse__silence = top.bridge._MustUse__silence = True  # described only
+    assert isinstance(top, BoardTop)
+    assert design.clk_hz == top.sync_mhz * 1e6 == BOARDS[BOARD].target_mhz * 1e6
+    assert design.divisor == top.bridge.divisor == baud_divisor(design.clk_hz, DEFAULT_BAUD)
+    assert (design.fifo_depth, design.fifo_ram) == (top.bridge.fifo_depth, top.bridge.fifo_ram)
+    assert design.reset_cycles == top.reset_cycles
+    assert design.baud == DEFAULT_BAUD and design.engine == BOARDS[BOARD].default_engine
+
+
+def test_full_session_byte_identical_to_golden_through_serial(board):
+    """INFO, weights (with a damaged chunk), writes, recalls, every error status, malformed frames
+    and garbage followed by valid frames: byte for byte what the golden device answers."""
+    session = example_session(CFG, seed=SEED)
+    want = run_session(GoldenTransport(CFG), session)
+    t = SerialTransport(board.port)
+    try:
+        got = run_session(t, session)
+    finally:
+        t.close()
+    bad = [f"{label}: board {g.hex()} != golden {w.hex()}"
+           for (label, raw), w, g in zip(session, want, got) if raw[0] != P.Op.CYCLES and g != w]
+    assert not bad, f"{len(bad)} of {len(session)} responses differ:\n" + "\n".join(bad[:10])
+    s = board.stats()
+    assert s["framing_errors"] == 0 and s["quiet_timeouts"] == 0
+    assert s["frames_out"] == sum(len(P.FrameDecoder().feed(raw)) for _, raw in session)
+    # every bit went over the wire at the line rate: the simulated time covers the bytes' 10 bits
+    # each (less the half stop bit after which a last byte counts as received, and the host's
+    # next frame arriving while a response still goes out)
+    wire_s = 10 * (s["bytes_in"] + s["bytes_out"]) / DEFAULT_BAUD
+    assert 0.95 * wire_s <= s["seconds"] <= 1.5 * wire_s
+
+
+def test_device_api_errors_and_resync_through_serial(board):
+    """The host's Device over the serial port: answers equal the golden device's, a device error
+    leaves the link usable, and garbage on the line is recovered by the host's resync."""
+    rng = np.random.default_rng(SEED)
+    qws = [fixed.quantize_weight(rng.normal(size=(CFG.d, CFG.d_h)) * 0.2) for _ in range(2)]
+    vecs = [fixed.quantize_bfp(rng.normal(size=CFG.d)) for _ in range(3)]
+    golden = Device(GoldenTransport(CFG), CFG)
+    with Device(SerialTransport(board.port), CFG) as dev:
+        assert dev.info().mismatches(CFG) == []
+        with pytest.raises(P.DeviceError, match="NO_WEIGHTS to RECALL"):
+            dev.recall(*vecs[0])
+        for d in (dev, golden):
+            d.load_weights(*qws)
+        for m, e in vecs:
+            assert dev.write_memory(m, int(e)) == golden.write_memory(m, int(e))
+            got, want = dev.recall(m, int(e)), golden.recall(m, int(e))
+            for g, w in zip(got, want):
+                assert np.array_equal(np.asarray(g), np.asarray(w))
+        # garbage without an END: the device waits; the host's resync (END) ends it, and the
+        # error response it provokes is drained
+        garbage = bytes(rng.integers(1, 0xC0, 50, dtype=np.uint8))
+        dev.transport.write(garbage)
+        dropped = dev.resync()
+        assert dropped and dropped == golden.transport.device.feed(garbage + bytes([P.END]))
+        assert P.decode_response(P.FrameDecoder().feed(dropped)[0]).status != P.Status.OK
+        assert dev.status().fill == 3
+        assert dev.read_slot(2)[0].tolist() == golden.read_slot(2)[0].tolist()
+    assert board.stats()["framing_errors"] == 0
+
+
+def test_host_at_the_wrong_baud_gets_garbage_then_recovers(board):
+    """The line follows the rate the host sets on the port, as a USB-UART bridge does: a host at
+    half the board's baud gets no valid answer; at the right rate the same board answers."""
+    wrong = SerialTransport(board.port, DEFAULT_BAUD // 2)
+    try:
+        with pytest.raises(P.ProtocolError):
+            Device(wrong, CFG, timeout=3)
+    finally:
+        wrong.close()
+    with Device(SerialTransport(board.port), CFG) as dev:
+        assert dev.status().fill == 0
+    assert board.stats()["line_baud"] == DEFAULT_BAUD
+
+
+def test_board_sim_device_spec_starts_and_stops_the_board(design):
+    t = open_transport("board-sim", CFG)
+    try:
+        assert t.port.startswith("/dev/")
+        with Device(t, CFG) as dev:
+            assert dev.info().lanes == CFG.lanes
+            s = t.stats()
+            assert s["frames_out"] >= 1 and s["line_baud"] == DEFAULT_BAUD
+    finally:
+        t.close()
+    assert not t.board.alive()
+    with pytest.raises(ValueError, match="board-sim"):
+        open_transport("board-sim-x", CFG)
+    with pytest.raises(ValueError, match="unknown config"):
+        open_transport("board-sim:nope", CFG)
+
+
+def test_hmtx_run_through_serial_port_of_the_board(board, capsys, tmp_path):
+    """`hmtx run --device serial:PORT` on the tiny backbone against the virtual board: every write,
+    recall and cache read checked, 0 mismatches."""
+    import hmt_testlib  # noqa: F401  (one torch thread)
+    from hmtx.host.cli import main
+    rc = main(["run", "--backbone", "tiny", "--quiet", "--device", f"serial:{board.port}", "--segments", "3",
+               "--json", str(tmp_path / "r.json")])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    import json
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert (r["segments"], r["mismatches"]) == (3, 0) and r["ops_checked"] > 3
+    assert board.stats()["framing_errors"] == 0
+
+
+def test_hmtx_board_sim_command_prints_port_and_stops_cleanly(design, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    stats = tmp_path / "stats.json"
+    link = tmp_path / "port"
+    p = subprocess.Popen([sys.executable, "-m", "hmtx.host.cli", "board-sim", "--config", "tiny", "--d", "32",
+                          "--stats", str(stats), "--link", str(link)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("port /dev/"), p.stderr.read() if p.poll() is not None else line
+        with Device(SerialTransport(str(link)), CFG) as dev:
+            assert dev.status().fill == 0
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "connect with: hmtx run --device serial:" in err and "--backbone tiny" in err
+    import json
+    s = json.loads(stats.read_text())
+    assert s["frames_out"] == s["frames_in"] >= 2 and s["framing_errors"] == 0     # INFO, STATUS (+ resync marker)
+    assert not link.exists()
