@@ -69,6 +69,7 @@ class SimTransport(Transport):
         self.log_path = os.path.join(self._dir, "launcher.log")
         self._sock = None
         self.waves_path = None
+        self._waves = waves
         cmd = [sys.executable, "-m", "hmtx.host.backends_sim", "--socket", self.socket_path,
                "--config", json.dumps(config.to_dict()), "--top", top, "--engine", engine] + \
               (["--waves"] if waves else [])
@@ -157,6 +158,11 @@ class SimTransport(Transport):
         except ProcessLookupError:
             pass
         self.proc.wait()
+        if not self._waves:
+            # The launcher had no chance to remove its run folder (tagged with its pid).
+            from hmtx.sim.runner import BUILD
+            for out in BUILD.glob(f"*/runs/*/bridge-{self.proc.pid}"):
+                shutil.rmtree(out, ignore_errors=True)
 
 
 # --- the launcher (runs in the child process) ----------------------------------------------------
@@ -194,10 +200,14 @@ def main(argv=None) -> int:
     print(f"building {name} ...", flush=True)
     model = runner.build(target, waves=args.waves)
     print(f"model {model.build_dir}; serving on {args.socket}", flush=True)
-    out = model.run("hmtx.sim.bridge", tag=f"bridge-{os.getpid()}",
-                    env={"HMTX_BRIDGE_SOCKET": args.socket})
-    if not args.waves:
-        shutil.rmtree(out, ignore_errors=True)
+    try:
+        model.run("hmtx.sim.bridge", tag=f"bridge-{os.getpid()}", env={"HMTX_BRIDGE_SOCKET": args.socket})
+    finally:
+        # The run folder holds only the waves worth keeping; a crashed simulator's log tail is
+        # already in this process's output, which the host shows.
+        if not args.waves:
+            for out in model.runs:
+                shutil.rmtree(out, ignore_errors=True)
     return 0
 
 

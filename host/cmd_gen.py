@@ -51,8 +51,15 @@ def verilog_ports(path: Path, module: str) -> dict:
     """{name: (direction, width)} of ``module``'s ports as pyverilog parses the file."""
     from pyverilog.vparser import ast as vast
     from pyverilog.vparser.parser import parse
-    # PLY writes its parser table (parsetab.py) into outputdir: keep it next to the Verilog
-    tree, _ = parse([str(path)], outputdir=str(path.parent), debug=False)
+    # PLY writes its parser table (parsetab.py) into outputdir: a temporary folder, so that
+    # nothing but the outputs lands in the user's folder
+    import shutil
+    import tempfile
+    tmp = tempfile.mkdtemp(prefix="hmtx-pyverilog-")
+    try:
+        tree, _ = parse([str(path)], outputdir=tmp, debug=False)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     mods = [d for d in tree.description.definitions if isinstance(d, vast.ModuleDef) and d.name == module]
     if len(mods) != 1:
         raise ValueError(f"{path}: expected one module {module!r}, found {len(mods)}")
@@ -141,8 +148,11 @@ def generate(config_name: str, out: Path, engine: str = "lanes") -> tuple[Path, 
 
 
 def run(args) -> int:
+    from .cli_options import check_output_path
+
     t0 = time.perf_counter()
     try:
+        check_output_path(args.out, "--out", folder=True)
         vpath, problems = generate(args.config, Path(args.out), args.engine)
     except ValueError as e:
         print(f"hmtx gen: {e}", file=sys.stderr)

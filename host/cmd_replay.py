@@ -22,7 +22,10 @@ def run(args) -> int:
     from .device import Device, DeviceError, ProtocolError
     from .runtime import MismatchError, load_case, replay_case
 
+    from .cli_options import check_timeout
+
     try:
+        timeout = check_timeout(args.timeout)
         case = load_case(args.case)
     except ValueError as e:
         print(f"hmtx replay: error: {e}", file=sys.stderr)
@@ -38,7 +41,7 @@ def run(args) -> int:
     elif case.get("error"):
         print(f"recorded: device error: {case['error']}")
     try:
-        with Device.open(args.device, cfg, timeout=args.timeout, waves=args.waves) as dev:
+        with Device.open(args.device, cfg, timeout=timeout, waves=args.waves) as dev:
             chk = replay_case(case, dev)
     except MismatchError as e:
         print(e.mismatch.describe())

@@ -22,10 +22,15 @@ DEFAULT_TEXT = REPO / "data" / "wikitext-2" / "test.txt"
 # The shipped checkpoint, = hmtx.model.train.DEFAULT_CHECKPOINT (not imported: that module imports
 # torch, and registering the command must stay light). Kept here for bench/end_to_end.py.
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "smollm2-hmt"
+# Where a failing case goes without --case (beside build/sim, whatever the current folder).
+CASES_DIR = REPO / "build" / "cases"
 
 # Per backbone: (engine config, HMT segment length L, sensory k). The tiny backbone (d=32, for
 # tests) gets the tiny engine widened to its d.
 BACKBONE_DEFAULTS = {"smollm2": ("smollm", 512, 32), "tiny": ("tiny", 24, 4)}
+# Embedding width d of each backbone, known before the (slow) load so that everything that
+# depends on the engine config is checked first; checked again against the loaded backbone.
+BACKBONE_D = {"smollm2": 576, "tiny": 32}
 
 EXIT_MISMATCH, EXIT_USAGE, EXIT_DEVICE = 1, 2, 3
 
@@ -62,7 +67,8 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=float, help="seconds per device transaction (default by backend)")
     p.add_argument("--fmax", type=float, help="device clock in MHz for the time estimate (default: from the "
                                               "latest `hmtx synth` report of this config, if any)")
-    p.add_argument("--case", help="where to save a failing case (default build/cases/run-TIME.json)")
+    p.add_argument("--case", help="where to save a failing case (default build/cases/run-TIME.json in the "
+                                  "hmtx source tree, printed when used)")
     p.add_argument("--inject-fault", metavar="SEG:ELEM:BIT",
                    help="testing aid: flip bit BIT of P_n mantissa ELEM in the device's RECALL answer at "
                         "segment SEG (the checker must report exactly that)")
@@ -100,7 +106,9 @@ def engine_config(backbone_name: str, d: int, name: str | None):
     return cfg
 
 
-def parse_fault(spec: str | None):
+def parse_fault(spec: str | None, segments: int | None = None, d: int | None = None):
+    """(SEG, ELEM, BIT) of ``--inject-fault``; with ``segments`` and ``d`` also checked against the
+    run (a fault at a segment the run never reaches would be silently ignored)."""
     if not spec:
         return None
     try:
@@ -109,7 +117,35 @@ def parse_fault(spec: str | None):
         raise ValueError(f"--inject-fault {spec!r}: expected SEG:ELEM:BIT, three integers") from None
     if seg < 2 or elem < 0 or not 0 <= bit < 16:
         raise ValueError(f"--inject-fault {spec!r}: segment >= 2 (the first recall), element >= 0, bit in 0..15")
+    if segments is not None and seg >= segments:
+        raise ValueError(f"--inject-fault {spec!r}: segment {seg} is not reached by a run of --segments {segments} "
+                         f"(segments 0..{segments - 1})")
+    if d is not None and elem >= d:
+        raise ValueError(f"--inject-fault {spec!r}: element {elem} >= d={d} (P_n has d elements)")
     return seg, elem, bit
+
+
+def default_case_path() -> str:
+    """build/cases/run-TIME.json in the hmtx tree (where build/sim lives), not in whatever folder
+    the command was started from; a temporary folder when the tree cannot be written."""
+    name = time.strftime("run-%Y%m%d-%H%M%S.json")
+    path = str(CASES_DIR / name)
+    try:
+        return cli_options.check_output_path(path, "--case")
+    except ValueError:
+        import tempfile
+        return os.path.join(tempfile.gettempdir(), "hmtx-cases", name)
+
+
+def report_case(res, device_spec: str) -> None:
+    """The line about the failing case, after the report: where it was saved, or why it was not."""
+    if res is None:
+        return
+    if res.case_file:
+        print(f"failing case saved: {res.case_file}  (replay: hmtx replay {res.case_file} --device {device_spec})",
+              file=sys.stderr)
+    elif res.case_error:
+        print(f"hmtx run: could not save the failing case: {res.case_error}", file=sys.stderr)
 
 
 def find_fmax(cfg, engine: str = "lanes") -> tuple[float, str] | None:
@@ -120,9 +156,11 @@ def find_fmax(cfg, engine: str = "lanes") -> tuple[float, str] | None:
     return (float(rep["fmax_mhz"]), rep["path"]) if rep else None
 
 
-def pick_document(text_path: str, tokenizer, tokens_needed: int):
+def pick_document(text_path: str, tokenizer, tokens_needed: int, docs=None):
+    """The first document of ``text_path`` (or of ``docs``, its already loaded documents) with
+    at least ``tokens_needed`` tokens."""
     from hmtx.model.text import load_documents, tokenize_documents
-    docs = load_documents(text_path)
+    docs = load_documents(text_path) if docs is None else docs
     longest = 0
     for doc in docs:
         (tok,) = tokenize_documents([doc], tokenizer)
@@ -135,22 +173,34 @@ def pick_document(text_path: str, tokenizer, tokens_needed: int):
 
 def _run(args) -> int:
     from hmtx.model.backbone import load_backbone
-    from hmtx.model.hmt import HMT
+    from hmtx.model.hmt import HMT, read_checkpoint
+    from hmtx.model.text import load_documents
 
     from .backends import FaultInjector, open_transport
-    from .device import Device
+    from .device import Device, DeviceError, ProtocolError
     from .runtime import run_document
 
     t_start = time.monotonic()
-    fault = parse_fault(args.inject_fault)
+    # Everything the user can get wrong is checked before the backbone loads (20 s for SmolLM2).
     if not isinstance(args.segments, int) or args.segments < 1:
         raise ValueError(f"--segments must be a positive integer, got {args.segments}")
+    timeout = cli_options.check_timeout(args.timeout)
+    cfg = engine_config(args.backbone, BACKBONE_D[args.backbone], args.config)
+    fault = parse_fault(args.inject_fault, args.segments, cfg.d)
+    cli_options.check_device_spec(args.device, cfg)
     text = args.text or str(DEFAULT_TEXT)
-    if not os.path.exists(text):
-        raise ValueError(f"{text}: no such file or folder")
+    docs = load_documents(text)
     tdev = cli_options.torch_device(args.torch_device, "--torch-device")
     checkpoint = cli_options.resolve_checkpoint(args)
     cli_options.check_sizes_match(args, checkpoint)
+    if checkpoint:
+        ck, _ = read_checkpoint(checkpoint)
+        if (ck.d, ck.d_h, ck.cache_size) != (cfg.d, cfg.d_h, cfg.n_slots):
+            raise ValueError(f"checkpoint {checkpoint} (d={ck.d}, d_h={ck.d_h}, N={ck.cache_size}) does not fit "
+                             f"engine config {cfg.name!r} (d={cfg.d}, d_h={cfg.d_h}, N={cfg.n_slots})")
+    cli_options.check_output_path(args.json_out, "--json")
+    cli_options.check_output_path(args.plot, "--plot", folder=True)
+    case = cli_options.check_output_path(args.case, "--case") or default_case_path()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     backbone = load_backbone(args.backbone, tdev)
@@ -165,7 +215,7 @@ def _run(args) -> int:
                                   cache_size=cfg.n_slots, d_h=cfg.d_h)
     model.to(tdev).eval()
     need = args.segments * model.config.tokens_per_segment
-    doc = pick_document(text, backbone.tokenizer, need)
+    doc = pick_document(text, backbone.tokenizer, need, docs)
 
     # A terminated run still stops its simulator and removes its socket folder (close() runs).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -174,7 +224,7 @@ def _run(args) -> int:
     if fault:
         transport = injector = FaultInjector(transport)
     try:
-        device = Device(transport, cfg, args.timeout)
+        device = Device(transport, cfg, timeout)
     except BaseException:
         transport.close()
         raise
@@ -183,8 +233,6 @@ def _run(args) -> int:
     def before_segment(seg):
         if fault and seg == fault[0]:
             _, elem, bit = fault
-            if elem >= cfg.d:
-                raise ValueError(f"--inject-fault: element {elem} >= d={cfg.d}")
             injector.arm(Op.RECALL, 2 + 2 * elem + bit // 8, bit % 8)
 
     info = device.device_info
@@ -201,18 +249,22 @@ def _run(args) -> int:
             bar.set_postfix(ops=res.ops_checked, mismatches=0)
             bar.update(1)
 
-    case = args.case or os.path.join("build", "cases", time.strftime("run-%Y%m%d-%H%M%S.json"))
     try:
         with device:
             res = run_document(model, doc.ids, device, cfg, args.segments, case_path=case,
                                progress=progress, before_segment=before_segment,
                                fixed_stream=args.reference == "stream")
+    except (DeviceError, ProtocolError, ConnectionError, ValueError) as e:
+        # Report first, then where the case went (or why it could not be saved).
+        if bar is not None:
+            bar.close()
+        device_error = not isinstance(e, ValueError)
+        print(f"hmtx run: {'device error' if device_error else 'error'}: {e}", file=sys.stderr)
+        report_case(getattr(e, "run_result", None), args.device)
+        return EXIT_DEVICE if device_error else EXIT_USAGE
     except Exception:
         if bar is not None:
             bar.close()
-        if os.path.exists(case):
-            print(f"failing case saved: {case}  (replay: hmtx replay {case} --device {args.device})",
-                  file=sys.stderr)
         raise
     if bar is not None:
         bar.close()
@@ -256,15 +308,25 @@ def _run(args) -> int:
     print(format_summary(summary))
     if res.mismatch is not None:
         print(res.mismatch.describe(), file=sys.stderr)
-        print(f"failing case saved: {res.case_file}  (replay: hmtx replay {res.case_file} --device {args.device})",
-              file=sys.stderr)
-    if args.json_out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-        with open(args.json_out, "w") as f:
-            json.dump(summary, f, indent=2)
-    if args.plot:
-        write_plots(summary, args.plot)
-    return EXIT_MISMATCH if res.mismatch is not None else 0
+        report_case(res, args.device)
+    rc = EXIT_MISMATCH if res.mismatch is not None else 0
+    # The outputs were checked before the run; should writing one fail anyway (disk full, the
+    # folder removed meanwhile), the report above stands and the exit status says so.
+    for what, path, write in (("--json", args.json_out, lambda p: _write_json(summary, p)),
+                              ("--plot", args.plot, lambda p: write_plots(summary, p))):
+        if path:
+            try:
+                write(path)
+            except OSError as e:
+                print(f"hmtx run: error: {what} {path}: could not write ({e.strerror or e})", file=sys.stderr)
+                rc = rc or EXIT_USAGE
+    return rc
+
+
+def _write_json(summary: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(summary, f, indent=2)
 
 
 def _fmt(x, spec=".3f"):

@@ -18,6 +18,7 @@ It also implements the device interface of ``hmtx.model.recall`` (``reset``, ``l
 """
 
 import hashlib
+import math
 import time
 
 import numpy as np
@@ -57,6 +58,9 @@ class Device:
     def __init__(self, transport: Transport, config: EngineConfig | None = None, timeout: float | None = None):
         self.transport = transport
         self.timeout = DEFAULT_TIMEOUTS.get(_kind(transport.name), 10.0) if timeout is None else float(timeout)
+        if not math.isfinite(self.timeout) or self.timeout <= 0:
+            # NaN never expires and infinity never gives up on a silent device.
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
         self._decoder = P.FrameDecoder()
         self._frames = []
         self.bytes_out = 0

@@ -207,20 +207,119 @@ def save_case(path: str, config: EngineConfig, log: list, mismatch: Mismatch | N
     return path
 
 
-def load_case(path: str) -> dict:
+def _save_case_or_say_why(res, path, *args) -> None:
     try:
-        with open(path) as f:
-            case = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read case file ({e})") from None
+        res.case_file = save_case(path, *args)
+    except (OSError, TypeError, ValueError) as e:
+        res.case_file = None
+        res.case_error = f"{path}: {getattr(e, 'strerror', None) or e}"
+
+
+def load_case(path: str) -> dict:
+    """Read and validate a case file; anything of the wrong structure raises ValueError naming
+    the file and the field (``hmtx replay`` exits 2 on it)."""
+    try:
+        with open(path, "rb") as f:
+            case = json.loads(f.read().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: cannot read case file ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(case, dict) or case.get("format") != CASE_FORMAT:
         raise ValueError(f"{path}: not an hmtx case file (format {case.get('format') if isinstance(case, dict) else None!r}, "
                          f"expected {CASE_FORMAT!r})")
     try:
+        if not isinstance(case.get("config"), dict):
+            raise TypeError("missing or not an object")
         case["config"] = EngineConfig(**case["config"])
-    except (KeyError, TypeError) as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad engine config in case file ({e})") from None
+    try:
+        _check_case(case)
+    except _CaseError as e:
+        raise ValueError(f"{path}: {e}") from None
     return case
+
+
+class _CaseError(Exception):
+    pass
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _b64_bytes(where: str, s, n: int) -> None:
+    if not isinstance(s, str):
+        raise _CaseError(f"{where}: expected a base64 string, got {type(s).__name__}")
+    try:
+        raw = base64.b64decode(s, validate=True)
+    except (ValueError, TypeError):
+        raise _CaseError(f"{where}: not valid base64") from None
+    if len(raw) != n:
+        raise _CaseError(f"{where}: {len(raw)} bytes, the engine config needs {n}")
+
+
+_OP_FIELDS = {"reset": (), "load_weights": ("weights",), "write": ("m_mant", "m_exp"),
+              "recall": ("s_mant", "s_exp"), "check_cache": ()}
+_MISMATCH_FIELDS = ("segment", "op", "slot", "field", "element", "expected", "got")
+
+
+def _check_case(case: dict) -> None:
+    """The structure ``save_case`` writes, field by field (types, sizes, op order)."""
+    cfg = case["config"]
+    from .protocol import MAX_BODY
+    for name in ("d", "d_h", "n_slots", "lanes", "head_dim", "max_queries", "max_keys"):
+        if getattr(cfg, name) > 0xFFFF:
+            raise _CaseError(f"config.{name} = {getattr(cfg, name)} does not fit the protocol's u16")
+    longest = max(cfg.d + 3, 6 + cfg.d + 2 * cfg.d_h, 7 + 2 * cfg.d + 2 * cfg.n_slots)
+    if longest > MAX_BODY:
+        raise _CaseError(f"config {cfg.name!r}: its frames would exceed MAX_BODY={MAX_BODY} bytes")
+    ops = case.get("ops")
+    if not isinstance(ops, list):
+        raise _CaseError(f"'ops' must be a list, got {type(ops).__name__}")
+    weights_loaded = False
+    for i, op in enumerate(ops):
+        if not isinstance(op, dict):
+            raise _CaseError(f"ops[{i}]: expected an object, got {type(op).__name__}")
+        kind = op.get("op")
+        if not isinstance(kind, str) or kind not in _OP_FIELDS:
+            raise _CaseError(f"ops[{i}]: unknown op {kind!r} (expected one of {', '.join(_OP_FIELDS)})")
+        where = f"ops[{i}] ({kind})"
+        seg = op.get("segment")
+        if seg is not None and not _is_int(seg):
+            raise _CaseError(f"{where}: segment must be an integer or null, got {seg!r}")
+        missing = [f for f in _OP_FIELDS[kind] if f not in op]
+        if missing:
+            raise _CaseError(f"{where}: missing {', '.join(missing)}")
+        if kind == "load_weights":
+            ws = op["weights"]
+            if not isinstance(ws, list) or len(ws) != 2:
+                raise _CaseError(f"{where}: 'weights' must be a list of two matrices (W_q, W_k)")
+            for j, w in enumerate(ws):
+                wj = f"{where}: weights[{j}]"
+                if not isinstance(w, dict) or not all(k in w for k in ("mant", "exp", "shift", "shape")):
+                    raise _CaseError(f"{wj}: expected an object with mant, exp, shift, shape")
+                if not (_is_int(w["exp"]) and _is_int(w["shift"])):
+                    raise _CaseError(f"{wj}: exp and shift must be integers")
+                if w["shape"] != [cfg.d, cfg.d_h]:
+                    raise _CaseError(f"{wj}: shape {w['shape']!r}, the engine config's is [{cfg.d}, {cfg.d_h}]")
+                _b64_bytes(f"{wj}.mant", w["mant"], cfg.d * cfg.d_h)
+            weights_loaded = True
+        elif kind in ("write", "recall"):
+            mant, exp = _OP_FIELDS[kind]
+            _b64_bytes(f"{where}: {mant}", op[mant], cfg.d)
+            if not _is_int(op[exp]):
+                raise _CaseError(f"{where}: {exp} must be an integer, got {op[exp]!r}")
+            if not weights_loaded:
+                raise _CaseError(f"{where}: comes before any load_weights (the case cannot be replayed)")
+    mm = case.get("mismatch")
+    if mm is not None:
+        if not isinstance(mm, dict) or not all(k in mm for k in _MISMATCH_FIELDS):
+            raise _CaseError(f"'mismatch' must be null or an object with {', '.join(_MISMATCH_FIELDS)}")
+        if mm["element"] is not None and not _is_int(mm["element"]):
+            raise _CaseError(f"mismatch.element must be an integer or null, got {mm['element']!r}")
+    err = case.get("error")
+    if err is not None and not isinstance(err, str):
+        raise _CaseError(f"'error' must be null or a string, got {type(err).__name__}")
 
 
 def replay_case(case: dict, device) -> CheckedDevice:
@@ -257,6 +356,7 @@ class RunResult:
     mismatch: Mismatch | None = None
     error: str | None = None
     case_file: str | None = None
+    case_error: str | None = None          # why the case could not be saved (case_file is None then)
     device_cycles: int = 0
     wall_s: float = 0.0
     nll: dict = field(default_factory=dict)           # variant -> [per segment]
@@ -294,8 +394,10 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
 
     ``progress(segment, result)`` is called after each segment; ``before_segment(segment)``
     before it (fault injection hooks in there). Device errors (DeviceError, ProtocolError,
-    ConnectionError) propagate after the case has been saved; a mismatch ends the run and is
-    returned in ``result.mismatch``.
+    ConnectionError) propagate after the case has been saved, with the partial result as the
+    exception's ``run_result`` attribute; a mismatch ends the run and is returned in
+    ``result.mismatch``. Saving the case never raises: a case that cannot be written leaves
+    ``result.case_file`` None and says why in ``result.case_error``, so the report survives it.
     """
     hc = model.config
     if (hc.d, hc.d_h, hc.cache_size) != (config.d, config.d_h, config.n_slots):
@@ -358,14 +460,18 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
     except Exception as e:
         res.error = f"{type(e).__name__}: {e}"
         if case_path:
-            res.case_file = save_case(case_path, config, chk.log, None, res.error)
+            _save_case_or_say_why(res, case_path, config, chk.log, None, res.error)
+        try:
+            e.run_result = res
+        except AttributeError:
+            pass
         raise
     finally:
         res.ops_checked = chk.ops_checked
         res.tokens = sum(res.counts)
         res.wall_s = time.monotonic() - t0
     if res.mismatch is not None and case_path:
-        res.case_file = save_case(case_path, config, chk.log, res.mismatch)
+        _save_case_or_say_why(res, case_path, config, chk.log, res.mismatch)
     try:
         res.device_cycles = device.cycles().total - cycles0
     except Exception:

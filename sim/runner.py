@@ -199,8 +199,8 @@ class Model:
             where = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
             again = f"HMTX_SEED={seed} .venv/bin/python -m pytest '{where}'" if where else f"HMTX_SEED={seed}"
             tail = "".join(log.read_text(errors="replace").splitlines(True)[-60:]) if log.exists() else ""
-            head = (f"simulation ended without a results file (crash, $finish, or the {limit} s wall-clock "
-                    "limit HMTX_SIM_TIMEOUT_S)" if failures is None
+            why = "crash or $finish" + (f", or the {limit} s wall-clock limit HMTX_SIM_TIMEOUT_S" if limit else "")
+            head = (f"simulation ended without a results file ({why})" if failures is None
                     else "\n".join(f"cocotb test {name} FAILED: {msg}" for name, msg in failures))
             raise AssertionError(f"{head}\n[target {self.target.name}, {self.sim}, seed {seed}; "
                                  f"reproduce: {again}; log: {log}]\n--- log tail ---\n{tail}")

@@ -83,6 +83,14 @@ def test_killed_simulator_gives_clear_error_not_hang():
                 dev.status()
                 time.sleep(0.2)
         assert time.monotonic() - start < 20
+        # No wall-clock limit was set, so the launcher's report cites none; it removed its run folder.
+        t.proc.wait(timeout=10)
+        with open(t.log_path) as f:
+            log = f.read()
+        assert "simulation ended without a results file (crash or $finish)" in log, log[-2000:]
+        assert "0 s wall-clock" not in log
+        from hmtx.sim.runner import BUILD
+        assert not list(BUILD.glob(f"*/runs/*/bridge-{t.proc.pid}")), "the crashed run's folder was left behind"
     finally:
         t.kill()
         t.close()

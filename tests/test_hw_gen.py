@@ -14,6 +14,9 @@ def test_gen_tiny_writes_checked_verilog(tmp_path):
     table = (folder / "hmtx_top.ports.md").read_text()
     for port in ("cmd__payload", "cmd__valid", "cmd__ready", "rsp__payload", "rsp__valid", "rsp__ready"):
         assert f"`{port}`" in table
+    # only the outputs: pyverilog's parser table (parsetab.py) is not left in the user's folder
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == \
+        ["hmtx_top.il", "hmtx_top.noattr.v", "hmtx_top.ports.md", "hmtx_top.v"]
 
 
 def test_port_check_reports_drift():
