@@ -62,6 +62,11 @@ def _run(args) -> int:
 
     _positive_int("--repeats", args.repeats)
     _positive_int("--segments", args.segments)
+    from .cli_options import check_output_path
+    check_output_path(args.json_out, "--json")               # before minutes of benchmarks
+    check_output_path(args.markdown, "--markdown")
+    check_output_path(args.plots, "--plots", folder=True)
+    check_output_path(args.write_doc, "--write-doc")
     lengths = None
     if args.lengths:
         try:

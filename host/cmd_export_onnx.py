@@ -23,7 +23,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from hmtx.model.onnx_export import check_onnx, export_recall, recall_from_checkpoint, random_recall
 
+    from .cli_options import check_output_path
+
     try:
+        check_output_path(args.out, "--out")
         if args.checkpoint:
             recall = recall_from_checkpoint(args.checkpoint)
         else:

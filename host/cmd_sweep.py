@@ -125,11 +125,17 @@ def run(args) -> int:
 
     from .cmd_synth import build_one, default_out_dir, format_summary, resolve_config, resolve_engine
 
+    from .cli_options import check_output_path
+
     failed = []
     try:
+        check_output_path(args.out, "--out", folder=True)       # before hours of builds
         if args.from_json:
-            with open(args.from_json) as f:
-                points = json.load(f)
+            try:
+                with open(args.from_json) as f:
+                    points = json.load(f)
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"--from-json {args.from_json}: cannot read ({getattr(e, 'strerror', None) or e})") from None
         else:
             points = []
             engine, _ = resolve_engine(args)

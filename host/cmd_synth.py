@@ -207,6 +207,9 @@ def run(args) -> int:
         config_name, config = resolve_config(args, lanes=args.lanes)
         engine, _ = resolve_engine(args)
         out_dir = args.out or default_out_dir(args.board, config_name, config.lanes, args.core, engine)
+        from .cli_options import check_output_path
+        check_output_path(out_dir, "--out", folder=True)        # before minutes of synthesis
+        check_output_path(args.json_out, "--json")
         report = build_one(args, config_name, config, out_dir)
     except ValueError as e:
         print(f"hmtx synth: error: {e}", file=sys.stderr)

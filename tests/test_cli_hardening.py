@@ -342,3 +342,16 @@ def test_replay_random_damage_never_tracebacks(capsys, tmp_path):
         outcomes[rc] = outcomes.get(rc, 0) + 1
     print(f"replay fuzz outcomes (exit status: count): {outcomes}")
     assert outcomes.get(2, 0) > 50
+
+
+def test_other_commands_check_their_outputs_first(capsys, tmp_path):
+    afile, adir = _bad_paths(tmp_path)
+    for argv, flag in ((["bench", "--quick", "--json", str(adir)], "--json"),
+                       (["bench", "--quick", "--json", str(tmp_path / "b.json"), "--plots", str(afile)], "--plots"),
+                       (["synth", "--board", "ulx3s-85f", "--config", "tiny", "--json", str(adir)], "--json"),
+                       (["synth", "--board", "ulx3s-85f", "--config", "tiny", "--out", str(afile)], "--out"),
+                       (["sweep", "--board", "ulx3s-85f", "--config", "tiny", "--out", str(afile)], "--out"),
+                       (["export-onnx", "--out", str(adir), "--d", "8", "--d-h", "4", "--cache-size", "2"], "--out")):
+        assert main(argv) == 2, argv
+        _one_line_error(capsys.readouterr().err, flag)
+    assert sorted(os.listdir(tmp_path)) == ["adir", "afile.txt"]
