@@ -19,10 +19,10 @@ import sys
 import numpy as np
 
 from bench.stats import Stat, fmt_stat, time_calls
+from hmtx.hw.board import DEFAULT_BAUD as UART_BAUD   # = hmtx.host.backends.DEFAULT_BAUD
 
 __all__ = ["torch_float_recall", "golden_recall", "link_us", "calibrate_inner", "measure_config"]
 
-UART_BAUD = 1_000_000      # hmtx.hw.board / hmtx.host.backends default
 BITS_PER_BYTE = 10         # 8N1
 
 
@@ -148,6 +148,7 @@ def measure_config(cfg, repeats: int, device_cycles: dict | None, fmax: dict | N
     res["golden_frame_us"] = g["recall_frame"].scaled(1e6).to_dict()
     res["golden_recalls_per_s"] = g["recall_arith"].inverted().to_dict()
     res["wire_bytes"] = g["bytes"]
+    res["uart_baud"] = UART_BAUD
     res["uart_us"] = {op: link_us(n) for op, n in g["bytes"].items()}
     f = (fmax or {}).get("fmax_mhz")
     res["fmax_mhz"] = f

@@ -46,9 +46,15 @@ def _sweep_table(res) -> list[str]:
     return rows
 
 
+def _uart_label(res) -> str:
+    # (results written before the baud was recorded were taken at 1 Mbaud)
+    bauds = {r.get("uart_baud", 1_000_000) for r in (res.get("recall_speed") or {}).values()} or {1_000_000}
+    return "UART " + "/".join(f"{b / 1e6:g} Mbaud" for b in sorted(bauds))
+
+
 def _recall_table(res) -> list[str]:
     rows = ["| config | N | device cycles | Fmax (MHz) | device µs (compute) | device recalls/s | "
-            "+ UART 1 Mbaud µs | PyTorch float CPU µs | PyTorch CUDA µs | golden numpy µs | "
+            f"+ {_uart_label(res)} µs | PyTorch float CPU µs | PyTorch CUDA µs | golden numpy µs | "
             "golden device (frame) µs | CPU / device |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in res.get("recall_speed", {}).items():
@@ -222,7 +228,7 @@ def write_plots(res: dict, folder: str) -> list[str]:
         series = [("PyTorch float, CPU", [rs[n]["torch_cpu_us"]["median"] for n in names]),
                   ("golden numpy", [rs[n]["golden_numpy_us"]["median"] for n in names]),
                   ("device compute at Fmax", [rs[n]["device_us"] or 0 for n in names]),
-                  ("device + UART 1 Mbaud", [rs[n].get("device_with_uart_us") or 0 for n in names])]
+                  (f"device + {_uart_label(res)}", [rs[n].get("device_with_uart_us") or 0 for n in names])]
         if any(rs[n]["torch_cuda_us"] for n in names):
             series.insert(1, ("PyTorch float, CUDA", [(rs[n]["torch_cuda_us"] or {}).get("median", 0) for n in names]))
         fig, ax = plt.subplots(figsize=(8, 4))

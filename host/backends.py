@@ -30,7 +30,8 @@ from .golden_device import GoldenDevice
 
 __all__ = ["Transport", "GoldenTransport", "SerialTransport", "FaultInjector", "open_transport", "DEFAULT_BAUD"]
 
-DEFAULT_BAUD = 1_000_000
+# = hmtx.hw.board.DEFAULT_BAUD, what `hmtx synth` builds by default (tests/test_board_sim.py checks)
+DEFAULT_BAUD = 3_000_000
 
 
 class Transport:

@@ -25,9 +25,12 @@ __all__ = ["DEFAULT_BAUD", "EchoCore", "echo_core_reference", "UartBridge", "bri
            "BoardTop"]
 
 # The host runtime's default (hmtx.host.backends.DEFAULT_BAUD), so `hmtx run --device
-# serial:PORT` talks to a fresh bitstream without options. Both boards' FTDI parts run it, and
-# it divides 100 MHz and 24 MHz exactly; `--baud 115200` for a plain terminal.
-DEFAULT_BAUD = 1_000_000
+# serial:PORT` talks to a fresh bitstream without options. 3 Mbaud is the fastest rate of the
+# ULX3S's FT231X (3 MHz / 1, exact on its side; the iCEBreaker's FT2232H goes to 12 Mbaud). It
+# divides 24 MHz exactly (8) and 100 MHz to 33 clocks per bit, 3.03 Mbaud: +1.0 %, half the
+# 2 % hw.uart.baud_divisor allows (bench/link.py tabulates the candidates); `--baud 115200`
+# for a plain terminal.
+DEFAULT_BAUD = 3_000_000
 
 
 class EchoCore(wiring.Component):

@@ -42,6 +42,11 @@ def board(design):
     b.close()
 
 
+def test_host_and_bitstream_default_to_the_same_baud():
+    from hmtx.hw.board import DEFAULT_BAUD as HW_BAUD
+    assert DEFAULT_BAUD == HW_BAUD == 3_000_000
+
+
 def test_simulated_design_is_the_board_top_synth_builds(design):
     """The bridge simulated has the clock, divisor, FIFOs and reset of hmtx synth's BoardTop."""
     from hmtx.hw.board import BoardTop, EchoCore

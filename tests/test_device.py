@@ -123,7 +123,7 @@ def test_open_and_specs():
     with pytest.raises(ValueError, match="unknown engine 'wide'"):      # before a simulator starts
         open_transport("sim:wide", CFG)
     assert parse_serial_spec("serial:/dev/ttyUSB0@115200") == ("/dev/ttyUSB0", 115200)
-    assert parse_serial_spec("serial:/dev/ttyUSB0") == ("/dev/ttyUSB0", 1_000_000)
+    assert parse_serial_spec("serial:/dev/ttyUSB0") == ("/dev/ttyUSB0", 3_000_000)
     with pytest.raises(ValueError, match="baud"):
         parse_serial_spec("serial:/dev/x@fast")
     with pytest.raises(ValueError, match="cannot open serial port"):
