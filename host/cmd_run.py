@@ -278,8 +278,10 @@ def _run(args) -> int:
         "segments": res.segments,
         "ops_checked": res.ops_checked,
         "mismatches": 0 if res.mismatch is None else 1,
-        "ppl": {"backbone": res.ppl("backbone"), "hmt_float": res.ppl("hmt_float"),
-                "hmt_device": res.ppl("hmt_device"), "hmt_fixed": res.ppl("hmt_fixed")},
+        "ppl": {"backbone": res.ppl("backbone"), "hmt_norecall": res.ppl("hmt_norecall"),
+                "hmt_float": res.ppl("hmt_float"), "hmt_device": res.ppl("hmt_device"),
+                "hmt_fixed": res.ppl("hmt_fixed")},
+        "recall_gain": _gain(res.ppl("hmt_device"), res.ppl("hmt_norecall")),
         "device": args.device,
         "device_cycles": res.device_cycles,
         "fmax_mhz": fmax[0] if fmax else None,
@@ -329,6 +331,13 @@ def _write_json(summary: dict, path: str) -> None:
         json.dump(summary, f, indent=2)
 
 
+def _gain(ppl_hmt, ppl_norecall):
+    """What the recall is worth: 1 - PPL(HMT) / PPL(HMT with the recall off)."""
+    if ppl_hmt is None or not ppl_norecall:
+        return None
+    return 1 - ppl_hmt / ppl_norecall
+
+
 def _fmt(x, spec=".3f"):
     return "-" if x is None else format(x, spec)
 
@@ -340,12 +349,15 @@ def format_summary(s: dict) -> str:
         ("device ops checked", str(s["ops_checked"])),
         ("mismatches", str(s["mismatches"])),
         ("PPL backbone only", _fmt(ppl["backbone"])),
+        ("PPL HMT, recall off", _fmt(ppl.get("hmt_norecall"))),
         ("PPL HMT float", _fmt(ppl["hmt_float"])),
         ("PPL HMT fixed (reference)", _fmt(ppl["hmt_fixed"]) if ppl["hmt_fixed"] is not None else
          "(not run as its own stream: every device answer checked inline; --reference stream runs it)"),
         ("PPL HMT on device", _fmt(ppl["hmt_device"]) + ("  (== reference, bit-exact)"
                                                          if ppl["hmt_device"] is not None
                                                          and ppl["hmt_device"] == ppl["hmt_fixed"] else "")),
+        ("recall gain (device)", "-" if s.get("recall_gain") is None else
+         f"{100 * s['recall_gain']:+.2f} %  (1 - PPL on device / PPL recall off)"),
         ("device cycles (compute)", f"{s['device_cycles']:,}"),
         ("est. device time", f"{s['device_time_s'] * 1e3:.3f} ms at {s['fmax_mhz']:g} MHz ({s['fmax_source']})"
          if s["device_time_s"] is not None else "unknown (no Fmax: pass --fmax or run `hmtx synth`)"),
@@ -373,7 +385,10 @@ def write_plots(s: dict, folder: str) -> list[str]:
     paths = []
     per = s["per_segment"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for v, label in (("backbone", "backbone only"), ("hmt_float", "HMT float"), ("hmt_device", "HMT on device")):
+    for v, label in (("backbone", "backbone only"), ("hmt_norecall", "HMT, recall off"), ("hmt_float", "HMT float"),
+                     ("hmt_device", "HMT on device")):
+        if v not in per:
+            continue
         ax.plot(range(len(per[v])), per[v], marker="o", label=f"{label} ({_fmt(s['ppl'][v], '.2f')})")
     ax.set_xlabel("segment")
     ax.set_ylabel("perplexity")

@@ -363,7 +363,9 @@ class RunResult:
     counts: list = field(default_factory=list)        # scored tokens per segment
     recall_probs: list = field(default_factory=list)  # per segment: {past segment: weight} or None
 
-    VARIANTS = ("backbone", "hmt_float", "hmt_fixed", "hmt_device")
+    # hmt_norecall: the ablation of what the device computes (memory token instead of every P_n),
+    # so that the summary can say what the recall itself is worth.
+    VARIANTS = ("backbone", "hmt_norecall", "hmt_float", "hmt_fixed", "hmt_device")
 
     def ppl(self, variant: str) -> float | None:
         if variant not in self.nll:
@@ -418,6 +420,7 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
     cycles0 = device.cycles().total
     states = {
         "backbone": model.new_state("backbone"),
+        "hmt_norecall": model.new_state("hmt_norecall"),
         "hmt_float": model.new_state("hmt", "float"),
         "hmt_fixed": model.new_state("hmt", "fixed") if fixed_stream else None,
         "hmt_device": model.new_state("hmt", "device", hw=chk),

@@ -24,8 +24,10 @@ def test_run_golden_json_and_plots(capsys, tmp_path):
     s = json.loads((tmp_path / "r.json").read_text())
     assert (s["segments"], s["mismatches"], s["device"]) == (7, 0, "golden")
     assert s["ops_checked"] > 7 and s["device_cycles"] > 0 and s["wall_s"] > 0
-    assert set(s["ppl"]) >= {"backbone", "hmt_float", "hmt_device"}
+    assert set(s["ppl"]) >= {"backbone", "hmt_norecall", "hmt_float", "hmt_device"}
     assert s["ppl"]["hmt_device"] == s["ppl"]["hmt_fixed"]
+    assert s["recall_gain"] == pytest.approx(1 - s["ppl"]["hmt_device"] / s["ppl"]["hmt_norecall"])
+    assert "recall gain (device)" in out and "PPL HMT, recall off" in out
     assert s["device_time_s"] == pytest.approx(s["device_cycles"] / 50e6)
     assert "UNTRAINED" in s["note"] and "UNTRAINED" in out
     assert "mismatches" in out and "PPL HMT on device" in out
