@@ -154,9 +154,9 @@ def run(args) -> int:
     try:
         check_output_path(args.out, "--out", folder=True)
         vpath, problems = generate(args.config, Path(args.out), args.engine)
-    except ValueError as e:
-        print(f"hmtx gen: {e}", file=sys.stderr)
-        return 1
+    except ValueError as e:                   # bad input: exit 2, as every hmtx command
+        print(f"hmtx gen: error: {e}", file=sys.stderr)
+        return 2
     if problems:
         print(f"hmtx gen: PORT DRIFT in {vpath}:", file=sys.stderr)
         for p in problems:

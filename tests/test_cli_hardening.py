@@ -117,7 +117,7 @@ def test_check_output_path_accepts_what_can_be_written_and_creates_nothing(tmp_p
 
 def test_gen_out_checked_first(capsys, tmp_path):
     afile, _ = _bad_paths(tmp_path)
-    assert main(["gen", "--config", "tiny", "--out", str(afile)]) == 1
+    assert main(["gen", "--config", "tiny", "--out", str(afile)]) == 2
     _one_line_error(capsys.readouterr().err, "--out", "not a folder")
 
 
