@@ -13,7 +13,7 @@ from bench.stats import fmt_stat
 __all__ = ["markdown", "write_plots", "write_doc_section"]
 
 
-_SECTION_ORDER = {"device": 0, "recall": 1, "sim": 2, "run": 3, "memory": 4}
+_SECTION_ORDER = {"device": 0, "recall": 1, "sim": 2, "run": 3, "memory": 4, "link": 5}
 
 
 def _f(x, spec=".3g", none="n/a"):
@@ -161,7 +161,41 @@ def markdown(res: dict, command: str | None = None) -> str:
         parts += ["### End to end: `hmtx run`", ""] + _run_table(res) + [""]
     if "memory" in res:
         parts += ["### Host peak memory (MiB; growth above the loaded model in brackets)", ""] + _memory_table(res) + [""]
+    if res.get("link"):
+        parts += ["### The link: UART divisors and time per segment", ""] + _link_tables(res) + [""]
     return "\n".join(head + parts)
+
+
+def _link_tables(res) -> list[str]:
+    rows = ["| board | clock MHz | baud | design divisor | design error | USB bridge error | mismatch |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in res.get("link_divisors") or []:
+        rows.append(f"| {r['board']} | {r['clk_mhz']:g} | {r['baud']:,} | {r['divisor'] or 'refused'} | "
+                    f"{_f(r['design_error'], '+.2%')} | "
+                    f"{_f(r['usb_error'], '+.2%', 'beyond the ' + r['usb_bridge'])} | {_f(r.get('mismatch'), '+.2%')} |")
+    rows += ["", "| config | baud | RECALL + WRITE_MEMORY bytes | work: wire + device ms | cache check "
+             "(STATUS + READ_SLOT × fill) ms | per segment ms | weight load s | host s/segment | waiting share "
+             "(work only) |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for m in res["link"]:
+        b = m["bytes"]
+        rows.append(f"| {m['config']} (fill {m['fill']}) | {m['baud']:,} | {b.get('RECALL', 0) + b['WRITE_MEMORY']:,} | "
+                    f"{m['work_s'] * 1e3:.2f} | {m['check_s'] * 1e3:.2f} | {m['segment_s'] * 1e3:.2f} | "
+                    f"{m['weights_s']:.3f} | {_f(m.get('host_s_per_segment'), '.2f')} | "
+                    + (f"{m['wait_share']:.1%} ({m['wait_share_work_only']:.2%})" if m.get("wait_share") is not None
+                       else "n/a") + " |")
+    meas = res.get("link_measured")
+    if meas:
+        rows += ["", f"Measured on the virtual board ({meas['board']} top, engine {meas['engine_config']}, "
+                     f"{meas['clk_mhz']:g} MHz, {meas['baud']:,} baud, divisor {meas['divisor']}; "
+                     f"simulated time = wire bits at the line rate + device cycles; segment 0 includes "
+                     f"the weight load):", "",
+                 "| segment | host → board bytes | board → host bytes | frames | simulated ms |",
+                 "|---:|---:|---:|---:|---:|"]
+        for i, s in enumerate(meas["segments"]):
+            rows.append(f"| {i} | {s['bytes_out']} | {s['bytes_in']} | {s['frames']} | {s['seconds'] * 1e3:.3f} |")
+    elif "link_measured" in (res.get("reasons") or {}):
+        rows += ["", f"Virtual board: {res['reasons']['link_measured']}"]
+    return rows
 
 
 def write_doc_section(path: str, text: str, begin="<!-- bench:begin -->", end="<!-- bench:end -->") -> None:

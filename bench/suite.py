@@ -8,6 +8,9 @@ report, no simulator, ``--quick``) leaves its figures ``null`` with the reason n
 ``sim``      Verilator cycles/s of the top level; golden ops/s (bench.sim_speed)
 ``run``      `hmtx run` tokens/s per backend with the time split (bench.end_to_end)
 ``memory``   host peak memory, HMT vs one full-attention pass (bench.memory)
+``link``     UART divisor table, wire + device time per segment at 1 Mbaud and the default rate,
+             the share of a segment spent waiting, and (not --quick) the virtual board measured
+             (bench.link)
 """
 
 import time
@@ -18,7 +21,7 @@ from bench import efficiency, fmax as fmax_mod, recall_speed, sim_speed, stats
 __all__ = ["SECTIONS", "Options", "run_suite", "FORMAT"]
 
 FORMAT = "hmtx-bench-1"
-SECTIONS = ("device", "recall", "sim", "run", "memory")
+SECTIONS = ("device", "recall", "sim", "run", "memory", "link")
 
 
 class Options:
@@ -184,4 +187,38 @@ def run_suite(opts: Options) -> dict:
                                                         if "error" not in r else r["error"])))
         out["memory"] = {"backbone": opts.memory_backbone, "lengths": list(opts.memory_lengths), "points": rows}
     section("memory", memory)
+
+    # -- the link -----------------------------------------------------------------------------
+    def link():
+        from bench import link as lk
+        from hmtx.hw.board import DEFAULT_BAUD
+
+        out["link_divisors"] = lk.divisor_rows()
+        clk = lk.board_clock_hz("ulx3s-85f")
+        run = (out.get("run") or opts.prior.get("run") or {}).get("golden")
+        rows = []
+        for cfg in configs:
+            dev = (out.get("device") or opts.prior.get("device") or {}).get(cfg.name)
+            cyc = {"recall": dev["recall"]["cycles"], "write": dev["write"]["cycles"]} if dev else None
+            host_s = None
+            if run and run["engine_config"].split("-d")[0] == cfg.name:
+                host_s = run["seconds"]["model"] / run["segments"]
+            traffic = lk.segment_traffic(cfg)
+            for baud in sorted({1_000_000, DEFAULT_BAUD}):
+                m = lk.link_model(cfg, baud, clk, cyc, traffic, host_s)
+                rows.append(m)
+                log(f"  {cfg.name} @ {baud / 1e6:g} Mbaud: work {m['work_s'] * 1e3:.2f} ms, cache check "
+                    f"{m['check_s'] * 1e3:.1f} ms per segment")
+        out["link"] = rows
+        if opts.quick:
+            out["link_measured"] = None
+            out["reasons"]["link_measured"] = "skipped in --quick (needs a Verilator build of the board top)"
+            return
+        try:
+            out["link_measured"] = lk.measure_board(segments=4, log=log)
+        except Exception as e:
+            out["link_measured"] = None
+            out["reasons"]["link_measured"] = _reason(e)
+            log(traceback.format_exc())
+    section("link", link)
     return out

@@ -1,5 +1,6 @@
 """`hmtx bench`: where the time goes, measured — device cycles vs ideal, µs per recall against
-PyTorch, simulator speed, `hmtx run` tokens/s with its time split, and host memory.
+PyTorch, simulator speed, `hmtx run` tokens/s with its time split, host memory, and the link
+(UART divisors, wire + device time per segment, the virtual board measured).
 
 The measurements live in the repository's ``bench/`` scripts (docs/benchmarks.md); this command
 runs them as one suite, checks the result's consistency (cycles >= ideal, utilization <= 100%,
@@ -27,7 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--plots", help="write PNG plots into this folder")
     p.add_argument("--markdown", help="write the tables (Markdown) here")
     p.add_argument("--write-doc", help="replace the <!-- bench:begin/end --> section of this Markdown file")
-    p.add_argument("--only", help="comma-separated sections to run (device,recall,sim,run,memory); the "
+    p.add_argument("--only", help="comma-separated sections to run (device,recall,sim,run,memory,link); the "
                                   "others are kept from an existing --json file")
     p.add_argument("--repeats", type=int, help="repeats per timing (default 21, --quick 5)")
     p.add_argument("--segments", type=int, help="segments of the end-to-end run (default 6, --quick 3)")
@@ -136,5 +137,5 @@ def _run(args) -> int:
 def _section_keys(sections):
     """Prefixes of the ``reasons`` entries each section writes (replaced when it re-runs)."""
     keys = {"recall": ("us_per_recall",), "sim": ("sim_cycles_per_s",), "run": ("run_tokens_per_s",),
-            "memory": ("memory",), "device": ()}
+            "memory": ("memory",), "device": (), "link": ("link_measured",)}
     return tuple(p for s in sections for p in keys.get(s, ()))

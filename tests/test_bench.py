@@ -214,3 +214,18 @@ def test_routed_nets_groups_late_register_inputs_by_signal():
     assert routed_nets.signal_of("bridge.core.engine.w0_wr_en_d1_TRELLIS_FF_Q_49") == "bridge.core.engine.w0_wr_en_d1"
     with pytest.raises(ValueError, match="detailed-timing"):
         routed_nets.endpoints({"fmax": {}})
+
+
+def test_quick_bench_link_section(quick):
+    """The link: the divisor table at the boards' clocks and the per-segment model at 1 Mbaud and
+    the default rate (bench/link.py)."""
+    _, res, out = quick
+    div = {(r["board"], r["baud"]): r for r in res["link_divisors"]}
+    assert div[("ulx3s-85f", 3_000_000)]["divisor"] == 33 and div[("icebreaker", 3_000_000)]["divisor"] == 8
+    assert div[("ulx3s-85f", 12_000_000)]["divisor"] is None            # < 4 clocks per bit
+    by_baud = {m["baud"]: m for m in res["link"] if m["config"] == "tiny"}
+    slow, fast = by_baud[1_000_000], by_baud[3_000_000]
+    assert slow["bytes"] == fast["bytes"] and fast["work_s"] < slow["work_s"]
+    assert math.isclose(slow["work_wire_s"], 3 * fast["work_wire_s"])
+    assert res["link_measured"] is None and "link_measured" in res["reasons"]
+    assert "### The link" in (out / "bench.md").read_text()
