@@ -128,6 +128,8 @@ def run(args) -> int:
     from .cli_options import check_output_path
 
     failed = []
+    if args.seed is None:
+        args.seed = "1"          # one placement per point (hmtx synth's default tries more)
     try:
         check_output_path(args.out, "--out", folder=True)       # before hours of builds
         if args.from_json:

@@ -5,7 +5,7 @@ import json
 import os
 import sys
 
-__all__ = ["register", "make_core", "resolve_engine", "default_out_dir", "format_summary"]
+__all__ = ["register", "make_core", "resolve_engine", "resolve_seed", "default_out_dir", "format_summary"]
 
 CORES = ("hmtx", "echo")
 
@@ -43,10 +43,12 @@ def add_build_arguments(p) -> None:
                                              "(default: 100 on ulx3s-85f, 24 on icebreaker)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                    help=f"UART rate, 8N1 (default {DEFAULT_BAUD}, the host runtime's default)")
-    p.add_argument("--seed", default="1", metavar="SEED[,SEED...]",
+    p.add_argument("--seed", metavar="SEED[,SEED...]",
                    help="nextpnr placement seed, or several separated by commas: Yosys runs once, "
                         "place and route once per seed (OUT/seedN), and the build with the "
-                        "highest Fmax is kept (default 1)")
+                        "highest Fmax is kept (default for hmtx synth: 1,2,3 on ulx3s-85f, where "
+                        "smollm's Fmax moves by several MHz with the seed around 100 MHz, 1 on "
+                        "icebreaker; hmtx sweep: 1)")
     p.add_argument("--jobs", type=int,
                    help="place-and-route runs at a time with several seeds (default: one per "
                         "seed, at most the CPU count)")
@@ -144,6 +146,12 @@ def resolve_config(args, lanes=None, n_slots=None):
     return name, config.with_(**changes) if changes else config
 
 
+def resolve_seed(args):
+    """``--seed`` as given, else the board's default seeds (hw.synth.Board.default_seeds)."""
+    from hmtx.hw.synth import BOARDS
+    return args.seed if args.seed is not None else BOARDS[args.board].default_seeds
+
+
 def build_one(args, config_name, config, out_dir):
     """One build; raises BuildFailed (with a partial report) when no bitstream comes out."""
     from hmtx.hw.synth import BuildFailed, synthesize
@@ -153,7 +161,7 @@ def build_one(args, config_name, config, out_dir):
     try:
         report = synthesize(args.board, make_core(args.core, config, engine), config_name=config_name,
                             lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq,
-                            baud=args.baud, seed=args.seed, jobs=args.jobs, progress=_seed_done,
+                            baud=args.baud, seed=resolve_seed(args), jobs=args.jobs, progress=_seed_done,
                             ice40_dsp=ice40_dsp,
                             synth_opts=None if args.yosys_opts is None else args.yosys_opts.split(),
                             router=args.router, timing_weight=args.timing_weight,

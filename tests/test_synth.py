@@ -360,13 +360,26 @@ def test_ecp5_tiny_place_and_route_makes_bitstream_and_report():
     assert b"\xff\xff\xbd\xb3" in bit[:4096], "no ECP5 preamble in the bitstream"
 
 
+def test_default_seeds_per_board():
+    """`hmtx synth --board ulx3s-85f` is the best of seeds 1,2,3 (the flow that closes smollm at
+    100 MHz), the iCEBreaker one seed; `hmtx sweep` one seed per point; --seed overrides."""
+    from hmtx.host.cli import build_parser
+    from hmtx.host.cmd_synth import resolve_seed
+    p = build_parser()
+    assert resolve_seed(p.parse_args(["synth", "--board", "ulx3s-85f"])) == "1,2,3"
+    assert resolve_seed(p.parse_args(["synth", "--board", "icebreaker"])) == "1"
+    assert resolve_seed(p.parse_args(["synth", "--board", "ulx3s-85f", "--seed", "7"])) == "7"
+    assert p.parse_args(["sweep", "--board", "ulx3s-85f", "--lanes", "8", "--out", "x"]).seed is None
+
+
 @pytest.mark.slow
 def test_smollm_on_ulx3s_85f_closes_100mhz_at_p64():
-    # as `hmtx synth --board ulx3s-85f --seed 1,2,3` builds it: router1, floorplan, placer
-    # density 0.7, the best of three placement seeds (at cf6ee2a they routed at 99.61, 99.75
-    # and 106.10 MHz; docs/synthesis.md, "Routed timing, continued")
+    # as the default `hmtx synth --board ulx3s-85f` builds it: router1, floorplan, placer
+    # density 0.7, the best of the board's default placement seeds 1,2,3 (at cf6ee2a, 1 Mbaud,
+    # they routed at 99.61, 99.75 and 106.10 MHz; docs/synthesis.md, "Routed timing, continued")
+    from hmtx.hw.synth import BOARDS
     rep = synthesize("ulx3s-85f", _hmtx_core("smollm", lanes=64), config_name="smollm", lanes=64,
-                     seed=(1, 2, 3), out_dir=os.path.join(BUILD, "ulx3s_smollm_p64"),
+                     seed=BOARDS["ulx3s-85f"].default_seeds, out_dir=os.path.join(BUILD, "ulx3s_smollm_p64"),
                      progress=lambda *r: print("seed", *r, flush=True))
     print(json.dumps(rep, indent=1))
     _check_sane(rep, "ulx3s-85f")
