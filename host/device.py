@@ -70,7 +70,12 @@ class Device:
         self._owed = False                  # a command was sent whose answer has not been read
         self._markers_out = []              # resync markers sent and not answered, oldest first
         self._next_marker = 0
-        self.resync()
+        try:
+            self.resync()
+        except ProtocolError:
+            raise ProtocolError(f"no answer from {self.name} within {self.timeout:g} s on opening (END and a "
+                                f"resynchronization marker sent): is the device connected and running "
+                                f"the hmtx design?") from None
         self.device_info = self.info()
         if self.device_info.version[0] != P.VERSION[0]:
             raise ProtocolError(f"device speaks protocol {self.device_info.version[0]}.{self.device_info.version[1]}, "

@@ -209,3 +209,12 @@ def test_silent_device_resync_fails_then_link_is_declared_dead():
             break
     else:
         pytest.fail("a device that never answers a resynchronization marker was not declared dead")
+
+
+def test_silent_device_on_opening_is_named_clearly():
+    class Silent(GoldenTransport):
+        def write(self, data):
+            pass
+
+    with pytest.raises(ProtocolError, match="no answer from golden within 0.1 s on opening"):
+        Device(Silent(CFG), CFG, timeout=0.1)
