@@ -30,7 +30,10 @@ def register(subparsers) -> None:
                     "1 - PPL(hmt) / PPL(hmt_norecall). By default "
                     "the smollm2 backbone runs the shipped checkpoints (checkpoints/smollm2-hmt for HMT, "
                     "checkpoints/smollm2-rmt for RMT); --untrained evaluates the seed initialisation.")
-    p.add_argument("--text", required=True, help="text file or folder of .txt files (WikiText files are "
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="instead of evaluating: merge the JSON results of runs over the same documents with "
+                        "disjoint --variants (e.g. baselines and HMT run in parallel) into one table/JSON/plot")
+    p.add_argument("--text", help="text file or folder of .txt files (WikiText files are "
                                                  "split into articles at ' = Title = ' headers), or a split "
                                                  "of the long-document corpus: longdocs:test|validation|train")
     p.add_argument("--segments", type=int, default=4, help="score the first N segments of each document")
@@ -90,6 +93,10 @@ def _rmt_checkpoint(args, checkpoint: str | None, variants) -> str | None:
 
 
 def _run(args) -> int:
+    if args.merge:
+        return _merge(args)
+    if not args.text:
+        raise ValueError("give --text (or --merge JSON JSON...)")
     from hmtx.model.backbone import load_backbone
     from hmtx.model.evaluate import evaluate, format_table, plot_per_segment, plot_recall_age
     from hmtx.model.hmt import HMT
@@ -148,6 +155,32 @@ def _run(args) -> int:
           f"{rmt_checkpoint or ('the HMT one' if trained else 'none (untrained)')}")
     if notes:
         print("note: " + result["note"])
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+    if args.plot:
+        plot_per_segment(result, args.plot)
+    if args.age_plot and "recall_mass_by_age" in result:
+        plot_recall_age(result, args.age_plot)
+    return 0
+
+
+def _merge(args) -> int:
+    from hmtx.model.evaluate import format_table, merge_results, plot_per_segment, plot_recall_age
+
+    for flag, path in (("--json", args.json_out), ("--plot", args.plot), ("--age-plot", args.age_plot)):
+        _check_writable(flag, path)
+    results = []
+    for path in args.merge:
+        try:
+            with open(path) as f:
+                results.append(json.load(f))
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--merge {path}: cannot read an evaluation result ({e})") from None
+        if not isinstance(results[-1], dict) or not {"ppl", "per_segment", "config"} <= set(results[-1]):
+            raise ValueError(f"--merge {path}: not an `hmtx eval --json` result")
+    result = merge_results(results)
+    print(format_table(result))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(result, f, indent=2)

@@ -26,7 +26,7 @@ from hmtx.model import fixed_torch as ft
 from hmtx.model.hmt import HMT, full_context_limit, kv_cache_bytes
 from hmtx.model.text import TokenDocument
 
-__all__ = ["VARIANT_SPECS", "evaluate", "recall_gains", "plot_per_segment", "plot_recall_age", "format_table"]
+__all__ = ["VARIANT_SPECS", "evaluate", "merge_results", "recall_gains", "plot_per_segment", "plot_recall_age", "format_table"]
 
 # name -> (HMT variant, recall implementation)
 VARIANT_SPECS = {
@@ -161,6 +161,61 @@ def _recall_difference(model: HMT, out, memories: torch.Tensor) -> dict:
         "bfp8_rel_l2": float((ft.dequantize(*ft.quantize_bfp(p_float)) - p_float).norm()
                              / p_float.norm().clamp_min(1e-30)),
     }
+
+
+# Which checkpoint each variant's numbers depend on (merge_results keeps them apart).
+_DEPENDS = {"backbone": None, "sliding": None, "full": None, "rmt": "rmt_checkpoint",
+            "hmt_norecall": "checkpoint", "hmt_float": "checkpoint", "hmt_fixed": "checkpoint"}
+_RUN_KEYS = ("checkpoint", "rmt_checkpoint", "device")
+
+
+def merge_results(results: list[dict]) -> dict:
+    """One result from evaluations of disjoint variant sets over the same documents and tokens (the
+    variants are independent computations, so e.g. the baselines can run in one process and HMT in
+    another). ValueError if they scored different tokens, repeat a variant, or take HMT variants
+    from different checkpoints."""
+    if len(results) < 2:
+        raise ValueError("merging needs at least two evaluation results")
+    base = results[0]
+    same = lambda r, k: r.get(k) == base.get(k)
+    cfg = lambda r: {k: v for k, v in r["config"].items() if k not in _RUN_KEYS}
+    for i, r in enumerate(results[1:], 2):
+        for key in ("tokens", "documents", "documents_used"):
+            if not same(r, key):
+                raise ValueError(f"result {i} differs from result 1 in {key!r}: they did not score the same tokens")
+        if r["per_segment"]["tokens"] != base["per_segment"]["tokens"] or cfg(r) != cfg(base):
+            raise ValueError(f"result {i} differs from result 1 in its segments or configuration")
+    merged = {k: v for k, v in base.items() if k not in ("ppl", "per_segment", "recall_gain", "note")}
+    merged["ppl"], merged["per_segment"] = {}, {k: base["per_segment"][k] for k in ("segment", "tokens")}
+    merged["config"] = cfg(base)
+    sources = {}
+    for r in results:
+        for v in r["ppl"]:
+            if v in merged["ppl"]:
+                raise ValueError(f"variant {v!r} is in more than one result")
+            merged["ppl"][v] = r["ppl"][v]
+            merged["per_segment"][v] = r["per_segment"][v]
+            dep = _DEPENDS.get(v)
+            if dep is not None:
+                if dep in sources and sources[dep] != r["config"].get(dep):
+                    raise ValueError(f"{v!r} comes from {dep} {r['config'].get(dep)!r}, another HMT variant from "
+                                     f"{sources[dep]!r}: they would not describe one model")
+                sources[dep] = r["config"].get(dep)
+                merged["config"][dep] = sources[dep]
+        for extra in ("recall_fixed_vs_float", "recall_mass_by_age", "full_context"):
+            if extra in r and extra not in base:
+                merged[extra] = r[extra]
+        if "trained" in r and any(v in r["ppl"] for v in ("hmt_float", "hmt_fixed", "hmt_norecall")):
+            merged["trained"] = r["trained"]
+            if r.get("note"):
+                merged["note"] = r["note"]
+    order = [v for v in VARIANT_SPECS if v in merged["ppl"]]
+    merged["ppl"] = {v: merged["ppl"][v] for v in order}
+    gains = recall_gains(merged)
+    if gains:
+        merged["recall_gain"] = gains
+    merged["merged_from"] = [sorted(r["ppl"]) for r in results]
+    return merged
 
 
 def recall_gains(result: dict) -> dict:

@@ -157,3 +157,29 @@ def test_shipped_checkpoints_are_the_defaults():
     assert cli_options.resolve_checkpoint(_parse(["eval", "--text", "x", "--checkpoint", "none"])) is None
     assert cli_options.resolve_checkpoint(_parse(["eval", "--text", "x", "--backbone", "tiny"])) is None
     assert default_checkpoint("smollm2", "rmt") is not None and default_checkpoint("tiny", "rmt") is None
+
+
+def test_merge_of_disjoint_variant_runs_equals_one_run(tmp_path, capsys):
+    text = tmp_path / "doc.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 6)
+    common = ["eval", "--text", str(text), "--segments", "4"] + TINY_ARGS
+    outs = {}
+    for name, variants in (("all", "backbone,sliding,hmt_norecall,hmt_float"), ("a", "backbone,sliding"),
+                           ("b", "hmt_norecall,hmt_float")):
+        outs[name] = tmp_path / f"{name}.json"
+        args = _parse(common + ["--variants", variants, "--json", str(outs[name])])
+        assert args.func(args) == 0
+    merged = tmp_path / "m.json"
+    args = _parse(["eval", "--merge", str(outs["a"]), str(outs["b"]), "--json", str(merged), "--quiet"])
+    assert args.func(args) == 0
+    one, two = json.loads(outs["all"].read_text()), json.loads(merged.read_text())
+    assert two["ppl"] == one["ppl"] and two["per_segment"] == one["per_segment"]
+    assert two["recall_gain"] == one["recall_gain"]
+    # The same variant twice, or another document set, is refused.
+    args = _parse(["eval", "--merge", str(outs["a"]), str(outs["all"])])
+    assert args.func(args) == 2 and "more than one result" in capsys.readouterr().err
+    other = json.loads(outs["b"].read_text())
+    other["documents_used"] = ["something else"]
+    (tmp_path / "o.json").write_text(json.dumps(other))
+    args = _parse(["eval", "--merge", str(outs["a"]), str(tmp_path / "o.json")])
+    assert args.func(args) == 2 and "documents_used" in capsys.readouterr().err
