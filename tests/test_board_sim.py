@@ -185,3 +185,28 @@ def test_hmtx_board_sim_command_prints_port_and_stops_cleanly(design, tmp_path):
     s = json.loads(stats.read_text())
     assert s["frames_out"] == s["frames_in"] >= 2 and s["framing_errors"] == 0     # INFO, STATUS (+ resync marker)
     assert not link.exists()
+
+
+@pytest.mark.slow
+def test_hmtx_run_serial_on_the_smollm_board_top(tmp_path):
+    """`hmtx run --device serial:PORT` with its defaults (SmolLM2 backbone, shipped checkpoint,
+    smollm engine) against the smollm board top that `hmtx synth --board ulx3s-85f` builds, over
+    the first 2 segments of the default document: 0 mismatches. The first run builds the model
+    (Verilog ~1 min, Verilator + C++ ~6 min on 2 cores); the run is mostly the weights' 297 kB
+    shifted bit by bit through the simulated UART (~0.1 s of board time)."""
+    import json
+    import subprocess
+    import sys
+
+    from hmtx.model.configs import get_config
+    from hmtx.sim.board_sim import BoardSim, board_design
+    with BoardSim(board_design(BOARD, get_config("smollm"))) as b:
+        r = subprocess.run([sys.executable, "-m", "hmtx.host.cli", "run", "--device", f"serial:{b.port}",
+                            "--segments", "2", "--timeout", "900", "--quiet", "--json", str(tmp_path / "r.json")],
+                           capture_output=True, text=True)
+        s = b.stats()
+    print(r.stdout, r.stderr[-3000:], json.dumps(s), sep="\n")
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert (res["segments"], res["mismatches"]) == (2, 0)
+    assert s["framing_errors"] == 0 and s["quiet_timeouts"] == 0
