@@ -49,8 +49,10 @@ def register(subparsers) -> None:
                     "bit against the fixed-point reference, as is the whole memory cache after each segment. "
                     "Reports PPL (backbone only, HMT float, HMT on the device), device cycles and time. "
                     "Exit status: 0 ok, 1 mismatch, 2 bad arguments/input, 3 device error.")
-    p.add_argument("--device", default="sim", help="golden | sim[:ENGINE] | serial:PORT[@BAUD] (default sim; "
-                                                   "ENGINE: lanes, the default, or serial, the iCE40 engine)")
+    p.add_argument("--device", default="sim", help="golden | sim[:ENGINE] | serial:PORT[@BAUD] | board-sim[:CONFIG][@BAUD] "
+                                                   "(default sim; ENGINE: lanes, the default, or serial, the iCE40 "
+                                                   "engine; BAUD default 3000000, as hmtx synth builds; board-sim: "
+                                                   "the board top with its UART simulated behind a pseudo-terminal)")
     p.add_argument("--text", help=f"text file or folder (default the shipped {DEFAULT_TEXT.relative_to(REPO)}); "
                                   "the first document long enough for --segments is used")
     p.add_argument("--segments", type=int, default=8, help="run the first N segments (default 8)")
