@@ -218,3 +218,79 @@ def test_silent_device_on_opening_is_named_clearly():
 
     with pytest.raises(ProtocolError, match="no answer from golden within 0.1 s on opening"):
         Device(Silent(CFG), CFG, timeout=0.1)
+
+
+class _LateOver:
+    """Any transport, with the answer to the first command of opcode ``op`` held back ``delay``
+    seconds after it arrived (and, in order, every answer behind it)."""
+
+    def __init__(self, inner, op, delay):
+        self.inner, self.name, self.op, self.delay = inner, inner.name, op, delay
+        self._ops = []                # opcode of each command sent whose answer is still to come
+        self._dec = P.FrameDecoder()
+        self._held, self._ready = [], bytearray()
+        self._done, self.late_sent = False, 0
+
+    def write(self, data):
+        self._ops += [f.body[0] if f.body else 0 for f in P.FrameDecoder().feed(data) if f.body or f.error]
+        self.inner.write(data)
+
+    def read(self, timeout):
+        end = time.monotonic() + max(timeout, 0)
+        while True:
+            now = time.monotonic()
+            while self._held and self._held[0][0] <= now:
+                _, raw, late = self._held.pop(0)
+                self._ready += raw
+                self.late_sent += late
+            if self._ready:
+                out = bytes(self._ready)
+                self._ready.clear()
+                return out
+            if now >= end:
+                return b""
+            wait = (min(end, self._held[0][0]) if self._held else end) - now
+            for f in self._dec.feed(self.inner.read(min(max(wait, 0.001), 0.05))):
+                op = self._ops.pop(0) if self._ops else None
+                raw = P.slip_escape(f.body)
+                if op == self.op and not self._done:
+                    self._done = True
+                    self._held.append((time.monotonic() + self.delay, raw, True))
+                elif self._held:
+                    self._held.append((self._held[-1][0], raw, False))
+                else:
+                    self._ready += raw
+
+    def close(self):
+        self.inner.close()
+
+
+def test_late_recall_answer_from_the_rtl_is_not_accepted():
+    """The same through the generated Verilog (sim backend): the RTL's late RECALL(s1) answer is
+    dropped by the resynchronization (the RTL answers the marker BAD_OPCODE, in order), and
+    RECALL(s2) gets the RTL's answer to s2, equal to the golden device's."""
+    from hmtx.host.backends_sim import SimTransport
+    from hmtx.host.cmd_run import engine_config
+
+    cfg = engine_config("tiny", 32, None)             # the model tests/test_device_sim.py builds
+    rng = np.random.default_rng(SEED + 4)
+    golden = Device(GoldenTransport(cfg), cfg)
+    t = _LateOver(SimTransport(cfg), P.Op.RECALL, delay=2.5)
+    try:
+        dev = Device(t, cfg, timeout=1.5)
+        qw = [fixed.quantize_weight(rng.normal(size=(cfg.d, cfg.d_h))) for _ in range(2)]
+        for d in (dev, golden):
+            d.load_weights(*qw)
+        for _ in range(3):
+            m, e = fixed.quantize_bfp(rng.normal(size=cfg.d))
+            assert dev.write_memory(m, int(e)) == golden.write_memory(m, int(e))
+        s1, e1 = fixed.quantize_bfp(rng.normal(size=cfg.d))
+        w1, w2 = golden.recall(s1, int(e1)), golden.recall(-s1, int(e1))
+        assert not np.array_equal(w1[2], w2[2])
+        with pytest.raises(ProtocolError, match="RECALL: no response"):
+            dev.recall(s1, int(e1))
+        got = _retry(lambda: dev.recall(-s1, int(e1)))
+        assert all(np.array_equal(np.asarray(g), np.asarray(w)) for g, w in zip(got, w2)), "stale answer"
+        assert t.late_sent == 1 and dev.status().fill == 3
+    finally:
+        t.close()
