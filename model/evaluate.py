@@ -166,7 +166,8 @@ def _recall_difference(model: HMT, out, memories: torch.Tensor) -> dict:
 # Which checkpoint each variant's numbers depend on (merge_results keeps them apart).
 _DEPENDS = {"backbone": None, "sliding": None, "full": None, "rmt": "rmt_checkpoint",
             "hmt_norecall": "checkpoint", "hmt_float": "checkpoint", "hmt_fixed": "checkpoint"}
-_RUN_KEYS = ("checkpoint", "rmt_checkpoint", "device")
+# What decides which tokens are scored: merged runs must agree on these.
+_SEGMENTATION = ("backbone", "d", "segment_length", "sensory", "tokens_per_segment", "segments", "text")
 
 
 def merge_results(results: list[dict]) -> dict:
@@ -178,7 +179,7 @@ def merge_results(results: list[dict]) -> dict:
         raise ValueError("merging needs at least two evaluation results")
     base = results[0]
     same = lambda r, k: r.get(k) == base.get(k)
-    cfg = lambda r: {k: v for k, v in r["config"].items() if k not in _RUN_KEYS}
+    cfg = lambda r: {k: r["config"].get(k) for k in _SEGMENTATION}
     for i, r in enumerate(results[1:], 2):
         for key in ("tokens", "documents", "documents_used"):
             if not same(r, key):
@@ -187,7 +188,9 @@ def merge_results(results: list[dict]) -> dict:
             raise ValueError(f"result {i} differs from result 1 in its segments or configuration")
     merged = {k: v for k, v in base.items() if k not in ("ppl", "per_segment", "recall_gain", "note")}
     merged["ppl"], merged["per_segment"] = {}, {k: base["per_segment"][k] for k in ("segment", "tokens")}
-    merged["config"] = cfg(base)
+    # The HMT sizes and parameters (cache, d_h, read-out, ...) are those of the HMT variants' run.
+    hmt_run = next((r for r in results if any(v.startswith("hmt") for v in r["ppl"])), base)
+    merged["config"] = {**hmt_run["config"], **cfg(base)}
     sources = {}
     for r in results:
         for v in r["ppl"]:
