@@ -37,8 +37,8 @@ EXIT_MISMATCH, EXIT_USAGE, EXIT_DEVICE = 1, 2, 3
 UNTRAINED = ("HMT's own parameters (T, memory token, W_q, W_k) are UNTRAINED (random init, seed {seed}): "
              "the PPLs show the plumbing, not HMT's benefit. Pass --checkpoint with a trained one.")
 # What the shipped checkpoint holds (checkpoints/smollm2-hmt/README.md).
-SHIPPED_NOTE = ("HMT parameters from the shipped checkpoint {path}: T, memory token, W_q and W_k trained in two "
-                "stages (60 + 50 steps, frozen backbone, WikiText-2 validation text); see its README.md.")
+SHIPPED_NOTE = ("HMT parameters from the shipped checkpoint {path}: trained in three stages (frozen backbone; "
+                "stage 3 trained the search and the host-side read-out on long documents); see its README.md.")
 
 
 def register(subparsers) -> None:
