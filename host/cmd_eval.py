@@ -98,7 +98,7 @@ def _run(args) -> int:
     if not args.text:
         raise ValueError("give --text (or --merge JSON JSON...)")
     from hmtx.model.backbone import load_backbone
-    from hmtx.model.evaluate import evaluate, format_table, plot_per_segment, plot_recall_age
+    from hmtx.model.evaluate import evaluate, format_table
     from hmtx.model.hmt import HMT
     from hmtx.model.text import load_documents, tokenize_documents
 
@@ -112,10 +112,13 @@ def _run(args) -> int:
     if args.age_plot and "hmt_float" not in variants:
         raise ValueError("--age-plot shows the float recall: include hmt_float in --variants")
     for flag, path in (("--json", args.json_out), ("--plot", args.plot), ("--age-plot", args.age_plot)):
-        _check_writable(flag, path)
+        cli_options.check_output_path(path, flag)
     checkpoint = cli_options.resolve_checkpoint(args)
     cli_options.check_sizes_match(args, checkpoint)
     rmt_checkpoint = _rmt_checkpoint(args, checkpoint, variants)
+    if rmt_checkpoint:
+        from hmtx.model.hmt import read_checkpoint
+        read_checkpoint(rmt_checkpoint)                  # a damaged one fails now, not after the load
     docs = load_documents(args.text)                     # fail on bad text before the slow load
     backbone = load_backbone(args.backbone, device)
     rmt_model = None
@@ -155,6 +158,16 @@ def _run(args) -> int:
           f"{rmt_checkpoint or ('the HMT one' if trained else 'none (untrained)')}")
     if notes:
         print("note: " + result["note"])
+    _write_outputs(args, result)
+    return 0
+
+
+def _write_outputs(args, result: dict) -> None:
+    from hmtx.model.evaluate import plot_per_segment, plot_recall_age
+
+    for path in (args.json_out, args.plot, args.age_plot):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(result, f, indent=2)
@@ -162,14 +175,13 @@ def _run(args) -> int:
         plot_per_segment(result, args.plot)
     if args.age_plot and "recall_mass_by_age" in result:
         plot_recall_age(result, args.age_plot)
-    return 0
 
 
 def _merge(args) -> int:
-    from hmtx.model.evaluate import format_table, merge_results, plot_per_segment, plot_recall_age
+    from hmtx.model.evaluate import format_table, merge_results
 
     for flag, path in (("--json", args.json_out), ("--plot", args.plot), ("--age-plot", args.age_plot)):
-        _check_writable(flag, path)
+        cli_options.check_output_path(path, flag)
     results = []
     for path in args.merge:
         try:
@@ -181,28 +193,8 @@ def _merge(args) -> int:
             raise ValueError(f"--merge {path}: not an `hmtx eval --json` result")
     result = merge_results(results)
     print(format_table(result))
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump(result, f, indent=2)
-    if args.plot:
-        plot_per_segment(result, args.plot)
-    if args.age_plot and "recall_mass_by_age" in result:
-        plot_recall_age(result, args.age_plot)
+    _write_outputs(args, result)
     return 0
-
-
-def _check_writable(flag: str, path: str | None) -> None:
-    """Fail before the model loads, not after an hour of evaluation, on an output path that cannot
-    be written."""
-    if not path:
-        return
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a folder; give a file path")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{flag} {path!r}: folder {folder!r} does not exist")
-    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
-        raise ValueError(f"{flag} {path!r}: not writable")
 
 
 def _load_rmt(folder: str, hmt_folder: str, backbone, model):

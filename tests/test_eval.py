@@ -183,3 +183,15 @@ def test_merge_of_disjoint_variant_runs_equals_one_run(tmp_path, capsys):
     (tmp_path / "o.json").write_text(json.dumps(other))
     args = _parse(["eval", "--merge", str(outs["a"]), str(tmp_path / "o.json")])
     assert args.func(args) == 2 and "documents_used" in capsys.readouterr().err
+
+
+def test_bad_output_path_or_variant_fails_before_any_work(tmp_path, capsys):
+    text = tmp_path / "doc.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 6)
+    for extra, message in ((["--json", str(text / "r.json")], "--json"),
+                           (["--plot", str(tmp_path)], "--plot"),
+                           (["--variants", "hmt_float,bogus"], "bogus"),
+                           (["--variants", "backbone", "--age-plot", str(tmp_path / "a.png")], "--age-plot")):
+        args = _parse(["eval", "--text", str(text)] + TINY_ARGS + extra)
+        assert args.func(args) == 2
+        assert message in capsys.readouterr().err
