@@ -30,9 +30,10 @@ def register(subparsers) -> None:
                     "1 - PPL(hmt) / PPL(hmt_norecall). By default "
                     "the smollm2 backbone runs the shipped checkpoints (checkpoints/smollm2-hmt for HMT, "
                     "checkpoints/smollm2-rmt for RMT); --untrained evaluates the seed initialisation.")
-    p.add_argument("--merge", nargs="+", metavar="JSON",
+    p.add_argument("--merge", nargs="+", metavar="JSON[:VARIANTS]",
                    help="instead of evaluating: merge the JSON results of runs over the same documents with "
-                        "disjoint --variants (e.g. baselines and HMT run in parallel) into one table/JSON/plot")
+                        "disjoint variants (e.g. baselines and HMT run in parallel) into one table/JSON/plot; "
+                        "FILE:v1,v2 takes only those variants of FILE")
     p.add_argument("--text", help="text file or folder of .txt files (WikiText files are "
                                                  "split into articles at ' = Title = ' headers), or a split "
                                                  "of the long-document corpus: longdocs:test|validation|train")
@@ -177,13 +178,32 @@ def _write_outputs(args, result: dict) -> None:
         plot_recall_age(result, args.age_plot)
 
 
+def _pick(result: dict, variants: list, path: str) -> dict:
+    """Only ``variants`` of a result (and only what describes them)."""
+    missing = [v for v in variants if v not in result["ppl"]]
+    if missing:
+        raise ValueError(f"--merge {path}: has no variant {', '.join(missing)}")
+    out = dict(result, ppl={v: result["ppl"][v] for v in variants},
+               per_segment={k: v for k, v in result["per_segment"].items() if k in ("segment", "tokens") or k in variants})
+    hmt = {"hmt_float": ("recall_fixed_vs_float", "recall_mass_by_age"), "full": ("full_context",)}
+    for variant, keys in hmt.items():
+        if variant not in variants:
+            for k in keys:
+                out.pop(k, None)
+    out.pop("recall_gain", None)
+    return out
+
+
 def _merge(args) -> int:
     from hmtx.model.evaluate import format_table, merge_results
 
     for flag, path in (("--json", args.json_out), ("--plot", args.plot), ("--age-plot", args.age_plot)):
         cli_options.check_output_path(path, flag)
     results = []
-    for path in args.merge:
+    for spec in args.merge:
+        path, _, picked = spec.rpartition(":")
+        if not path or not set(picked.split(",")) <= set(DEFAULT_VARIANTS):
+            path, picked = spec, ""
         try:
             with open(path) as f:
                 results.append(json.load(f))
@@ -191,6 +211,8 @@ def _merge(args) -> int:
             raise ValueError(f"--merge {path}: cannot read an evaluation result ({e})") from None
         if not isinstance(results[-1], dict) or not {"ppl", "per_segment", "config"} <= set(results[-1]):
             raise ValueError(f"--merge {path}: not an `hmtx eval --json` result")
+        if picked:
+            results[-1] = _pick(results[-1], picked.split(","), path)
     result = merge_results(results)
     print(format_table(result))
     _write_outputs(args, result)

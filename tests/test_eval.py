@@ -175,6 +175,10 @@ def test_merge_of_disjoint_variant_runs_equals_one_run(tmp_path, capsys):
     one, two = json.loads(outs["all"].read_text()), json.loads(merged.read_text())
     assert two["ppl"] == one["ppl"] and two["per_segment"] == one["per_segment"]
     assert two["recall_gain"] == one["recall_gain"]
+    # FILE:VARIANTS takes a part of a result: here the baselines of the full run and HMT from b.
+    args = _parse(["eval", "--merge", f"{outs['all']}:backbone,sliding", str(outs["b"]), "--json", str(merged)])
+    assert args.func(args) == 0
+    assert json.loads(merged.read_text())["ppl"] == one["ppl"]
     # The same variant twice, or another document set, is refused.
     args = _parse(["eval", "--merge", str(outs["a"]), str(outs["all"])])
     assert args.func(args) == 2 and "more than one result" in capsys.readouterr().err
