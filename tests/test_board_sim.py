@@ -210,3 +210,26 @@ def test_hmtx_run_serial_on_the_smollm_board_top(tmp_path):
     res = json.loads((tmp_path / "r.json").read_text())
     assert (res["segments"], res["mismatches"]) == (2, 0)
     assert s["framing_errors"] == 0 and s["quiet_timeouts"] == 0
+
+
+@pytest.mark.slow
+def test_icebreaker_board_top_session_byte_identical():
+    """The iCEBreaker's board top (up5k, serial engine, UART FIFOs in block RAM, 24 MHz, divisor 8
+    at 3 Mbaud): the golden session through the serial backend, byte for byte. ~100 s to build."""
+    from hmtx.model.configs import get_config
+    from hmtx.sim.board_sim import BoardSim, board_design
+    cfg = get_config("up5k")
+    design = board_design("icebreaker", cfg)
+    assert (design.engine, design.fifo_ram, design.clk_hz, design.divisor) == ("serial", "block", 24e6, 8)
+    session = example_session(cfg, seed=SEED)
+    want = run_session(GoldenTransport(cfg), session)
+    with BoardSim(design) as b:
+        t = SerialTransport(b.port)
+        try:
+            got = run_session(t, session)
+        finally:
+            t.close()
+        s = b.stats()
+    bad = [label for (label, raw), w, g in zip(session, want, got) if raw[0] != P.Op.CYCLES and g != w]
+    assert not bad, bad[:10]
+    assert s["framing_errors"] == 0
