@@ -80,4 +80,33 @@ def problems(res: dict) -> list[str]:
         for op, s in v.items():
             if not _positive(s["median"]):
                 bad.append(f"golden_ops_per_s.{k}.{op} = {s['median']!r}")
+    bad += _link_problems(res)
+    return bad
+
+
+def _link_problems(res: dict) -> list[str]:
+    """The link section: positive times, wire time = bytes x 10 bits / baud, a faster rate never
+    slower, every measured segment at least as long as its bytes take on the wire."""
+    bad = []
+    by_cfg = {}
+    for m in res.get("link") or []:
+        where = f"link[{m['config']} @ {m['baud']}]"
+        for k in ("work_s", "segment_s", "weights_s"):
+            if not _positive(m.get(k)):
+                bad.append(f"{where}.{k} = {m.get(k)!r} is not a positive number")
+        wire = (m["bytes"].get("RECALL", 0) + m["bytes"].get("WRITE_MEMORY", 0)) * 10 / m["baud"]
+        if abs(m["work_wire_s"] - wire) > 1e-12 or m["work_s"] < m["work_wire_s"]:
+            bad.append(f"{where}: work {m['work_s']} s is not its {wire} s of wire plus device time")
+        by_cfg.setdefault(m["config"], []).append(m)
+    for cfg, rows in by_cfg.items():
+        rows = sorted(rows, key=lambda m: m["baud"])
+        if any(a["segment_s"] < b["segment_s"] for a, b in zip(rows, rows[1:])):
+            bad.append(f"link[{cfg}]: a faster rate gives a longer segment")
+    meas = res.get("link_measured")
+    if meas is None and res.get("link") is not None and "link_measured" not in res.get("reasons", {}):
+        bad.append("link_measured is null without a reason")
+    for i, s in enumerate((meas or {}).get("segments", [])):
+        wire = (s["bytes_out"] + s["bytes_in"]) * 10 / meas["baud"]
+        if not _positive(s["seconds"]) or s["seconds"] < 0.95 * wire:
+            bad.append(f"link_measured.segments[{i}]: {s['seconds']} s simulated for {wire} s of wire")
     return bad

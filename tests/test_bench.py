@@ -229,3 +229,7 @@ def test_quick_bench_link_section(quick):
     assert math.isclose(slow["work_wire_s"], 3 * fast["work_wire_s"])
     assert res["link_measured"] is None and "link_measured" in res["reasons"]
     assert "### The link" in (out / "bench.md").read_text()
+    import copy
+    broken = copy.deepcopy(res)
+    broken["link"][0]["work_s"] = broken["link"][0]["work_wire_s"] / 2      # less than its wire time
+    assert any(p.startswith("link[") for p in validate.problems(broken))
