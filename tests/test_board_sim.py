@@ -121,7 +121,8 @@ def test_host_at_the_wrong_baud_gets_garbage_then_recovers(board):
     half the board's baud gets no valid answer; at the right rate the same board answers."""
     wrong = SerialTransport(board.port, DEFAULT_BAUD // 2)
     try:
-        with pytest.raises(P.ProtocolError):
+        # (garbled answers: ProtocolError; or no marker answered often enough: ConnectionError)
+        with pytest.raises((P.ProtocolError, ConnectionError)):
             Device(wrong, CFG, timeout=3)
     finally:
         wrong.close()
