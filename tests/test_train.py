@@ -239,11 +239,20 @@ def test_shipped_checkpoint_is_the_documented_hardware_configuration():
     init = MemoryRecall(config.d, config.d_h, config.cache_size, generator=gen)
     assert not torch.equal(tensors["recall.w_q"], init.w_q.detach())
     assert not torch.equal(tensors["recall.w_k"], init.w_k.detach())
-    assert read_training_meta_file(folder, "train_stage2.json")["train_config"]["stage"] == 2
+    # Stage 3 continued from the stage-2 folder: the memory token (all that the recall-off ablation
+    # reads) is that folder's, bit for bit; the host-side read-out was trained from zero.
+    assert read_training_meta_file(folder, "train_stage3.json")["train_config"]["stage"] == 3
+    stage2_config, stage2 = read_checkpoint(os.path.join(os.path.dirname(folder), "smollm2-hmt-stage2"))
+    assert read_training_meta_file(os.path.join(os.path.dirname(folder), "smollm2-hmt-stage2"),
+                                   "train_stage2.json")["train_config"]["stage"] == 2
+    assert torch.equal(tensors["memory_token"], stage2["memory_token"])
+    assert config.readout == "linear" and stage2_config.readout == "none"
+    assert float(tensors["readout.weight"].abs().max()) > 0
     rmt_config, rmt = read_checkpoint(default_checkpoint("smollm2", "rmt"))
     assert (rmt_config.segment_length, rmt_config.sensory) == (config.segment_length, config.sensory)
     assert torch.equal(rmt["recall.w_q"], init.w_q.detach())
     assert not torch.equal(rmt["memory_token"], tensors["memory_token"])
+    assert (stage2_config.segment_length, stage2_config.cache_size) == (config.segment_length, config.cache_size)
 
 
 def read_training_meta_file(folder, name):
