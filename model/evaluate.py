@@ -82,7 +82,8 @@ def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tupl
     nll = {v: [0.0] * segments for v in variants}
     count = [0] * segments
     diffs = []
-    age_mass, recalls = [0.0] * model.config.cache_size, 0      # hmt_float: probability mass by memory age
+    # hmt_float: probability mass by memory age, how often each age was in the cache, mass on the oldest
+    age_mass, age_seen, recalls, oldest = [0.0] * model.config.cache_size, [0] * model.config.cache_size, 0, 0.0
     full_kv_bytes = 0
     total_steps = len(variants) * sum(math.ceil(d.ids.numel() / b) for d in docs)
     bar = _progress(total_steps, progress)
@@ -103,8 +104,11 @@ def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tupl
                 if v == "hmt_float":
                     if out.probs is not None:
                         diffs.append(_recall_difference(model, out, torch.stack(list(recent))))
-                        for slot, p in enumerate(out.probs.tolist()):
-                            age_mass[out.segment - out.slot_segment[slot] - 1] += p
+                        ages = [out.segment - seg - 1 for seg in out.slot_segment]
+                        for age, p in zip(ages, out.probs.tolist()):
+                            age_mass[age] += p
+                            age_seen[age] += 1
+                        oldest += float(out.probs[ages.index(max(ages))])
                         recalls += 1
                     recent.append(out.memory)
                 if v == "full":
@@ -129,8 +133,13 @@ def evaluate(model: HMT, docs: list[TokenDocument], segments: int, variants=tupl
         result["recall_gain"] = gains
     if recalls:
         last = max(i for i, m in enumerate(age_mass) if m > 0)
-        result["recall_mass_by_age"] = {"age": list(range(1, last + 2)), "searches": recalls,
-                                        "mass": [m / recalls for m in age_mass[: last + 1]]}
+        result["recall_mass_by_age"] = {
+            "age": list(range(1, last + 2)), "searches": recalls,
+            "mass": [m / recalls for m in age_mass[: last + 1]],
+            # mean probability of a memory of this age over the searches whose cache held one
+            "mass_when_present": [m / max(1, n) for m, n in zip(age_mass[: last + 1], age_seen[: last + 1])],
+            "present": age_seen[: last + 1],
+            "oldest_mass": oldest / recalls}
     if "full" in variants:
         result["full_context"] = {"limit": full_context_limit(model.lm), "kv_cache_bytes_max": full_kv_bytes}
     if diffs:
@@ -261,37 +270,62 @@ def format_table(result: dict) -> str:
 
 
 def plot_per_segment(result: dict, path: str, title: str = "") -> None:
+    """PPL per segment index for every variant; with ``hmt_norecall`` present, a second panel with
+    each variant's PPL relative to it (what the recall and each baseline are worth per segment)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     per = result["per_segment"]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    ref = "hmt_norecall" if "hmt_norecall" in result["ppl"] else None
+    fig, axes = plt.subplots(1, 2 if ref else 1, figsize=(12 if ref else 6, 4.2), squeeze=False)
+    ax = axes[0][0]
     for v in result["ppl"]:
         ax.plot(per["segment"], per[v], marker="o", label=f"{v} ({result['ppl'][v]:.2f})")
     ax.set_xticks(per["segment"])
     ax.set_xlabel("segment index")
     ax.set_ylabel("perplexity (token-weighted)")
     ax.set_title(title or f"PPL per segment, {result['documents']} document(s), {result['tokens']} tokens")
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    if ref:
+        ax = axes[0][1]
+        for v in result["ppl"]:
+            if v in ("rmt", "backbone"):
+                continue                    # tens of percent off: they would flatten the rest
+            rel = [100 * (p / r - 1) for p, r in zip(per[v], per[ref])]
+            ax.plot(per["segment"], rel, marker="o", label=f"{v} ({100 * (result['ppl'][v] / result['ppl'][ref] - 1):+.2f} %)")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(per["segment"])
+        ax.set_xlabel("segment index")
+        ax.set_ylabel(f"PPL relative to {ref} (%)")
+        ax.set_title("below 0: better than HMT with the recall off")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def plot_recall_age(result: dict, path: str, title: str = "") -> None:
-    """Where the float recall's probability mass goes, by memory age (1 = the previous segment)."""
+    """Where the float recall's probability mass goes, by memory age (1 = the previous segment): the
+    mean probability of a memory of each age over the searches whose cache held one."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     mass = result["recall_mass_by_age"]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(mass["age"], mass["mass"], color="tab:purple")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    if "mass_when_present" in mass:
+        ax.bar(mass["age"], mass["mass_when_present"], color="tab:purple")
+        ax.set_ylabel("mean probability when in the cache")
+        ax.set_title(title or f"recall probability by memory age ({mass['searches']} searches; "
+                              f"{100 * mass['oldest_mass']:.0f} % on the oldest memory)")
+    else:
+        ax.bar(mass["age"], mass["mass"], color="tab:purple")
+        ax.set_ylabel("mean recall probability")
+        ax.set_title(title or f"recall probability mass by memory age ({mass['searches']} searches)")
     ax.set_xlabel("memory age (segments back; 1 = previous segment)")
-    ax.set_ylabel("mean recall probability")
-    ax.set_title(title or f"recall probability mass by memory age ({mass['searches']} searches)")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

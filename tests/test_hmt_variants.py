@@ -115,6 +115,10 @@ def test_evaluate_reports_recall_mass_by_age_and_full_memory():
     assert mass["searches"] == 2 * 3                              # segments 2, 3, 4 of each document
     assert mass["age"][0] == 1 and sum(mass["mass"]) == pytest.approx(1.0, abs=1e-5)
     assert len(mass["age"]) == model.config.cache_size            # N = 2: ages 1 and 2 only
+    # Every search holds the previous segment's memory; segment 2 holds ages 1-2, later ones too (N=2).
+    assert mass["present"] == [6, 6]
+    assert sum(m * n for m, n in zip(mass["mass_when_present"], mass["present"])) == pytest.approx(6, abs=1e-4)
+    assert mass["oldest_mass"] == pytest.approx(mass["mass_when_present"][1], abs=1e-6)
     lm = model.lm.config
     per_token = 2 * lm.num_hidden_layers * lm.num_key_value_heads * (lm.hidden_size // lm.num_attention_heads) * 4
     assert r["full_context"]["kv_cache_bytes_max"] == 5 * b * per_token
