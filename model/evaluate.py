@@ -319,8 +319,8 @@ def plot_recall_age(result: dict, path: str, title: str = "") -> None:
     if "mass_when_present" in mass:
         ax.bar(mass["age"], mass["mass_when_present"], color="tab:purple")
         ax.set_ylabel("mean probability when in the cache")
-        ax.set_title(title or f"recall probability by memory age ({mass['searches']} searches; "
-                              f"{100 * mass['oldest_mass']:.0f} % on the oldest memory)")
+        ax.set_title(title or f"recall probability by memory age\n({mass['searches']} searches; "
+                              f"{100 * mass['oldest_mass']:.0f} % of the mass on the oldest memory)", fontsize=10)
     else:
         ax.bar(mass["age"], mass["mass"], color="tab:purple")
         ax.set_ylabel("mean recall probability")
