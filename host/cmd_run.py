@@ -79,6 +79,10 @@ def register(subparsers) -> None:
                         "(numpy golden and torch) on the same inputs; stream: also run the fixed-recall "
                         "variant as its own stream (two more backbone passes per segment) and require its "
                         "PPL to equal the device variant's exactly")
+    p.add_argument("--cache-check", choices=("full", "written"), default="full",
+                   help="full (default): read the whole cache back after every segment; written: only the "
+                        "slot each segment writes, and the whole cache after the last segment (on a serial "
+                        "link the full read-back is most of the bytes per segment once the cache fills)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -255,7 +259,7 @@ def _run(args) -> int:
         with device:
             res = run_document(model, doc.ids, device, cfg, args.segments, case_path=case,
                                progress=progress, before_segment=before_segment,
-                               fixed_stream=args.reference == "stream")
+                               fixed_stream=args.reference == "stream", cache_check=args.cache_check)
     except (DeviceError, ProtocolError, ConnectionError, ValueError) as e:
         # Report first, then where the case went (or why it could not be saved).
         if bar is not None:

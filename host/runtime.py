@@ -175,16 +175,25 @@ class CheckedDevice:
         return p, pe, probs
 
     # -- whole-cache check ---------------------------------------------------------------------
-    def check_cache(self, reference=None) -> None:
-        """Read every valid slot back from the device; compare with the mirror and, if given,
-        with a reference cache (``hmtx.model.recall.RecallCache`` of the fixed variant)."""
+    def check_cache(self, reference=None, slots=None) -> None:
+        """Read valid slots back from the device (``slots``, default every one); compare with the
+        mirror and, if given, with a reference cache (``hmtx.model.recall.RecallCache`` of the
+        fixed variant). The fill and write pointer are checked every time."""
         st = self.device.status()
         _first_diff(self.segment, "STATUS", None, "fill", self.fill, st.fill)
         _first_diff(self.segment, "STATUS", None, "write pointer", self.writes % self.config.n_slots, st.write_ptr)
         if reference is not None:
             _first_diff(self.segment, "MODEL", None, "reference fill", reference.fill, self.fill)
-        self.log.append({"op": "check_cache", "segment": self.segment})
-        for slot in range(self.fill):
+        if slots is None:
+            slots = range(self.fill)
+            self.log.append({"op": "check_cache", "segment": self.segment})
+        else:
+            slots = [int(x) for x in slots]
+            bad = [x for x in slots if not 0 <= x < self.fill]
+            if bad:
+                raise ValueError(f"check_cache: slot(s) {bad} are not among the {self.fill} valid ones")
+            self.log.append({"op": "check_cache", "segment": self.segment, "slots": slots})
+        for slot in slots:
             m, me, k, ke = self.device.read_slot(slot)
             for name, want, got in (("m_exp", self.m_exp[slot], me), ("m_mant", self.m_mant[slot], m),
                                     ("k_exp", self.k_exp[slot], ke), ("k_mant", self.k_mant[slot], k)):
@@ -290,6 +299,9 @@ def _check_case(case: dict) -> None:
         missing = [f for f in _OP_FIELDS[kind] if f not in op]
         if missing:
             raise _CaseError(f"{where}: missing {', '.join(missing)}")
+        if kind == "check_cache" and op.get("slots") is not None and (
+                not isinstance(op["slots"], list) or not all(_is_int(x) and 0 <= x < cfg.n_slots for x in op["slots"])):
+            raise _CaseError(f"{where}: 'slots' must be a list of slot numbers below {cfg.n_slots}")
         if kind == "load_weights":
             ws = op["weights"]
             if not isinstance(ws, list) or len(ws) != 2:
@@ -341,7 +353,7 @@ def replay_case(case: dict, device) -> CheckedDevice:
         elif kind == "recall":
             chk.recall(_unb64(op["s_mant"], np.int8), op["s_exp"])
         elif kind == "check_cache":
-            chk.check_cache()
+            chk.check_cache(slots=op.get("slots"))
         else:
             raise ValueError(f"case file: unknown op {kind!r}")
     return chk
@@ -386,13 +398,18 @@ def _nll(logits, ids, start, n) -> tuple[float, int]:
 @torch.no_grad()
 def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segments: int, *,
                  case_path: str | None = None, progress=None, before_segment=None,
-                 fixed_stream: bool = True) -> RunResult:
+                 fixed_stream: bool = True, cache_check: str = "full") -> RunResult:
     """Run the first ``segments`` segments of ``ids`` (see the module docstring).
 
     ``fixed_stream=False`` skips the separate fixed-recall variant (two backbone passes per
     segment): the device's answers are still checked op by op against the golden arithmetic
     (numpy) and the torch fixed-point implementation on the same inputs, so the device variant
     *is* the fixed variant, but its PPL is then not recomputed independently.
+
+    ``cache_check="full"`` reads the whole cache back after every segment; ``"written"`` reads only
+    the slot written in that segment (its M_n and K_n: everything a segment changes in the cache)
+    and the whole cache after the last segment -- on a serial link the full read-back is most of
+    the bytes per segment at a filled cache (docs/runtime.md).
 
     ``progress(segment, result)`` is called after each segment; ``before_segment(segment)``
     before it (fault injection hooks in there). Device errors (DeviceError, ProtocolError,
@@ -407,6 +424,8 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
                          f"{config.name!r} (d={config.d}, d_h={config.d_h}, N={config.n_slots})")
     if not isinstance(segments, int) or segments < 1:
         raise ValueError(f"segments must be a positive integer, got {segments!r}")
+    if cache_check not in ("full", "written"):
+        raise ValueError(f"cache_check must be 'full' or 'written', got {cache_check!r}")
     b = hc.tokens_per_segment
     ids = torch.as_tensor(ids, dtype=torch.long, device=model.device).reshape(-1)
     if ids.numel() < b * segments:
@@ -438,7 +457,9 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
                 i = int((dev.recalled != ref.recalled).nonzero()[0, 0])
                 raise MismatchError(Mismatch(seg, "MODEL", None, "P_n (device variant vs fixed variant)", i,
                                              float(ref.recalled[i]), float(dev.recalled[i])))
-            chk.check_cache(states["hmt_fixed"].cache if fixed_stream else None)
+            whole = cache_check == "full" or seg == segments - 1
+            chk.check_cache(states["hmt_fixed"].cache if fixed_stream else None,
+                            slots=None if whole else [(chk.writes - 1) % config.n_slots])
             for v, out in outs.items():
                 nll, count = _nll(out.logits, ids, seg * b, out.ids.numel())
                 res.nll[v].append(nll)

@@ -83,3 +83,15 @@ def test_fmax_comes_from_the_engine_synth_report(tmp_path, monkeypatch):
                                                           "fmax_mhz": fmax}))
     assert cmd_run.find_fmax(cfg)[0] == 42.5
     assert cmd_run.find_fmax(get_config("smollm")) is None
+
+
+def test_cache_check_written_reads_fewer_slots(capsys, tmp_path):
+    checked = {}
+    for mode in ("full", "written"):
+        rc, out, err = run_cli(capsys, "--device", "golden", "--segments", "5", "--cache-check", mode,
+                               "--json", str(tmp_path / f"{mode}.json"))
+        assert rc == 0, err
+        s = json.loads((tmp_path / f"{mode}.json").read_text())
+        assert s["mismatches"] == 0
+        checked[mode] = s["ops_checked"]
+    assert checked["written"] < checked["full"]

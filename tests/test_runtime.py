@@ -177,3 +177,38 @@ def test_load_case_rejects_bad_files(tmp_path):
         load_case(str(p))
     with pytest.raises(ValueError, match="cannot read case file"):
         load_case(str(tmp_path / "missing.json"))
+
+
+def test_written_cache_check_reads_only_the_new_slot_then_the_whole_cache(model, ids, tmp_path):
+    reads = []
+
+    class _Counting(GoldenTransport):
+        def write(self, data):
+            for f in P.FrameDecoder().feed(data):
+                if f.body[:1] == bytes([P.Op.READ_SLOT]):
+                    reads.append(f.body[1])
+            super().write(data)
+
+    with device(_Counting(CFG)) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "c.json"),
+                           cache_check="written")
+    assert res.mismatch is None and res.ppl("hmt_device") == res.ppl("hmt_fixed")
+    # The slot each of segments 0-4 wrote (write count mod N=2), then both slots after segment 5.
+    assert reads == [0, 1, 0, 1, 0, 0, 1]
+    assert res.ops_checked == 1 + 1 + 6 + 4 + 5 + 2
+    # A damaged K in the slot being checked is still named exactly, and the case replays it.
+    inj = FaultInjector(GoldenTransport(CFG))
+    with device(inj) as dev:
+        def arm(s):
+            if s == 3:
+                inj.arm(P.Op.READ_SLOT, 1 + CFG.d + 2 + 2 * 3, 4)
+        res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "c2.json"),
+                           before_segment=arm, cache_check="written")
+    assert (res.mismatch.segment, res.mismatch.op, res.mismatch.slot) == (3, "READ_SLOT", 1)
+    case = load_case(res.case_file)
+    # segments 0-3, the last being the check that failed
+    assert [o.get("slots") for o in case["ops"] if o["op"] == "check_cache"] == [[0], [1], [0], [1]]
+    with device() as dev:
+        assert replay_case(case, dev).ops_checked > 0
+    with pytest.raises(ValueError, match="cache_check"):
+        run_document(model, ids, device(), CFG, SEGMENTS, cache_check="some")
