@@ -20,8 +20,6 @@ Stats (``BoardSim.stats()``): simulated clock cycles (= wire time + device time,
 simulation sleeps otherwise), bytes and frames each way, framing errors seen on ``tx``.
 """
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -35,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runner import BUILD, VERILATOR_WAIVERS, default_seed
+from .runner import BUILD, VERILATOR_WAIVERS, build_lock, default_seed
 
 __all__ = ["BoardDesign", "board_design", "board_verilog", "build_board", "BoardSim", "HARNESS", "TOPLEVEL"]
 
@@ -107,17 +105,6 @@ def _sources_key(design: BoardDesign, sync_mhz) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _lock(folder: Path):
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".build.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def board_verilog(design: BoardDesign, *, sync_mhz: float | None = None, log=None) -> Path:
     """Verilog of the board top's bridge (module ``board``: clk, rst, rx, tx), cached."""
     from amaranth.back import verilog
@@ -127,7 +114,7 @@ def board_verilog(design: BoardDesign, *, sync_mhz: float | None = None, log=Non
     key = _sources_key(design, sync_mhz)
     if path.exists() and stamp.exists() and stamp.read_text().strip() == key:
         return path
-    with _lock(folder):
+    with build_lock(folder):
         if path.exists() and stamp.exists() and stamp.read_text().strip() == key:
             return path
         if log:
@@ -169,7 +156,7 @@ def build_board(design: BoardDesign, *, sync_mhz: float | None = None, log=None)
     exe = obj / exe_name
     if (obj / "built.ok").exists():
         return exe
-    with _lock(folder):
+    with build_lock(folder):
         if (obj / "built.ok").exists():
             return exe
         for old in folder.glob("verilator-*"):

@@ -299,9 +299,14 @@ def build(target: SimTarget, *, sim: str | None = None, waves: bool | None = Non
     return Model(target=target, sim=sim, build_dir=build_dir, waves=waves, fst=fst)
 
 
-@contextlib.contextmanager
 def _target_lock(target: SimTarget):
-    folder = BUILD / target.name
+    return build_lock(BUILD / target.name)
+
+
+@contextlib.contextmanager
+def build_lock(folder):
+    """Exclusive lock on a build folder, so that concurrent test processes build a model once."""
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".build.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
