@@ -112,8 +112,7 @@ def _run(args) -> int:
                          f"{','.join(DEFAULT_VARIANTS)}")
     if args.age_plot and "hmt_float" not in variants:
         raise ValueError("--age-plot shows the float recall: include hmt_float in --variants")
-    for flag, path in (("--json", args.json_out), ("--plot", args.plot), ("--age-plot", args.age_plot)):
-        cli_options.check_output_path(path, flag)
+    _check_outputs(args)
     checkpoint = cli_options.resolve_checkpoint(args)
     cli_options.check_sizes_match(args, checkpoint)
     rmt_checkpoint = _rmt_checkpoint(args, checkpoint, variants)
@@ -163,6 +162,12 @@ def _run(args) -> int:
     return 0
 
 
+def _check_outputs(args) -> None:
+    """Refuse unwritable output paths before any work."""
+    for flag, path in (("--json", args.json_out), ("--plot", args.plot), ("--age-plot", args.age_plot)):
+        cli_options.check_output_path(path, flag)
+
+
 def _write_outputs(args, result: dict) -> None:
     from hmtx.model.evaluate import plot_per_segment, plot_recall_age
 
@@ -197,8 +202,7 @@ def _pick(result: dict, variants: list, path: str) -> dict:
 def _merge(args) -> int:
     from hmtx.model.evaluate import format_table, merge_results
 
-    for flag, path in (("--json", args.json_out), ("--plot", args.plot), ("--age-plot", args.age_plot)):
-        cli_options.check_output_path(path, flag)
+    _check_outputs(args)
     results = []
     for spec in args.merge:
         path, _, picked = spec.rpartition(":")
