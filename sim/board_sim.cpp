@@ -170,7 +170,14 @@ int main(int argc, char** argv) {
     int tx_state = 0;                            // 0 idle, 1..10 sampling bit (state-1), -1 wait for high
     double tx_start = 0;
     uint16_t tx_bits = 0;
+    bool tx_frame_open = false;                  // the device has begun a response frame and not ended it
     uint64_t last_activity = 0;                  // last cycle a bit moved on either line
+    // `owed` counts the frames the host's bytes close, but a host's END can also close a frame
+    // the device assembled from line noise (a host at the wrong rate, a reopened port), which the
+    // device answers too. So the simulation only sleeps once the line has been still for a few
+    // byte times and no response is half sent: the unannounced answer and the one after it get
+    // out instead of freezing mid-way until the host writes again.
+    auto linger_cycles = [&]() { return (uint64_t)std::ceil(40 * bit); };
     const uint64_t quiet_cycles = (uint64_t)std::llround(opt.quiet_s * opt.clk_hz);
     Stats written;
     bool stats_once = false;
@@ -222,7 +229,8 @@ int main(int argc, char** argv) {
     };
 
     while (!g_stop) {
-        bool idle = !rx_busy && to_dev.empty() && tx_state == 0 && owed == 0;
+        bool idle = !rx_busy && to_dev.empty() && tx_state == 0 && owed == 0 && !tx_frame_open
+                    && cycle - last_activity > linger_cycles();
         if (idle) {
             push();
             write_stats();
@@ -287,6 +295,7 @@ int main(int argc, char** argv) {
                             } else {
                                 tx_state = 0;
                             }
+                            tx_frame_open = b != END;
                             if (b == END) {
                                 st.frames_out++;
                                 if (owed > 0) owed--;
@@ -298,11 +307,14 @@ int main(int argc, char** argv) {
                 tx_state = 0;
             }
         }
-        if (owed > 0 && !rx_busy && to_dev.empty() && tx_state == 0 && cycle - last_activity > quiet_cycles) {
-            std::fprintf(stderr, "board_sim: no response for %.3g s (simulated) with %lld frame(s) owed; "
-                         "waiting for the host\n", opt.quiet_s, (long long)owed);
+        if ((owed > 0 || tx_frame_open) && !rx_busy && to_dev.empty() && tx_state == 0
+            && cycle - last_activity > quiet_cycles) {
+            std::fprintf(stderr, "board_sim: no response for %.3g s (simulated) with %lld frame(s) owed%s; "
+                         "waiting for the host\n", opt.quiet_s, (long long)owed,
+                         tx_frame_open ? " and a response unfinished" : "");
             st.quiet_timeouts++;
             owed = 0;
+            tx_frame_open = false;
         }
         pull();
         // the counters are on disk before the host can see the response that ends a transaction

@@ -207,12 +207,16 @@ class BoardSim:
         the port's setting, as a USB-UART bridge does; a host at another rate then sees garbage).
     seed : int or None
         Verilator's random initial state (default: HMTX_SEED or the project's default).
+    quiet_s : float or None
+        Simulated seconds without a response after which the harness stops waiting for the
+        frames it counts as owed (default: the harness's 0.05 s).
     log : callable or None
         Progress messages (building, starting).
     """
 
     def __init__(self, design: BoardDesign, *, sync_mhz: float | None = None, fixed_baud: bool = False,
-                 seed: int | None = None, log=None, start_timeout: float = START_TIMEOUT_S):
+                 seed: int | None = None, quiet_s: float | None = None, log=None,
+                 start_timeout: float = START_TIMEOUT_S):
         self.design = design
         exe = build_board(design, sync_mhz=sync_mhz, log=log)
         self._dir = tempfile.mkdtemp(prefix="hmtx-board-")
@@ -224,6 +228,10 @@ class BoardSim:
                "+verilator+rand+reset+2", f"+verilator+seed+{(seed % 2**31) or 1}"]
         if fixed_baud:
             cmd.append("--fixed-baud")
+        if quiet_s is not None:
+            if not quiet_s > 0:
+                raise ValueError(f"quiet_s must be > 0 simulated seconds, got {quiet_s!r}")
+            cmd += ["--quiet-s", repr(float(quiet_s))]
         self.command = cmd
         with open(self.log_path, "w") as logf:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=logf, stdin=subprocess.DEVNULL,
