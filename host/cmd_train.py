@@ -28,7 +28,8 @@ def register(subparsers) -> None:
     p.add_argument("--init", help="stage 2: the stage-1 checkpoint to start from; stage 3: the stage-2 one")
     p.add_argument("--readout-lr", type=float, help="stage 3: learning rate of the read-out (default: --lr)")
     p.add_argument("--resume", help="continue a training checkpoint (same settings; --steps may grow)")
-    p.add_argument("--steps", type=int, default=200, help="total optimizer steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="total optimizer steps (default 200; with --resume, the checkpoint's total)")
     p.add_argument("--batch", type=int, default=2, help="windows per step per process (accumulated); stage 3: "
                                                          "graded segments per step")
     p.add_argument("--lr", type=float, default=1e-3)
@@ -73,6 +74,9 @@ def _run(args) -> int:
     device = cli_options.torch_device(args.torch_device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.steps is None:
+        from hmtx.model.train import read_training_meta
+        args.steps = int(read_training_meta(args.resume)["train_config"]["steps"]) if args.resume else 200
     depth = args.depth if args.depth is not None else (2 if args.stage == 1 or args.variant == "rmt" else 4)
     tc = TrainConfig(stage=args.stage, depth=depth, steps=args.steps, batch=args.batch, lr=args.lr,
                      lr_step=args.lr_step, lr_gamma=args.lr_gamma, weight_decay=args.weight_decay,

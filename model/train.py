@@ -538,6 +538,12 @@ def train(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, docs, out:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     torch.manual_seed(tc.seed)
+    if device.type == "cpu":
+        # Gradients through the backbone's masked attention underflow to subnormal floats, which
+        # the CPU's sgemm handles ~30x slower: a stage-3 step went from ~5 s to 40-80 s at random.
+        # Values below 1.2e-38 do not move a trained parameter; flushing them to zero does not
+        # either. (Training only, restored on return: evaluation keeps IEEE subnormals.)
+        torch.set_flush_denormal(True)
     backbone.model.to(device)
     model = prepare_model(backbone, hmt_config, tc, init=init)
     model.to(device)
@@ -557,6 +563,9 @@ def train(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, docs, out:
     if resume is not None:
         step, log, meta = load_training_checkpoint(resume, model, tc, optimizer, scheduler)
         elapsed0 = float(meta.get("elapsed_s", 0.0))
+        if step >= tc.steps:
+            raise ValueError(f"checkpoint {resume!r} has done {step} steps already, and this run asks for "
+                             f"{tc.steps} in all: give --steps above {step} to train on")
     loss_module = WindowLoss(model, tc.depth, tc.variant, tc.loss_on)
     feeder = None
     if tc.stage == 3:
@@ -622,6 +631,7 @@ def train(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, docs, out:
             if last:
                 break
     finally:
+        torch.set_flush_denormal(False)         # PyTorch's default
         if bar is not None:
             bar.close()
         if started:

@@ -173,6 +173,14 @@ def test_cli_train_and_resume(tmp_path, capsys):
     assert cli_main(base + ["--steps", "2"]) == 0
     assert cli_main(base + ["--steps", "3", "--resume", str(out)]) == 0
     assert read_training_meta(str(out))["step"] == 3
+    capsys.readouterr()
+    # without --steps a resumed run keeps the checkpoint's total, which it has reached: say so,
+    # and leave the checkpoint as it was
+    before = (out / "train.json").read_bytes()
+    assert cli_main(base + ["--resume", str(out)]) == 2
+    assert "has done 3 steps already, and this run asks for 3 in all: give --steps above 3" in capsys.readouterr().err
+    assert cli_main(base + ["--steps", "2", "--resume", str(out)]) == 2
+    assert (out / "train.json").read_bytes() == before
     assert cli_main(base + ["--stage", "2"]) == 2
     assert "give --init FOLDER" in capsys.readouterr().err
 
