@@ -77,8 +77,8 @@ def segment_traffic(cfg, fill: int | None = None, seed: int = 0) -> dict:
     """Wire bytes of one segment, per op, as ``{op: {"out": n, "in": n, "frames": k}}``: the host's
     command frames out, the device's response frames in (golden device, random data, escapes
     included). ``fill``: memories in the cache when the segment recalls (default: full)."""
-    from hmtx.host import protocol as P
-    from hmtx.host.golden_device import GoldenDevice
+    from hmtx.model import protocol as P
+    from hmtx.model.golden_device import GoldenDevice
     from hmtx.model import fixed
 
     fill = cfg.n_slots if fill is None else fill

@@ -78,8 +78,8 @@ def golden_recall(cfg, repeats: int) -> dict:
     """Seconds per recall of the golden models: ``fixed.recall`` (numpy arithmetic only) and a
     RECALL frame through ``GoldenDevice.feed`` (decode, checks, arithmetic, encode). Also returns
     the wire bytes of one RECALL and one WRITE_MEMORY exchange."""
-    from hmtx.host import protocol as P
-    from hmtx.host.golden_device import GoldenDevice
+    from hmtx.model import protocol as P
+    from hmtx.model.golden_device import GoldenDevice
     from hmtx.model import fixed
 
     x = _data(cfg)

@@ -25,8 +25,7 @@ import collections
 import time
 
 from hmtx.model.configs import EngineConfig
-
-from .golden_device import GoldenDevice
+from hmtx.model.golden_device import GoldenDevice
 
 __all__ = ["Transport", "GoldenTransport", "SerialTransport", "FaultInjector", "open_transport", "DEFAULT_BAUD"]
 
@@ -165,7 +164,7 @@ class FaultInjector(Transport):
     the host can tell. For testing the runtime's checker (``hmtx run --inject-fault``)."""
 
     def __init__(self, inner: Transport):
-        from . import protocol as P
+        from hmtx.model import protocol as P
         self._P = P
         self.inner = inner
         self.name = inner.name

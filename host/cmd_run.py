@@ -234,7 +234,7 @@ def _run(args) -> int:
     except BaseException:
         transport.close()
         raise
-    from .protocol import Op
+    from hmtx.model.protocol import Op
 
     def before_segment(seg):
         if fault and seg == fault[0]:

@@ -23,11 +23,11 @@ import time
 
 import numpy as np
 
+from hmtx.model import protocol as P
 from hmtx.model.configs import EngineConfig
+from hmtx.model.protocol import DeviceError, Op, ProtocolError, Status
 
-from . import protocol as P
 from .backends import Transport, open_transport
-from .protocol import DeviceError, Op, ProtocolError, Status
 
 __all__ = ["Device", "DeviceError", "ProtocolError", "DEFAULT_TIMEOUTS"]
 

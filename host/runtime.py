@@ -27,8 +27,7 @@ import torch
 
 from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
-
-from .protocol import Op
+from hmtx.model.protocol import Op
 
 __all__ = ["Mismatch", "MismatchError", "CheckedDevice", "RunResult", "run_document",
            "save_case", "load_case", "replay_case", "CASE_FORMAT"]
@@ -275,7 +274,7 @@ _MISMATCH_FIELDS = ("segment", "op", "slot", "field", "element", "expected", "go
 def _check_case(case: dict) -> None:
     """The structure ``save_case`` writes, field by field (types, sizes, op order)."""
     cfg = case["config"]
-    from .protocol import MAX_BODY
+    from hmtx.model.protocol import MAX_BODY
     for name in ("d", "d_h", "n_slots", "lanes", "head_dim", "max_queries", "max_keys"):
         if getattr(cfg, name) > 0xFFFF:
             raise _CaseError(f"config.{name} = {getattr(cfg, name)} does not fit the protocol's u16")

@@ -4,7 +4,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hmtx.host.protocol import END, ESC, ESC_END, ESC_ESC
+from hmtx.model.protocol import END, ESC, ESC_END, ESC_ESC
 
 __all__ = ["END", "ESC", "ESC_END", "ESC_ESC", "crc8_next", "SlipDecoder", "SlipEncoder"]
 

@@ -4,9 +4,9 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hmtx.host.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSION, Op as WireOp, Status as WireStatus
 from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
+from hmtx.model.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSION, Op as WireOp, Status as WireStatus
 
 from . import ENGINES
 from .engine import Engine, Op as EngineOp
@@ -14,7 +14,7 @@ from .slip import SlipDecoder, SlipEncoder, crc8_next
 
 __all__ = ["HmtxTop", "OPCODES", "STATUS", "ENGINES", "engine_class"]
 
-# The wire constants exist once, in the protocol's executable form (host/protocol.py); the
+# The wire constants exist once, in the protocol's executable form (model/protocol.py); the
 # tests compare this RTL with the golden device byte for byte.
 OPCODES = {op.name: int(op) for op in WireOp}
 STATUS = {st.name: int(st) for st in WireStatus}

@@ -2,7 +2,7 @@
 
 Elaborating the engine takes from seconds (tiny) to about a minute (smollm), so its Verilog is
 cached under build/sim/<config>/rtl/ keyed by the hash of every Python source that can change it
-(hw/, model/, host/protocol.py), the configuration and the engine kind (``HmtxTop(config,
+(hw/ and model/, the wire protocol included), the configuration and the engine kind (``HmtxTop(config,
 engine)``). The "serial" engine's files and models live under build/sim/<config>-serial/.
 """
 
@@ -32,7 +32,7 @@ def _engine_sources_digest(config, engine="lanes") -> str:
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     if engine != "lanes":
         h.update(f"engine={engine}".encode())   # (a lanes digest stays what it was)
-    files = sorted((REPO / "hw").glob("*.py")) + sorted((REPO / "model").glob("*.py")) + [REPO / "host" / "protocol.py"]
+    files = sorted((REPO / "hw").glob("*.py")) + sorted((REPO / "model").glob("*.py"))
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())

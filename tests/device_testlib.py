@@ -5,8 +5,8 @@ import os
 import select
 import threading
 
-from hmtx.host import protocol as P
 from hmtx.host.backends import Transport
+from hmtx.model import protocol as P
 
 __all__ = ["run_session", "Shuttle"]
 

@@ -22,10 +22,10 @@ import time
 
 import numpy as np
 
-from hmtx.host import protocol as P
-from hmtx.host.golden_device import GoldenDevice
-from hmtx.host.protocol import END, ESC, MAX_BODY, Op, Status
 from hmtx.model import fixed
+from hmtx.model import protocol as P
+from hmtx.model.golden_device import GoldenDevice
+from hmtx.model.protocol import END, ESC, MAX_BODY, Op, Status
 
 __all__ = ["KINDS", "FrameFuzzer", "fuzz_device"]
 

@@ -1,11 +1,11 @@
 """Drive HmtxTop in the Amaranth simulator: send raw wire bytes, collect response frames, and
-compare each with hmtx.host.golden_device.GoldenDevice fed the same bytes."""
+compare each with hmtx.model.golden_device.GoldenDevice fed the same bytes."""
 
 from amaranth.sim import Simulator
 
-from hmtx.host import protocol as P
-from hmtx.host.golden_device import GoldenDevice
 from hmtx.hw.top import HmtxTop
+from hmtx.model import protocol as P
+from hmtx.model.golden_device import GoldenDevice
 
 __all__ = ["run_against_golden"]
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from device_testlib import run_session
-from hmtx.host import protocol as P
 from hmtx.host.backends import DEFAULT_BAUD, GoldenTransport, SerialTransport, open_transport
-from hmtx.host.device import Device
-from hmtx.host.golden_device import example_session
-from hmtx.model import fixed
 from hmtx.host.cmd_run import engine_config
+from hmtx.host.device import Device
+from hmtx.model import fixed
+from hmtx.model import protocol as P
+from hmtx.model.golden_device import example_session
 
 # The engine `hmtx run --backbone tiny` expects (tiny widened to the tiny Llama's d=32), so one
 # Verilator build serves the sessions and the `hmtx run` test.

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from device_testlib import Shuttle, run_session
-from hmtx.host import protocol as P
 from hmtx.host.backends import GoldenTransport, SerialTransport, Transport, open_transport, parse_serial_spec
 from hmtx.host.device import Device, DeviceError, ProtocolError
-from hmtx.host.golden_device import GoldenDevice, example_session
 from hmtx.model import fixed
+from hmtx.model import protocol as P
 from hmtx.model.configs import get_config
+from hmtx.model.golden_device import GoldenDevice, example_session
 
 SEED = int(os.environ.get("HMTX_SEED", "7"))
 CFG = get_config("tiny")

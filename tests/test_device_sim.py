@@ -7,12 +7,12 @@ import time
 import pytest
 
 from device_testlib import Shuttle, run_session
-from hmtx.host import protocol as P
 from hmtx.host.backends import GoldenTransport, SerialTransport
 from hmtx.host.backends_sim import SimTransport
 from hmtx.host.cmd_run import engine_config
 from hmtx.host.device import Device
-from hmtx.host.golden_device import example_session
+from hmtx.model import protocol as P
+from hmtx.model.golden_device import example_session
 
 # The engine `hmtx run --backbone tiny` simulates (tiny widened to the tiny Llama's d=32): one
 # Verilator build serves these tests and tests/test_run_cli.py.

@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from hmtx.host import protocol as P
 from hmtx.host.backends import GoldenTransport
 from hmtx.host.device import Device, ProtocolError
 from hmtx.model import fixed
+from hmtx.model import protocol as P
 from hmtx.model.configs import get_config
 
 CFG = get_config("tiny")

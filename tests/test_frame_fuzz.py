@@ -63,7 +63,7 @@ def test_fuzz_rtl_through_sim_backend(config, engine, frames):
 
 def _buggy(bug, frame):
     """``GoldenDevice._frame`` with one bug planted."""
-    from hmtx.host import protocol as P
+    from hmtx.model import protocol as P
 
     def buggy(body, error):
         if bug == "crc_ignored_for_write" and body[:1] == bytes([P.Op.WRITE_MEMORY]) and len(body) == CFG.d + 3:
@@ -92,7 +92,7 @@ def test_fuzz_finds_a_bug_planted_in_the_device_under_test(bug):
 def test_fuzz_finds_a_bug_planted_in_the_golden_device_itself(bug, monkeypatch):
     """The reference has the bug too (the default run's situation): the protocol's rules --
     statuses per kind, one answer per frame -- still catch it."""
-    from hmtx.host.golden_device import GoldenDevice
+    from hmtx.model.golden_device import GoldenDevice
     original = GoldenDevice._frame
     monkeypatch.setattr(GoldenDevice, "_frame", lambda self, body, error: _buggy(bug, original.__get__(self))(body, error))
     with pytest.raises(AssertionError, match=f"seed {SEED}, frame"):

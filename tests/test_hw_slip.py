@@ -3,8 +3,8 @@
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
 
-from hmtx.host.protocol import crc8, slip_escape
 from hmtx.hw.slip import END, SlipDecoder, SlipEncoder, crc8_next
+from hmtx.model.protocol import crc8, slip_escape
 from hwsim import rng, run_stream
 
 

@@ -6,8 +6,8 @@ import struct
 import numpy as np
 import pytest
 
-from hmtx.host import protocol as P
 from hmtx.model import fixed
+from hmtx.model import protocol as P
 from hmtx.model.configs import CONFIGS, EngineConfig
 from hwsim import rng
 from hwtop import run_against_golden

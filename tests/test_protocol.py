@@ -6,12 +6,12 @@ import struct
 import numpy as np
 import pytest
 
-from hmtx.host import protocol as P
-from hmtx.host.golden_device import GoldenDevice
 from hmtx.model import fixed
+from hmtx.model import protocol as P
 from hmtx.model.configs import get_config
+from hmtx.model.golden_device import GoldenDevice
 
-from hmtx.host.protocol import Op, Status
+from hmtx.model.protocol import Op, Status
 
 SEED = int(os.environ.get("HMTX_SEED", "1234"))
 CFG = get_config("tiny")

@@ -5,12 +5,12 @@ import json
 import pytest
 
 from hmt_testlib import SEED, random_ids, tiny_hmt
-from hmtx.host import protocol as P
 from hmtx.host.backends import FaultInjector, GoldenTransport, Transport
 from hmtx.host.device import Device
-from hmtx.host.golden_device import GoldenDevice
 from hmtx.host.runtime import MismatchError, load_case, replay_case, run_document
+from hmtx.model import protocol as P
 from hmtx.model.configs import get_config
+from hmtx.model.golden_device import GoldenDevice
 
 # tiny_hmt: d=32 (tiny Llama), d_h=8, N=2, B=7 tokens per segment.
 CFG = get_config("tiny").with_(name="tiny-hmt", d=32, n_slots=2)

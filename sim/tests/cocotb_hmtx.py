@@ -1,7 +1,7 @@
 """cocotb tests of the generated hmtx engine (hmtx.hw.top.HmtxTop) against the golden device.
 
 Every command goes through the SLIP/CRC wire protocol (docs/protocol.md) and every response is
-compared byte for byte with :class:`hmtx.host.golden_device.GoldenDevice` — except CYCLES, whose
+compared byte for byte with :class:`hmtx.model.golden_device.GoldenDevice` — except CYCLES, whose
 counts are implementation-defined (status, opcode and length are still compared).
 
 Environment: HMTX_CONFIG names the configuration (model/configs.py; set by the pytest entry,
@@ -17,10 +17,10 @@ import random
 import cocotb
 import numpy as np
 
-from hmtx.host import protocol as P
-from hmtx.host.golden_device import GoldenDevice, example_session
 from hmtx.model import fixed
+from hmtx.model import protocol as P
 from hmtx.model.configs import get_config
+from hmtx.model.golden_device import GoldenDevice, example_session
 from hmtx.sim.coverage import Coverage
 from hmtx.sim.scoreboard import Scoreboard
 from hmtx.sim.tb import STALL_PATTERNS, TB, test_seed

@@ -1,7 +1,7 @@
 """The hmtx wire protocol (docs/protocol.md): framing, CRC-8, opcodes, statuses, payloads.
 
 Everything here is pure byte manipulation shared by the host driver (``hmtx.host.device``)
-and the golden device (``hmtx.host.golden_device``); neither side re-implements any of it.
+and the golden device (``hmtx.model.golden_device``); neither side re-implements any of it.
 Bad input raises :class:`ValueError` naming the field; a response that cannot be decoded
 raises :class:`ProtocolError`; a device that answers with an error status is reported by the
 driver as :class:`DeviceError`.
