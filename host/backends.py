@@ -1,8 +1,8 @@
 """Byte transports to an hmtx device. They only move bytes; ``hmtx.host.device`` speaks the protocol.
 
-A transport has ``write(bytes)``, ``read(timeout) -> bytes`` (whatever arrived, at least one
-byte, or ``b""`` when ``timeout`` seconds passed without any) and ``close()``. A transport
-whose far end has gone away raises :class:`ConnectionError` from ``read``/``write``.
+The interface (``write``/``read``/``close``, :class:`~hmtx.host.transport.Transport`) and the
+serial port are in :mod:`hmtx.host.transport`, which the ``sim`` and ``board-sim`` backends build
+on; this module opens any backend by name.
 
 ``open_transport(spec, config)`` understands:
 
@@ -27,31 +27,10 @@ import time
 from hmtx.model.configs import EngineConfig
 from hmtx.model.golden_device import GoldenDevice
 
-__all__ = ["Transport", "GoldenTransport", "SerialTransport", "FaultInjector", "open_transport", "DEFAULT_BAUD"]
+from .transport import DEFAULT_BAUD, SerialTransport, Transport, parse_serial_spec
 
-# = hmtx.hw.board.DEFAULT_BAUD, what `hmtx synth` builds by default (tests/test_board_sim.py checks)
-DEFAULT_BAUD = 3_000_000
-
-
-class Transport:
-    """Interface of a byte transport (see the module docstring)."""
-
-    name = "transport"
-
-    def write(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def read(self, timeout: float) -> bytes:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+__all__ = ["Transport", "GoldenTransport", "SerialTransport", "FaultInjector", "open_transport", "DEFAULT_BAUD",
+           "parse_serial_spec"]
 
 
 class GoldenTransport(Transport):
@@ -84,59 +63,6 @@ class GoldenTransport(Transport):
 
     def close(self) -> None:
         self._closed = True
-
-
-class SerialTransport(Transport):
-    """A serial port (UART to a board running the bitstream, or a pseudo-terminal in tests)."""
-
-    def __init__(self, port: str, baud: int = DEFAULT_BAUD):
-        try:
-            import serial
-        except ImportError:
-            raise ValueError("the serial backend needs pyserial (pip install pyserial==3.5)") from None
-        self.name = f"serial:{port}"
-        self.baud = baud
-        try:
-            self._port = serial.serial_for_url(port, baudrate=baud, timeout=0, write_timeout=10)
-        except (serial.SerialException, ValueError) as e:
-            raise ValueError(f"cannot open serial port {port!r}: {e}") from None
-        self._serial = serial
-
-    def write(self, data: bytes) -> None:
-        try:
-            self._port.write(data)
-            self._port.flush()
-        except (self._serial.SerialException, OSError) as e:
-            raise ConnectionError(f"{self.name}: write failed: {e}") from None
-
-    def read(self, timeout: float) -> bytes:
-        try:
-            self._port.timeout = max(timeout, 0)
-            first = self._port.read(1)
-            if not first:
-                return b""
-            self._port.timeout = 0
-            return first + self._port.read(self._port.in_waiting or 0)
-        except (self._serial.SerialException, OSError) as e:
-            raise ConnectionError(f"{self.name}: read failed: {e}") from None
-
-    def close(self) -> None:
-        self._port.close()
-
-
-def parse_serial_spec(spec: str) -> tuple[str, int]:
-    """``serial:PORT[@BAUD]`` -> (PORT, BAUD)."""
-    rest = spec[len("serial:"):]
-    port, baud = rest, DEFAULT_BAUD
-    if "@" in rest and not rest.startswith(("socket://", "rfc2217://", "loop://")):
-        port, _, b = rest.rpartition("@")
-        try:
-            baud = int(b)
-        except ValueError:
-            raise ValueError(f"device {spec!r}: baud rate {b!r} is not an integer") from None
-    if not port:
-        raise ValueError(f"device {spec!r}: give a port, e.g. serial:/dev/ttyUSB0 or serial:/dev/ttyUSB0@115200")
-    return port, baud
 
 
 def open_transport(spec: str, config: EngineConfig, *, waves: bool = False) -> Transport:

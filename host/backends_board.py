@@ -1,10 +1,10 @@
 """The ``board-sim`` backend: the virtual board (:mod:`hmtx.sim.board_sim`, the board top that
 ``hmtx synth`` builds, UART included, under Verilator behind a pseudo-terminal), started for the
-connection and reached through the unchanged :class:`~hmtx.host.backends.SerialTransport`."""
+connection and reached through the unchanged :class:`~hmtx.host.transport.SerialTransport`."""
 
 from hmtx.model.configs import EngineConfig
 
-from .backends import Transport
+from .transport import DEFAULT_BAUD, SerialTransport, Transport
 
 __all__ = ["BoardSimTransport", "board_for_config", "parse_board_sim_spec"]
 
@@ -21,10 +21,9 @@ def board_for_config(config: EngineConfig) -> str:
 
 def parse_board_sim_spec(spec: str, config: EngineConfig) -> tuple[EngineConfig, int]:
     """``board-sim[:CONFIG][@BAUD]`` -> (engine config, baud). Without CONFIG: ``config`` (the
-    one the host expects); BAUD defaults to :data:`hmtx.host.backends.DEFAULT_BAUD`."""
+    one the host expects); BAUD defaults to :data:`hmtx.host.transport.DEFAULT_BAUD`."""
     from hmtx.model.configs import get_config
 
-    from .backends import DEFAULT_BAUD
     rest = spec[len("board-sim"):]
     baud = DEFAULT_BAUD
     if "@" in rest:
@@ -41,7 +40,7 @@ def parse_board_sim_spec(spec: str, config: EngineConfig) -> tuple[EngineConfig,
 
 class BoardSimTransport(Transport):
     """The virtual board (:mod:`hmtx.sim.board_sim`) started for this connection, reached through
-    the unchanged :class:`~hmtx.host.backends.SerialTransport` on its pseudo-terminal.
+    the unchanged :class:`~hmtx.host.transport.SerialTransport` on its pseudo-terminal.
 
     ``stats()`` gives the board's counters (simulated cycles, i.e. wire + device time, bytes and
     frames each way); ``close()`` closes the port and stops the board."""
@@ -50,7 +49,6 @@ class BoardSimTransport(Transport):
                  engine: str | None = None, log=None):
         from hmtx.sim.board_sim import BoardSim, board_design
 
-        from .backends import DEFAULT_BAUD, SerialTransport
         baud = DEFAULT_BAUD if baud is None else baud
         self.design = board_design(board or board_for_config(config), config, engine=engine, baud=baud)
         self.board = BoardSim(self.design, log=log)

@@ -25,7 +25,7 @@ import time
 
 from hmtx.model.configs import EngineConfig
 
-from .backends import Transport
+from .transport import Transport
 
 __all__ = ["SimTransport", "DEFAULT_TOP"]
 

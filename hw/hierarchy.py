@@ -9,6 +9,8 @@ own. Sums over a module and everything below it come from those paths.
 import re
 import subprocess
 
+from .yosys_script import yosys_synth_commands
+
 __all__ = ["CATEGORIES", "parse_hierarchy_stat", "module_costs", "costs_table", "run_hierarchy"]
 
 # primitive cell types per resource, by family (a cell type not listed counts under "other")
@@ -112,8 +114,6 @@ def run_hierarchy(build_dir, family, synth_opts, *, name="top", yosys="yosys"):
     options; the same ``opt_clean -purge`` split as the ECP5 build, which also keeps Yosys
     0.70's abc9 from asserting on the unflattened design) and return
     :func:`parse_hierarchy_stat` of it. Writes ``hierarchy.ys`` and ``hierarchy.log`` there."""
-    from .synth import yosys_synth_commands     # (hw/synth.py imports this module)
-
     if family not in CATEGORIES:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(CATEGORIES)}")
     script = "\n".join([f"read_rtlil {name}.il",

@@ -34,10 +34,11 @@ from amaranth_boards.ulx3s import ULX3S_85F_Platform
 from .board import DEFAULT_BAUD, BoardTop
 from .hierarchy import module_costs, run_hierarchy
 from .rtlil import collisions_dont_care
+from .yosys_script import yosys_synth_commands
 
 __all__ = ["BOARDS", "Board", "BuildFailed", "board_top", "tool_env", "synthesize", "parse_nextpnr_report",
            "parse_nextpnr_log", "parse_yosys_stat", "build_report", "diagnose_failure",
-           "parse_seeds", "split_build_script", "yosys_synth_commands"]
+           "parse_seeds", "split_build_script"]
 
 
 class _ULX3S85F(ULX3S_85F_Platform):
@@ -79,26 +80,7 @@ BOARDS = {
 # aborts on HmtxTop with "Assert `GetSize(conn.first) == GetSize(conn.second)' failed" while
 # reintegrating the TRELLIS_DPR16X4 bypass cells; small memories go to block RAM instead.
 DEFAULT_SYNTH_OPTS = {"ecp5": ["-nolutram"], "ice40": []}
-# The same assertion also hit HmtxTop builds *without* LUT RAM, depending on the netlist (seen
-# on the tiny config; the debug log ends while abc9 maps outputs onto the `$connect` cells that
-# keep aliased public wire names). Purging those names right before the LUT mapping avoids it:
-# on ECP5 synth_ecp5 runs in two halves with `opt_clean -purge` between them (names of
-# internal wires are lost, cells keep their `src`).
-
-def yosys_synth_commands(family, synth_opts, top, *, purge=None):
-    """The Yosys commands that synthesize the design read before them: what ``hmtx synth`` runs,
-    and what the gate-level flow (hmtx.sim.gatelevel) runs on the same RTLIL, so that the
-    netlist simulated is the netlist built. ``purge`` (default: on ECP5) synthesizes in two
-    halves with the purge between them (above)."""
-    if family not in ("ecp5", "ice40"):
-        raise ValueError(f"unknown FPGA family {family!r}; expected 'ecp5' or 'ice40'")
-
-    def synth(*extra):
-        return " ".join([f"synth_{family}", *synth_opts, *extra, "-top", top])
-
-    if family == "ecp5" if purge is None else purge:
-        return [synth("-run", "begin:map_luts"), "opt_clean -purge", synth("-run", "map_luts:")]
-    return [synth()]
+# The same assertion also hits builds without LUT RAM: hmtx.hw.yosys_script works round it.
 
 
 # Amaranth finds each tool through an upper-case environment variable named after it.
