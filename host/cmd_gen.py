@@ -12,8 +12,10 @@ import sys
 import time
 from pathlib import Path
 
+from hmtx.model.paths import REPO
+
 TOPLEVEL = "hmtx_top"
-PROTOCOL_DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
+PROTOCOL_DOC = REPO / "docs" / "protocol.md"
 
 
 def register(sub):

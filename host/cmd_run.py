@@ -11,13 +11,13 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
+
+from hmtx.model.paths import REPO
 
 from . import cli_options
 
-__all__ = ["register", "REPO", "DEFAULT_TEXT", "DEFAULT_CHECKPOINT"]
+__all__ = ["register", "DEFAULT_TEXT", "DEFAULT_CHECKPOINT"]
 
-REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TEXT = REPO / "data" / "wikitext-2" / "test.txt"
 # The shipped checkpoint, = hmtx.model.train.DEFAULT_CHECKPOINT (not imported: that module imports
 # torch, and registering the command must stay light). Kept here for bench/end_to_end.py.

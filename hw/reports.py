@@ -14,9 +14,9 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["REPO", "ENGINE_CORES", "find_engine_reports", "engine_report"]
+from hmtx.model.paths import REPO
 
-REPO = Path(__file__).resolve().parent.parent
+__all__ = ["ENGINE_CORES", "find_engine_reports", "engine_report"]
 ENGINE_CORES = ("HmtxTop", "hmtx")
 
 

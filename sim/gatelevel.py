@@ -23,8 +23,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from hmtx.model.paths import REPO
+
 from .cells import dp16kd_verilog, mult18x18d_verilog
-from .runner import BUILD, REPO, SimTarget
+from .runner import BUILD, SimTarget
 
 __all__ = ["ARCHES", "synthesize", "gate_target", "yosys_share"]
 

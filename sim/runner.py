@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
 
-__all__ = ["REPO", "BUILD", "SimTarget", "Model", "build", "is_built", "simulator", "waves_requested",
+from hmtx.model.paths import REPO
+
+__all__ = ["BUILD", "SimTarget", "Model", "build", "is_built", "simulator", "waves_requested",
            "default_seed", "write_verilog", "component_target", "VERILATOR_WAIVERS"]
 
-REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "sim"
 
 # Amaranth's Verilog is correct but not lint-clean: it relies on implicit width extension and

@@ -10,7 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from .runner import BUILD, REPO, SimTarget, component_target, write_verilog
+from hmtx.model.paths import REPO
+
+from .runner import BUILD, SimTarget, component_target, write_verilog
 
 __all__ = ["standin_target", "engine_target", "engine_rtlil", "ENGINE_TOPLEVEL"]
 

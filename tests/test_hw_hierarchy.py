@@ -7,8 +7,9 @@ import re
 import pytest
 
 from hmtx.hw.hierarchy import costs_table, module_costs, parse_hierarchy_stat, run_hierarchy
+from hmtx.model.paths import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 SAVED = os.path.join(ROOT, "tests", "data", "synth_logs", "ice40_up5k_hmtx_hierarchy", "hierarchy_stat.txt")
 
 

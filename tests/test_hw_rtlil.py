@@ -11,8 +11,9 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.hw.rtlil import collisions_dont_care
 from hmtx.hw.synth import tool_env
+from hmtx.model.paths import REPO
 
-BUILD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "test_rtlil")
+BUILD = os.path.join(REPO, "build", "test_rtlil")
 
 
 class TwoMemories(wiring.Component):

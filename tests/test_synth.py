@@ -18,12 +18,13 @@ from hmtx.hw.pll import ecp5_pll_params, ice40_pll_params
 from hmtx.hw.synth import (BOARDS, build_report, diagnose_failure, parse_nextpnr_log,
                            parse_nextpnr_report, parse_yosys_stat, synthesize, tool_env)
 from hmtx.model.configs import get_config
+from hmtx.model.paths import REPO
 
 # Objects built only to check that a constructor refuses them are never elaborated; Amaranth
 # warns about that when they are garbage-collected, possibly during a later test.
 pytestmark = pytest.mark.filterwarnings("ignore:.*created but never used")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 LOGS = os.path.join(ROOT, "tests", "data", "synth_logs")
 # YoWASP's sandbox cannot see /tmp (pytest's tmp_path), so builds go inside the project.
 BUILD = os.path.join("build", "test_synth")
@@ -494,8 +495,7 @@ def test_summary_names_the_engine_and_the_ice40_logic_cells():
     iCE40 build runs out of) beside the LUTs."""
     from hmtx.host.cmd_synth import format_summary
 
-    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "results",
-                           "synth_icebreaker_up5k.json")) as f:
+    with open(os.path.join(ROOT, "docs", "results", "synth_icebreaker_up5k.json")) as f:
         rep = json.load(f)
     text = format_summary(rep)
     assert "(serial engine)" in text
