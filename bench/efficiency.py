@@ -6,14 +6,14 @@ each named config and for variants of N (cache slots) and P (MAC lanes). Utiliza
 ``ideal / measured`` in percent: the share of cycles in which every one of the P multipliers
 does useful work. Cycle counts do not depend on the data, so one simulation per point is exact.
 
-    python -m bench.efficiency [--configs tiny,up5k] [--sweep]
+    python -m hmtx.bench.efficiency [--configs tiny,up5k] [--sweep]
 """
 
 import argparse
 import sys
 import time
 
-from bench import cycles as hw_cycles
+from hmtx.bench import cycles as hw_cycles
 
 __all__ = ["measure_point", "named_configs", "sweep_points", "QUICK_SWEEP"]
 

@@ -14,7 +14,7 @@ Three clocks are kept while it runs:
 Tokens/s is scored tokens over the run's wall time; the per-segment rates give the median and
 spread (segment 0 and 1 run no recall, so the spread shows the recall's cost).
 
-    python -m bench.end_to_end [--backbone tiny] [--device golden] [--segments 4]
+    python -m hmtx.bench.end_to_end [--backbone tiny] [--device golden] [--segments 4]
 """
 
 import argparse
@@ -23,7 +23,7 @@ import inspect
 import sys
 import time
 
-from bench.stats import fmt_stat, summarize
+from hmtx.bench.stats import fmt_stat, summarize
 
 __all__ = ["run_backend", "timing_probes"]
 

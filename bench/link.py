@@ -16,7 +16,7 @@ one segment of `hmtx run` keeps the host waiting on the wire and the device.
   backbone against the board top under Verilator (hmtx.sim.board_sim), each segment's simulated
   time (wire bits at the line rate + device cycles) and bytes from the board's own counters.
 
-    python -m bench.link [--configs tiny,smollm] [--measure]
+    python -m hmtx.bench.link [--configs tiny,smollm] [--measure]
 """
 
 import argparse

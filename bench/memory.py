@@ -19,8 +19,8 @@ mark (``/proc/self/clear_refs`` = 5), reads the document, and reports the peak r
 The SmolLM2 backbone is de-quantized from its GGUF once and cached as fp32 safetensors under
 ``build/bench/`` so that each point loads it in seconds.
 
-    python -m bench.memory [--backbone smollm2] [--lengths 256,1024,4096] [--plot PNG]
-    python -m bench.memory --point hmt 1024 --backbone tiny      (one point, JSON on stdout)
+    python -m hmtx.bench.memory [--backbone smollm2] [--lengths 256,1024,4096] [--plot PNG]
+    python -m hmtx.bench.memory --point hmt 1024 --backbone tiny      (one point, JSON on stdout)
 """
 
 import argparse
@@ -32,9 +32,10 @@ import sys
 import time
 from pathlib import Path
 
+from hmtx.model.paths import REPO
+
 __all__ = ["MODES", "measure_point", "run_points", "plot", "peak_rss_kb"]
 
-REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "build" / "bench"
 MODES = ("hmt", "full", "full_last", "full_eager")
 LABELS = {"hmt": "HMT, segment by segment", "full": "backbone, one pass (all logits)",
@@ -76,7 +77,7 @@ def _load(backbone: str, attn: str):
     from transformers import AutoModelForCausalLM
     folder = _fp32_folder()
     if not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} is missing: run `python -m bench.memory` (it caches the fp32 SmolLM2) first")
+        raise ValueError(f"{folder} is missing: run `python -m hmtx.bench.memory` (it caches the fp32 SmolLM2) first")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn)
     model.eval()
     return Backbone("smollm2", model, ByteTokenizer(), 0)
@@ -170,12 +171,11 @@ def prepare(backbone: str, max_length: int) -> str:
 def run_points(backbone: str, lengths, modes=MODES, progress=None, timeout_s: float = 900) -> list[dict]:
     """Every (mode, length) point in its own process; a failed point is recorded with its error."""
     ids_path = prepare(backbone, max(lengths))
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     rows = []
     for length in lengths:
         for mode in modes:
-            cmd = [sys.executable, "-m", "bench.memory", "--point", mode, str(length),
+            cmd = [sys.executable, "-m", "hmtx.bench.memory", "--point", mode, str(length),
                    "--backbone", backbone, "--ids", ids_path]
             try:
                 p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout_s)

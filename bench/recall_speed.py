@@ -8,7 +8,7 @@ cache of N slots. The device figure counts compute cycles only; the UART time of
 recall (command and response frames as the golden device encodes them, 10 bits per byte) is
 reported next to it, because on a board the link, not the datapath, sets the pace.
 
-    python -m bench.recall_speed [--configs tiny,up5k,smollm] [--repeats 21]
+    python -m hmtx.bench.recall_speed [--configs tiny,up5k,smollm] [--repeats 21]
 """
 
 import argparse
@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from bench.stats import Stat, fmt_stat, time_calls
+from hmtx.bench.stats import Stat, fmt_stat, time_calls
 from hmtx.hw.board import DEFAULT_BAUD as UART_BAUD   # = hmtx.host.backends.DEFAULT_BAUD
 
 __all__ = ["torch_float_recall", "golden_recall", "link_us", "calibrate_inner", "measure_config"]

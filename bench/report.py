@@ -1,6 +1,6 @@
 """Tables (Markdown) and plots (PNG) from a `hmtx bench` result.
 
-    python -m bench.report docs/results/bench.json [--markdown docs/results/bench.md] [--plots docs/results]
+    python -m hmtx.bench.report docs/results/bench.json [--markdown docs/results/bench.md] [--plots docs/results]
 """
 
 import argparse
@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from bench.stats import fmt_stat
+from hmtx.bench.stats import fmt_stat
 
 __all__ = ["markdown", "write_plots", "write_doc_section"]
 
@@ -119,7 +119,7 @@ def _memory_table(res) -> list[str]:
     m = res.get("memory")
     if not m:
         return [f"n/a: {res.get('reasons', {}).get('memory', 'not run')}"]
-    from bench.memory import LABELS, MODES
+    from hmtx.bench.memory import LABELS, MODES
     lengths = m["lengths"]
     rows = ["| mode | " + " | ".join(f"L={n}" for n in lengths) + " |", "|---|" + "---:|" * len(lengths)]
     for mode in MODES:
@@ -299,7 +299,7 @@ def write_plots(res: dict, folder: str) -> list[str]:
 
     mem = res.get("memory")
     if mem and mem.get("points"):
-        from bench.memory import plot
+        from hmtx.bench.memory import plot
         paths.append(plot(mem["points"], os.path.join(folder, "memory.png"),
                           f"{mem['backbone']}: host memory reading one document — {when('memory')}"))
     return paths

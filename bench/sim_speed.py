@@ -9,7 +9,7 @@ one byte per cycle); dividing that by the transaction's wall time gives a *lower
 cycles per second (a few frame-handling cycles per transaction are not counted). The device's
 compute cycles are also checked against ``bench/cycles.py``'s Amaranth count + 1.
 
-    python -m bench.sim_speed [--config tiny] [--recalls 20]
+    python -m hmtx.bench.sim_speed [--config tiny] [--recalls 20]
 """
 
 import argparse
@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from bench.stats import fmt_stat, summarize
+from hmtx.bench.stats import fmt_stat, summarize
 
 __all__ = ["verilator_speed", "golden_ops"]
 
@@ -85,8 +85,8 @@ def golden_ops(cfg, repeats: int) -> dict:
     and write (K_i = W_k^T M_i)."""
     from hmtx.model import fixed
 
-    from bench.recall_speed import calibrate_inner
-    from bench.stats import time_calls
+    from hmtx.bench.recall_speed import calibrate_inner
+    from hmtx.bench.stats import time_calls
 
     (qwq, qwk), mm, me = _operands(cfg)
     km, ke = fixed.project(qwk, mm[:-1], me[:-1])

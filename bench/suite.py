@@ -16,7 +16,7 @@ report, no simulator, ``--quick``) leaves its figures ``null`` with the reason n
 import time
 import traceback
 
-from bench import efficiency, fmax as fmax_mod, recall_speed, sim_speed, stats
+from hmtx.bench import efficiency, fmax as fmax_mod, recall_speed, sim_speed, stats
 
 __all__ = ["SECTIONS", "Options", "run_suite", "FORMAT"]
 
@@ -149,7 +149,7 @@ def run_suite(opts: Options) -> dict:
 
     # -- end to end -----------------------------------------------------------------------------
     def run():
-        from bench import end_to_end
+        from hmtx.bench import end_to_end
 
         out["run"] = {}
         out["run_tokens_per_s"] = {b: None for b in ("golden", "sim")}
@@ -175,7 +175,7 @@ def run_suite(opts: Options) -> dict:
 
     # -- memory ---------------------------------------------------------------------------------
     def memory():
-        from bench import memory as mem
+        from hmtx.bench import memory as mem
 
         if opts.quick:
             out["memory"] = None
@@ -190,7 +190,7 @@ def run_suite(opts: Options) -> dict:
 
     # -- the link -----------------------------------------------------------------------------
     def link():
-        from bench import link as lk
+        from hmtx.bench import link as lk
         from hmtx.hw.board import DEFAULT_BAUD
 
         out["link_divisors"] = lk.divisor_rows()

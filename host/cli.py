@@ -1,26 +1,30 @@
 """The `hmtx` command line.
 
-Each subcommand lives in its own module under ``hmtx.host`` and exposes ``register(subparsers)``;
-this file only lists them, so ``hmtx --help`` shows exactly the commands that exist.
+Each subcommand lives in its own module and exposes ``register(subparsers)``; this file only
+lists them, so ``hmtx --help`` shows exactly the commands that exist. The commands are modules
+of host/ except ``hmtx bench``, which lives with the benchmarks it runs (bench/ is the layer
+above host/): the command line names it here and imports it by name like the others, the one
+place where host/ names a module above it (tests/test_layers.py checks the imports, and this
+list).
 """
 
 import argparse
 import importlib
 import sys
 
-# Module names (under hmtx.host) that provide subcommands, in the order `--help` lists them.
+# Modules that provide subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
-    "cmd_selfcheck",
-    "cmd_eval",
-    "cmd_train",
-    "cmd_export_onnx",
-    "cmd_synth",
-    "cmd_sweep",
-    "cmd_run",
-    "cmd_board_sim",
-    "cmd_replay",
-    "cmd_bench",
-    "cmd_gen",
+    "hmtx.host.cmd_selfcheck",
+    "hmtx.host.cmd_eval",
+    "hmtx.host.cmd_train",
+    "hmtx.host.cmd_export_onnx",
+    "hmtx.host.cmd_synth",
+    "hmtx.host.cmd_sweep",
+    "hmtx.host.cmd_run",
+    "hmtx.host.cmd_board_sim",
+    "hmtx.host.cmd_replay",
+    "hmtx.bench.cmd_bench",
+    "hmtx.host.cmd_gen",
 ]
 
 
@@ -33,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
-        importlib.import_module(f"hmtx.host.{name}").register(sub)
+        importlib.import_module(name).register(sub)
     return parser
 
 

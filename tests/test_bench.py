@@ -3,15 +3,11 @@ the statistics catch what they must; one memory point measures a real peak."""
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from bench import stats, validate  # noqa: E402
+from hmtx.bench import stats, validate
 
 
 def test_summarize_median_and_quartiles():
@@ -109,7 +105,7 @@ def test_bench_rejects_bad_arguments(tmp_path, capsys):
 def test_memory_point_reports_a_real_peak():
     """One point in its own process, as the sweep runs it: the peak covers the loaded model and
     at least the logits tensor the pass must hold (2048 positions x 257 x 4 bytes = 2 MiB)."""
-    from bench import memory
+    from hmtx.bench import memory
 
     (p,) = memory.run_points("tiny", [2048], modes=("full",), timeout_s=120)
     assert "error" not in p, p
@@ -121,7 +117,7 @@ def test_memory_point_reports_a_real_peak():
 def test_memory_point_rejects_bad_input(tmp_path):
     import numpy as np
 
-    from bench import memory
+    from hmtx.bench import memory
 
     ids = tmp_path / "ids.npy"
     np.save(ids, np.arange(64, dtype=np.int32))
@@ -136,7 +132,7 @@ def test_cuda_parity_replay_snapshots_each_segment_and_catches_one_flipped_bit()
     the wrapped ring must not alias the live cache, and one changed integer must be reported."""
     import torch
 
-    from bench import cuda_parity
+    from hmtx.bench import cuda_parity
     from hmt_testlib import SEED
 
     g = torch.Generator().manual_seed(SEED)
@@ -156,7 +152,7 @@ def test_cuda_parity_replay_snapshots_each_segment_and_catches_one_flipped_bit()
 
 
 def test_slack_histogram_counts_the_bins_nextpnr_drew():
-    from bench import slack_histogram
+    from hmtx.bench import slack_histogram
 
     log = ("Info: Max frequency for clock '$glbnet$clk': 54.39 MHz (FAIL at 100.00 MHz)\n\n"
            "Info: Slack histogram:\nInfo:  legend: * represents 10 endpoint(s)\n"
@@ -173,7 +169,7 @@ def test_slack_histogram_counts_the_bins_nextpnr_drew():
 
 
 def test_placed_arcs_ranks_nets_by_the_ecp5_distance_estimate():
-    from bench import placed_arcs
+    from hmtx.bench import placed_arcs
 
     def cell(kind, bel, conns):
         return {"type": kind, "attributes": {"NEXTPNR_BEL": bel, "src": f"x.py:{len(bel)}"},
@@ -196,7 +192,7 @@ def test_placed_arcs_ranks_nets_by_the_ecp5_distance_estimate():
 
 def test_routed_nets_groups_late_register_inputs_by_signal():
     """On a real excerpt of nextpnr's detailed timing report (smollm, 85.32 MHz)."""
-    from bench import routed_nets
+    from hmtx.bench import routed_nets
 
     data = Path(__file__).parent / "data" / "synth_logs"
     report = json.loads((data / "ecp5_smollm_routed_nets.json").read_text())

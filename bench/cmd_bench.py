@@ -11,11 +11,8 @@ import json
 import os
 import shlex
 import sys
-from pathlib import Path
 
-__all__ = ["register", "REPO"]
-
-REPO = Path(__file__).resolve().parent.parent
+__all__ = ["register"]
 
 
 def register(subparsers) -> None:
@@ -56,14 +53,12 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))   # bench/ is a folder of the checkout, not an installed package
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from bench import report, suite, validate
+    from hmtx.bench import report, suite, validate
 
     _positive_int("--repeats", args.repeats)
     _positive_int("--segments", args.segments)
-    from .cli_options import check_output_path
+    from hmtx.host.cli_options import check_output_path
     check_output_path(args.json_out, "--json")               # before minutes of benchmarks
     check_output_path(args.markdown, "--markdown")
     check_output_path(args.plots, "--plots", folder=True)
