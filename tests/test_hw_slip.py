@@ -1,4 +1,4 @@
-"""SlipDecoder/SlipEncoder vs host.protocol's SLIP, and the CRC-8 step vs host.protocol.crc8."""
+"""SlipDecoder/SlipEncoder vs model.protocol's SLIP, and the CRC-8 step vs model.protocol.crc8."""
 
 from amaranth.hdl import Module, Signal
 from amaranth.sim import Simulator
