@@ -28,13 +28,13 @@ import json
 import os
 from functools import lru_cache
 
-from hmtx.model.text import Document
+from hmtx.model.document import Document
+from hmtx.model.paths import REPO
 
 __all__ = ["SPLITS", "SPLITS_FILE", "is_corpus_spec", "corpus_documents", "source_documents", "text_sha256"]
 
 SPLITS = ("train", "validation", "test")
-SPLITS_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "longdocs",
-                           "splits.json")
+SPLITS_FILE = str(REPO / "data" / "longdocs" / "splits.json")
 SPEC_PREFIX = "longdocs:"
 WIKI_DUMP = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MIN_WIKI_CHARS = 1000

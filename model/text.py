@@ -7,26 +7,15 @@ article. A folder is every ``*.txt`` file in it (sorted by name), each handled a
 
 import os
 import re
-from dataclasses import dataclass
 
 import torch
+
+from hmtx.model.document import Document, TokenDocument
 
 __all__ = ["Document", "TokenDocument", "split_wikitext", "is_wikitext", "load_documents", "tokenize_documents"]
 
 # A top-level WikiText header: " = Title = " where the title itself does not start with "=".
 _TOP_HEADER = re.compile(r"^ = (?!=)(.*?) = $")
-
-
-@dataclass(frozen=True)
-class Document:
-    name: str
-    text: str
-
-
-@dataclass(frozen=True)
-class TokenDocument:
-    name: str
-    ids: torch.Tensor       # int64 [n]
 
 
 def is_wikitext(text: str) -> bool:

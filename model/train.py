@@ -46,7 +46,6 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +54,7 @@ from torch import nn
 from hmtx.model.backbone import Backbone
 from hmtx.model.checkpoint_files import MANIFEST_FILE, read_json, verify_manifest, write_manifest
 from hmtx.model.hmt import HMT, HMTConfig, read_checkpoint, save_checkpoint
+from hmtx.model.paths import REPO
 
 __all__ = ["TrainConfig", "MODES", "TRAIN_FORMAT", "DEFAULT_CHECKPOINT", "DEFAULT_RMT_CHECKPOINT",
            "default_checkpoint",
@@ -73,7 +73,7 @@ HMT_PARAMS = ("prompt", "memory_token", "recall.w_q", "recall.w_k")
 
 # The shipped SmolLM2 checkpoints (checkpoints/ at the repository root): HMT, and the RMT baseline
 # trained the same way (same format; RMT uses only its memory token).
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "smollm2-hmt"
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "smollm2-hmt"
 DEFAULT_RMT_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-rmt"
 
 

@@ -30,11 +30,43 @@ def _engine_name(config, engine) -> str:
     return config.name if engine == "lanes" else f"{config.name}-{engine}"
 
 
+def rtl_model_files() -> list[Path]:
+    """The model/ modules the gateware imports, directly or through each other: only they can
+    change the generated RTL (training or evaluation code in model/ must not force a rebuild)."""
+    import ast
+    seen, todo = set(), []
+
+    def imports_of(path: Path):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level == 1 and path.parent.name == "model":
+                    base = f"hmtx.model.{base}" if base else "hmtx.model"
+                names = [f"{base}.{a.name}" for a in node.names] + [base]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[:2] == ["hmtx", "model"] and len(parts) > 2:
+                    f = REPO / "model" / f"{parts[2]}.py"
+                    if f.is_file() and f not in seen:
+                        seen.add(f)
+                        todo.append(f)
+
+    for f in sorted((REPO / "hw").glob("*.py")):
+        imports_of(f)
+    while todo:
+        imports_of(todo.pop())
+    return sorted(seen)
+
+
 def _engine_sources_digest(config, engine="lanes") -> str:
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     if engine != "lanes":
         h.update(f"engine={engine}".encode())   # (a lanes digest stays what it was)
-    files = sorted((REPO / "hw").glob("*.py")) + sorted((REPO / "model").glob("*.py"))
+    files = sorted((REPO / "hw").glob("*.py")) + rtl_model_files()
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())

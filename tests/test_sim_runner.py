@@ -66,3 +66,21 @@ def test_engine_targets_are_separate_per_engine(tmp_path, monkeypatch):
     assert stamp(lanes) != stamp(serial)
     with pytest.raises(ValueError, match="unknown engine 'wide'"):
         targets.engine_target("tiny", engine="wide")
+
+
+def test_rtl_cache_key_covers_what_the_gateware_imports_and_nothing_else():
+    """The cached Verilog is keyed by hw/ and the model/ modules hw/ imports (transitively):
+    editing the training or evaluation code must not force a Verilator rebuild, editing the
+    fixed-point contract or the protocol must."""
+    from hmtx.model.paths import REPO
+    from hmtx.sim.targets import rtl_model_files
+    names = {f.name for f in rtl_model_files()}
+    assert {"fixed.py", "protocol.py", "configs.py"} <= names
+    assert not names & {"train.py", "hmt.py", "evaluate.py", "corpus.py", "backbone.py"}
+    # transitively: every model/ module a listed one imports is listed too
+    import ast
+    for f in rtl_model_files():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hmtx.model."):
+                assert f"{node.module.split('.')[2]}.py" in names, f"{f.name} imports {node.module}"
+    assert all(f.parent == REPO / "model" for f in rtl_model_files())
