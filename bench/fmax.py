@@ -9,8 +9,8 @@ estimated.
 
 from pathlib import Path
 
-from hmtx.hw.reports import ENGINE_CORES, engine_report
-from hmtx.hw.reports import find_engine_reports as find_reports
+from hmtx.hw.flow.reports import ENGINE_CORES, engine_report
+from hmtx.hw.flow.reports import find_engine_reports as find_reports
 from hmtx.model.paths import REPO
 
 __all__ = ["find_reports", "fmax_table", "NOT_SYNTHESIZED", "ENGINE_CORES"]

@@ -44,7 +44,7 @@ def usb_rate(base: int, baud: int) -> float | None:
 def board_clock_hz(board: str) -> float:
     """The system clock `hmtx synth` makes for ``board`` (the PLL's achieved frequency)."""
     from hmtx.hw.board import EchoCore
-    from hmtx.hw.synth import board_top
+    from hmtx.hw.flow.boards import board_top
     core = EchoCore(lanes=1)
     top = board_top(board, core)
     core._MustUse__silence = top._MustUse__silence = top.bridge._MustUse__silence = True

@@ -16,7 +16,7 @@ import json
 import re
 import sys
 
-from hmtx.hw.netlist import top_module
+from hmtx.hw.flow.netlist import top_module
 
 __all__ = ["estimate_ns", "net_arcs"]
 

@@ -18,7 +18,7 @@ import json
 import re
 import sys
 
-from hmtx.hw.netlist import top_module
+from hmtx.hw.flow.netlist import top_module
 
 __all__ = ["endpoints", "failing_by_signal", "register_inputs", "signal_of"]
 

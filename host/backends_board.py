@@ -12,7 +12,7 @@ __all__ = ["BoardSimTransport", "board_for_config", "parse_board_sim_spec"]
 def board_for_config(config: EngineConfig) -> str:
     """The board a config is built for by default (the one whose default config it is; else the
     ULX3S 85F)."""
-    from hmtx.hw.synth import BOARDS
+    from hmtx.hw.flow.boards import BOARDS
     for name, b in sorted(BOARDS.items()):
         if b.default_config == config.name:
             return name

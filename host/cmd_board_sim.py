@@ -11,7 +11,7 @@ __all__ = ["register"]
 
 def register(subparsers) -> None:
     from hmtx.hw import ENGINES
-    from hmtx.hw.synth import BOARDS
+    from hmtx.hw.flow.boards import BOARDS
 
     from .backends import DEFAULT_BAUD
     p = subparsers.add_parser(

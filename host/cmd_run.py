@@ -156,7 +156,7 @@ def report_case(res, device_spec: str) -> None:
 
 def find_fmax(cfg, engine: str = "lanes") -> tuple[float, str] | None:
     """(Fmax MHz, report path) of the newest `hmtx synth` report of ``engine`` with this config."""
-    from hmtx.hw.reports import engine_report
+    from hmtx.hw.flow.reports import engine_report
 
     rep = engine_report(cfg, REPO, engine)
     return (float(rep["fmax_mhz"]), rep["path"]) if rep else None

@@ -121,7 +121,7 @@ def plot_sweep(points, path):
 
 
 def run(args) -> int:
-    from hmtx.hw.synth import BuildFailed
+    from hmtx.hw.flow.synth import BuildFailed
 
     from .cmd_synth import build_one, default_out_dir, format_summary, resolve_config, resolve_engine
 

@@ -5,7 +5,8 @@ import json
 import os
 import sys
 
-__all__ = ["register", "make_core", "resolve_engine", "resolve_seed", "default_out_dir", "format_summary"]
+__all__ = ["register", "make_core", "resolve_engine", "resolve_seed", "synth_options", "default_out_dir",
+           "format_summary"]
 
 CORES = ("hmtx", "echo")
 
@@ -28,7 +29,7 @@ def add_build_arguments(p) -> None:
     """Arguments `hmtx synth` and `hmtx sweep` share."""
     from hmtx.hw import ENGINES
     from hmtx.hw.board import DEFAULT_BAUD
-    from hmtx.hw.synth import BOARDS
+    from hmtx.hw.flow.boards import BOARDS
 
     p.add_argument("--board", required=True, choices=sorted(BOARDS), help="target board")
     p.add_argument("--config", help="engine config name (default: the board's, smollm or up5k)")
@@ -64,7 +65,7 @@ def add_build_arguments(p) -> None:
                         "10). 40 raised smollm's post-placement estimate from 54.4 to 57.4 MHz")
     p.add_argument("--no-floorplan", dest="floorplan", action="store_false",
                    help="leave the engine's block RAMs and lane multipliers to the placer (by "
-                        "default they are pinned per lane quad on the LFE5U-85F, hw/floorplan.py)")
+                        "default they are pinned per lane quad on the LFE5U-85F, hw/flow/floorplan.py)")
     p.add_argument("--detailed-timing", action="store_true",
                    help="have nextpnr add every net's routed delays to its report.json "
                         "(--detailed-timing-report; tens of MB at P=64), for "
@@ -110,7 +111,7 @@ def resolve_engine(args):
     on for the serial engine on iCE40: its multiplier is sized for one SB_MAC16, and in logic
     cells it would cost a large share of the UP5K.
     """
-    from hmtx.hw.synth import BOARDS
+    from hmtx.hw.flow.boards import BOARDS
 
     board = BOARDS[args.board]
     if args.core != "hmtx":
@@ -133,7 +134,7 @@ def default_out_dir(board, config_name, lanes, core="hmtx", engine="lanes"):
 
 
 def resolve_config(args, lanes=None, n_slots=None):
-    from hmtx.hw.synth import BOARDS
+    from hmtx.hw.flow.boards import BOARDS
     from hmtx.model.configs import get_config
 
     name = args.config or BOARDS[args.board].default_config
@@ -147,26 +148,35 @@ def resolve_config(args, lanes=None, n_slots=None):
 
 
 def resolve_seed(args):
-    """``--seed`` as given, else the board's default seeds (hw.synth.Board.default_seeds)."""
-    from hmtx.hw.synth import BOARDS
+    """``--seed`` as given, else the board's default seeds (hw.flow.boards.Board.default_seeds)."""
+    from hmtx.hw.flow.boards import BOARDS
     return args.seed if args.seed is not None else BOARDS[args.board].default_seeds
+
+
+def synth_options(args, config_name, config):
+    """The :class:`~hmtx.hw.flow.synth.SynthOptions` of a parsed `hmtx synth`/`hmtx sweep`
+    command line for one build of ``config``."""
+    from hmtx.hw.flow.synth import SynthOptions
+
+    _, ice40_dsp = resolve_engine(args)
+    return SynthOptions(
+        config_name=config_name, lanes=config.lanes, sync_mhz=args.freq, baud=args.baud,
+        seeds=resolve_seed(args), jobs=args.jobs, progress=_seed_done, ice40_dsp=ice40_dsp,
+        synth_opts=None if args.yosys_opts is None else args.yosys_opts.split(),
+        router=args.router, timing_weight=args.timing_weight, floorplan=args.floorplan,
+        placer_density=args.placer_density, detailed_timing=args.detailed_timing,
+        hierarchy=args.hierarchy)
 
 
 def build_one(args, config_name, config, out_dir):
     """One build; raises BuildFailed (with a partial report) when no bitstream comes out."""
-    from hmtx.hw.synth import BuildFailed, synthesize
+    from hmtx.hw.flow.synth import BuildFailed, synthesize
 
-    engine, ice40_dsp = resolve_engine(args)
+    engine, _ = resolve_engine(args)
+    options = synth_options(args, config_name, config)
     extra = {"n_slots": config.n_slots, "engine_config": config.to_dict()}
     try:
-        report = synthesize(args.board, make_core(args.core, config, engine), config_name=config_name,
-                            lanes=config.lanes, out_dir=out_dir, sync_mhz=args.freq,
-                            baud=args.baud, seed=resolve_seed(args), jobs=args.jobs, progress=_seed_done,
-                            ice40_dsp=ice40_dsp,
-                            synth_opts=None if args.yosys_opts is None else args.yosys_opts.split(),
-                            router=args.router, timing_weight=args.timing_weight,
-                            floorplan=args.floorplan, placer_density=args.placer_density,
-                            detailed_timing=args.detailed_timing, hierarchy=args.hierarchy)
+        report = synthesize(args.board, make_core(args.core, config, engine), out_dir, options)
     except BuildFailed as e:
         e.report.update(extra)
         raise
@@ -209,7 +219,7 @@ def format_summary(report):
 
 
 def run(args) -> int:
-    from hmtx.hw.synth import BuildFailed
+    from hmtx.hw.flow.synth import BuildFailed
 
     try:
         config_name, config = resolve_config(args, lanes=args.lanes)
@@ -234,7 +244,7 @@ def run(args) -> int:
     if report["fits"]:
         print(format_summary(report))
     if report.get("modules"):
-        from hmtx.hw.hierarchy import costs_table
+        from hmtx.hw.flow.hierarchy import costs_table
         print(costs_table(report["modules"]))
     if report.get("modules_error"):
         print(f"hmtx synth: {report['modules_error']}", file=sys.stderr)

@@ -1,7 +1,7 @@
 """The virtual board: the board top that ``hmtx synth`` builds, simulated behind a pseudo-terminal.
 
 What is simulated is the :class:`~hmtx.hw.board.UartBridge` of the very
-:class:`~hmtx.hw.board.BoardTop` that :func:`hmtx.hw.synth.board_top` makes for a board (the
+:class:`~hmtx.hw.board.BoardTop` that :func:`hmtx.hw.flow.boards.board_top` makes for a board (the
 same function ``hmtx synth`` uses): the engine (``HmtxTop``), the UART receiver and
 transmitter with the divisor computed from the PLL's achieved clock and the baud, and the
 command/response FIFOs (flip-flops on ECP5, block RAM on iCE40). Only the PLL (the clock is
@@ -70,7 +70,7 @@ class BoardDesign:
 
 
 def _board_top(board, config, engine, baud, sync_mhz):
-    from hmtx.hw.synth import board_top
+    from hmtx.hw.flow.boards import board_top
     from hmtx.hw.top import HmtxTop
     top = board_top(board, HmtxTop(config, engine), sync_mhz=sync_mhz, baud=baud)
     top._MustUse__silence = True      # only its bridge is elaborated here
@@ -81,14 +81,14 @@ def board_design(board: str, config, *, engine: str | None = None, baud: int | N
                  sync_mhz: float | None = None) -> BoardDesign:
     """Describe the board top for ``board`` and ``config`` (engine default: the board's)."""
     from hmtx.hw.board import DEFAULT_BAUD
-    from hmtx.hw.synth import BOARDS
+    from hmtx.hw.flow.boards import BOARDS
     if board not in BOARDS:
         raise ValueError(f"unknown board {board!r}; choose one of {', '.join(BOARDS)}")
     engine = engine or BOARDS[board].default_engine
     baud = DEFAULT_BAUD if baud is None else int(baud)
     # (the bridge's parameters do not depend on the core: describe it around a small stand-in)
     from hmtx.hw.board import EchoCore
-    from hmtx.hw.synth import board_top
+    from hmtx.hw.flow.boards import board_top
     core = EchoCore(lanes=1)
     top = board_top(board, core, sync_mhz=sync_mhz, baud=baud)
     core._MustUse__silence = top._MustUse__silence = top.bridge._MustUse__silence = True

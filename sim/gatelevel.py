@@ -56,9 +56,9 @@ def synthesize(rtl: Path, toplevel: str, arch: str, *, name: str, options: str =
 
     ``rtl`` is Verilog, or RTLIL (``.il``, as :func:`engine_rtlil` writes it and ``hmtx synth``
     builds from). ``options`` go to ``synth_<arch>`` (e.g. ``-nolutram``, ``-dsp``); the
-    commands are ``hmtx synth``'s own (:func:`hmtx.hw.yosys_script.yosys_synth_commands`).
+    commands are ``hmtx synth``'s own (:func:`hmtx.hw.flow.yosys_script.yosys_synth_commands`).
     """
-    from hmtx.hw.yosys_script import yosys_synth_commands
+    from hmtx.hw.flow.yosys_script import yosys_synth_commands
 
     if arch not in ARCHES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHES)}")

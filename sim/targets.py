@@ -107,11 +107,11 @@ def engine_target(config_name: str, *, engine: str = "lanes", generate: bool = T
 
 def engine_rtlil(config_name: str, engine: str = "lanes") -> Path:
     """RTLIL of the same ``HmtxTop`` as :func:`engine_target`, as ``hmtx synth`` hands it to
-    Yosys (block-RAM collisions made don't-care, hw/rtlil.py), for the gate-level flow: the
+    Yosys (block-RAM collisions made don't-care, hw/flow/rtlil.py), for the gate-level flow: the
     netlist simulated is then the netlist built. Cached like the Verilog."""
     from amaranth.back import rtlil
 
-    from hmtx.hw.rtlil import collisions_dont_care
+    from hmtx.hw.flow.rtlil import collisions_dont_care
     from hmtx.model.configs import get_config
 
     def write(top, path):

@@ -50,7 +50,7 @@ def test_host_and_bitstream_default_to_the_same_baud():
 def test_simulated_design_is_the_board_top_synth_builds(design):
     """The bridge simulated has the clock, divisor, FIFOs and reset of hmtx synth's BoardTop."""
     from hmtx.hw.board import BoardTop, EchoCore
-    from hmtx.hw.synth import BOARDS, board_top
+    from hmtx.hw.flow.boards import BOARDS, board_top
     from hmtx.hw.uart import baud_divisor
     core = EchoCore(lanes=1)
     top = board_top(BOARD, core)

@@ -60,7 +60,7 @@ def test_standin_netlist_matches_rtl(standin_rtl_record, arch, options, dsp_cell
 
 ENGINE_CASES = [
     pytest.param("tiny", "lanes", "ecp5", "", id="tiny-ecp5"),
-    # hw/synth.py builds ECP5 with -nolutram (DEFAULT_SYNTH_OPTS): small memories go to DP16KD.
+    # hw/flow/synth.py builds ECP5 with -nolutram (DEFAULT_SYNTH_OPTS): small memories go to DP16KD.
     pytest.param("tiny", "lanes", "ecp5", "-nolutram", id="tiny-ecp5-nolutram"),
     pytest.param("up5k", "lanes", "ice40", "-dsp", id="up5k-ice40-dsp"),
     # what `hmtx synth --board icebreaker` builds: the serial engine, its multiplier in an SB_MAC16

@@ -1,4 +1,4 @@
-"""hmtx.hw.floorplan: each lane quad's block RAMs and multipliers are pinned together, legally."""
+"""hmtx.hw.flow.floorplan: each lane quad's block RAMs and multipliers are pinned together, legally."""
 
 import json
 import re
@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from hmtx.hw.floorplan import ECP5_85K, floorplan_engine
-from hmtx.hw.nextpnr_hook import main as hook_main
+from hmtx.hw.flow.floorplan import ECP5_85K, floorplan_engine
+from hmtx.hw.flow.nextpnr_hook import main as hook_main
 
 P = 64
 E = "bridge.core.engine"
@@ -207,12 +207,12 @@ def test_hook_rewrites_the_netlist_then_runs_the_tool(tmp_path):
     log = tmp_path / "top.tim"
     assert hook_main(["--floorplan", shutil.which("true"), "--25k", "--json", str(path),
                       "--log", str(log)]) == 1
-    assert log.read_text().startswith("ERROR: hmtx.hw.nextpnr_hook: floorplan: it is made for the LFE5U-85F")
+    assert log.read_text().startswith("ERROR: hmtx.hw.flow.nextpnr_hook: floorplan: it is made for the LFE5U-85F")
     assert hook_main(["--floorplan"]) == 2
 
 
 def test_hook_reports_a_floorplan_that_does_not_fit(tmp_path):
-    from hmtx.hw.synth import diagnose_failure
+    from hmtx.hw.flow.synth import diagnose_failure
 
     net = _engine_netlist()
     cells = net["modules"]["top"]["cells"]
@@ -224,7 +224,7 @@ def test_hook_reports_a_floorplan_that_does_not_fit(tmp_path):
     assert hook_main(["--floorplan", shutil.which("false"), "--85k", "--json", str(path),
                       "--log", str(log)]) == 1
     message, details = diagnose_failure(nextpnr_log=log.read_text())
-    assert re.match(r"nextpnr failed: ERROR: hmtx.hw.nextpnr_hook: floorplan: the engine's lane memories "
+    assert re.match(r"nextpnr failed: ERROR: hmtx.hw.flow.nextpnr_hook: floorplan: the engine's lane memories "
                     r"need \d+ block RAMs; the rows hold 208", message), message
 
 

@@ -1,4 +1,4 @@
-"""Per-module costs (hmtx.hw.hierarchy): parsed from a saved real ``-noflatten`` statistics
+"""Per-module costs (hmtx.hw.flow.hierarchy): parsed from a saved real ``-noflatten`` statistics
 file of the up5k HmtxTop build, and one real Yosys run on a small core."""
 
 import os
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from hmtx.hw.hierarchy import costs_table, module_costs, parse_hierarchy_stat, run_hierarchy
+from hmtx.hw.flow.hierarchy import costs_table, module_costs, parse_hierarchy_stat, run_hierarchy
 from hmtx.model.paths import REPO
 
 ROOT = str(REPO)
@@ -78,7 +78,7 @@ def test_real_yosys_run_on_a_small_core(family, opts):
     from amaranth.back import rtlil
 
     from hmtx.hw.board import UartBridge, EchoCore
-    from hmtx.hw.synth import tool_env
+    from hmtx.hw.flow.synth import tool_env
 
     out = os.path.join("build", "test_hierarchy", family)
     os.makedirs(out, exist_ok=True)

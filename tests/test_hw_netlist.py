@@ -1,8 +1,8 @@
-"""hmtx.hw.netlist: register duplication for block-RAM fanout keeps the logic and splits the load."""
+"""hmtx.hw.flow.netlist: register duplication for block-RAM fanout keeps the logic and splits the load."""
 
 import json
 
-from hmtx.hw.netlist import _bram_columns, split_bram_fanout
+from hmtx.hw.flow.netlist import _bram_columns, split_bram_fanout
 
 
 def _ff(d, q):
@@ -93,7 +93,7 @@ def test_a_register_feeding_one_column_is_left_alone():
 
 
 def test_region_split_gives_the_register_above_the_clusters_one_copy_per_region():
-    from hmtx.hw.netlist import split_by_region
+    from hmtx.hw.flow.netlist import split_by_region
 
     # addr_ff -> four cluster registers -> block RAMs pinned in two regions (two each),
     # plus one LUT sink with no region

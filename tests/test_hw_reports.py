@@ -1,9 +1,9 @@
-"""hmtx.hw.reports: which saved synthesis report gives a config's Fmax."""
+"""hmtx.hw.flow.reports: which saved synthesis report gives a config's Fmax."""
 
 import json
 import os
 
-from hmtx.hw.reports import engine_report
+from hmtx.hw.flow.reports import engine_report
 from hmtx.model.configs import get_config
 
 

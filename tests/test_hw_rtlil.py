@@ -1,4 +1,4 @@
-"""hmtx.hw.rtlil: read/write collisions become don't-care on the memories marked no_rw_check,
+"""hmtx.hw.flow.rtlil: read/write collisions become don't-care on the memories marked no_rw_check,
 and Yosys then maps them to ECP5 block RAMs without its collision-emulation logic."""
 
 import os
@@ -9,8 +9,8 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from hmtx.hw.rtlil import collisions_dont_care
-from hmtx.hw.synth import tool_env
+from hmtx.hw.flow.rtlil import collisions_dont_care
+from hmtx.hw.flow.synth import tool_env
 from hmtx.model.paths import REPO
 
 BUILD = os.path.join(REPO, "build", "test_rtlil")
@@ -63,7 +63,7 @@ def _synth_cells(tag, text):
                    check=True, capture_output=True)
     with open(log) as f:
         text = f.read()
-    from hmtx.hw.synth import parse_yosys_stat
+    from hmtx.hw.flow.synth import parse_yosys_stat
     return parse_yosys_stat(text), text
 
 

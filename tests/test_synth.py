@@ -5,6 +5,7 @@ place-and-route in `make test` is the `tiny` config with the EchoCore stand-in o
 (LFE5U-85F): ~15 s after the first YoWASP use (which compiles Yosys's WASM, ~40-60 s, once).
 """
 
+import dataclasses
 import json
 import os
 import random
@@ -15,8 +16,9 @@ import pytest
 
 from hmtx.hw.board import EchoCore, echo_core_reference
 from hmtx.hw.pll import ecp5_pll_params, ice40_pll_params
-from hmtx.hw.synth import (BOARDS, build_report, diagnose_failure, parse_nextpnr_log,
-                           parse_nextpnr_report, parse_yosys_stat, synthesize, tool_env)
+from hmtx.hw.flow.boards import BOARDS
+from hmtx.hw.flow.synth import (SynthOptions, build_report, diagnose_failure, parse_nextpnr_log,
+                                parse_nextpnr_report, parse_yosys_stat, synthesize, tool_env)
 from hmtx.model.configs import get_config
 from hmtx.model.paths import REPO
 
@@ -183,13 +185,128 @@ def test_pll_rejects_unreachable_frequency():
 
 def test_synthesize_rejects_bad_board_and_tmp_build_dir():
     with pytest.raises(ValueError, match="unknown board"):
-        synthesize("de10", EchoCore(lanes=1), config_name="x", lanes=1, out_dir="build/x")
+        synthesize("de10", EchoCore(lanes=1), "build/x", SynthOptions(config_name="x", lanes=1))
     with pytest.raises(ValueError, match="/tmp"):
-        synthesize("ulx3s-85f", EchoCore(lanes=1), config_name="x", lanes=1,
-                   out_dir="/tmp/hmtx_build")
-    with pytest.raises(ValueError, match="placer density"):
-        synthesize("ulx3s-85f", EchoCore(lanes=1), config_name="x", lanes=1, out_dir="build/x",
-                   placer_density=1.5)
+        synthesize("ulx3s-85f", EchoCore(lanes=1), "/tmp/hmtx_build",
+                   SynthOptions(config_name="x", lanes=1))
+    with pytest.raises(ValueError, match="placer_density"):
+        SynthOptions(config_name="x", lanes=1, placer_density=1.5)
+    with pytest.raises(TypeError, match="SynthOptions"):
+        synthesize("ulx3s-85f", EchoCore(lanes=1), "build/x", {"placer_density": 0.7})
+
+
+def test_synth_options_defaults_and_normal_forms():
+    opts = SynthOptions()
+    assert opts.seeds == (1,) and opts.jobs is None and opts.name == "top"
+    assert opts.placer_density is None and opts.router is None and opts.synth_opts is None
+    assert opts.split_fanout and opts.floorplan and not opts.ice40_dsp and not opts.hierarchy
+    # seeds as `hmtx synth --seed` takes them, kept as a tuple; Yosys options as a tuple
+    assert SynthOptions(seeds="1, 2,3").seeds == (1, 2, 3) and SynthOptions(seeds=7).seeds == (7,)
+    assert SynthOptions(seeds=[4, 2]).seeds == (4, 2)
+    assert SynthOptions(synth_opts=["-nolutram", "-dff"]).synth_opts == ("-nolutram", "-dff")
+    assert SynthOptions(synth_opts=[]).synth_opts == ()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.jobs = 2
+    assert dataclasses.replace(opts, jobs=2).jobs == 2
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"seeds": "1,x"}, r"SynthOptions\.seeds: seeds must be integers separated by commas"),
+    ({"seeds": [1, 2, 1]}, r"SynthOptions\.seeds: placement seeds repeat"),
+    ({"seeds": ()}, r"SynthOptions\.seeds: no placement seed"),
+    ({"seeds": [-3]}, r"SynthOptions\.seeds: placement seed must be an integer in \[0, 2\^31\)"),
+    ({"seeds": 1.5}, r"SynthOptions\.seeds"),
+    ({"jobs": 0}, r"SynthOptions\.jobs: must be a positive integer or None, got 0"),
+    ({"jobs": "2"}, r"SynthOptions\.jobs: must be a positive integer"),
+    ({"jobs": True}, r"SynthOptions\.jobs"),
+    ({"router": "router3"}, r"SynthOptions\.router: must be one of router1, router2 or None, got 'router3'"),
+    ({"placer_density": 1.5}, r"SynthOptions\.placer_density: must be in \[0\.3, 1\.0\]"),
+    ({"placer_density": "0.7"}, r"SynthOptions\.placer_density"),
+    ({"timing_weight": -1}, r"SynthOptions\.timing_weight: must be a number >= 0"),
+    ({"synth_opts": "-nolutram"}, r"SynthOptions\.synth_opts: must be a list of option strings"),
+    ({"synth_opts": ["-nolutram", 3]}, r"SynthOptions\.synth_opts"),
+    ({"sync_mhz": 0}, r"SynthOptions\.sync_mhz: must be a positive number"),
+    ({"baud": -9600}, r"SynthOptions\.baud: must be a positive integer"),
+    ({"lanes": 0}, r"SynthOptions\.lanes: must be a positive integer or None"),
+    ({"config_name": 3}, r"SynthOptions\.config_name: must be a string"),
+    ({"progress": "print"}, r"SynthOptions\.progress: must be callable"),
+    ({"floorplan": "yes"}, r"SynthOptions\.floorplan: must be True or False"),
+    ({"ice40_dsp": 1}, r"SynthOptions\.ice40_dsp: must be True or False"),
+    ({"name": "top level"}, r"SynthOptions\.name: must be an identifier"),
+])
+def test_synth_options_name_the_bad_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SynthOptions(**kwargs)
+
+
+def test_synth_options_unknown_field():
+    with pytest.raises(TypeError, match="placer_densty"):
+        SynthOptions(placer_densty=0.7)
+
+
+def test_hmtx_synth_command_line_makes_the_options():
+    from hmtx.host.cmd_synth import synth_options
+
+    config = get_config("tiny")
+    args = _synth_args("--board", "ulx3s-85f", "--seed", "3,4", "--jobs", "1", "--router", "router2",
+                       "--placer-density", "0.8", "--timing-weight", "40", "--no-floorplan",
+                       "--yosys-opts=-nolutram -dff", "--freq", "50", "--hierarchy")
+    opts = synth_options(args, "tiny", config)
+    assert (opts.config_name, opts.lanes, opts.sync_mhz) == ("tiny", config.lanes, 50.0)
+    assert opts.seeds == (3, 4) and opts.jobs == 1 and opts.router == "router2"
+    assert opts.placer_density == 0.8 and opts.timing_weight == 40 and not opts.floorplan
+    assert opts.synth_opts == ("-nolutram", "-dff") and opts.hierarchy and not opts.ice40_dsp
+    assert synth_options(_synth_args("--board", "ulx3s-85f"), "tiny", config).seeds == (1, 2, 3)
+    # a bad value is the command's error, naming the option's field
+    from hmtx.host import cmd_synth
+    bad = _synth_args("--board", "ulx3s-85f", "--jobs", "0", "--core", "echo", "--config", "tiny",
+                      "--out", os.path.join(BUILD, "never"))
+    assert cmd_synth.run(bad) == 2
+
+
+def test_no_module_of_hw_writes_the_process_environment():
+    """The build flow hands its environment to the tools' processes (hw/flow/synth.py): nothing
+    in hw/ assigns to, updates or deletes from ``os.environ`` (reading it is fine)."""
+    import ast
+
+    writes = []
+    for path in sorted((REPO / "hw").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
+                targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
+            for t in targets:
+                if isinstance(t, ast.Subscript) and ast.unparse(t.value) == "os.environ":
+                    writes.append(f"{path.relative_to(REPO)}:{node.lineno}")
+            if isinstance(node, ast.Call):
+                name = ast.unparse(node.func)
+                if name in ("os.putenv", "os.unsetenv") or (
+                        name.startswith("os.environ.") and name.rsplit(".", 1)[1] in
+                        ("update", "clear", "pop", "popitem", "setdefault", "__setitem__")):
+                    writes.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not writes, writes
+
+
+def test_gateware_does_not_import_the_build_flow():
+    """hw/flow/ (the build flow) imports the gateware in hw/, never the other way round."""
+    import ast
+
+    back = []
+    for path in sorted((REPO / "hw").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                name = ("." * node.level) + (node.module or "")
+                names = [name] + [f"{name}.{a.name}" if node.module else name + a.name
+                                  for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            if any(n in (".flow", "hmtx.hw.flow") or n.startswith((".flow.", "hmtx.hw.flow."))
+                   for n in names):
+                back.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not back, back
 
 
 def _synth_args(*argv, command="synth"):
@@ -229,7 +346,7 @@ def test_engine_and_ice40_dsp_follow_the_board_unless_told():
 
 
 def test_seed_lists():
-    from hmtx.hw.synth import parse_seeds
+    from hmtx.hw.flow.synth import parse_seeds
 
     assert parse_seeds(1) == [1] and parse_seeds("3") == [3] and parse_seeds("1,2, 3") == [1, 2, 3]
     assert parse_seeds((4, 2)) == [4, 2]
@@ -243,7 +360,7 @@ def test_seed_lists():
 def test_build_script_splits_at_the_yosys_command():
     """Amaranth's own build script for the ULX3S, split so that nextpnr can run per seed."""
     from hmtx.hw.board import BoardTop
-    from hmtx.hw.synth import split_build_script
+    from hmtx.hw.flow.synth import split_build_script
 
     platform = BOARDS["ulx3s-85f"].platform()
     top = BoardTop(EchoCore(lanes=1), family="ecp5", ref_mhz=25, sync_mhz=100)
@@ -261,13 +378,19 @@ def test_build_script_splits_at_the_yosys_command():
 
 def test_seeds_that_all_fail_report_each_seed():
     """An iCE40 build that does not fit (EchoCore at 40 LUT-built lanes), with two seeds."""
-    from hmtx.hw.synth import BuildFailed
+    from hmtx.hw.flow.synth import BuildFailed
 
     out = os.path.join(BUILD, "ice40_overfull_seeds")
     seen = []
+    environ = dict(os.environ)
+    # (progress is called while the build runs: the tools' environment is theirs, not ours)
     with pytest.raises(BuildFailed, match="does not fit the device: ICESTORM_LC") as e:
-        synthesize("icebreaker", EchoCore(lanes=40), config_name="up5k", lanes=40, out_dir=out,
-                   seed="1,2", progress=lambda *r: seen.append(r))
+        synthesize("icebreaker", EchoCore(lanes=40), out,
+                   SynthOptions(config_name="up5k", lanes=40, seeds="1,2",
+                                progress=lambda *r: seen.append((*r, dict(os.environ) == environ))))
+    assert dict(os.environ) == environ
+    assert [r[-1] for r in seen] == [True, True], "os.environ changed during the build"
+    seen = [r[:-1] for r in seen]
     rep = e.value.report
     assert rep["fits"] is False and rep["bitstream"] is None
     assert [s["seed"] for s in rep["seeds"]] == [1, 2]
@@ -281,7 +404,7 @@ def test_critical_path_sources_leave_out_tool_and_python_library_files():
     Amaranth's ``with m.If`` records) or other files of Python's library."""
     import sysconfig
 
-    from hmtx.hw.synth import _design_sources
+    from hmtx.hw.flow.synth import _design_sources
 
     stdlib = os.path.join(sysconfig.get_paths()["stdlib"], "contextlib.py:144")
     site = os.path.join(sysconfig.get_paths()["purelib"], "amaranth", "hdl", "_ast.py:10")
@@ -315,7 +438,7 @@ def test_sweep_table_and_figure_from_reports(tmp_path):
 
 # ---- real builds ------------------------------------------------------------------------
 
-def test_ecp5_tiny_place_and_route_makes_bitstream_and_report():
+def test_ecp5_tiny_place_and_route_makes_bitstream_and_report(monkeypatch):
     """One real ECP5 build through `hmtx synth` (EchoCore stand-in, `tiny` config)."""
     import argparse
 
@@ -330,7 +453,16 @@ def test_ecp5_tiny_place_and_route_makes_bitstream_and_report():
                               "--out", out, "--json", json_out, "--seed", "1,2"])
     for d in ("seed1", "seed2"):
         shutil.rmtree(os.path.join(out, d), ignore_errors=True)
+    # the tools get their environment (YOSYS, NEXTPNR_ECP5 = the netlist hook, ...) handed to
+    # their processes: this process's os.environ is the same before, during (each seed's
+    # progress report) and after the build
+    environ = dict(os.environ)
+    during = []
+    monkeypatch.setattr(cmd_synth, "_seed_done", lambda *r: during.append(dict(os.environ) == environ))
     assert args.func(args) == 0
+    assert dict(os.environ) == environ
+    assert during == [True, True], "os.environ changed during the build"
+    assert os.path.exists(os.path.join(out, "nextpnr_hook.sh"))
     with open(json_out) as f:
         rep = json.load(f)
     _check_sane(rep, "ulx3s-85f")
@@ -378,10 +510,9 @@ def test_smollm_on_ulx3s_85f_closes_100mhz_at_p64():
     # as the default `hmtx synth --board ulx3s-85f` builds it: router1, floorplan, placer
     # density 0.7, the best of the board's default placement seeds 1,2,3 (at cf6ee2a, 1 Mbaud,
     # they routed at 99.61, 99.75 and 106.10 MHz; docs/synthesis.md, "Routed timing, continued")
-    from hmtx.hw.synth import BOARDS
-    rep = synthesize("ulx3s-85f", _hmtx_core("smollm", lanes=64), config_name="smollm", lanes=64,
-                     seed=BOARDS["ulx3s-85f"].default_seeds, out_dir=os.path.join(BUILD, "ulx3s_smollm_p64"),
-                     progress=lambda *r: print("seed", *r, flush=True))
+    rep = synthesize("ulx3s-85f", _hmtx_core("smollm", lanes=64), os.path.join(BUILD, "ulx3s_smollm_p64"),
+                     SynthOptions(config_name="smollm", lanes=64, seeds=BOARDS["ulx3s-85f"].default_seeds,
+                                  progress=lambda *r: print("seed", *r, flush=True)))
     print(json.dumps(rep, indent=1))
     _check_sane(rep, "ulx3s-85f")
     assert rep["fmax_mhz"] >= 100.0, (rep["seeds"], rep["critical_path"])
@@ -392,9 +523,8 @@ def test_smollm_on_ulx3s_85f_closes_100mhz_at_p64():
 @pytest.mark.slow
 def test_up5k_on_icebreaker_closes_24mhz():
     """What `hmtx synth --board icebreaker` builds: the serial engine, SB_MAC16 mapping on."""
-    rep = synthesize("icebreaker", _hmtx_core("up5k", engine="serial"), config_name="up5k",
-                     lanes=get_config("up5k").lanes, out_dir=os.path.join(BUILD, "icebreaker_up5k"),
-                     ice40_dsp=True)
+    rep = synthesize("icebreaker", _hmtx_core("up5k", engine="serial"), os.path.join(BUILD, "icebreaker_up5k"),
+                     SynthOptions(config_name="up5k", lanes=get_config("up5k").lanes, ice40_dsp=True))
     print(json.dumps(rep, indent=1))
     _check_sane(rep, "icebreaker")
     assert rep["engine"] == "serial" and rep["fits"]
@@ -407,8 +537,8 @@ def test_up5k_on_icebreaker_closes_24mhz():
 def test_echo_core_on_ulx3s_closes_100mhz_at_p64():
     """The board shell (UART, FIFOs, PLL, reset) with 64 registered int8 MAC lanes."""
     config = get_config("smollm").with_(lanes=64)
-    rep = synthesize("ulx3s-85f", EchoCore(config), config_name="smollm", lanes=64,
-                     out_dir=os.path.join(BUILD, "ulx3s_echo_p64"))
+    rep = synthesize("ulx3s-85f", EchoCore(config), os.path.join(BUILD, "ulx3s_echo_p64"),
+                     SynthOptions(config_name="smollm", lanes=64))
     _check_sane(rep, "ulx3s-85f")
     assert rep["resources"]["dsp"]["used"] == 64
     assert rep["fmax_mhz"] >= 100.0, rep["critical_path"]

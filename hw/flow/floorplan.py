@@ -16,7 +16,7 @@ int8 lanes, one 32-bit block-RAM column) reads sits together:
 The spare block RAMs of each row are left in the middle of the die, for the small memories.
 
 A lane group (two quads) stays in one half of a row, so the per-group control copies
-(``hw/fanout.py``) and the per-cluster address copies (``hw/netlist.py``, two columns per
+(``hw/fanout.py``) and the per-cluster address copies (``hw/flow/netlist.py``, two columns per
 cluster) each serve one compact region. Groups ``2i`` and ``2i + 1`` share row ``i`` (48
 blocks at P=64): the key words interleave the halves of q in blocks of 4 lanes
 (``Engine.key_place``), so key lanes ``4g .. 4g + 3`` (two key blocks) feed exactly lane group
@@ -38,7 +38,7 @@ at y = 10, 34, 58: 13 x 4 x 4 = 208 DP16KD and 13 x 4 x 3 = 156 MULT18X18D, the 
 import re
 from collections import defaultdict
 
-from .engine import key_block_lanes
+from ..engine import key_block_lanes
 from .netlist import bram_columns, top_module
 
 __all__ = ["ECP5_85K", "floorplan_engine", "region_of_bel"]
@@ -221,7 +221,7 @@ def _rows_in_sequence(quads, geometry):
 def region_of_bel(bel: str, geometry=ECP5_85K):
     """The region of the die a bel lies in: the left or right half (a lane group's half of a
     block-RAM row) of a band of 24 tile rows (one block-RAM row each), for
-    hmtx.hw.netlist.split_by_region."""
+    hmtx.hw.flow.netlist.split_by_region."""
     m = re.match(r"X(\d+)/Y(\d+)/", bel)
     if not m:
         raise ValueError(f"floorplan: not an ECP5 bel name: {bel!r}")

@@ -146,7 +146,7 @@ def split_bram_fanout(netlist: dict, clusters: int = 8) -> dict:
 def split_by_region(netlist: dict, region_of_bel) -> dict:
     """One level up from the block RAMs: copy every flip-flop whose sinks lie in several regions
     of the die, one copy per region, where a cell's region is ``region_of_bel(its BEL)`` for
-    pinned cells (hw/floorplan.py) and, for a flip-flop, the one region all its sinks share.
+    pinned cells (hw/flow/floorplan.py) and, for a flip-flop, the one region all its sinks share.
 
     After :func:`split_bram_fanout` each block-RAM cluster has its own address register, but
     those copies still hang off one register in the middle, which cannot reach block RAM rows

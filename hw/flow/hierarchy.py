@@ -109,11 +109,12 @@ def costs_table(costs, *, depth=6, min_share=0.01, key="lut", markdown=False):
                      for r in [header, *rows])
 
 
-def run_hierarchy(build_dir, family, synth_opts, *, name="top", yosys="yosys"):
+def run_hierarchy(build_dir, family, synth_opts, *, name="top", yosys="yosys", env=None):
     """Synthesize ``NAME.il`` in ``build_dir`` again without flattening (the build's synthesis
     options; the same ``opt_clean -purge`` split as the ECP5 build, which also keeps Yosys
     0.70's abc9 from asserting on the unflattened design) and return
-    :func:`parse_hierarchy_stat` of it. Writes ``hierarchy.ys`` and ``hierarchy.log`` there."""
+    :func:`parse_hierarchy_stat` of it. Writes ``hierarchy.ys`` and ``hierarchy.log`` there.
+    ``env``: the environment Yosys runs in (None: this process's)."""
     if family not in CATEGORIES:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(CATEGORIES)}")
     script = "\n".join([f"read_rtlil {name}.il",
@@ -122,6 +123,6 @@ def run_hierarchy(build_dir, family, synth_opts, *, name="top", yosys="yosys"):
     with open(f"{build_dir}/hierarchy.ys", "w") as f:
         f.write(script)
     subprocess.run([yosys, "-q", "-l", "hierarchy.log", "hierarchy.ys"], cwd=build_dir, check=True,
-                   stdout=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, env=env)
     with open(f"{build_dir}/hierarchy_stat.txt") as f:
         return parse_hierarchy_stat(f.read())

@@ -9,12 +9,16 @@ statistics in Yosys's log. Nothing is estimated.
 iCE40 synthesis runs ``synth_ice40`` *without* ``-dsp`` by default: with ``-dsp`` Yosys was
 seen here to merge two int8 products into one SB_MAC16 with inputs tied to x (a silent
 miscompile caught only by gate-level simulation, see ../shared/TOOLCHAIN.md), so multipliers
-go to logic cells unless ``ice40_dsp=True`` is asked for explicitly (`hmtx synth` asks for it
+go to logic cells unless ``SynthOptions(ice40_dsp=True)`` asks for it explicitly (`hmtx synth` asks for it
 for the serial engine, whose one multiplier is meant for an SB_MAC16; tests/test_cocotb_gate.py
 checks that netlist at gate level).
 
 The YoWASP tools run in a WebAssembly sandbox that cannot see /tmp; the build therefore runs
 in a directory inside the project and passes the tools only relative paths.
+
+Amaranth's build script finds each tool through an environment variable (``YOSYS``,
+``NEXTPNR_ECP5``, ...). :func:`tool_env` makes that environment (the user's own settings win)
+and :func:`synthesize` hands it to each tool's process; it never writes ``os.environ``.
 """
 
 import json
@@ -25,62 +29,27 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from amaranth_boards.icebreaker import ICEBreakerPlatform
-from amaranth_boards.ulx3s import ULX3S_85F_Platform
-
-from .board import DEFAULT_BAUD, BoardTop
+from ..board import DEFAULT_BAUD
+from .boards import BOARDS, board_top, get_board
 from .hierarchy import module_costs, run_hierarchy
 from .rtlil import collisions_dont_care
 from .yosys_script import yosys_synth_commands
 
-__all__ = ["BOARDS", "Board", "BuildFailed", "board_top", "tool_env", "synthesize", "parse_nextpnr_report",
+__all__ = ["SynthOptions", "BuildFailed", "tool_env", "synthesize", "parse_nextpnr_report",
            "parse_nextpnr_log", "parse_yosys_stat", "build_report", "diagnose_failure",
-           "parse_seeds", "split_build_script"]
+           "parse_seeds", "split_build_script", "DEFAULT_SYNTH_OPTS", "ROUTERS"]
 
-
-class _ULX3S85F(ULX3S_85F_Platform):
-    # amaranth-boards lists openFPGALoader as required even for a build that never programs;
-    # programming is a separate step (`openFPGALoader -b ulx3s top.bit`), so only build tools.
-    @property
-    def required_tools(self):
-        return [t for t in super().required_tools if t != "openFPGALoader"]
-
-
-@dataclass(frozen=True)
-class Board:
-    name: str
-    platform: type
-    family: str              # "ecp5" or "ice40"
-    default_config: str
-    target_mhz: float        # system clock the PLL makes by default
-    bitstream_ext: str
-    # nextpnr utilisation cell types for each reported resource
-    cells: dict
-    default_engine: str = "lanes"   # HmtxTop's engine `hmtx synth` builds unless told (hw/top.py)
-    # nextpnr placement seeds `hmtx synth` tries unless told (the best is kept): on the 85F the
-    # smollm build's Fmax moves by several MHz with the seed around its 100 MHz target (seeds
-    # 1/2/3 routed at 99.61/99.75/106.10 MHz at cf6ee2a), so the default build is the best of three
-    default_seeds: str = "1"
-
-
-BOARDS = {
-    "ulx3s-85f": Board("ulx3s-85f", _ULX3S85F, "ecp5", "smollm", 100.0, "bit",
-                       {"lut": "TRELLIS_COMB", "ff": "TRELLIS_FF", "dsp": "MULT18X18D",
-                        "bram": "DP16KD"}, default_seeds="1,2,3"),
-    "icebreaker": Board("icebreaker", ICEBreakerPlatform, "ice40", "up5k", 24.0, "bin",
-                        {"lut": "ICESTORM_LC", "ff": "ICESTORM_LC", "dsp": "ICESTORM_DSP",
-                         "bram": "ICESTORM_RAM", "spram": "ICESTORM_SPRAM"}, "serial"),
-}
 
 # Options for `synth_ecp5` / `synth_ice40` (see the module docstring and docs/synthesis.md).
 # ECP5 -nolutram: with distributed RAM, Yosys 0.70's abc9 step (synth_lattice always runs it)
 # aborts on HmtxTop with "Assert `GetSize(conn.first) == GetSize(conn.second)' failed" while
 # reintegrating the TRELLIS_DPR16X4 bypass cells; small memories go to block RAM instead.
 DEFAULT_SYNTH_OPTS = {"ecp5": ["-nolutram"], "ice40": []}
-# The same assertion also hits builds without LUT RAM: hmtx.hw.yosys_script works round it.
+# The same assertion also hits builds without LUT RAM: hmtx.hw.flow.yosys_script works round it.
 
 
 # Amaranth finds each tool through an upper-case environment variable named after it.
@@ -94,7 +63,9 @@ _TOOLS = {
 
 
 def tool_env():
-    """Environment for the build: the YoWASP tools unless the caller already chose others."""
+    """Environment for the build's tool processes: a copy of ``os.environ`` with each tool's
+    variable pointing at its YoWASP wheel, unless the user already set it. ``os.environ``
+    itself is not changed; :func:`synthesize` hands the copy to each tool it runs."""
     env = dict(os.environ)
     bindir = os.path.dirname(sys.executable)
     for var, tool in _TOOLS.items():
@@ -191,98 +162,171 @@ def split_build_script(text):
     return "\n".join(lines[:i]), lines[i], rest
 
 
-def _run_sh(preamble, commands, cwd):
-    subprocess.run(["sh", "-c", "\n".join([preamble, *commands])], cwd=cwd, check=True)
+ROUTERS = ("router1", "router2")
 
 
-def board_top(board, core, *, sync_mhz=None, baud=DEFAULT_BAUD, platform=None):
-    """The :class:`~hmtx.hw.board.BoardTop` that :func:`synthesize` builds for ``board``: ``core``
-    behind the UART bridge at the board's clock (``sync_mhz``, default the board's target, as
-    the PLL makes it) and ``baud``. The virtual board (hmtx.sim.board_sim) simulates its
-    ``bridge``, so the two cannot drift apart."""
-    if board not in BOARDS:
-        raise ValueError(f"unknown board {board!r}; choose one of {', '.join(BOARDS)}")
-    spec = BOARDS[board]
-    platform = spec.platform() if platform is None else platform
-    return BoardTop(core, family=spec.family, ref_mhz=platform.default_clk_frequency / 1e6,
-                    sync_mhz=spec.target_mhz if sync_mhz is None else sync_mhz, baud=baud)
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=DEFAULT_BAUD,
-               seed=1, ice40_dsp=False, synth_opts=None, router=None, name="top", split_fanout=True,
-               timing_weight=None, floorplan=True, placer_density=None, detailed_timing=False,
-               jobs=None, progress=None, hierarchy=False):
-    """Build ``core`` for ``board`` in ``out_dir`` and return the report (see build_report).
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
-    ``core`` is an elaborated-later core instance (cmd/rsp byte streams). ``config_name`` and
-    ``lanes`` only label the report. ``seed`` is one nextpnr placement seed or several
-    (:func:`parse_seeds`): with several, Yosys runs once and place and route once per seed, up
-    to ``jobs`` at a time (default: as many as there are seeds and CPUs), each in
-    ``out_dir/seedN``; the best (highest Fmax, the first listed on a tie) is copied into
-    ``out_dir`` and reported, with every seed's result under ``"seeds"``. ``progress`` is called
-    with each seed's ``(seed, fmax_mhz or None, error or None)`` as it finishes. ``hierarchy``
-    adds what each module costs (``"modules"``, :mod:`hmtx.hw.hierarchy`; Yosys runs a second
-    time, without flattening), also to the report of a build that does not fit.
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """How :func:`synthesize` builds: every choice of one build but the board, the core and the
+    build directory. Checked when made (a ValueError names the field); ``dataclasses.replace``
+    makes a variant.
+
+    ``config_name`` and ``lanes`` only label the report. ``sync_mhz`` is the system clock the
+    PLL makes (None: the board's target) and ``baud`` the UART's rate. ``seeds`` are nextpnr
+    placement seeds (an int, a sequence of ints or text like ``"1,2,3"``, kept as a tuple,
+    :func:`parse_seeds`): with several, Yosys runs once and place and route once per seed, up to
+    ``jobs`` at a time (None: as many as there are seeds and CPUs), each in ``out_dir/seedN``;
+    the best (highest Fmax, the first listed on a tie) is copied into ``out_dir`` and reported,
+    with every seed's result under ``"seeds"``. ``progress`` is called with each seed's
+    ``(seed, fmax_mhz or None, error or None)`` as it finishes.
+
+    ``synth_opts`` replace the options of ``synth_ecp5``/``synth_ice40`` (None:
+    :data:`DEFAULT_SYNTH_OPTS`); ``ice40_dsp`` adds ``-dsp`` on iCE40 (module docstring).
+    ``router`` is nextpnr's router (None: its default, router1), ``timing_weight`` its placer's
+    timing weight and ``placer_density`` HeAP's maximum density (None: 0.7 on ECP5, nextpnr's
+    own elsewhere); ``detailed_timing`` adds every net's routed delays to report.json.
+    ``split_fanout`` and ``floorplan`` run the netlist passes of :mod:`.nextpnr_hook` (ECP5; the
+    floorplan on the LFE5U-85F only). ``hierarchy`` adds what each module costs (``"modules"``,
+    :mod:`.hierarchy`; Yosys runs a second time, without flattening), also to the report of a
+    build that does not fit. ``name`` is the top's name and the stem of the tools' files.
+    """
+    config_name: str | None = None
+    lanes: int | None = None
+    sync_mhz: float | None = None
+    baud: int = DEFAULT_BAUD
+    seeds: tuple[int, ...] = (1,)
+    jobs: int | None = None
+    progress: Callable | None = field(default=None, compare=False)
+    ice40_dsp: bool = False
+    synth_opts: tuple[str, ...] | None = None
+    router: str | None = None
+    timing_weight: float | None = None
+    placer_density: float | None = None
+    detailed_timing: bool = False
+    split_fanout: bool = True
+    floorplan: bool = True
+    hierarchy: bool = False
+    name: str = "top"
+
+    def __post_init__(self):
+        def bad(name, why):
+            raise ValueError(f"SynthOptions.{name}: {why}, got {getattr(self, name)!r}")
+
+        if self.config_name is not None and not isinstance(self.config_name, str):
+            bad("config_name", "must be a string or None")
+        if self.lanes is not None and not (_is_int(self.lanes) and self.lanes >= 1):
+            bad("lanes", "must be a positive integer or None")
+        if self.sync_mhz is not None and not (_is_number(self.sync_mhz) and self.sync_mhz > 0):
+            bad("sync_mhz", "must be a positive number of MHz or None")
+        if not (_is_int(self.baud) and self.baud > 0):
+            bad("baud", "must be a positive integer")
+        try:
+            seeds = tuple(parse_seeds(self.seeds))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"SynthOptions.seeds: {e}") from None
+        object.__setattr__(self, "seeds", seeds)
+        if self.jobs is not None and not (_is_int(self.jobs) and self.jobs >= 1):
+            bad("jobs", "must be a positive integer or None")
+        if self.progress is not None and not callable(self.progress):
+            bad("progress", "must be callable or None")
+        if self.synth_opts is not None:
+            if isinstance(self.synth_opts, str) or not isinstance(self.synth_opts, Sequence) \
+                    or not all(isinstance(o, str) for o in self.synth_opts):
+                bad("synth_opts", "must be a list of option strings such as ['-nolutram'], or None")
+            object.__setattr__(self, "synth_opts", tuple(self.synth_opts))
+        if self.router is not None and self.router not in ROUTERS:
+            bad("router", f"must be one of {', '.join(ROUTERS)} or None")
+        if self.timing_weight is not None and not (_is_number(self.timing_weight)
+                                                   and self.timing_weight >= 0):
+            bad("timing_weight", "must be a number >= 0 or None")
+        if self.placer_density is not None and not (_is_number(self.placer_density)
+                                                    and 0.3 <= self.placer_density <= 1.0):
+            bad("placer_density", "must be in [0.3, 1.0] or None")
+        for flag in ("ice40_dsp", "detailed_timing", "split_fanout", "floorplan", "hierarchy"):
+            if not isinstance(getattr(self, flag), bool):
+                bad(flag, "must be True or False")
+        if not (isinstance(self.name, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name)):
+            bad("name", "must be an identifier (it names the top and the tools' files)")
+
+
+def _run_sh(preamble, commands, cwd, env):
+    subprocess.run(["sh", "-c", "\n".join([preamble, *commands])], cwd=cwd, env=env, check=True)
+
+
+def synthesize(board, core, out_dir, options=None):
+    """Build ``core`` for ``board`` in ``out_dir`` as ``options`` (a :class:`SynthOptions`,
+    default ``SynthOptions()``) say, and return the report (see build_report).
+
+    ``core`` is an elaborated-later core instance (cmd/rsp byte streams); the top built is
+    :func:`~.boards.board_top`'s. The tools run as separate processes with the environment of
+    :func:`tool_env` (the nextpnr hook in ``NEXTPNR_ECP5`` where it runs); this process's
+    ``os.environ`` is left as it is.
     Raises ValueError for an unknown board or a bad build dir, and BuildFailed (with the tools'
     logs in ``out_dir``) if no bitstream comes out.
     """
-    if board not in BOARDS:
-        raise ValueError(f"unknown board {board!r}; choose one of {', '.join(BOARDS)}")
-    spec = BOARDS[board]
+    opts = SynthOptions() if options is None else options
+    if not isinstance(opts, SynthOptions):
+        raise TypeError(f"synthesize: options must be a SynthOptions, got {type(opts).__name__}")
+    spec = get_board(board)
     _check_build_dir(out_dir)
-    seeds = parse_seeds(seed)
-    if jobs is not None and (not isinstance(jobs, int) or jobs < 1):
-        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    seeds = list(opts.seeds)
+    name = opts.name
     platform = spec.platform()
-    top = board_top(board, core, sync_mhz=sync_mhz, baud=baud, platform=platform)
+    top = board_top(board, core, sync_mhz=opts.sync_mhz, baud=opts.baud, platform=platform)
 
-    synth_opts = list(DEFAULT_SYNTH_OPTS[spec.family] if synth_opts is None else synth_opts)
-    if spec.family == "ice40" and ice40_dsp:
+    synth_opts = list(DEFAULT_SYNTH_OPTS[spec.family] if opts.synth_opts is None else opts.synth_opts)
+    if spec.family == "ice40" and opts.ice40_dsp:
         synth_opts.append("-dsp")
     nextpnr_opts = ["--report", "report.json", "--timing-allow-fail", "--seed", str(seeds[0])]
     # router None = nextpnr's default, router1: the better Fmax wherever both finish (tiny 107.5
     # vs 75.7 MHz, smollm at P=64 65.6 vs 41.4 MHz; docs/synthesis.md, "Routing"). At the 0.7
     # placement density below it routes smollm in ~10 minutes.
-    if router:
-        nextpnr_opts += ["--router", router]
-    if detailed_timing:
+    if opts.router:
+        nextpnr_opts += ["--router", opts.router]
+    if opts.detailed_timing:
         # every net's routed delay per sink in report.json (bench/routed_nets.py ranks them)
         nextpnr_opts += ["--detailed-timing-report"]
-    if timing_weight is not None:
-        if timing_weight < 0:
-            raise ValueError(f"timing weight must be >= 0, got {timing_weight}")
-        nextpnr_opts += ["--placer-heap-timingweight", str(timing_weight)]
+    if opts.timing_weight is not None:
+        nextpnr_opts += ["--placer-heap-timingweight", str(opts.timing_weight)]
+    placer_density = opts.placer_density
     if placer_density is None and spec.family == "ecp5":
         # smollm at P=64 routes with HeAP's maximum density at 0.7; at nextpnr's 0.9 neither
         # router finished (docs/synthesis.md)
         placer_density = 0.7
     if placer_density is not None:
-        if not 0.3 <= placer_density <= 1.0:
-            raise ValueError(f"placer density must be in [0.3, 1.0], got {placer_density}")
         nextpnr_opts += ["--placer-heap-beta", str(placer_density)]
 
-    saved = dict(os.environ)
-    os.environ.update(tool_env())
-    # the engine floorplan is made for the LFE5U-85F's block-RAM and DSP rows (hw/floorplan.py)
-    floorplan = bool(floorplan and spec.family == "ecp5" and platform.device == "LFE5U-85F")
-    if spec.family == "ecp5" and (split_fanout or floorplan):
-        # nextpnr runs through hmtx.hw.nextpnr_hook, which first copies the registers that drive
-        # block RAMs all over the die (one copy per cluster of block-RAM columns) and pins the
-        # engine's block RAMs and lane multipliers
+    # the tools' environment, handed to every process the build starts (os.environ stays as it is)
+    env = tool_env()
+    # the engine floorplan is made for the LFE5U-85F's block-RAM and DSP rows (hw/flow/floorplan.py)
+    floorplan = bool(opts.floorplan and spec.family == "ecp5" and platform.device == "LFE5U-85F")
+    if spec.family == "ecp5" and (opts.split_fanout or floorplan):
+        # nextpnr runs through hmtx.hw.flow.nextpnr_hook, which first copies the registers that
+        # drive block RAMs all over the die (one copy per cluster of block-RAM columns) and pins
+        # the engine's block RAMs and lane multipliers
         os.makedirs(out_dir, exist_ok=True)
         hook = os.path.join(os.path.abspath(out_dir), "nextpnr_hook.sh")
-        flags = (" --split" if split_fanout else "") + (" --floorplan" if floorplan else "")
+        flags = (" --split" if opts.split_fanout else "") + (" --floorplan" if floorplan else "")
         with open(hook, "w") as f:
-            f.write(f'#!/bin/sh\nexec "{sys.executable}" -m hmtx.hw.nextpnr_hook{flags} '
-                    f'"{os.environ["NEXTPNR_ECP5"]}" "$@"\n')
+            f.write(f'#!/bin/sh\nexec "{sys.executable}" -m hmtx.hw.flow.nextpnr_hook{flags} '
+                    f'"{env["NEXTPNR_ECP5"]}" "$@"\n')
         os.chmod(hook, 0o755)
-        os.environ["NEXTPNR_ECP5"] = hook
+        env["NEXTPNR_ECP5"] = hook
     start = time.monotonic()
-    labels = {"config": config_name, "lanes": lanes, "core": type(core).__name__,
-              "engine": getattr(core, "engine_kind", None), "baud": baud,
-              "seed": seeds[0], "yosys_synth_opts": " ".join(synth_opts), "router": router or "default",
-              "bram_fanout_split": bool(spec.family == "ecp5" and split_fanout),
-              "placer_timing_weight": timing_weight, "floorplan": floorplan,
+    labels = {"config": opts.config_name, "lanes": opts.lanes, "core": type(core).__name__,
+              "engine": getattr(core, "engine_kind", None), "baud": opts.baud,
+              "seed": seeds[0], "yosys_synth_opts": " ".join(synth_opts),
+              "router": opts.router or "default",
+              "bram_fanout_split": bool(spec.family == "ecp5" and opts.split_fanout),
+              "placer_timing_weight": opts.timing_weight, "floorplan": floorplan,
               "placer_density": placer_density,
               "build_dir": out_dir}
 
@@ -310,30 +354,27 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     if last != " ".join([f"synth_{spec.family}", *tool_synth_opts, "-top", name]):
         raise AssertionError(f"unexpected synthesis command {last!r}")
     overrides = {"script_after_read": "\n".join(before)} if before else {}
+    plan = platform.build(top, name=name, build_dir=out_dir, do_build=False,
+                          synth_opts=tool_synth_opts, nextpnr_opts=nextpnr_opts, **overrides)
+    # block RAM read/write collisions are don't-care where the design says so (hw/flow/rtlil.py)
+    plan.files[f"{name}.il"], _ = collisions_dont_care(plan.files[f"{name}.il"])
+    preamble, synthesis, place = split_build_script(plan.files[f"{plan.script}.sh"])
+    plan.extract(out_dir)
     try:
-        plan = platform.build(top, name=name, build_dir=out_dir, do_build=False,
-                              synth_opts=tool_synth_opts, nextpnr_opts=nextpnr_opts, **overrides)
-        # block RAM read/write collisions are don't-care where the design says so (hw/rtlil.py)
-        plan.files[f"{name}.il"], _ = collisions_dont_care(plan.files[f"{name}.il"])
-        preamble, synthesis, place = split_build_script(plan.files[f"{plan.script}.sh"])
-        plan.extract(out_dir)
+        _run_sh(preamble, [synthesis], out_dir, env)
+    except subprocess.CalledProcessError as e:
+        message, details = diagnose_failure(yosys_log=read(f"{name}.rpt"))
+        raise failed(message, details) from e
+    if opts.hierarchy:
+        # (the breakdown is an extra; a failure of its Yosys run does not stop the build)
         try:
-            _run_sh(preamble, [synthesis], out_dir)
-        except subprocess.CalledProcessError as e:
-            message, details = diagnose_failure(yosys_log=read(f"{name}.rpt"))
-            raise failed(message, details) from e
-        if hierarchy:
-            # (the breakdown is an extra; a failure of its Yosys run does not stop the build)
-            try:
-                modules["modules"] = module_costs(
-                    run_hierarchy(out_dir, spec.family, synth_opts, name=name,
-                                  yosys=os.environ["YOSYS"]), spec.family)
-            except (subprocess.CalledProcessError, ValueError, OSError) as e:
-                modules["modules_error"] = f"per-module statistics failed ({e}); see hierarchy.log"
-        results = _place_seeds(seeds, preamble, place, out_dir, name, jobs, progress, read)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+            modules["modules"] = module_costs(
+                run_hierarchy(out_dir, spec.family, synth_opts, name=name, yosys=env["YOSYS"],
+                              env=env), spec.family)
+        except (subprocess.CalledProcessError, ValueError, OSError) as e:
+            modules["modules_error"] = f"per-module statistics failed ({e}); see hierarchy.log"
+    results = _place_seeds(seeds, preamble, place, out_dir, name, opts.jobs, opts.progress,
+                           read, env)
     wall_s = time.monotonic() - start
     ok = [r for r in results if r["fmax_mhz"] is not None]
     if not ok:
@@ -371,10 +412,11 @@ def synthesize(board, core, *, config_name, lanes, out_dir, sync_mhz=None, baud=
     return report
 
 
-def _place_seeds(seeds, preamble, place, out_dir, name, jobs, progress, read):
-    """Run ``place`` (nextpnr and the packer) once per seed: in ``out_dir`` itself for one seed,
-    else in ``out_dir/seedN`` with its own copy of the netlist (the nextpnr hook rewrites it)
-    and of the constraints. Returns one dict per seed, in the order given."""
+def _place_seeds(seeds, preamble, place, out_dir, name, jobs, progress, read, env):
+    """Run ``place`` (nextpnr and the packer) once per seed, with the tools' environment
+    ``env``: in ``out_dir`` itself for one seed, else in ``out_dir/seedN`` with its own copy of
+    the netlist (the nextpnr hook rewrites it) and of the constraints. Returns one dict per
+    seed, in the order given."""
     def job(seed):
         where = out_dir
         if len(seeds) > 1:
@@ -388,7 +430,7 @@ def _place_seeds(seeds, preamble, place, out_dir, name, jobs, progress, read):
         commands = [_SEED_ARG.sub(f"--seed {seed}", place[0]), *place[1:]]
         result = {"seed": seed, "dir": where, "fmax_mhz": None, "error": None}
         try:
-            _run_sh(preamble, commands, where)
+            _run_sh(preamble, commands, where, env)
             rep = parse_nextpnr_report(json.loads(read("report.json", where)))
             result["fmax_mhz"] = round(min(c["achieved_mhz"] for c in rep["fmax"].values()), 2)
         except (subprocess.CalledProcessError, ValueError, TypeError) as e:

@@ -1,10 +1,10 @@
-"""The Yosys commands of a synthesis, shared by ``hmtx synth`` (:mod:`hmtx.hw.synth`), its
-per-module cost report (:mod:`hmtx.hw.hierarchy`) and the gate-level simulation
+"""The Yosys commands of a synthesis, shared by ``hmtx synth`` (:mod:`hmtx.hw.flow.synth`), its
+per-module cost report (:mod:`hmtx.hw.flow.hierarchy`) and the gate-level simulation
 (:mod:`hmtx.sim.gatelevel`), so that the netlist simulated and costed is the netlist built.
 
 Yosys 0.70's abc9 step (synth_lattice always runs it) was seen to abort with "Assert
 `GetSize(conn.first) == GetSize(conn.second)' failed" on HmtxTop builds for ECP5 — with LUT RAM
-(hence ``-nolutram``, :data:`hmtx.hw.synth.DEFAULT_SYNTH_OPTS`) and also without it, depending
+(hence ``-nolutram``, :data:`hmtx.hw.flow.synth.DEFAULT_SYNTH_OPTS`) and also without it, depending
 on the netlist (seen on the tiny config; the debug log ends while abc9 maps outputs onto the
 `$connect` cells that keep aliased public wire names). Purging those names right before the LUT
 mapping avoids it: on ECP5 synth_ecp5 runs in two halves with `opt_clean -purge` between them
