@@ -48,7 +48,7 @@ def key_block_lanes(P: int) -> int:
 
 def lane_group_regions(G: int) -> list:
     """The region of each of ``G`` lane groups, for the two-level copies of the lane-group
-    controls (fanout.replicate_tree). The LFE5U-85F floorplan (hw/floorplan.py) puts groups
+    controls (fanout.replicate_tree). The LFE5U-85F floorplan (hw/flow/floorplan.py) puts groups
     ``2i`` and ``2i + 1`` at the two ends of block-RAM row ``i % 4``; a region is one end of
     two neighbouring rows, so a region's copy sits between the centre and its two groups."""
     return [g % 2 + 2 * ((g // 2) % 4 // 2) for g in range(G)]
@@ -92,7 +92,7 @@ class Rows:
 
 # Words per block-RAM row of ``w``: a DP16KD's depth at its widest (36-bit) port.
 W_ROW_DEPTH = 512
-# Read address registers before the block RAMs: one by the sequencer, one that hmtx.hw.netlist
+# Read address registers before the block RAMs: one by the sequencer, one that hmtx.hw.flow.netlist
 # copies once per region of the die, one it copies next to each cluster of block RAMs (the long
 # way across the die is register to register, and no hop spans more than about half of it).
 ADDR_REGS = 3
@@ -118,7 +118,7 @@ class EngineLayout:
         # multiple of 8: half a lane group): key lane k of half h is q lane
         # 2*KBL*(k // KBL) + KBL*h + k % KBL. Each key lane then feeds two MAC lanes of one lane
         # group (its first four lanes in one beat, the other four in the next), whose key block
-        # the floorplan puts next to that group's other blocks (hw/floorplan.py), and every MAC
+        # the floorplan puts next to that group's other blocks (hw/flow/floorplan.py), and every MAC
         # lane multiplies its own q lane. KBL = KP is the plain layout (half h = lanes
         # h*KP..). Words per slot: two per q word (the last q word's halves as needed).
         self.KBL = key_block_lanes(P)

@@ -538,7 +538,7 @@ class HmtxTop(wiring.Component):
                 of ``lane_bits``): per element an eight-cycle fetch (four address registers, block
                 RAM read, word register, then the lane in two registered steps: the lane's place
                 within every group of 8 lanes, then the group -- a P-lane word sits in block RAMs
-                across the die, a lane group's in one region (hw/floorplan.py), so the first step is
+                across the die, a lane group's in one region (hw/flow/floorplan.py), so the first step is
                 local to each group and only one element per group travels to the second).
                 ``split``: each byte of a 2-byte element is its own fetch (``rb`` selects the word).
                 Element ``rk * P + ri`` is lane ``pick`` (default ``ri``) of a word of ``lanes``
