@@ -280,8 +280,10 @@ def plot_per_segment(result: dict, path: str, title: str = "") -> None:
     ref = "hmt_norecall" if "hmt_norecall" in result["ppl"] else None
     fig, axes = plt.subplots(1, 2 if ref else 1, figsize=(12 if ref else 6, 4.2), squeeze=False)
     ax = axes[0][0]
+    # one colour per variant in both panels
+    colour = {v: f"C{i}" for i, v in enumerate(result["ppl"])}
     for v in result["ppl"]:
-        ax.plot(per["segment"], per[v], marker="o", label=f"{v} ({result['ppl'][v]:.2f})")
+        ax.plot(per["segment"], per[v], marker="o", color=colour[v], label=f"{v} ({result['ppl'][v]:.2f})")
     ax.set_xticks(per["segment"])
     ax.set_xlabel("segment index")
     ax.set_ylabel("perplexity (token-weighted)")
@@ -294,7 +296,8 @@ def plot_per_segment(result: dict, path: str, title: str = "") -> None:
             if v in ("rmt", "backbone"):
                 continue                    # tens of percent off: they would flatten the rest
             rel = [100 * (p / r - 1) for p, r in zip(per[v], per[ref])]
-            ax.plot(per["segment"], rel, marker="o", label=f"{v} ({100 * (result['ppl'][v] / result['ppl'][ref] - 1):+.2f} %)")
+            ax.plot(per["segment"], rel, marker="o", color=colour[v],
+                    label=f"{v} ({100 * (result['ppl'][v] / result['ppl'][ref] - 1):+.2f} %)")
         ax.axhline(0, color="k", lw=0.8)
         ax.set_xticks(per["segment"])
         ax.set_xlabel("segment index")

@@ -258,7 +258,10 @@ def test_shipped_checkpoint_is_the_documented_hardware_configuration():
     assert float(tensors["readout.weight"].abs().max()) > 0
     rmt_config, rmt = read_checkpoint(default_checkpoint("smollm2", "rmt"))
     assert (rmt_config.segment_length, rmt_config.sensory) == (config.segment_length, config.sensory)
-    assert torch.equal(rmt["recall.w_q"], init.w_q.detach())
+    gen = torch.Generator().manual_seed(rmt_config.seed)          # RMT's own initialisation
+    torch.randn(config.d, generator=gen), torch.randn(config.d, generator=gen)
+    rmt_init = MemoryRecall(config.d, config.d_h, config.cache_size, generator=gen)
+    assert torch.equal(rmt["recall.w_q"], rmt_init.w_q.detach())
     assert not torch.equal(rmt["memory_token"], tensors["memory_token"])
     assert (stage2_config.segment_length, stage2_config.cache_size) == (config.segment_length, config.cache_size)
 
