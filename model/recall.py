@@ -5,8 +5,9 @@
 :class:`MemoryRecall` owns the learnable W_q and W_k. A document's long-term memory lives in a
 :class:`RecallCache` (created by :meth:`MemoryRecall.new_cache`), which is part of the streaming
 state, so one model can serve many documents and variants at once. Every cache shares the ring
-bookkeeping of :class:`RingSlots` (slot = write count mod N, fill count, age order), so the float,
-fixed and device implementations cannot disagree about which memories are searched.
+bookkeeping of :class:`~hmtx.model.ring.RingSlots` (slot = write count mod N, fill count, age order), as
+do the golden device and the host runtime's mirror of the device, so the float, fixed and device
+implementations cannot disagree about which memories are searched.
 
 Implementations (``RecallCache.impl``):
 
@@ -44,6 +45,8 @@ import math
 import torch
 from torch import nn
 
+from hmtx.model.ring import RingSlots
+
 __all__ = ["RingSlots", "RecallCache", "MemoryRecall", "FloatRecallCore", "SoftwareDevice", "IMPLS"]
 
 IMPLS = ("float", "fixed", "device")
@@ -52,39 +55,6 @@ IMPLS = ("float", "fixed", "device")
 def _fixed():
     from hmtx.model import fixed_torch
     return fixed_torch
-
-
-class RingSlots:
-    """Ring bookkeeping of the long-term memory cache: which slot the next write goes to, how many
-    slots hold memories, and which segment each slot holds. Shared by every implementation."""
-
-    def __init__(self, n_slots: int):
-        if not isinstance(n_slots, int) or n_slots < 1:
-            raise ValueError(f"cache size N must be a positive integer, got {n_slots!r}")
-        self.n_slots = n_slots
-        self.writes = 0                 # total memories written so far
-        self.slot_segment = [-1] * n_slots
-
-    @property
-    def fill(self) -> int:
-        return min(self.writes, self.n_slots)
-
-    def next_slot(self) -> int:
-        return self.writes % self.n_slots
-
-    def advance(self, segment: int) -> int:
-        """Record a write of the memory of ``segment``; returns the slot it went to."""
-        slot = self.next_slot()
-        self.slot_segment[slot] = segment
-        self.writes += 1
-        return slot
-
-    def age_order(self) -> list[int]:
-        """Valid slots, oldest memory first (FIFO order)."""
-        if self.writes <= self.n_slots:
-            return list(range(self.writes))
-        start = self.writes % self.n_slots
-        return [(start + i) % self.n_slots for i in range(self.n_slots)]
 
 
 class RecallCache:
@@ -158,7 +128,7 @@ class MemoryRecall(nn.Module):
     def write(self, cache: RecallCache, m: torch.Tensor, segment: int) -> None:
         """Push M_n (float [d]) into the cache, overwriting the oldest memory when full."""
         self._check_vec("M_n", m)
-        slot = cache.ring.next_slot()
+        slot = cache.ring.write_ptr
         if cache.impl == "float":
             cache.m[slot] = m
         else:
@@ -248,12 +218,13 @@ class SoftwareDevice:
 
     def __init__(self, n_slots: int):
         self.n_slots = n_slots
+        self.ring = RingSlots(n_slots)
         self.reset()
 
     def reset(self):
         self.qw_q = self.qw_k = None
         self.slots = []                 # [(m_mant, m_exp, k_mant, k_exp)] by slot
-        self.writes = 0
+        self.ring.reset()
 
     def load_weights(self, qw_q, qw_k):
         self.qw_q, self.qw_k = qw_q, qw_k
@@ -262,12 +233,11 @@ class SoftwareDevice:
         ft = _fixed()
         k_mant, k_exp = ft.project(self.qw_k, m_mant, m_exp)
         entry = (m_mant, torch.as_tensor(m_exp), k_mant, torch.as_tensor(k_exp))
-        slot = self.writes % self.n_slots
+        slot = self.ring.advance()
         if slot < len(self.slots):
             self.slots[slot] = entry
         else:
             self.slots.append(entry)
-        self.writes += 1
 
     def recall(self, s_mant, s_exp):
         ft = _fixed()
