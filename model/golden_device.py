@@ -1,10 +1,11 @@
 """The golden device: docs/protocol.md as an executable byte-in/byte-out model.
 
 :class:`GoldenDevice` holds exactly the state the chip holds (two weight matrices with their
-row counters and loaded flags, the N-slot ring of memories M_i and keys K_i, write pointer,
-fill count, cycle counters) and computes with :mod:`hmtx.model.fixed`. The RTL is verified
-against it byte for byte (CYCLES excepted, see the document), and the host's ``golden``
-backend is this class behind the same byte interface as a serial port.
+row counters and loaded flags, the N-slot ring of memories M_i and keys K_i, its write pointer and
+fill count kept by a :class:`~hmtx.model.ring.RingSlots`, cycle counters) and computes with
+:mod:`hmtx.model.fixed`. The RTL is verified against it byte for byte (CYCLES excepted, see the
+document), and the host's ``golden`` backend is this class behind the same byte interface as a
+serial port.
 """
 
 import math
@@ -20,6 +21,7 @@ from .protocol import (
     crc8, encode_response, load_weights_length, pack_attention_rsp, pack_cycles, pack_info, pack_recall,
     pack_slot, pack_status, pack_write,
 )
+from .ring import RingSlots
 
 __all__ = ["GoldenDevice"]
 
@@ -55,9 +57,16 @@ class GoldenDevice:
         self.m_exp = np.zeros(c.n_slots, np.int64)
         self.k_mant = np.zeros((c.n_slots, c.d_h), np.int64)
         self.k_exp = np.zeros(c.n_slots, np.int64)
-        self.write_ptr = 0
-        self.fill = 0
+        self.ring = RingSlots(c.n_slots)
         self.cycles = Cycles(0, 0, 0)
+
+    @property
+    def fill(self) -> int:
+        return self.ring.fill
+
+    @property
+    def write_ptr(self) -> int:
+        return self.ring.write_ptr
 
     # -- byte interface ---------------------------------------------------------------------
     def feed(self, data) -> bytes:
@@ -131,8 +140,7 @@ class GoldenDevice:
         return pack_cycles(self.cycles), 0
 
     def _op_reset_cache(self, _):
-        self.fill = 0
-        self.write_ptr = 0
+        self.ring.reset()
         return b"", 0
 
     def _op_load_weights(self, p: bytes):
@@ -157,11 +165,9 @@ class GoldenDevice:
         if not self.loaded[1]:
             raise _Reject(Status.NO_WEIGHTS)
         k, ke = fixed.project(self._qw(1), mant[None, :], np.array([exp]))
-        slot = self.write_ptr
+        slot = self.ring.advance()
         self.m_mant[slot], self.m_exp[slot] = mant, exp
         self.k_mant[slot], self.k_exp[slot] = k[0], ke[0]
-        self.write_ptr = (slot + 1) % c.n_slots
-        self.fill = min(self.fill + 1, c.n_slots)
         return pack_write(slot, self.fill), self._ideal(c.d * c.d_h)
 
     def _op_read_slot(self, p: bytes):
