@@ -113,7 +113,7 @@ def segment_traffic(cfg, fill: int | None = None, seed: int = 0) -> dict:
         op("RECALL", P.Op.RECALL, vec())
     op("WRITE_MEMORY", P.Op.WRITE_MEMORY, vec())
     op("STATUS", P.Op.STATUS)
-    for s in range(min(fill + 1, cfg.n_slots)):
+    for s in range(dev.fill):                   # every valid slot, the one just written included
         op("READ_SLOT", P.Op.READ_SLOT, P.pack_read_slot(s))
     return {"fill": fill, "ops": out, "weights": weights}
 

@@ -28,6 +28,7 @@ import torch
 from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 from hmtx.model.protocol import Op
+from hmtx.model.ring import RingSlots
 
 __all__ = ["Mismatch", "MismatchError", "CheckedDevice", "RunResult", "run_document",
            "save_case", "load_case", "replay_case", "CASE_FORMAT"]
@@ -114,11 +115,11 @@ class CheckedDevice:
         self.m_exp = np.zeros(c.n_slots, np.int64)
         self.k_mant = np.zeros((c.n_slots, c.d_h), np.int64)
         self.k_exp = np.zeros(c.n_slots, np.int64)
-        self.writes = 0
+        self.ring = RingSlots(c.n_slots)   # which slot the device's next write must go to
 
     @property
     def fill(self) -> int:
-        return min(self.writes, self.config.n_slots)
+        return self.ring.fill
 
     # -- the device interface of hmtx.model.recall ----------------------------------------------
     def reset(self):
@@ -142,11 +143,11 @@ class CheckedDevice:
         m, e = _np(m_mant).reshape(-1), int(_np(m_exp))
         self.log.append({"op": "write", "segment": self.segment, "m_mant": _b64(m, np.int8), "m_exp": e})
         slot, fill = self.device.write_memory(m, e)
-        want_slot = self.writes % self.config.n_slots
+        want_slot = self.ring.write_ptr
         k, ke = fixed.project(self.qw[1], m[None, :], np.array([e]))
         self.m_mant[want_slot], self.m_exp[want_slot] = m, e
         self.k_mant[want_slot], self.k_exp[want_slot] = k[0], ke[0]
-        self.writes += 1
+        self.ring.advance()
         _first_diff(self.segment, "WRITE_MEMORY", None, "slot", want_slot, slot)
         _first_diff(self.segment, "WRITE_MEMORY", None, "fill", self.fill, fill)
         self.ops_checked += 1
@@ -180,7 +181,7 @@ class CheckedDevice:
         fixed variant). The fill and write pointer are checked every time."""
         st = self.device.status()
         _first_diff(self.segment, "STATUS", None, "fill", self.fill, st.fill)
-        _first_diff(self.segment, "STATUS", None, "write pointer", self.writes % self.config.n_slots, st.write_ptr)
+        _first_diff(self.segment, "STATUS", None, "write pointer", self.ring.write_ptr, st.write_ptr)
         if reference is not None:
             _first_diff(self.segment, "MODEL", None, "reference fill", reference.fill, self.fill)
         if slots is None:
@@ -458,7 +459,7 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
                                              float(ref.recalled[i]), float(dev.recalled[i])))
             whole = cache_check == "full" or seg == segments - 1
             chk.check_cache(states["hmt_fixed"].cache if fixed_stream else None,
-                            slots=None if whole else [(chk.writes - 1) % config.n_slots])
+                            slots=None if whole else [chk.ring.last_slot])
             for v, out in outs.items():
                 nll, count = _nll(out.logits, ids, seg * b, out.ids.numel())
                 res.nll[v].append(nll)

@@ -51,7 +51,7 @@ class Harness:
 
     def cache_state(self) -> str:
         g = self.golden
-        return "empty" if g.fill == 0 else "full" if g.fill == g.config.n_slots else "partial"
+        return "empty" if g.fill == 0 else "full" if g.ring.full else "partial"
 
     async def wire(self, label: str, data: bytes) -> bytes:
         """Send raw wire bytes; read and check every response frame they are owed."""
