@@ -9,7 +9,7 @@ from . import cli_options
 
 __all__ = ["register"]
 
-DEFAULT_VARIANTS = ("backbone", "sliding", "full", "rmt", "hmt_norecall", "hmt_float", "hmt_fixed")
+DEFAULT_VARIANTS = ("backbone", "sliding", "full", "rmt", "hmt_norecall", "hmt_first", "hmt_float", "hmt_fixed")
 
 UNTRAINED_NOTE = ("HMT's own parameters (T, W_q, W_k, memory token) are UNTRAINED (random init, "
                   "seed {seed}); RMT's memory token likewise. Their PPLs show the plumbing, not "
@@ -26,8 +26,9 @@ def register(subparsers) -> None:
                     "segment alone), sliding (the L-B document tokens before each segment: HMT's token budget, "
                     "no memory), full (the whole prefix up to the backbone's context limit), rmt, hmt_norecall "
                     "(HMT with the memory token in place of every recall: the ablation of the part the chip "
-                    "accelerates), hmt_float and hmt_fixed (the chip's arithmetic). Reports recall gain = "
-                    "1 - PPL(hmt) / PPL(hmt_norecall). By default "
+                    "accelerates), hmt_first (P_n = the oldest cached memory: the ablation of the search "
+                    "alone), hmt_float and hmt_fixed (the chip's arithmetic). Reports recall gain = "
+                    "1 - PPL(hmt) / PPL(hmt_norecall) and search gain = 1 - PPL(hmt_float) / PPL(hmt_first). By default "
                     "the smollm2 backbone runs the shipped checkpoints (checkpoints/smollm2-hmt for HMT, "
                     "checkpoints/smollm2-rmt for RMT); --untrained evaluates the seed initialisation.")
     p.add_argument("--merge", nargs="+", metavar="JSON[:VARIANTS]",

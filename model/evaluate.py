@@ -3,9 +3,12 @@
 Variants (``VARIANT_SPECS``): ``backbone`` (H_n alone), ``sliding`` (the L - B document tokens
 before H_n, then H_n: HMT's token budget without memory), ``full`` (the whole document prefix, up to
 the backbone's context limit: the upper reference), ``rmt``, ``hmt_norecall`` (HMT with the memory
-token in place of every recalled P_n: the ablation of what the chip accelerates), ``hmt_float`` and
-``hmt_fixed``. ``recall gain = 1 - PPL(hmt) / PPL(hmt_norecall)`` is what the memory recall itself
-is worth; a gain over ``backbone`` that ``sliding`` also has is not HMT's.
+token in place of every recalled P_n: the ablation of what the chip accelerates), ``hmt_first``
+(P_n = the oldest cached memory instead of the search's mix: the ablation of the search alone),
+``hmt_float`` and ``hmt_fixed``. ``recall gain = 1 - PPL(hmt) / PPL(hmt_norecall)`` is what the
+memory recall itself is worth, ``search gain = 1 - PPL(hmt_float) / PPL(hmt_first)`` what the
+search adds over always reading the first memory; a gain over ``backbone`` that ``sliding`` also
+has is not HMT's.
 
 Every variant sees the same segmentation (B = L - 2 - k tokens per segment) and scores the same
 targets: each position of a segment predicts the next token of the document, the last position of
@@ -35,6 +38,7 @@ VARIANT_SPECS = {
     "full": ("full", "float"),
     "rmt": ("rmt", "float"),
     "hmt_norecall": ("hmt_norecall", "float"),
+    "hmt_first": ("hmt_first", "float"),
     "hmt_float": ("hmt", "float"),
     "hmt_fixed": ("hmt", "fixed"),
 }
@@ -174,7 +178,8 @@ def _recall_difference(model: HMT, out, memories: torch.Tensor) -> dict:
 
 # Which checkpoint each variant's numbers depend on (merge_results keeps them apart).
 _DEPENDS = {"backbone": None, "sliding": None, "full": None, "rmt": "rmt_checkpoint",
-            "hmt_norecall": "checkpoint", "hmt_float": "checkpoint", "hmt_fixed": "checkpoint"}
+            "hmt_norecall": "checkpoint", "hmt_first": "checkpoint", "hmt_float": "checkpoint",
+            "hmt_fixed": "checkpoint"}
 # What decides which tokens are scored: merged runs must agree on these.
 _SEGMENTATION = ("backbone", "d", "segment_length", "sensory", "tokens_per_segment", "segments", "text")
 
@@ -217,7 +222,7 @@ def merge_results(results: list[dict]) -> dict:
         for extra in ("recall_fixed_vs_float", "recall_mass_by_age", "full_context"):
             if extra in r and extra not in base:
                 merged[extra] = r[extra]
-        if "trained" in r and any(v in r["ppl"] for v in ("hmt_float", "hmt_fixed", "hmt_norecall")):
+        if "trained" in r and any(v in r["ppl"] for v in ("hmt_float", "hmt_fixed", "hmt_norecall", "hmt_first")):
             merged["trained"] = r["trained"]
             if r.get("note"):
                 merged["note"] = r["note"]
@@ -237,7 +242,7 @@ def recall_gains(result: dict) -> dict:
     if "hmt_norecall" not in ppl:
         return {}
     out = {}
-    for v in ("hmt_float", "hmt_fixed"):
+    for v in ("hmt_first", "hmt_float", "hmt_fixed"):
         if v not in ppl:
             continue
         buckets = []
@@ -266,6 +271,9 @@ def format_table(result: dict) -> str:
     for v, g in result.get("recall_gain", {}).items():
         parts = ", ".join(f"{b['segments'][0]}-{b['segments'][1]}: {100 * b['gain']:+.2f} %" for b in g["buckets"])
         lines.append(f"recall gain of {v} (1 - PPL / PPL hmt_norecall): {100 * g['all']:+.2f} % ({parts})")
+    ppl = result["ppl"]
+    if "hmt_first" in ppl and "hmt_float" in ppl:
+        lines.append(f"search gain of hmt_float (1 - PPL / PPL hmt_first): {100 * (1 - ppl['hmt_float'] / ppl['hmt_first']):+.2f} %")
     return "\n".join(lines)
 
 

@@ -26,6 +26,8 @@ HMT *is* its recall-off ablation, so whatever it gains over ``hmt_norecall`` the
 Variants share the segmentation and the scored tokens so perplexities compare like for like:
 ``"hmt"``; ``"hmt_norecall"``: the ablation of the part the chip accelerates -- HMT with the
 memory token in place of P_n in every segment (sensory tokens kept, no search, no memory);
+``"hmt_first"``: the ablation of the search alone -- HMT with P_n = the oldest memory in the cache
+(M_0 until the ring wraps) instead of the searched mix, read through the same read-out (float);
 ``"rmt"``: [mem || H_n || mem], new mem = final hidden state at the last position, passed
 straight to the next segment (mem_0 = the same memory token); ``"backbone"``: H_n alone;
 ``"sliding"``: the backbone on the L - B = k + 2 document tokens before H_n followed by H_n -- HMT's
@@ -52,7 +54,8 @@ from hmtx.model.recall import IMPLS, MemoryRecall, RecallCache
 __all__ = ["HMTConfig", "HMT", "StreamState", "SegmentOutput", "VARIANTS", "kv_cache_bytes", "full_context_limit",
            "save_checkpoint", "read_checkpoint", "load_checkpoint"]
 
-VARIANTS = ("hmt", "hmt_norecall", "rmt", "backbone", "sliding", "full")
+VARIANTS = ("hmt", "hmt_norecall", "hmt_first", "rmt", "backbone", "sliding", "full")
+CACHED = ("hmt", "hmt_first")       # the variants that keep the long-term memory cache
 READOUTS = ("none", "linear")
 CHECKPOINT_FORMAT = "hmtx-hmt-1"
 CONFIG_FILE = "hmt_config.json"
@@ -138,8 +141,8 @@ class StreamState:
     """Everything that carries from one segment of a document to the next."""
 
     variant: str
-    impl: str | None                       # recall implementation (hmt only)
-    cache: RecallCache | None = None       # long-term memory (hmt only)
+    impl: str | None                       # recall implementation (hmt, hmt_first)
+    cache: RecallCache | None = None       # long-term memory (hmt, hmt_first)
     sensory: torch.Tensor | None = None    # last k token ids of the previous segment
     memory: torch.Tensor | None = None     # hmt: M_{n-1} (for P_1 = M_0); rmt: the recurrent memory
     segment: int = 0                       # index of the next segment
@@ -220,9 +223,11 @@ class HMT(nn.Module):
             raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
         if recall not in IMPLS:
             raise ValueError(f"unknown recall implementation {recall!r}; choose one of {', '.join(IMPLS)}")
+        if variant == "hmt_first" and recall != "float":
+            raise ValueError(f"variant 'hmt_first' reads a cached memory as it is: recall must be 'float', got {recall!r}")
         empty = torch.zeros(0, dtype=torch.long, device=self.device)
-        state = StreamState(variant, recall if variant == "hmt" else None, sensory=empty, pending=empty)
-        if variant == "hmt":
+        state = StreamState(variant, recall if variant in CACHED else None, sensory=empty, pending=empty)
+        if variant in CACHED:
             state.cache = self.recall.new_cache(recall, hw=hw)
         return state
 
@@ -285,6 +290,8 @@ class HMT(nn.Module):
             p = self.memory_token                                    # segment 0
         elif cache.fill == 1:
             p = state.memory                                         # segment 1: P_1 = M_0
+        elif state.variant == "hmt_first":
+            p = cache.m[cache.ring.age_order()[0]]                   # the oldest memory, no search
         else:
             s = self.representation(h[: cfg.j])                     # eq. 1
             p = self.recall.read(cache, s)                           # eq. 2

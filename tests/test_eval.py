@@ -56,12 +56,15 @@ def test_eval_command_json_and_plot(tmp_path, capsys):
     args = _parse(["eval", "--text", str(text), "--segments", "4", "--json", str(out), "--plot", str(png)] + TINY_ARGS)
     assert args.func(args) == 0
     res = json.loads(out.read_text())
-    assert set(res["ppl"]) == {"backbone", "sliding", "full", "rmt", "hmt_norecall", "hmt_float", "hmt_fixed"}
+    assert set(res["ppl"]) == {"backbone", "sliding", "full", "rmt", "hmt_norecall", "hmt_first", "hmt_float",
+                               "hmt_fixed"}
     per = res["per_segment"]
     # Segment 0 has no context in any variant but RMT's/HMT's memory token: the text-only ones agree,
     # and so do the three HMT ones (memory token, no sensory tokens, no search yet).
     assert per["backbone"][0] == per["sliding"][0] == per["full"][0]
     assert per["hmt_norecall"][0] == per["hmt_float"][0]
+    # the first-memory ablation is HMT until its first search (P_1 = M_0 in both), then differs
+    assert per["hmt_first"][:2] == per["hmt_float"][:2] and per["hmt_first"][2] != per["hmt_float"][2]
     gain = res["recall_gain"]["hmt_float"]
     assert gain["all"] == pytest.approx(1 - res["ppl"]["hmt_float"] / res["ppl"]["hmt_norecall"])
     assert [b["segments"] for b in gain["buckets"]] == [[0, 3]]

@@ -172,3 +172,24 @@ def test_stage3_feeder_grades_each_segment_from_the_first_search():
     assert all(m is None or not m.requires_grad for m in feeder.state.cache.m)   # memories are constants
     with pytest.raises(ValueError, match="stage 3"):
         TrainConfig(stage=3, depth=2)
+
+
+def test_first_memory_variant_reads_the_oldest_cached_memory_through_the_readout():
+    """hmt_first: HMT with the search replaced by 'read the oldest memory' (M_0 until the ring
+    wraps): the same as HMT up to segment 1 (P_1 = M_0 in both), then P_n = the oldest cached
+    memory exactly, the wrap included; fixed recall is refused."""
+    model = tiny_hmt(readout="linear")
+    with torch.no_grad():
+        model.readout.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(SEED))
+    n_slots = model.config.cache_size
+    ids = random_ids((n_slots + 3) * model.config.tokens_per_segment)
+    first, hmt = _outs(model, "hmt_first", ids), _outs(model, "hmt", ids)
+    for n in (0, 1):
+        assert torch.equal(first[n].logits, hmt[n].logits), f"segment {n} (seed {SEED})"
+    for n in range(2, len(first)):
+        oldest = max(0, n - n_slots)                  # the ring keeps the last N memories
+        assert torch.equal(first[n].recalled, first[oldest].memory), f"segment {n} (seed {SEED})"
+        assert first[n].probs is None
+    assert not torch.allclose(first[2].logits, hmt[2].logits)     # the search mixes M_0 and M_1
+    with pytest.raises(ValueError, match="'hmt_first' .* recall must be 'float'"):
+        model.new_state("hmt_first", "fixed")
