@@ -51,6 +51,7 @@ class BoardSimTransport(Transport):
 
         baud = DEFAULT_BAUD if baud is None else baud
         self.design = board_design(board or board_for_config(config), config, engine=engine, baud=baud)
+        self.engine = self.design.engine
         self.board = BoardSim(self.design, log=log)
         try:
             self.serial = SerialTransport(self.board.port, baud)

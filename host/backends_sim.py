@@ -64,6 +64,7 @@ class SimTransport(Transport):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
         self.name = "sim" if engine == "lanes" else f"sim:{engine}"
+        self.engine = engine
         self._dir = tempfile.mkdtemp(prefix="hmtx-sim-")       # mode 0700: the socket is private
         self.socket_path = os.path.join(self._dir, "bridge.sock")
         self.log_path = os.path.join(self._dir, "launcher.log")

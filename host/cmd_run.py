@@ -277,8 +277,9 @@ def _run(args) -> int:
     if args.waves and hasattr(transport, "waves_path") and transport.waves_path:
         print(f"waves: {transport.waves_path}")
     wall = time.monotonic() - t_start
-    # (the RTL simulation names its engine, sim:serial; other devices are taken for the lanes engine)
-    engine = "serial" if args.device == "sim:serial" else "lanes"
+    # The simulations know their engine (sim:serial; board-sim: the board's, serial on the UP5K);
+    # a serial port does not say (INFO carries no engine kind yet): taken for the lanes engine.
+    engine = getattr(transport, "engine", None) or "lanes"
     fmax = (args.fmax, "--fmax") if args.fmax else find_fmax(cfg, engine)
     summary = {
         "segments": res.segments,

@@ -16,6 +16,9 @@ class Transport:
     """Interface of a byte transport (see the module docstring)."""
 
     name = "transport"
+    # The engine kind (hmtx.hw.ENGINES) behind the transport when the transport knows it (the
+    # simulations); None for the golden device and a serial port.
+    engine: str | None = None
 
     def write(self, data: bytes) -> None:
         raise NotImplementedError

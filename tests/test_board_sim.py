@@ -145,6 +145,7 @@ def test_board_sim_device_spec_starts_and_stops_the_board(design):
     t = open_transport("board-sim", CFG)
     try:
         assert t.port.startswith("/dev/")
+        assert t.engine == design.engine      # what `hmtx run` reads to pick the Fmax report
         with Device(t, CFG) as dev:
             assert dev.info().lanes == CFG.lanes
             s = t.stats()

@@ -43,6 +43,7 @@ def sim():
 
 
 def test_sim_and_golden_identical_bytes_for_recorded_session(sim):
+    assert (sim.name, sim.engine) == ("sim", "lanes")          # `hmtx run` picks its Fmax report by it
     assert os.stat(os.path.dirname(sim.socket_path)).st_mode & 0o077 == 0      # private socket folder
     session = example_session(CFG, seed=SEED)
     want = run_session(GoldenTransport(CFG), session)
