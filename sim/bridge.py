@@ -31,9 +31,10 @@ from amaranth.hdl import Module, Signal
 from amaranth.lib import fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from hmtx.model.protocol import END
+
 __all__ = ["Loopback", "BlockBridge", "BLOCK", "bridge"]
 
-END = 0xC0
 BLOCK = 64                 # bytes per Python wake-up in each direction
 POLL_CYCLES = 4096         # while the device computes, look at the socket this often
 CONNECT_TIMEOUT_S = 120
