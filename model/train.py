@@ -538,12 +538,6 @@ def train(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, docs, out:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     torch.manual_seed(tc.seed)
-    if device.type == "cpu":
-        # Gradients through the backbone's masked attention underflow to subnormal floats, which
-        # the CPU's sgemm handles ~30x slower: a stage-3 step went from ~5 s to 40-80 s at random.
-        # Values below 1.2e-38 do not move a trained parameter; flushing them to zero does not
-        # either. (Training only, restored on return: evaluation keeps IEEE subnormals.)
-        torch.set_flush_denormal(True)
     backbone.model.to(device)
     model = prepare_model(backbone, hmt_config, tc, init=init)
     model.to(device)
@@ -586,6 +580,13 @@ def train(backbone: Backbone, hmt_config: HMTConfig, tc: TrainConfig, docs, out:
     tokens_per_step = world * tc.batch * (b if tc.stage == 3 else tc.depth * b)
     t_start = time.perf_counter()
     done_here = 0
+    if device.type == "cpu":
+        # Gradients through the backbone's masked attention underflow to subnormal floats, which
+        # the CPU's sgemm handles ~30x slower: a stage-3 step went from ~5 s to 40-80 s at random.
+        # Values below 1.2e-38 do not move a trained parameter; flushing them to zero does not
+        # either. Set just before the loop, whose `finally` restores PyTorch's default, so that a
+        # setup error cannot leave it on: evaluation keeps IEEE subnormals.
+        torch.set_flush_denormal(True)
     try:
         while step < tc.steps:
             t0 = time.perf_counter()
