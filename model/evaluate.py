@@ -222,7 +222,8 @@ def merge_results(results: list[dict]) -> dict:
         for extra in ("recall_fixed_vs_float", "recall_mass_by_age", "full_context"):
             if extra in r and extra not in base:
                 merged[extra] = r[extra]
-        if "trained" in r and any(v in r["ppl"] for v in ("hmt_float", "hmt_fixed", "hmt_norecall", "hmt_first")):
+        # ("trained" describes the HMT checkpoint: take it from a run of a variant that reads it)
+        if "trained" in r and any(_DEPENDS.get(v) == "checkpoint" for v in r["ppl"]):
             merged["trained"] = r["trained"]
             if r.get("note"):
                 merged["note"] = r["note"]
