@@ -13,7 +13,7 @@ from .fanout import replicate, replicate_tree
 from .mac import MacArray
 from .regtable import RegisterTable
 
-__all__ = ["Op", "Engine", "EngineLayout", "Region", "key_block_lanes"]
+__all__ = ["Op", "Engine", "EngineLayout", "EngineSignature", "Region", "key_block_lanes"]
 
 EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
 SHIFT_W = 5         # projection shifts 0..31 (protocol SHIFT_MAX)
@@ -136,25 +136,15 @@ class EngineLayout:
         self.mem_base = self.vin_depth + 2 * self.out_words
         self.dat_depth = self.mem_base + c.n_slots * self.CB
 
-    def _owner_members(self) -> dict:
-        """The engine's ports towards the command processor (its wiring signature's members);
-        ``dat``, ``w`` and the sizes must be set."""
-        c, word = self.config, data.ArrayLayout(signed(8), self.P)
-        return {
-            "start": In(1), "op": In(2),
-            "slot": In(range(c.n_slots)),
-            "n_keys": In(range(self.KMAX + 1)),
-            "n_q": In(range(c.max_queries + 1)),
-            "causal": In(1),
-            "wq_exp": In(signed(8)), "wk_exp": In(signed(8)),
-            "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
-            "busy": Out(1), "done": Out(1),
-            # while idle, the response generator reads the cache through the engine's own ports
-            # (a second read port would make Yosys duplicate these block RAMs)
-            "rd_dat_addr": In(range(self.dat.depth)), "rd_key_addr": In(range(c.n_slots * self.KB)),
-            "wr_dat_addr": In(range(self.dat.depth)), "wr_dat_data": In(word), "wr_dat_en": In(self.P),
-            "wr_w_addr": In(range(self.w.depth)), "wr_w_data": In(word), "wr_w_en": In(self.P),
-        }
+    def _owner_ports(self, m):
+        """Wire the owner's members to the engine's memory ports (made in ``__init__``:
+        ``_vexp_o``, ``_pm_o``, ``_mexp_o``, ``_kexp_o``, ``_oexp_o``)."""
+        m.d.comb += [self._vexp_o.addr.eq(self.wr_vexp_addr), self._vexp_o.data.eq(self.wr_vexp_data),
+                     self._vexp_o.en.eq(self.wr_vexp_en)]
+        for name in ("pm", "mexp", "kexp", "oexp"):
+            port = getattr(self, f"_{name}_o")
+            m.d.comb += [port.addr.eq(getattr(self, f"rd_{name}_addr")),
+                         getattr(self, f"rd_{name}_data").eq(port.data)]
 
     def key_place(self, lane):
         """(half, key lane) that holds q lane ``lane`` (an int or an Amaranth value)."""
@@ -177,6 +167,43 @@ class EngineLayout:
             return word * self.KP + k
         B = self.KBL
         return (word // 2) * self.P + 2 * B * (k // B) + B * (word % 2) + k % B
+
+
+class EngineSignature(wiring.Signature):
+    """The engine as the command processor (hw/top.py) sees it, either kind: the operation and
+    its operands, busy/done, and -- while idle -- the owner's writes of the input buffer, the
+    weights and the row exponents, and its reads of every result and of the cache.
+
+    Reads: ``rd_dat_data``/``rd_key_data`` are the words at ``rd_dat_addr``/``rd_key_addr`` of
+    the engine's ``READ_LATENCY`` cycles before (the block RAM's output itself, to be registered
+    before any logic looks at it); ``rd_pm_data``, ``rd_mexp_data``, ``rd_kexp_data`` come one
+    cycle after their address (synchronous reads); ``rd_oexp_data`` in the same cycle. (The
+    owner reads ``dat`` and ``key`` through the engine's own read ports: a second read port
+    would make Yosys duplicate these block RAMs.)"""
+
+    def __init__(self, layout: "EngineLayout"):
+        c, P = layout.config, layout.P
+        word = data.ArrayLayout(signed(8), P)
+        super().__init__({
+            "start": In(1), "op": In(2),
+            "slot": In(range(c.n_slots)),
+            "n_keys": In(range(layout.KMAX + 1)),
+            "n_q": In(range(c.max_queries + 1)),
+            "causal": In(1),
+            "wq_exp": In(signed(8)), "wk_exp": In(signed(8)),
+            "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
+            "busy": Out(1), "done": Out(1),
+            "wr_dat_addr": In(range(layout.dat_depth)), "wr_dat_data": In(word), "wr_dat_en": In(P),
+            "wr_w_addr": In(range(2 * c.d_h * layout.CB)), "wr_w_data": In(word), "wr_w_en": In(P),
+            "wr_vexp_addr": In(range(layout.ROWS)), "wr_vexp_data": In(signed(8)), "wr_vexp_en": In(1),
+            "rd_dat_addr": In(range(layout.dat_depth)), "rd_dat_data": Out(word),
+            "rd_key_addr": In(range(c.n_slots * layout.KB)),
+            "rd_key_data": Out(data.ArrayLayout(signed(16), layout.KP)),
+            "rd_pm_addr": In(range(layout.KMAX)), "rd_pm_data": Out(unsigned(16)),
+            "rd_mexp_addr": In(range(c.n_slots)), "rd_mexp_data": Out(signed(8)),
+            "rd_kexp_addr": In(range(c.n_slots)), "rd_kexp_data": Out(signed(EXP_W)),
+            "rd_oexp_addr": In(range(c.max_queries)), "rd_oexp_data": Out(signed(EXP_W)),
+        })
 
 
 class Engine(EngineLayout, wiring.Component):
@@ -212,9 +239,8 @@ class Engine(EngineLayout, wiring.Component):
       then exp2 terms e; ``pm``: probabilities; ``wm``: exponent-aligned weights; ``oexp``:
       the result exponents.
 
-    The owner (the command processor) writes ``vin`` through ``wr_*`` (while idle), ``vexp``
-    and ``w`` through ports it adds, and reads ``dat`` and ``key`` through ``rd_*`` while idle
-    and ``pm`` through a port it adds before elaboration.
+    The owner (the command processor) reaches the memories only through the members of
+    :class:`EngineSignature`, while the engine is idle.
 
     Sequencing (one MAC beat per cycle, P lanes): projection ``d_h x CB`` beats (dot mode,
     one output per column j), scores ``n x KB`` beats (dot mode; attention ``n_k x AB``), an exp2 pass over the n scores,
@@ -223,20 +249,10 @@ class Engine(EngineLayout, wiring.Component):
     is needed). Between phases the sequencer waits until every result of the previous phase
     is written (``pending`` = 0).
 
-    Members
-    -------
-    start : In(1)      pulse: begin ``op`` with the operands below (sampled at start)
-    op : In(2)         :class:`Op`
-    slot : In(N)       WRITE: the slot to fill
-    n_keys : In        RECALL: fill; ATTENTION: n_k
-    n_q : In           ATTENTION: number of query rows
-    causal : In(1)     ATTENTION: apply fixed.causal_mask
-    wq_exp, wk_exp : In(signed 8); wq_shift, wk_shift : In(5)
-    busy : Out(1)
-    done : Out(1)      pulse when the results are in memory
-    rd_dat_addr, rd_key_addr : In    read addresses of ``dat``/``key`` while idle
-                                     (data: :attr:`dat_read_data`, :attr:`key_read_data`)
-    wr_dat_addr, wr_dat_data, wr_dat_en : In   a write of ``dat`` while idle (lane enables)
+    Members: :class:`EngineSignature`. ``start`` (a pulse) begins ``op`` (:class:`Op`) with
+    the operands beside it, sampled then: ``slot`` (WRITE), ``n_keys`` (RECALL: the fill;
+    ATTENTION: n_k), ``n_q`` and ``causal`` (ATTENTION), the weights' exponents and shifts.
+    ``done`` pulses when the results are in memory.
     """
 
     def __init__(self, config: EngineConfig, w_row_depth: int = W_ROW_DEPTH):
@@ -284,8 +300,7 @@ class Engine(EngineLayout, wiring.Component):
         self.oexp = memory.Memory(shape=signed(EXP_W), depth=c.max_queries, init=[], attrs={"ram_style": "logic"})
         self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
                                  init=fixed.exp2_lut())
-        super().__init__(self._owner_members())
-        # Ports the engine itself uses; created here so that they exist before the owner's.
+        super().__init__(EngineSignature(self))
         self._dat_r = self.dat.read_port()
         self._dat_w = self.dat.write_port(granularity=1)
         # (each read covers only its part of vexp -- K rows, V rows, Q rows -- so it is a smaller
@@ -309,23 +324,15 @@ class Engine(EngineLayout, wiring.Component):
         self._wm_w = self.wm.write_port()
         self._oexp_w = self.oexp.write_port()
         self._lut_r = self.lut.read_port(domain="comb")
+        # the owner's ports (EngineSignature), after the engine's own
+        self._vexp_o, self._pm_o = self.vexp.write_port(), self.pm.read_port()
+        self._mexp_o, self._kexp_o = self.mexp.read_port(), self.kexp.read_port()
+        self._oexp_o = self.oexp.read_port(domain="comb")
         self._dat_q = Signal.like(self._dat_r.data, reset_less=True, name="dat_q")
         self._key_q = Signal.like(self._key_r.data, reset_less=True, name="key_q")
 
-    # cycles from ``rd_dat_addr``/``rd_key_addr`` to ``dat_read_data``/``key_read_data``
+    # cycles from ``rd_dat_addr``/``rd_key_addr`` to ``rd_dat_data``/``rd_key_data``
     READ_LATENCY = ADDR_REGS + 1
-
-    @property
-    def dat_read_data(self):
-        """``dat`` word at ``rd_dat_addr`` of READ_LATENCY cycles before (valid while idle; the
-        engine registers the address): the block RAM's output itself, to be registered before
-        any logic looks at it."""
-        return self._dat_r.data
-
-    @property
-    def key_read_data(self):
-        """K word at ``rd_key_addr`` of READ_LATENCY cycles before (valid while idle), unregistered."""
-        return self._key_r.data
 
     def elaborate(self, platform):
         m = Module()
@@ -339,6 +346,8 @@ class Engine(EngineLayout, wiring.Component):
             m.submodules[name] = getattr(self, name)
         for r, mem in enumerate(self.w_rows):
             m.submodules[f"w{r}"] = mem
+        self._owner_ports(m)
+        m.d.comb += [self.rd_dat_data.eq(self._dat_r.data), self.rd_key_data.eq(self._key_r.data)]
         # lane groups: the lane array's controls are registered once per group of LG lanes
         # (hw/fanout.py), so no register drives all P lanes
         LG = min(P, 8)

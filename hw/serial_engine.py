@@ -32,7 +32,7 @@ from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 from .arith import Reciprocal, SerialMulShiftRoundSat
-from .engine import EXP_W, SHIFT_W, EngineLayout, Op, Region
+from .engine import EXP_W, EngineLayout, EngineSignature, Op, Region
 
 __all__ = ["SerialEngine"]
 
@@ -58,7 +58,7 @@ class SerialEngine(EngineLayout, wiring.Component):
     the keys.
     """
 
-    # cycles from ``rd_dat_addr``/``rd_key_addr`` to ``dat_read_data``/``key_read_data``: the
+    # cycles from ``rd_dat_addr``/``rd_key_addr`` to ``rd_dat_data``/``rd_key_data``: the
     # address register, then the block RAM's read
     READ_LATENCY = 2
 
@@ -91,7 +91,7 @@ class SerialEngine(EngineLayout, wiring.Component):
         self.wm = memory.Memory(shape=unsigned(16), depth=self.KMAX, init=[], attrs=NO_RW)
         self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
                                  init=fixed.exp2_lut())
-        super().__init__(self._owner_members())
+        super().__init__(EngineSignature(self))
         # the engine's own ports, made before the owner's
         self._dat_r = self.dat.read_port()
         self._dat_w = self.dat.write_port(granularity=1)
@@ -113,16 +113,10 @@ class SerialEngine(EngineLayout, wiring.Component):
         self._wm_r = self.wm.read_port()
         self._wm_w = self.wm.write_port()
         self._lut_r = self.lut.read_port()
-
-    @property
-    def dat_read_data(self):
-        """``dat`` word at ``rd_dat_addr`` of READ_LATENCY cycles before (valid while idle)."""
-        return self._dat_r.data
-
-    @property
-    def key_read_data(self):
-        """K word at ``rd_key_addr`` of READ_LATENCY cycles before (valid while idle)."""
-        return self._key_r.data
+        # the owner's ports (EngineSignature)
+        self._vexp_o, self._pm_o = self.vexp.write_port(), self.pm.read_port()
+        self._mexp_o, self._kexp_o = self.mexp.read_port(), self.kexp.read_port()
+        self._oexp_o = self.oexp.read_port(domain="comb")
 
     def elaborate(self, platform):
         m = Module()
@@ -130,6 +124,8 @@ class SerialEngine(EngineLayout, wiring.Component):
         MQ, MK = c.max_queries, c.max_keys
         for name in ("dat", "w", "key", "vexp", "mexp", "kexp", "pm", "oexp", "qbuf", "sc", "wm", "lut"):
             m.submodules[name] = getattr(self, name)
+        self._owner_ports(m)
+        m.d.comb += [self.rd_dat_data.eq(self._dat_r.data), self.rd_key_data.eq(self._key_r.data)]
         m.submodules.ppu = ppu = SerialMulShiftRoundSat()
         m.submodules.recip = recip = Reciprocal(32)
         m.d.comb += recip.o.ready.eq(1)

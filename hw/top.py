@@ -103,10 +103,6 @@ class HmtxTop(wiring.Component):
             return [ext[8 * k:8 * k + 8] for k in range(nbytes)]
         wiring.connect(m, enc.o, wiring.flipped(self.rsp))
 
-        vexp_w = eng.vexp.write_port()
-        pm_r = eng.pm.read_port()
-        # (the M/K exponent tables read synchronously: the slot is fixed from the header on)
-        mexp_r, kexp_r, oexp_r = eng.mexp.read_port(), eng.kexp.read_port(), eng.oexp.read_port(domain="comb")
 
         # --- device state --------------------------------------------------------------------
         fill = Signal(range(N + 1))
@@ -235,10 +231,10 @@ class HmtxTop(wiring.Component):
             reg = Signal.like(req, name=f"{name}_reg")
             m.d.sync += reg.eq(req)
             return req, reg, (Mux(reg.valid, Const(1, lanes) << reg.lane, 0) if lanes > 1 else reg.valid)
-        dat_wr, dat_wr_r, dat_wr_en = payload_write(eng.dat.depth, "dat_wr")
-        w_wr, w_wr_r, w_wr_en = payload_write(eng.w.depth, "w_wr")
-        vexp_wr, vexp_wr_r, vexp_wr_en = payload_write(eng.vexp.depth, "vexp_wr", lanes=1)
-        m.d.comb += [vexp_w.addr.eq(vexp_wr_r.addr), vexp_w.data.eq(vexp_wr_r.data), vexp_w.en.eq(vexp_wr_en)]
+        dat_wr, dat_wr_r, dat_wr_en = payload_write(eng.dat_depth, "dat_wr")
+        w_wr, w_wr_r, w_wr_en = payload_write(2 * c.d_h * CB, "w_wr")
+        vexp_wr, vexp_wr_r, vexp_wr_en = payload_write(eng.ROWS, "vexp_wr", lanes=1)
+        m.d.comb += [eng.wr_vexp_addr.eq(vexp_wr_r.addr), eng.wr_vexp_data.eq(vexp_wr_r.data), eng.wr_vexp_en.eq(vexp_wr_en)]
         m.d.comb += [eng.wr_dat_addr.eq(dat_wr_r.addr), eng.wr_dat_en.eq(dat_wr_en),
                      eng.wr_w_addr.eq(w_wr_r.addr), eng.wr_w_en.eq(w_wr_en)]
         m.d.comb += [eng.wr_dat_data[l].eq(dat_wr_r.data) for l in range(P)]
@@ -509,7 +505,8 @@ class HmtxTop(wiring.Component):
 
             # READ_SLOT: M exponent, d mantissas, K exponent (i16), d_h x i16
             slot = slot_arg[:max(1, (N - 1).bit_length())]
-            m.d.comb += [mexp_r.addr.eq(slot), kexp_r.addr.eq(slot), oexp_r.addr.eq(rrow)]
+            # (the M/K exponent tables read synchronously: the slot is fixed from the header on)
+            m.d.comb += [eng.rd_mexp_addr.eq(slot), eng.rd_kexp_addr.eq(slot), eng.rd_oexp_addr.eq(rrow)]
             # element k of a vector lives in word k // P, lane k % P: rk counts words, ri lanes
             # ``dat`` holds M_i and the result rows (an int16 word as a low-byte and a high-byte word).
             # The word addresses are registered here and again in the engine before they reach
@@ -528,7 +525,7 @@ class HmtxTop(wiring.Component):
                          row_obase.eq(eng.out_base + rrow * (2 * AB))]
             m.d.sync += [rd_dat_q.eq(Mux(is_op("READ_SLOT"), slot_mbase + rk, row_obase + 2 * rk + rb)),
                          rd_key_q.eq(slot_kbase + eng.key_word(rk, ri))]
-            m.d.comb += [eng.rd_dat_addr.eq(rd_dat_q), eng.rd_key_addr.eq(rd_key_q), pm_r.addr.eq(ri)]
+            m.d.comb += [eng.rd_dat_addr.eq(rd_dat_q), eng.rd_key_addr.eq(rd_key_q), eng.rd_pm_addr.eq(ri)]
             r_elem = Signal(16)     # elements sent of the current vector
             elem = Signal(16)       # the element being sent, registered from its memory word
 
@@ -610,17 +607,18 @@ class HmtxTop(wiring.Component):
             # The exponents the response sends, read from their flip-flop memories and
             # registered (slot is fixed from the header on; rrow changes one state ahead, in
             # HDR_O / OUT_NEXT, and OUT_EXP_F waits a cycle for it)
-            mexp_q, kexp_q, oexp_q = (Signal.like(p.data, name=f"{n}_q") for p, n in
-                                      ((mexp_r, "mexp"), (kexp_r, "kexp"), (oexp_r, "oexp")))
-            m.d.sync += [mexp_q.eq(mexp_r.data), kexp_q.eq(kexp_r.data), oexp_q.eq(oexp_r.data)]
+            mexp_q, kexp_q, oexp_q = (Signal.like(d, name=f"{n}_q") for d, n in
+                                      ((eng.rd_mexp_data, "mexp"), (eng.rd_kexp_data, "kexp"),
+                                       (eng.rd_oexp_data, "oexp")))
+            m.d.sync += [mexp_q.eq(eng.rd_mexp_data), kexp_q.eq(eng.rd_kexp_data), oexp_q.eq(eng.rd_oexp_data)]
             with m.State("OUT_EXP_F"):
                 m.next = "OUT_EXP"
             scalar("SLOT_MEXP", mexp_q, 1, "SLOT_M_F")
             # The block RAM words are registered here before the lane select (a DP16KD's clock to
             # output is ~5.8 ns).
-            dat_word = Signal.like(eng.dat_read_data, reset_less=True)
-            key_word = Signal.like(eng.key_read_data, reset_less=True)
-            m.d.sync += [dat_word.eq(eng.dat_read_data), key_word.eq(eng.key_read_data)]
+            dat_word = Signal.like(eng.rd_dat_data, reset_less=True)
+            key_word = Signal.like(eng.rd_key_data, reset_less=True)
+            m.d.sync += [dat_word.eq(eng.rd_dat_data), key_word.eq(eng.rd_key_data)]
             vector("SLOT_M", c.d, Value.cast(dat_word), 8, 1, "SLOT_KEXP", "SLOT_M_F")
             scalar("SLOT_KEXP", kexp_q, 2, "SLOT_K_F")
             vector("SLOT_K", c.d_h, Value.cast(key_word), 16, 2, "CRC", "SLOT_K_F", lanes=eng.KP,
@@ -642,8 +640,8 @@ class HmtxTop(wiring.Component):
             scalar("REC_N", fill, 2, "REC_P_F")
             # (the probability's block RAM output is registered before it goes anywhere: a
             # DP16KD's clock-to-output is ~5.8 ns)
-            pm_q = Signal.like(pm_r.data, reset_less=True)
-            m.d.sync += pm_q.eq(pm_r.data)
+            pm_q = Signal.like(eng.rd_pm_data, reset_less=True)
+            m.d.sync += pm_q.eq(eng.rd_pm_data)
             with m.State("REC_P_F"):
                 m.next = "REC_P_F2"
             with m.State("REC_P_F2"):
