@@ -244,7 +244,7 @@ def _run(args) -> int:
     info = device.device_info
     print(f"hmtx run: {args.segments} segments x {model.config.tokens_per_segment} tokens of {doc.name!r}, "
           f"backbone {args.backbone}, engine {cfg.name} (d={info.d}, d_h={info.d_h}, N={info.n_slots}, "
-          f"P={info.lanes}) on device {args.device}", file=sys.stderr)
+          f"P={info.lanes}, {device.engine or 'lanes?'} engine) on device {args.device}", file=sys.stderr)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -277,9 +277,8 @@ def _run(args) -> int:
     if args.waves and hasattr(transport, "waves_path") and transport.waves_path:
         print(f"waves: {transport.waves_path}")
     wall = time.monotonic() - t_start
-    # The simulations know their engine (sim:serial; board-sim: the board's, serial on the UP5K);
-    # a serial port does not say (INFO carries no engine kind yet): taken for the lanes engine.
-    engine = getattr(transport, "engine", None) or "lanes"
+    # INFO names the engine kind (protocol 1.1); a 1.0 device is taken for the lanes engine
+    engine = device.engine or "lanes"
     fmax = (args.fmax, "--fmax") if args.fmax else find_fmax(cfg, engine)
     summary = {
         "segments": res.segments,

@@ -88,6 +88,13 @@ class Device:
             if bad:
                 raise ValueError(f"device on {transport.name} does not match config {config.name!r}: " + "; ".join(bad))
         self.config = config
+        # The engine kind: INFO says (protocol 1.1); a 1.0 device does not, and then the
+        # transport's knowledge (the simulations) or nothing.
+        self.engine = self.device_info.engine or getattr(transport, "engine", None)
+        known = getattr(transport, "engine", None)
+        if known is not None and self.device_info.engine is not None and known != self.device_info.engine:
+            raise ProtocolError(f"{transport.name} should hold the {known} engine, but its INFO reports "
+                                f"the {self.device_info.engine} engine")
 
     @classmethod
     def open(cls, spec: str, config: EngineConfig, *, timeout: float | None = None, waves: bool = False) -> "Device":

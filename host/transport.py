@@ -16,8 +16,9 @@ class Transport:
     """Interface of a byte transport (see the module docstring)."""
 
     name = "transport"
-    # The engine kind (hmtx.hw.ENGINES) behind the transport when the transport knows it (the
-    # simulations); None for the golden device and a serial port.
+    # The engine kind (hmtx.model.protocol.ENGINES) behind the transport when the transport knows
+    # it (the simulations); None for a serial port. The device's INFO says it too (protocol 1.1):
+    # host.device.Device checks that the two agree.
     engine: str | None = None
 
     def write(self, data: bytes) -> None:

@@ -1,4 +1,5 @@
-# The engines HmtxTop can be built with (hw/top.py): "lanes", hw/engine.py's P MAC lanes, and
-# "serial", hw/serial_engine.py's one time-shared multiplier for the iCE40 UP5K. Named here so
-# the command lines can offer the choice without importing (or elaborating) either engine.
-ENGINES = ("lanes", "serial")
+# The engines HmtxTop can be built with are a contract of the wire protocol (INFO reports the
+# kind): defined in hmtx.model.protocol, re-exported here for the hardware's command lines.
+from hmtx.model.protocol import ENGINES
+
+__all__ = ["ENGINES"]

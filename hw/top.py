@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
-from hmtx.model.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSION, Op as WireOp, Status as WireStatus
+from hmtx.model.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSION, Info, Op as WireOp, Status as WireStatus
 
 from . import ENGINES
 from .engine import Engine, Op as EngineOp
@@ -482,7 +482,7 @@ class HmtxTop(wiring.Component):
                                 m.next = "CRC"
 
             with m.State("FIX"):
-                info = ([MAGIC[0], MAGIC[1], VERSION[0], VERSION[1], 0b11]
+                info = ([MAGIC[0], MAGIC[1], VERSION[0], VERSION[1], Info.capabilities_for(self.engine_kind)]
                         + sum((le(v, 2) for v in (c.d, c.d_h, N, P, c.head_dim, MQ, MK, MAX_BODY)), [])
                         + [fixed.EXP_MIN & 0xFF, fixed.EXP_MAX, fixed.SCORE_FRAC, fixed.EXP2_BITS,
                            fixed.PROB_BITS, fixed.OUT_SHIFT, fixed.ALIGN_CUTOFF, SHIFT_MAX])

@@ -38,12 +38,16 @@ class GoldenDevice:
 
     ``feed(bytes) -> bytes`` consumes command bytes (any split, any garbage) and returns the
     response bytes they produce, in order.
+
+    ``engine`` is the kind INFO reports (the golden device computes what either kind computes;
+    only their CYCLES differ, which it does not model).
     """
 
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, engine: str = "lanes"):
         if not isinstance(config, EngineConfig):
             raise ValueError(f"GoldenDevice needs an EngineConfig, got {type(config).__name__}")
-        self.config = config
+        Info.capabilities_for(engine)       # (ValueError for an unknown kind)
+        self.config, self.engine = config, engine
         c = config
         self._decoder = FrameDecoder()
         # Weights: index 0 = W_q, 1 = W_k.
@@ -130,7 +134,7 @@ class GoldenDevice:
 
     # -- opcodes: each returns (payload, compute cycles) or raises _Reject -----------------------
     def _op_info(self, _):
-        return pack_info(Info.for_config(self.config)), 0
+        return pack_info(Info.for_config(self.config, self.engine)), 0
 
     def _op_status(self, _):
         flags = int(self.loaded[0]) | int(self.loaded[1]) << 1

@@ -16,7 +16,7 @@ import numpy as np
 from hmtx.model import fixed
 
 __all__ = [
-    "END", "ESC", "ESC_END", "ESC_ESC", "MAX_BODY", "SHIFT_MAX", "VERSION", "MAGIC", "LOAD_CHUNK", "RESYNC_OPS",
+    "ENGINES", "END", "ESC", "ESC_END", "ESC_ESC", "MAX_BODY", "SHIFT_MAX", "VERSION", "MAGIC", "LOAD_CHUNK", "RESYNC_OPS",
     "Op", "Status", "COMPUTE_OPS", "ProtocolError", "DeviceError",
     "crc8", "slip_escape", "FrameDecoder", "Frame",
     "encode_command", "encode_response", "split_command", "decode_response", "Response",
@@ -31,7 +31,13 @@ __all__ = [
 END, ESC, ESC_END, ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 MAX_BODY = 65535          # a 16-bit body counter in the RTL; no legal frame comes close
 SHIFT_MAX = 31            # largest projection shift LOAD_WEIGHTS accepts
-VERSION = (1, 0)
+VERSION = (1, 1)      # 1.1: INFO's capabilities name the engine kind (bits 2-3)
+
+# The engines a device can be built with (hw/top.py): "lanes", hw/engine.py's P MAC lanes, and
+# "serial", hw/serial_engine.py's one time-shared multiplier for the iCE40 UP5K. Their index is
+# the code INFO reports; named here, below hw/, so that hosts and command lines know them without
+# elaborating either engine.
+ENGINES = ("lanes", "serial")
 MAGIC = b"HM"
 LOAD_CHUNK = 4096         # mantissas per LOAD_WEIGHTS frame sent by the host (not a device limit)
 # Opcodes never assigned to a command (docs/protocol.md section 7): the host sends them as
@@ -370,13 +376,31 @@ class Info:
 
     CAP_RECALL = 1
     CAP_ATTENTION = 2
+    CAP_ENGINE_SHIFT = 2            # bits 2-3: the engine kind, an index into ENGINES
+    CAP_ENGINE_MASK = 0b11 << CAP_ENGINE_SHIFT
+
+    @staticmethod
+    def capabilities_for(engine: str = "lanes") -> int:
+        if engine not in ENGINES:
+            raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        return Info.CAP_RECALL | Info.CAP_ATTENTION | (ENGINES.index(engine) << Info.CAP_ENGINE_SHIFT)
 
     @classmethod
-    def for_config(cls, cfg) -> "Info":
-        return cls(VERSION, cls.CAP_RECALL | cls.CAP_ATTENTION, cfg.d, cfg.d_h, cfg.n_slots, cfg.lanes,
+    def for_config(cls, cfg, engine: str = "lanes") -> "Info":
+        return cls(VERSION, cls.capabilities_for(engine), cfg.d, cfg.d_h, cfg.n_slots, cfg.lanes,
                    cfg.head_dim, cfg.max_queries, cfg.max_keys, MAX_BODY, fixed.EXP_MIN, fixed.EXP_MAX,
                    fixed.SCORE_FRAC, fixed.EXP2_BITS, fixed.PROB_BITS, fixed.OUT_SHIFT, fixed.ALIGN_CUTOFF,
                    SHIFT_MAX)
+
+    @property
+    def engine(self) -> str | None:
+        """The engine kind the device reports (None from a 1.0 device, which does not say)."""
+        if self.version < (1, 1):
+            return None
+        code = (self.capabilities & self.CAP_ENGINE_MASK) >> self.CAP_ENGINE_SHIFT
+        if code >= len(ENGINES):
+            raise ProtocolError(f"INFO reports engine code {code}; this host knows {', '.join(ENGINES)}")
+        return ENGINES[code]
 
     def mismatches(self, cfg) -> list[str]:
         """Fields that differ from an engine config and from this host's format constants."""

@@ -265,7 +265,8 @@ def fuzz_device(transport, cfg, frames: int, seed: int, *, overlong: bool = True
     """Send ``frames`` fuzz frames through ``transport`` and check every answer (module
     docstring). Returns {kind: frames sent} plus "responses" and "good_ok"."""
     rng = np.random.default_rng(seed)
-    shadow, twin = GoldenDevice(cfg), GoldenDevice(cfg)   # twin: fed every byte (the reference)
+    engine = getattr(transport, "engine", None) or "lanes"
+    shadow, twin = GoldenDevice(cfg, engine), GoldenDevice(cfg, engine)   # twin: fed every byte (the reference)
     fz = FrameFuzzer(cfg, rng, shadow, overlong)
     dec = P.FrameDecoder()
     stats = {k: 0 for k in KINDS}

@@ -16,7 +16,7 @@ def run_against_golden(config, steps, r, gap=0.2, stall=0.2, compare_cycles=Fals
     ``engine``: HmtxTop's datapath ("lanes" or "serial"). Returns [(label, golden response
     bytes, rtl response bytes)]."""
     dut = HmtxTop(config, engine=engine)
-    gold = GoldenDevice(config)
+    gold = GoldenDevice(config, engine)
     results = []
 
     async def tb(ctx):

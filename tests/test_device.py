@@ -117,6 +117,14 @@ def test_config_mismatch_is_refused():
     assert Device(GoldenTransport(CFG)).config.d == CFG.d          # no config: taken from INFO
 
 
+def test_engine_kind_comes_from_info_and_must_match_the_transport():
+    assert Device(GoldenTransport(CFG, GoldenDevice(CFG, "serial"))).engine == "serial"
+    t = GoldenTransport(CFG, GoldenDevice(CFG, "serial"))
+    t.engine = "lanes"                      # a transport that believes it holds the other kind
+    with pytest.raises(ProtocolError, match="should hold the lanes engine, but its INFO reports the serial"):
+        Device(t, CFG)
+
+
 def test_open_and_specs():
     with pytest.raises(ValueError, match="unknown device"):
         open_transport("fpga", CFG)

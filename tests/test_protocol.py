@@ -139,6 +139,20 @@ def test_info_matches_config():
     assert info.mismatches(get_config("up5k"))
 
 
+def test_info_names_the_engine_kind():
+    for engine in P.ENGINES:
+        info = P.unpack_info(ok(GoldenDevice(CFG, engine), Op.INFO))
+        assert info.engine == engine and info.capabilities & 3 == 3
+    assert P.Info.for_config(CFG, "serial").capabilities == 0b0111
+    # a 1.0 device does not say; a code this host does not know is an error that names it
+    old = P.Info.for_config(CFG, "serial")
+    assert P.unpack_info(P.pack_info(old.__class__(**{**old.__dict__, "version": (1, 0)}))).engine is None
+    with pytest.raises(P.ProtocolError, match="engine code 3"):
+        P.unpack_info(P.pack_info(old.__class__(**{**old.__dict__, "capabilities": 0b1111}))).engine
+    with pytest.raises(ValueError, match="unknown engine 'wide'"):
+        GoldenDevice(CFG, "wide")
+
+
 def test_fresh_status_and_cycles():
     dev = GoldenDevice(CFG)
     assert P.unpack_status(ok(dev, Op.STATUS)) == P.CacheStatus(0, 0, 0, 0, 0)

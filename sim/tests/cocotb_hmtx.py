@@ -26,9 +26,10 @@ from hmtx.sim.scoreboard import Scoreboard
 from hmtx.sim.tb import STALL_PATTERNS, TB, test_seed
 
 CONFIG = get_config(os.environ.get("HMTX_CONFIG", "tiny"))
+ENGINE = os.environ.get("HMTX_ENGINE", "lanes")
 # Products per cycle the engine computes: P lanes, or the serial engine's one multiplier (a
 # RECALL at up5k takes ~12,000 cycles there); the waits below scale with 1 / this.
-MACS_PER_CYCLE = 1 if os.environ.get("HMTX_ENGINE", "lanes") == "serial" else max(1, CONFIG.lanes)
+MACS_PER_CYCLE = 1 if ENGINE == "serial" else max(1, CONFIG.lanes)
 OPS = [op.name for op in P.Op] + ["MALFORMED"]
 CACHE_STATES = ["empty", "partial", "full"]
 
@@ -129,7 +130,7 @@ async def start(dut, stalls: str, salt: int) -> Harness:
     await tb.reset()
     # A reset leaves the device as at power-up (golden: a fresh model); a leading END flushes
     # nothing and must not be answered.
-    h = Harness(tb, GoldenDevice(CONFIG), new_coverage())
+    h = Harness(tb, GoldenDevice(CONFIG, ENGINE), new_coverage())
     await h.wire("leading END", bytes([P.END]))
     return h
 
@@ -223,7 +224,7 @@ async def reset_mid_operation(dut):
         h.tb.send(victim)
         await h.tb.cycles(prng.randint(0, len(victim) + 4 * c.d * c.d_h // MACS_PER_CYCLE))
         await h.tb.reset()
-        h.golden = GoldenDevice(CONFIG)
+        h.golden = GoldenDevice(CONFIG, ENGINE)
         await h.tb.expect_silence(16)
         await h.cmd(f"status after reset {trial}", P.Op.STATUS)
         await h.cmd(f"info after reset {trial}", P.Op.INFO)
