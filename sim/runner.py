@@ -26,7 +26,7 @@ from xml.etree import ElementTree
 from hmtx.model.paths import REPO
 
 __all__ = ["BUILD", "SimTarget", "Model", "build", "is_built", "simulator", "waves_requested",
-           "default_seed", "write_verilog", "component_target", "VERILATOR_WAIVERS"]
+           "default_seed", "write_verilog", "component_target", "VERILATOR_WAIVERS", "cocotb_runner"]
 
 BUILD = REPO / "build" / "sim"
 
@@ -157,8 +157,6 @@ class Model:
         Returns the run folder (``HMTX_SIM_OUT`` for the tests: records, coverage, waves, log).
         Raises AssertionError listing every failed cocotb test, with the seed to reproduce it.
         """
-        from cocotb_tools.runner import get_runner
-
         seed = default_seed() if seed is None else seed
         tag = tag or module.rsplit(".", 1)[-1]
         out = self.build_dir.parent / "runs" / self.sim / tag
@@ -180,11 +178,8 @@ class Model:
             plusargs += [f"+dumpfile_path={wave_file}"]
         run_env = {"HMTX_SIM_OUT": str(out), "HMTX_TARGET": self.target.name, "HMTX_SIM": self.sim}
         run_env.update(env or {})
-        runner = get_runner(self.sim)
         limit = _wall_limit() if wall_limit_s is None else wall_limit_s
-        if limit:
-            prefix = runner._get_sim_cmd_prefix
-            runner._get_sim_cmd_prefix = lambda: ["timeout", "--kill-after=10", str(limit), *prefix()]
+        runner = cocotb_runner(self.sim, wall_limit_s=limit)
         try:
             runner.test(test_module=module, hdl_toplevel=self.target.toplevel, hdl_toplevel_lang="verilog", test_filter=tests,
                         build_dir=self.build_dir, test_dir=out, seed=seed,
@@ -317,9 +312,33 @@ def build_lock(folder):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _compile(target: SimTarget, sim: str, waves: bool, fst: bool, args: list, tag: str, build_dir: Path):
+def cocotb_runner(sim: str, *, make_args=(), wall_limit_s: int = 0):
+    """cocotb's runner for ``sim``, extended where cocotb 2.1 has no parameter: ``make_args`` are
+    appended to its last build command (Verilator's ``make``), and ``wall_limit_s`` runs the
+    simulator under ``timeout``. Both go through the two methods cocotb's ``Runner`` classes
+    call to make those commands (``_build_command``, ``_get_sim_cmd_prefix``), overridden in a
+    subclass rather than patched on an instance; tests/test_sim_runner.py fails if a cocotb
+    upgrade renames them."""
     from cocotb_tools.runner import get_runner
 
+    base = type(get_runner(sim))
+
+    class Runner(base):
+        def _build_command(self):
+            cmds = [list(c) for c in super()._build_command()]
+            if make_args:
+                cmds[-1] += list(make_args)
+            return cmds
+
+        def _get_sim_cmd_prefix(self):
+            prefix = super()._get_sim_cmd_prefix()
+            return ["timeout", "--kill-after=10", str(wall_limit_s), *prefix] if wall_limit_s else prefix
+
+    Runner.__name__ = Runner.__qualname__ = f"Hmtx{base.__name__}"
+    return Runner()
+
+
+def _compile(target: SimTarget, sim: str, waves: bool, fst: bool, args: list, tag: str, build_dir: Path):
     runtime = _runtime_cache(sim, waves, fst)
     stamp = build_dir / "built.ok"
     # cocotb finds the simulator on PATH; `make` puts .venv/bin there, a bare `.venv/bin/pytest`
@@ -334,7 +353,6 @@ def _compile(target: SimTarget, sim: str, waves: bool, fst: bool, args: list, ta
             shutil.rmtree(old, ignore_errors=True)
     if build_dir.exists():
         shutil.rmtree(build_dir)
-    runner = get_runner(sim)
     log = build_dir.parent / f"build-{sim}.log"
     build_dir.mkdir(parents=True)
     make_args = []
@@ -350,15 +368,8 @@ def _compile(target: SimTarget, sim: str, waves: bool, fst: bool, args: list, ta
             shutil.copy2(f, build_dir / f.name)
             if f.suffix == ".o":
                 make_args.append(f"--old-file={f.name}")
-    if make_args:
-        # cocotb's runner builds in two commands, verilator then make; extend the make one.
-        commands = runner._build_command
-
-        def with_make_args():
-            cmds = list(commands())
-            cmds[-1] = [*cmds[-1], *make_args]
-            return cmds
-        runner._build_command = with_make_args
+    # (cocotb's runner builds in two commands, verilator then make: the make one gets make_args)
+    runner = cocotb_runner(sim, make_args=make_args)
     sources = [Path(s) for s in target.sources]
     if sim == "icarus":
         sources = [_icarus_copy(s, build_dir) for s in sources]
