@@ -93,8 +93,8 @@ def run_backend(backend: str, *, backbone: str = "tiny", segments: int = 4, conf
     import torch
 
     from hmtx.host.backends import open_transport
-    from hmtx.host.cmd_run import (BACKBONE_DEFAULTS, DEFAULT_CHECKPOINT, DEFAULT_TEXT, engine_config,
-                                   pick_document)
+    from hmtx.model.defaults import (BACKBONE_DEFAULTS, DEFAULT_CHECKPOINT, DEFAULT_TEXT, engine_config,
+                                     pick_document)
     from hmtx.host.device import Device
     from hmtx.host.runtime import run_document
     from hmtx.model.backbone import load_backbone

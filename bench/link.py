@@ -160,7 +160,7 @@ def measure_board(*, backbone: str = "tiny", segments: int = 4, baud: int | None
 
     from hmtx.host.backends import DEFAULT_BAUD
     from hmtx.host.backends_board import BoardSimTransport
-    from hmtx.host.cmd_run import BACKBONE_DEFAULTS, DEFAULT_TEXT, engine_config, pick_document
+    from hmtx.model.defaults import BACKBONE_DEFAULTS, DEFAULT_TEXT, engine_config, pick_document
     from hmtx.host.device import Device
     from hmtx.host.runtime import run_document
     from hmtx.model.backbone import load_backbone

@@ -88,7 +88,7 @@ def measure_point(mode: str, length: int, backbone: str, ids_path: str) -> dict:
     import numpy as np
     import torch
 
-    from hmtx.host.cmd_run import BACKBONE_DEFAULTS
+    from hmtx.model.defaults import BACKBONE_DEFAULTS
     from hmtx.model.configs import get_config
     from hmtx.model.hmt import HMT
 
@@ -152,7 +152,7 @@ def prepare(backbone: str, max_length: int) -> str:
     fp32 cache of the backbone. Returns the ids path."""
     import numpy as np
 
-    from hmtx.host.cmd_run import DEFAULT_TEXT, pick_document
+    from hmtx.model.defaults import DEFAULT_TEXT, pick_document
     from hmtx.model.backbone import load_backbone
 
     CACHE.mkdir(parents=True, exist_ok=True)

@@ -29,8 +29,7 @@ def add_backbone(p) -> None:
 
 def add_checkpoint(p, what: str = "HMT") -> None:
     """``--checkpoint FOLDER`` (default: the shipped one for the backbone) and ``--untrained``."""
-    # The shipped folder is hmtx.model.train.DEFAULT_CHECKPOINT; named literally here because
-    # importing hmtx.model.train (torch) while building the parser would slow every command.
+    # (the shipped folder is hmtx.model.defaults.DEFAULT_CHECKPOINT)
     p.add_argument("--checkpoint", help=f"{what} checkpoint folder (hmt_config.json + hmt.safetensors); default for "
                                         f"smollm2: the shipped checkpoints/smollm2-hmt, for tiny: none. "
                                         f"'none' = --untrained")
@@ -40,7 +39,7 @@ def add_checkpoint(p, what: str = "HMT") -> None:
 
 def resolve_checkpoint(args) -> str | None:
     """The checkpoint folder the command uses, or None for an untrained HMT."""
-    from hmtx.model.train import default_checkpoint
+    from hmtx.model.defaults import default_checkpoint
 
     explicit = args.checkpoint not in (None, "none")
     if args.untrained and explicit:

@@ -79,7 +79,7 @@ def _shown(path: str | None) -> str | None:
 
 
 def _rmt_checkpoint(args, checkpoint: str | None, variants) -> str | None:
-    from hmtx.model.train import default_checkpoint
+    from hmtx.model.defaults import default_checkpoint
 
     if "rmt" not in variants or checkpoint is None:
         if args.rmt_checkpoint not in (None, "none") and checkpoint is None:

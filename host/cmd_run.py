@@ -12,25 +12,16 @@ import signal
 import sys
 import time
 
+from hmtx.model.defaults import (BACKBONE_D, BACKBONE_DEFAULTS, DEFAULT_CHECKPOINT, DEFAULT_TEXT,
+                                 engine_config, pick_document)
 from hmtx.model.paths import REPO
 
 from . import cli_options
 
-__all__ = ["register", "DEFAULT_TEXT", "DEFAULT_CHECKPOINT"]
+__all__ = ["register"]
 
-DEFAULT_TEXT = REPO / "data" / "wikitext-2" / "test.txt"
-# The shipped checkpoint, = hmtx.model.train.DEFAULT_CHECKPOINT (not imported: that module imports
-# torch, and registering the command must stay light). Kept here for bench/end_to_end.py.
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "smollm2-hmt"
 # Where a failing case goes without --case (beside build/sim, whatever the current folder).
 CASES_DIR = REPO / "build" / "cases"
-
-# Per backbone: (engine config, HMT segment length L, sensory k). The tiny backbone (d=32, for
-# tests) gets the tiny engine widened to its d.
-BACKBONE_DEFAULTS = {"smollm2": ("smollm", 512, 32), "tiny": ("tiny", 24, 4)}
-# Embedding width d of each backbone, known before the (slow) load so that everything that
-# depends on the engine config is checked first; checked again against the loaded backbone.
-BACKBONE_D = {"smollm2": 576, "tiny": 32}
 
 EXIT_MISMATCH, EXIT_USAGE, EXIT_DEVICE = 1, 2, 3
 
@@ -99,19 +90,6 @@ def run(args) -> int:
         return EXIT_DEVICE
 
 
-def engine_config(backbone_name: str, d: int, name: str | None):
-    from hmtx.model.configs import get_config
-    if name:
-        cfg = get_config(name)
-    else:
-        cfg = get_config(BACKBONE_DEFAULTS[backbone_name][0])
-        if cfg.d != d:
-            cfg = cfg.with_(name=f"{cfg.name}-d{d}", d=d)
-    if cfg.d != d:
-        raise ValueError(f"engine config {cfg.name!r} has d={cfg.d}, the {backbone_name} backbone d={d}")
-    return cfg
-
-
 def parse_fault(spec: str | None, segments: int | None = None, d: int | None = None):
     """(SEG, ELEM, BIT) of ``--inject-fault``; with ``segments`` and ``d`` also checked against the
     run (a fault at a segment the run never reaches would be silently ignored)."""
@@ -160,21 +138,6 @@ def find_fmax(cfg, engine: str = "lanes") -> tuple[float, str] | None:
 
     rep = engine_report(cfg, REPO, engine)
     return (float(rep["fmax_mhz"]), rep["path"]) if rep else None
-
-
-def pick_document(text_path: str, tokenizer, tokens_needed: int, docs=None):
-    """The first document of ``text_path`` (or of ``docs``, its already loaded documents) with
-    at least ``tokens_needed`` tokens."""
-    from hmtx.model.text import load_documents, tokenize_documents
-    docs = load_documents(text_path) if docs is None else docs
-    longest = 0
-    for doc in docs:
-        (tok,) = tokenize_documents([doc], tokenizer)
-        if tok.ids.numel() >= tokens_needed:
-            return tok
-        longest = max(longest, tok.ids.numel())
-    raise ValueError(f"{text_path}: no document has the {tokens_needed} tokens these segments need "
-                     f"(longest {longest}); use fewer --segments")
 
 
 def _run(args) -> int:

@@ -54,7 +54,7 @@ from torch import nn
 from hmtx.model.backbone import Backbone
 from hmtx.model.checkpoint_files import MANIFEST_FILE, read_json, verify_manifest, write_manifest
 from hmtx.model.hmt import HMT, HMTConfig, read_checkpoint, save_checkpoint
-from hmtx.model.paths import REPO
+from hmtx.model.defaults import DEFAULT_CHECKPOINT, DEFAULT_RMT_CHECKPOINT, default_checkpoint  # noqa: F401
 
 __all__ = ["TrainConfig", "MODES", "TRAIN_FORMAT", "DEFAULT_CHECKPOINT", "DEFAULT_RMT_CHECKPOINT",
            "default_checkpoint",
@@ -70,23 +70,6 @@ BACKBONE_FILE = "backbone.safetensors"
 LORA = dict(r=8, lora_alpha=32, lora_dropout=0.1, target_modules=["q_proj", "v_proj"])
 # HMT's own parameters, in the names of HMT.hmt_state_dict().
 HMT_PARAMS = ("prompt", "memory_token", "recall.w_q", "recall.w_k")
-
-# The shipped SmolLM2 checkpoints (checkpoints/ at the repository root): HMT, and the RMT baseline
-# trained the same way (same format; RMT uses only its memory token).
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "smollm2-hmt"
-DEFAULT_RMT_CHECKPOINT = DEFAULT_CHECKPOINT.parent / "smollm2-rmt"
-
-
-def default_checkpoint(backbone: str = "smollm2", variant: str = "hmt") -> str | None:
-    """Folder of the shipped ``variant`` ("hmt" or "rmt") checkpoint for ``backbone``, or None when
-    there is none."""
-    if variant not in ("hmt", "rmt"):
-        raise ValueError(f"variant must be 'hmt' or 'rmt', got {variant!r}")
-    folder = DEFAULT_CHECKPOINT if variant == "hmt" else DEFAULT_RMT_CHECKPOINT
-    if backbone == "smollm2" and (folder / "hmt_config.json").is_file():
-        return str(folder)
-    return None
-
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -13,7 +13,7 @@ import pytest
 
 from device_testlib import run_session
 from hmtx.host.backends import DEFAULT_BAUD, GoldenTransport, SerialTransport, open_transport
-from hmtx.host.cmd_run import engine_config
+from hmtx.model.defaults import engine_config
 from hmtx.host.device import Device
 from hmtx.model import fixed
 from hmtx.model import protocol as P

@@ -11,7 +11,7 @@ import pytest
 from hmt_testlib import tiny_hmt
 from hmtx.model import checkpoint_files as cf
 from hmtx.model.hmt import read_checkpoint, save_checkpoint
-from hmtx.model.train import DEFAULT_CHECKPOINT, DEFAULT_RMT_CHECKPOINT
+from hmtx.model.defaults import DEFAULT_CHECKPOINT, DEFAULT_RMT_CHECKPOINT
 
 SHIPPED = [str(DEFAULT_CHECKPOINT), str(DEFAULT_RMT_CHECKPOINT)]
 

@@ -212,7 +212,7 @@ def test_checkpoint_that_does_not_fit_the_engine_is_refused_before_the_load(caps
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "config"])
 def test_damaged_checkpoint_one_line_exit_2(capsys, tmp_path, damage, no_model_load):
-    from hmtx.model.train import DEFAULT_CHECKPOINT
+    from hmtx.model.defaults import DEFAULT_CHECKPOINT
     ck = tmp_path / "ck"
     shutil.copytree(DEFAULT_CHECKPOINT, ck)
     w = ck / ("hmt_config.json" if damage == "config" else "hmt.safetensors")

@@ -9,7 +9,7 @@ import pytest
 from device_testlib import Shuttle, run_session
 from hmtx.host.backends import GoldenTransport, SerialTransport
 from hmtx.host.backends_sim import SimTransport
-from hmtx.host.cmd_run import engine_config
+from hmtx.model.defaults import engine_config
 from hmtx.host.device import Device
 from hmtx.model import protocol as P
 from hmtx.model.golden_device import example_session

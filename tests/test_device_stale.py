@@ -270,7 +270,7 @@ def test_late_recall_answer_from_the_rtl_is_not_accepted():
     dropped by the resynchronization (the RTL answers the marker BAD_OPCODE, in order), and
     RECALL(s2) gets the RTL's answer to s2, equal to the golden device's."""
     from hmtx.host.backends_sim import SimTransport
-    from hmtx.host.cmd_run import engine_config
+    from hmtx.model.defaults import engine_config
 
     cfg = engine_config("tiny", 32, None)             # the model tests/test_device_sim.py builds
     rng = np.random.default_rng(SEED + 4)

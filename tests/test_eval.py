@@ -151,7 +151,7 @@ def test_eval_checkpoint_options(tmp_path, capsys):
 
 def test_shipped_checkpoints_are_the_defaults():
     from hmtx.host import cli_options, cmd_run
-    from hmtx.model.train import DEFAULT_CHECKPOINT, default_checkpoint
+    from hmtx.model.defaults import DEFAULT_CHECKPOINT, default_checkpoint
 
     assert cmd_run.DEFAULT_CHECKPOINT == DEFAULT_CHECKPOINT
     args = _parse(["eval", "--text", "x"])

@@ -49,7 +49,7 @@ def test_fuzz_rtl_through_sim_backend(config, engine, frames):
     (the model tests/test_device_sim.py builds) with the lane engine, and up5k with the serial
     engine (the iCEBreaker's)."""
     from hmtx.host.backends_sim import SimTransport
-    from hmtx.host.cmd_run import engine_config
+    from hmtx.model.defaults import engine_config
 
     cfg = engine_config("tiny", 32, None) if config == "tiny-d32" else get_config(config)
     t = SimTransport(cfg, engine=engine)

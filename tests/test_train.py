@@ -228,7 +228,7 @@ def test_ddp_two_cpu_ranks_end_identical(tmp_path):
 
 def test_shipped_checkpoint_is_the_documented_hardware_configuration():
     from hmtx.model.hmt import read_checkpoint
-    from hmtx.model.train import default_checkpoint
+    from hmtx.model.defaults import default_checkpoint
 
     folder = default_checkpoint("smollm2")
     assert folder is not None and default_checkpoint("tiny") is None
