@@ -56,6 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
                    help=f"comma-separated subset of {','.join(DEFAULT_VARIANTS)} (default: all)")
     cli_options.add_hmt_sizes(p, "HMT sizes (only with --untrained or a backbone without a shipped checkpoint)")
+    p.add_argument("--contract", type=int, choices=(1, 2), default=1,
+                   help="arithmetic contract of hmt_fixed: 1, the chip's (default), or 2, the query projection "
+                        "folded into the cached keys (docs/arithmetic.md, section 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained HMT parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -132,6 +135,7 @@ def _run(args) -> int:
     else:
         model = HMT.from_backbone(backbone, **cli_options.hmt_sizes(args), seed=args.seed)
     model.to(device).eval()
+    model.recall.contract = args.contract
     if rmt_model is not None:
         rmt_model.to(device).eval()
     tokens = tokenize_documents(docs, backbone.tokenizer)
@@ -139,7 +143,8 @@ def _run(args) -> int:
                       min_segments=args.min_segments, progress=not args.quiet, rmt_model=rmt_model)
     trained = bool(checkpoint)
     result["config"].update({"text": args.text, "checkpoint": _shown(checkpoint),
-                             "rmt_checkpoint": _shown(rmt_checkpoint), "device": str(device)})
+                             "rmt_checkpoint": _shown(rmt_checkpoint), "device": str(device),
+                             "contract": args.contract})
     result["trained"] = trained
     notes = []
     if not trained:

@@ -95,6 +95,14 @@ def measure_errors(cfg: EngineConfig, trials: int = 20, seed: int = 0) -> dict:
         mem_norm = float(np.sqrt((md ** 2).sum(axis=1).mean()))
         note("recall_err_l2 / memory norm (arithmetic only)", np.linalg.norm(got - ref[0]) / mem_norm)
         note("recall_probs_max_abs (arithmetic only)", np.abs(rec_p / 2 ** F.PROB_BITS - ref_pr[0]).max())
+        # contract 2: the same recall through the folded keys K'_i = W_q K_i (BFP8)
+        kf, kfe = F.fold_key(qwq, y, ye)
+        exact_kf = (y * 2.0 ** ye[:, None]) @ (qwq.mant * 2.0 ** qwq.exp).T
+        note("fold_key_max_abs_lsb (contract 2)", (np.abs(kf * 2.0 ** kfe[:, None] - exact_kf) / 2.0 ** kfe[:, None]).max())
+        rec_f, rec_fe, rec_fp = F.recall_folded(s[0], se[0], kf, kfe, m, e, cfg.d_h)
+        note("recall_err_l2 / memory norm (contract 2, arithmetic only)",
+             np.linalg.norm(F.dequantize(rec_f, np.array(rec_fe)).astype(np.float64) - ref[0]) / mem_norm)
+        note("recall_probs_max_abs (contract 2, arithmetic only)", np.abs(rec_fp / 2 ** F.PROB_BITS - ref_pr[0]).max())
         s_float = hidden_state_like(rng, 1, cfg.d)[0]
         wq_float = rng.normal(0, weight_std(cfg.d), (cfg.d, cfg.d_h))
         wk_float = wd
@@ -133,13 +141,18 @@ def check_bit_identity(cfg: EngineConfig, trials: int = 5, seed: int = 0, device
         tkk, tke = T.project(tk, tm[1:], te[1:])
         a = F.recall(qwq, m[0], e[0], k, ke, m[1:], e[1:])
         b = T.recall(tq, tm[0], int(te[0]), tkk, tke, tm[1:], te[1:])
-        pairs = [(tq.mant, qwq.mant), (tm, m), (te, e), (tkk, k), (tke, ke), (b[0], a[0]), (b[2], a[2])]
+        fa = F.fold_key(qwq, k, ke)
+        fb = T.fold_key(tq, tkk, tke)
+        ra = F.recall_folded(m[0], e[0], *fa, m[1:], e[1:], cfg.d_h)
+        rb = T.recall_folded(tm[0], int(te[0]), *fb, tm[1:], te[1:], cfg.d_h)
+        pairs = [(tq.mant, qwq.mant), (tm, m), (te, e), (tkk, k), (tke, ke), (b[0], a[0]), (b[2], a[2]),
+                 (fb[0], fa[0]), (fb[1], fa[1]), (rb[0], ra[0]), (rb[2], ra[2])]
         for got, want in pairs:
             got = got.cpu().numpy()
             if got.shape != np.shape(want) or not (got == want).all():
                 raise AssertionError(f"numpy/torch ({device}) differ: config {cfg.name}, seed {seed}, trial {trial}")
             compared += got.size
-        if b[1] != a[1]:
+        if b[1] != a[1] or rb[1] != ra[1]:
             raise AssertionError(f"numpy/torch ({device}) exponents differ: config {cfg.name}, seed {seed}, trial {trial}")
     return compared
 

@@ -35,6 +35,7 @@ __all__ = [
     "round_shift", "shift_round_sat", "saturate",
     "quantize_bfp", "dequantize", "quantize_weight", "project", "scores", "softmax",
     "weighted_sum", "attend", "causal_mask", "recall",
+    "FOLD_BITS", "fold_shift", "fold_key", "recall_folded",
 ]
 
 # --- formats -------------------------------------------------------------------------------
@@ -54,12 +55,15 @@ PROB_MAX = (1 << PROB_BITS) - 1  # clamped so that p fits a signed 16-bit multip
 ALIGN_CUTOFF = 16               # weight alignment shifts are capped here (p >> 16 == 0)
 OUT_BITS = 16                   # P_n / attention output mantissas
 OUT_SHIFT = 7                   # acc (Q.15 weights x int8 values) >> 7 -> exponent E - 8
+FOLD_BITS = MANT_BITS           # contract 2: the folded keys K'_i = W_q K_i are BFP8, like M_i
 D_MAX = 4096                    # largest vector length (d, d_h, dk) the widths are proven for
 KEYS_MAX = 1024                 # largest number of keys (cache slots, tile keys) in one softmax
 
 # Widest accumulation: a score q.k with int16 x int16 products over D_MAX terms:
 # 32767^2 * 4096 < 2^42, so a signed 43-bit accumulator suffices; ACC_BITS leaves margin.
 assert (32767 * 32767 * D_MAX).bit_length() + 1 <= ACC_BITS
+# Contract 2's folded key W_q K_i: int8 x int16 products over D_MAX terms, < 2^34.
+assert (MANT_MAX * 32768 * D_MAX).bit_length() + 1 <= ACC_BITS
 # Softmax sum: at most KEYS_MAX terms of at most 2^15 -> < 2^25; the reciprocal is then >= 2^15.
 assert (KEYS_MAX << EXP2_BITS).bit_length() <= 32
 
@@ -246,22 +250,25 @@ def project(qw: QuantWeight, x_mant, x_exp) -> tuple[np.ndarray, np.ndarray]:
     return y, xe + qw.exp + qw.shift
 
 
-def scores(q, q_exp, k, k_exp) -> np.ndarray:
+def scores(q, q_exp, k, k_exp, dk=None) -> np.ndarray:
     """Log2-domain scores ``t[a, b] ~= 2^8 * log2(e) * (q_a . k_b) / sqrt(dk)`` as int32.
 
     ``acc = sum_j q[a, j] k[b, j]`` (|acc| < 2^42), ``y = acc * mult`` (mult from
     :func:`score_scale`), ``t = shift_round_sat(y, shift - 8 - q_exp[a] - k_exp[b], 32)``.
+    ``dk`` is the length of q and k unless given (contract 2 scores S against W_q K_i, of
+    length d, with the scale of the head dimension d_h).
     """
     q = _check_int_array("query mantissas", q, 2, -(1 << 15), (1 << 15) - 1)
     k = _check_int_array("key mantissas", k, 2, -(1 << 15), (1 << 15) - 1)
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"scores: query dim {q.shape[1]} != key dim {k.shape[1]}")
-    _check_len("head dimension dk", q.shape[1])
+    _check_len("vector length", q.shape[1])
+    dk = q.shape[1] if dk is None else dk
     qe = _check_int_array("query exponents", q_exp, 1, *_EXP_ANY)
     ke = _check_int_array("key exponents", k_exp, 1, *_EXP_ANY)
     if qe.shape[0] != q.shape[0] or ke.shape[0] != k.shape[0]:
         raise ValueError("scores: one exponent per query row and per key row is required")
-    mult, shift = score_scale(q.shape[1])
+    mult, shift = score_scale(dk)
     acc = q @ k.T
     sh = shift - SCORE_FRAC - qe[:, None] - ke[None, :]
     return shift_round_sat(acc * mult, sh, SCORE_BITS)
@@ -363,3 +370,55 @@ def recall(qw_q: QuantWeight, s_mant, s_exp, k_mant, k_exp, m_mant, m_exp):
         raise ValueError(f"recall: memories have length {m_mant.shape[1]}, weights expect d={qw_q.d}")
     out, oe, p = attend(q, qe, k_mant, k_exp, m_mant, m_exp)
     return out[0], int(oe[0]), p[0]
+
+
+# --- contract 2: the query projection folded into the cached keys ---------------------------------
+# score_i = q . K_i = (W_q^T S) . K_i = S . (W_q K_i): a write stores K'_i = W_q K_i (length d) next
+# to M_i, and a recall never reads W_q. docs/arithmetic.md, "Contract 2".
+def fold_shift(acc) -> np.ndarray:
+    """Per row of ``acc`` (int, [..., d]): the smallest ``s >= 0`` with every
+    ``round_shift(acc, s)`` in [-MANT_MAX, MANT_MAX]. Found from the row's largest and smallest
+    value only (round_shift is monotonic), as the hardware does in its first pass."""
+    acc = _int64(acc)
+    hi, lo = acc.max(axis=-1, initial=0), acc.min(axis=-1, initial=0)
+    s = np.zeros(hi.shape, dtype=np.int64)
+    while True:
+        bad = (round_shift(hi, s) > MANT_MAX) | (round_shift(lo, s) < -MANT_MAX)
+        if not bad.any():
+            return s
+        s = s + bad
+
+
+def fold_key(qw_q: QuantWeight, k_mant, k_exp) -> tuple[np.ndarray, np.ndarray]:
+    """Contract 2's folded keys ``K'_i = W_q K_i`` as BFP8: int8 mantissas [..., d], exponents.
+
+    ``acc[c] = sum_j W_q[c, j] K_i[j]`` exactly (|acc| < 2^34); ``s = fold_shift(acc)``;
+    ``K' = round_shift(acc, s)`` (never saturates), exponent ``k_exp + W_q.exp + s``.
+    """
+    w = _check_int_array("weight mantissas", qw_q.mant, 2, -MANT_MAX, MANT_MAX)
+    k = np.asarray(k_mant)
+    k = _check_int_array("key mantissas", k, max(k.ndim, 1), -(1 << 15), (1 << 15) - 1)
+    if k.shape[-1] != w.shape[1]:
+        raise ValueError(f"fold_key: key length {k.shape[-1]} does not match weight columns d_h={w.shape[1]}")
+    ke = _check_int_array("key exponents", np.asarray(k_exp), k.ndim - 1, *_EXP_ANY)
+    acc = k @ w.T
+    s = fold_shift(acc)
+    return round_shift(acc, s[..., None]), ke + qw_q.exp + s
+
+
+def recall_folded(s_mant, s_exp, kf_mant, kf_exp, m_mant, m_exp, d_h: int):
+    """Contract 2's recall: ``P_n = softmax(S_n K'^T / sqrt(d_h)) M`` over the folded keys of
+    :func:`fold_key`; scores as :func:`scores` with ``dk = d_h``, softmax and weighted sum as in
+    contract 1. Returns (P_n int16 [d], exponent, probabilities [n] in Q0.15)."""
+    kf = np.asarray(kf_mant)
+    if kf.ndim != 2 or kf.shape[0] == 0:
+        raise ValueError(f"recall: empty cache (folded keys shape {kf.shape})")
+    kf = _check_int_array("folded key mantissas", kf, 2, -MANT_MAX, MANT_MAX)
+    s = _check_int_array("S mantissas", np.asarray(s_mant).reshape(1, -1), 2, -MANT_MAX, MANT_MAX)
+    if kf.shape[1] != s.shape[1]:
+        raise ValueError(f"recall: folded keys have length {kf.shape[1]}, S_n has d={s.shape[1]}")
+    se = _check_int_array("S exponent", np.asarray(s_exp).reshape(1), 1, EXP_MIN, EXP_MAX)
+    t = scores(s, se, kf, kf_exp, dk=d_h)
+    p = softmax(t)
+    out, oe = weighted_sum(p, None, m_mant, m_exp)
+    return out[0].astype(np.int16), int(oe[0]), p[0].astype(np.uint16)

@@ -21,7 +21,7 @@ from . import fixed as F
 __all__ = [
     "quantize_bfp", "dequantize", "quantize_weight", "project", "scores", "softmax",
     "weighted_sum", "attend", "causal_mask", "recall", "round_shift", "shift_round_sat",
-    "QuantWeight",
+    "QuantWeight", "fold_shift", "fold_key", "recall_folded",
 ]
 
 _I64 = torch.int64
@@ -165,17 +165,18 @@ def project(qw: QuantWeight, x_mant, x_exp):
     return y, xe + qw.exp + qw.shift
 
 
-def scores(q, q_exp, k, k_exp) -> torch.Tensor:
+def scores(q, q_exp, k, k_exp, dk=None) -> torch.Tensor:
     q = _check("query mantissas", q, 2, -(1 << 15), (1 << 15) - 1)
     k = _check("key mantissas", _int(k, device=q.device), 2, -(1 << 15), (1 << 15) - 1)
     if q.shape[1] != k.shape[1]:
         raise ValueError(f"scores: query dim {q.shape[1]} != key dim {k.shape[1]}")
-    _check_len("head dimension dk", q.shape[1])
+    _check_len("vector length", q.shape[1])
+    dk = q.shape[1] if dk is None else dk
     qe = _check("query exponents", _int(q_exp, device=q.device), 1, *_EXP_ANY)
     ke = _check("key exponents", _int(k_exp, device=q.device), 1, *_EXP_ANY)
     if qe.shape[0] != q.shape[0] or ke.shape[0] != k.shape[0]:
         raise ValueError("scores: one exponent per query row and per key row is required")
-    mult, shift = F.score_scale(q.shape[1])
+    mult, shift = F.score_scale(dk)
     acc = _exact_matmul(q, k.T)
     sh = shift - F.SCORE_FRAC - qe[:, None] - ke[None, :]
     return shift_round_sat(acc * mult, sh, F.SCORE_BITS)
@@ -257,4 +258,47 @@ def recall(qw_q: QuantWeight, s_mant, s_exp, k_mant, k_exp, m_mant, m_exp):
     if m.shape[1] != qw_q.d:
         raise ValueError(f"recall: memories have length {m.shape[1]}, weights expect d={qw_q.d}")
     out, oe, p = attend(q, qe, k, k_exp, m, m_exp)
+    return out[0], int(oe[0]), p[0]
+
+
+# --- contract 2 ----------------------------------------------------------------------------------
+def fold_shift(acc: torch.Tensor) -> torch.Tensor:
+    """See :func:`fixed.fold_shift`."""
+    zero = torch.zeros((), dtype=_I64, device=acc.device)
+    hi = torch.maximum(acc.amax(dim=-1), zero) if acc.shape[-1] else zero.expand(acc.shape[:-1])
+    lo = torch.minimum(acc.amin(dim=-1), zero) if acc.shape[-1] else zero.expand(acc.shape[:-1])
+    s = torch.zeros_like(hi)
+    while True:
+        bad = (round_shift(hi, s) > F.MANT_MAX) | (round_shift(lo, s) < -F.MANT_MAX)
+        if not bool(bad.any()):
+            return s
+        s = s + bad.to(_I64)
+
+
+def fold_key(qw_q: QuantWeight, k_mant, k_exp):
+    """See :func:`fixed.fold_key`; returns int64 tensors (mantissas [..., d], exponents)."""
+    w = _check("weight mantissas", qw_q.mant, 2, -F.MANT_MAX, F.MANT_MAX)
+    k = _int(k_mant, device=w.device)
+    k = _check("key mantissas", k, max(k.dim(), 1), -(1 << 15), (1 << 15) - 1)
+    if k.shape[-1] != w.shape[1]:
+        raise ValueError(f"fold_key: key length {k.shape[-1]} does not match weight columns d_h={w.shape[1]}")
+    ke = _check("key exponents", _int(k_exp, device=w.device), k.dim() - 1, *_EXP_ANY)
+    acc = _exact_matmul(k, w.T)
+    s = fold_shift(acc)
+    return round_shift(acc, s[..., None]), ke + qw_q.exp + s
+
+
+def recall_folded(s_mant, s_exp, kf_mant, kf_exp, m_mant, m_exp, d_h: int):
+    """See :func:`fixed.recall_folded`; returns (P_n int64 [d], exponent int, probs int64 [n])."""
+    kf = _int(kf_mant)
+    if kf.dim() != 2 or kf.shape[0] == 0:
+        raise ValueError(f"recall: empty cache (folded keys shape {tuple(kf.shape)})")
+    kf = _check("folded key mantissas", kf, 2, -F.MANT_MAX, F.MANT_MAX)
+    s = _check("S mantissas", _int(s_mant, device=kf.device).reshape(1, -1), 2, -F.MANT_MAX, F.MANT_MAX)
+    if kf.shape[1] != s.shape[1]:
+        raise ValueError(f"recall: folded keys have length {kf.shape[1]}, S_n has d={s.shape[1]}")
+    se = _check("S exponent", _int(s_exp, device=kf.device).reshape(1), 1, F.EXP_MIN, F.EXP_MAX)
+    t = scores(s, se, kf, kf_exp, dk=d_h)
+    p = softmax(t)
+    out, oe = weighted_sum(p, None, m_mant, m_exp)
     return out[0], int(oe[0]), p[0]

@@ -20,7 +20,9 @@ Implementations (``RecallCache.impl``):
     The golden integer arithmetic of :mod:`hmtx.model.fixed_torch` (docs/arithmetic.md): S_n and M_i
     are quantized to BFP8 vectors, W_q and W_k to BFP8 blocks; K_i = project(W_k, M_i) is computed
     ONCE when M_i is written and cached next to it (the hardware's ring buffer); recall runs on the
-    cached integers; P_n is dequantized to float for the backbone.
+    cached integers; P_n is dequantized to float for the backbone. ``MemoryRecall.contract`` picks
+    the arithmetic contract: 1 (the chip's today) or 2 (docs/arithmetic.md section 10: the cache
+    holds the folded key K'_i = W_q K_i instead of K_i, and the recall scores S_n against it).
 ``"device"``
     The same integers, computed by an injected object (the host runtime drives the FPGA with it).
     The device holds its own N-slot cache and must implement::
@@ -47,9 +49,10 @@ from torch import nn
 
 from hmtx.model.ring import RingSlots
 
-__all__ = ["RingSlots", "RecallCache", "MemoryRecall", "FloatRecallCore", "SoftwareDevice", "IMPLS"]
+__all__ = ["RingSlots", "RecallCache", "MemoryRecall", "FloatRecallCore", "SoftwareDevice", "IMPLS", "CONTRACTS"]
 
 IMPLS = ("float", "fixed", "device")
+CONTRACTS = (1, 2)
 
 
 def _fixed():
@@ -60,12 +63,14 @@ def _fixed():
 class RecallCache:
     """One document's long-term memory for one implementation. Create with MemoryRecall.new_cache."""
 
-    def __init__(self, impl: str, n_slots: int, d: int, d_h: int, device=None, hw=None):
+    def __init__(self, impl: str, n_slots: int, d: int, d_h: int, device=None, hw=None, contract: int = 1):
+        if contract not in CONTRACTS:
+            raise ValueError(f"unknown arithmetic contract {contract!r}; choose one of {CONTRACTS}")
         if impl not in IMPLS:
             raise ValueError(f"unknown recall implementation {impl!r}; choose one of {', '.join(IMPLS)}")
         if impl == "device" and hw is None:
             raise ValueError("recall implementation 'device' needs a device object (hw=...)")
-        self.impl = impl
+        self.impl, self.contract = impl, contract
         self.ring = RingSlots(n_slots)
         self.hw = hw
         self.last_probs = None          # float [fill], by slot, of the last read
@@ -75,7 +80,8 @@ class RecallCache:
         else:
             self.m_mant = torch.zeros(n_slots, d, dtype=torch.int64, device=device)
             self.m_exp = torch.zeros(n_slots, dtype=torch.int64, device=device)
-            self.k_mant = torch.zeros(n_slots, d_h, dtype=torch.int64, device=device)
+            # the keys K_i (contract 1) or the folded keys K'_i = W_q K_i (contract 2)
+            self.k_mant = torch.zeros(n_slots, d_h if contract == 1 else d, dtype=torch.int64, device=device)
             self.k_exp = torch.zeros(n_slots, dtype=torch.int64, device=device)
         self.qw = None                  # (qw_q, qw_k) frozen at the first write (fixed / device)
 
@@ -109,10 +115,12 @@ class MemoryRecall(nn.Module):
         bound = 1.0 / math.sqrt(d)
         self.w_q = nn.Parameter((torch.rand(d, d_h, generator=generator) * 2 - 1) * bound)
         self.w_k = nn.Parameter((torch.rand(d, d_h, generator=generator) * 2 - 1) * bound)
+        self.contract = 1               # the fixed implementation's arithmetic contract (CONTRACTS)
 
     # -- caches -----------------------------------------------------------------------------
     def new_cache(self, impl: str = "float", hw=None) -> RecallCache:
-        cache = RecallCache(impl, self.n_slots, self.d, self.d_h, device=self.w_q.device, hw=hw)
+        cache = RecallCache(impl, self.n_slots, self.d, self.d_h, device=self.w_q.device, hw=hw,
+                            contract=self.contract)
         if impl == "device":
             hw.reset()
         return cache
@@ -141,6 +149,8 @@ class MemoryRecall(nn.Module):
             if cache.impl == "fixed":
                 # K_i once, at write time, as the hardware does.
                 k_mant, k_exp = ft.project(cache.qw[1], m_mant, m_exp)
+                if cache.contract == 2:
+                    k_mant, k_exp = ft.fold_key(cache.qw[0], k_mant, k_exp)
                 cache.k_mant[slot], cache.k_exp[slot] = k_mant, k_exp
             else:
                 cache.hw.write(m_mant, m_exp)
@@ -160,7 +170,10 @@ class MemoryRecall(nn.Module):
             return p
         ft = _fixed()
         s_mant, s_exp = ft.quantize_bfp(s.detach().float())
-        if cache.impl == "fixed":
+        if cache.impl == "fixed" and cache.contract == 2:
+            p_mant, p_exp, probs = ft.recall_folded(
+                s_mant, s_exp, cache.k_mant[:n], cache.k_exp[:n], cache.m_mant[:n], cache.m_exp[:n], self.d_h)
+        elif cache.impl == "fixed":
             p_mant, p_exp, probs = ft.recall(
                 cache.qw[0], s_mant, s_exp, cache.k_mant[:n], cache.k_exp[:n], cache.m_mant[:n], cache.m_exp[:n])
         else:
@@ -216,8 +229,10 @@ class SoftwareDevice:
     """A reference implementation of the device interface on fixed_torch (an N-slot ring of BFP8
     memories and their keys). The host runtime's FPGA driver must behave exactly like this."""
 
-    def __init__(self, n_slots: int):
-        self.n_slots = n_slots
+    def __init__(self, n_slots: int, contract: int = 1):
+        if contract not in CONTRACTS:
+            raise ValueError(f"unknown arithmetic contract {contract!r}; choose one of {CONTRACTS}")
+        self.n_slots, self.contract = n_slots, contract
         self.ring = RingSlots(n_slots)
         self.reset()
 
@@ -232,6 +247,8 @@ class SoftwareDevice:
     def write(self, m_mant, m_exp):
         ft = _fixed()
         k_mant, k_exp = ft.project(self.qw_k, m_mant, m_exp)
+        if self.contract == 2:
+            k_mant, k_exp = ft.fold_key(self.qw_q, k_mant, k_exp)
         entry = (m_mant, torch.as_tensor(m_exp), k_mant, torch.as_tensor(k_exp))
         slot = self.ring.advance()
         if slot < len(self.slots):
@@ -242,4 +259,6 @@ class SoftwareDevice:
     def recall(self, s_mant, s_exp):
         ft = _fixed()
         m_mant, m_exp, k_mant, k_exp = (torch.stack([e[i] for e in self.slots]) for i in range(4))
+        if self.contract == 2:
+            return ft.recall_folded(s_mant, s_exp, k_mant, k_exp, m_mant, m_exp, self.qw_q.d_h)
         return ft.recall(self.qw_q, s_mant, s_exp, k_mant, k_exp, m_mant, m_exp)

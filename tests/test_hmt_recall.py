@@ -84,12 +84,41 @@ def test_fixed_caches_keys_at_write_time():
     assert torch.equal(recall.read(cache, s), p1)
 
 
+def test_contract_2_caches_folded_keys_and_scores_against_them():
+    g = torch.Generator().manual_seed(SEED)
+    recall = MemoryRecall(24, 8, 3, generator=g)
+    recall.contract = 2
+    cache = recall.new_cache("fixed")
+    ms = _memories(5, 24, g)
+    for i, m in enumerate(ms):
+        recall.write(cache, m, i)
+    qw_q, qw_k = recall.quantized_weights()
+    for slot, seg in enumerate(cache.slot_segment):
+        mm, me = ft.quantize_bfp(ms[seg])
+        kf, kfe = ft.fold_key(qw_q, *ft.project(qw_k, mm, me))
+        assert torch.equal(cache.k_mant[slot], kf) and int(cache.k_exp[slot]) == int(kfe)
+    s = torch.randn(24, generator=g)
+    p2 = recall.read(cache, s)
+    sm, se = ft.quantize_bfp(s)
+    want = ft.recall_folded(sm, se, cache.k_mant, cache.k_exp, cache.m_mant, cache.m_exp, 8)
+    assert torch.equal(p2, ft.dequantize(want[0], torch.tensor(want[1])).to(p2.dtype))
+    # W_q is folded in at write time: a read no longer depends on it
+    with torch.no_grad():
+        recall.w_q.mul_(-3.0)
+    assert torch.equal(recall.read(cache, s), p2)
+    with pytest.raises(ValueError, match="unknown arithmetic contract 3"):
+        SoftwareDevice(3, contract=3)
+
+
 @torch.no_grad()
-def test_device_matches_fixed_bit_for_bit():
+@pytest.mark.parametrize("contract", [1, 2])
+def test_device_matches_fixed_bit_for_bit(contract):
     model = tiny_hmt()
+    model.recall.contract = contract
     ids = random_ids(4 * model.config.tokens_per_segment + 2, SEED + 5)
     fixed = model.feed(model.new_state("hmt", "fixed"), ids, final=True)
-    dev = model.feed(model.new_state("hmt", "device", hw=SoftwareDevice(model.config.cache_size)), ids, final=True)
+    dev = model.feed(model.new_state("hmt", "device", hw=SoftwareDevice(model.config.cache_size, contract)), ids,
+                     final=True)
     flt = model.feed(model.new_state("hmt", "float"), ids, final=True)
     for a, b in zip(fixed, dev):
         assert torch.equal(a.logits, b.logits) and torch.equal(a.recalled, b.recalled)
