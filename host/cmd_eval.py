@@ -1,6 +1,7 @@
 """`hmtx eval`: perplexity of HMT (float and fixed recall) against its baselines (backbone, sliding
 window, full context, RMT) and its recall-off ablation, on the same scored tokens."""
 
+import contextlib
 import json
 import os
 import sys
@@ -59,6 +60,10 @@ def register(subparsers) -> None:
     p.add_argument("--contract", type=int, choices=(1, 2), default=1,
                    help="arithmetic contract of hmt_fixed: 1, the chip's (default), or 2, the query projection "
                         "folded into the cached keys (docs/arithmetic.md, section 10)")
+    p.add_argument("--offload-attention", metavar="SPEC",
+                   help="run these backbone attention heads in the chip's integer arithmetic (every variant): "
+                        "LAYERS[:HEADS] items joined by +, e.g. 29, 0-29, 29:0,3, all; 'none' = the same "
+                        "eager attention path with nothing offloaded, the baseline to compare with")
     p.add_argument("--seed", type=int, default=0, help="seed of the untrained HMT parameters")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -114,6 +119,9 @@ def _run(args) -> int:
     if unknown or not variants:
         raise ValueError(f"--variants: unknown {', '.join(unknown) or '(none given)'}; choose from "
                          f"{','.join(DEFAULT_VARIANTS)}")
+    if args.offload_attention and args.offload_attention != "none":
+        from hmtx.model.attention_offload import check_offload_spec
+        check_offload_spec(args.offload_attention)          # the syntax, before the slow load
     if args.age_plot and "hmt_float" not in variants:
         raise ValueError("--age-plot shows the float recall: include hmt_float in --variants")
     _check_outputs(args)
@@ -139,12 +147,21 @@ def _run(args) -> int:
     if rmt_model is not None:
         rmt_model.to(device).eval()
     tokens = tokenize_documents(docs, backbone.tokenizer)
-    result = evaluate(model, tokens, args.segments, variants=variants, max_docs=args.max_docs,
-                      min_segments=args.min_segments, progress=not args.quiet, rmt_model=rmt_model)
+    offload = contextlib.nullcontext(None)
+    if args.offload_attention:
+        from hmtx.model.attention_offload import offloaded_attention
+        lms = [model.lm] + ([rmt_model.lm] if rmt_model is not None and rmt_model.lm is not model.lm else [])
+        offload = contextlib.ExitStack()
+        for lm in lms:
+            offload.enter_context(offloaded_attention(lm, None if args.offload_attention == "none"
+                                                      else args.offload_attention))
+    with offload:
+        result = evaluate(model, tokens, args.segments, variants=variants, max_docs=args.max_docs,
+                          min_segments=args.min_segments, progress=not args.quiet, rmt_model=rmt_model)
     trained = bool(checkpoint)
     result["config"].update({"text": args.text, "checkpoint": _shown(checkpoint),
                              "rmt_checkpoint": _shown(rmt_checkpoint), "device": str(device),
-                             "contract": args.contract})
+                             "contract": args.contract, "offload_attention": args.offload_attention})
     result["trained"] = trained
     notes = []
     if not trained:
