@@ -156,8 +156,8 @@ def test_engine_matches_golden(config, extreme, w_rows):
     # address being written in the same cycle returns don't-care data on the chip. Here every
     # such collision returns random bits instead of the old word, so a collision whose read
     # is used shows up as a mismatch against the golden model.
-    pairs = ([("dat", dut._dat_r, dut._dat_w), ("key", dut._key_r, dut._key_w), ("wm", dut._wm_r, dut._wm_w),
-              ("sc", dut._sc_r, dut._sc_w)]
+    pairs = ([("dat", dut._dat_r, dut._dat_w), ("key", dut._key_r, dut._key_w),
+              ("wm", dut.softmax.wm_r, dut.softmax.wm_w), ("sc", dut.softmax.sc_r, dut.softmax.sc_w)]
              + [(f"w{k}", rp, wp) for k, (rp, wp) in enumerate(zip(dut._w_r, dut._w_w))])
     watched = [sig for _, rp, wp in pairs for sig in (wp.en, wp.addr, rp.addr)]
     collisions = collections.Counter()
