@@ -93,7 +93,8 @@ class Engine(EngineLayout, wiring.Component):
         bytes at ``out_base + 2w`` and the high bytes at ``out_base + 2w + 1``;
       - ``mem`` (from ``mem_base``): the ring of N memories M_i (word ``i*CB + cb``).
     * ``vexp``: one int8 exponent per vector/row (the vector uses entry 0); ``mexp``: M_i's
-      (flip-flop tables, :class:`~hmtx.hw.regtable.RegisterTable`, read synchronously).
+      (flip-flop tables, :class:`~hmtx.hw.regtable.RegisterTable`, read synchronously; the
+      exponent tables' unit's, :class:`~hmtx.hw.engine_exponents.ExponentTables`).
     * ``w``: P x int8, W_q then W_k (views ``wq``, ``wk``; W_k from word ``d_h*CB``): word
       ``j*CB + c//P`` lane ``c%P`` of a matrix holds W[c, j], so the P lanes read P
       consecutive input channels of one output column j.
@@ -104,20 +105,30 @@ class Engine(EngineLayout, wiring.Component):
       of q's word w, the halves interleaved in blocks of ``KBL`` lanes (:meth:`key_place`,
       :meth:`key_element`; ``KB = 2 ceil(d_h/P)``, or ``ceil(d_h/KP)`` when KBL = KP), so each
       MAC lane multiplies its own q lane by a key lane of its own lane group.
-    * ``qbuf``: q = W_q^T S, or the current attention query row (P x int16 words; a few words, so
-      flip-flops per lane group rather than a memory); ``sc``: scores t
-      then exp2 terms e; ``pm``: probabilities; ``wm``: exponent-aligned weights; ``oexp``:
-      the result exponents.
+    * ``qbuf`` (the operand fetch's): q = W_q^T S, or the current attention query row (P x int16
+      words; a few words, so flip-flops per lane group rather than a memory); ``sc``: scores t
+      then exp2 terms e; ``pm``: probabilities; ``wm``: exponent-aligned weights (the softmax's:
+      :class:`~hmtx.hw.engine_softmax.Softmax`); ``oexp``: the result exponents.
+
+    ``dat``, ``key`` and the rows of ``w`` are the engine's own, handed to the units as memory
+    ports: the floorplan (hw/flow/floorplan.py) finds their block RAMs by name as ``engine.dat``,
+    ``engine.key``, ``engine.w<r>``, and ``dat`` and ``key`` are shared by the operand fetch,
+    the write-back and the owner. Every other memory is its unit's; the engine keeps
+    attributes of the same names (``vexp``, ``sc``, ``pm`` ...) for testbenches.
 
     The owner (the command processor) reaches the memories only through the members of
     :class:`EngineSignature`, while the engine is idle.
 
-    Sequencing (one MAC beat per cycle, P lanes): projection ``d_h x CB`` beats (dot mode,
-    one output per column j), scores ``n x KB`` beats (dot mode; attention ``n_k x AB``), an exp2 pass over the n scores,
-    one ~41-cycle reciprocal, a probability pass, and the weighted sum ``CB x n`` beats in lane
-    mode (lane l accumulates ``w_i * M_i[cb*P + l]`` over the slots, so no transposed copy of M
-    is needed). Between phases the sequencer waits until every result of the previous phase
-    is written (``pending`` = 0).
+    Sequencing (:class:`~hmtx.hw.engine_sequencer.Sequencer`; one MAC beat per cycle, P lanes):
+    projection ``d_h x CB`` beats (dot mode, one output per column j), scores ``n x KB`` beats
+    (dot mode; attention ``n_k x AB``), an exp2 pass over the n scores, one ~41-cycle
+    reciprocal, a probability pass, and the weighted sum ``CB x n`` beats in lane mode.
+    Between phases the sequencer waits until every result of the previous phase is written.
+
+    The data flow between the units is valid-only (``lib.stream`` signatures with
+    ``always_ready``, or plain members): nothing in the pipeline stalls, so nothing has a
+    ``ready``. The MAC's stream input keeps its ``ready``, which is always high (its output
+    is always taken); the MAC's results go to the unit whose phase is in flight.
 
     Members: :class:`EngineSignature`. ``start`` (a pulse) begins ``op`` (:class:`Op`) with
     the operands beside it, sampled then: ``slot`` (WRITE), ``n_keys`` (RECALL: the fill;
@@ -149,10 +160,7 @@ class Engine(EngineLayout, wiring.Component):
         # collision-emulation logic (an address comparator and a bypass register per bit),
         # which sat on the critical path.
         NO_RW = {"no_rw_check": 1}
-        # The lane memories -- ``dat``, ``key`` and the rows of ``w`` -- are the engine's own: the
-        # floorplan (hw/flow/floorplan.py) finds their block RAMs by name as ``engine.dat``,
-        # ``engine.key``, ``engine.w<r>``, and ``dat`` and ``key`` are shared by the fetch, the
-        # write-back and the owner. The units reach them through memory-port members.
+        # (the lane memories, the engine's own: the floorplan finds them by these names)
         self.dat = memory.Memory(shape=i8, depth=self.dat_depth, init=[], attrs=NO_RW)
         self.vin = Region(self.dat, 0, self.vin_depth)
         self.mem = Region(self.dat, self.mem_base, c.n_slots * self.CB)

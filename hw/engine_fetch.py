@@ -179,7 +179,10 @@ class OperandFetch(wiring.Component):
                      self.copy.addr.eq(s2.copy_addr), self.copy.data.eq(rd.dat_q)]
         # stages 3 and 4
         # (the operand muxes' selects, one register per lane group: the same values as s4's)
-        sel = replicate_tree(m, Cat(s2.phase, s2.lim, s2.qhi, s2.zero, ctl.attn), regions, "opsel")
+        opsel = Signal(data.StructLayout({"phase": Phase, "lim": range(L.P + 1), "qhi": 1, "zero": 1, "attn": 1}))
+        m.d.comb += [opsel.phase.eq(s2.phase), opsel.lim.eq(s2.lim), opsel.qhi.eq(s2.qhi),
+                     opsel.zero.eq(s2.zero), opsel.attn.eq(ctl.attn)]
+        sel = [data.View(opsel.shape(), v) for v in replicate_tree(m, opsel, regions, "opsel")]
         dat_q3, key_q3 = (delay(m, q, 2, name)[-1] for q, name in ((rd.dat_q, "dat_q"), (rd.key_q, "key_q")))
         # the weighted sum's weight goes to every lane: one copy per lane group
         wm_q3 = replicate_tree(m, rd.wm_q, regions, "wm_q3")
@@ -188,22 +191,20 @@ class OperandFetch(wiring.Component):
         mi = self.mac.payload
         m.d.comb += [self.mac.valid.eq(s4_valid), mi.first.eq(s4.first), mi.last.eq(s4.last),
                      mi.lane_mode.eq(s4.lane_mode), mi.tag.eq(s4.tag)]
-        lim_w = len(s2.lim)
         for l in range(L.P):
             g = sel[l // L.LG]
-            g_phase, g_lim, g_qhi, g_zero, g_attn = g[:3], g[3:3 + lim_w], g[-3], g[-2], g[-1]
-            on = l < g_lim
-            with m.Switch(g_phase):
+            on = l < g.lim
+            with m.Switch(g.phase):
                 with m.Case(Phase.PROJ):
                     m.d.comb += [mi.a[l].eq(Mux(on, dat_q3[l], 0)), mi.b[l].eq(w_q3[l])]
                 with m.Case(Phase.SCORE):
-                    # recall: lane l takes part in the beats of its half (g_qhi), with its key lane
+                    # recall: lane l takes part in the beats of its half (qhi), with its key lane
                     half, k = L.key_place(l)
-                    in_beat = g_attn | (g_qhi if half else ~g_qhi) if L.KP != L.P else 1
+                    in_beat = g.attn | (g.qhi if half else ~g.qhi) if L.KP != L.P else 1
                     m.d.comb += [mi.a[l].eq(Mux(on & in_beat, q_op[l], 0)),
-                                 mi.b[l].eq(Mux(g_attn, dat_q3[l], key_q3[k]))]
+                                 mi.b[l].eq(Mux(g.attn, dat_q3[l], key_q3[k]))]
                 with m.Case(Phase.WSUM):
-                    m.d.comb += [mi.a[l].eq(Mux(g_zero, 0, wm_q3[l // L.LG].as_signed())),
+                    m.d.comb += [mi.a[l].eq(Mux(g.zero, 0, wm_q3[l // L.LG].as_signed())),
                                  mi.b[l].eq(dat_q3[l])]
         self._w_writes(m)
         return m
@@ -265,9 +266,11 @@ class OperandFetch(wiring.Component):
         # lane, value): the value would otherwise go to every one of the P x QD registers
         qa_bits = max(1, (QD - 1).bit_length())
         lane_bits = max(1, (P - 1).bit_length())
-        q = self.q
-        q_wr = replicate(m, Cat(q.valid, q.payload.word[:qa_bits], q.payload.lane[:lane_bits], q.payload.y),
-                         G, "q_wr", reset=True)
+        q, q_in = self.q, Signal(data.StructLayout({"valid": 1, "word": qa_bits, "lane": lane_bits,
+                                                    "y": signed(fixed.PROJ_BITS)}))
+        m.d.comb += [q_in.valid.eq(q.valid), q_in.word.eq(q.payload.word), q_in.lane.eq(q.payload.lane),
+                     q_in.y.eq(q.payload.y)]
+        q_wr = [data.View(q_in.shape(), v) for v in replicate(m, q_in, G, "q_wr", reset=True)]
         # attention: the Q row's words (addresses registered, read, registered -- as the MAC
         # beats), from dat_q, at ql2 (copies per group of ql1's valid, word)
         ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(L.AB, 2))}))
@@ -275,24 +278,22 @@ class OperandFetch(wiring.Component):
         ql_taps = delay(m, ql_issue, ADDR_REGS + 2, "ql", reset_less=False)
         ql1 = ql_taps[ADDR_REGS]
         m.d.comb += self.ctl.q_loading.eq(Cat(*(t.valid for t in ql_taps)).any())
-        ql_wr = replicate(m, Cat(ql1.valid, ql1.idx), G, "ql_wr", reset=True)
+        ql_wr = [data.View(ql1.shape(), v) for v in replicate(m, ql1, G, "ql_wr", reset=True)]
         for l in range(P):
-            g = l // LG
-            qv, qw, ql, qy = (q_wr[g][0], q_wr[g][1:1 + qa_bits], q_wr[g][1 + qa_bits:1 + qa_bits + lane_bits],
-                              q_wr[g][1 + qa_bits + lane_bits:])
-            lv, lw = ql_wr[g][0], ql_wr[g][1:]
+            qw, lw = q_wr[l // LG], ql_wr[l // LG]
             for w in range(QD):
-                with m.If(lv & (lw == w)):
+                with m.If(lw.valid & (lw.idx == w)):
                     m.d.sync += qbuf[w][l].eq(dat_q[l])
-                with m.Elif(qv & (qw == w) & (ql == l)):
-                    m.d.sync += qbuf[w][l].eq(qy.as_signed())
+                with m.Elif(qw.valid & (qw.word == w) & (qw.lane == l)):
+                    m.d.sync += qbuf[w][l].eq(qw.y)
         return q_op
 
     def _w_writes(self, m):
         """The owner's writes of ``w`` (weights, while the engine is idle): registered like the
         read addresses, then into their row."""
-        w_wr = delay(m, Cat(self.wr_w_addr, self.wr_w_data), ADDR_REGS, "w_wr")[-1]
-        w_wr_addr, w_wr_data = w_wr[:len(self.wr_w_addr)], w_wr[len(self.wr_w_addr):]
+        w_wr_in = Signal(data.StructLayout({"addr": len(self.wr_w_addr), "data": self.wr_w_data.shape()}))
+        m.d.comb += [w_wr_in.addr.eq(self.wr_w_addr), w_wr_in.data.eq(self.wr_w_data)]
+        w_wr = delay(m, w_wr_in, ADDR_REGS, "w_wr")[-1]
         # (each row's byte enables are decoded before their registers, so that no logic sits
         # between the last register and the block RAMs of a row)
         # The first register of each row's enables is an explicit flip-flop (fanout.replicate):
@@ -303,5 +304,5 @@ class OperandFetch(wiring.Component):
             en_d1 = replicate(m, Mux(self.wr_w_addr // self.w_row_depth == r, self.wr_w_en, 0), 1,
                               f"w{r}_wr_en_d1")[0]
             en_r = delay(m, en_d1, ADDR_REGS - 1, f"w{r}_wr_en_d")[-1]
-            m.d.comb += [port.addr.eq(w_wr_addr % self.w_row_depth), port.data.eq(w_wr_data),
+            m.d.comb += [port.addr.eq(w_wr.addr % self.w_row_depth), port.data.eq(w_wr.data),
                          port.en.eq(en_r)]

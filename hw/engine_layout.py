@@ -9,18 +9,20 @@ not import the engine that instantiates them; ``hmtx.hw.engine`` re-exports it a
 """
 
 from amaranth.hdl import Signal
-from amaranth.lib import enum
+from amaranth.lib import data, enum
 
 from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
-__all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div", "delay",
+__all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "PROJ_TAG", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div", "delay",
            "key_block_lanes", "lane_group_regions", "Region", "Rows", "Op", "Phase", "EngineLayout"]
 
 EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
 SHIFT_W = 5         # projection shifts 0..31 (protocol SHIFT_MAX)
 MASK_W = 12         # score shifts before clamping: shift - 8 - qe - ke, |.| < 2^11
 TAG_BITS = 24       # a MAC beat's tag: its result's place (hw/engine_sequencer.py)
+# a projection beat's tag: the result's word and lane in q's layout (K's place follows from it)
+PROJ_TAG = data.StructLayout({"word": 16, "lane": TAG_BITS - 16})
 
 
 def ceil_div(a, b):

@@ -3,7 +3,7 @@ their phases and issues one MAC beat or one softmax key per cycle."""
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -218,7 +218,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += [self.fetch.dat_addr.eq(r.inner), self.fetch.w_addr.eq(r.base_o + r.inner),
                              r.inc.eq(r.inner == r.inner_last)]
                 self._beat(m, r, copy=write & (r.outer == 0), lim=_lim(c.d, r.inner, CB, P), phase=Phase.PROJ,
-                           tag=r.sub_w | (r.sub_l << 16), copy_addr=r.mslot_base + r.inner)
+                           tag=Cat(r.sub_w, r.sub_l), copy_addr=r.mslot_base + r.inner)
                 sub_wrap = r.sub_l == P - 1
                 self._advance(m, r, [r.base_o.eq(r.base_o + CB),
                                      r.sub_l.eq(Mux(sub_wrap, 0, r.sub_l + 1)),

@@ -9,7 +9,7 @@ from hmtx.model import fixed
 
 from .arith import ShiftRoundSat
 from .engine_fetch import MCopySignature, q_write_layout
-from .engine_layout import ADDR_REGS, MASK_W, SHIFT_W, TAG_BITS, delay
+from .engine_layout import ADDR_REGS, MASK_W, PROJ_TAG, SHIFT_W, TAG_BITS, delay
 from .fanout import replicate
 from .mac import mac_out_layout
 
@@ -146,7 +146,8 @@ class WriteBack(wiring.Component):
                      proj_rq.i.payload.x.eq(self.proj.payload.dot),
                      proj_rq.i.payload.s.eq(Mux(ctl.write, self.wk_shift, self.wq_shift)),
                      proj_rq.i.payload.tag.eq(self.proj.payload.tag)]
-        pw, plane = proj_rq.o.payload.tag[:16], proj_rq.o.payload.tag[16:24]
+        tag = data.View(PROJ_TAG, proj_rq.o.payload.tag)
+        pw, plane = tag.word, tag.lane
         m.d.comb += [key_w.data[l].eq(proj_rq.o.payload.y) for l in range(L.KP)]
         k_lane = L.key_place(plane[:max(1, (L.P - 1).bit_length())])[1]
         with m.If(proj_rq.o.valid & ctl.write):
@@ -180,13 +181,16 @@ class WriteBack(wiring.Component):
             m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
         with m.If(res_hi):
             m.d.comb += [dat_w.addr.eq(res_addr | 1), dat_w.en.eq((1 << P) - 1)]
-        wsel = replicate(m, Cat(res_now, res_lo, self.copy.s1), L.G, "dat_wsel")
+        # what the write of the next cycle is, per lane group
+        wsel_in = Signal(data.StructLayout({"lo": 1, "hi": 1, "copy": 1}))
+        m.d.comb += [wsel_in.lo.eq(res_now), wsel_in.hi.eq(res_lo), wsel_in.copy.eq(self.copy.s1)]
+        wsel = [data.View(wsel_in.shape(), v) for v in replicate(m, wsel_in, L.G, "dat_wsel")]
         for l in range(P):
-            g_lo, g_hi, g_copy = (wsel[l // L.LG][k] for k in range(3))
-            with m.If(g_lo):
+            g = wsel[l // L.LG]
+            with m.If(g.lo):
                 m.d.comb += dat_w.data[l].eq(res[l][:8])
-            with m.Elif(g_hi):
+            with m.Elif(g.hi):
                 m.d.comb += dat_w.data[l].eq(res[l][8:16])
-            with m.Elif(g_copy):
+            with m.Elif(g.copy):
                 m.d.comb += dat_w.data[l].eq(self.copy.data[l])
         return res_hi
