@@ -143,7 +143,8 @@ class Engine(EngineLayout, wiring.Component):
         "fetch": ("wr_w_addr", "wr_w_data", "wr_w_en"),
         "writeback": ("wr_dat_addr", "wr_dat_data", "wr_dat_en", "wq_shift", "wk_shift"),
         "exps": ("wq_exp", "wk_exp", "wq_shift", "wk_shift", "wr_vexp_addr", "wr_vexp_data", "wr_vexp_en",
-                 "rd_mexp_addr", "rd_mexp_data", "rd_kexp_addr", "rd_kexp_data", "rd_oexp_addr", "rd_oexp_data"),
+                 "rd_mexp_addr", "rd_mexp_data", "rd_kexp_addr", "rd_kexp_data",
+                 "rd_oexp_addr", "rd_oexp_data"),
     }
 
     def __init__(self, config: EngineConfig, w_row_depth: int = W_ROW_DEPTH):
@@ -194,7 +195,8 @@ class Engine(EngineLayout, wiring.Component):
         self.score = ScoreUnit(self)
         self.writeback = WriteBack(self, dat_wr=self._dat_w.signature, key_wr=self._key_w.signature)
         # the units' memories, for testbenches
-        self.vexp, self.mexp, self.kexp, self.oexp = self.exps.vexp, self.exps.mexp, self.exps.kexp, self.exps.oexp
+        self.vexp, self.mexp, self.kexp, self.oexp = (self.exps.vexp, self.exps.mexp, self.exps.kexp,
+                                                      self.exps.oexp)
         self.sc, self.pm, self.wm, self.lut = self.softmax.sc, self.softmax.pm, self.softmax.wm, self.softmax.lut
 
     # cycles from ``rd_dat_addr``/``rd_key_addr`` to ``rd_dat_data``/``rd_key_data``

@@ -167,7 +167,8 @@ class ExponentTables(wiring.Component):
                      kexp_pre.eq(vexp0 + self.wk_exp + self.wk_shift),
                      qexp_pre.eq(vexp0 + self.wq_exp + self.wq_shift)]
         # WRITE's M and K exponents
-        exp_wr = Signal(data.StructLayout({"slot": len(ctl.slot), "m": signed(8), "k": signed(EXP_W), "en": 1}))
+        exp_wr = Signal(data.StructLayout({"slot": len(ctl.slot), "m": signed(8), "k": signed(EXP_W),
+                                           "en": 1}))
         m.d.sync += exp_wr.en.eq(0)
         with m.If(ctl.slot_wr):
             m.d.sync += [exp_wr.slot.eq(ctl.slot), exp_wr.m.eq(vexp0_r), exp_wr.k.eq(kexp_pre),

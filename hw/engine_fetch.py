@@ -179,7 +179,8 @@ class OperandFetch(wiring.Component):
                      self.copy.addr.eq(s2.copy_addr), self.copy.data.eq(rd.dat_q)]
         # stages 3 and 4
         # (the operand muxes' selects, one register per lane group: the same values as s4's)
-        opsel = Signal(data.StructLayout({"phase": Phase, "lim": range(L.P + 1), "qhi": 1, "zero": 1, "attn": 1}))
+        opsel = Signal(data.StructLayout({"phase": Phase, "lim": range(L.P + 1), "qhi": 1, "zero": 1,
+                                          "attn": 1}))
         m.d.comb += [opsel.phase.eq(s2.phase), opsel.lim.eq(s2.lim), opsel.qhi.eq(s2.qhi),
                      opsel.zero.eq(s2.zero), opsel.attn.eq(ctl.attn)]
         sel = [data.View(opsel.shape(), v) for v in replicate_tree(m, opsel, regions, "opsel")]
@@ -224,8 +225,10 @@ class OperandFetch(wiring.Component):
         rd.dat_q = Signal.like(self.dat_rd.data, reset_less=True, name="dat_q")
         rd.key_q = Signal.like(self.key_rd.data, reset_less=True, name="key_q")
         rd.wm_q = Signal.like(self.wm_rd.data, reset_less=True, name="wm_q")
-        rd.w_row_q = [Signal.like(port.data, reset_less=True, name=f"w_row{r}_q") for r, port in enumerate(self.w_rd)]
-        m.d.sync += [rd.dat_q.eq(self.dat_rd.data), rd.key_q.eq(self.key_rd.data), rd.wm_q.eq(self.wm_rd.data)]
+        rd.w_row_q = [Signal.like(port.data, reset_less=True, name=f"w_row{r}_q")
+                      for r, port in enumerate(self.w_rd)]
+        m.d.sync += [rd.dat_q.eq(self.dat_rd.data), rd.key_q.eq(self.key_rd.data),
+                     rd.wm_q.eq(self.wm_rd.data)]
         m.d.sync += [q.eq(port.data) for q, port in zip(rd.w_row_q, self.w_rd)]
         # which row of ``w`` the word at stage 3 came from (the address's high bits, three cycles on)
         w_row_now = Signal(range(max(2, len(self.w_rd))))
@@ -254,7 +257,8 @@ class OperandFetch(wiring.Component):
         L = self.layout
         P, LG, G = L.P, L.LG, L.G
         QD = max(L.HB, L.AB)
-        qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)] for w in range(QD)]
+        qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
+                for w in range(QD)]
         q_op = [Signal(signed(16), name=f"q_op{l}", reset_less=True) for l in range(P)]
         q_rd = replicate_tree(m, s1_qaddr, regions, "q_rd")
         for l in range(P):

@@ -14,13 +14,21 @@ from amaranth.lib import data, enum
 from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
-__all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "PROJ_TAG", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div", "delay",
-           "key_block_lanes", "lane_group_regions", "Region", "Rows", "Op", "Phase", "EngineLayout"]
+__all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "PROJ_TAG", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div",
+           "delay", "key_block_lanes", "lane_group_regions", "Region", "Rows", "Op", "Phase", "EngineLayout"]
 
 EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
 SHIFT_W = 5         # projection shifts 0..31 (protocol SHIFT_MAX)
 MASK_W = 12         # score shifts before clamping: shift - 8 - qe - ke, |.| < 2^11
 TAG_BITS = 24       # a MAC beat's tag: its result's place (hw/engine_sequencer.py)
+
+# Words per block-RAM row of ``w``: a DP16KD's depth at its widest (36-bit) port.
+W_ROW_DEPTH = 512
+# Read address registers before the block RAMs: one by the sequencer, one that hmtx.hw.flow.netlist
+# copies once per region of the die, one it copies next to each cluster of block RAMs (the long
+# way across the die is register to register, and no hop spans more than about half of it).
+ADDR_REGS = 3
+
 # a projection beat's tag: the result's word and lane in q's layout (K's place follows from it)
 PROJ_TAG = data.StructLayout({"word": 16, "lane": TAG_BITS - 16})
 
@@ -44,7 +52,7 @@ def delay(m, value, cycles, name, reset_less=True, reset_first=False):
 
 
 def key_block_lanes(P: int) -> int:
-    """KBL, the block of lanes in which key words interleave q's two halves (Engine.key_place):
+    """KBL, the block of lanes in which key words interleave q's two halves (EngineLayout.key_place):
     4, half a lane group of 8, when P is a multiple of 8; otherwise the whole half (P // 2, or P
     for odd P, whose key words are not halved)."""
     KP = P // 2 if P % 2 == 0 else P
@@ -95,14 +103,6 @@ class Rows:
         return self.depth
 
 
-# Words per block-RAM row of ``w``: a DP16KD's depth at its widest (36-bit) port.
-W_ROW_DEPTH = 512
-# Read address registers before the block RAMs: one by the sequencer, one that hmtx.hw.flow.netlist
-# copies once per region of the die, one it copies next to each cluster of block RAMs (the long
-# way across the die is register to register, and no hop spans more than about half of it).
-ADDR_REGS = 3
-
-
 class Op(enum.IntEnum, shape=2):
     """The engine's operations (``EngineSignature.op``). Plain integers too (an ``IntEnum``), as
     the command processor and the testbenches use them."""
@@ -123,7 +123,7 @@ class Phase(enum.Enum, shape=3):
 
 class EngineLayout:
     """What the command processor (hw/top.py) relies on in every engine: the sizes, the places of
-    the buffers in ``dat`` and the key words' lane layout. :class:`Engine` and
+    the buffers in ``dat`` and the key words' lane layout. :class:`~hmtx.hw.engine.Engine` and
     :class:`~hmtx.hw.serial_engine.SerialEngine` share it, so either serves the same top."""
 
     def _set_layout(self, c: EngineConfig):

@@ -154,7 +154,8 @@ class Sequencer(wiring.Component):
         # pending == 0, registered: it is computed from this cycle's count and changes (inc, dec
         # are single results)
         r.pending_zero = Signal(init=1)
-        m.d.sync += r.pending_zero.eq(((pending == 0) & (r.inc == dec)) | ((pending == 1) & dec.bool() & ~r.inc))
+        m.d.sync += r.pending_zero.eq(((pending == 0) & (r.inc == dec)) |
+                                      ((pending == 1) & dec.bool() & ~r.inc))
         # the key at the head of the softmax passes is attended
         r.keep = ~(r.attn & r.causal) | (r.inner.as_signed() <= r.keep_lim)
         m.d.comb += [self.fetch.attn.eq(r.attn), self.score.attn.eq(r.attn), self.exps.attn.eq(r.attn),
@@ -267,8 +268,8 @@ class Sequencer(wiring.Component):
                 else:
                     halves = {"qaddr": Mux(r.attn, r.inner, r.inner >> 1), "qhi": ~r.attn & r.inner[0]}
                 q_word = r.inner if KP == P else r.inner >> 1
-                m.d.comb += [self.fetch.key_addr.eq(r.base_o + r.inner), self.fetch.dat_addr.eq(r.base_o + r.inner),
-                             r.inc.eq(r.inner == r.inner_last)]
+                m.d.comb += [self.fetch.key_addr.eq(r.base_o + r.inner),
+                             self.fetch.dat_addr.eq(r.base_o + r.inner), r.inc.eq(r.inner == r.inner_last)]
                 self._beat(m, r, **halves, phase=Phase.SCORE, tag=r.outer,
                            lim=Mux(r.attn, _lim(c.head_dim, r.inner, AB, P), _lim(c.d_h, q_word, L.HB, P)))
                 self._advance(m, r, [r.base_o.eq(r.base_o + Mux(r.attn, AB, KB))], [])

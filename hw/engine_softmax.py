@@ -93,7 +93,8 @@ class Softmax(wiring.Component):
     The passes take a key a cycle from the sequencer and keep no backpressure (valid-only).
     A term's or probability's write is a result retired (``ctl.retire``).
 
-    Members: :class:`SoftmaxSignature`.
+    Members: :class:`SoftmaxSignature`. Attributes ``sc``, ``pm``, ``wm``, ``lut`` (the memories)
+    and ``sc_r``, ``sc_w``, ``wm_r``, ``wm_w`` (their ports), for testbenches.
     """
 
     def __init__(self, layout):
@@ -148,11 +149,13 @@ class Softmax(wiring.Component):
         with m.If(ctl.clear):
             m.d.sync += exp_sum.eq(0)
         ex1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
-        m.d.sync += [ex1.valid.eq(ctl.exp.valid), ex1.idx.eq(ctl.exp.payload.idx), ex1.keep.eq(ctl.exp.payload.keep)]
+        m.d.sync += [ex1.valid.eq(ctl.exp.valid), ex1.idx.eq(ctl.exp.payload.idx),
+                     ex1.keep.eq(ctl.exp.payload.keep)]
         exA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "t": signed(fixed.SCORE_BITS)}))
         exB = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "r": fixed.SCORE_FRAC, "n": 4,
                                         "keep": 1, "ve": signed(8)}))
-        exC = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "lut": fixed.EXP2_BITS + 1, "n": 4}))
+        exC = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "lut": fixed.EXP2_BITS + 1,
+                                        "n": 4}))
         exD = Signal.like(exC)      # the table value registered (it maps to a block RAM)
         ex2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "e": fixed.EXP2_BITS + 1}))
         v = Signal(signed(fixed.SCORE_BITS + 2))

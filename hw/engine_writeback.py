@@ -140,7 +140,8 @@ class WriteBack(wiring.Component):
         """y = sat16(round_shift(acc, shift)) into lane j%P of word j//P: K_i's into ``key``
         (WRITE), q's to the fetch. Returns the result's valid (a result retired)."""
         L, ctl = self.layout, self.ctl
-        m.submodules.proj_rq = proj_rq = ShiftRoundSat(fixed.ACC_BITS, fixed.PROJ_BITS, MASK_W, tag_bits=TAG_BITS)
+        proj_rq = ShiftRoundSat(fixed.ACC_BITS, fixed.PROJ_BITS, MASK_W, tag_bits=TAG_BITS)
+        m.submodules.proj_rq = proj_rq
         m.d.comb += [proj_rq.o.ready.eq(1),
                      proj_rq.i.valid.eq(self.proj.valid),
                      proj_rq.i.payload.x.eq(self.proj.payload.dot),
