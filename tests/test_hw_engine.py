@@ -2,9 +2,11 @@
 and attention tiles, with garbage in every padding lane of the input buffer."""
 
 import collections
+import re
 
 import numpy as np
 import pytest
+from amaranth.back import rtlil
 from amaranth.hdl import Value
 from amaranth.sim import Simulator
 
@@ -156,8 +158,8 @@ def test_engine_matches_golden(config, extreme, w_rows):
     # address being written in the same cycle returns don't-care data on the chip. Here every
     # such collision returns random bits instead of the old word, so a collision whose read
     # is used shows up as a mismatch against the golden model.
-    pairs = ([("dat", dut._dat_r, dut._dat_w), ("key", dut._key_r, dut._key_w), ("wm", dut._wm_r, dut._wm_w),
-              ("sc", dut._sc_r, dut._sc_w)]
+    pairs = ([("dat", dut._dat_r, dut._dat_w), ("key", dut._key_r, dut._key_w),
+              ("wm", dut.softmax.wm_r, dut.softmax.wm_w), ("sc", dut.softmax.sc_r, dut.softmax.sc_w)]
              + [(f"w{k}", rp, wp) for k, (rp, wp) in enumerate(zip(dut._w_r, dut._w_w))])
     watched = [sig for _, rp, wp in pairs for sig in (wp.en, wp.addr, rp.addr)]
     collisions = collections.Counter()
@@ -177,3 +179,27 @@ def test_engine_matches_golden(config, extreme, w_rows):
     print("recall cycles", log, "nonzero probabilities", spread)
     if not extreme:
         assert max(spread) >= 2, "every softmax was one-hot: the test data does not exercise it"
+
+
+def test_floorplan_names_stay_at_the_engine():
+    """hw/flow/floorplan.py finds the lane block RAMs as ``engine.dat``, ``engine.key``,
+    ``engine.w<r>`` and the lane multipliers as ``engine.mac.prod<l>``: those stay directly in
+    the engine (the units reach the memories through ports), the unit memories in their units."""
+    dut = Engine(WIDE, w_row_depth=16)
+    text = rtlil.convert(dut, name="engine")
+    where, module, wires = {}, None, collections.defaultdict(set)
+    for line in text.splitlines():
+        if line.startswith("module "):
+            module = line.split()[1].lstrip("\\")
+        elif line.lstrip().startswith(("memory ", "wire ")):
+            name = line.split()[-1].lstrip("\\")
+            if line.lstrip().startswith("memory "):
+                where[name] = module
+            else:
+                wires[module].add(name)
+    rows = [f"w{r}" for r in range(len(dut.w_rows))]
+    assert len(rows) == 8 and all(where[n] == "engine" for n in ["dat", "key", *rows])
+    assert {where[n] for n in ("sc", "pm", "wm", "lut")} == {"engine.softmax"}
+    assert where["oexp"] == "engine.exps"
+    assert {f"prod{l}" for l in range(dut.P)} <= wires["engine.mac"]
+    assert re.search(r"^module \\engine\.score$", text, re.M) and "sc0_p1" in wires["engine.score"]

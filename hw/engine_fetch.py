@@ -1,0 +1,312 @@
+"""Operand fetch of the lane engine: the block RAMs' read side and the operands of every MAC beat."""
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hmtx.model import fixed
+
+from .engine_layout import ADDR_REGS, TAG_BITS, Phase, delay, lane_group_regions
+from .fanout import replicate, replicate_tree
+from .mac import mac_in_layout
+
+__all__ = ["beat_layout", "q_write_layout", "FetchControlSignature", "MCopySignature",
+           "OperandFetchSignature", "OperandFetch"]
+
+
+def beat_layout(layout):
+    """One MAC beat as the sequencer issues it, beside the read addresses of its operands.
+
+    ``first``/``last``/``lane_mode``/``tag`` go to the MAC (:func:`~hmtx.hw.mac.mac_in_layout`);
+    ``phase`` picks the lanes' operands, ``lim`` the lanes that take part (the rest multiply
+    0: a partial last block), ``qaddr`` the word of ``qbuf``, ``qhi`` the half of it that a
+    recall's key word holds (:meth:`~hmtx.hw.engine_layout.EngineLayout.key_place`), ``zero``
+    a weight of 0 (a single key's second beat); ``copy``: the beat's ``dat`` word is also
+    written to ``copy_addr`` (WRITE's copy of M_i into its slot)."""
+    return data.StructLayout({
+        "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1, "qhi": 1,
+        "qaddr": range(max(layout.HB, layout.AB, 2)),
+        "lim": range(layout.P + 1), "tag": TAG_BITS, "phase": Phase, "copy_addr": 24,
+    })
+
+
+def q_write_layout():
+    """One element of q (a projection result): lane ``lane`` of ``qbuf`` word ``word``."""
+    return data.StructLayout({"word": 16, "lane": 8, "y": signed(fixed.PROJ_BITS)})
+
+
+class FetchControlSignature(wiring.Signature):
+    """The sequencer's side of the operand fetch.
+
+    Members
+    -------
+    beat : Out(stream.Signature(beat_layout(layout), always_ready=True))
+        The beat whose operands are read this cycle. Valid-only: the fetch takes a beat every
+        cycle (the MAC never stalls), so there is no ``ready``.
+    dat_addr, w_addr, key_addr, wm_addr : Out(...)
+        This cycle's read addresses (also while idle: the owner's reads of ``dat`` and ``key``).
+    q_load : Out(stream.Signature(range(max(AB, 2)), always_ready=True))
+        ATTENTION: read word ``payload`` of the current Q row (at ``dat_addr``) into ``qbuf``.
+    q_loading : In(1)
+        A Q row word is still on its way into ``qbuf``.
+    attn : Out(1)
+        The operation is ATTENTION (scores take K rows from ``dat``, not ``key``).
+    """
+
+    def __init__(self, layout, w_depth):
+        c = layout.config
+        super().__init__({
+            "beat": Out(stream.Signature(beat_layout(layout), always_ready=True)),
+            "dat_addr": Out(range(layout.dat_depth)),
+            "w_addr": Out(range(w_depth)),
+            "key_addr": Out(range(c.n_slots * layout.KB)),
+            "wm_addr": Out(range(layout.KMAX)),
+            "q_load": Out(stream.Signature(range(max(layout.AB, 2)), always_ready=True)),
+            "q_loading": In(1),
+            "attn": Out(1),
+        })
+
+
+class MCopySignature(wiring.Signature):
+    """WRITE's copy of M_i into its slot of ``dat``, as the fetch reads it (the write-back's
+    input).
+
+    Members
+    -------
+    s1 : Out(1)
+        A word to copy is being read (stage 1: the write-back copies the data select to its lane
+        groups now).
+    s2 : Out(1)
+        ``data`` holds the word to copy (stage 2), to be written at ``addr``.
+    addr : Out(24)
+    data : Out(data.ArrayLayout(signed(8), P))
+    """
+
+    def __init__(self, layout):
+        super().__init__({
+            "s1": Out(1), "s2": Out(1), "addr": Out(24),
+            "data": Out(data.ArrayLayout(signed(8), layout.P)),
+        })
+
+
+class OperandFetchSignature(wiring.Signature):
+    """Members of :class:`OperandFetch`.
+
+    Members
+    -------
+    ctl : In(FetchControlSignature(layout, w_depth))
+        From the sequencer.
+    mac : Out(stream.Signature(mac_in_layout(P, TAG_BITS)))
+        The beats into the MAC (``ready`` is not looked at: the MAC's output is always ready, so
+        its input is too).
+    q : In(stream.Signature(q_write_layout(), always_ready=True))
+        q's elements from the write-back (RECALL's projection), into ``qbuf``.
+    copy : Out(MCopySignature(layout))
+        The words of M_i to copy, to the write-back.
+    dat_rd, key_rd, wm_rd, w<r>_rd : In(memory.ReadPort.Signature(...))
+        The read ports of ``dat``, ``key``, ``wm`` and of each row memory of ``w``.
+    w<r>_wr : In(memory.WritePort.Signature(...))
+        The write ports of the rows of ``w``.
+    wr_w_addr, wr_w_data, wr_w_en : In(...)
+        The owner's writes of ``w`` (:class:`~hmtx.hw.engine.EngineSignature`).
+    """
+
+    def __init__(self, layout, *, dat_rd, key_rd, wm_rd, w_rd, w_wr, w_depth):
+        members = {
+            "ctl": In(FetchControlSignature(layout, w_depth)),
+            "mac": Out(stream.Signature(mac_in_layout(layout.P, TAG_BITS))),
+            "q": In(stream.Signature(q_write_layout(), always_ready=True)),
+            "copy": Out(MCopySignature(layout)),
+            "dat_rd": In(dat_rd), "key_rd": In(key_rd), "wm_rd": In(wm_rd),
+            "wr_w_addr": In(range(w_depth)),
+            "wr_w_data": In(data.ArrayLayout(signed(8), layout.P)),
+            "wr_w_en": In(layout.P),
+        }
+        for r, (rd, wr) in enumerate(zip(w_rd, w_wr)):
+            members[f"w{r}_rd"], members[f"w{r}_wr"] = In(rd), In(wr)
+        super().__init__(members)
+
+
+class OperandFetch(wiring.Component):
+    """The read side of the engine's memories and the operands of each MAC beat.
+
+    A beat's control follows its memory reads: ``ADDR_REGS`` registers while the read addresses
+    travel to the block RAMs (the sequencer computes next cycle's addresses), stage 1 while the
+    block RAMs read, stage 2 at their output registers (a DP16KD's clock-to-output is 5.8 ns in
+    nextpnr's model, so nothing looks at a block RAM's output before a register), stages 3 and 4
+    on the way to the MAC lanes in the DSP columns: the first can sit at its block RAM, the next
+    where the placer likes; ``w``'s row select sits between them. The beat goes into the MAC
+    ``ADDR_REGS + 4`` cycles after the sequencer issued it. The stage registers carry no reset
+    (a reset would fan out to all of them); only their valid bits do, so a reset mid-operation
+    issues no stray MAC beats.
+
+    Per lane group (:attr:`~hmtx.hw.engine_layout.EngineLayout.LG` lanes) every select into the
+    lanes has its own register copy, in two levels (a copy per region of the die, then per group:
+    :func:`~hmtx.hw.fanout.replicate_tree`): the operand muxes' phase and lane limit, ``w``'s row
+    select, ``qbuf``'s word address and the weighted sum's weight.
+
+    Owns ``qbuf`` (q, or the current attention query row: a few words of P int16 lanes, so
+    flip-flops rather than a memory), written from the write-back's projection results and from
+    ``dat`` (a Q row). The memories it reads are reached through their ports in the signature:
+    ``dat``, ``key`` and the rows of ``w`` are the engine's (the floorplan finds them by their
+    names under the engine; ``dat`` and ``key`` are shared with the write-back and the owner),
+    ``wm`` is the softmax's. The owner's writes of ``w`` go through here too (registered like the
+    read addresses), as the fetch is the only reader of ``w``.
+
+    Members: :class:`OperandFetchSignature`.
+    """
+
+    def __init__(self, layout, *, dat_rd, key_rd, wm_rd, w_rd, w_wr, w_row_depth):
+        self.layout, self.w_row_depth = layout, w_row_depth
+        self.w_depth = 2 * layout.config.d_h * layout.CB
+        super().__init__(OperandFetchSignature(layout, dat_rd=dat_rd, key_rd=key_rd, wm_rd=wm_rd,
+                                               w_rd=w_rd, w_wr=w_wr, w_depth=self.w_depth))
+        self.w_rd = [getattr(self, f"w{r}_rd") for r in range(len(w_rd))]
+        self.w_wr = [getattr(self, f"w{r}_wr") for r in range(len(w_wr))]
+
+    def elaborate(self, platform):
+        m = Module()
+        ctl, L = self.ctl, self.layout
+        regions = lane_group_regions(L.G)
+        s_taps = delay(m, ctl.beat.payload, ADDR_REGS + 4, "s")
+        s1, s2, s3, s4 = s_taps[ADDR_REGS:]
+        sv = delay(m, ctl.beat.valid, ADDR_REGS + 4, "s_valid", reset_less=False)
+        s1_valid, s2_valid, s4_valid = sv[ADDR_REGS], sv[ADDR_REGS + 1], sv[ADDR_REGS + 3]
+        rd = self._read(m)
+        m.d.comb += [self.copy.s1.eq(s1_valid & s1.copy), self.copy.s2.eq(s2_valid & s2.copy),
+                     self.copy.addr.eq(s2.copy_addr), self.copy.data.eq(rd.dat_q)]
+        # stages 3 and 4
+        # (the operand muxes' selects, one register per lane group: the same values as s4's)
+        opsel = Signal(data.StructLayout({"phase": Phase, "lim": range(L.P + 1), "qhi": 1, "zero": 1,
+                                          "attn": 1}))
+        m.d.comb += [opsel.phase.eq(s2.phase), opsel.lim.eq(s2.lim), opsel.qhi.eq(s2.qhi),
+                     opsel.zero.eq(s2.zero), opsel.attn.eq(ctl.attn)]
+        sel = [data.View(opsel.shape(), v) for v in replicate_tree(m, opsel, regions, "opsel")]
+        dat_q3, key_q3 = (delay(m, q, 2, name)[-1] for q, name in ((rd.dat_q, "dat_q"), (rd.key_q, "key_q")))
+        # the weighted sum's weight goes to every lane: one copy per lane group
+        wm_q3 = replicate_tree(m, rd.wm_q, regions, "wm_q3")
+        w_q3 = self._w_select(m, rd, regions)
+        q_op = self._qbuf(m, rd.dat_q, s1.qaddr, regions)
+        mi = self.mac.payload
+        m.d.comb += [self.mac.valid.eq(s4_valid), mi.first.eq(s4.first), mi.last.eq(s4.last),
+                     mi.lane_mode.eq(s4.lane_mode), mi.tag.eq(s4.tag)]
+        for l in range(L.P):
+            g = sel[l // L.LG]
+            on = l < g.lim
+            with m.Switch(g.phase):
+                with m.Case(Phase.PROJ):
+                    m.d.comb += [mi.a[l].eq(Mux(on, dat_q3[l], 0)), mi.b[l].eq(w_q3[l])]
+                with m.Case(Phase.SCORE):
+                    # recall: lane l takes part in the beats of its half (qhi), with its key lane
+                    half, k = L.key_place(l)
+                    in_beat = g.attn | (g.qhi if half else ~g.qhi) if L.KP != L.P else 1
+                    m.d.comb += [mi.a[l].eq(Mux(on & in_beat, q_op[l], 0)),
+                                 mi.b[l].eq(Mux(g.attn, dat_q3[l], key_q3[k]))]
+                with m.Case(Phase.WSUM):
+                    m.d.comb += [mi.a[l].eq(Mux(g.zero, 0, wm_q3[l // L.LG].as_signed())),
+                                 mi.b[l].eq(dat_q3[l])]
+        self._w_writes(m)
+        return m
+
+    def _read(self, m):
+        """The read addresses through ``ADDR_REGS`` registers to the block RAMs, and their
+        outputs registered (stage 2). Returns the stage-2 registers (``dat_q``, ``key_q``,
+        ``wm_q``, ``w_row_q``) and the taps of the row select of ``w`` (``w_row_sel``)."""
+        ctl = self.ctl
+        addr_r = [delay(m, a, ADDR_REGS, name)[-1] for a, name in
+                  ((ctl.dat_addr, "dat_addr"), (ctl.w_addr, "w_addr"), (ctl.key_addr, "key_addr"),
+                   (ctl.wm_addr, "wm_addr"))]
+        m.d.comb += [self.dat_rd.addr.eq(addr_r[0]), self.key_rd.addr.eq(addr_r[2]),
+                     self.wm_rd.addr.eq(addr_r[3])]
+        m.d.comb += [port.addr.eq(addr_r[1] % self.w_row_depth) for port in self.w_rd]
+        rd = SimpleNamespace()
+        rd.dat_q = Signal.like(self.dat_rd.data, reset_less=True, name="dat_q")
+        rd.key_q = Signal.like(self.key_rd.data, reset_less=True, name="key_q")
+        rd.wm_q = Signal.like(self.wm_rd.data, reset_less=True, name="wm_q")
+        rd.w_row_q = [Signal.like(port.data, reset_less=True, name=f"w_row{r}_q")
+                      for r, port in enumerate(self.w_rd)]
+        m.d.sync += [rd.dat_q.eq(self.dat_rd.data), rd.key_q.eq(self.key_rd.data),
+                     rd.wm_q.eq(self.wm_rd.data)]
+        m.d.sync += [q.eq(port.data) for q, port in zip(rd.w_row_q, self.w_rd)]
+        # which row of ``w`` the word at stage 3 came from (the address's high bits, three cycles on)
+        w_row_now = Signal(range(max(2, len(self.w_rd))))
+        m.d.comb += w_row_now.eq(addr_r[1] // self.w_row_depth)
+        rd.w_row_sel = delay(m, w_row_now, 2, "w_row_sel")
+        return rd
+
+    def _w_select(self, m, rd, regions):
+        """``w``'s row select between stages 3 and 4 (nine rows at smollm, nine places on the
+        die): the select drives 512 nine-way multiplexers, one per bit, so one copy per lane group."""
+        L = self.layout
+        w_row_q2 = [delay(m, q, 1, f"w_row{r}_q")[-1] for r, q in enumerate(rd.w_row_q)]
+        w_q3 = Signal.like(rd.w_row_q[0], reset_less=True, name="w_q3")
+        w_rsel = replicate_tree(m, rd.w_row_sel[-2], regions, "w_rsel")
+        for g in range(L.G):
+            with m.Switch(w_rsel[g]):
+                for r, q in enumerate(w_row_q2):
+                    with m.Case(r):
+                        m.d.sync += [w_q3[l].eq(q[l]) for l in range(g * L.LG, min(L.P, (g + 1) * L.LG))]
+        return w_q3
+
+    def _qbuf(self, m, dat_q, s1_qaddr, regions):
+        """``qbuf``: its writes (q's elements, a Q row's words) and its read into the score beats'
+        operand registers (each lane group with its own copy of the word address, registered at
+        stage 4 like the block-RAM operands). Returns the operand registers."""
+        L = self.layout
+        P, LG, G = L.P, L.LG, L.G
+        QD = max(L.HB, L.AB)
+        qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
+                for w in range(QD)]
+        q_op = [Signal(signed(16), name=f"q_op{l}", reset_less=True) for l in range(P)]
+        q_rd = replicate_tree(m, s1_qaddr, regions, "q_rd")
+        for l in range(P):
+            with m.Switch(q_rd[l // LG]):
+                for w in range(QD):
+                    with m.Case(w):
+                        m.d.sync += q_op[l].eq(qbuf[w][l])
+        # q's element lands in qbuf a cycle later, from a copy per lane group of (write, word,
+        # lane, value): the value would otherwise go to every one of the P x QD registers
+        qa_bits = max(1, (QD - 1).bit_length())
+        lane_bits = max(1, (P - 1).bit_length())
+        q, q_in = self.q, Signal(data.StructLayout({"valid": 1, "word": qa_bits, "lane": lane_bits,
+                                                    "y": signed(fixed.PROJ_BITS)}))
+        m.d.comb += [q_in.valid.eq(q.valid), q_in.word.eq(q.payload.word), q_in.lane.eq(q.payload.lane),
+                     q_in.y.eq(q.payload.y)]
+        q_wr = [data.View(q_in.shape(), v) for v in replicate(m, q_in, G, "q_wr", reset=True)]
+        # attention: the Q row's words (addresses registered, read, registered -- as the MAC
+        # beats), from dat_q, at ql2 (copies per group of ql1's valid, word)
+        ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(L.AB, 2))}))
+        m.d.comb += [ql_issue.valid.eq(self.ctl.q_load.valid), ql_issue.idx.eq(self.ctl.q_load.payload)]
+        ql_taps = delay(m, ql_issue, ADDR_REGS + 2, "ql", reset_less=False)
+        ql1 = ql_taps[ADDR_REGS]
+        m.d.comb += self.ctl.q_loading.eq(Cat(*(t.valid for t in ql_taps)).any())
+        ql_wr = [data.View(ql1.shape(), v) for v in replicate(m, ql1, G, "ql_wr", reset=True)]
+        for l in range(P):
+            qw, lw = q_wr[l // LG], ql_wr[l // LG]
+            for w in range(QD):
+                with m.If(lw.valid & (lw.idx == w)):
+                    m.d.sync += qbuf[w][l].eq(dat_q[l])
+                with m.Elif(qw.valid & (qw.word == w) & (qw.lane == l)):
+                    m.d.sync += qbuf[w][l].eq(qw.y)
+        return q_op
+
+    def _w_writes(self, m):
+        """The owner's writes of ``w`` (weights, while the engine is idle): registered like the
+        read addresses, then into their row."""
+        w_wr_in = Signal(data.StructLayout({"addr": len(self.wr_w_addr), "data": self.wr_w_data.shape()}))
+        m.d.comb += [w_wr_in.addr.eq(self.wr_w_addr), w_wr_in.data.eq(self.wr_w_data)]
+        w_wr = delay(m, w_wr_in, ADDR_REGS, "w_wr")[-1]
+        # (each row's byte enables are decoded before their registers, so that no logic sits
+        # between the last register and the block RAMs of a row)
+        # The first register of each row's enables is an explicit flip-flop (fanout.replicate):
+        # as a plain register Yosys folds "row != r" into its synchronous reset, and that reset
+        # LUT then drives 64 flip-flops across the row. No reset: the owner's request register
+        # (hw/top.py) resets, and the chain flushes while reset is held.
+        for r, port in enumerate(self.w_wr):
+            en_d1 = replicate(m, Mux(self.wr_w_addr // self.w_row_depth == r, self.wr_w_en, 0), 1,
+                              f"w{r}_wr_en_d1")[0]
+            en_r = delay(m, en_d1, ADDR_REGS - 1, f"w{r}_wr_en_d")[-1]
+            m.d.comb += [port.addr.eq(w_wr.addr % self.w_row_depth), port.data.eq(w_wr.data),
+                         port.en.eq(en_r)]

@@ -1,0 +1,192 @@
+"""What every part of an engine shares: the sizes and places of the buffers
+(:class:`EngineLayout`), the operation codes (:class:`Op`), the key words' lane layout, the
+lane-group regions of the die, and :func:`delay`, the register chain that every pipeline of
+the lane engine is built from.
+
+Both engines (:class:`~hmtx.hw.engine.Engine`, :class:`~hmtx.hw.serial_engine.SerialEngine`)
+and every unit of the lane engine (``hw/engine_*.py``) import from here, so that the units need
+not import the engine that instantiates them; ``hmtx.hw.engine`` re-exports it all.
+"""
+
+from amaranth.hdl import Signal
+from amaranth.lib import data, enum
+
+from hmtx.model import fixed
+from hmtx.model.configs import EngineConfig
+
+__all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "PROJ_TAG", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div",
+           "delay", "key_block_lanes", "lane_group_regions", "Region", "Rows", "Op", "Phase", "EngineLayout"]
+
+EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
+SHIFT_W = 5         # projection shifts 0..31 (protocol SHIFT_MAX)
+MASK_W = 12         # score shifts before clamping: shift - 8 - qe - ke, |.| < 2^11
+TAG_BITS = 24       # a MAC beat's tag: its result's place (hw/engine_sequencer.py)
+
+# Words per block-RAM row of ``w``: a DP16KD's depth at its widest (36-bit) port.
+W_ROW_DEPTH = 512
+# Read address registers before the block RAMs: one by the sequencer, one that hmtx.hw.flow.netlist
+# copies once per region of the die, one it copies next to each cluster of block RAMs (the long
+# way across the die is register to register, and no hop spans more than about half of it).
+ADDR_REGS = 3
+
+# a projection beat's tag: the result's word and lane in q's layout (K's place follows from it)
+PROJ_TAG = data.StructLayout({"word": 16, "lane": TAG_BITS - 16})
+
+
+def ceil_div(a, b):
+    return -(-a // b)
+
+
+def delay(m, value, cycles, name, reset_less=True, reset_first=False):
+    """``value`` through ``cycles`` registers; every register in order (the last is the output).
+
+    ``reset_first``: only the first register resets (write enables: the later ones are flushed
+    while the reset is held, and a reset net to every tap of a wide enable is a long path)."""
+    taps = []
+    for k in range(cycles):
+        reg = Signal.like(value, reset_less=reset_less and not (reset_first and k == 0),
+                          name=f"{name}_d{k + 1}")
+        m.d.sync += reg.eq(value)
+        taps.append(value := reg)
+    return taps
+
+
+def key_block_lanes(P: int) -> int:
+    """KBL, the block of lanes in which key words interleave q's two halves (EngineLayout.key_place):
+    4, half a lane group of 8, when P is a multiple of 8; otherwise the whole half (P // 2, or P
+    for odd P, whose key words are not halved)."""
+    KP = P // 2 if P % 2 == 0 else P
+    return 4 if (KP != P and P % 8 == 0) else KP
+
+
+def lane_group_regions(G: int) -> list:
+    """The region of each of ``G`` lane groups, for the two-level copies of the lane-group
+    controls (fanout.replicate_tree). The LFE5U-85F floorplan (hw/flow/floorplan.py) puts groups
+    ``2i`` and ``2i + 1`` at the two ends of block-RAM row ``i % 4``; a region is one end of
+    two neighbouring rows, so a region's copy sits between the centre and its two groups."""
+    return [g % 2 + 2 * ((g // 2) % 4 // 2) for g in range(G)]
+
+
+class Region:
+    """A window ``[base, base + depth)`` of a memory, indexed like the memory itself
+    (``region.data[i]`` is ``memory.data[base + i]``), for testbenches that fill or read one
+    logical buffer of a shared memory."""
+
+    def __init__(self, memory, base, depth):
+        self.memory, self.base, self.depth = memory, base, depth
+        self.data = self
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.depth:
+            raise IndexError(f"region index {i} out of range 0..{self.depth - 1}")
+        return self.memory.data[self.base + i]
+
+    def __len__(self):
+        return self.depth
+
+
+class Rows:
+    """One logical memory stored as several memories of ``row_depth`` words each (word ``i`` in
+    ``rows[i // row_depth]``), indexed like a memory (``rows.data[i]``) for testbenches."""
+
+    def __init__(self, rows, row_depth):
+        self.rows, self.row_depth = rows, row_depth
+        self.depth = sum(r.depth for r in rows)
+        self.data = self
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.depth:
+            raise IndexError(f"word {i} out of range 0..{self.depth - 1}")
+        return self.rows[i // self.row_depth].data[i % self.row_depth]
+
+    def __len__(self):
+        return self.depth
+
+
+class Op(enum.IntEnum, shape=2):
+    """The engine's operations (``EngineSignature.op``). Plain integers too (an ``IntEnum``), as
+    the command processor and the testbenches use them."""
+    WRITE = 0
+    RECALL = 1
+    ATTENTION = 2
+
+
+class Phase(enum.Enum, shape=3):
+    """Which MAC phase a beat belongs to: the operand fetch picks the lanes' operands by it, and
+    the MAC's results go to the unit that owns the phase (every phase drains before the next
+    begins, so the sequencer's phase register names the owner of every result in flight)."""
+    NONE = 0
+    PROJ = 1        # projections: q = W_q^T S (RECALL), K_i = W_k^T M_i (WRITE)
+    SCORE = 2       # scores q . K_b (RECALL) or Q_a . K_b (ATTENTION)
+    WSUM = 3        # the weighted sum of the values, lane mode
+
+
+class EngineLayout:
+    """What the command processor (hw/top.py) relies on in every engine: the sizes, the places of
+    the buffers in ``dat`` and the key words' lane layout. :class:`~hmtx.hw.engine.Engine` and
+    :class:`~hmtx.hw.serial_engine.SerialEngine` share it, so either serves the same top."""
+
+    def _set_layout(self, c: EngineConfig):
+        self.config = c
+        P = self.P = c.lanes
+        self.CB, self.HB, self.AB = ceil_div(c.d, P), ceil_div(c.d_h, P), ceil_div(c.head_dim, P)
+        self.KP = P // 2 if P % 2 == 0 else P
+        # lane groups: the lane array's controls are registered once per group of LG lanes
+        # (hw/fanout.py), so that no register drives all P lanes
+        self.LG = min(P, 8)
+        self.G = ceil_div(P, self.LG)
+        # The two halves of a q word are interleaved in blocks of KBL lanes (4 when P is a
+        # multiple of 8: half a lane group): key lane k of half h is q lane
+        # 2*KBL*(k // KBL) + KBL*h + k % KBL. Each key lane then feeds two MAC lanes of one lane
+        # group (its first four lanes in one beat, the other four in the next), whose key block
+        # the floorplan puts next to that group's other blocks (hw/flow/floorplan.py), and every MAC
+        # lane multiplies its own q lane. KBL = KP is the plain layout (half h = lanes
+        # h*KP..). Words per slot: two per q word (the last q word's halves as needed).
+        self.KBL = key_block_lanes(P)
+        self.KB = ceil_div(c.d_h, self.KP) if self.KBL == self.KP else 2 * ceil_div(c.d_h, P)
+        self.KMAX = max(c.n_slots, c.max_keys)
+        self.ROWS = c.max_queries + 2 * c.max_keys
+        for name, v in (("d", c.d), ("d_h", c.d_h), ("head_dim", c.head_dim)):
+            if v > fixed.D_MAX:
+                raise ValueError(f"config {c.name!r}: {name}={v} exceeds fixed.D_MAX={fixed.D_MAX}")
+        if self.KMAX > fixed.KEYS_MAX:
+            raise ValueError(f"config {c.name!r}: {self.KMAX} keys exceed fixed.KEYS_MAX")
+        self.vin_depth = max(self.CB, self.ROWS * self.AB)
+        self.out_words = max(self.CB, c.max_queries * self.AB)
+        self.out_base = self.vin_depth + (self.vin_depth & 1)   # even: a result's high-byte word is base | 1
+        self.mem_base = self.vin_depth + 2 * self.out_words
+        self.dat_depth = self.mem_base + c.n_slots * self.CB
+
+    def _owner_ports(self, m):
+        """Wire the owner's members to the engine's memory ports (made in ``__init__``:
+        ``_vexp_o``, ``_pm_o``, ``_mexp_o``, ``_kexp_o``, ``_oexp_o``)."""
+        m.d.comb += [self._vexp_o.addr.eq(self.wr_vexp_addr), self._vexp_o.data.eq(self.wr_vexp_data),
+                     self._vexp_o.en.eq(self.wr_vexp_en)]
+        for name in ("pm", "mexp", "kexp", "oexp"):
+            port = getattr(self, f"_{name}_o")
+            m.d.comb += [port.addr.eq(getattr(self, f"rd_{name}_addr")),
+                         getattr(self, f"rd_{name}_data").eq(port.data)]
+
+    def key_place(self, lane):
+        """(half, key lane) that holds q lane ``lane`` (an int or an Amaranth value)."""
+        if self.KP == self.P:
+            return 0, lane
+        B = self.KBL
+        if B & (B - 1) == 0:
+            s = B.bit_length() - 1
+            return (lane >> s) & 1, ((lane >> (s + 1)) << s) | (lane & (B - 1))
+        return (lane // B) % 2, B * (lane // (2 * B)) + lane % B
+
+    def key_word(self, q_word, lane):
+        """Key word (within a slot) that holds element ``q_word * P + lane``."""
+        return q_word if self.KP == self.P else 2 * q_word + self.key_place(lane)[0]
+
+    def key_element(self, word, k):
+        """Element of K_i held by key lane ``k`` of key word ``word`` (within a slot); may be
+        >= d_h in the last words (padding)."""
+        if self.KP == self.P:
+            return word * self.KP + k
+        B = self.KBL
+        return (word // 2) * self.P + 2 * B * (k // B) + B * (word % 2) + k % B
+
+

@@ -1,0 +1,339 @@
+"""Sequencer of the lane engine: the state machine that steps WRITE, RECALL and ATTENTION through
+their phases and issues one MAC beat or one softmax key per cycle."""
+
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .engine_exponents import ExponentControlSignature
+from .engine_fetch import FetchControlSignature
+from .engine_layout import Op, Phase
+from .engine_score import ScoreControlSignature
+from .engine_softmax import SoftmaxControlSignature
+from .engine_writeback import WriteBackControlSignature
+
+__all__ = ["SequencerSignature", "Sequencer"]
+
+
+class SequencerSignature(wiring.Signature):
+    """Members of :class:`Sequencer`.
+
+    Members
+    -------
+    start, op, slot, n_keys, n_q, causal, busy, done, rd_dat_addr, rd_key_addr : ...
+        The owner's (:class:`~hmtx.hw.engine.EngineSignature`): the operation, and the
+        addresses of its reads of ``dat`` and ``key`` while the engine is idle.
+    phase : Out(Phase)
+        The MAC phase whose results are in flight (names their owner).
+    fetch : Out(FetchControlSignature(layout, w_depth))
+    writeback : Out(WriteBackControlSignature(layout))
+    score : Out(ScoreControlSignature())
+    softmax : Out(SoftmaxControlSignature())
+    exps : Out(ExponentControlSignature(layout))
+    """
+
+    def __init__(self, layout, w_depth):
+        c = layout.config
+        super().__init__({
+            "start": In(1), "op": In(2),
+            "slot": In(range(c.n_slots)),
+            "n_keys": In(range(layout.KMAX + 1)),
+            "n_q": In(range(c.max_queries + 1)),
+            "causal": In(1),
+            "busy": Out(1), "done": Out(1),
+            "rd_dat_addr": In(range(layout.dat_depth)),
+            "rd_key_addr": In(range(c.n_slots * layout.KB)),
+            "phase": Out(Phase),
+            "fetch": Out(FetchControlSignature(layout, w_depth)),
+            "writeback": Out(WriteBackControlSignature(layout)),
+            "score": Out(ScoreControlSignature()),
+            "softmax": Out(SoftmaxControlSignature()),
+            "exps": Out(ExponentControlSignature(layout)),
+        })
+
+
+def _lim(n_total, blk, nblk, width):
+    """The lanes of block ``blk`` that hold elements (padding lanes of a partial last block are
+    forced to zero)."""
+    rem = n_total - (nblk - 1) * width
+    return Mux(blk == nblk - 1, rem, width)
+
+
+class Sequencer(wiring.Component):
+    """The engine's state machine: one MAC beat per cycle, P lanes.
+
+    A WRITE projects K_i = W_k^T M_i (``d_h x CB`` beats in dot mode, one output per column j)
+    while the first column's beats copy M_i into its slot. A RECALL projects q = W_q^T S
+    (the same beats), scores q against the n keys (``n x KB`` beats), runs the exp2 pass over
+    the n scores, one ~41-cycle reciprocal and the probability pass (a key per cycle each),
+    then the weighted sum (``CB x n`` beats in lane mode: lane l accumulates
+    ``w_i * M_i[cb*P + l]`` over the slots, so no transposed copy of M is needed). An ATTENTION
+    runs per query row a: Q row a into ``qbuf`` (AB words), scores against the n_k K rows
+    (``n_k x AB`` beats), the softmax passes and the weighted sum of the V rows.
+
+    Between phases the sequencer waits until every result of the previous phase is written:
+    ``pending`` counts the results in flight (one up per last beat or per softmax key, one
+    down per unit's ``retire``), and its zero test is registered (``pending_zero``), so the
+    tests that end a phase start at a flip-flop. The beat counters are two, ``outer`` and
+    ``inner``, each with its last value in a register (``outer_last``, ``inner_last``), so
+    that the end of a row is a compare of two registers; the address bases ``base_o``/``base_i``
+    step with them.
+
+    ``done`` comes from a flip-flop, set for the one cycle in DONE with no write of the engine's
+    still on its way (the command processor's state machine follows it, and its decode of
+    our state was the slowest path of the routed smollm build).
+
+    The units it steers take what it issues without backpressure (valid-only streams), and
+    report back only ``retire`` (a result written), the fetch's ``q_loading``, the write-back's
+    ``writing`` and the softmax's ``div_done``.
+
+    Members: :class:`SequencerSignature`.
+    """
+
+    def __init__(self, layout, w_depth):
+        self.layout = layout
+        super().__init__(SequencerSignature(layout, w_depth))
+
+    def elaborate(self, platform):
+        m = Module()
+        r = self._state(m)
+        with m.FSM() as fsm:
+            self._idle(m, r)
+            self._projection(m, r)
+            self._query_row(m, r)
+            self._scores(m, r)
+            self._softmax_passes(m, r)
+            self._weighted_sum(m, r)
+            with m.State("DONE"):
+                with m.If(r.done):
+                    m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        m.d.sync += r.done.eq(fsm.ongoing("DONE") & ~r.done & ~self.writeback.writing)
+        m.d.comb += self.done.eq(r.done)
+        return m
+
+    def _state(self, m):
+        """The operands latched at start, the counters, the pending count; the outputs that
+        follow registers. Returns them all."""
+        L = self.layout
+        c = L.config
+        r = SimpleNamespace()
+        # operands latched at start
+        r.op = Signal(2)
+        r.slot = Signal.like(self.slot)
+        r.n_keys = Signal.like(self.n_keys)
+        r.n_q = Signal.like(self.n_q)
+        r.causal = Signal()
+        r.attn = r.op == Op.ATTENTION
+        r.kslot_base = Signal(range(c.n_slots * L.KB + 1))
+        r.mslot_base = Signal(range(L.dat_depth + 1))
+        r.a = Signal(range(c.max_queries + 1))      # current query row (attention); 0 for recall
+        r.a_more = Signal()                         # a + 1 < n_q (registered beside a)
+        r.single = Signal()                         # n_keys == 1 (latched with it)
+        r.keep_lim = Signal(signed(12))             # causal: key b is attended iff b <= a + n_k - n_q
+        # counters
+        r.outer = Signal(16)
+        r.inner = Signal(16)
+        # the last outer/inner index of the current pass (its count less one)
+        r.outer_last = Signal(16)
+        r.inner_last = Signal(16)
+        r.issuing = Signal()
+        r.base_o = Signal(24)       # address base advanced per outer step
+        r.base_i = Signal(24)       # address base advanced per inner step
+        r.sub_w = Signal(16)        # PROJ: j // P
+        r.sub_l = Signal(range(L.P))  # PROJ: j % P
+        r.done = Signal()
+        # results in flight
+        pending = Signal(16)
+        r.inc = Signal()
+        dec = Signal(2)
+        m.d.comb += dec.eq(self.writeback.retire | self.score.retire | self.softmax.retire)
+        m.d.sync += pending.eq(pending + r.inc - dec)
+        # pending == 0, registered: it is computed from this cycle's count and changes (inc, dec
+        # are single results)
+        r.pending_zero = Signal(init=1)
+        m.d.sync += r.pending_zero.eq(((pending == 0) & (r.inc == dec)) |
+                                      ((pending == 1) & dec.bool() & ~r.inc))
+        # the key at the head of the softmax passes is attended
+        r.keep = ~(r.attn & r.causal) | (r.inner.as_signed() <= r.keep_lim)
+        m.d.comb += [self.fetch.attn.eq(r.attn), self.score.attn.eq(r.attn), self.exps.attn.eq(r.attn),
+                     self.score.causal.eq(r.attn & r.causal), self.score.keep_lim.eq(r.keep_lim),
+                     self.writeback.write.eq(r.op == Op.WRITE), self.writeback.kslot_base.eq(r.kslot_base),
+                     self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.inner)]
+        return r
+
+    def _advance(self, m, r, outer_step, inner_step):
+        """One beat issued: step inner, and outer at the end of a row."""
+        with m.If(r.inner == r.inner_last):
+            m.d.sync += r.inner.eq(0)
+            m.d.sync += outer_step
+            with m.If(r.outer == r.outer_last):
+                m.d.sync += r.issuing.eq(0)
+            with m.Else():
+                m.d.sync += r.outer.eq(r.outer + 1)
+        with m.Else():
+            m.d.sync += r.inner.eq(r.inner + 1)
+            m.d.sync += inner_step
+
+    def _beat(self, m, r, **fields):
+        """Issue a beat (``first``/``last`` from the counters)."""
+        beat = self.fetch.beat
+        m.d.comb += [beat.valid.eq(1), beat.payload.first.eq(r.inner == 0),
+                     beat.payload.last.eq(r.inner == r.inner_last)]
+        m.d.comb += [getattr(beat.payload, k).eq(v) for k, v in fields.items()]
+
+    def _idle(self, m, r):
+        with m.State("IDLE"):
+            m.d.comb += [self.fetch.dat_addr.eq(self.rd_dat_addr), self.fetch.key_addr.eq(self.rd_key_addr)]
+            with m.If(self.start):
+                m.d.sync += [r.op.eq(self.op), r.slot.eq(self.slot), r.n_keys.eq(self.n_keys),
+                             r.n_q.eq(self.n_q), r.causal.eq(self.causal & (self.op == Op.ATTENTION)),
+                             r.a.eq(0), r.a_more.eq(self.n_q > 1), r.single.eq(self.n_keys == 1)]
+                with m.If(self.op == Op.ATTENTION):
+                    m.next = "ROW"
+                with m.Else():
+                    m.next = "PROJ_START"
+
+    def _projection(self, m, r):
+        """PROJ: beat (j, cb), S/M block cb against W[., j] block cb; the tag is the result's
+        (word, lane) in q's layout (K's place follows from it: key_place)."""
+        L = self.layout
+        c, P, CB = L.config, L.P, L.CB
+        write = r.op == Op.WRITE
+        with m.State("PROJ_START"):
+            # slot bases from the latched slot (not from the start operands: timing)
+            m.d.sync += [r.kslot_base.eq(r.slot * L.KB), r.mslot_base.eq(L.mem_base + r.slot * CB)]
+            m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(c.d_h - 1), r.inner_last.eq(CB - 1),
+                         r.base_o.eq(Mux(write, c.d_h * CB, 0)), r.base_i.eq(0), r.sub_w.eq(0),
+                         r.sub_l.eq(0), r.issuing.eq(1)]
+            with m.If(write):
+                m.d.comb += self.exps.slot_wr.eq(1)
+            with m.Else():
+                m.d.comb += self.exps.q_vec.eq(1)
+            m.d.sync += self.phase.eq(Phase.PROJ)
+            m.next = "PROJ"
+        with m.State("PROJ"):
+            with m.If(r.issuing):
+                m.d.comb += [self.fetch.dat_addr.eq(r.inner), self.fetch.w_addr.eq(r.base_o + r.inner),
+                             r.inc.eq(r.inner == r.inner_last)]
+                self._beat(m, r, copy=write & (r.outer == 0), lim=_lim(c.d, r.inner, CB, P), phase=Phase.PROJ,
+                           tag=Cat(r.sub_w, r.sub_l), copy_addr=r.mslot_base + r.inner)
+                sub_wrap = r.sub_l == P - 1
+                self._advance(m, r, [r.base_o.eq(r.base_o + CB),
+                                     r.sub_l.eq(Mux(sub_wrap, 0, r.sub_l + 1)),
+                                     r.sub_w.eq(Mux(sub_wrap, r.sub_w + 1, r.sub_w))], [])
+            with m.Elif(r.pending_zero):
+                with m.If(write):
+                    m.next = "DONE"
+                with m.Else():
+                    m.next = "SCORE_START"
+
+    def _query_row(self, m, r):
+        """ATTENTION: the next query row a, its words into ``qbuf`` (so that the scores read K
+        rows through the one port of ``dat`` while Q comes from ``qbuf`` as in a recall)."""
+        AB = self.layout.AB
+        with m.State("ROW"):
+            m.d.sync += [r.keep_lim.eq(r.a + r.n_keys - r.n_q),
+                         r.base_o.eq(r.a * AB), r.inner.eq(0), r.issuing.eq(1)]
+            m.next = "QLOAD"
+        with m.State("QLOAD"):
+            m.d.comb += self.exps.q_row.eq(1)
+            with m.If(r.issuing):
+                m.d.comb += [self.fetch.dat_addr.eq(r.base_o + r.inner), self.fetch.q_load.valid.eq(1),
+                             self.fetch.q_load.payload.eq(r.inner)]
+                with m.If(r.inner == AB - 1):
+                    m.d.sync += r.issuing.eq(0)
+                m.d.sync += r.inner.eq(r.inner + 1)
+            with m.Elif(~self.fetch.q_loading):
+                m.next = "SCORE_START"
+
+    def _scores(self, m, r):
+        """SCORE: beat (b, blk), q block blk against K_b block blk (recall: key word kb is half
+        kb % 2 of q's word kb // 2, key_place)."""
+        L = self.layout
+        c, P, KP, KB, AB = L.config, L.P, L.KP, L.KB, L.AB
+        with m.State("SCORE_START"):
+            m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(r.n_keys - 1),
+                         r.inner_last.eq(Mux(r.attn, AB - 1, KB - 1)),
+                         r.base_o.eq(Mux(r.attn, c.max_queries * AB, 0)), r.base_i.eq(0),
+                         r.issuing.eq(1), self.phase.eq(Phase.SCORE)]
+            m.d.comb += self.score.clear.eq(1)
+            m.next = "SCORE"
+        with m.State("SCORE"):
+            with m.If(r.issuing):
+                if KP == P:
+                    halves = {"qaddr": r.inner}
+                else:
+                    halves = {"qaddr": Mux(r.attn, r.inner, r.inner >> 1), "qhi": ~r.attn & r.inner[0]}
+                q_word = r.inner if KP == P else r.inner >> 1
+                m.d.comb += [self.fetch.key_addr.eq(r.base_o + r.inner),
+                             self.fetch.dat_addr.eq(r.base_o + r.inner), r.inc.eq(r.inner == r.inner_last)]
+                self._beat(m, r, **halves, phase=Phase.SCORE, tag=r.outer,
+                           lim=Mux(r.attn, _lim(c.head_dim, r.inner, AB, P), _lim(c.d_h, q_word, L.HB, P)))
+                self._advance(m, r, [r.base_o.eq(r.base_o + Mux(r.attn, AB, KB))], [])
+            with m.Elif(r.pending_zero):
+                # (the exp2 and probability passes run over keys 0..n_keys-1)
+                m.d.sync += [r.inner.eq(0), r.inner_last.eq(r.n_keys - 1), r.issuing.eq(1)]
+                m.d.comb += self.softmax.clear.eq(1)
+                m.next = "EXP"
+
+    def _softmax_passes(self, m, r):
+        """EXP and PROB: a key per cycle into the softmax's passes; DIV: the reciprocal between."""
+        sm = self.softmax
+
+        def key_pass(issue):
+            m.d.comb += [issue.valid.eq(1), issue.payload.idx.eq(r.inner), issue.payload.keep.eq(r.keep),
+                         r.inc.eq(1)]
+            with m.If(r.inner == r.inner_last):
+                m.d.sync += r.issuing.eq(0)
+            m.d.sync += r.inner.eq(r.inner + 1)
+
+        with m.State("EXP"):
+            with m.If(r.issuing):
+                key_pass(sm.exp)
+            with m.Elif(r.pending_zero):
+                m.d.comb += sm.div.eq(1)
+                m.next = "DIV"
+        with m.State("DIV"):
+            with m.If(sm.div_done):
+                m.d.sync += [r.inner.eq(0), r.issuing.eq(1)]
+                m.next = "PROB"
+        with m.State("PROB"):
+            with m.If(r.issuing):
+                key_pass(sm.prob)
+            with m.Elif(r.pending_zero):
+                self._weighted_sum_start(m, r)
+                m.next = "WSUM"
+
+    def _weighted_sum_start(self, m, r):
+        # a single key gets a second beat of weight 0: the two writes of a result word (low,
+        # high bytes) need results at least two cycles apart
+        L = self.layout
+        c, AB = L.config, L.AB
+        m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(Mux(r.attn, AB - 1, L.CB - 1)),
+                     r.inner_last.eq(Mux(r.single, 1, r.n_keys - 1)), r.base_o.eq(0),
+                     r.base_i.eq(Mux(r.attn, (c.max_queries + c.max_keys) * AB, L.mem_base)),
+                     r.issuing.eq(1), self.phase.eq(Phase.WSUM)]
+
+    def _weighted_sum(self, m, r):
+        """WSUM: beat (blk, b), lane l accumulates w_b * V_b[blk*P + l]; then the row's output
+        exponent, and the next query row or DONE."""
+        L = self.layout
+        c, AB, CB = L.config, L.AB, L.CB
+        with m.State("WSUM"):
+            with m.If(r.issuing):
+                m.d.comb += [self.fetch.wm_addr.eq(r.inner), self.fetch.dat_addr.eq(r.base_i + r.outer),
+                             r.inc.eq(r.inner == r.inner_last)]
+                self._beat(m, r, lane_mode=1, lim=L.P, phase=Phase.WSUM, zero=r.single & ~(r.inner == 0),
+                           tag=r.a * AB + r.outer)
+                self._advance(m, r, [r.base_i.eq(Mux(r.attn, (c.max_queries + c.max_keys) * AB, L.mem_base))],
+                              [r.base_i.eq(r.base_i + Mux(r.single, 0, Mux(r.attn, AB, CB)))])
+            with m.Elif(r.pending_zero):
+                m.d.comb += self.exps.row_done.eq(1)
+                with m.If(r.attn & r.a_more):
+                    m.d.sync += [r.a.eq(r.a + 1), r.a_more.eq(r.a + 2 < r.n_q)]
+                    m.next = "ROW"
+                with m.Else():
+                    m.next = "DONE"

@@ -1,0 +1,212 @@
+"""Softmax of the lane engine: the exp2 pass over the scores, the reciprocal of their sum and the
+probability pass that makes the weights of the weighted sum."""
+
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hmtx.model import fixed
+
+from .arith import Reciprocal
+from .engine_exponents import SoftmaxExponentsSignature
+from .engine_layout import EXP_W
+from .engine_score import ScoresSignature
+
+__all__ = ["pass_layout", "SoftmaxControlSignature", "SoftmaxSignature", "Softmax"]
+
+
+def pass_layout():
+    """One key of the exp2 or probability pass: its index, and whether it is attended (the
+    causal mask)."""
+    return data.StructLayout({"idx": 16, "keep": 1})
+
+
+class SoftmaxControlSignature(wiring.Signature):
+    """The sequencer's side of the softmax.
+
+    Members
+    -------
+    exp, prob : Out(stream.Signature(pass_layout(), always_ready=True))
+        The key at the head of the exp2 pass / of the probability pass (one a cycle; valid-only).
+    clear : Out(1)
+        Before the exp2 pass: the sum of the terms to 0, E to its least value.
+    div : Out(1)
+        After the exp2 pass (every term written): start the reciprocal of the sum.
+    div_done : In(1)
+        The reciprocal is there (a pulse, ~41 cycles after ``div``).
+    retire : In(1)
+        A term or a probability is written (the sequencer's count of results in flight).
+    """
+
+    def __init__(self):
+        issue = stream.Signature(pass_layout(), always_ready=True)
+        super().__init__({"exp": Out(issue), "prob": Out(issue), "clear": Out(1), "div": Out(1),
+                          "div_done": In(1), "retire": In(1)})
+
+
+class SoftmaxSignature(wiring.Signature):
+    """Members of :class:`Softmax`.
+
+    Members
+    -------
+    ctl : In(SoftmaxControlSignature())
+    scores : In(ScoresSignature())
+        The score unit's scores (into ``sc``) and their maximum.
+    exps : In(SoftmaxExponentsSignature())
+        The keys' value exponents; E, out.
+    wm_rd : Out(memory.ReadPort.Signature(...))
+        ``wm``'s read port, for the weighted sum's operand fetch.
+    pm_rd : Out(memory.ReadPort.Signature(...))
+        ``pm``'s read port, for the owner (``rd_pm_addr``/``rd_pm_data``).
+    """
+
+    def __init__(self, *, wm_rd, pm_rd):
+        super().__init__({
+            "ctl": In(SoftmaxControlSignature()),
+            "scores": In(ScoresSignature()),
+            "exps": In(SoftmaxExponentsSignature()),
+            "wm_rd": Out(wm_rd), "pm_rd": Out(pm_rd),
+        })
+
+
+class Softmax(wiring.Component):
+    """The softmax of a row of scores, as the exponent-aligned weights of the weighted sum.
+
+    Owns ``sc`` (the scores t, then the exp2 terms e over them), ``lut`` (the exp2 table),
+    ``pm`` (the probabilities, read by the owner), ``wm`` (the weights, read by the operand
+    fetch) and the :class:`~hmtx.hw.arith.Reciprocal`.
+
+    * exp2 pass: ``e_b = round_shift(LUT[v & 255], v >> 8)`` for ``v = max - t_b`` (0 past the
+      cutoff, or for a masked key), over ``sc`` in place; stage A registers t from the RAM,
+      B forms v, C reads the table, D registers it (the table maps to a block RAM), then ex2
+      writes e and adds it to the sum. E, the largest value exponent of the kept keys, is
+      taken on the way (from the value exponent registered at B).
+    * The reciprocal ``floor(2^40 / sum)`` (< 2^26, as ``sum >= LUT[0] = 2^15``), ~41 cycles.
+    * probability pass: ``p = min(round_shift(e * r, 25), 32767)``, ``w = round_shift(p, align)``
+      with ``align = min(E - value exponent, 16)``. Stage A registers e from the RAM so the
+      multiplier starts from a flip-flop; ``e * r`` is two DSP products (r's low 17 bits, its high
+      9; a 16 x 26 multiply does not fit one MULT18X18D), each registered (prM, beside the value
+      exponent), summed into pr2; p is there at pr3, and the weight goes into ``wm`` from a
+      register a cycle later (the rounding shift reached ``wm``'s block RAM late; the weighted
+      sum's first read of ``wm`` is several cycles after the pass ends).
+
+    The passes take a key a cycle from the sequencer and keep no backpressure (valid-only).
+    A term's or probability's write is a result retired (``ctl.retire``).
+
+    Members: :class:`SoftmaxSignature`. Attributes ``sc``, ``pm``, ``wm``, ``lut`` (the memories)
+    and ``sc_r``, ``sc_w``, ``wm_r``, ``wm_w`` (their ports), for testbenches.
+    """
+
+    def __init__(self, layout):
+        # (no read of these memories needs a write's data in the same cycle: see Engine)
+        NO_RW = {"no_rw_check": 1}
+        K = layout.KMAX
+        self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=K, init=[], attrs=NO_RW)
+        self.pm = memory.Memory(shape=unsigned(16), depth=K, init=[], attrs=NO_RW)
+        self.wm = memory.Memory(shape=unsigned(16), depth=K, init=[], attrs=NO_RW)
+        self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
+                                 init=fixed.exp2_lut())
+        self.sc_r, self.sc_w = self.sc.read_port(), self.sc.write_port()
+        self._pm_w = self.pm.write_port()
+        self.wm_r, self.wm_w = self.wm.read_port(), self.wm.write_port()
+        self._lut_r = self.lut.read_port(domain="comb")
+        self._pm_o = self.pm.read_port()
+        super().__init__(SoftmaxSignature(wm_rd=self.wm_r.signature, pm_rd=self._pm_o.signature))
+
+    def elaborate(self, platform):
+        m = Module()
+        ctl = self.ctl
+        for name in ("sc", "pm", "wm", "lut"):
+            m.submodules[name] = getattr(self, name)
+        wiring.connect(m, wiring.flipped(self.wm_rd), self.wm_r)
+        wiring.connect(m, wiring.flipped(self.pm_rd), self._pm_o)
+        big_e = Signal(signed(EXP_W))
+        m.d.comb += self.exps.big_e.eq(big_e)
+        with m.If(ctl.clear):
+            m.d.sync += big_e.eq(-(1 << (EXP_W - 1)))
+        # the scores into ``sc`` (the exp2 pass's terms, written over them, come later in the
+        # row: their write below takes the port)
+        t = self.scores.t
+        with m.If(t.valid):
+            m.d.comb += [self.sc_w.addr.eq(t.payload.idx), self.sc_w.data.eq(t.payload.t), self.sc_w.en.eq(1)]
+        # one read of ``sc`` at the head of either pass (the other's index is 0 then)
+        m.d.comb += self.sc_r.addr.eq(ctl.exp.payload.idx | ctl.prob.payload.idx)
+        ex_done, exp_sum = self._exp2_pass(m, big_e)
+        m.submodules.recip = recip = Reciprocal(32)
+        rcp = Signal(26)        # floor(2^40 / sum) < 2^26 because sum >= LUT[0] = 2^15
+        m.d.comb += [recip.o.ready.eq(1), recip.i.valid.eq(ctl.div), recip.i.payload.eq(exp_sum),
+                     ctl.div_done.eq(recip.o.valid)]
+        with m.If(recip.o.valid):
+            m.d.sync += rcp.eq(recip.o.payload)
+        pr_done = self._prob_pass(m, big_e, rcp)
+        m.d.comb += ctl.retire.eq(ex_done | pr_done)
+        return m
+
+    def _exp2_pass(self, m, big_e):
+        """Returns (a term written, the sum of the terms)."""
+        ctl, ve2 = self.ctl, self.exps.value_exp
+        exp_sum = Signal(32)
+        with m.If(ctl.clear):
+            m.d.sync += exp_sum.eq(0)
+        ex1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
+        m.d.sync += [ex1.valid.eq(ctl.exp.valid), ex1.idx.eq(ctl.exp.payload.idx),
+                     ex1.keep.eq(ctl.exp.payload.keep)]
+        exA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "t": signed(fixed.SCORE_BITS)}))
+        exB = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "r": fixed.SCORE_FRAC, "n": 4,
+                                        "keep": 1, "ve": signed(8)}))
+        exC = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "lut": fixed.EXP2_BITS + 1,
+                                        "n": 4}))
+        exD = Signal.like(exC)      # the table value registered (it maps to a block RAM)
+        ex2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "e": fixed.EXP2_BITS + 1}))
+        v = Signal(signed(fixed.SCORE_BITS + 2))
+        m.d.comb += v.eq(self.scores.max - exA.t)
+        n_int = v >> fixed.SCORE_FRAC
+        m.d.comb += self._lut_r.addr.eq(exB.r)
+        m.d.sync += exD.eq(exC)
+        e_val = (exD.lut + ((Const(1, 16) << exD.n) >> 1)) >> exD.n
+        with m.If(exB.valid & exB.keep & (exB.ve > big_e)):
+            m.d.sync += big_e.eq(exB.ve)
+        m.d.sync += [exA.valid.eq(ex1.valid), exA.idx.eq(ex1.idx), exA.keep.eq(ex1.keep),
+                     exA.t.eq(self.sc_r.data),
+                     exB.valid.eq(exA.valid), exB.idx.eq(exA.idx), exB.keep.eq(exA.keep), exB.ve.eq(ve2),
+                     exB.live.eq(exA.keep & (n_int < fixed.EXP2_CUTOFF)),
+                     exB.r.eq(v[:fixed.SCORE_FRAC]), exB.n.eq(n_int[:4]),
+                     exC.valid.eq(exB.valid), exC.idx.eq(exB.idx), exC.live.eq(exB.live),
+                     exC.lut.eq(self._lut_r.data), exC.n.eq(exB.n),
+                     ex2.valid.eq(exD.valid), ex2.idx.eq(exD.idx), ex2.e.eq(Mux(exD.live, e_val, 0))]
+        with m.If(ex2.valid):
+            m.d.comb += [self.sc_w.addr.eq(ex2.idx), self.sc_w.data.eq(ex2.e), self.sc_w.en.eq(1)]
+            m.d.sync += exp_sum.eq(exp_sum + ex2.e)
+        return ex2.valid, exp_sum
+
+    def _prob_pass(self, m, big_e, rcp):
+        """Returns a probability written."""
+        ctl, ve2 = self.ctl, self.exps.value_exp
+        pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
+        m.d.sync += [pr1.valid.eq(ctl.prob.valid), pr1.idx.eq(ctl.prob.payload.idx),
+                     pr1.keep.eq(ctl.prob.payload.keep)]
+        prA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "e": 16}))
+        prM = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8),
+                                        "lo": 33, "hi": 25}))
+        pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "prod": 42}))
+        pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "p": 16}))
+        pshift = fixed.RECIP_BITS - fixed.PROB_BITS
+        m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep),
+                     prA.e.eq(self.sc_r.data[:16])]
+        m.d.sync += [prM.valid.eq(prA.valid), prM.idx.eq(prA.idx), prM.keep.eq(prA.keep), prM.ve.eq(ve2),
+                     prM.lo.eq(prA.e * rcp[:17]), prM.hi.eq(prA.e * rcp[17:])]
+        ediff = big_e - prM.ve
+        m.d.sync += [pr2.valid.eq(prM.valid), pr2.idx.eq(prM.idx), pr2.keep.eq(prM.keep),
+                     pr2.align.eq(Mux(ediff > fixed.ALIGN_CUTOFF, fixed.ALIGN_CUTOFF, ediff)),
+                     pr2.prod.eq((prM.hi << 17) + prM.lo)]
+        p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
+        m.d.sync += [pr3.valid.eq(pr2.valid), pr3.idx.eq(pr2.idx), pr3.keep.eq(pr2.keep),
+                     pr3.align.eq(pr2.align),
+                     pr3.p.eq(Mux(p_val > fixed.PROB_MAX, fixed.PROB_MAX, p_val))]
+        w_val = (pr3.p + ((Const(1, 17) << pr3.align) >> 1)) >> pr3.align
+        with m.If(pr3.valid):
+            m.d.comb += [self._pm_w.addr.eq(pr3.idx), self._pm_w.data.eq(pr3.p), self._pm_w.en.eq(1)]
+        wm_wr = Signal(data.StructLayout({"addr": len(self.wm_w.addr), "data": 16, "en": 1}))
+        m.d.sync += [wm_wr.addr.eq(pr3.idx), wm_wr.data.eq(Mux(pr3.keep, w_val, 0)), wm_wr.en.eq(pr3.valid)]
+        m.d.comb += [self.wm_w.addr.eq(wm_wr.addr), self.wm_w.data.eq(wm_wr.data), self.wm_w.en.eq(wm_wr.en)]
+        return pr3.valid

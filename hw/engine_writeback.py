@@ -1,0 +1,197 @@
+"""Write-back of the lane engine: the MAC's projection and weighted-sum results into their
+memories, and the write ports of ``dat`` and ``key``."""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hmtx.model import fixed
+
+from .arith import ShiftRoundSat
+from .engine_fetch import MCopySignature, q_write_layout
+from .engine_layout import ADDR_REGS, MASK_W, PROJ_TAG, SHIFT_W, TAG_BITS, delay
+from .fanout import replicate
+from .mac import mac_out_layout
+
+__all__ = ["WriteBackControlSignature", "WriteBackSignature", "WriteBack"]
+
+
+class WriteBackControlSignature(wiring.Signature):
+    """The sequencer's side of the write-back.
+
+    Members
+    -------
+    write : Out(1)
+        The operation is WRITE: projection results are K_i's, into ``key`` (else q's, into the
+        fetch's ``qbuf``).
+    kslot_base : Out(range(n_slots * KB + 1))
+        WRITE: the slot's first word in ``key``.
+    writing : In(1)
+        A write of the engine's will still be on its way to ``dat`` or ``key`` next cycle (an
+        operation is done once they land).
+    retire : In(1)
+        A projection result, or a weighted-sum word, is written (the sequencer's count of
+        results in flight).
+    """
+
+    def __init__(self, layout):
+        super().__init__({
+            "write": Out(1), "kslot_base": Out(range(layout.config.n_slots * layout.KB + 1)),
+            "writing": In(1), "retire": In(1),
+        })
+
+
+class WriteBackSignature(wiring.Signature):
+    """Members of :class:`WriteBack`.
+
+    Members
+    -------
+    ctl : In(WriteBackControlSignature(layout))
+    proj, wsum : In(stream.Signature(mac_out_layout(P, TAG_BITS), always_ready=True))
+        The MAC's results of the projection and of the weighted sum (valid-only: results are
+        taken as they come).
+    q : Out(stream.Signature(q_write_layout(), always_ready=True))
+        q's elements (RECALL's projection), to the fetch's ``qbuf``.
+    copy : In(MCopySignature(layout))
+        WRITE's words of M_i, from the fetch, to copy into their slot.
+    dat_wr, key_wr : In(memory.WritePort.Signature(...))
+        The write ports of ``dat`` and ``key``.
+    wr_dat_addr, wr_dat_data, wr_dat_en, wq_shift, wk_shift : In(...)
+        The owner's (:class:`~hmtx.hw.engine.EngineSignature`): writes of ``dat`` while the
+        engine is idle; the projections' shifts.
+    """
+
+    def __init__(self, layout, *, dat_wr, key_wr):
+        out = stream.Signature(mac_out_layout(layout.P, TAG_BITS), always_ready=True)
+        super().__init__({
+            "ctl": In(WriteBackControlSignature(layout)),
+            "proj": In(out), "wsum": In(out),
+            "q": Out(stream.Signature(q_write_layout(), always_ready=True)),
+            "copy": In(MCopySignature(layout)),
+            "dat_wr": In(dat_wr), "key_wr": In(key_wr),
+            "wr_dat_addr": In(range(layout.dat_depth)),
+            "wr_dat_data": In(data.ArrayLayout(signed(8), layout.P)),
+            "wr_dat_en": In(layout.P),
+            "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
+        })
+
+
+class WriteBack(wiring.Component):
+    """Where results land, and the one way into ``dat`` and ``key``.
+
+    * Projection results: ``y = sat16(round_shift(acc, shift))`` (a :class:`~hmtx.hw.arith.ShiftRoundSat`,
+      4 cycles), K_i's into lane ``key_place(j % P)`` of key word ``key_word(j // P, j % P)`` of
+      the slot (WRITE), q's to the fetch's ``qbuf`` (RECALL).
+    * Weighted-sum results: ``out = sat16(round_shift(acc, OUT_SHIFT))`` per lane, a whole word
+      at once, registered (``res``), its low bytes written at ``out_base + 2w`` the cycle after
+      and its high bytes at ``out_base + 2w + 1`` the cycle after that. Results come two or more
+      cycles apart (the sequencer gives a single key a second beat for this), so ``res`` holds
+      still for both writes and loads every cycle (no enable fans out to its P x 16 registers).
+    * WRITE's copy of M_i into its slot, from the fetch's stage-2 register of ``dat``.
+    * The owner's writes of ``dat`` while the engine is idle (the engine's own take precedence).
+
+    The data multiplexer of ``dat``'s write port selects per lane group, from copies of the
+    write's kind (M copy, result low bytes, result high bytes). The writes of ``dat`` and
+    ``key`` then go through ``ADDR_REGS`` registers, as many as the read addresses (a write lands
+    that many cycles later; nothing reads an address in the cycles after writing it: phases
+    drain first), addresses and data without reset, the lane enables with it on their first
+    register. ``ctl.writing`` follows those registers.
+
+    The memories are the engine's (shared with the fetch and the owner), reached through their
+    write ports in the signature.
+
+    Members: :class:`WriteBackSignature`.
+    """
+
+    def __init__(self, layout, *, dat_wr, key_wr):
+        self.layout = layout
+        super().__init__(WriteBackSignature(layout, dat_wr=dat_wr, key_wr=key_wr))
+
+    def elaborate(self, platform):
+        m = Module()
+        L, ctl = self.layout, self.ctl
+        P, KP = L.P, L.KP
+        dat_w = Signal(data.StructLayout({"addr": len(self.dat_wr.addr), "data": self.dat_wr.data.shape(),
+                                          "en": P}))
+        key_w = Signal(data.StructLayout({"addr": len(self.key_wr.addr), "data": self.key_wr.data.shape(),
+                                          "en": KP}))
+        # while idle the owner writes ``dat`` (the engine's own writes below take precedence)
+        m.d.comb += [dat_w.addr.eq(self.wr_dat_addr), dat_w.data.eq(self.wr_dat_data),
+                     dat_w.en.eq(self.wr_dat_en)]
+        proj_done = self._projection(m, key_w)
+        wsum_done = self._weighted_sum(m, dat_w)
+        m.d.comb += ctl.retire.eq(proj_done | wsum_done)
+        # (as many registers as the read addresses; addresses and data without reset, the lane
+        # enables with it)
+        dat_w_r, key_w_r = delay(m, dat_w, ADDR_REGS, "dat_w")[-1], delay(m, key_w, ADDR_REGS, "key_w")[-1]
+        dat_en_taps = delay(m, dat_w.en, ADDR_REGS, "dat_w_en", reset_first=True)
+        key_en_taps = delay(m, key_w.en, ADDR_REGS, "key_w_en", reset_first=True)
+        m.d.comb += [self.dat_wr.addr.eq(dat_w_r.addr), self.dat_wr.data.eq(dat_w_r.data),
+                     self.dat_wr.en.eq(dat_en_taps[-1]),
+                     self.key_wr.addr.eq(key_w_r.addr), self.key_wr.data.eq(key_w_r.data),
+                     self.key_wr.en.eq(key_en_taps[-1])]
+        # whether any write will still be on its way next cycle: the taps shift, so that is this
+        # cycle's enables and every in-flight tap but the last
+        coming = ([dat_w.en, key_w.en] if ADDR_REGS > 1 else []) + dat_en_taps[:-2] + key_en_taps[:-2]
+        m.d.comb += ctl.writing.eq(Cat(*(e.any() for e in coming)).any())
+        return m
+
+    def _projection(self, m, key_w):
+        """y = sat16(round_shift(acc, shift)) into lane j%P of word j//P: K_i's into ``key``
+        (WRITE), q's to the fetch. Returns the result's valid (a result retired)."""
+        L, ctl = self.layout, self.ctl
+        proj_rq = ShiftRoundSat(fixed.ACC_BITS, fixed.PROJ_BITS, MASK_W, tag_bits=TAG_BITS)
+        m.submodules.proj_rq = proj_rq
+        m.d.comb += [proj_rq.o.ready.eq(1),
+                     proj_rq.i.valid.eq(self.proj.valid),
+                     proj_rq.i.payload.x.eq(self.proj.payload.dot),
+                     proj_rq.i.payload.s.eq(Mux(ctl.write, self.wk_shift, self.wq_shift)),
+                     proj_rq.i.payload.tag.eq(self.proj.payload.tag)]
+        tag = data.View(PROJ_TAG, proj_rq.o.payload.tag)
+        pw, plane = tag.word, tag.lane
+        m.d.comb += [key_w.data[l].eq(proj_rq.o.payload.y) for l in range(L.KP)]
+        k_lane = L.key_place(plane[:max(1, (L.P - 1).bit_length())])[1]
+        with m.If(proj_rq.o.valid & ctl.write):
+            m.d.comb += [key_w.addr.eq(ctl.kslot_base + L.key_word(pw, plane)),
+                         key_w.en.eq(Const(1, L.KP) << k_lane)]
+        m.d.comb += [self.q.valid.eq(proj_rq.o.valid & ~ctl.write), self.q.payload.word.eq(pw),
+                     self.q.payload.lane.eq(plane), self.q.payload.y.eq(proj_rq.o.payload.y)]
+        return proj_rq.o.valid
+
+    def _weighted_sum(self, m, dat_w):
+        """The weighted sum's words into ``dat`` as low then high bytes, and WRITE's M copy.
+        Returns the high bytes' write (a result retired)."""
+        L = self.layout
+        P = L.P
+        hi, lo = (1 << (fixed.OUT_BITS - 1)) - 1, -(1 << (fixed.OUT_BITS - 1))
+        res = Signal(data.ArrayLayout(signed(16), P), reset_less=True)
+        res_addr = Signal(range(L.dat_depth), reset_less=True)
+        res_lo, res_hi = Signal(), Signal()
+        res_now = self.wsum.valid
+        mo = self.wsum.payload
+        m.d.sync += [res_lo.eq(res_now), res_hi.eq(res_lo)]
+        with m.If(res_now):
+            m.d.sync += res_addr.eq(L.out_base + 2 * mo.tag[:16])
+        for l in range(P):
+            r = (mo.lanes[l] + (1 << (fixed.OUT_SHIFT - 1))) >> fixed.OUT_SHIFT
+            m.d.sync += res[l].eq(Mux(r > hi, hi, Mux(r < lo, lo, r)))
+        # WRITE: M_i is copied into its slot while the first column of K_i is projected
+        with m.If(self.copy.s2):
+            m.d.comb += [dat_w.addr.eq(self.copy.addr), dat_w.en.eq((1 << P) - 1)]
+        with m.If(res_lo):
+            m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
+        with m.If(res_hi):
+            m.d.comb += [dat_w.addr.eq(res_addr | 1), dat_w.en.eq((1 << P) - 1)]
+        # what the write of the next cycle is, per lane group
+        wsel_in = Signal(data.StructLayout({"lo": 1, "hi": 1, "copy": 1}))
+        m.d.comb += [wsel_in.lo.eq(res_now), wsel_in.hi.eq(res_lo), wsel_in.copy.eq(self.copy.s1)]
+        wsel = [data.View(wsel_in.shape(), v) for v in replicate(m, wsel_in, L.G, "dat_wsel")]
+        for l in range(P):
+            g = wsel[l // L.LG]
+            with m.If(g.lo):
+                m.d.comb += dat_w.data[l].eq(res[l][:8])
+            with m.Elif(g.hi):
+                m.d.comb += dat_w.data[l].eq(res[l][8:16])
+            with m.Elif(g.copy):
+                m.d.comb += dat_w.data[l].eq(self.copy.data[l])
+        return res_hi
