@@ -24,6 +24,10 @@ class Crc8(wiring.Component):
     ``valid``: it is a synchronous reset of the processor's register, which the flip-flops of
     ECP5 and iCE40 have built in, rather than lib.crc's ``start``, which is a multiplexer
     between the register and the XOR network (one input more to every CRC bit's logic).
+    Measured on its own against the bit-serial form it replaced (the same register, enable and
+    reset): on ECP5 one LUT level and the slice's wide-function multiplexers per CRC bit
+    instead of two LUT levels, the same Fmax (~320 MHz), some 20 LUT4 more; on iCE40 two LUT
+    levels either way, 22 LUTs instead of 20. No cycle and no logic level added.
 
     Members
     -------
