@@ -1,6 +1,8 @@
 """The top's frame parser: SLIP-decoded command bytes in; the header captured, the body counted
 and CRC'd, the payload written straight to its place in the engine's memories."""
 
+import types
+
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -198,40 +200,40 @@ class FrameParser(wiring.Component):
         m.d.comb += [eng.wr_dat_data[l].eq(dat_wr_r.data) for l in range(P)]
         m.d.comb += [eng.wr_w_data[l].eq(w_wr_r.data) for l in range(P)]
 
-        # each payload's fields: ``bad`` marks one out of range (BAD_ARG at END)
-        bad = Signal()
-        with m.If(bad):
+        # the byte as the payload parsers see it; they set ``bad`` for a field out of range
+        # (BAD_ARG at END)
+        b = types.SimpleNamespace(body=body, byte=byte, at=at, flags=flags, bad=Signal())
+        with m.If(b.bad):
             m.d.sync += bad_arg.eq(1)
-        beat_in = (m, body, byte, at, flags, bad)
-        self._vector(*beat_in, dat_wr, vexp_wr)
-        attention_length = self._attention(*beat_in, header.attention, dat_wr, vexp_wr)
-        weights = self._weights(*beat_in, header, ld_stop, w_wr)
+        self._vector(m, b, dat_wr, vexp_wr)
+        attention_length = self._attention(m, b, header.attention, dat_wr, vexp_wr)
+        weights = self._weights(m, b, header, ld_stop, w_wr)
 
         m.d.comb += [f.opcode.eq(opcode), f.header.eq(header), f.length.eq(count), f.overlong.eq(overlong),
                      f.crc_ok.eq(crc.zero), f.bad_field.eq(bad_arg), f.attention_length.eq(attention_length)]
         m.d.comb += [getattr(f, name).eq(value) for name, value in weights.items()]
         return m
 
-    def _vector(self, m, body, byte, at, flags, bad, dat_wr, vexp_wr):
+    def _vector(self, m, b, dat_wr, vexp_wr):
         """WRITE_MEMORY / RECALL: the exponent at body byte 1 to ``vexp[0]``, mantissa k (body
         byte 2 + k) to lane k % P of word k // P of ``dat``."""
         P, CB = self._layout.P, self._layout.CB
         vw = Signal(range(CB + 1))
         vl = Signal(range(P))
-        with m.If(body & at[0]):
+        with m.If(b.body & b.at[0]):
             m.d.sync += [vw.eq(0), vl.eq(0)]
-        with m.If(body & flags["op_vector"]):
-            with m.If(at[1]):
-                m.d.comb += [vexp_wr.addr.eq(0), vexp_wr.data.eq(byte), vexp_wr.valid.eq(1)]
-                with m.If(~_exp_ok(byte)):
-                    m.d.comb += bad.eq(1)
-            with m.Elif(flags["vector"]):
-                m.d.comb += [dat_wr.addr.eq(vw), dat_wr.lane.eq(vl), dat_wr.valid.eq(1), dat_wr.data.eq(byte)]
+        with m.If(b.body & b.flags["op_vector"]):
+            with m.If(b.at[1]):
+                m.d.comb += [vexp_wr.addr.eq(0), vexp_wr.data.eq(b.byte), vexp_wr.valid.eq(1)]
+                with m.If(~_exp_ok(b.byte)):
+                    m.d.comb += b.bad.eq(1)
+            with m.Elif(b.flags["vector"]):
+                m.d.comb += [dat_wr.addr.eq(vw), dat_wr.lane.eq(vl), dat_wr.valid.eq(1), dat_wr.data.eq(b.byte)]
                 m.d.sync += [vl.eq(Mux(vl == P - 1, 0, vl + 1)), vw.eq(Mux(vl == P - 1, vw + 1, vw))]
-                with m.If(byte == 0x80):         # -128 is not a BFP8 mantissa
-                    m.d.comb += bad.eq(1)
+                with m.If(b.byte == 0x80):         # -128 is not a BFP8 mantissa
+                    m.d.comb += b.bad.eq(1)
 
-    def _attention(self, m, body, byte, at, flags, bad, hdr, dat_wr, vexp_wr):
+    def _attention(self, m, b, hdr, dat_wr, vexp_wr):
         """ATTENTION rows (1 + head_dim bytes each) from body byte 4 on: Q at row 0, K at row
         ``max_queries``, V at row ``max_queries + max_keys``; each row's exponent to ``vexp``,
         its mantissas to its AB words of ``dat``. Returns the body length the header asks for."""
@@ -254,24 +256,24 @@ class FrameParser(wiring.Component):
         attn_len = Signal(32)
         m.d.sync += [attn_rows_len.eq(a_rows * (1 + c.head_dim)), attn_len.eq(5 + attn_rows_len)]
         n_q, n_k = hdr.n_q, hdr.n_k
-        with m.If(body & flags["op_attention"]):
-            with m.If(at[3]):
+        with m.If(b.body & b.flags["op_attention"]):
+            with m.If(b.at[3]):
                 m.d.sync += [rin.eq(0), col.eq(0), aw.eq(0), al.eq(0), prow.eq(0), pbase.eq(0),
                              a_sane.eq((n_q >= 1) & (n_q <= MQ) & (n_k >= 1) & (n_k <= MK)),
                              a_qend.eq(n_q - 1), a_kend.eq(n_q + n_k - 1),
                              a_rows.eq(n_q + 2 * n_k)]
-            with m.If(flags["rows"] & a_sane & (rin < a_rows)):
+            with m.If(b.flags["rows"] & a_sane & (rin < a_rows)):
                 with m.If(col == 0):
-                    m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(byte), vexp_wr.valid.eq(1)]
-                    with m.If(~_exp_ok(byte)):
-                        m.d.comb += bad.eq(1)
+                    m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(b.byte), vexp_wr.valid.eq(1)]
+                    with m.If(~_exp_ok(b.byte)):
+                        m.d.comb += b.bad.eq(1)
                 with m.Else():
                     m.d.comb += [dat_wr.addr.eq(pbase + aw), dat_wr.lane.eq(al), dat_wr.valid.eq(1),
-                                 dat_wr.data.eq(byte)]
+                                 dat_wr.data.eq(b.byte)]
                     m.d.sync += [al.eq(Mux(al == P - 1, 0, al + 1)),
                                  aw.eq(Mux(al == P - 1, aw + 1, aw))]
-                    with m.If(byte == 0x80):
-                        m.d.comb += bad.eq(1)
+                    with m.If(b.byte == 0x80):
+                        m.d.comb += b.bad.eq(1)
                 with m.If(col == c.head_dim):
                     m.d.sync += [col.eq(0), aw.eq(0), al.eq(0), rin.eq(rin + 1)]
                     with m.If(rin == a_qend):
@@ -284,7 +286,7 @@ class FrameParser(wiring.Component):
                     m.d.sync += col.eq(col + 1)
         return attn_len
 
-    def _weights(self, m, body, byte, at, flags, bad, header, ld_stop, w_wr):
+    def _weights(self, m, b, header, ld_stop, w_wr):
         """LOAD_WEIGHTS: mantissa i of the chunk is W[c, j], c = row_offset + i // d_h,
         j = i % d_h, to lane c % P of word j*CB + c // P of ``w`` (W_k from word d_h*CB), once
         the header is good. Returns the frame outputs about the chunk."""
@@ -308,19 +310,19 @@ class FrameParser(wiring.Component):
         # first mantissa is looked at (one beat per two cycles)
         ld_ok_r = Signal()
         m.d.sync += ld_ok_r.eq(ld_hdr_ok)
-        with m.If(body & flags["op_weights"]):
-            with m.If(at[7]):
-                # (byte is the high byte of rows, header.bytes[6] only from the next cycle on)
-                m.d.sync += ld_stop.eq(8 + Cat(header.bytes[5], byte) * c.d_h)
+        with m.If(b.body & b.flags["op_weights"]):
+            with m.If(b.at[7]):
+                # (the byte is the high byte of rows: header.bytes[6] only from the next cycle on)
+                m.d.sync += ld_stop.eq(8 + Cat(header.bytes[5], b.byte) * c.d_h)
                 m.d.sync += [ld_j.eq(0), ld_jbase.eq(Mux(sel, c.d_h * CB, 0)),
                              ld_c_word.eq(Mux(hdr.row_offset == 0, 0, cur.next_word)),
                              ld_c_lane.eq(Mux(hdr.row_offset == 0, 0, cur.next_lane))]
-            with m.If(flags["weights"] & ld_ok_r):
+            with m.If(b.flags["weights"] & ld_ok_r):
                 # (the engine registers the write on its way to the block RAMs)
                 m.d.comb += [w_wr.addr.eq(ld_jbase + ld_c_word), w_wr.lane.eq(ld_c_lane),
-                             w_wr.valid.eq(1), w_wr.data.eq(byte)]
-                with m.If(byte == 0x80):
-                    m.d.comb += bad.eq(1)
+                             w_wr.valid.eq(1), w_wr.data.eq(b.byte)]
+                with m.If(b.byte == 0x80):
+                    m.d.comb += b.bad.eq(1)
                 with m.If(ld_j == c.d_h - 1):
                     m.d.sync += [ld_j.eq(0), ld_jbase.eq(Mux(sel, c.d_h * CB, 0)),
                                  ld_c_lane.eq(Mux(ld_c_lane == P - 1, 0, ld_c_lane + 1)),

@@ -73,9 +73,13 @@ class HmtxTop(wiring.Component):
     The parts, in the order the bytes flow::
 
         cmd -> CommandGate -> SlipDecoder -> FrameParser --frame--> CommandProcessor
-                                                 |                      |  '--respond--.
-                                           (engine writes)      (engine control)       v
-        rsp <- SlipEncoder <------------------------------------ ResponseGenerator (engine reads)
+                                                                           | respond
+        rsp <- SlipEncoder <---------------------------------------- ResponseGenerator
+
+    and the engine (:class:`~hmtx.hw.engine.EngineSignature`) beside them: its memories written
+    by the frame parser, its operations started by the command processor, its results read by
+    the response generator -- each through its part of the signature (hw/wire.py). The gate
+    is open while the command processor receives.
 
     Bytes from ``cmd`` are taken, registered, un-SLIPped and registered again while the
     command processor receives, one per two cycles: the :class:`~hmtx.hw.frame_parser.FrameParser`
@@ -87,8 +91,6 @@ class HmtxTop(wiring.Component):
     :class:`~hmtx.hw.response.ResponseGenerator` send the response from registers and the
     engine's result memories, CRC'd on the fly and SLIP-encoded onto ``rsp``. ``cmd`` is not
     ready while a command executes or its response is being sent (protocol: stop-and-wait).
-    Each part reaches the engine only through its part of
-    :class:`~hmtx.hw.engine.EngineSignature` (hw/wire.py).
 
     ``engine`` picks the datapath behind the same interface: ``"lanes"`` (default), the
     pipelined P-lane :class:`~hmtx.hw.engine.Engine` (ECP5), or ``"serial"``,
