@@ -136,3 +136,70 @@ def test_top_engine_choice():
     assert top.engine_kind == "lanes" and isinstance(top.engine, Engine)
     with pytest.raises(ValueError, match=r"unknown engine 'wide'; choose one of lanes, serial"):
         HmtxTop(CONFIGS["tiny"], engine="wide")
+
+
+# The top's own latency, with the host always ready (tiny config): a command byte is taken
+# every two cycles; the first response byte comes this many cycles after the END is taken (plus
+# the engine's cycles, as CYCLES reports them, for the ops that run it); the response takes this
+# many cycles from its first byte to its END. Bounds: the parts may get faster, not slower.
+LATENCY = {"info": (7, 64), "status": (7, 23), "load": (8, 5), "write": (7, 13), "recall": (7, 451),
+           "read_slot": (7, 315), "cycles": (7, 31), "reset": (8, 5), "bad crc": (6, 5), "attention": (7, 302)}
+LATENCY_SERIAL = {"recall": (7, 355), "read_slot": (7, 251), "attention": (7, 238)}
+
+
+@pytest.mark.parametrize("engine", ["lanes", "serial"])
+def test_top_latency(engine):
+    from amaranth.sim import Simulator
+
+    from hmtx.hw.top import HmtxTop
+
+    c = CONFIGS["tiny"]
+    g = np.random.default_rng(rng(33).randrange(1 << 30))
+    rows = [vec(g, c.head_dim) for _ in range(4)]
+    m, e = np.stack([x[0] for x in rows]), np.array([x[1] for x in rows])
+    steps = [("info", cmd(Op.INFO)), ("status", cmd(Op.STATUS))]
+    steps += [("load", raw) for _, raw in load_steps(c, weights(g, c), rows_per_chunk=c.d)]
+    steps += [("write", cmd(Op.WRITE_MEMORY, P.pack_vector_cmd(*vec(g, c.d), c.d))), ("cycles", cmd(Op.CYCLES)),
+              ("recall", cmd(Op.RECALL, P.pack_vector_cmd(*vec(g, c.d), c.d))), ("cycles", cmd(Op.CYCLES)),
+              ("read_slot", cmd(Op.READ_SLOT, P.pack_read_slot(0))), ("reset", cmd(Op.RESET_CACHE)),
+              ("bad crc", cmd(Op.INFO)[:-2] + bytes([0x55, P.END])),
+              ("attention", cmd(Op.ATTENTION, P.pack_attention(m[:2], e[:2], m[2:3], e[2:3], m[3:], e[3:]))),
+              ("cycles", cmd(Op.CYCLES))]
+    dut = HmtxTop(c, engine=engine)
+    got = []
+
+    async def tb(ctx):
+        ctx.set(dut.rsp.ready, 1)
+        cyc = 0
+        for label, raw in steps:
+            taken = []
+            for b in raw:
+                ctx.set(dut.cmd.valid, 1)
+                ctx.set(dut.cmd.payload, b)
+                while True:
+                    _, _, ready = await ctx.tick().sample(dut.cmd.ready)
+                    cyc += 1
+                    if ready:
+                        break
+                taken.append(cyc)
+            ctx.set(dut.cmd.valid, 0)
+            rsp, first = bytearray(), None
+            while not rsp.endswith(bytes([P.END])):
+                _, _, valid, data = await ctx.tick().sample(dut.rsp.valid, dut.rsp.payload)
+                cyc += 1
+                if valid:
+                    first = first or cyc
+                    rsp.append(data)
+            got.append((label, max(np.diff(taken)), first - taken[-1], cyc - first, bytes(rsp)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
+    bounds = LATENCY | (LATENCY_SERIAL if engine == "serial" else {})
+    for k, (label, gap, first, length, rsp) in enumerate(got):
+        assert gap <= 2, (label, gap)
+        if label in ("write", "recall", "attention"):
+            cycles = P.unpack_cycles(P.decode_response(P.FrameDecoder().feed(got[k + 1][4])[0]).payload)
+            first -= cycles.last
+        assert first <= bounds[label][0] and length <= bounds[label][1], (label, first, length)

@@ -1,0 +1,213 @@
+"""The top's command processor: judges each command frame at its END, keeps the device's state
+and runs the engine."""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .engine import Op as EngineOp
+from .frame_parser import FrameSignature
+from .response import CYCLES_PAYLOAD, ResponseSignature
+from .wire import ENGINE_CONTROL, Opcode, Status, engine_part
+
+__all__ = ["CommandProcessor"]
+
+
+class CommandProcessor(wiring.Component):
+    """Stop-and-wait command sequencing: receive a frame, judge it, execute it, have it answered.
+
+    While ``receiving`` the frame parser takes the frame. At its END the frame is judged in the
+    documented order (docs/protocol.md section 4: BAD_FRAME, BAD_CRC, BAD_OPCODE, BAD_LENGTH,
+    BAD_ARG, then per opcode SLOT_RANGE, NO_WEIGHTS, EMPTY_CACHE) in two steps (CHECK: the
+    per-opcode length and field conditions into registers; CHECK2: the status); an empty body
+    is ignored. A good command executes (EXEC: RESET_CACHE and LOAD_WEIGHTS change the state in
+    one cycle; WRITE_MEMORY, RECALL and ATTENTION start the engine and WAIT for it to be done),
+    the cycle counters are updated (FINISH), and the response generator is started (in the
+    same cycle for an error); the next frame is received once it has sent the response.
+
+    State: the cache's ``fill`` and write pointer, W_q's and W_k's exponent, shift, rows
+    received and loaded flag (``frame.weights``: the parser continues a chunk from them), the
+    cycle counters of CYCLES, the slot the last WRITE_MEMORY wrote.
+
+    Members
+    -------
+    frame : In(FrameSignature)
+        The frame parser's output.
+    engine : In(engine_part(engine, ENGINE_CONTROL))
+        Starts the engine's operations.
+    respond : Out(ResponseSignature)
+        To the response generator.
+    receiving : Out(1)
+        Command bytes may be taken.
+    """
+
+    def __init__(self, layout):
+        self._layout = layout
+        super().__init__({
+            "frame": In(FrameSignature(layout)),
+            "engine": In(engine_part(layout, ENGINE_CONTROL)),
+            "respond": Out(ResponseSignature(layout)),
+            "receiving": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        N = self._layout.config.n_slots
+        f, eng, rsp = self.frame, self.engine, self.respond
+        ws = f.weights
+        fill = Signal(range(N + 1))
+        wp = Signal(range(N))
+        written = Signal(16)                # the slot the last WRITE_MEMORY wrote
+        cycles = Signal(CYCLES_PAYLOAD)
+        cyc_run = Signal(32)
+        status = Signal(Status)
+        m.d.comb += [eng.wq_exp.eq(ws[0].exp), eng.wk_exp.eq(ws[1].exp),
+                     eng.wq_shift.eq(ws[0].shift), eng.wk_shift.eq(ws[1].shift)]
+        m.d.comb += [rsp.status.eq(status), rsp.opcode.eq(f.opcode), rsp.slot.eq(f.header.read_slot.slot),
+                     rsp.n_q.eq(f.header.attention.n_q), rsp.fill.eq(fill), rsp.write_pointer.eq(wp),
+                     rsp.loaded.eq(Cat(ws[0].loaded, ws[1].loaded)),
+                     rsp.next_row[0].eq(ws[0].next_row), rsp.next_row[1].eq(ws[1].next_row),
+                     rsp.written_slot.eq(written), rsp.cycles.eq(cycles)]
+
+        with m.FSM():
+            with m.State("RX"):
+                m.d.comb += [self.receiving.eq(1), f.receive.eq(1)]
+                with m.If(f.end):
+                    m.next = "CHECK"
+            self._judge(m, status, fill, cyc_run)
+            self._execute(m, fill, wp, written, cycles, cyc_run)
+            with m.State("RESPOND"):
+                with m.If(rsp.done):
+                    m.next = "NEXT"
+            with m.State("NEXT"):
+                m.d.comb += f.clear.eq(1)
+                m.next = "RX"
+        return m
+
+    def _judge(self, m, status, fill, cyc_run):
+        """The states CHECK and CHECK2: the frame's status, into ``status``."""
+        c = self._layout.config
+        MQ, MK = c.max_queries, c.max_keys
+        f, ws, rsp = self.frame, self.frame.weights, self.respond
+        opcode, count = f.opcode, f.length
+        attention = f.header.attention
+        known_r, length_ok_r, arg_bad_r = Signal(), Signal(), Signal()
+        with m.State("CHECK"):
+            # first the per-opcode conditions into registers, then the status (CHECK2)
+            length_ok = Signal()
+            with m.Switch(opcode):
+                with m.Case(Opcode.LOAD_WEIGHTS):
+                    m.d.comb += length_ok.eq((count >= 8) & (count == f.weights_length))
+                with m.Case(Opcode.ATTENTION):
+                    m.d.comb += length_ok.eq((count >= 4) & (count == f.attention_length))
+                with m.Case(Opcode.WRITE_MEMORY, Opcode.RECALL):
+                    m.d.comb += length_ok.eq(count == c.d + 3)
+                with m.Case(Opcode.READ_SLOT):
+                    m.d.comb += length_ok.eq(count == 4)
+                with m.Default():
+                    m.d.comb += length_ok.eq(count == 2)
+            arg_bad = Signal()
+            with m.Switch(opcode):
+                with m.Case(Opcode.LOAD_WEIGHTS):
+                    m.d.comb += arg_bad.eq(~f.weights_ok | f.bad_field)
+                with m.Case(Opcode.ATTENTION):
+                    n_q, n_k = attention.n_q, attention.n_k
+                    m.d.comb += arg_bad.eq(f.bad_field | (n_q < 1) | (n_q > MQ) | (n_k < 1) | (n_k > MK)
+                                           | (attention.flags.reserved != 0)
+                                           | (attention.flags.causal & (n_q > n_k)))
+                with m.Default():
+                    m.d.comb += arg_bad.eq(f.bad_field)
+            m.d.sync += [known_r.eq(Cat(*[opcode == op for op in Opcode]).any()),
+                         length_ok_r.eq(length_ok), arg_bad_r.eq(arg_bad)]
+            m.next = "CHECK2"
+
+        with m.State("CHECK2"):
+            st = Signal(Status)
+            with m.If(f.overlong | (count == 1)):
+                m.d.comb += st.eq(Status.BAD_FRAME)
+            with m.Elif(~f.crc_ok):
+                m.d.comb += st.eq(Status.BAD_CRC)
+            with m.Elif(~known_r):
+                m.d.comb += st.eq(Status.BAD_OPCODE)
+            with m.Elif(~length_ok_r):
+                m.d.comb += st.eq(Status.BAD_LENGTH)
+            with m.Elif(arg_bad_r):
+                m.d.comb += st.eq(Status.BAD_ARG)
+            with m.Elif((opcode == Opcode.WRITE_MEMORY) & ~ws[1].loaded):
+                m.d.comb += st.eq(Status.NO_WEIGHTS)
+            with m.Elif((opcode == Opcode.RECALL) & ~ws[0].loaded):
+                m.d.comb += st.eq(Status.NO_WEIGHTS)
+            with m.Elif((opcode == Opcode.RECALL) & (fill == 0)):
+                m.d.comb += st.eq(Status.EMPTY_CACHE)
+            with m.Elif((opcode == Opcode.READ_SLOT) & (f.header.read_slot.slot >= fill)):
+                m.d.comb += st.eq(Status.SLOT_RANGE)
+            m.d.sync += [status.eq(st), cyc_run.eq(0)]   # compute cycles start after this
+            with m.If(count == 0):
+                # (the opcode is still 0: no body byte since the parser was cleared)
+                with m.If(~f.overlong):
+                    m.next = "NEXT"           # empty body: ignored
+                with m.Else():
+                    m.d.comb += rsp.start.eq(1)
+                    m.next = "RESPOND"
+            with m.Elif(st != Status.OK):
+                # a failed LOAD_WEIGHTS may have written part of its matrix
+                matrix = f.header.weights.matrix
+                with m.If((opcode == Opcode.LOAD_WEIGHTS) & (count >= 2) & (matrix <= 1)):
+                    for n in range(2):
+                        with m.If(matrix == n):
+                            m.d.sync += [ws[n].loaded.eq(0), ws[n].next_row.eq(0)]
+                m.d.comb += rsp.start.eq(1)
+                m.next = "RESPOND"
+            with m.Else():
+                m.next = "EXEC"
+
+    def _execute(self, m, fill, wp, written, cycles, cyc_run):
+        """The states EXEC, WAIT and FINISH: a good command's effect, and its cycles counted."""
+        N = self._layout.config.n_slots
+        f, ws, eng, rsp = self.frame, self.frame.weights, self.engine, self.respond
+        opcode = f.opcode
+        hdr = f.header.weights
+        with m.State("EXEC"):
+            m.d.sync += cyc_run.eq(cyc_run + 1)
+            with m.Switch(opcode):
+                with m.Case(Opcode.RESET_CACHE):
+                    m.d.sync += [fill.eq(0), wp.eq(0)]
+                    m.next = "FINISH"
+                with m.Case(Opcode.LOAD_WEIGHTS):
+                    for n in range(2):
+                        with m.If(hdr.matrix[0] == n):
+                            with m.If(hdr.row_offset == 0):
+                                m.d.sync += [ws[n].exp.eq(hdr.exp), ws[n].shift.eq(hdr.shift)]
+                            m.d.sync += [ws[n].next_row.eq(f.weights_end),
+                                         ws[n].next_word.eq(f.weights_next.word),
+                                         ws[n].next_lane.eq(f.weights_next.lane),
+                                         ws[n].loaded.eq(f.weights_end == self._layout.config.d)]
+                    m.next = "FINISH"
+                with m.Case(Opcode.WRITE_MEMORY, Opcode.RECALL, Opcode.ATTENTION):
+                    attention = f.header.attention
+                    m.d.comb += [eng.start.eq(1), eng.slot.eq(wp), eng.n_q.eq(attention.n_q),
+                                 eng.causal.eq(attention.flags.causal)]
+                    with m.Switch(opcode):
+                        with m.Case(Opcode.WRITE_MEMORY):
+                            m.d.comb += eng.op.eq(EngineOp.WRITE)
+                        with m.Case(Opcode.RECALL):
+                            m.d.comb += [eng.op.eq(EngineOp.RECALL), eng.n_keys.eq(fill)]
+                        with m.Default():
+                            m.d.comb += [eng.op.eq(EngineOp.ATTENTION), eng.n_keys.eq(attention.n_k)]
+                    m.next = "WAIT"
+                with m.Default():
+                    m.d.comb += rsp.start.eq(1)
+                    m.next = "RESPOND"
+        with m.State("WAIT"):
+            m.d.sync += cyc_run.eq(cyc_run + 1)
+            with m.If(eng.done):
+                with m.If(opcode == Opcode.WRITE_MEMORY):
+                    m.d.sync += [written.eq(wp),
+                                 wp.eq(Mux(wp == N - 1, 0, wp + 1)),
+                                 fill.eq(Mux(fill == N, N, fill + 1))]
+                m.next = "FINISH"
+        with m.State("FINISH"):
+            m.d.sync += [cycles.total.eq(cycles.total + cyc_run), cycles.last.eq(cyc_run),
+                         cycles.op.eq(opcode)]
+            m.d.comb += rsp.start.eq(1)
+            m.next = "RESPOND"
