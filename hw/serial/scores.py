@@ -1,0 +1,163 @@
+"""The sequential engine's query and score stages: Q row ``a`` into the query buffer
+(ATTENTION), then one score per key."""
+
+from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hmtx.model import fixed
+
+from ..engine import EXP_W
+from .signatures import (Control, MacPort, OperandA, OperandB, job_layout, lane_bits, read_port, requantize,
+                         step_lane, write_port)
+
+__all__ = ["QueryRow", "Scores"]
+
+
+class QueryRow(wiring.Component):
+    """ATTENTION: copies Q row ``a`` (``dat`` words from ``row_ptr``) into the query buffer, one
+    element a cycle: the multiplier's lane select picks the element out of its word
+    (``mac.dat_lane``, without a beat) and it is written a cycle later. Meanwhile ``vexp[a]`` is
+    read; it goes to the scores as q's exponent (``q_exp``) in the last cycle, ``done``, when
+    the last element lands.
+
+    Members
+    -------
+    ctl : In(Control)
+    job : In(job_layout)
+    mac : Out(MacPort)
+    dat, vexp : In(memory.ReadPort.Signature)
+    qbuf_w : In(memory.WritePort.Signature)
+    q_exp : Out(stream.Signature(signed(EXP_W), always_ready=True))
+    """
+
+    def __init__(self, e):
+        self._e = e
+        c = e.config
+        super().__init__({
+            "ctl": In(Control), "job": In(job_layout(e)),
+            "mac": Out(MacPort(e)),
+            "dat": In(read_port(e.dat_depth, data.ArrayLayout(signed(8), e.P))),
+            "vexp": In(read_port(e.ROWS, signed(8))),
+            "qbuf_w": In(write_port(max(c.d_h, c.head_dim), signed(16))),
+            "q_exp": Out(stream.Signature(signed(EXP_W), always_ready=True)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        e, job = self._e, self.job
+        c, P = e.config, e.P
+        i = Signal(range(c.head_dim + 1))       # element, as (word, lane) too
+        i_word = Signal(range(e.AB + 1))
+        i_lane = Signal(lane_bits(P))
+        load = Signal(data.StructLayout({"valid": 1, "idx": range(max(c.d_h, c.head_dim))}))
+        m.d.sync += load.valid.eq(0)
+        with m.If(load.valid):
+            m.d.comb += [self.qbuf_w.addr.eq(load.idx), self.qbuf_w.data.eq(self.mac.dat_lane), self.qbuf_w.en.eq(1)]
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.ctl.start):
+                    m.d.sync += [i.eq(0), i_word.eq(0), i_lane.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += [self.dat.addr.eq(job.row_ptr + i_word), self.vexp.addr.eq(job.a),
+                             self.mac.fetch.lane.eq(i_lane)]
+                m.d.sync += [load.valid.eq(1), load.idx.eq(i), i.eq(i + 1), *step_lane(P, i_word, i_lane)]
+                with m.If(i == c.head_dim - 1):
+                    m.next = "EXP"
+            with m.State("EXP"):
+                # (vexp[a], read in LOAD; the last element lands now)
+                m.d.comb += [self.q_exp.valid.eq(1), self.q_exp.payload.eq(self.vexp.data), self.ctl.done.eq(1)]
+                m.next = "IDLE"
+        return m
+
+
+class Scores(wiring.Component):
+    """One score per key ``b`` (``n_keys``): the dot product of the query buffer with ``K_b``
+    (RECALL: ``key`` slot ``b``; ATTENTION: K row ``b``, ``dat`` words from ``MQ * AB``), then
+    ``t_b = shift_round_sat(q . K_b * mult, shift - 8 - q_exp - k_exp_b, 32)`` with the score
+    scale ``(mult, shift)`` of ``fixed.score_scale(d_k)``, sent to the softmax (``score``).
+
+    q's exponent arrives (``q_exp``) from the projection or the query row before ``start``;
+    the key's, ``kexp[b]`` (RECALL) or ``vexp[MQ + b]`` (ATTENTION), is read while the beats
+    run. A cycle to start, then per key: beats, the accumulator, the requantizer; ``done`` with
+    the last score.
+
+    Members
+    -------
+    ctl : In(Control)
+    job : In(job_layout)
+    q_exp : In(stream.Signature(signed(EXP_W), always_ready=True))
+    mac : Out(MacPort)
+    dat, key, vexp, kexp : In(memory.ReadPort.Signature)
+        (``dat``, ``key``: addresses only, the words go to the multiplier)
+    score : Out(stream.Signature(signed(SCORE_BITS), always_ready=True))
+    """
+
+    def __init__(self, e):
+        self._e = e
+        c = e.config
+        super().__init__({
+            "ctl": In(Control), "job": In(job_layout(e)),
+            "q_exp": In(stream.Signature(signed(EXP_W), always_ready=True)),
+            "mac": Out(MacPort(e)),
+            "dat": In(read_port(e.dat_depth, data.ArrayLayout(signed(8), e.P))),
+            "key": In(read_port(c.n_slots * e.KB, data.ArrayLayout(signed(16), e.KP))),
+            "vexp": In(read_port(e.ROWS, signed(8))),
+            "kexp": In(read_port(c.n_slots, signed(EXP_W))),
+            "score": Out(stream.Signature(signed(fixed.SCORE_BITS), always_ready=True)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        e, job, fetch = self._e, self.job, self.mac.fetch
+        c, P, MQ = e.config, e.P, e.config.max_queries
+        b = Signal(range(e.KMAX + 1))                   # key
+        i = Signal(range(max(c.d_h, c.head_dim) + 1))   # beat, as (word, lane) of q too
+        i_word = Signal(range(max(e.HB, e.AB) + 1))
+        i_lane = Signal(lane_bits(P))
+        ptr = Signal(range(max(e.dat_depth, c.n_slots * e.KB) + 1))     # K_b's first word
+        q_exp = Signal(signed(EXP_W))
+        with m.If(self.q_exp.valid):
+            m.d.sync += q_exp.eq(self.q_exp.payload)
+        m.d.comb += self.kexp.addr.eq(b)
+        k_exp = Mux(job.attn, self.vexp.data, self.kexp.data)
+        (mult_r, shift_r), (mult_a, shift_a) = fixed.score_scale(c.d_h), fixed.score_scale(c.head_dim)
+        mult, sshift = Mux(job.attn, mult_a, mult_r), Mux(job.attn, shift_a, shift_r)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.ctl.start):
+                    m.next = "START"
+            with m.State("START"):
+                m.d.sync += [b.eq(0), i.eq(0), i_word.eq(0), i_lane.eq(0), ptr.eq(Mux(job.attn, MQ * e.AB, 0))]
+                m.next = "BEATS"
+            with m.State("BEATS"):
+                m.d.comb += [self.vexp.addr.eq(MQ + b), fetch.idx.eq(i),
+                             fetch.mul.eq(1), fetch.first.eq(i == 0),
+                             fetch.last.eq(i == Mux(job.attn, c.head_dim - 1, c.d_h - 1)),
+                             fetch.a.eq(OperandA.QBUF), fetch.lane.eq(i_lane)]
+                with m.If(job.attn):
+                    m.d.comb += [self.dat.addr.eq(ptr + i_word), fetch.b.eq(OperandB.DAT)]
+                with m.Else():
+                    m.d.comb += [self.key.addr.eq(ptr + e.key_word(i_word, i_lane)), fetch.b.eq(OperandB.KEY),
+                                 fetch.klane.eq(e.key_place(i_lane)[1])]
+                m.d.sync += [i.eq(i + 1), *step_lane(P, i_word, i_lane)]
+                with m.If(fetch.last):
+                    m.next = "ACC"
+            with m.State("ACC"):
+                m.d.comb += self.vexp.addr.eq(MQ + b)
+                with m.If(self.mac.acc.valid):
+                    m.d.comb += requantize(self.mac.rq, sshift - fixed.SCORE_FRAC - q_exp - k_exp, wide=1, m=mult)
+                    m.next = "STORE"
+            with m.State("STORE"):
+                with m.If(self.mac.y.valid):
+                    m.d.comb += [self.score.valid.eq(1), self.score.payload.eq(self.mac.y.payload)]
+                    m.d.sync += [i.eq(0), i_word.eq(0), i_lane.eq(0), ptr.eq(ptr + Mux(job.attn, e.AB, e.KB))]
+                    with m.If(b == job.n_keys - 1):
+                        m.d.comb += self.ctl.done.eq(1)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += b.eq(b + 1)
+                        m.next = "BEATS"
+        return m
