@@ -6,8 +6,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..engine import EXP_W
-from .signatures import (Control, MacPort, OperandA, OperandB, job_layout, lane_bits, read_port, requantize,
-                         step_lane, write_port)
+from .signatures import (Control, MacPort, OperandA, OperandB, element, is_element, job_layout, lane_bits,
+                         read_port, requantize, step_lane, write_port)
 
 __all__ = ["Projection"]
 
@@ -59,11 +59,9 @@ class Projection(wiring.Component):
         m = Module()
         e, job, fetch = self._e, self.job, self.mac.fetch
         c, P, CB = e.config, e.P, e.CB
-        j = Signal(range(c.d_h + 1))            # output element, as (word, lane) too
-        o_word = Signal(range(e.HB + 1))
+        o_word = Signal(range(e.HB + 1))        # output element j, as (word, lane)
         o_lane = Signal(lane_bits(P))
-        i = Signal(range(c.d + 1))              # beat, as (word, lane) of the vector too
-        i_word = Signal(range(CB + 1))
+        i_word = Signal(range(CB + 1))          # beat: element of the vector, as (word, lane)
         i_lane = Signal(lane_bits(P))
         ptr = Signal(range(2 * c.d_h * CB + 1))   # column j's first w word
 
@@ -77,15 +75,16 @@ class Projection(wiring.Component):
                                  self.kexp_w.addr.eq(job.slot), self.kexp_w.en.eq(1),
                                  self.kexp_w.data.eq(job.vexp0 + self.wk_exp + self.wk_shift)]
                 m.d.comb += [self.q_exp.valid.eq(1), self.q_exp.payload.eq(job.vexp0 + self.wq_exp + self.wq_shift)]
-                m.d.sync += [j.eq(0), o_word.eq(0), o_lane.eq(0), i.eq(0), i_word.eq(0), i_lane.eq(0),
+                m.d.sync += [o_word.eq(0), o_lane.eq(0), i_word.eq(0), i_lane.eq(0),
                              ptr.eq(Mux(job.write, c.d_h * CB, 0))]
                 m.next = "BEATS"
             with m.State("BEATS"):
                 m.d.comb += [self.dat.addr.eq(i_word), self.w.addr.eq(ptr + i_word),
-                             fetch.mul.eq(1), fetch.first.eq(i == 0), fetch.last.eq(i == c.d - 1),
+                             fetch.mul.eq(1), fetch.first.eq(is_element(P, i_word, i_lane, 0)),
+                             fetch.last.eq(is_element(P, i_word, i_lane, c.d - 1)),
                              fetch.a.eq(OperandA.DAT), fetch.b.eq(OperandB.W), fetch.lane.eq(i_lane)]
-                m.d.sync += [i.eq(i + 1), *step_lane(P, i_word, i_lane)]
-                with m.If(i == c.d - 1):
+                m.d.sync += step_lane(P, i_word, i_lane)
+                with m.If(fetch.last):
                     m.next = "ACC"
             with m.State("ACC"):
                 with m.If(self.mac.acc.valid):
@@ -100,10 +99,9 @@ class Projection(wiring.Component):
                                      self.key_w.en.eq(Const(1, e.KP) << k_lane)]
                         m.d.comb += [self.key_w.data[k].eq(y) for k in range(e.KP)]
                     with m.Else():
-                        m.d.comb += [self.qbuf_w.addr.eq(j), self.qbuf_w.data.eq(y), self.qbuf_w.en.eq(1)]
-                    m.d.sync += [j.eq(j + 1), i.eq(0), i_word.eq(0), i_lane.eq(0), ptr.eq(ptr + CB),
-                                 *step_lane(P, o_word, o_lane)]
-                    with m.If(j == c.d_h - 1):
+                        m.d.comb += [self.qbuf_w.addr.eq(element(P, o_word, o_lane)), self.qbuf_w.data.eq(y), self.qbuf_w.en.eq(1)]
+                    m.d.sync += [i_word.eq(0), i_lane.eq(0), ptr.eq(ptr + CB), *step_lane(P, o_word, o_lane)]
+                    with m.If(is_element(P, o_word, o_lane, c.d_h - 1)):
                         m.d.comb += self.ctl.done.eq(1)
                         m.next = "IDLE"
                     with m.Else():

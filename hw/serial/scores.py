@@ -8,8 +8,8 @@ from amaranth.lib.wiring import In, Out
 from hmtx.model import fixed
 
 from ..engine import EXP_W
-from .signatures import (Control, MacPort, OperandA, OperandB, job_layout, lane_bits, read_port, requantize,
-                         step_lane, write_port)
+from .signatures import (Control, MacPort, OperandA, OperandB, element, is_element, job_layout, lane_bits,
+                         read_port, requantize, step_lane, write_port)
 
 __all__ = ["QueryRow", "Scores"]
 
@@ -47,8 +47,7 @@ class QueryRow(wiring.Component):
         m = Module()
         e, job = self._e, self.job
         c, P = e.config, e.P
-        i = Signal(range(c.head_dim + 1))       # element, as (word, lane) too
-        i_word = Signal(range(e.AB + 1))
+        i_word = Signal(range(e.AB + 1))        # element, as (word, lane)
         i_lane = Signal(lane_bits(P))
         load = Signal(data.StructLayout({"valid": 1, "idx": range(max(c.d_h, c.head_dim))}))
         m.d.sync += load.valid.eq(0)
@@ -57,13 +56,13 @@ class QueryRow(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.ctl.start):
-                    m.d.sync += [i.eq(0), i_word.eq(0), i_lane.eq(0)]
+                    m.d.sync += [i_word.eq(0), i_lane.eq(0)]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [self.dat.addr.eq(job.row_ptr + i_word), self.vexp.addr.eq(job.a),
                              self.mac.fetch.lane.eq(i_lane)]
-                m.d.sync += [load.valid.eq(1), load.idx.eq(i), i.eq(i + 1), *step_lane(P, i_word, i_lane)]
-                with m.If(i == c.head_dim - 1):
+                m.d.sync += [load.valid.eq(1), load.idx.eq(element(P, i_word, i_lane)), *step_lane(P, i_word, i_lane)]
+                with m.If(is_element(P, i_word, i_lane, c.head_dim - 1)):
                     m.next = "EXP"
             with m.State("EXP"):
                 # (vexp[a], read in LOAD; the last element lands now)
@@ -113,8 +112,7 @@ class Scores(wiring.Component):
         e, job, fetch = self._e, self.job, self.mac.fetch
         c, P, MQ = e.config, e.P, e.config.max_queries
         b = Signal(range(e.KMAX + 1))                   # key
-        i = Signal(range(max(c.d_h, c.head_dim) + 1))   # beat, as (word, lane) of q too
-        i_word = Signal(range(max(e.HB, e.AB) + 1))
+        i_word = Signal(range(max(e.HB, e.AB) + 1))     # beat: element of q, as (word, lane)
         i_lane = Signal(lane_bits(P))
         ptr = Signal(range(max(e.dat_depth, c.n_slots * e.KB) + 1))     # K_b's first word
         q_exp = Signal(signed(EXP_W))
@@ -130,19 +128,20 @@ class Scores(wiring.Component):
                 with m.If(self.ctl.start):
                     m.next = "START"
             with m.State("START"):
-                m.d.sync += [b.eq(0), i.eq(0), i_word.eq(0), i_lane.eq(0), ptr.eq(Mux(job.attn, MQ * e.AB, 0))]
+                m.d.sync += [b.eq(0), i_word.eq(0), i_lane.eq(0), ptr.eq(Mux(job.attn, MQ * e.AB, 0))]
                 m.next = "BEATS"
             with m.State("BEATS"):
-                m.d.comb += [self.vexp.addr.eq(MQ + b), fetch.idx.eq(i),
-                             fetch.mul.eq(1), fetch.first.eq(i == 0),
-                             fetch.last.eq(i == Mux(job.attn, c.head_dim - 1, c.d_h - 1)),
+                m.d.comb += [self.vexp.addr.eq(MQ + b), fetch.idx.eq(element(P, i_word, i_lane)),
+                             fetch.mul.eq(1), fetch.first.eq(is_element(P, i_word, i_lane, 0)),
+                             fetch.last.eq(Mux(job.attn, is_element(P, i_word, i_lane, c.head_dim - 1),
+                                               is_element(P, i_word, i_lane, c.d_h - 1))),
                              fetch.a.eq(OperandA.QBUF), fetch.lane.eq(i_lane)]
                 with m.If(job.attn):
                     m.d.comb += [self.dat.addr.eq(ptr + i_word), fetch.b.eq(OperandB.DAT)]
                 with m.Else():
                     m.d.comb += [self.key.addr.eq(ptr + e.key_word(i_word, i_lane)), fetch.b.eq(OperandB.KEY),
                                  fetch.klane.eq(e.key_place(i_lane)[1])]
-                m.d.sync += [i.eq(i + 1), *step_lane(P, i_word, i_lane)]
+                m.d.sync += step_lane(P, i_word, i_lane)
                 with m.If(fetch.last):
                     m.next = "ACC"
             with m.State("ACC"):
@@ -153,7 +152,7 @@ class Scores(wiring.Component):
             with m.State("STORE"):
                 with m.If(self.mac.y.valid):
                     m.d.comb += [self.score.valid.eq(1), self.score.payload.eq(self.mac.y.payload)]
-                    m.d.sync += [i.eq(0), i_word.eq(0), i_lane.eq(0), ptr.eq(ptr + Mux(job.attn, e.AB, e.KB))]
+                    m.d.sync += [i_word.eq(0), i_lane.eq(0), ptr.eq(ptr + Mux(job.attn, e.AB, e.KB))]
                     with m.If(b == job.n_keys - 1):
                         m.d.comb += self.ctl.done.eq(1)
                         m.next = "IDLE"

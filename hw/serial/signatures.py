@@ -6,7 +6,7 @@ drive one port."""
 import operator
 from functools import reduce
 
-from amaranth.hdl import Const, Mux, Value, signed, unsigned
+from amaranth.hdl import Cat, Const, Mux, Value, signed, unsigned
 from amaranth.lib import data, enum, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -14,7 +14,8 @@ from amaranth.utils import ceil_log2
 from hmtx.model import fixed
 
 __all__ = ["OperandA", "OperandB", "Control", "MacPort", "job_layout", "fetch_layout", "request_layout",
-           "read_port", "write_port", "merge", "any_of", "step_lane", "requantize", "lane_bits"]
+           "read_port", "write_port", "merge", "any_of", "step_lane", "is_element", "element", "requantize",
+           "lane_bits"]
 
 
 class OperandA(enum.Enum, shape=2):
@@ -142,6 +143,18 @@ def merge(m, sink, *sources):
 def step_lane(P, word, lane):
     """Advance an element index kept as (word, lane) of ``P`` lanes."""
     return [lane.eq(Mux(lane == P - 1, 0, lane + 1)), word.eq(Mux(lane == P - 1, word + 1, word))]
+
+
+def is_element(P, word, lane, n):
+    """(word, lane) of ``P`` lanes is element ``n``."""
+    return (word == n // P) & (lane == n % P)
+
+
+def element(P, word, lane):
+    """The element index of (word, lane): ``word * P + lane``, wiring alone when P is a power of 2."""
+    if P & (P - 1) == 0:
+        return Cat(lane[:(P - 1).bit_length()], word)
+    return word * P + lane
 
 
 def requantize(rq, s, wide=0, x=None, m=None):

@@ -6,8 +6,8 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
 
-from .signatures import (Control, MacPort, OperandA, OperandB, job_layout, lane_bits, read_port, requantize,
-                         step_lane, write_port)
+from .signatures import (Control, MacPort, OperandA, OperandB, is_element, job_layout, lane_bits, read_port,
+                         requantize, step_lane, write_port)
 
 __all__ = ["WeightedSum"]
 
@@ -48,8 +48,7 @@ class WeightedSum(wiring.Component):
         e, job, fetch = self._e, self.job, self.mac.fetch
         c, P, AB, CB = e.config, e.P, e.AB, e.CB
         MQ, MK = c.max_queries, c.max_keys
-        x = Signal(range(max(c.d, c.head_dim) + 1))       # element, as (word, lane) too
-        o_word = Signal(range(max(CB, AB) + 1))
+        o_word = Signal(range(max(CB, AB) + 1))           # element, as (word, lane)
         o_lane = Signal(lane_bits(P))
         i = Signal(range(e.KMAX + 1))                     # beat: key
         vptr = Signal(range(e.dat_depth + max(CB, AB) + 1))     # V_i's word of element x
@@ -61,7 +60,7 @@ class WeightedSum(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.ctl.start):
-                    m.d.sync += [x.eq(0), o_word.eq(0), o_lane.eq(0), i.eq(0), vptr.eq(base)]
+                    m.d.sync += [o_word.eq(0), o_lane.eq(0), i.eq(0), vptr.eq(base)]
                     m.next = "BEATS"
             with m.State("BEATS"):
                 m.d.comb += [fetch.idx.eq(i), self.dat.addr.eq(vptr),
@@ -83,9 +82,9 @@ class WeightedSum(wiring.Component):
             with m.State("HI"):
                 m.d.comb += [self.dat_w.addr.eq(out_addr | 1), self.dat_w.en.eq(lane_en)]
                 m.d.comb += [self.dat_w.data[lane].eq(res[8:]) for lane in range(P)]
-                m.d.sync += [i.eq(0), x.eq(x + 1), vptr.eq(base + o_word + (o_lane == P - 1)),
-                             *step_lane(P, o_word, o_lane)]
-                with m.If(x == Mux(job.attn, c.head_dim - 1, c.d - 1)):
+                m.d.sync += [i.eq(0), vptr.eq(base + o_word + (o_lane == P - 1)), *step_lane(P, o_word, o_lane)]
+                with m.If(Mux(job.attn, is_element(P, o_word, o_lane, c.head_dim - 1),
+                              is_element(P, o_word, o_lane, c.d - 1))):
                     m.d.comb += self.ctl.done.eq(1)
                     m.next = "IDLE"
                 with m.Else():
