@@ -194,3 +194,14 @@ def test_merge_ors_the_sources_and_fans_out_the_rest():
     sim.run()
     with pytest.raises(TypeError, match="does not have the members"):
         merge(m, sink, wiring.Signature({"a": Out(4)}).create())
+
+
+def test_verilog_has_no_constant_only_processes():
+    """A unit output some of whose bits no statement drives becomes ``always @* x[..] = const;``
+    in the Verilog: a process that never runs (Verilator's ALWNEVER, an error for sim/runner.py).
+    Every beat and request assigns all its fields (hw/serial/signatures.py) to avoid them."""
+    from amaranth.back import verilog
+
+    lines = verilog.convert(SerialEngine(P3), name="top").splitlines()
+    never = [lines[k + 1].strip() for k, line in enumerate(lines) if line.strip() == "always @*"]
+    assert not never, never

@@ -6,7 +6,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..engine import EXP_W
-from .signatures import (Control, MacPort, OperandA, OperandB, element, is_element, job_layout, lane_bits,
+from .signatures import (Control, MacPort, OperandA, OperandB, beat, element, is_element, job_layout, lane_bits,
                          read_port, requantize, step_lane, write_port)
 
 __all__ = ["Projection"]
@@ -80,9 +80,8 @@ class Projection(wiring.Component):
                 m.next = "BEATS"
             with m.State("BEATS"):
                 m.d.comb += [self.dat.addr.eq(i_word), self.w.addr.eq(ptr + i_word),
-                             fetch.mul.eq(1), fetch.first.eq(is_element(P, i_word, i_lane, 0)),
-                             fetch.last.eq(is_element(P, i_word, i_lane, c.d - 1)),
-                             fetch.a.eq(OperandA.DAT), fetch.b.eq(OperandB.W), fetch.lane.eq(i_lane)]
+                             *beat(fetch, OperandA.DAT, OperandB.W, i_lane, first=is_element(P, i_word, i_lane, 0),
+                                   last=is_element(P, i_word, i_lane, c.d - 1))]
                 m.d.sync += step_lane(P, i_word, i_lane)
                 with m.If(fetch.last):
                     m.next = "ACC"

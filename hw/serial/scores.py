@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 from hmtx.model import fixed
 
 from ..engine import EXP_W
-from .signatures import (Control, MacPort, OperandA, OperandB, element, is_element, job_layout, lane_bits,
+from .signatures import (Control, MacPort, OperandA, OperandB, beat, element, is_element, job_layout, lane_bits,
                          read_port, requantize, step_lane, write_port)
 
 __all__ = ["QueryRow", "Scores"]
@@ -60,7 +60,7 @@ class QueryRow(wiring.Component):
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += [self.dat.addr.eq(job.row_ptr + i_word), self.vexp.addr.eq(job.a),
-                             self.mac.fetch.lane.eq(i_lane)]
+                             *beat(self.mac.fetch, OperandA.DAT, OperandB.W, i_lane, first=0, last=0, mul=0)]
                 m.d.sync += [load.valid.eq(1), load.idx.eq(element(P, i_word, i_lane)), *step_lane(P, i_word, i_lane)]
                 with m.If(is_element(P, i_word, i_lane, c.head_dim - 1)):
                     m.next = "EXP"
@@ -131,16 +131,17 @@ class Scores(wiring.Component):
                 m.d.sync += [b.eq(0), i_word.eq(0), i_lane.eq(0), ptr.eq(Mux(job.attn, MQ * e.AB, 0))]
                 m.next = "BEATS"
             with m.State("BEATS"):
-                m.d.comb += [self.vexp.addr.eq(MQ + b), fetch.idx.eq(element(P, i_word, i_lane)),
-                             fetch.mul.eq(1), fetch.first.eq(is_element(P, i_word, i_lane, 0)),
-                             fetch.last.eq(Mux(job.attn, is_element(P, i_word, i_lane, c.head_dim - 1),
-                                               is_element(P, i_word, i_lane, c.d_h - 1))),
-                             fetch.a.eq(OperandA.QBUF), fetch.lane.eq(i_lane)]
+                m.d.comb += self.vexp.addr.eq(MQ + b)
+                idx, first = element(P, i_word, i_lane), is_element(P, i_word, i_lane, 0)
+                last = Mux(job.attn, is_element(P, i_word, i_lane, c.head_dim - 1),
+                           is_element(P, i_word, i_lane, c.d_h - 1))
                 with m.If(job.attn):
-                    m.d.comb += [self.dat.addr.eq(ptr + i_word), fetch.b.eq(OperandB.DAT)]
+                    m.d.comb += [self.dat.addr.eq(ptr + i_word),
+                                 *beat(fetch, OperandA.QBUF, OperandB.DAT, i_lane, first, last, idx=idx)]
                 with m.Else():
-                    m.d.comb += [self.key.addr.eq(ptr + e.key_word(i_word, i_lane)), fetch.b.eq(OperandB.KEY),
-                                 fetch.klane.eq(e.key_place(i_lane)[1])]
+                    m.d.comb += [self.key.addr.eq(ptr + e.key_word(i_word, i_lane)),
+                                 *beat(fetch, OperandA.QBUF, OperandB.KEY, i_lane, first, last,
+                                       klane=e.key_place(i_lane)[1], idx=idx)]
                 m.d.sync += step_lane(P, i_word, i_lane)
                 with m.If(fetch.last):
                     m.next = "ACC"

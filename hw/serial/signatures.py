@@ -14,8 +14,8 @@ from amaranth.utils import ceil_log2
 from hmtx.model import fixed
 
 __all__ = ["OperandA", "OperandB", "Control", "MacPort", "job_layout", "fetch_layout", "request_layout",
-           "read_port", "write_port", "merge", "any_of", "step_lane", "is_element", "element", "requantize",
-           "lane_bits"]
+           "read_port", "write_port", "merge", "any_of", "step_lane", "is_element", "element", "beat",
+           "requantize", "lane_bits"]
 
 
 class OperandA(enum.Enum, shape=2):
@@ -157,12 +157,20 @@ def element(P, word, lane):
     return word * P + lane
 
 
+# (Every field of a beat or a request is assigned, 0 where unused: a unit's output some of whose
+# bits no statement drives becomes a constant-only ``always @*`` in the Verilog, which never runs
+# -- Verilator's ALWNEVER.)
+
+def beat(fetch, a, b, lane, first, last, klane=0, idx=0, mul=1):
+    """Fetch operands ``a`` and ``b`` (lane ``lane``/``klane``, buffer entry ``idx``) for a beat of
+    a dot product (``mul``; without it, only ``dat_lane``)."""
+    return [fetch.mul.eq(mul), fetch.first.eq(first), fetch.last.eq(last), fetch.a.eq(a), fetch.b.eq(b),
+            fetch.lane.eq(lane), fetch.klane.eq(klane), fetch.idx.eq(idx)]
+
+
 def requantize(rq, s, wide=0, x=None, m=None):
     """Ask for ``shift_round_sat(x [* m], s, 32 if wide else 16)``; ``x`` None: the accumulator."""
     p = rq.payload
-    stmts = [rq.valid.eq(1), p.s.eq(s), p.wide.eq(wide)]
-    stmts.append(p.from_acc.eq(1) if x is None else p.x.eq(x))
-    if m is not None:
-        stmts += [p.use_m.eq(1), p.m.eq(m)]
-    return stmts
+    return [rq.valid.eq(1), p.s.eq(s), p.wide.eq(wide), p.from_acc.eq(x is None), p.x.eq(0 if x is None else x),
+            p.use_m.eq(m is not None), p.m.eq(0 if m is None else m)]
 

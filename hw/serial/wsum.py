@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
 
-from .signatures import (Control, MacPort, OperandA, OperandB, is_element, job_layout, lane_bits, read_port,
+from .signatures import (Control, MacPort, OperandA, OperandB, beat, is_element, job_layout, lane_bits, read_port,
                          requantize, step_lane, write_port)
 
 __all__ = ["WeightedSum"]
@@ -63,9 +63,9 @@ class WeightedSum(wiring.Component):
                     m.d.sync += [o_word.eq(0), o_lane.eq(0), i.eq(0), vptr.eq(base)]
                     m.next = "BEATS"
             with m.State("BEATS"):
-                m.d.comb += [fetch.idx.eq(i), self.dat.addr.eq(vptr),
-                             fetch.mul.eq(1), fetch.first.eq(i == 0), fetch.last.eq(i == job.n_keys - 1),
-                             fetch.a.eq(OperandA.WM), fetch.b.eq(OperandB.DAT), fetch.lane.eq(o_lane)]
+                m.d.comb += [self.dat.addr.eq(vptr),
+                             *beat(fetch, OperandA.WM, OperandB.DAT, o_lane, first=i == 0, last=i == job.n_keys - 1,
+                                   idx=i)]
                 m.d.sync += [i.eq(i + 1), vptr.eq(vptr + Mux(job.attn, AB, CB))]
                 with m.If(fetch.last):
                     m.next = "ACC"
