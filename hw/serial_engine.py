@@ -18,12 +18,12 @@ with:
 * the restoring divider of the lane engine (:class:`~hmtx.hw.arith.Reciprocal`);
 * block RAM for every table (exponents, scores, probabilities, weights, q, the exp2 table).
 
-The work is split into units (``hw/serial/``), each a component: the :class:`~hmtx.hw.serial.
-sequencer.Sequencer` runs the stages of an operation one after the other --
-:class:`~hmtx.hw.serial.projection.Projection`, :class:`~hmtx.hw.serial.scores.QueryRow`,
-:class:`~hmtx.hw.serial.scores.Scores`, :class:`~hmtx.hw.serial.softmax.Softmax`,
-:class:`~hmtx.hw.serial.wsum.WeightedSum` -- which take turns on the one
-:class:`~hmtx.hw.serial.mac.SerialMac` and on the shared memory ports.
+The work is split into units, each a component: the :class:`~hmtx.hw.serial_sequencer.Sequencer`
+runs the stages of an operation one after the other -- :class:`~hmtx.hw.serial_stages.Projection`,
+:class:`~hmtx.hw.serial_stages.QueryRow`, :class:`~hmtx.hw.serial_stages.Scores`,
+:class:`~hmtx.hw.serial_softmax.Softmax`, :class:`~hmtx.hw.serial_stages.WeightedSum` -- which take
+turns on the one :class:`~hmtx.hw.serial_mac.SerialMac` and on the shared memory ports
+(:func:`~hmtx.hw.serial_signatures.merge`).
 
 Every step waits for the one before it, so the cost is cycles, and they depend on the data (the
 requantizer shifts one place per cycle): a RECALL over 16 slots at ``up5k`` takes 6,000-7,000
@@ -37,13 +37,11 @@ from amaranth.lib import data, memory, wiring
 from hmtx.model.configs import EngineConfig
 
 from .engine import EXP_W, EngineLayout, EngineSignature, Region
-from .serial.mac import SerialMac
-from .serial.projection import Projection
-from .serial.scores import QueryRow, Scores
-from .serial.sequencer import Sequencer
-from .serial.signatures import merge, read_port, write_port
-from .serial.softmax import Softmax
-from .serial.wsum import WeightedSum
+from .serial_mac import SerialMac
+from .serial_sequencer import Sequencer
+from .serial_signatures import merge, read_port, write_port
+from .serial_softmax import Softmax
+from .serial_stages import Projection, QueryRow, Scores, WeightedSum
 
 __all__ = ["SerialEngine"]
 

@@ -1,4 +1,4 @@
-"""SerialEngine (hw/serial_engine.py and its units in hw/serial/) vs hmtx.model.fixed: writes that
+"""SerialEngine (hw/serial_engine.py and its units, hw/serial_*.py) vs hmtx.model.fixed: writes that
 wrap the ring, recalls and attention tiles, every block-RAM read/write collision answered with
 random bits; and the OR-merge that lets its units share a port."""
 
@@ -12,7 +12,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from hmtx.hw.engine import Op
-from hmtx.hw.serial.signatures import merge
+from hmtx.hw.serial_signatures import merge
 from hmtx.hw.serial_engine import SerialEngine
 from hmtx.model import fixed
 from hmtx.model.configs import CONFIGS, EngineConfig
@@ -199,7 +199,7 @@ def test_merge_ors_the_sources_and_fans_out_the_rest():
 def test_verilog_has_no_constant_only_processes():
     """A unit output some of whose bits no statement drives becomes ``always @* x[..] = const;``
     in the Verilog: a process that never runs (Verilator's ALWNEVER, an error for sim/runner.py).
-    Every beat and request assigns all its fields (hw/serial/signatures.py) to avoid them."""
+    Every beat and request assigns all its fields (hw/serial_signatures.py) to avoid them."""
     from amaranth.back import verilog
 
     lines = verilog.convert(SerialEngine(P3), name="top").splitlines()

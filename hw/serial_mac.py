@@ -4,8 +4,8 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..arith import SerialMulShiftRoundSat
-from .signatures import MacPort, OperandA, OperandB, write_port
+from .arith import SerialMulShiftRoundSat
+from .serial_signatures import MacPort, OperandA, OperandB, write_port
 
 __all__ = ["SerialMac"]
 
@@ -28,7 +28,7 @@ class SerialMac(wiring.Component):
     Members
     -------
     port : In(MacPort)
-        Shared by the stages (:func:`~hmtx.hw.serial.signatures.merge`).
+        Shared by the stages (:func:`~hmtx.hw.serial_signatures.merge`).
     dat, w : In(ArrayLayout(signed(8), P))
         The ``dat``/``w`` words addressed a cycle before.
     key : In(ArrayLayout(signed(16), KP))

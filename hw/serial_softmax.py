@@ -6,9 +6,9 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
 
-from ..arith import Reciprocal
-from ..engine import EXP_W
-from .signatures import Control, MacPort, job_layout, read_port, requantize, write_port
+from .arith import Reciprocal
+from .engine import EXP_W
+from .serial_signatures import Control, MacPort, job_layout, read_port, requantize, write_port
 
 __all__ = ["Softmax"]
 

@@ -6,8 +6,8 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
 
-from ..engine import EXP_W, Op
-from .signatures import Control, job_layout, read_port, write_port
+from .engine import EXP_W, Op
+from .serial_signatures import Control, job_layout, read_port, write_port
 
 __all__ = ["Sequencer"]
 
