@@ -148,7 +148,8 @@ class SerialEngine(EngineLayout, wiring.Component):
         m.d.comb += [stage.job.eq(seq.job) for stage in stages]
         for name, stage in zip(("proj", "qrow", "scores", "softmax", "wsum"), stages):
             wiring.connect(m, getattr(seq, name), stage.ctl)
-        m.d.comb += [getattr(proj, name).eq(getattr(self, name)) for name in ("wq_exp", "wk_exp", "wq_shift", "wk_shift")]
+        m.d.comb += [getattr(proj, name).eq(getattr(self, name))
+                     for name in ("wq_exp", "wk_exp", "wq_shift", "wk_shift")]
 
         # between the stages: the multiplier, q and its exponent, the scores, the weights, E
         merge(m, mac.port, *(stage.mac for stage in stages))
@@ -167,7 +168,8 @@ class SerialEngine(EngineLayout, wiring.Component):
         dat_r = read_port(self.dat_depth, word).create(path=("dat_r",))
         merge(m, dat_r, seq.dat, proj.dat, qrow.dat, scores.dat, wsum.dat)
         m.d.comb += [self._dat_r.addr.eq(Mux(seq.busy, dat_r.addr, rd_dat_r)), dat_r.data.eq(self._dat_r.data),
-                     self._key_r.addr.eq(Mux(seq.busy, scores.key.addr, rd_key_r)), scores.key.data.eq(self._key_r.data),
+                     self._key_r.addr.eq(Mux(seq.busy, scores.key.addr, rd_key_r)),
+                     scores.key.data.eq(self._key_r.data),
                      self.rd_dat_data.eq(self._dat_r.data), self.rd_key_data.eq(self._key_r.data),
                      mac.dat.eq(self._dat_r.data), mac.w.eq(self._w_r.data), mac.key.eq(self._key_r.data)]
         dat_w = write_port(self.dat_depth, word, granularity=1).create(path=("dat_w",))
@@ -177,7 +179,8 @@ class SerialEngine(EngineLayout, wiring.Component):
         with m.Else():
             m.d.comb += [self._dat_w.addr.eq(self.wr_dat_addr), self._dat_w.data.eq(self.wr_dat_data),
                          self._dat_w.en.eq(self.wr_dat_en)]
-        m.d.comb += [self._w_w.addr.eq(self.wr_w_addr), self._w_w.data.eq(self.wr_w_data), self._w_w.en.eq(self.wr_w_en)]
+        m.d.comb += [self._w_w.addr.eq(self.wr_w_addr), self._w_w.data.eq(self.wr_w_data),
+                     self._w_w.en.eq(self.wr_w_en)]
 
         # the units' other ports
         wiring.connect(m, proj.w, self._w_r)

@@ -53,7 +53,8 @@ class Sequencer(wiring.Component):
         c = e.config
         word = data.ArrayLayout(signed(8), e.P)
         super().__init__({
-            **{name: In(e.signature.members[name].shape) for name in ("start", "op", "slot", "n_keys", "n_q", "causal")},
+            **{name: In(e.signature.members[name].shape)
+               for name in ("start", "op", "slot", "n_keys", "n_q", "causal")},
             "busy": Out(1), "done": Out(1),
             "job": Out(job_layout(e)),
             "proj": Out(Control), "qrow": Out(Control), "scores": Out(Control), "softmax": Out(Control),

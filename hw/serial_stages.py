@@ -103,7 +103,8 @@ class Projection(wiring.Component):
                                      self.key_w.en.eq(Const(1, e.KP) << k_lane)]
                         m.d.comb += [self.key_w.data[k].eq(y) for k in range(e.KP)]
                     with m.Else():
-                        m.d.comb += [self.qbuf_w.addr.eq(element(P, o_word, o_lane)), self.qbuf_w.data.eq(y), self.qbuf_w.en.eq(1)]
+                        m.d.comb += [self.qbuf_w.addr.eq(element(P, o_word, o_lane)), self.qbuf_w.data.eq(y),
+                                     self.qbuf_w.en.eq(1)]
                     m.d.sync += [i_word.eq(0), i_lane.eq(0), ptr.eq(ptr + CB), *step_lane(P, o_word, o_lane)]
                     with m.If(is_element(P, o_word, o_lane, c.d_h - 1)):
                         m.d.comb += self.ctl.done.eq(1)
