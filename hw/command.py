@@ -18,12 +18,12 @@ class CommandProcessor(wiring.Component):
 
     While ``receiving`` the frame parser takes the frame. At its END the frame is judged in the
     documented order (docs/protocol.md section 4: BAD_FRAME, BAD_CRC, BAD_OPCODE, BAD_LENGTH,
-    BAD_ARG, then per opcode SLOT_RANGE, NO_WEIGHTS, EMPTY_CACHE) in two steps (CHECK: the
-    per-opcode length and field conditions into registers; CHECK2: the status); an empty body
-    is ignored. A good command executes (EXEC: RESET_CACHE and LOAD_WEIGHTS change the state in
-    one cycle; WRITE_MEMORY, RECALL and ATTENTION start the engine and WAIT for it to be done),
-    the cycle counters are updated (FINISH), and the response generator is started (in the
-    same cycle for an error); the next frame is received once it has sent the response.
+    BAD_ARG, then per opcode SLOT_RANGE, NO_WEIGHTS, EMPTY_CACHE) in two steps (CHECK: every
+    condition into a register; CHECK2: the status from them); an empty body is ignored. A good
+    command executes (EXEC: RESET_CACHE and LOAD_WEIGHTS change the state in one cycle;
+    WRITE_MEMORY, RECALL and ATTENTION start the engine and WAIT for it to be done), the cycle
+    counters are updated (FINISH), and the response generator is started (in the same cycle
+    for an error); the next frame is received once it has sent the response.
 
     State: the cache's ``fill`` and write pointer, W_q's and W_k's exponent, shift, rows
     received and loaded flag (``frame.weights``: the parser continues a chunk from them), the
@@ -85,15 +85,18 @@ class CommandProcessor(wiring.Component):
         return m
 
     def _judge(self, m, status, fill, cyc_run):
-        """The states CHECK and CHECK2: the frame's status, into ``status``."""
+        """The states CHECK and CHECK2: the frame's status, into ``status``. CHECK registers
+        every condition (each a compare of the frame's fields or the device state, which hold
+        still from END to EXEC); CHECK2 then decides from flip-flops only."""
         c = self._layout.config
         MQ, MK = c.max_queries, c.max_keys
         f, ws, rsp = self.frame, self.frame.weights, self.respond
         opcode, count = f.opcode, f.length
         attention = f.header.attention
         known_r, length_ok_r, arg_bad_r = Signal(), Signal(), Signal()
+        empty_r, frame_bad_r, crc_bad_r, weights_fail_r = Signal(), Signal(), Signal(), Signal()
+        op_status_r = Signal(Status)        # the per-opcode checks' status (OK: none failed)
         with m.State("CHECK"):
-            # first the per-opcode conditions into registers, then the status (CHECK2)
             length_ok = Signal()
             with m.Switch(opcode):
                 with m.Case(Opcode.LOAD_WEIGHTS):
@@ -117,15 +120,30 @@ class CommandProcessor(wiring.Component):
                                            | (attention.flags.causal & (n_q > n_k)))
                 with m.Default():
                     m.d.comb += arg_bad.eq(f.bad_field)
+            op_status = Signal(Status)
+            with m.If((opcode == Opcode.WRITE_MEMORY) & ~ws[1].loaded):
+                m.d.comb += op_status.eq(Status.NO_WEIGHTS)
+            with m.Elif((opcode == Opcode.RECALL) & ~ws[0].loaded):
+                m.d.comb += op_status.eq(Status.NO_WEIGHTS)
+            with m.Elif((opcode == Opcode.RECALL) & (fill == 0)):
+                m.d.comb += op_status.eq(Status.EMPTY_CACHE)
+            with m.Elif((opcode == Opcode.READ_SLOT) & (f.header.read_slot.slot >= fill)):
+                m.d.comb += op_status.eq(Status.SLOT_RANGE)
             m.d.sync += [known_r.eq(Cat(*[opcode == op for op in Opcode]).any()),
-                         length_ok_r.eq(length_ok), arg_bad_r.eq(arg_bad)]
+                         length_ok_r.eq(length_ok), arg_bad_r.eq(arg_bad), op_status_r.eq(op_status),
+                         empty_r.eq(count == 0), frame_bad_r.eq(f.overlong | (count == 1)),
+                         crc_bad_r.eq(~f.crc_ok),
+                         # (a LOAD_WEIGHTS frame that fails invalidates the matrix it names)
+                         weights_fail_r.eq((opcode == Opcode.LOAD_WEIGHTS) & (count >= 2)
+                                           & (f.header.weights.matrix <= 1))]
             m.next = "CHECK2"
 
         with m.State("CHECK2"):
+            # the documented order: BAD_FRAME, BAD_CRC, BAD_OPCODE, BAD_LENGTH, BAD_ARG, per-op
             st = Signal(Status)
-            with m.If(f.overlong | (count == 1)):
+            with m.If(frame_bad_r):
                 m.d.comb += st.eq(Status.BAD_FRAME)
-            with m.Elif(~f.crc_ok):
+            with m.Elif(crc_bad_r):
                 m.d.comb += st.eq(Status.BAD_CRC)
             with m.Elif(~known_r):
                 m.d.comb += st.eq(Status.BAD_OPCODE)
@@ -133,16 +151,10 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += st.eq(Status.BAD_LENGTH)
             with m.Elif(arg_bad_r):
                 m.d.comb += st.eq(Status.BAD_ARG)
-            with m.Elif((opcode == Opcode.WRITE_MEMORY) & ~ws[1].loaded):
-                m.d.comb += st.eq(Status.NO_WEIGHTS)
-            with m.Elif((opcode == Opcode.RECALL) & ~ws[0].loaded):
-                m.d.comb += st.eq(Status.NO_WEIGHTS)
-            with m.Elif((opcode == Opcode.RECALL) & (fill == 0)):
-                m.d.comb += st.eq(Status.EMPTY_CACHE)
-            with m.Elif((opcode == Opcode.READ_SLOT) & (f.header.read_slot.slot >= fill)):
-                m.d.comb += st.eq(Status.SLOT_RANGE)
+            with m.Else():
+                m.d.comb += st.eq(op_status_r)
             m.d.sync += [status.eq(st), cyc_run.eq(0)]   # compute cycles start after this
-            with m.If(count == 0):
+            with m.If(empty_r):
                 # (the opcode is still 0: no body byte since the parser was cleared)
                 with m.If(~f.overlong):
                     m.next = "NEXT"           # empty body: ignored
@@ -151,8 +163,8 @@ class CommandProcessor(wiring.Component):
                     m.next = "RESPOND"
             with m.Elif(st != Status.OK):
                 # a failed LOAD_WEIGHTS may have written part of its matrix
-                matrix = f.header.weights.matrix
-                with m.If((opcode == Opcode.LOAD_WEIGHTS) & (count >= 2) & (matrix <= 1)):
+                with m.If(weights_fail_r):
+                    matrix = f.header.weights.matrix
                     for n in range(2):
                         with m.If(matrix == n):
                             m.d.sync += [ws[n].loaded.eq(0), ws[n].next_row.eq(0)]

@@ -106,9 +106,10 @@ class FrameParser(wiring.Component):
     rows to their row of ``dat`` (Q at row 0, K at ``max_queries``, V at
     ``max_queries + max_keys``), exponents to ``vexp``, weight mantissas to lane ``c % P`` of
     word ``j*CB + c // P`` of ``w`` once the LOAD_WEIGHTS header is good -- through write
-    registers (a write lands two cycles after its byte; the engine starts >= 4 cycles after
-    the last payload byte, and weights are read by later commands only). Everything is checked
-    as it streams (field ranges, mantissas -128), for the command processor to judge at END.
+    registers (a write reaches the engine a cycle after its byte; the engine starts >= 4
+    cycles after the last payload byte -- END beat, CHECK, CHECK2, EXEC -- and weights are read
+    by later commands only). Everything is checked as it streams (field ranges, mantissas
+    -128), for the command processor to judge at END.
 
     Members
     -------

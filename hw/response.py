@@ -258,11 +258,14 @@ class ResponseGenerator(wiring.Component):
             return [v[8 * k:8 * k + 8] for k in range(len(v) // 8)]
         tables = {Opcode.INFO: info, Opcode.STATUS: payload_bytes(status),
                   Opcode.CYCLES: payload_bytes(rq.cycles), Opcode.WRITE_MEMORY: payload_bytes(write)}
+        # (the byte index's low bits only: ri counts from 0 in FIX and leaves it at the table's
+        # end, and the upper bits' compares would sit on the way to the output register)
+        index = s.ri[:max(len(table) for table in tables.values()).bit_length()]
         with m.State("FIX"):
             with m.Switch(rq.opcode):
                 for op, table in tables.items():
                     with m.Case(op):
-                        with m.Switch(s.ri):
+                        with m.Switch(index):
                             for k, v in enumerate(table):
                                 with m.Case(k):
                                     m.d.comb += s.send_data.eq(v)

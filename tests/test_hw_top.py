@@ -203,3 +203,22 @@ def test_top_latency(engine):
             cycles = P.unpack_cycles(P.decode_response(P.FrameDecoder().feed(got[k + 1][4])[0]).payload)
             first -= cycles.last
         assert first <= bounds[label][0] and length <= bounds[label][1], (label, first, length)
+
+
+def test_wire_enums_are_the_protocols():
+    from hmtx.hw.top import OPCODES, STATUS
+    from hmtx.hw.wire import Header, Opcode, Status
+
+    assert {op.name: op.value for op in Opcode} == OPCODES == {op.name: int(op) for op in P.Op}
+    assert {st.name: st.value for st in Status} == STATUS == {st.name: int(st) for st in P.Status}
+    assert Opcode.as_shape().width == Status.as_shape().width == 8
+    # the LOAD_WEIGHTS header as model/protocol packs it, read through the layout
+    from amaranth.lib import data
+
+    raw = P.pack_load_weights(1, -5, 7, 300, np.zeros((2, 3), dtype=np.int64))[:7]
+    hdr = data.Const(Header, int.from_bytes(raw, "little"))
+    w = hdr.weights
+    assert (w.matrix, w.exp, w.shift, w.row_offset, w.rows) == (1, -5, 7, 300, 2)
+    att = data.Const(Header, int.from_bytes(bytes([3, 4, 1]), "little")).attention
+    assert (att.n_q, att.n_k, att.flags.causal, att.flags.reserved) == (3, 4, 1, 0)
+    assert data.Const(Header, int.from_bytes(P.pack_read_slot(513), "little")).read_slot.slot == 513
