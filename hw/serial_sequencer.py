@@ -89,7 +89,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += [job.write.eq(self.op == Op.WRITE), job.attn.eq(self.op == Op.ATTENTION),
                                  job.slot.eq(self.slot), job.n_keys.eq(self.n_keys), job.n_q.eq(self.n_q),
                                  job.causal.eq(self.causal & (self.op == Op.ATTENTION)),
-                                 job.a.eq(0), job.row_ptr.eq(0), word.eq(0)]
+                                 job.a.eq(0), word.eq(0)]
                     with m.Switch(self.op):
                         with m.Case(Op.WRITE):
                             m.next = "COPY"
@@ -133,7 +133,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += [self.oexp_w.addr.eq(job.a), self.oexp_w.en.eq(1),
                              self.oexp_w.data.eq(self.big_e - (fixed.PROB_BITS - fixed.OUT_SHIFT))]
                 with m.If(job.attn & (job.a + 1 < job.n_q)):
-                    m.d.sync += [job.a.eq(job.a + 1), job.row_ptr.eq(job.row_ptr + e.AB)]
+                    m.d.sync += [job.a.eq(job.a + 1)]
                     m.next = "ROW"
                 with m.Else():
                     m.next = "DONE"

@@ -44,14 +44,13 @@ def job_layout(e):
     engine's :class:`~hmtx.hw.engine.EngineLayout`).
 
     ``write``/``attn``: the op (neither: RECALL); ``causal``: an ATTENTION with the causal mask;
-    ``a``: the query row (0 for the other ops) and ``row_ptr`` its first ``dat`` word,
-    ``a * AB``; ``keep_lim``: key ``b`` of a causal row is attended iff ``b <= keep_lim``;
-    ``vexp0``: the input vector's exponent, ``vexp[0]``."""
+    ``a``: the query row (0 for the other ops); ``keep_lim``: key ``b`` of a causal row is
+    attended iff ``b <= keep_lim``; ``vexp0``: the input vector's exponent, ``vexp[0]``."""
     c = e.config
     return data.StructLayout({
         "write": 1, "attn": 1, "causal": 1,
         "slot": range(c.n_slots), "n_keys": range(e.KMAX + 1), "n_q": range(c.max_queries + 1),
-        "a": range(c.max_queries + 1), "row_ptr": range(c.max_queries * e.AB + 1),
+        "a": range(c.max_queries + 1),
         "keep_lim": signed(12), "vexp0": signed(8),
     })
 

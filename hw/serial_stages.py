@@ -20,9 +20,9 @@ __all__ = ["Projection", "QueryRow", "Scores", "WeightedSum"]
 class Projection(wiring.Component):
     """Projects the vector in ``vin`` (``dat`` words ``0..CB-1``) through ``W_k`` (WRITE, the
     second half of ``w``) or ``W_q`` (RECALL, the first half) one output element ``j`` at a time:
-    a dot product of column ``j`` (``w`` words ``ptr..ptr+CB-1``) with the vector, ``d`` beats,
-    then requantized by the weights' shift into ``key`` slot ``slot`` (WRITE, one key lane of
-    one key word) or into the query buffer (RECALL).
+    a dot product of column ``j`` (``CB`` ``w`` words from ``j * CB``, past ``W_q`` for ``W_k``)
+    with the vector, ``d`` beats, then requantized by the weights' shift into ``key`` slot
+    ``slot`` (WRITE, one key lane of one key word) or into the query buffer (RECALL).
 
     Its first cycle writes the slot's exponents (WRITE: ``mexp[slot] = vexp0``,
     ``kexp[slot] = vexp0 + wk_exp + wk_shift``) and sends q's exponent,
@@ -68,7 +68,7 @@ class Projection(wiring.Component):
         o_lane = Signal(lane_bits(P))
         i_word = Signal(range(CB + 1))          # beat: element of the vector, as (word, lane)
         i_lane = Signal(lane_bits(P))
-        ptr = Signal(range(2 * c.d_h * CB + 1))   # column j's first w word
+        ptr = Mux(job.write, c.d_h * CB, 0) + element(P, o_word, o_lane) * CB     # column j's first w word
 
         with m.FSM():
             with m.State("IDLE"):
@@ -80,8 +80,7 @@ class Projection(wiring.Component):
                                  self.kexp_w.addr.eq(job.slot), self.kexp_w.en.eq(1),
                                  self.kexp_w.data.eq(job.vexp0 + self.wk_exp + self.wk_shift)]
                 m.d.comb += [self.q_exp.valid.eq(1), self.q_exp.payload.eq(job.vexp0 + self.wq_exp + self.wq_shift)]
-                m.d.sync += [o_word.eq(0), o_lane.eq(0), i_word.eq(0), i_lane.eq(0),
-                             ptr.eq(Mux(job.write, c.d_h * CB, 0))]
+                m.d.sync += [o_word.eq(0), o_lane.eq(0), i_word.eq(0), i_lane.eq(0)]
                 m.next = "BEATS"
             with m.State("BEATS"):
                 m.d.comb += [self.dat.addr.eq(i_word), self.w.addr.eq(ptr + i_word),
@@ -105,7 +104,7 @@ class Projection(wiring.Component):
                     with m.Else():
                         m.d.comb += [self.qbuf_w.addr.eq(element(P, o_word, o_lane)), self.qbuf_w.data.eq(y),
                                      self.qbuf_w.en.eq(1)]
-                    m.d.sync += [i_word.eq(0), i_lane.eq(0), ptr.eq(ptr + CB), *step_lane(P, o_word, o_lane)]
+                    m.d.sync += [i_word.eq(0), i_lane.eq(0), *step_lane(P, o_word, o_lane)]
                     with m.If(is_element(P, o_word, o_lane, c.d_h - 1)):
                         m.d.comb += self.ctl.done.eq(1)
                         m.next = "IDLE"
@@ -115,7 +114,7 @@ class Projection(wiring.Component):
 
 
 class QueryRow(wiring.Component):
-    """ATTENTION: copies Q row ``a`` (``dat`` words from ``row_ptr``) into the query buffer, one
+    """ATTENTION: copies Q row ``a`` (``dat`` words from ``a * AB``) into the query buffer, one
     element a cycle: the multiplier's lane select picks the element out of its word
     (``mac.dat_lane``, without a beat) and it is written a cycle later. Meanwhile ``vexp[a]`` is
     read; it goes to the scores as q's exponent (``q_exp``) in the last cycle, ``done``, when
@@ -159,7 +158,7 @@ class QueryRow(wiring.Component):
                     m.d.sync += [i_word.eq(0), i_lane.eq(0)]
                     m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += [self.dat.addr.eq(job.row_ptr + i_word), self.vexp.addr.eq(job.a),
+                m.d.comb += [self.dat.addr.eq(job.a * e.AB + i_word), self.vexp.addr.eq(job.a),
                              *beat(self.mac.fetch, OperandA.DAT, OperandB.W, i_lane, first=0, last=0, mul=0)]
                 m.d.sync += [load.valid.eq(1), load.idx.eq(element(P, i_word, i_lane)), *step_lane(P, i_word, i_lane)]
                 with m.If(is_element(P, i_word, i_lane, c.head_dim - 1)):
@@ -214,7 +213,7 @@ class Scores(wiring.Component):
         b = Signal(range(e.KMAX + 1))                   # key
         i_word = Signal(range(max(e.HB, e.AB) + 1))     # beat: element of q, as (word, lane)
         i_lane = Signal(lane_bits(P))
-        ptr = Signal(range(max(e.dat_depth, c.n_slots * e.KB) + 1))     # K_b's first word
+        ptr = Mux(job.attn, (MQ + b) * e.AB, b * e.KB)     # K_b's first word
         q_exp = Signal(signed(EXP_W))
         with m.If(self.q_exp.valid):
             m.d.sync += q_exp.eq(self.q_exp.payload)
@@ -228,7 +227,7 @@ class Scores(wiring.Component):
                 with m.If(self.ctl.start):
                     m.next = "START"
             with m.State("START"):
-                m.d.sync += [b.eq(0), i_word.eq(0), i_lane.eq(0), ptr.eq(Mux(job.attn, MQ * e.AB, 0))]
+                m.d.sync += [b.eq(0), i_word.eq(0), i_lane.eq(0)]
                 m.next = "BEATS"
             with m.State("BEATS"):
                 m.d.comb += self.vexp.addr.eq(MQ + b)
@@ -253,7 +252,7 @@ class Scores(wiring.Component):
             with m.State("STORE"):
                 with m.If(self.mac.y.valid):
                     m.d.comb += [self.score.valid.eq(1), self.score.payload.eq(self.mac.y.payload)]
-                    m.d.sync += [i_word.eq(0), i_lane.eq(0), ptr.eq(ptr + Mux(job.attn, e.AB, e.KB))]
+                    m.d.sync += [i_word.eq(0), i_lane.eq(0)]
                     with m.If(b == job.n_keys - 1):
                         m.d.comb += self.ctl.done.eq(1)
                         m.next = "IDLE"
@@ -302,22 +301,21 @@ class WeightedSum(wiring.Component):
         o_word = Signal(range(max(CB, AB) + 1))           # element, as (word, lane)
         o_lane = Signal(lane_bits(P))
         i = Signal(range(e.KMAX + 1))                     # beat: key
-        vptr = Signal(range(e.dat_depth + max(CB, AB) + 1))     # V_i's word of element x
+        vptr = Mux(job.attn, (MQ + MK + i) * AB, e.mem_base + i * CB) + o_word     # V_i's word of element x
         res = Signal(signed(16))                          # a result between its two writes
-        base = Mux(job.attn, (MQ + MK) * AB, e.mem_base)
-        out_addr = e.out_base + 2 * (job.row_ptr + o_word)
+        out_addr = e.out_base + 2 * (job.a * AB + o_word)
         lane_en = Const(1, P) << o_lane
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.ctl.start):
-                    m.d.sync += [o_word.eq(0), o_lane.eq(0), i.eq(0), vptr.eq(base)]
+                    m.d.sync += [o_word.eq(0), o_lane.eq(0), i.eq(0)]
                     m.next = "BEATS"
             with m.State("BEATS"):
                 m.d.comb += [self.dat.addr.eq(vptr),
                              *beat(fetch, OperandA.WM, OperandB.DAT, o_lane, first=i == 0, last=i == job.n_keys - 1,
                                    idx=i)]
-                m.d.sync += [i.eq(i + 1), vptr.eq(vptr + Mux(job.attn, AB, CB))]
+                m.d.sync += i.eq(i + 1)
                 with m.If(fetch.last):
                     m.next = "ACC"
             with m.State("ACC"):
@@ -333,7 +331,7 @@ class WeightedSum(wiring.Component):
             with m.State("HI"):
                 m.d.comb += [self.dat_w.addr.eq(out_addr | 1), self.dat_w.en.eq(lane_en)]
                 m.d.comb += [self.dat_w.data[lane].eq(res[8:]) for lane in range(P)]
-                m.d.sync += [i.eq(0), vptr.eq(base + o_word + (o_lane == P - 1)), *step_lane(P, o_word, o_lane)]
+                m.d.sync += [i.eq(0), *step_lane(P, o_word, o_lane)]
                 with m.If(Mux(job.attn, is_element(P, o_word, o_lane, c.head_dim - 1),
                               is_element(P, o_word, o_lane, c.d - 1))):
                     m.d.comb += self.ctl.done.eq(1)
