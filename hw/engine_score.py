@@ -133,12 +133,16 @@ class ScoreUnit(wiring.Component):
         out = self.scores
         m.d.comb += [out.t.valid.eq(score_rq.o.valid), out.t.payload.idx.eq(b_out), out.t.payload.t.eq(t_b),
                      ctl.retire.eq(score_rq.o.valid)]
-        score_max = Signal(signed(fixed.SCORE_BITS))
+        score_max = Signal(signed(fixed.SCORE_BITS), reset_less=True)   # cleared before each row
         smax_ok = Signal()
         smax_t = Signal.like(t_b, reset_less=True)
         m.d.sync += [smax_ok.eq(score_rq.o.valid & (~ctl.causal | (b_out.as_signed() <= ctl.keep_lim))),
                      smax_t.eq(t_b)]
-        with m.If(ctl.clear):
+        # the clear comes from the sequencer's state decode; registered, it is off the running
+        # maximum's compare loop (it arrives at SCORE_START, long before the row's first score)
+        clear = Signal()
+        m.d.sync += clear.eq(ctl.clear)
+        with m.If(clear):
             m.d.sync += score_max.eq(-(1 << (fixed.SCORE_BITS - 1)))
         with m.If(smax_ok & (smax_t > score_max)):
             m.d.sync += score_max.eq(smax_t)

@@ -188,25 +188,28 @@ class Softmax(wiring.Component):
         prA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "e": 16}))
         prM = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8),
                                         "lo": 33, "hi": 25}))
-        pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "prod": 42}))
-        pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "align": 5, "p": 16}))
+        pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "align": 5, "prod": 42}))
+        pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "align": 5, "p": 16}))
         pshift = fixed.RECIP_BITS - fixed.PROB_BITS
         m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep),
                      prA.e.eq(self.sc_r.data[:16])]
         m.d.sync += [prM.valid.eq(prA.valid), prM.idx.eq(prA.idx), prM.keep.eq(prA.keep), prM.ve.eq(ve2),
                      prM.lo.eq(prA.e * rcp[:17]), prM.hi.eq(prA.e * rcp[17:])]
         ediff = big_e - prM.ve
-        m.d.sync += [pr2.valid.eq(prM.valid), pr2.idx.eq(prM.idx), pr2.keep.eq(prM.keep),
-                     pr2.align.eq(Mux(ediff > fixed.ALIGN_CUTOFF, fixed.ALIGN_CUTOFF, ediff)),
+        # a masked key's weight is 0, which is also what the largest shift gives (p < 2^15, so
+        # round_shift(p, 16) == 0): the mask goes into the shift, not into a multiplexer after it
+        m.d.sync += [pr2.valid.eq(prM.valid), pr2.idx.eq(prM.idx),
+                     pr2.align.eq(Mux(~prM.keep | (ediff > fixed.ALIGN_CUTOFF), fixed.ALIGN_CUTOFF, ediff)),
                      pr2.prod.eq((prM.hi << 17) + prM.lo)]
         p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
-        m.d.sync += [pr3.valid.eq(pr2.valid), pr3.idx.eq(pr2.idx), pr3.keep.eq(pr2.keep),
-                     pr3.align.eq(pr2.align),
+        m.d.sync += [pr3.valid.eq(pr2.valid), pr3.idx.eq(pr2.idx), pr3.align.eq(pr2.align),
                      pr3.p.eq(Mux(p_val > fixed.PROB_MAX, fixed.PROB_MAX, p_val))]
-        w_val = (pr3.p + ((Const(1, 17) << pr3.align) >> 1)) >> pr3.align
+        # round_shift(p, a) = (p + 2^(a-1)) >> a, computed as ((2p >> a) + 1) >> 1 (equal for every
+        # a >= 0): a plain shift, then an increment, with no decoder of a in front of an adder
+        w_val = (((pr3.p << 1) >> pr3.align) + 1) >> 1
         with m.If(pr3.valid):
             m.d.comb += [self._pm_w.addr.eq(pr3.idx), self._pm_w.data.eq(pr3.p), self._pm_w.en.eq(1)]
         wm_wr = Signal(data.StructLayout({"addr": len(self.wm_w.addr), "data": 16, "en": 1}))
-        m.d.sync += [wm_wr.addr.eq(pr3.idx), wm_wr.data.eq(Mux(pr3.keep, w_val, 0)), wm_wr.en.eq(pr3.valid)]
+        m.d.sync += [wm_wr.addr.eq(pr3.idx), wm_wr.data.eq(w_val), wm_wr.en.eq(pr3.valid)]
         m.d.comb += [self.wm_w.addr.eq(wm_wr.addr), self.wm_w.data.eq(wm_wr.data), self.wm_w.en.eq(wm_wr.en)]
         return pr3.valid
