@@ -18,16 +18,17 @@ The layout every engine shares (:class:`EngineLayout`, :class:`Op`, :func:`delay
 ``hw/engine_layout.py`` and re-exported here.
 """
 
-from amaranth.hdl import Module, signed, unsigned
+from amaranth.hdl import Module, signed
 from amaranth.lib import data, memory, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import In
 
 from hmtx.model.configs import EngineConfig
 
 from .engine_exponents import ExponentTables
 from .engine_fetch import OperandFetch
-from .engine_layout import (ADDR_REGS, EXP_W, MASK_W, SHIFT_W, TAG_BITS, W_ROW_DEPTH, EngineLayout, Op, Phase,
-                            Region, Rows, ceil_div, delay, key_block_lanes, lane_group_regions)
+from .engine_layout import (ADDR_REGS, CONTROL_MEMBERS, EXP_W, MASK_W, SHIFT_W, TAG_BITS, W_ROW_DEPTH,
+                            EngineLayout, EngineSignature, Op, Phase, Region, Rows, ceil_div, delay,
+                            key_block_lanes, lane_group_regions)
 from .engine_score import ScoreUnit
 from .engine_sequencer import Sequencer
 from .engine_softmax import Softmax
@@ -37,43 +38,6 @@ from .mac import MacArray
 __all__ = ["Op", "Phase", "Engine", "EngineLayout", "EngineSignature", "Region", "Rows", "key_block_lanes",
            "lane_group_regions", "delay", "ceil_div", "EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS",
            "W_ROW_DEPTH", "ADDR_REGS"]
-
-
-class EngineSignature(wiring.Signature):
-    """The engine as the command processor (hw/top.py) sees it, either kind: the operation and
-    its operands, busy/done, and -- while idle -- the owner's writes of the input buffer, the
-    weights and the row exponents, and its reads of every result and of the cache.
-
-    Reads: ``rd_dat_data``/``rd_key_data`` are the words at ``rd_dat_addr``/``rd_key_addr`` of
-    the engine's ``READ_LATENCY`` cycles before (the block RAM's output itself, to be registered
-    before any logic looks at it); ``rd_pm_data``, ``rd_mexp_data``, ``rd_kexp_data`` come one
-    cycle after their address (synchronous reads); ``rd_oexp_data`` in the same cycle. (The
-    owner reads ``dat`` and ``key`` through the engine's own read ports: a second read port
-    would make Yosys duplicate these block RAMs.)"""
-
-    def __init__(self, layout: "EngineLayout"):
-        c, P = layout.config, layout.P
-        word = data.ArrayLayout(signed(8), P)
-        super().__init__({
-            "start": In(1), "op": In(2),
-            "slot": In(range(c.n_slots)),
-            "n_keys": In(range(layout.KMAX + 1)),
-            "n_q": In(range(c.max_queries + 1)),
-            "causal": In(1),
-            "wq_exp": In(signed(8)), "wk_exp": In(signed(8)),
-            "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
-            "busy": Out(1), "done": Out(1),
-            "wr_dat_addr": In(range(layout.dat_depth)), "wr_dat_data": In(word), "wr_dat_en": In(P),
-            "wr_w_addr": In(range(2 * c.d_h * layout.CB)), "wr_w_data": In(word), "wr_w_en": In(P),
-            "wr_vexp_addr": In(range(layout.ROWS)), "wr_vexp_data": In(signed(8)), "wr_vexp_en": In(1),
-            "rd_dat_addr": In(range(layout.dat_depth)), "rd_dat_data": Out(word),
-            "rd_key_addr": In(range(c.n_slots * layout.KB)),
-            "rd_key_data": Out(data.ArrayLayout(signed(16), layout.KP)),
-            "rd_pm_addr": In(range(layout.KMAX)), "rd_pm_data": Out(unsigned(16)),
-            "rd_mexp_addr": In(range(c.n_slots)), "rd_mexp_data": Out(signed(8)),
-            "rd_kexp_addr": In(range(c.n_slots)), "rd_kexp_data": Out(signed(EXP_W)),
-            "rd_oexp_addr": In(range(c.max_queries)), "rd_oexp_data": Out(signed(EXP_W)),
-        })
 
 
 class Engine(EngineLayout, wiring.Component):
@@ -138,8 +102,7 @@ class Engine(EngineLayout, wiring.Component):
 
     # the owner's members (EngineSignature) that each unit takes, by the same names
     _OWNER = {
-        "sequencer": ("start", "op", "slot", "n_keys", "n_q", "causal", "busy", "done",
-                      "rd_dat_addr", "rd_key_addr"),
+        "sequencer": CONTROL_MEMBERS,
         "fetch": ("wr_w_addr", "wr_w_data", "wr_w_en"),
         "writeback": ("wr_dat_addr", "wr_dat_data", "wr_dat_en", "wq_shift", "wk_shift"),
         "exps": ("wq_exp", "wk_exp", "wq_shift", "wk_shift", "wr_vexp_addr", "wr_vexp_data", "wr_vexp_en",

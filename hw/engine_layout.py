@@ -8,14 +8,16 @@ and every unit of the lane engine (``hw/engine_*.py``) import from here, so that
 not import the engine that instantiates them; ``hmtx.hw.engine`` re-exports it all.
 """
 
-from amaranth.hdl import Signal
-from amaranth.lib import data, enum
+from amaranth.hdl import Signal, signed, unsigned
+from amaranth.lib import data, enum, wiring
+from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 __all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "PROJ_TAG", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div",
-           "delay", "key_block_lanes", "lane_group_regions", "Region", "Rows", "Op", "Phase", "EngineLayout"]
+           "delay", "key_block_lanes", "lane_group_regions", "Region", "Rows", "Op", "Phase", "EngineLayout",
+           "EngineSignature", "CONTROL_MEMBERS"]
 
 EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
 SHIFT_W = 5         # projection shifts 0..31 (protocol SHIFT_MAX)
@@ -190,3 +192,44 @@ class EngineLayout:
         return (word // 2) * self.P + 2 * B * (k // B) + B * (word % 2) + k % B
 
 
+class EngineSignature(wiring.Signature):
+    """The engine as the command processor (hw/top.py) sees it, either kind: the operation and
+    its operands, busy/done, and -- while idle -- the owner's writes of the input buffer, the
+    weights and the row exponents, and its reads of every result and of the cache.
+
+    Reads: ``rd_dat_data``/``rd_key_data`` are the words at ``rd_dat_addr``/``rd_key_addr`` of
+    the engine's ``READ_LATENCY`` cycles before (the block RAM's output itself, to be registered
+    before any logic looks at it); ``rd_pm_data``, ``rd_mexp_data``, ``rd_kexp_data`` come one
+    cycle after their address (synchronous reads); ``rd_oexp_data`` in the same cycle. (The
+    owner reads ``dat`` and ``key`` through the engine's own read ports: a second read port
+    would make Yosys duplicate these block RAMs.)"""
+
+    def __init__(self, layout: EngineLayout):
+        c, P = layout.config, layout.P
+        word = data.ArrayLayout(signed(8), P)
+        super().__init__({
+            "start": In(1), "op": In(2),
+            "slot": In(range(c.n_slots)),
+            "n_keys": In(range(layout.KMAX + 1)),
+            "n_q": In(range(c.max_queries + 1)),
+            "causal": In(1),
+            "wq_exp": In(signed(8)), "wk_exp": In(signed(8)),
+            "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
+            "busy": Out(1), "done": Out(1),
+            "wr_dat_addr": In(range(layout.dat_depth)), "wr_dat_data": In(word), "wr_dat_en": In(P),
+            "wr_w_addr": In(range(2 * c.d_h * layout.CB)), "wr_w_data": In(word), "wr_w_en": In(P),
+            "wr_vexp_addr": In(range(layout.ROWS)), "wr_vexp_data": In(signed(8)), "wr_vexp_en": In(1),
+            "rd_dat_addr": In(range(layout.dat_depth)), "rd_dat_data": Out(word),
+            "rd_key_addr": In(range(c.n_slots * layout.KB)),
+            "rd_key_data": Out(data.ArrayLayout(signed(16), layout.KP)),
+            "rd_pm_addr": In(range(layout.KMAX)), "rd_pm_data": Out(unsigned(16)),
+            "rd_mexp_addr": In(range(c.n_slots)), "rd_mexp_data": Out(signed(8)),
+            "rd_kexp_addr": In(range(c.n_slots)), "rd_kexp_data": Out(signed(EXP_W)),
+            "rd_oexp_addr": In(range(c.max_queries)), "rd_oexp_data": Out(signed(EXP_W)),
+        })
+
+
+# The members of EngineSignature that the lane engine's sequencer serves itself (the rest reach the
+# memories' owners: the write-back, the exponent tables, the softmax).
+CONTROL_MEMBERS = ("start", "op", "slot", "n_keys", "n_q", "causal", "busy", "done", "rd_dat_addr",
+                   "rd_key_addr")

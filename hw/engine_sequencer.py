@@ -5,11 +5,11 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from .engine_exponents import ExponentControlSignature
 from .engine_fetch import FetchControlSignature
-from .engine_layout import Op, Phase
+from .engine_layout import CONTROL_MEMBERS, EngineSignature, Op, Phase
 from .engine_score import ScoreControlSignature
 from .engine_softmax import SoftmaxControlSignature
 from .engine_writeback import WriteBackControlSignature
@@ -23,8 +23,9 @@ class SequencerSignature(wiring.Signature):
     Members
     -------
     start, op, slot, n_keys, n_q, causal, busy, done, rd_dat_addr, rd_key_addr : ...
-        The owner's (:class:`~hmtx.hw.engine.EngineSignature`): the operation, and the
-        addresses of its reads of ``dat`` and ``key`` while the engine is idle.
+        The owner's (:data:`~hmtx.hw.engine_layout.CONTROL_MEMBERS` of
+        :class:`~hmtx.hw.engine_layout.EngineSignature`, taken from there): the operation, and
+        the addresses of its reads of ``dat`` and ``key`` while the engine is idle.
     phase : Out(Phase)
         The MAC phase whose results are in flight (names their owner).
     fetch : Out(FetchControlSignature(layout, w_depth))
@@ -35,16 +36,9 @@ class SequencerSignature(wiring.Signature):
     """
 
     def __init__(self, layout, w_depth):
-        c = layout.config
+        owner = EngineSignature(layout).members
         super().__init__({
-            "start": In(1), "op": In(2),
-            "slot": In(range(c.n_slots)),
-            "n_keys": In(range(layout.KMAX + 1)),
-            "n_q": In(range(c.max_queries + 1)),
-            "causal": In(1),
-            "busy": Out(1), "done": Out(1),
-            "rd_dat_addr": In(range(layout.dat_depth)),
-            "rd_key_addr": In(range(c.n_slots * layout.KB)),
+            **{name: owner[name] for name in CONTROL_MEMBERS},
             "phase": Out(Phase),
             "fetch": Out(FetchControlSignature(layout, w_depth)),
             "writeback": Out(WriteBackControlSignature(layout)),
