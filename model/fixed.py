@@ -35,6 +35,8 @@ __all__ = [
     "round_shift", "shift_round_sat", "saturate",
     "quantize_bfp", "dequantize", "quantize_weight", "project", "scores", "softmax",
     "weighted_sum", "attend", "causal_mask", "recall",
+    "row_max", "value_exp_max", "exp_terms", "probabilities", "weight_acc", "finish_weighted_sum",
+    "attend_tiled",
     "FOLD_BITS", "fold_shift", "fold_key", "recall_folded",
 ]
 
@@ -274,6 +276,50 @@ def scores(q, q_exp, k, k_exp, dk=None) -> np.ndarray:
     return shift_round_sat(acc * mult, sh, SCORE_BITS)
 
 
+# --- the softmax and weighted sum as passes over keys ------------------------------------------
+# Every row-wise quantity below is a max or a sum over keys, so a row may be cut into key tiles
+# and the tiles' partial results combined exactly (attend_tiled); softmax and weighted_sum are the
+# one-tile case. Rows are query rows (axis 0), keys axis 1; ``keep`` is the boolean mask.
+_NONE = np.iinfo(np.int64).min      # the max over no key
+
+
+def row_max(t, keep) -> np.ndarray:
+    """Pass 1: the largest kept score of each row (``_NONE`` where a row keeps no key)."""
+    return np.where(keep, t, _NONE).max(axis=1)
+
+
+def value_exp_max(keep, v_exp) -> np.ndarray:
+    """Pass 1: E, the largest value exponent among each row's kept keys (``_NONE`` if none)."""
+    return np.where(keep, np.asarray(v_exp)[None, :], _NONE).max(axis=1)
+
+
+def exp_terms(t, keep, m) -> np.ndarray:
+    """Pass 2: ``e = 0 if n >= 16 else round_shift(LUT[r], n)`` for ``v = m - t``, ``n = v >> 8``,
+    ``r = v & 255`` (m the row's maximum over all its keys); masked keys 0."""
+    v = np.where(keep, np.asarray(m)[:, None] - t, 0)
+    n = v >> SCORE_FRAC
+    r = v & ((1 << SCORE_FRAC) - 1)
+    return np.where(keep & (n < EXP2_CUTOFF), round_shift(_exp2_table()[r], np.minimum(n, EXP2_CUTOFF)), 0)
+
+
+def probabilities(e, total) -> np.ndarray:
+    """Pass 3: ``p = min(round_shift(e * floor(2^40 / sum), 25), 32767)``, sum over all the row's keys."""
+    recip = (np.int64(1) << RECIP_BITS) // np.asarray(total, dtype=np.int64)[:, None]
+    return np.minimum(round_shift(e * recip, RECIP_BITS - PROB_BITS), PROB_MAX)
+
+
+def weight_acc(p, keep, v, v_exp, big_e) -> np.ndarray:
+    """Pass 3: ``acc = sum_b round_shift(p_b, min(E - v_exp[b], 16)) * v[b]`` over the kept keys."""
+    align = np.minimum(np.where(keep, np.asarray(big_e)[:, None] - np.asarray(v_exp)[None, :], ALIGN_CUTOFF),
+                       ALIGN_CUTOFF)
+    return np.where(keep, round_shift(p, align), 0) @ np.asarray(v, dtype=np.int64)
+
+
+def finish_weighted_sum(acc, big_e) -> tuple[np.ndarray, np.ndarray]:
+    """``out = sat16(round_shift(acc, 7))``, exponent ``E - 8``."""
+    return saturate(round_shift(acc, OUT_SHIFT), OUT_BITS), np.asarray(big_e) - (PROB_BITS - OUT_SHIFT)
+
+
 def softmax(t, mask=None) -> np.ndarray:
     """Integer softmax over the last axis of log2-domain scores: Q0.15 probabilities.
 
@@ -291,16 +337,8 @@ def softmax(t, mask=None) -> np.ndarray:
         raise ValueError(f"softmax: mask shape {keep.shape} != scores shape {t.shape}")
     if not keep.any(axis=1).all():
         raise ValueError("softmax: a query row attends to no key")
-    lut = _exp2_table()
-    m = np.where(keep, t, np.iinfo(np.int64).min).max(axis=1, keepdims=True)
-    v = np.where(keep, m - t, 0)
-    n = v >> SCORE_FRAC
-    r = v & ((1 << SCORE_FRAC) - 1)
-    e = np.where(keep & (n < EXP2_CUTOFF), round_shift(lut[r], np.minimum(n, EXP2_CUTOFF)), 0)
-    total = e.sum(axis=1, keepdims=True)
-    recip = (np.int64(1) << RECIP_BITS) // total
-    p = np.minimum(round_shift(e * recip, RECIP_BITS - PROB_BITS), PROB_MAX)
-    return p
+    e = exp_terms(t, keep, row_max(t, keep))
+    return probabilities(e, e.sum(axis=1))
 
 
 def weighted_sum(p, mask, v, v_exp) -> tuple[np.ndarray, np.ndarray]:
@@ -315,12 +353,8 @@ def weighted_sum(p, mask, v, v_exp) -> tuple[np.ndarray, np.ndarray]:
     if p.shape[1] != v.shape[0] or ve.shape[0] != v.shape[0]:
         raise ValueError(f"weighted_sum: {p.shape[1]} probabilities per row but {v.shape[0]} value rows")
     keep = np.ones(p.shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
-    big_e = np.where(keep, ve[None, :], np.iinfo(np.int64).min).max(axis=1, keepdims=True)
-    align = np.minimum(np.where(keep, big_e - ve[None, :], ALIGN_CUTOFF), ALIGN_CUTOFF)
-    w = np.where(keep, round_shift(p, align), 0)
-    acc = w @ v
-    out = saturate(round_shift(acc, OUT_SHIFT), OUT_BITS)
-    return out, big_e[:, 0] - (PROB_BITS - OUT_SHIFT)
+    big_e = value_exp_max(keep, ve)
+    return finish_weighted_sum(weight_acc(p, keep, v, ve, big_e), big_e)
 
 
 def attend(q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, mask=None):
@@ -343,6 +377,41 @@ def attend(q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, mask=None):
     p = softmax(t, mask)
     out, out_exp = weighted_sum(p, mask, v, v_exp)
     return out.astype(np.int16), out_exp, p.astype(np.uint16)
+
+
+def attend_tiled(q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, mask=None, tile: int = 64):
+    """:func:`attend` over keys cut into tiles of at most ``tile`` keys, in three passes over the
+    tiles, each carrying a few integers per query row: pass 1 the scores' maximum m and the
+    value exponents' maximum E, pass 2 the sum of the exp2 terms (then one reciprocal), pass 3
+    the weighted sum's accumulator (exact integers, |acc| < 2^23). Every carried quantity is a
+    max or a sum of integers, so the result is :func:`attend`'s, bit for bit, for any tiling --
+    this is how a row longer than the engine's tile is computed (docs/arithmetic.md section 11).
+    Returns what :func:`attend` returns."""
+    if not (isinstance(tile, (int, np.integer)) and tile >= 1):
+        raise ValueError(f"attend_tiled: tile must be a positive number of keys, got {tile!r}")
+    k, v = np.asarray(k_mant), np.asarray(v_mant)
+    if k.ndim != 2 or v.ndim != 2 or k.shape[0] != v.shape[0] or k.shape[0] == 0:
+        raise ValueError(f"attend_tiled: keys {k.shape} and values {v.shape} must be 2-D with the same rows (>= 1)")
+    nq, nk = np.asarray(q_mant).shape[0], k.shape[0]
+    _check_len("number of keys", nk, 1, KEYS_MAX)
+    keep = np.ones((nq, nk), dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+    if keep.shape != (nq, nk):
+        raise ValueError(f"attend_tiled: mask shape {keep.shape} != (queries, keys) = {(nq, nk)}")
+    if not keep.any(axis=1).all():
+        raise ValueError("attend_tiled: a query row attends to no key")
+    v = _check_int_array("value mantissas", v, 2, -MANT_MAX, MANT_MAX)
+    ve = _check_int_array("value exponents", v_exp, 1, *_EXP_ANY)
+    ke = np.asarray(k_exp)
+    tiles = [slice(b, min(b + tile, nk)) for b in range(0, nk, tile)]
+    t = [scores(q_mant, q_exp, k[sl], ke[sl]) for sl in tiles]          # (recomputed per pass on a chip)
+    m = np.maximum.reduce([row_max(t[j], keep[:, sl]) for j, sl in enumerate(tiles)])
+    big_e = np.maximum.reduce([value_exp_max(keep[:, sl], ve[sl]) for sl in tiles])
+    e = [exp_terms(t[j], keep[:, sl], m) for j, sl in enumerate(tiles)]
+    total = sum(x.sum(axis=1) for x in e)
+    p = [probabilities(x, total) for x in e]
+    acc = sum(weight_acc(p[j], keep[:, sl], v[sl], ve[sl], big_e) for j, sl in enumerate(tiles))
+    out, out_exp = finish_weighted_sum(acc, big_e)
+    return out.astype(np.int16), out_exp, np.concatenate(p, axis=1).astype(np.uint16)
 
 
 def causal_mask(n_queries: int, n_keys: int) -> np.ndarray:

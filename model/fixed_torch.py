@@ -22,6 +22,8 @@ __all__ = [
     "quantize_bfp", "dequantize", "quantize_weight", "project", "scores", "softmax",
     "weighted_sum", "attend", "causal_mask", "recall", "round_shift", "shift_round_sat",
     "QuantWeight", "fold_shift", "fold_key", "recall_folded",
+    "row_max", "value_exp_max", "exp_terms", "probabilities", "weight_acc", "finish_weighted_sum",
+    "attend_tiled",
 ]
 
 _I64 = torch.int64
@@ -191,6 +193,41 @@ def _mask(mask, shape, device) -> torch.Tensor:
     return mask
 
 
+# --- the passes of fixed.py's section "the softmax and weighted sum as passes over keys" ----------
+_NONE = torch.iinfo(_I64).min
+
+
+def row_max(t, keep) -> torch.Tensor:
+    return torch.where(keep, t, _NONE).amax(dim=1)
+
+
+def value_exp_max(keep, v_exp) -> torch.Tensor:
+    return torch.where(keep, v_exp[None, :], _NONE).amax(dim=1)
+
+
+def exp_terms(t, keep, m) -> torch.Tensor:
+    lut = torch.tensor(F.exp2_lut(), dtype=_I64, device=t.device)
+    v = torch.where(keep, m[:, None] - t, 0)
+    n = v >> F.SCORE_FRAC
+    r = v & ((1 << F.SCORE_FRAC) - 1)
+    return torch.where(keep & (n < F.EXP2_CUTOFF), round_shift(lut[r], n.clamp(max=F.EXP2_CUTOFF)), 0)
+
+
+def probabilities(e, total) -> torch.Tensor:
+    total = total[:, None]
+    recip = torch.div(torch.full_like(total, 1 << F.RECIP_BITS), total, rounding_mode="floor")
+    return round_shift(e * recip, F.RECIP_BITS - F.PROB_BITS).clamp(max=F.PROB_MAX)
+
+
+def weight_acc(p, keep, v, v_exp, big_e) -> torch.Tensor:
+    align = torch.where(keep, big_e[:, None] - v_exp[None, :], F.ALIGN_CUTOFF).clamp(max=F.ALIGN_CUTOFF)
+    return _exact_matmul(torch.where(keep, round_shift(p, align), 0), v)
+
+
+def finish_weighted_sum(acc, big_e):
+    return _saturate(round_shift(acc, F.OUT_SHIFT), F.OUT_BITS), big_e - (F.PROB_BITS - F.OUT_SHIFT)
+
+
 def softmax(t, mask=None) -> torch.Tensor:
     t = _check("scores", t, 2, -(1 << 31), (1 << 31) - 1)
     if t.shape[1] == 0:
@@ -199,15 +236,8 @@ def softmax(t, mask=None) -> torch.Tensor:
     keep = _mask(mask, t.shape, t.device)
     if not bool(keep.any(dim=1).all()):
         raise ValueError("softmax: a query row attends to no key")
-    lut = torch.tensor(F.exp2_lut(), dtype=_I64, device=t.device)
-    m = torch.where(keep, t, torch.iinfo(_I64).min).amax(dim=1, keepdim=True)
-    v = torch.where(keep, m - t, 0)
-    n = v >> F.SCORE_FRAC
-    r = v & ((1 << F.SCORE_FRAC) - 1)
-    e = torch.where(keep & (n < F.EXP2_CUTOFF), round_shift(lut[r], n.clamp(max=F.EXP2_CUTOFF)), 0)
-    total = e.sum(dim=1, keepdim=True)
-    recip = torch.div(torch.full_like(total, 1 << F.RECIP_BITS), total, rounding_mode="floor")
-    return round_shift(e * recip, F.RECIP_BITS - F.PROB_BITS).clamp(max=F.PROB_MAX)
+    e = exp_terms(t, keep, row_max(t, keep))
+    return probabilities(e, e.sum(dim=1))
 
 
 def weighted_sum(p, mask, v, v_exp):
@@ -217,12 +247,8 @@ def weighted_sum(p, mask, v, v_exp):
     if p.shape[1] != v.shape[0] or ve.shape[0] != v.shape[0]:
         raise ValueError(f"weighted_sum: {p.shape[1]} probabilities per row but {v.shape[0]} value rows")
     keep = _mask(mask, p.shape, p.device)
-    big_e = torch.where(keep, ve[None, :], torch.iinfo(_I64).min).amax(dim=1, keepdim=True)
-    align = torch.where(keep, big_e - ve[None, :], F.ALIGN_CUTOFF).clamp(max=F.ALIGN_CUTOFF)
-    w = torch.where(keep, round_shift(p, align), 0)
-    acc = _exact_matmul(w, v)
-    out = _saturate(round_shift(acc, F.OUT_SHIFT), F.OUT_BITS)
-    return out, big_e[:, 0] - (F.PROB_BITS - F.OUT_SHIFT)
+    big_e = value_exp_max(keep, ve)
+    return finish_weighted_sum(weight_acc(p, keep, v, ve, big_e), big_e)
 
 
 def attend(q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, mask=None):
@@ -240,6 +266,36 @@ def attend(q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, mask=None):
     p = softmax(t, mask)
     out, out_exp = weighted_sum(p, mask, v, v_exp)
     return out, out_exp, p
+
+
+def attend_tiled(q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, mask=None, tile: int = 64):
+    """See :func:`fixed.attend_tiled`; returns int64 tensors (out, out_exp, probs)."""
+    if not (isinstance(tile, int) and tile >= 1):
+        raise ValueError(f"attend_tiled: tile must be a positive number of keys, got {tile!r}")
+    q = _int(q_mant)
+    k = _int(k_mant, device=q.device)
+    if k.dim() != 2 or k.shape[0] == 0:
+        raise ValueError(f"attend_tiled: keys {tuple(k.shape)} must be 2-D with at least one row")
+    v = _check("value mantissas", _int(v_mant, device=q.device), 2, -F.MANT_MAX, F.MANT_MAX)
+    ve = _check("value exponents", _int(v_exp, device=q.device), 1, *_EXP_ANY)
+    ke = _int(k_exp, device=q.device)
+    if v.shape[0] != k.shape[0] or ve.shape[0] != k.shape[0]:
+        raise ValueError(f"attend_tiled: keys {tuple(k.shape)} and values {tuple(v.shape)} must have the same rows")
+    nq, nk = q.shape[0], k.shape[0]
+    _check_len("number of keys", nk, 1, F.KEYS_MAX)
+    keep = _mask(mask, (nq, nk), q.device)
+    if not bool(keep.any(dim=1).all()):
+        raise ValueError("attend_tiled: a query row attends to no key")
+    tiles = [slice(b, min(b + tile, nk)) for b in range(0, nk, tile)]
+    t = [scores(q, q_exp, k[sl], ke[sl]) for sl in tiles]
+    m = torch.stack([row_max(t[j], keep[:, sl]) for j, sl in enumerate(tiles)]).amax(dim=0)
+    big_e = torch.stack([value_exp_max(keep[:, sl], ve[sl]) for sl in tiles]).amax(dim=0)
+    e = [exp_terms(t[j], keep[:, sl], m) for j, sl in enumerate(tiles)]
+    total = torch.stack([x.sum(dim=1) for x in e]).sum(dim=0)
+    p = [probabilities(x, total) for x in e]
+    acc = torch.stack([weight_acc(p[j], keep[:, sl], v[sl], ve[sl], big_e) for j, sl in enumerate(tiles)]).sum(dim=0)
+    out, out_exp = finish_weighted_sum(acc, big_e)
+    return out, out_exp, torch.cat(p, dim=1)
 
 
 def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:

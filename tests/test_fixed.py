@@ -286,6 +286,69 @@ def test_numpy_and_torch_bit_identical(cfg, device):
             assert all((y.cpu().numpy() == x).all() for x, y in zip(a, b)), ctx
 
 
+# --- whole rows in key tiles (section 11) -----------------------------------------------------
+def _attention_case(rng, nq, nk, dk, masking):
+    """Rows like a backbone's: keys of a segment with a few large outliers, exponents that differ
+    per row, and the mask the offload uses (causal with the memory positions first) or a random
+    sparse one (some tiles keep no key of a row)."""
+    Q, K, V = rng.normal(0, 1, (nq, dk)), rng.normal(0, 2, (nk, dk)), rng.normal(0, 1, (nk, dk))
+    K[rng.integers(0, nk, 3)] *= 30
+    V *= rng.uniform(0.01, 10, (nk, 1))
+    mask = None
+    if masking == "causal":
+        mask = F.causal_mask(nq, nk)
+    elif masking == "sparse":
+        mask = rng.random((nq, nk)) < 0.05
+        mask[np.arange(nq), rng.integers(0, nk, nq)] = True
+    return [z for x in (Q, K, V) for z in F.quantize_bfp(x)], mask
+
+
+@pytest.mark.parametrize("masking", ["none", "causal", "sparse"])
+def test_tiled_attention_is_attend_bit_for_bit(masking):
+    """A row cut into tiles (the engine's 64 keys, odd sizes, one key, one tile) gives attend's
+    outputs, exponents and probabilities exactly, up to KEYS_MAX keys (section 11)."""
+    rng = np.random.default_rng(SEED)
+    for trial, (nq, nk) in enumerate([(16, 336), (3, 65), (9, 64), (1, 1), (2, F.KEYS_MAX)]):
+        args, mask = _attention_case(rng, nq, nk, 64, masking)
+        want = F.attend(*args, mask=mask)
+        for tile in (64, 1, 17, nk, nk + 5):
+            got = F.attend_tiled(*args, mask=mask, tile=tile)
+            ctx = f"seed {SEED} trial {trial} ({nq}x{nk}) tile {tile} mask {masking}"
+            for name, x, y in zip(("out", "out_exp", "probs"), want, got):
+                assert x.dtype == y.dtype and np.array_equal(x, y), f"{ctx}: {name}"
+
+
+@pytest.mark.parametrize("device", _devices())
+def test_tiled_attention_numpy_and_torch_bit_identical(device):
+    rng = np.random.default_rng(SEED + 1)
+    for trial, masking in enumerate(["none", "causal", "sparse"] * 2):
+        nq, nk = int(rng.integers(1, 17)), int(rng.integers(17, 400))
+        args, mask = _attention_case(rng, nq, nk, int(rng.integers(8, 65)), masking)
+        tile = int(rng.integers(1, 100))
+        want = F.attend_tiled(*args, mask=mask, tile=tile)
+        got = T.attend_tiled(*[torch.as_tensor(z.astype(np.int64), device=device) for z in args],
+                             mask=None if mask is None else torch.as_tensor(mask, device=device), tile=tile)
+        for name, x, y in zip(("out", "out_exp", "probs"), want, got):
+            assert np.array_equal(x, y.cpu().numpy()), f"seed {SEED + 1} trial {trial} tile {tile}: {name}"
+
+
+@pytest.mark.parametrize("impl", [F, T], ids=["numpy", "torch"])
+def test_tiled_attention_bad_input_names_the_problem(impl):
+    conv = (lambda a: a) if impl is F else (lambda a: torch.as_tensor(np.asarray(a)))
+    q, qe = conv(np.ones((2, 4), np.int64)), conv(np.zeros(2, np.int64))
+    k, ke = conv(np.ones((3, 4), np.int64)), conv(np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match="tile must be a positive"):
+        impl.attend_tiled(q, qe, k, ke, k, ke, tile=0)
+    with pytest.raises(ValueError, match="attends to no key"):
+        impl.attend_tiled(q, qe, k, ke, k, ke, mask=conv(np.zeros((2, 3), bool)), tile=2)
+    with pytest.raises(ValueError, match="mask shape"):
+        impl.attend_tiled(q, qe, k, ke, k, ke, mask=conv(np.ones((3, 3), bool)), tile=2)
+    with pytest.raises(ValueError, match="number of keys"):
+        big = conv(np.ones((F.KEYS_MAX + 1, 4), np.int64))
+        impl.attend_tiled(q, qe, big, conv(np.zeros(F.KEYS_MAX + 1, np.int64)), big,
+                          conv(np.zeros(F.KEYS_MAX + 1, np.int64)), tile=64)
+
+
 # --- bad input -----------------------------------------------------------------------------
 @pytest.mark.parametrize("impl", [F, T], ids=["numpy", "torch"])
 def test_bad_input_is_a_clear_value_error(impl):
