@@ -157,8 +157,15 @@ def check_bit_identity(cfg: EngineConfig, trials: int = 5, seed: int = 0, device
         fb = T.fold_key(tq, tkk, tke)
         ra = F.recall_folded(m[0], e[0], *fa, m[1:], e[1:], cfg.d_h)
         rb = T.recall_folded(tm[0], int(te[0]), *fb, tm[1:], te[1:], cfg.d_h)
+        # a causal attention row of several tiles (section 11), tiled in torch, whole in numpy
+        nq, nk = cfg.max_queries, 3 * cfg.max_keys + 1
+        rows = [F.quantize_bfp(rng.normal(0, sd_, (r_, cfg.head_dim))) for sd_, r_ in ((1, nq), (2, nk), (1, nk))]
+        aa = F.attend(*[z for pair in rows for z in pair], mask=F.causal_mask(nq, nk))
+        ab = T.attend_tiled(*[torch.as_tensor(z.astype(np.int64), device=device) for pair in rows for z in pair],
+                            mask=T.causal_mask(nq, nk, device=device), tile=cfg.max_keys)
         pairs = [(tq.mant, qwq.mant), (tm, m), (te, e), (tkk, k), (tke, ke), (b[0], a[0]), (b[2], a[2]),
-                 (fb[0], fa[0]), (fb[1], fa[1]), (rb[0], ra[0]), (rb[2], ra[2])]
+                 (fb[0], fa[0]), (fb[1], fa[1]), (rb[0], ra[0]), (rb[2], ra[2]),
+                 (ab[0], aa[0]), (ab[1], aa[1]), (ab[2], aa[2])]
         for got, want in pairs:
             got = got.cpu().numpy()
             if got.shape != np.shape(want) or not (got == want).all():
