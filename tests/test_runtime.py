@@ -334,3 +334,19 @@ def test_device_error_of_a_posted_write_is_raised_and_the_device_keeps_working(m
     assert again.mismatch is None and again.segments == SEGMENTS
     with device() as clean:
         assert again.nll == run_document(model, ids, clean, CFG, SEGMENTS).nll
+
+
+def test_overlapped_run_over_a_serial_port_matches_the_blocking_run(model, ids):
+    """The serial backend (a pseudo-terminal to the golden device): posted writes, same results."""
+    from device_testlib import Shuttle
+    from hmtx.host.backends import SerialTransport
+    shuttle = Shuttle(GoldenTransport(CFG))
+    try:
+        with Device(SerialTransport(shuttle.port), CFG) as dev:
+            got = run_document(model, ids, dev, CFG, SEGMENTS, overlap=True)
+    finally:
+        shuttle.close()
+    with device() as dev:
+        want = run_document(model, ids, dev, CFG, SEGMENTS, overlap=False)
+    assert got.mismatch is None
+    assert (got.nll, got.ops_checked, got.device_cycles) == (want.nll, want.ops_checked, want.device_cycles)
