@@ -6,7 +6,10 @@ and HMT whose memory writes and recalls execute on a :class:`hmtx.host.device.De
 device variant talks to the device through :class:`CheckedDevice`, which checks every answer
 on the spot against the golden arithmetic (:mod:`hmtx.model.fixed`) applied to the same
 inputs, keeps a mirror of the device's cache, and after each segment reads the whole cache
-back and compares it with the mirror and with the fixed variant's own cache. The first
+back and compares it with the mirror and with the fixed variant's own cache. By default the
+memory write of a segment is posted and runs on the device while the host computes the next
+segment's representation pass; its answer and the segment's cache check are collected and
+checked just before the device is next needed (``overlap``, :func:`run_document`). The first
 difference stops the run with a :class:`Mismatch` (segment, op, slot, field, element,
 expected, got), and the device's inputs since its last reset are saved as a replayable case
 (``hmtx replay FILE``).
