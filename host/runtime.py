@@ -120,7 +120,7 @@ class CheckedDevice:
         self.ops_checked = 0
         self.qw = None
         self.log = []
-        self._posted = None             # the write in flight: (Pending, segment, m, e, k, ke)
+        self._posted = None             # the write in flight: (Pending, segment, m, e, k, ke, slot)
         self._deferred = None           # the cache check waiting behind it: (segment, reference, slots)
         # The earliest segment whose device answers are not all checked yet (a posted write or a
         # deferred check); it stays set when settling them failed.
@@ -160,11 +160,6 @@ class CheckedDevice:
         if deferred is not None:
             self._read_back(*deferred)
         self.unchecked = None
-
-    @property
-    def in_flight(self) -> bool:
-        """A write is posted or a cache check deferred."""
-        return self._posted is not None or self._deferred is not None
 
     # -- the device interface of hmtx.model.recall ----------------------------------------------
     def reset(self):
