@@ -132,5 +132,5 @@ def _run(args) -> int:
 def _section_keys(sections):
     """Prefixes of the ``reasons`` entries each section writes (replaced when it re-runs)."""
     keys = {"recall": ("us_per_recall",), "sim": ("sim_cycles_per_s",), "run": ("run_tokens_per_s",),
-            "memory": ("memory",), "device": (), "link": ("link_measured",)}
+            "memory": ("memory",), "device": (), "link": ("link_measured", "link_representation")}
     return tuple(p for s in sections for p in keys.get(s, ()))

@@ -5,7 +5,9 @@ default (three variants per segment: backbone only, HMT float, HMT on the device
 answer checked inline against the golden arithmetic; the cache read back after each segment).
 Three clocks are kept while it runs:
 
-* device: time inside ``Device.transact`` (frames out, answers back: the backend's time);
+* device: time inside ``Device.transact``, ``post`` and ``collect`` (frames out, answers back:
+  the time the host is held by the backend; a write posted while the host computes costs only
+  its sending and whatever of its answer is still to wait for when it is collected);
 * checking: time inside the runtime's ``CheckedDevice`` methods minus the device time inside
   them (the golden arithmetic on the mirror, comparisons, the case log);
 * model: everything else — the backbone passes of every variant and the float reference recall
@@ -35,6 +37,7 @@ class _Clock:
         self.checked = 0.0
         self._depth = 0
         self._device_in_checked = 0.0
+        self._in_device = False
 
     @property
     def checking(self) -> float:
@@ -49,22 +52,40 @@ def timing_probes(device, clock: _Clock):
     timing subclass for the duration of the block (restored afterwards, even on error)."""
     from hmtx.host import runtime
 
-    inner_transact = device.transact
+    def probe(inner, op_of):
+        def call(*a, **kw):
+            if clock._in_device:                 # transact/post collect a posted command first
+                return inner(*a, **kw)
+            name = op_of(a)
+            clock._in_device = True
+            t0 = time.perf_counter()
+            try:
+                return inner(*a, **kw)
+            finally:
+                clock._in_device = False
+                dt = time.perf_counter() - t0
+                clock.device += dt
+                clock.device_by_op[name] = clock.device_by_op.get(name, 0.0) + dt
+                if clock._depth:
+                    clock._device_in_checked += dt
+        return call
 
-    def transact(op, *a, **kw):
-        t0 = time.perf_counter()
-        try:
-            return inner_transact(op, *a, **kw)
-        finally:
-            dt = time.perf_counter() - t0
-            clock.device += dt
-            name = getattr(op, "name", str(op))
-            clock.device_by_op[name] = clock.device_by_op.get(name, 0.0) + dt
-            if clock._depth:
-                clock._device_in_checked += dt
+    def op_name(a):
+        return getattr(a[0], "name", str(a[0]))
+
+    def pending_name(a):
+        p = getattr(device, "pending", None)
+        return f"{p.op.name} (collected)" if p is not None else "collect"
+
+    patched = {"transact": probe(device.transact, op_name)}
+    if hasattr(device, "post"):                  # split-phase commands (a posted WRITE_MEMORY)
+        patched["post"] = probe(device.post, lambda a: f"{op_name(a)} (posted)")
+        patched["collect"] = probe(device.collect, pending_name)
 
     def timed(method):
         def wrapper(self, *a, **kw):
+            if clock._depth:                     # called by another timed method (settle)
+                return method(self, *a, **kw)
             clock._depth += 1
             t0 = time.perf_counter()
             try:
@@ -75,19 +96,21 @@ def timing_probes(device, clock: _Clock):
         return wrapper
 
     base = runtime.CheckedDevice
-    timed_cls = type("TimedCheckedDevice", (base,), {
-        name: timed(getattr(base, name)) for name in ("reset", "load_weights", "write", "recall", "check_cache")})
-    device.transact = transact
+    methods = [m for m in ("reset", "load_weights", "write", "recall", "check_cache", "settle") if hasattr(base, m)]
+    timed_cls = type("TimedCheckedDevice", (base,), {name: timed(getattr(base, name)) for name in methods})
+    for name, f in patched.items():
+        setattr(device, name, f)
     runtime.CheckedDevice = timed_cls
     try:
         yield clock
     finally:
         runtime.CheckedDevice = base
-        del device.transact
+        for name in patched:
+            delattr(device, name)
 
 
 def run_backend(backend: str, *, backbone: str = "tiny", segments: int = 4, config: str | None = None,
-                model_cache: dict | None = None) -> dict:
+                model_cache: dict | None = None, overlap: bool = True) -> dict:
     """One `hmtx run` document on ``backend`` (golden | sim) with the time split; see the module
     docstring. ``model_cache`` (a dict) keeps the loaded backbone/HMT between backends."""
     import torch
@@ -134,6 +157,8 @@ def run_backend(backend: str, *, backbone: str = "tiny", segments: int = 4, conf
     # `hmtx run`'s default reference: every device answer checked inline against the golden
     # arithmetic, no separate fixed-recall model stream (when this runtime offers the choice).
     inline = {"fixed_stream": False} if "fixed_stream" in inspect.signature(run_document).parameters else {}
+    if "overlap" in inspect.signature(run_document).parameters:
+        inline["overlap"] = overlap
     marks = [time.perf_counter()]
     clock = _Clock()
     try:
@@ -149,6 +174,7 @@ def run_backend(backend: str, *, backbone: str = "tiny", segments: int = 4, conf
     model_s = max(wall - clock.device - clock.checking, 0.0)
     return {
         "backend": backend, "backbone": backbone, "engine_config": cfg.name, "segments": res.segments,
+        "overlap": inline.get("overlap"),
         "tokens": res.tokens, "tokens_per_segment": model.config.tokens_per_segment,
         "checkpoint": cache.get("checkpoint"), "document": doc.name,
         "open_s": open_s, "wall_s": wall,
@@ -169,14 +195,22 @@ def main(argv=None) -> int:
     ap.add_argument("--backbone", default="tiny", choices=("tiny", "smollm2"))
     ap.add_argument("--device", default="golden", help="golden,sim (comma-separated)")
     ap.add_argument("--segments", type=int, default=4)
+    ap.add_argument("--no-overlap", dest="overlap", action="store_false",
+                    help="wait for every write's answer (the blocking schedule)")
+    ap.add_argument("--both", action="store_true", help="run each backend with and without overlap")
     args = ap.parse_args(argv)
     cache = {}
     for backend in args.device.split(","):
-        r = run_backend(backend, backbone=args.backbone, segments=args.segments, model_cache=cache)
-        sh = r["share"]
-        print(f"{backend}: {r['tokens_per_s']:.1f} tokens/s ({r['tokens']} tokens in {r['wall_s']:.1f} s; "
-              f"per segment {fmt_stat(r['tokens_per_s_by_segment'])}); model {sh['model']:.0%}, "
-              f"device {sh['device']:.0%}, checking {sh['checking']:.0%}")
+        for overlap in ((False, True) if args.both else (args.overlap,)):
+            r = run_backend(backend, backbone=args.backbone, segments=args.segments, model_cache=cache,
+                            overlap=overlap)
+            sh = r["share"]
+            by_op = ", ".join(f"{k} {v * 1e3:.1f}" for k, v in sorted(r["device_seconds_by_op"].items())
+                              if k.startswith(("WRITE_MEMORY", "RECALL", "STATUS", "READ_SLOT")))
+            print(f"{backend}{'' if overlap else ' (no overlap)'}: {r['tokens_per_s']:.1f} tokens/s "
+                  f"({r['tokens']} tokens in {r['wall_s']:.1f} s; per segment "
+                  f"{fmt_stat(r['tokens_per_s_by_segment'])}); model {sh['model']:.0%}, device {sh['device']:.0%} "
+                  f"({r['seconds']['device']:.2f} s), checking {sh['checking']:.0%}; host held, ms: {by_op}")
     return 0
 
 

@@ -183,6 +183,26 @@ def _link_tables(res) -> list[str]:
                     f"{m['weights_s']:.3f} | {_f(m.get('host_s_per_segment'), '.2f')} | "
                     + (f"{m['wait_share']:.1%} ({m['wait_share_work_only']:.2%})" if m.get("wait_share") is not None
                        else "n/a") + " |")
+    over = [m for m in res["link"] if m.get("overlap_segment_s") is not None]
+    rep = res.get("link_representation")
+    if over:
+        rows += ["", "Host wait per segment, blocking against the write overlapped (`hmtx run` default: "
+                     "WRITE_MEMORY posted, on the wire and the device while the host runs the next segment's "
+                     "representation pass"
+                     + (f", {rep['seconds'] * 1e3:.1f} ms for {rep['tokens']} tokens of {rep['backbone']} here"
+                        if rep else "")
+                     + "; the RECALL and the cache check stay on the critical path):", "",
+                 "| config | baud | RECALL: wire + device ms | WRITE_MEMORY: wire + device ms | hidden ms | "
+                 "work: blocking → overlapped ms | per segment, whole-cache check ms | per segment, "
+                 "`--cache-check written` ms |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for m in over:
+            rows.append(f"| {m['config']} (fill {m['fill']}) | {m['baud']:,} | {m['recall_s'] * 1e3:.2f} | "
+                        f"{m['write_s'] * 1e3:.2f} | {m['overlap_hidden_s'] * 1e3:.2f} | "
+                        f"{m['work_s'] * 1e3:.2f} → {m['overlap_work_s'] * 1e3:.2f} | "
+                        f"{m['segment_s'] * 1e3:.2f} → {m['overlap_segment_s'] * 1e3:.2f} | "
+                        f"{m['segment_written_s'] * 1e3:.2f} → {m['overlap_segment_written_s'] * 1e3:.2f} |")
+    elif "link_representation" in (res.get("reasons") or {}):
+        rows += ["", f"Overlapped write: {res['reasons']['link_representation']}"]
     meas = res.get("link_measured")
     if meas:
         rows += ["", f"Measured on the virtual board ({meas['board']} top, engine {meas['engine_config']}, "

@@ -97,6 +97,15 @@ def _link_problems(res: dict) -> list[str]:
         wire = (m["bytes"].get("RECALL", 0) + m["bytes"].get("WRITE_MEMORY", 0)) * 10 / m["baud"]
         if abs(m["work_wire_s"] - wire) > 1e-12 or m["work_s"] < m["work_wire_s"]:
             bad.append(f"{where}: work {m['work_s']} s is not its {wire} s of wire plus device time")
+        if "recall_s" in m and abs(m["recall_s"] + m["write_s"] - m["work_s"]) > 1e-9:
+            bad.append(f"{where}: RECALL {m['recall_s']} s + WRITE_MEMORY {m['write_s']} s != work {m['work_s']} s")
+        if "overlap_segment_s" in m:
+            # The overlapped write hides at most itself; the RECALL and the check stay.
+            if not (m["segment_s"] - m["write_s"] - 1e-12 <= m["overlap_segment_s"] <= m["segment_s"] + 1e-12):
+                bad.append(f"{where}: overlapped segment {m['overlap_segment_s']} s is not the blocking "
+                           f"{m['segment_s']} s less at most the write's {m['write_s']} s")
+            if m["overlap_work_s"] < m["recall_s"] - 1e-12:
+                bad.append(f"{where}: overlapped work {m['overlap_work_s']} s < the RECALL's {m['recall_s']} s")
         by_cfg.setdefault(m["config"], []).append(m)
     for cfg, rows in by_cfg.items():
         rows = sorted(rows, key=lambda m: m["baud"])

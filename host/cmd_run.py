@@ -74,6 +74,12 @@ def register(subparsers) -> None:
                    help="full (default): read the whole cache back after every segment; written: only the "
                         "slot each segment writes, and the whole cache after the last segment (on a serial "
                         "link the full read-back is most of the bytes per segment once the cache fills)")
+    p.add_argument("--no-overlap", dest="overlap", action="store_false",
+                   help="debugging: wait for each memory write's answer and check the cache before the next "
+                        "segment starts (default: the write runs on the device while the host computes the "
+                        "next segment's representation pass; its answer and the segment's cache check are "
+                        "checked just before the device is next needed -- the same checks, in the same order "
+                        "on the device)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -222,7 +228,8 @@ def _run(args) -> int:
         with device:
             res = run_document(model, doc.ids, device, cfg, args.segments, case_path=case,
                                progress=progress, before_segment=before_segment,
-                               fixed_stream=args.reference == "stream", cache_check=args.cache_check)
+                               fixed_stream=args.reference == "stream", cache_check=args.cache_check,
+                               overlap=args.overlap)
     except (DeviceError, ProtocolError, ConnectionError, ValueError) as e:
         # Report first, then where the case went (or why it could not be saved).
         if bar is not None:
@@ -267,6 +274,7 @@ def _run(args) -> int:
         "checkpoint": checkpoint,
         "trained": bool(checkpoint),
         "reference": args.reference,
+        "overlap": args.overlap,
         "per_segment": {v: res.ppl_per_segment(v) for v in res.nll},
         "recall_weights": [{str(k): v for k, v in w.items()} if w else None for w in res.recall_probs],
         "mismatch": None if res.mismatch is None else vars(res.mismatch),

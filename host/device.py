@@ -13,6 +13,18 @@ earlier command can still arrive -- a late answer is never taken for a later com
 leaves its answer owed, and the next call resynchronizes first. A device that answers none of
 ``len(RESYNC_OPS)`` markers in a row is declared dead (``ConnectionError``).
 
+**Split-phase commands.** :meth:`Device.post` (or ``write_memory(..., wait=False)``) sends a
+command and returns a :class:`Pending` handle without waiting for the answer, so that the host can
+compute while the device works; :meth:`Pending.result` (or :meth:`Device.collect`) reads the answer
+later. The link stays stop-and-wait (docs/protocol.md): at most one command is in flight, and any
+other transaction -- a second ``post`` included -- first collects the pending one, in order. Its
+errors keep the guarantees above and are raised when it is collected: a DeviceError naming its op,
+a ProtocolError after the link has been resynchronized. If the collection is forced by another
+call, that call raises the pending command's error and does not send its own command; the
+handle keeps the error and raises it again from ``result()``. :meth:`close` collects a pending
+command too (and raises its error after closing the transport); leaving a ``with`` block on an
+exception adds the pending command's error to that exception as a note instead of replacing it.
+
 It also implements the device interface of ``hmtx.model.recall`` (``reset``, ``load_weights``,
 ``write``, ``recall``), so the HMT reference model can run its memory on it directly.
 """
@@ -29,7 +41,7 @@ from hmtx.model.protocol import DeviceError, Op, ProtocolError, Status
 
 from .backends import Transport, open_transport
 
-__all__ = ["Device", "DeviceError", "ProtocolError", "DEFAULT_TIMEOUTS"]
+__all__ = ["Device", "Pending", "DeviceError", "ProtocolError", "DEFAULT_TIMEOUTS"]
 
 # Seconds per transaction by backend kind. The simulator runs a few ten thousand clock cycles
 # per second, so its large frames need far longer than a UART at 1 Mbaud; the virtual board
@@ -39,6 +51,35 @@ DEFAULT_TIMEOUTS = {"golden": 5.0, "serial": 5.0, "sim": 120.0, "board-sim": 600
 
 def _kind(name: str) -> str:
     return name.split(":", 1)[0]
+
+
+class Pending:
+    """A command sent with :meth:`Device.post` whose answer has not been read yet.
+
+    ``result()`` collects the answer (waiting for it if needed; a call that forced the collection
+    earlier left it here) and returns the decoded payload, or raises the command's error
+    (DeviceError, ProtocolError, ConnectionError) -- every time it is asked, so nothing is lost.
+    """
+
+    def __init__(self, device: "Device", op: Op, decode=None):
+        self.device = device
+        self.op = op
+        self._decode = decode
+        self.done = False               # the answer was collected (or its error recorded)
+        self.sent_at = time.monotonic()
+        self._value = None
+        self._error = None
+
+    def result(self):
+        if not self.done:
+            self.device.collect()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def __repr__(self) -> str:
+        state = "pending" if not self.done else ("failed" if self._error is not None else "done")
+        return f"<Pending {self.op.name} on {self.device.name}: {state}>"
 
 
 class Device:
@@ -68,6 +109,7 @@ class Device:
         self.transactions = 0
         self._weights_key = None
         self._owed = False                  # a command was sent whose answer has not been read
+        self._pending = None                # the posted command (Pending) whose answer is owed
         self._markers_out = []              # resync markers sent and not answered, oldest first
         self._next_marker = 0
         try:
@@ -111,13 +153,27 @@ class Device:
         return self.transport.name
 
     def close(self) -> None:
-        self.transport.close()
+        """Collect a posted command's answer, if one is owed, then close the transport; the
+        posted command's error, if any, is raised after the transport is closed."""
+        try:
+            if self._pending is not None:
+                self.collect()
+        finally:
+            self.transport.close()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            self.close()
+            return
+        # Already failing: a posted command's error must not replace that exception, nor be lost.
+        try:
+            self.close()
+        except BaseException as e2:
+            if isinstance(exc, BaseException) and hasattr(exc, "add_note"):
+                exc.add_note(f"also, on closing {self.name}: {type(e2).__name__}: {e2}")
 
     # -- transactions -------------------------------------------------------------------------
     def _send(self, data: bytes) -> None:
@@ -142,6 +198,11 @@ class Device:
         stays out of step; the next transaction tries again with another marker) and
         ConnectionError once no marker has been answered ``len(P.RESYNC_OPS)`` times in a row."""
         self._owed = True
+        if self._pending is not None:
+            # Called directly with a command posted: its answer is dropped with everything else.
+            p, self._pending = self._pending, None
+            p.done = True
+            p._error = ProtocolError(f"{p.op.name}: its answer was dropped by a resynchronization of the link")
         if len(self._markers_out) >= len(P.RESYNC_OPS):
             raise ConnectionError(f"{self.name} answered none of the last {len(self._markers_out)} "
                                   f"resynchronization markers: the device is not responding (reopen it)")
@@ -180,38 +241,98 @@ class Device:
 
         Raises DeviceError for an error status, ProtocolError for a lost or garbled response
         (after resynchronizing the link; a command whose answer is still owed from an earlier
-        call is resynchronized before this one is sent).
+        call is resynchronized before this one is sent). A posted command (:meth:`post`) is
+        collected first; if that fails, its error is raised and this command is not sent.
         """
         op = Op(op)
-        frame = P.encode_command(op, payload)
+        self.collect()
         try:
-            if self._owed:
-                try:
-                    self.resync()
-                except ProtocolError as e:
-                    raise ProtocolError(f"{op.name} not sent: {e}") from None
-            deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-            self.transactions += 1
-            self._owed = True
-            self._send(frame)
-            try:
-                rsp = P.decode_response(self._next_frame(deadline, op.name))
-                if rsp.op != op:
-                    raise ProtocolError(f"{op.name}: response echoes {P.op_name(rsp.op)}")
-                if rsp.status != Status.OK and rsp.payload:
-                    raise ProtocolError(f"{op.name}: error response {P.status_name(rsp.status)} carries a payload")
-            except ProtocolError as e:
-                try:
-                    self.resync()
-                except ProtocolError as e2:
-                    raise ProtocolError(f"{e}; {e2}") from None
-                raise
-            self._owed = False
+            self._start(op, payload)
+            rsp = self._finish(op, time.monotonic() + (self.timeout if timeout is None else timeout))
         except ConnectionError as e:
             raise ConnectionError(f"{op.name} on {self.name}: {e}") from None
         if rsp.status != Status.OK:
             raise DeviceError(op, rsp.status)
         return rsp.payload
+
+    def post(self, op: Op, payload: bytes = b"", decode=None) -> Pending:
+        """Send one command without waiting for its answer; returns a :class:`Pending` whose
+        ``result()`` gives the OK payload (passed through ``decode`` if given) or raises the
+        command's error. A command posted earlier is collected first (its error is raised and
+        this command is not sent): at most one command is ever in flight."""
+        op = Op(op)
+        self.collect()
+        try:
+            self._start(op, payload)
+        except ConnectionError as e:
+            raise ConnectionError(f"{op.name} on {self.name}: {e}") from None
+        self._pending = Pending(self, op, decode)
+        return self._pending
+
+    @property
+    def pending(self) -> Pending | None:
+        """The posted command whose answer has not been collected yet, or None."""
+        return self._pending
+
+    def collect(self, timeout: float | None = None):
+        """Read the answer to the posted command, if one is owed: returns its decoded payload
+        (None when nothing was pending) or raises its error (DeviceError naming the op;
+        ProtocolError after resynchronizing the link). The wait is ``timeout`` (default the
+        device's) counted from now: the device has had the time since the post besides."""
+        p = self._pending
+        if p is None:
+            return None
+        self._pending = None
+        p.done = True
+        try:
+            try:
+                rsp = self._finish(p.op, time.monotonic() + (self.timeout if timeout is None else timeout))
+            except ConnectionError as e:
+                raise ConnectionError(f"{p.op.name} on {self.name}: {e}") from None
+            if rsp.status != Status.OK:
+                raise DeviceError(p.op, rsp.status)
+            p._value = p._decode(rsp.payload) if p._decode is not None else rsp.payload
+        except Exception as e:
+            p._error = e
+            raise
+        except BaseException:
+            # Interrupted (Ctrl-C): the answer stays owed (the next call resynchronizes).
+            p._error = ProtocolError(f"{p.op.name}: collecting its answer was interrupted")
+            raise
+        return p._value
+
+    def _start(self, op: Op, payload: bytes) -> None:
+        """Send a command frame (resynchronizing first if an answer is owed); its answer is owed."""
+        frame = P.encode_command(op, payload)
+        if self._owed:
+            try:
+                self.resync()
+            except ProtocolError as e:
+                raise ProtocolError(f"{op.name} not sent: {e}") from None
+        self.transactions += 1
+        self._owed = True
+        self._send(frame)
+
+    def _finish(self, op: Op, deadline: float) -> P.Response:
+        """Read and decode the answer owed to ``op``; resynchronize and raise on a bad one."""
+        try:
+            frame = self._next_frame(deadline, op.name)
+            try:
+                rsp = P.decode_response(frame)
+            except ProtocolError as e:
+                raise ProtocolError(f"{op.name}: {e}") from None
+            if rsp.op != op:
+                raise ProtocolError(f"{op.name}: response echoes {P.op_name(rsp.op)}")
+            if rsp.status != Status.OK and rsp.payload:
+                raise ProtocolError(f"{op.name}: error response {P.status_name(rsp.status)} carries a payload")
+        except ProtocolError as e:
+            try:
+                self.resync()
+            except ProtocolError as e2:
+                raise ProtocolError(f"{e}; {e2}") from None
+            raise
+        self._owed = False
+        return rsp
 
     # -- the operations ------------------------------------------------------------------------
     def info(self) -> P.Info:
@@ -253,9 +374,14 @@ class Device:
         self.load_matrix(1, qw_k)
         self._weights_key = key
 
-    def write_memory(self, m_mant, m_exp) -> tuple[int, int]:
-        """Store M_i (BFP8, length d); the device computes K_i. Returns (slot, fill)."""
-        return P.unpack_write(self.transact(Op.WRITE_MEMORY, P.pack_vector_cmd(m_mant, m_exp, self.config.d)))
+    def write_memory(self, m_mant, m_exp, wait: bool = True):
+        """Store M_i (BFP8, length d); the device computes K_i. Returns (slot, fill); with
+        ``wait=False`` the command is posted and a :class:`Pending` returned, whose ``result()``
+        is (slot, fill)."""
+        payload = P.pack_vector_cmd(m_mant, m_exp, self.config.d)
+        if not wait:
+            return self.post(Op.WRITE_MEMORY, payload, decode=P.unpack_write)
+        return P.unpack_write(self.transact(Op.WRITE_MEMORY, payload))
 
     def write(self, m_mant, m_exp) -> None:
         """The recall-model device interface's name for :meth:`write_memory`."""

@@ -6,7 +6,10 @@ and HMT whose memory writes and recalls execute on a :class:`hmtx.host.device.De
 device variant talks to the device through :class:`CheckedDevice`, which checks every answer
 on the spot against the golden arithmetic (:mod:`hmtx.model.fixed`) applied to the same
 inputs, keeps a mirror of the device's cache, and after each segment reads the whole cache
-back and compares it with the mirror and with the fixed variant's own cache. The first
+back and compares it with the mirror and with the fixed variant's own cache. By default the
+memory write of a segment is posted and runs on the device while the host computes the next
+segment's representation pass; its answer and the segment's cache check are collected and
+checked just before the device is next needed (``overlap``, :func:`run_document`). The first
 difference stops the run with a :class:`Mismatch` (segment, op, slot, field, element,
 expected, got), and the device's inputs since its last reset are saved as a replayable case
 (``hmtx replay FILE``).
@@ -21,6 +24,7 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -97,16 +101,30 @@ class CheckedDevice:
     ``segment`` is set by the caller so that mismatches name it. ``log`` holds the device's
     inputs since its last reset (what a replayable case needs); ``ops_checked`` counts the
     device answers compared.
+
+    With ``overlap=True`` a memory write is *posted* (``Device.write_memory(..., wait=False)``):
+    the device computes K_n while the host goes on (the next segment's representation pass), and
+    the answer is collected and checked -- slot and fill, exactly as a blocking write -- when the
+    device is next needed: at the start of any other method here, or at :meth:`settle`.
+    ``check_cache(..., defer=True)`` likewise waits until then, behind the write (the reference
+    cache it is given is copied at once). The device sees the same commands in the same order
+    either way, and every check names the segment that was current when its op was issued.
     """
 
-    def __init__(self, device, config: EngineConfig, torch_check: bool = False):
+    def __init__(self, device, config: EngineConfig, torch_check: bool = False, overlap: bool = False):
         self.device = device
         self.config = config
         self.torch_check = torch_check
+        self.overlap = overlap
         self.segment = None
         self.ops_checked = 0
         self.qw = None
         self.log = []
+        self._posted = None             # the write in flight: (Pending, segment, m, e, k, ke, slot)
+        self._deferred = None           # the cache check waiting behind it: (segment, reference, slots)
+        # The earliest segment whose device answers are not all checked yet (a posted write or a
+        # deferred check); it stays set when settling them failed.
+        self.unchecked = None
         self._clear()
 
     def _clear(self):
@@ -121,14 +139,38 @@ class CheckedDevice:
     def fill(self) -> int:
         return self.ring.fill
 
+    @property
+    def last_slot(self) -> int:
+        """The slot the most recent write went to (a posted one included)."""
+        return self._posted[6] if self._posted is not None else self.ring.last_slot
+
+    def _mark(self, segment):
+        if self.unchecked is None:
+            self.unchecked = segment
+
+    # -- split phase ---------------------------------------------------------------------------
+    def settle(self) -> None:
+        """Collect and check the posted write, then run the deferred cache check, if any (in the
+        order they were issued). Every other method calls this first. If the write fails (device
+        error or mismatch), its error is raised and the deferred check behind it is dropped."""
+        posted, deferred = self._posted, self._deferred
+        self._posted = self._deferred = None
+        if posted is not None:
+            self._finish_write(*posted)
+        if deferred is not None:
+            self._read_back(*deferred)
+        self.unchecked = None
+
     # -- the device interface of hmtx.model.recall ----------------------------------------------
     def reset(self):
+        self.settle()
         self.device.reset()
         self._clear()
         self.log = [{"op": "reset"}]
         self.ops_checked += 1
 
     def load_weights(self, qw_q, qw_k):
+        self.settle()
         self.qw = [fixed.QuantWeight(_np(w.mant), int(w.exp), int(w.shift)) for w in (qw_q, qw_k)]
         self.log.append({"op": "load_weights", "segment": self.segment,
                          "weights": [{"mant": _b64(w.mant, np.int8), "exp": w.exp, "shift": w.shift,
@@ -140,19 +182,34 @@ class CheckedDevice:
         self.ops_checked += 1
 
     def write(self, m_mant, m_exp):
+        self.settle()
         m, e = _np(m_mant).reshape(-1), int(_np(m_exp))
         self.log.append({"op": "write", "segment": self.segment, "m_mant": _b64(m, np.int8), "m_exp": e})
-        slot, fill = self.device.write_memory(m, e)
-        want_slot = self.ring.write_ptr
+        if not self.overlap:
+            answer = self.device.write_memory(m, e)
+            k, ke = fixed.project(self.qw[1], m[None, :], np.array([e]))
+            self._finish_write(answer, self.segment, m, e, k[0], ke[0])
+            return
+        pending = self.device.write_memory(m, e, wait=False)
+        # The mirror's key, computed while the device computes its own; committed with the answer.
         k, ke = fixed.project(self.qw[1], m[None, :], np.array([e]))
+        self._posted = (pending, self.segment, m, e, k[0], ke[0], self.ring.write_ptr)
+        self._mark(self.segment)
+
+    def _finish_write(self, answer, segment, m, e, k, ke, _slot=None):
+        """Check a write's answer ((slot, fill), or the Pending of a posted write) and commit it
+        to the mirror; a device error leaves the mirror as it was."""
+        slot, fill = answer.result() if hasattr(answer, "result") else answer
+        want_slot = self.ring.write_ptr
         self.m_mant[want_slot], self.m_exp[want_slot] = m, e
-        self.k_mant[want_slot], self.k_exp[want_slot] = k[0], ke[0]
+        self.k_mant[want_slot], self.k_exp[want_slot] = k, ke
         self.ring.advance()
-        _first_diff(self.segment, "WRITE_MEMORY", None, "slot", want_slot, slot)
-        _first_diff(self.segment, "WRITE_MEMORY", None, "fill", self.fill, fill)
+        _first_diff(segment, "WRITE_MEMORY", None, "slot", want_slot, slot)
+        _first_diff(segment, "WRITE_MEMORY", None, "fill", self.fill, fill)
         self.ops_checked += 1
 
     def recall(self, s_mant, s_exp):
+        self.settle()
         s, e = _np(s_mant).reshape(-1), int(_np(s_exp))
         self.log.append({"op": "recall", "segment": self.segment, "s_mant": _b64(s, np.int8), "s_exp": e})
         p, pe, probs = self.device.recall(s, e)
@@ -175,32 +232,49 @@ class CheckedDevice:
         return p, pe, probs
 
     # -- whole-cache check ---------------------------------------------------------------------
-    def check_cache(self, reference=None, slots=None) -> None:
+    def check_cache(self, reference=None, slots=None, defer: bool = False) -> None:
         """Read valid slots back from the device (``slots``, default every one); compare with the
         mirror and, if given, with a reference cache (``hmtx.model.recall.RecallCache`` of the
-        fixed variant). The fill and write pointer are checked every time."""
+        fixed variant). The fill and write pointer are checked every time.
+
+        ``defer=True``: do it when the device is next needed (:meth:`settle`), after a posted
+        write's answer; the reference is copied now, the mismatch names the current segment."""
+        if slots is not None:
+            slots = [int(x) for x in slots]
+        if defer:
+            if self._deferred is not None:
+                self.settle()
+            if reference is not None:
+                reference = SimpleNamespace(fill=reference.fill, **{
+                    n: _np(getattr(reference, n)).copy() for n in ("m_mant", "m_exp", "k_mant", "k_exp")})
+            self._deferred = (self.segment, reference, slots)
+            self._mark(self.segment)
+            return
+        self.settle()
+        self._read_back(self.segment, reference, slots)
+
+    def _read_back(self, segment, reference, slots) -> None:
         st = self.device.status()
-        _first_diff(self.segment, "STATUS", None, "fill", self.fill, st.fill)
-        _first_diff(self.segment, "STATUS", None, "write pointer", self.ring.write_ptr, st.write_ptr)
+        _first_diff(segment, "STATUS", None, "fill", self.fill, st.fill)
+        _first_diff(segment, "STATUS", None, "write pointer", self.ring.write_ptr, st.write_ptr)
         if reference is not None:
-            _first_diff(self.segment, "MODEL", None, "reference fill", reference.fill, self.fill)
+            _first_diff(segment, "MODEL", None, "reference fill", reference.fill, self.fill)
         if slots is None:
             slots = range(self.fill)
-            self.log.append({"op": "check_cache", "segment": self.segment})
+            self.log.append({"op": "check_cache", "segment": segment})
         else:
-            slots = [int(x) for x in slots]
             bad = [x for x in slots if not 0 <= x < self.fill]
             if bad:
                 raise ValueError(f"check_cache: slot(s) {bad} are not among the {self.fill} valid ones")
-            self.log.append({"op": "check_cache", "segment": self.segment, "slots": slots})
+            self.log.append({"op": "check_cache", "segment": segment, "slots": slots})
         for slot in slots:
             m, me, k, ke = self.device.read_slot(slot)
             for name, want, got in (("m_exp", self.m_exp[slot], me), ("m_mant", self.m_mant[slot], m),
                                     ("k_exp", self.k_exp[slot], ke), ("k_mant", self.k_mant[slot], k)):
                 if reference is not None:
                     ref = _np(getattr(reference, name)[slot])
-                    _first_diff(self.segment, "MODEL", slot, f"reference {name} (fixed model vs golden)", ref, want)
-                _first_diff(self.segment, "READ_SLOT", slot, name, want, got)
+                    _first_diff(segment, "MODEL", slot, f"reference {name} (fixed model vs golden)", ref, want)
+                _first_diff(segment, "READ_SLOT", slot, name, want, got)
             self.ops_checked += 1
 
 
@@ -398,7 +472,7 @@ def _nll(logits, ids, start, n) -> tuple[float, int]:
 @torch.no_grad()
 def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segments: int, *,
                  case_path: str | None = None, progress=None, before_segment=None,
-                 fixed_stream: bool = True, cache_check: str = "full") -> RunResult:
+                 fixed_stream: bool = True, cache_check: str = "full", overlap: bool = True) -> RunResult:
     """Run the first ``segments`` segments of ``ids`` (see the module docstring).
 
     ``fixed_stream=False`` skips the separate fixed-recall variant (two backbone passes per
@@ -411,8 +485,21 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
     and the whole cache after the last segment -- on a serial link the full read-back is most of
     the bytes per segment at a filled cache (docs/runtime.md).
 
+    ``overlap=True`` (default) lets the device work while the host computes: segment n's memory
+    write is posted (:class:`CheckedDevice` with ``overlap``), and its answer and segment n's
+    cache check are collected and checked when the device is next needed -- segment n+1's
+    RECALL, after its representation pass and the other variants' passes (segment 1, which
+    recalls nothing, at its own write), or after the loop for the last segment. The device gets
+    the same commands in the same order, every check is made, per segment and exactly as
+    without overlap, and a mismatch names the segment whose op it was; only the host's
+    order of computing and checking changes. ``overlap=False`` checks each segment before the
+    next one starts (the order before split-phase writes; for debugging).
+
     ``progress(segment, result)`` is called after each segment; ``before_segment(segment)``
-    before it (fault injection hooks in there). Device errors (DeviceError, ProtocolError,
+    before it (fault injection hooks in there). With ``overlap``, when ``before_segment(n)`` and
+    ``progress(n - 1, ...)`` run, segment n-1's write may still be in flight and its cache
+    check not yet made: a fault armed there for "the next WRITE_MEMORY / READ_SLOT answer" hits
+    segment n-1's. Device errors (DeviceError, ProtocolError,
     ConnectionError) propagate after the case has been saved, with the partial result as the
     exception's ``run_result`` attribute; a mismatch ends the run and is returned in
     ``result.mismatch``. Saving the case never raises: a case that cannot be written leaves
@@ -435,7 +522,7 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
     t0 = time.monotonic()
     variants = RunResult.VARIANTS if fixed_stream else tuple(v for v in RunResult.VARIANTS if v != "hmt_fixed")
     res = RunResult(nll={v: [] for v in variants})
-    chk = CheckedDevice(device, config, torch_check=not fixed_stream)
+    chk = CheckedDevice(device, config, torch_check=not fixed_stream, overlap=overlap)
     cycles0 = device.cycles().total
     states = {
         "backbone": model.new_state("backbone"),
@@ -458,8 +545,9 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
                 raise MismatchError(Mismatch(seg, "MODEL", None, "P_n (device variant vs fixed variant)", i,
                                              float(ref.recalled[i]), float(dev.recalled[i])))
             whole = cache_check == "full" or seg == segments - 1
+            # With overlap this waits for the device's next use (segment seg+1's recall).
             chk.check_cache(states["hmt_fixed"].cache if fixed_stream else None,
-                            slots=None if whole else [chk.ring.last_slot])
+                            slots=None if whole else [chk.last_slot], defer=overlap)
             for v, out in outs.items():
                 nll, count = _nll(out.logits, ids, seg * b, out.ids.numel())
                 res.nll[v].append(nll)
@@ -475,13 +563,17 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
             res.ops_checked = chk.ops_checked
             if progress is not None:
                 progress(seg, res)
+        chk.settle()                                # the last segment's write and cache check
+        res.ops_checked = chk.ops_checked
         if fixed_stream and res.nll["hmt_device"] != res.nll["hmt_fixed"]:
             seg = next(i for i, (a, c) in enumerate(zip(res.nll["hmt_device"], res.nll["hmt_fixed"])) if a != c)
             raise MismatchError(Mismatch(seg, "MODEL", None, "segment NLL (device vs fixed variant)", None,
                                          res.nll["hmt_fixed"][seg], res.nll["hmt_device"][seg]))
     except MismatchError as e:
         res.mismatch = e.mismatch
+        _keep_checked(res, chk)
     except Exception as e:
+        _keep_checked(res, chk)
         res.error = f"{type(e).__name__}: {e}"
         if case_path:
             _save_case_or_say_why(res, case_path, config, chk.log, None, res.error)
@@ -502,3 +594,16 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
         if res.mismatch is None:
             raise
     return res
+
+
+def _keep_checked(res: RunResult, chk: CheckedDevice) -> None:
+    """After a run stopped early: keep in ``res`` only the segments whose device answers were all
+    checked (with overlap, a segment's write and cache check complete during the next one), so
+    that the partial result is the same with overlap on or off."""
+    n = chk.unchecked
+    if n is not None and n < len(res.counts):
+        del res.counts[n:]
+        del res.recall_probs[n:]
+        for v in res.nll.values():
+            del v[n:]
+        res.segments = n

@@ -54,9 +54,12 @@ class SerialTransport(Transport):
         self._serial = serial
 
     def write(self, data: bytes) -> None:
+        # Returns once the bytes are handed to the OS (write_timeout bounds that), not when they
+        # have left the UART: no flush()/tcdrain, so a posted command's own wire time overlaps
+        # with the host's work too (host/device.py, split-phase commands). The answer's timeout
+        # covers the rest of the transmission.
         try:
             self._port.write(data)
-            self._port.flush()
         except (self._serial.SerialException, OSError) as e:
             raise ConnectionError(f"{self.name}: write failed: {e}") from None
 

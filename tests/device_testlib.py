@@ -5,10 +5,10 @@ import os
 import select
 import threading
 
-from hmtx.host.backends import Transport
+from hmtx.host.backends import FaultInjector, Transport
 from hmtx.model import protocol as P
 
-__all__ = ["run_session", "Shuttle"]
+__all__ = ["run_session", "Shuttle", "FaultOnNth", "Recorder"]
 
 
 def run_session(transport: Transport, session) -> list[bytes]:
@@ -54,3 +54,52 @@ class Shuttle:
         self._thread.join()
         os.close(self.master)
         os.close(self.slave)
+
+
+class FaultOnNth(FaultInjector):
+    """Flips bit ``bit`` of payload byte ``offset`` in the OK answer to the ``n``-th command with
+    opcode ``op`` sent (1-based; CRC recomputed). Counted by command, not by when the host reads
+    the answer, so it hits the same op whether the host waits for each answer or collects a
+    posted command's answer later (one command in flight at most: the answer read after arming
+    is that command's)."""
+
+    def __init__(self, inner: Transport, op, n: int, offset: int, bit: int):
+        super().__init__(inner)
+        self.op, self.n, self.offset, self.bit, self.sent = int(op), n, offset, bit, 0
+
+    def write(self, data: bytes) -> None:
+        for f in P.FrameDecoder().feed(data):
+            if f.body[:1] == bytes([self.op]):
+                self.sent += 1
+                if self.sent == self.n:
+                    self.arm(self.op, self.offset, self.bit)
+        super().write(data)
+
+
+class Recorder(Transport):
+    """Wraps a transport and appends to ``events`` (a shared list, so that other code can add
+    its own marks) ``("send", opcode)`` for every command frame written and ``("answer",
+    opcode)`` for every answer frame the host reads, in the order the host does them."""
+
+    def __init__(self, inner: Transport, events: list):
+        self.inner, self.events = inner, events
+        self.name = inner.name
+        self.sent = bytearray()             # every byte written, in order
+        self._dec = P.FrameDecoder()
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+        for f in P.FrameDecoder().feed(data):
+            if f.body:
+                self.events.append(("send", f.body[0]))
+        self.inner.write(data)
+
+    def read(self, timeout: float) -> bytes:
+        data = self.inner.read(timeout)
+        for f in self._dec.feed(data):
+            if len(f.body) >= 2:
+                self.events.append(("answer", f.body[1]))
+        return data
+
+    def close(self) -> None:
+        self.inner.close()

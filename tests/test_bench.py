@@ -229,3 +229,29 @@ def test_quick_bench_link_section(quick):
     broken = copy.deepcopy(res)
     broken["link"][0]["work_s"] = broken["link"][0]["work_wire_s"] / 2      # less than its wire time
     assert any(p.startswith("link[") for p in validate.problems(broken))
+
+
+def test_link_model_overlapped_write_hides_only_the_write():
+    """The overlapped schedule (bench/link.py): the posted WRITE_MEMORY's wire + device time is
+    hidden up to the representation pass's length; the RECALL and the cache check stay."""
+    from hmtx.bench import link as lk
+    from hmtx.model.configs import get_config
+    cfg = get_config("smollm")
+    tr = lk.segment_traffic(cfg)
+    cyc = {"recall": 3636, "write": 2328}
+    for baud in (1_000_000, 3_000_000):
+        blocking = lk.link_model(cfg, baud, 100e6, cyc, tr)
+        assert "overlap_segment_s" not in blocking
+        assert math.isclose(blocking["recall_s"] + blocking["write_s"], blocking["work_s"])
+        assert math.isclose(blocking["write_s"], tr["ops"]["WRITE_MEMORY"]["out"] * 1e-5 * 1e6 / baud
+                            + tr["ops"]["WRITE_MEMORY"]["in"] * 1e-5 * 1e6 / baud + 2328 / 100e6)
+        long = lk.link_model(cfg, baud, 100e6, cyc, tr, representation_s=0.1)
+        assert math.isclose(long["overlap_work_s"], long["recall_s"])                 # the whole write hidden
+        assert math.isclose(long["overlap_segment_s"], long["segment_s"] - long["write_s"])
+        assert math.isclose(long["overlap_segment_written_s"], long["recall_s"] + long["check_written_s"])
+        short = lk.link_model(cfg, baud, 100e6, cyc, tr, representation_s=long["write_s"] / 4)
+        assert math.isclose(short["overlap_hidden_s"], long["write_s"] / 4)
+        assert validate._link_problems({"link": [long, short], "link_measured": None,
+                                        "reasons": {"link_measured": "x"}}) == []
+        broken = dict(long, overlap_segment_s=long["segment_s"] - 2 * long["write_s"])
+        assert validate._link_problems({"link": [broken], "link_measured": None, "reasons": {"link_measured": "x"}})

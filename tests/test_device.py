@@ -160,3 +160,180 @@ def test_example_session_covers_every_status():
     for _, raw in example_session(CFG):
         seen |= {P.decode_response(f).status for f in P.FrameDecoder().feed(dev.feed(raw))}
     assert seen == set(P.Status)
+
+
+# --- split-phase commands: post now, collect later (issue 21, "overlap device work") ----------------
+def _mem(rng):
+    m, e = fixed.quantize_bfp(rng.normal(size=CFG.d))
+    return m, int(e)
+
+
+def test_posted_write_is_collected_in_order_and_by_the_next_transaction(dev):
+    rng = np.random.default_rng(SEED)
+    dev.load_weights(*weights(rng))
+    mems = [_mem(rng) for _ in range(3)]
+    p = dev.write_memory(*mems[0], wait=False)
+    assert not p.done and dev.pending is p
+    assert p.result() == (0, 1) and p.done and dev.pending is None
+    assert p.result() == (0, 1)                              # asked again: the same answer
+    q = dev.write_memory(*mems[1], wait=False)
+    r = dev.write_memory(*mems[2], wait=False)               # collects q first: one in flight
+    assert q.done and not r.done and q.result() == (1, 2)
+    m, me, _, _ = dev.read_slot(2)                           # collects r, then reads its slot
+    assert r.done and r.result() == (2, 3)
+    assert np.array_equal(m, mems[2][0]) and me == mems[2][1]
+    assert dev.collect() is None                             # nothing pending
+
+
+def test_error_status_of_a_posted_write_is_raised_at_collection(dev):
+    rng = np.random.default_rng(SEED)
+    p = dev.write_memory(*_mem(rng), wait=False)             # no weights: NO_WEIGHTS
+    with pytest.raises(DeviceError, match="NO_WEIGHTS to WRITE_MEMORY"):
+        p.result()
+    with pytest.raises(DeviceError, match="NO_WEIGHTS to WRITE_MEMORY"):
+        p.result()                                           # kept, raised every time
+    assert dev.status().fill == 0                            # the link is fine
+    # Collected by another call: that call raises the write's error and does not send itself.
+    dev.write_memory(*_mem(rng), wait=False)
+    n = dev.transactions
+    with pytest.raises(DeviceError, match="NO_WEIGHTS to WRITE_MEMORY") as e:
+        dev.status()
+    assert e.value.op == P.Op.WRITE_MEMORY and dev.transactions == n
+    dev.load_weights(*weights(rng))
+    assert dev.write_memory(*_mem(rng), wait=False).result() == (0, 1)
+    assert dev.status().fill == 1
+
+
+class _Lossy(GoldenTransport):
+    """Drops ("drop") or garbles ("corrupt") the answer to the n-th command with opcode ``op``."""
+
+    def __init__(self, op, n, mode):
+        super().__init__(CFG)
+        self.op, self.n, self.mode, self.seen = int(op), n, mode, 0
+
+    def write(self, data):
+        frames = P.FrameDecoder().feed(data)
+        if any(f.body[:1] == bytes([self.op]) for f in frames):
+            self.seen += 1
+            if self.seen == self.n:
+                out = self.device.feed(data)
+                if self.mode == "corrupt":
+                    self._rx.append(out[:1] + bytes([out[1] ^ 0x20]) + out[2:])
+                return
+        super().write(data)
+
+
+@pytest.mark.parametrize("mode", ["drop", "corrupt"])
+def test_lost_or_garbled_answer_of_a_posted_write_resyncs_and_raises_at_collection(mode):
+    rng = np.random.default_rng(SEED)
+    t = _Lossy(P.Op.WRITE_MEMORY, 2, mode)
+    with Device(t, CFG, timeout=0.3) as dev:
+        dev.load_weights(*weights(rng))
+        assert dev.write_memory(*_mem(rng), wait=False).result() == (0, 1)
+        p = dev.write_memory(*_mem(rng), wait=False)         # its answer is lost or garbled
+        with pytest.raises(ProtocolError, match="WRITE_MEMORY: " + ("no response" if mode == "drop" else "")):
+            dev.status()                                     # forces the collection
+        with pytest.raises(ProtocolError):
+            p.result()                                       # the handle says so too
+        # Resynchronized: the device stored the write (only its answer went missing) and the
+        # next commands get their own answers.
+        assert dev.status().fill == 2
+        assert dev.write_memory(*_mem(rng), wait=False).result() == (2, 3)
+
+
+def test_close_collects_a_pending_command_and_reports_its_error():
+    rng = np.random.default_rng(SEED)
+    dev = Device(GoldenTransport(CFG), CFG)
+    dev.load_weights(*weights(rng))
+    p = dev.write_memory(*_mem(rng), wait=False)
+    dev.close()
+    assert p.done and p.result() == (0, 1)
+    t = GoldenTransport(CFG)
+    dev = Device(t, CFG)
+    p = dev.write_memory(*_mem(rng), wait=False)             # no weights: NO_WEIGHTS
+    with pytest.raises(DeviceError, match="NO_WEIGHTS to WRITE_MEMORY"):
+        dev.close()
+    assert t._closed                                         # the transport is closed all the same
+    # Leaving a with-block on another exception: that exception stays, with the write's as a note.
+    with pytest.raises(KeyError) as e:
+        with Device(GoldenTransport(CFG), CFG) as dev:
+            dev.write_memory(*_mem(rng), wait=False)
+            raise KeyError("boom")
+    assert any("NO_WEIGHTS to WRITE_MEMORY" in n for n in getattr(e.value, "__notes__", []))
+
+
+def test_random_mix_of_posted_and_blocking_commands_matches_the_golden_device():
+    """Random op sequences, each write posted or not and collected at a random point (or by the
+    next command): every answer equals the golden device's own, in order."""
+    rng = np.random.default_rng(SEED)
+
+    def outcome(call):
+        try:
+            return call()
+        except DeviceError as e:
+            return e.status
+
+    for trial in range(20):
+        want_dev = Device(GoldenTransport(CFG), CFG)
+        with Device(GoldenTransport(CFG), CFG) as dev:
+
+            def do(call):
+                # A posted write is collected first; if it failed, the call raises the write's
+                # error without sending itself: call again then, as a caller would.
+                pend = dev.pending
+                try:
+                    return call()
+                except DeviceError as e:
+                    if pend is not None and _raises(pend) is e:
+                        return outcome(call)
+                    return e.status
+
+            if rng.random() < 0.9:
+                qws = weights(rng)
+                dev.load_weights(*qws)
+                want_dev.load_weights(*qws)
+            handles = []
+            for step in range(int(rng.integers(5, 25))):
+                kind = str(rng.choice(["write", "post", "read", "status", "recall", "collect"]))
+                where = f"HMTX_SEED={SEED} trial {trial} step {step} {kind}"
+                if kind == "collect":
+                    outcome(dev.collect)                     # the handle keeps any error
+                    continue
+                if kind in ("write", "post"):
+                    m = _mem(rng)
+                    want = outcome(lambda: want_dev.write_memory(*m))
+                    if kind == "post":
+                        handles.append((do(lambda: dev.write_memory(*m, wait=False)), want, where))
+                        continue
+                    got = do(lambda: dev.write_memory(*m))
+                elif kind == "read":
+                    slot = int(rng.integers(0, CFG.n_slots))
+                    want = outcome(lambda: want_dev.read_slot(slot))
+                    got = do(lambda: dev.read_slot(slot))
+                elif kind == "status":
+                    want, got = want_dev.status(), do(dev.status)
+                else:
+                    s = _mem(rng)
+                    want = outcome(lambda: want_dev.recall(*s))
+                    got = do(lambda: dev.recall(*s))
+                assert _same(got, want), where
+            assert len(handles) == 0 or handles[-1][0].done or dev.pending is handles[-1][0]
+            for h, want, where in handles:
+                assert _same(outcome(h.result), want), where
+                assert h.done
+
+
+def _raises(pending):
+    try:
+        pending.result()
+    except DeviceError as e:
+        return e
+    return None
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b

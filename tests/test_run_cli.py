@@ -95,3 +95,15 @@ def test_cache_check_written_reads_fewer_slots(capsys, tmp_path):
         assert s["mismatches"] == 0
         checked[mode] = s["ops_checked"]
     assert checked["written"] < checked["full"]
+
+
+def test_no_overlap_gives_the_same_run(capsys, tmp_path):
+    got = {}
+    for flag in ((), ("--no-overlap",)):
+        rc, out, err = run_cli(capsys, "--device", "golden", "--segments", "5", *flag,
+                               "--json", str(tmp_path / "r.json"))
+        assert rc == 0, err
+        got[bool(flag)] = json.loads((tmp_path / "r.json").read_text())
+    assert got[False]["overlap"] is True and got[True]["overlap"] is False
+    for key in ("segments", "ops_checked", "mismatches", "ppl", "device_cycles", "per_segment", "recall_weights"):
+        assert got[False][key] == got[True][key], key

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from device_testlib import FaultOnNth, Recorder
 from hmt_testlib import SEED, random_ids, tiny_hmt
 from hmtx.host.backends import FaultInjector, GoldenTransport, Transport
 from hmtx.host.device import Device
@@ -94,17 +95,18 @@ def test_one_bit_fault_in_recall_is_reported_exactly(model, ids, tmp_path, seg, 
     assert (e.value.mismatch.op, e.value.mismatch.element) == ("RECALL", elem)
 
 
-def test_fault_in_cache_readback_names_slot_and_element(model, ids, tmp_path):
-    inj = FaultInjector(GoldenTransport(CFG))
+@pytest.mark.parametrize("overlap", [True, False])
+def test_fault_in_cache_readback_names_slot_and_element(model, ids, tmp_path, overlap):
     j, bit = 3, 4
+    # Segment 3's first READ_SLOT is the 6th (segment 0 reads 1 slot, 1 and 2 two each). Counted by
+    # command: with overlap, segment 2's read-back happens after before_segment(3).
+    inj = FaultOnNth(GoldenTransport(CFG), P.Op.READ_SLOT, 6, 1 + CFG.d + 2 + 2 * j, bit)
     with device(inj) as dev:
-        def arm(s):
-            if s == 3:
-                inj.arm(P.Op.READ_SLOT, 1 + CFG.d + 2 + 2 * j, bit)
-        res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "c.json"), before_segment=arm)
+        res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "c.json"), overlap=overlap)
     m = res.mismatch
     assert (m.segment, m.op, m.slot, m.field, m.element) == (3, "READ_SLOT", 0, "k_mant", j)
     assert m.got ^ m.expected == 1 << bit
+    assert res.segments == 3 and len(res.nll["hmt_device"]) == 3      # segment 3 not counted as done
 
 
 class _Dies(Transport):
@@ -197,13 +199,10 @@ def test_written_cache_check_reads_only_the_new_slot_then_the_whole_cache(model,
     assert reads == [0, 1, 0, 1, 0, 0, 1]
     assert res.ops_checked == 1 + 1 + 6 + 4 + 5 + 2
     # A damaged K in the slot being checked is still named exactly, and the case replays it.
-    inj = FaultInjector(GoldenTransport(CFG))
+    inj = FaultOnNth(GoldenTransport(CFG), P.Op.READ_SLOT, 4, 1 + CFG.d + 2 + 2 * 3, 4)   # segment 3's
     with device(inj) as dev:
-        def arm(s):
-            if s == 3:
-                inj.arm(P.Op.READ_SLOT, 1 + CFG.d + 2 + 2 * 3, 4)
         res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "c2.json"),
-                           before_segment=arm, cache_check="written")
+                           cache_check="written")
     assert (res.mismatch.segment, res.mismatch.op, res.mismatch.slot) == (3, "READ_SLOT", 1)
     case = load_case(res.case_file)
     # segments 0-3, the last being the check that failed
@@ -212,3 +211,142 @@ def test_written_cache_check_reads_only_the_new_slot_then_the_whole_cache(model,
         assert replay_case(case, dev).ops_checked > 0
     with pytest.raises(ValueError, match="cache_check"):
         run_document(model, ids, device(), CFG, SEGMENTS, cache_check="some")
+
+
+# --- the write overlapped with the next segment's representation pass (issue 21) ---------------------
+def _send_index(events, op, before=None, after=-1):
+    idx = [i for i, e in enumerate(events) if e == ("send", op) and i > after and (before is None or i < before)]
+    return idx
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_write_is_in_flight_during_the_next_representation_pass(model, ids, monkeypatch, overlap):
+    """The order the host does things in: segment n's WRITE_MEMORY is sent before segment n+1's
+    representation pass and, with overlap, its answer read only after it (then segment n's
+    cache check, then the RECALL); without overlap, all of it before."""
+    events = []
+    real = model.representation
+
+    def representation(h):
+        events.append(("repr", None))
+        return real(h)
+
+    monkeypatch.setattr(model, "representation", representation)
+    with device(Recorder(GoldenTransport(CFG), events)) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS, overlap=overlap)
+    assert res.mismatch is None
+    recalls = _send_index(events, P.Op.RECALL)
+    assert len(recalls) == SEGMENTS - 2
+    for r in recalls:
+        rep = max(i for i in range(r) if events[i][0] == "repr")      # the device variant's, just before
+        ws = max(_send_index(events, P.Op.WRITE_MEMORY, before=r))    # the previous segment's write
+        wa = next(i for i in range(ws, len(events)) if events[i] == ("answer", P.Op.WRITE_MEMORY))
+        st = _send_index(events, P.Op.STATUS, after=ws)[0]            # its cache check
+        assert ws < rep and wa < r and st < r
+        if overlap:
+            assert rep < wa < st, events[ws:r + 1]                    # in flight while the pass ran
+        else:
+            assert wa < st < rep, events[ws:r + 1]
+
+
+@pytest.mark.parametrize("cache_check", ["full", "written"])
+@pytest.mark.parametrize("fixed_stream", [True, False])
+def test_overlap_on_and_off_give_the_same_results_checks_and_traffic(model, ids, cache_check, fixed_stream):
+    got = {}
+    for overlap in (False, True):
+        events = []
+        rec = Recorder(GoldenTransport(CFG), events)
+        with device(rec) as dev:
+            res = run_document(model, ids, dev, CFG, SEGMENTS, overlap=overlap, cache_check=cache_check,
+                               fixed_stream=fixed_stream)
+            n = len(rec.sent)
+            cache = [dev.read_slot(s) for s in range(dev.status().fill)]
+        got[overlap] = (res, bytes(rec.sent[:n]), cache)
+    (a, sent_a, cache_a), (b, sent_b, cache_b) = got[False], got[True]
+    assert a.mismatch is None and b.mismatch is None
+    assert a.nll == b.nll and a.counts == b.counts and a.recall_probs == b.recall_probs
+    assert (a.segments, a.tokens, a.ops_checked, a.device_cycles) == (b.segments, b.tokens, b.ops_checked,
+                                                                    b.device_cycles)
+    assert sent_a == sent_b                        # the device got the same commands, in the same order
+    assert len(cache_a) == CFG.n_slots
+    for x, y in zip(cache_a, cache_b):
+        assert all((u == v).all() if hasattr(u, "all") else u == v for u, v in zip(x, y))
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("nth", [4, SEGMENTS])     # segment 3's write; the last segment's (checked at the end)
+def test_fault_in_a_write_answer_names_the_segment_that_wrote(model, ids, tmp_path, overlap, nth):
+    seg = nth - 1
+    # fill (payload bytes 2-3) is 2 from the second write on (N=2): bit 1 flipped gives 0
+    inj = FaultOnNth(GoldenTransport(CFG), P.Op.WRITE_MEMORY, nth, 2, 1)
+    with device(inj) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "c.json"), overlap=overlap)
+    m = res.mismatch
+    assert inj.injected == 1
+    assert (m.segment, m.op, m.slot, m.field, m.element, m.expected, m.got) == (seg, "WRITE_MEMORY", None,
+                                                                                "fill", None, 2, 0)
+    assert res.segments == seg and len(res.nll["backbone"]) == seg
+    case = load_case(res.case_file)
+    ops = case["ops"]
+    assert (ops[-1]["op"], ops[-1]["segment"]) == ("write", seg)       # the case ends at the faulty write
+    assert sum(o["op"] == "write" for o in ops) == nth
+    with device() as dev:
+        assert replay_case(case, dev).ops_checked > 0
+    with device(FaultOnNth(GoldenTransport(CFG), P.Op.WRITE_MEMORY, nth, 2, 1)) as dev:
+        with pytest.raises(MismatchError) as e:
+            replay_case(case, dev)
+    assert (e.value.mismatch.segment, e.value.mismatch.op, e.value.mismatch.field) == (seg, "WRITE_MEMORY", "fill")
+
+
+class _BadWrite(GoldenTransport):
+    """The n-th WRITE_MEMORY command arrives damaged (device answers BAD_CRC) or its answer is
+    lost on the way back."""
+
+    def __init__(self, n, mode):
+        super().__init__(CFG)
+        self.n, self.mode, self.writes = n, mode, 0
+
+    def write(self, data):
+        if any(f.body[:1] == bytes([P.Op.WRITE_MEMORY]) for f in P.FrameDecoder().feed(data)):
+            self.writes += 1
+            if self.writes == self.n:
+                if self.mode == "drop":
+                    self.device.feed(data)
+                    return
+                data = data[:3] + bytes([data[3] ^ 0x01]) + data[4:]      # a mantissa bit: CRC fails
+        super().write(data)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+@pytest.mark.parametrize("mode", ["bad_crc", "drop"])
+def test_device_error_of_a_posted_write_is_raised_and_the_device_keeps_working(model, ids, tmp_path, overlap, mode):
+    from hmtx.host.device import DeviceError, ProtocolError
+    with Device(_BadWrite(3, mode), CFG, timeout=0.3) as dev:
+        want = DeviceError if mode == "bad_crc" else ProtocolError
+        with pytest.raises(want, match="BAD_CRC to WRITE_MEMORY" if mode == "bad_crc" else
+                           "WRITE_MEMORY: no response") as e:
+            run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "c.json"), overlap=overlap)
+        res = e.value.run_result
+        assert res.segments == 2 and res.mismatch is None        # segment 2's write failed
+        assert json.loads((tmp_path / "c.json").read_text())["error"].startswith(want.__name__)
+        assert dev.pending is None
+        again = run_document(model, ids, dev, CFG, SEGMENTS, overlap=overlap)      # same link, same device
+    assert again.mismatch is None and again.segments == SEGMENTS
+    with device() as clean:
+        assert again.nll == run_document(model, ids, clean, CFG, SEGMENTS).nll
+
+
+def test_overlapped_run_over_a_serial_port_matches_the_blocking_run(model, ids):
+    """The serial backend (a pseudo-terminal to the golden device): posted writes, same results."""
+    from device_testlib import Shuttle
+    from hmtx.host.backends import SerialTransport
+    shuttle = Shuttle(GoldenTransport(CFG))
+    try:
+        with Device(SerialTransport(shuttle.port), CFG) as dev:
+            got = run_document(model, ids, dev, CFG, SEGMENTS, overlap=True)
+    finally:
+        shuttle.close()
+    with device() as dev:
+        want = run_document(model, ids, dev, CFG, SEGMENTS, overlap=False)
+    assert got.mismatch is None
+    assert (got.nll, got.ops_checked, got.device_cycles) == (want.nll, want.ops_checked, want.device_cycles)
