@@ -284,32 +284,31 @@ class BoardTop(wiring.Component):
 
         # Power-on reset, counted in a reset-less domain on the same clock: a counter that
         # starts at zero from configuration, restarts whenever the PLL loses lock.
-        # The reset comes straight from a flip-flop, so the counter's compare logic is not on
-        # the path into every register that has a reset.
+        # The reset is a flip-flop, active high, straight into every register's LSR: no
+        # compare logic and no inverter between it and the far end of the die (an inverted
+        # `running` cost a LUT and a second routing hop on the worst path of the smollm build).
         delay = self.reset_cycles
         por_count = Signal(range(delay + 1))
-        running = Signal()
+        rst = Signal(init=1)
         m.domains.por = ClockDomain(reset_less=True, local=True)
         m.domains.sync = ClockDomain("sync")
-        m.d.comb += [ClockSignal("por").eq(clk), ClockSignal("sync").eq(clk),
-                     ResetSignal("sync").eq(~running)]
+        m.d.comb += [ClockSignal("por").eq(clk), ClockSignal("sync").eq(clk), ResetSignal("sync").eq(rst)]
         with m.If(~locked):
-            m.d.por += [por_count.eq(0), running.eq(0)]
+            m.d.por += [por_count.eq(0), rst.eq(1)]
         with m.Elif(por_count != delay):
             m.d.por += por_count.eq(por_count + 1)
         with m.Else():
-            m.d.por += running.eq(1)
+            m.d.por += rst.eq(0)
 
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
         m.submodules.bridge = bridge = self.bridge
         m.d.comb += [bridge.rx.eq(rx_buf.i), tx_buf.o.eq(bridge.tx)]
-        # The LED shows `running` through a flip-flop of its own: driven by `running` itself, the
-        # pin pulled the design's reset source to the die's edge (10 ns of routing to the far
-        # registers, the worst path of a smollm build).
+        # The LED (on: running) has a flip-flop of its own: driven by the reset register itself,
+        # the pin pulled the design's reset source to the die's edge.
         led = Signal()
-        m.d.por += led.eq(running)
+        m.d.por += led.eq(~rst)
         m.submodules.led_buf = led_buf = io.Buffer("o", platform.request("led", 0, dir="-"))
         m.d.comb += led_buf.o.eq(led)
         return m

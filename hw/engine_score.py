@@ -146,5 +146,10 @@ class ScoreUnit(wiring.Component):
             m.d.sync += score_max.eq(-(1 << (fixed.SCORE_BITS - 1)))
         with m.If(smax_ok & (smax_t > score_max)):
             m.d.sync += score_max.eq(smax_t)
-        m.d.comb += out.max.eq(score_max)
+        # the softmax reads the maximum from a copy: the compare loop's flip-flops stay by the
+        # compare, not pulled towards the softmax's subtractor (EXP's first read of it is at least
+        # two cycles after the row's last score updates score_max)
+        max_copy = Signal.like(score_max, reset_less=True)
+        m.d.sync += max_copy.eq(score_max)
+        m.d.comb += out.max.eq(max_copy)
         return m
