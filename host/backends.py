@@ -7,7 +7,8 @@ on; this module opens any backend by name.
 ``open_transport(spec, config)`` understands:
 
 ``golden``
-    :class:`GoldenTransport`: the golden device in this process (no simulator, no hardware).
+    :class:`GoldenTransport`: the golden device in this process (no simulator, no hardware). It
+    speaks protocol 1.1 (contract 1) unless opened with ``contract=2`` (protocol 2.0).
 ``serial:PORT`` or ``serial:PORT@BAUD``
     :class:`SerialTransport`: a UART via pyserial (PORT may also be a pyserial URL).
 ``sim`` or ``sim:ENGINE``
@@ -30,7 +31,7 @@ from hmtx.model.golden_device import GoldenDevice
 from .transport import DEFAULT_BAUD, SerialTransport, Transport, parse_serial_spec
 
 __all__ = ["Transport", "GoldenTransport", "SerialTransport", "FaultInjector", "open_transport", "DEFAULT_BAUD",
-           "parse_serial_spec"]
+           "parse_serial_spec", "check_contract", "GATEWARE_BACKENDS"]
 
 
 class GoldenTransport(Transport):
@@ -38,8 +39,8 @@ class GoldenTransport(Transport):
 
     name = "golden"
 
-    def __init__(self, config: EngineConfig, device: GoldenDevice | None = None):
-        self.device = device if device is not None else GoldenDevice(config)
+    def __init__(self, config: EngineConfig, device: GoldenDevice | None = None, contract: int = 1):
+        self.device = device if device is not None else GoldenDevice(config, contract=contract)
         self._rx = collections.deque()
         self._closed = False
 
@@ -65,10 +66,35 @@ class GoldenTransport(Transport):
         self._closed = True
 
 
-def open_transport(spec: str, config: EngineConfig, *, waves: bool = False) -> Transport:
-    """Open the transport named by ``spec`` (golden, sim[:ENGINE], serial:PORT[@BAUD])."""
+# The backends that run the gateware in hw/ (generated Verilog): it implements protocol
+# VERSION, i.e. contract 1 only.
+GATEWARE_BACKENDS = ("sim", "board-sim")
+
+
+def gateware_backend(spec: str) -> bool:
+    return any(spec == b or spec.startswith((b + ":", b + "@")) for b in GATEWARE_BACKENDS)
+
+
+def check_contract(spec: str, contract: int | None) -> None:
+    """ValueError when ``spec`` names a backend that cannot compute ``contract`` (None: any):
+    the simulated gateware speaks protocol 1.x only. A serial device says what it speaks in its
+    INFO, checked when it is opened (:class:`hmtx.host.device.Device`)."""
+    from hmtx.model.protocol import CONTRACTS, VERSION
+    if contract is not None and contract not in CONTRACTS:
+        raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
+    if contract is not None and contract != VERSION[0] and gateware_backend(spec):
+        raise ValueError(f"contract {contract} asked for, but {spec} runs the gateware in hw/, which speaks "
+                         f"protocol {VERSION[0]}.{VERSION[1]} (contract {VERSION[0]}) only; use --device golden")
+
+
+def open_transport(spec: str, config: EngineConfig, *, waves: bool = False, contract: int | None = None) -> Transport:
+    """Open the transport named by ``spec`` (golden, sim[:ENGINE], serial:PORT[@BAUD]).
+    ``contract``: the arithmetic contract the caller needs (None: the device's own); the golden
+    device is built with it (default 1), a simulated gateware refuses 2 (ValueError) before it
+    starts."""
+    check_contract(spec, contract)
     if spec == "golden":
-        return GoldenTransport(config)
+        return GoldenTransport(config, contract=contract or 1)
     if spec == "sim" or spec.startswith("sim:"):
         from .backends_sim import SimTransport
         engine = spec.partition(":")[2] or "lanes"

@@ -33,7 +33,7 @@ def run(args) -> int:
     cfg = case["config"]
     recorded = case.get("mismatch")
     print(f"replaying {args.case}: {len(case['ops'])} ops on engine {cfg.name} (d={cfg.d}, d_h={cfg.d_h}, "
-          f"N={cfg.n_slots}), device {args.device}")
+          f"N={cfg.n_slots}), contract {case['contract']}, device {args.device}")
     if recorded:
         print(f"recorded: mismatch at segment {recorded['segment']}, op {recorded['op']}, {recorded['field']}"
               f"{'' if recorded['element'] is None else '[%d]' % recorded['element']}: "
@@ -41,7 +41,8 @@ def run(args) -> int:
     elif case.get("error"):
         print(f"recorded: device error: {case['error']}")
     try:
-        with Device.open(args.device, cfg, timeout=timeout, waves=args.waves) as dev:
+        # The case's contract: the golden device is built with it; a device computing another is refused.
+        with Device.open(args.device, cfg, timeout=timeout, waves=args.waves, contract=case["contract"]) as dev:
             chk = replay_case(case, dev)
     except MismatchError as e:
         print(e.mismatch.describe())

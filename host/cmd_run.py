@@ -44,6 +44,11 @@ def register(subparsers) -> None:
                                                    "(default sim; ENGINE: lanes, the default, or serial, the iCE40 "
                                                    "engine; BAUD default 3000000, as hmtx synth builds; board-sim: "
                                                    "the board top with its UART simulated behind a pseudo-terminal)")
+    p.add_argument("--contract", type=int, choices=(1, 2),
+                   help="arithmetic contract the device must compute (default: the device's own, from its INFO). "
+                        "The golden device is built with it: 1 speaks protocol 1.1 (the keys K_i), 2 protocol 2.0 "
+                        "(the folded keys K'_i = W_q K_i; docs/arithmetic.md section 10). The simulated RTL and "
+                        "board-sim speak 1.1 only: --contract 2 there is refused before anything loads")
     p.add_argument("--text", help=f"text file or folder (default the shipped {DEFAULT_TEXT.relative_to(REPO)}); "
                                   "the first document long enough for --segments is used")
     p.add_argument("--segments", type=int, default=8, help="run the first N segments (default 8)")
@@ -151,7 +156,7 @@ def _run(args) -> int:
     from hmtx.model.hmt import HMT, read_checkpoint
     from hmtx.model.text import load_documents
 
-    from .backends import FaultInjector, open_transport
+    from .backends import FaultInjector, check_contract, open_transport
     from .device import Device, DeviceError, ProtocolError
     from .runtime import run_document
 
@@ -163,6 +168,7 @@ def _run(args) -> int:
     cfg = engine_config(args.backbone, BACKBONE_D[args.backbone], args.config)
     fault = parse_fault(args.inject_fault, args.segments, cfg.d)
     cli_options.check_device_spec(args.device, cfg)
+    check_contract(args.device, args.contract)
     text = args.text or str(DEFAULT_TEXT)
     docs = load_documents(text)
     tdev = cli_options.torch_device(args.torch_device, "--torch-device")
@@ -194,12 +200,12 @@ def _run(args) -> int:
 
     # A terminated run still stops its simulator and removes its socket folder (close() runs).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    transport = open_transport(args.device, cfg, waves=args.waves)
+    transport = open_transport(args.device, cfg, waves=args.waves, contract=args.contract)
     injector = None
     if fault:
         transport = injector = FaultInjector(transport)
     try:
-        device = Device(transport, cfg, timeout)
+        device = Device(transport, cfg, timeout, args.contract)
     except BaseException:
         transport.close()
         raise
@@ -213,7 +219,8 @@ def _run(args) -> int:
     info = device.device_info
     print(f"hmtx run: {args.segments} segments x {model.config.tokens_per_segment} tokens of {doc.name!r}, "
           f"backbone {args.backbone}, engine {cfg.name} (d={info.d}, d_h={info.d_h}, N={info.n_slots}, "
-          f"P={info.lanes}, {device.engine or 'lanes?'} engine) on device {args.device}", file=sys.stderr)
+          f"P={info.lanes}, {device.engine or 'lanes?'} engine) on device {args.device}, protocol "
+          f"{info.version[0]}.{info.version[1]} (contract {device.contract})", file=sys.stderr)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -259,6 +266,8 @@ def _run(args) -> int:
                 "hmt_fixed": res.ppl("hmt_fixed")},
         "recall_gain": _gain(res.ppl("hmt_device"), res.ppl("hmt_norecall")),
         "device": args.device,
+        "protocol": "%d.%d" % info.version,
+        "contract": device.contract,
         "device_cycles": res.device_cycles,
         "fmax_mhz": fmax[0] if fmax else None,
         "fmax_source": fmax[1] if fmax else None,
@@ -341,7 +350,8 @@ def format_summary(s: dict) -> str:
         ("host wall time", f"{s['wall_s']:.1f} s (run {s['run_s']:.1f} s)"),
     ]
     width = max(len(k) for k, _ in rows)
-    lines = [f"hmtx run summary — device {s['device']}, document {s['document']!r}"]
+    contract = f", contract {s['contract']}" if s.get("contract") else ""
+    lines = [f"hmtx run summary — device {s['device']}{contract}, document {s['document']!r}"]
     if s.get("mismatch"):
         lines.append(f"  STOPPED at the first mismatch (segment {s['mismatch']['segment']}); "
                      "the numbers below cover the segments completed before it")

@@ -94,9 +94,16 @@ class Device:
         the sizes from INFO.
     timeout : float or None
         Seconds to wait for each response (default by backend, :data:`DEFAULT_TIMEOUTS`).
+    contract : int or None
+        The arithmetic contract the host requires (1 or 2); a device whose INFO reports another
+        is refused with a ValueError. None: whatever the device computes. Either way
+        :attr:`contract` is the device's, from INFO's major version (docs/protocol.md).
     """
 
-    def __init__(self, transport: Transport, config: EngineConfig | None = None, timeout: float | None = None):
+    def __init__(self, transport: Transport, config: EngineConfig | None = None, timeout: float | None = None,
+                 contract: int | None = None):
+        if contract is not None and contract not in P.CONTRACTS:
+            raise ValueError(f"unknown contract {contract!r}; choose one of {P.CONTRACTS}")
         self.transport = transport
         self.timeout = DEFAULT_TIMEOUTS.get(_kind(transport.name), 10.0) if timeout is None else float(timeout)
         if not math.isfinite(self.timeout) or self.timeout <= 0:
@@ -119,9 +126,14 @@ class Device:
                                 f"resynchronization marker sent): is the device connected and running "
                                 f"the hmtx design?") from None
         self.device_info = self.info()
-        if self.device_info.version[0] != P.VERSION[0]:
-            raise ProtocolError(f"device speaks protocol {self.device_info.version[0]}.{self.device_info.version[1]}, "
-                                f"this host {P.VERSION[0]}.{P.VERSION[1]}")
+        # The major version names the contract; one this host does not know is refused here
+        # (ProtocolError naming both versions), before any command that depends on it.
+        self.contract = self.device_info.contract
+        if contract is not None and contract != self.contract:
+            v = self.device_info.version
+            raise ValueError(f"contract {contract} asked for, but {transport.name} speaks protocol {v[0]}.{v[1]} "
+                             f"(contract {self.contract}); contract {contract} needs protocol "
+                             f"{P.VERSIONS[contract][0]}.x")
         if config is None:
             i = self.device_info
             config = EngineConfig("device", i.d, i.d_h, i.n_slots, i.lanes, i.head_dim, i.max_queries, i.max_keys)
@@ -139,11 +151,13 @@ class Device:
                                 f"the {self.device_info.engine} engine")
 
     @classmethod
-    def open(cls, spec: str, config: EngineConfig, *, timeout: float | None = None, waves: bool = False) -> "Device":
-        """Connect to ``golden``, ``sim[:ENGINE]`` or ``serial:PORT[@BAUD]``."""
-        transport = open_transport(spec, config, waves=waves)
+    def open(cls, spec: str, config: EngineConfig, *, timeout: float | None = None, waves: bool = False,
+             contract: int | None = None) -> "Device":
+        """Connect to ``golden``, ``sim[:ENGINE]`` or ``serial:PORT[@BAUD]``. ``contract``: the one
+        required (the golden device is built with it; see :func:`~hmtx.host.backends.open_transport`)."""
+        transport = open_transport(spec, config, waves=waves, contract=contract)
         try:
-            return cls(transport, config, timeout)
+            return cls(transport, config, timeout, contract)
         except BaseException:
             transport.close()
             raise
@@ -375,7 +389,8 @@ class Device:
         self._weights_key = key
 
     def write_memory(self, m_mant, m_exp, wait: bool = True):
-        """Store M_i (BFP8, length d); the device computes K_i. Returns (slot, fill); with
+        """Store M_i (BFP8, length d); the device computes K_i (contract 2: and K'_i, which it
+        stores instead). Returns (slot, fill); with
         ``wait=False`` the command is posted and a :class:`Pending` returned, whose ``result()``
         is (slot, fill)."""
         payload = P.pack_vector_cmd(m_mant, m_exp, self.config.d)
@@ -388,8 +403,10 @@ class Device:
         self.write_memory(m_mant, m_exp)
 
     def read_slot(self, slot: int):
-        """(m_mant [d], m_exp, k_mant [d_h], k_exp) as stored in ``slot``."""
-        return P.unpack_slot(self.transact(Op.READ_SLOT, P.pack_read_slot(slot)), self.config.d, self.config.d_h)
+        """(m_mant [d], m_exp, k_mant, k_exp) as stored in ``slot``: the key K_i [d_h] (contract 1)
+        or the folded key K'_i [d] (contract 2)."""
+        return P.unpack_slot(self.transact(Op.READ_SLOT, P.pack_read_slot(slot)), self.config.d, self.config.d_h,
+                             self.contract)
 
     def recall(self, s_mant, s_exp):
         """P_n for the query S_n (BFP8, length d): (p_mant int64 [d], p_exp, probs int64 [fill])."""

@@ -16,6 +16,11 @@ expected, got), and the device's inputs since its last reset are saved as a repl
 
 Because the device's recall is bit-identical to the fixed recall, the device variant's
 perplexity equals the fixed variant's exactly; the runtime checks that too.
+
+The arithmetic contract comes from the device (``Device.contract``, INFO's protocol major): with
+contract 2 the mirror holds the folded keys K'_i = ``fixed.fold_key(W_q, K_i)`` that the device
+must store, recalls are checked against ``fixed.recall_folded``, and the model's fixed variant
+runs contract 2 as well (docs/arithmetic.md section 10).
 """
 
 import base64
@@ -37,7 +42,7 @@ from hmtx.model.ring import RingSlots
 __all__ = ["Mismatch", "MismatchError", "CheckedDevice", "RunResult", "run_document",
            "save_case", "load_case", "replay_case", "CASE_FORMAT"]
 
-CASE_FORMAT = "hmtx-case-1"
+CASE_FORMAT = "hmtx-case-1"       # "contract" (default 1: cases from before protocol 2.0) is optional
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,8 @@ class Mismatch:
     segment: int | None
     op: str                      # RECALL, WRITE_MEMORY, READ_SLOT, MODEL
     slot: int | None
-    field: str                   # p_mant, p_exp, probs, m_mant, m_exp, k_mant, k_exp, slot, fill, ...
+    field: str                   # p_mant, p_exp, probs, m_mant, m_exp, k_mant, k_exp (contract 2: kf_mant,
+                                 # kf_exp, the folded key K'), slot, fill, ...
     element: int | None
     expected: int | float
     got: int | float
@@ -102,6 +108,11 @@ class CheckedDevice:
     inputs since its last reset (what a replayable case needs); ``ops_checked`` counts the
     device answers compared.
 
+    ``contract`` (default: the device's, ``device.contract``, from INFO) is the arithmetic the
+    answers are checked against: contract 1 stores K_i = project(W_k, M_i) and recalls with
+    ``fixed.recall``; contract 2 stores K'_i = fold_key(W_q, K_i) and recalls with
+    ``fixed.recall_folded``. Read-back mismatches of K'_i name the fields ``kf_mant``/``kf_exp``.
+
     With ``overlap=True`` a memory write is *posted* (``Device.write_memory(..., wait=False)``):
     the device computes K_n while the host goes on (the next segment's representation pass), and
     the answer is collected and checked -- slot and fill, exactly as a blocking write -- when the
@@ -111,9 +122,20 @@ class CheckedDevice:
     either way, and every check names the segment that was current when its op was issued.
     """
 
-    def __init__(self, device, config: EngineConfig, torch_check: bool = False, overlap: bool = False):
+    def __init__(self, device, config: EngineConfig, torch_check: bool = False, overlap: bool = False,
+                 contract: int | None = None):
         self.device = device
         self.config = config
+        dev_contract = getattr(device, "contract", 1)
+        if contract is None:
+            contract = dev_contract
+        if contract not in (1, 2):
+            raise ValueError(f"unknown contract {contract!r}; choose 1 or 2")
+        if contract != dev_contract:
+            raise ValueError(f"checking contract {contract} needs a device that computes it; "
+                             f"{getattr(device, 'name', 'the device')} computes contract {dev_contract}")
+        self.contract = contract
+        self._k_names = ("k_mant", "k_exp") if contract == 1 else ("kf_mant", "kf_exp")
         self.torch_check = torch_check
         self.overlap = overlap
         self.segment = None
@@ -131,7 +153,8 @@ class CheckedDevice:
         c = self.config
         self.m_mant = np.zeros((c.n_slots, c.d), np.int64)
         self.m_exp = np.zeros(c.n_slots, np.int64)
-        self.k_mant = np.zeros((c.n_slots, c.d_h), np.int64)
+        # what the device must store next to M_i: K_i (contract 1) or K'_i (contract 2)
+        self.k_mant = np.zeros((c.n_slots, c.d_h if self.contract == 1 else c.d), np.int64)
         self.k_exp = np.zeros(c.n_slots, np.int64)
         self.ring = RingSlots(c.n_slots)   # which slot the device's next write must go to
 
@@ -187,14 +210,21 @@ class CheckedDevice:
         self.log.append({"op": "write", "segment": self.segment, "m_mant": _b64(m, np.int8), "m_exp": e})
         if not self.overlap:
             answer = self.device.write_memory(m, e)
-            k, ke = fixed.project(self.qw[1], m[None, :], np.array([e]))
-            self._finish_write(answer, self.segment, m, e, k[0], ke[0])
+            k, ke = self._key(m, e)
+            self._finish_write(answer, self.segment, m, e, k, ke)
             return
         pending = self.device.write_memory(m, e, wait=False)
         # The mirror's key, computed while the device computes its own; committed with the answer.
-        k, ke = fixed.project(self.qw[1], m[None, :], np.array([e]))
-        self._posted = (pending, self.segment, m, e, k[0], ke[0], self.ring.write_ptr)
+        k, ke = self._key(m, e)
+        self._posted = (pending, self.segment, m, e, k, ke, self.ring.write_ptr)
         self._mark(self.segment)
+
+    def _key(self, m, e):
+        """What the device must store next to M_i: K_i, or K'_i = fold_key(W_q, K_i) (contract 2)."""
+        k, ke = fixed.project(self.qw[1], m[None, :], np.array([e]))
+        if self.contract == 2:
+            k, ke = fixed.fold_key(self.qw[0], k, ke)
+        return k[0], ke[0]
 
     def _finish_write(self, answer, segment, m, e, k, ke, _slot=None):
         """Check a write's answer ((slot, fill), or the Pending of a posted write) and commit it
@@ -214,15 +244,24 @@ class CheckedDevice:
         self.log.append({"op": "recall", "segment": self.segment, "s_mant": _b64(s, np.int8), "s_exp": e})
         p, pe, probs = self.device.recall(s, e)
         n = self.fill
-        wp, wpe, wprobs = fixed.recall(self.qw[0], s, e, self.k_mant[:n], self.k_exp[:n],
-                                       self.m_mant[:n], self.m_exp[:n])
+        d_h = self.config.d_h
+        if self.contract == 2:
+            wp, wpe, wprobs = fixed.recall_folded(s, e, self.k_mant[:n], self.k_exp[:n],
+                                                  self.m_mant[:n], self.m_exp[:n], d_h)
+        else:
+            wp, wpe, wprobs = fixed.recall(self.qw[0], s, e, self.k_mant[:n], self.k_exp[:n],
+                                           self.m_mant[:n], self.m_exp[:n])
         if self.torch_check:
             # The torch implementation the model's "fixed" variant uses, on the same integers.
             from hmtx.model import fixed_torch as ft
             t = torch.as_tensor
-            qw = ft.QuantWeight(t(self.qw[0].mant), self.qw[0].exp, self.qw[0].shift)
-            tp, tpe, tprobs = ft.recall(qw, t(s), t(e), t(self.k_mant[:n]), t(self.k_exp[:n]),
-                                        t(self.m_mant[:n]), t(self.m_exp[:n]))
+            if self.contract == 2:
+                tp, tpe, tprobs = ft.recall_folded(t(s), t(e), t(self.k_mant[:n]), t(self.k_exp[:n]),
+                                                   t(self.m_mant[:n]), t(self.m_exp[:n]), d_h)
+            else:
+                qw = ft.QuantWeight(t(self.qw[0].mant), self.qw[0].exp, self.qw[0].shift)
+                tp, tpe, tprobs = ft.recall(qw, t(s), t(e), t(self.k_mant[:n]), t(self.k_exp[:n]),
+                                            t(self.m_mant[:n]), t(self.m_exp[:n]))
             for name, a, b in (("probs", tprobs, wprobs), ("p_exp", tpe, wpe), ("p_mant", tp, wp)):
                 _first_diff(self.segment, "MODEL", None, f"{name} (fixed_torch vs golden numpy)", b, _np(a))
         _first_diff(self.segment, "RECALL", None, "probs", wprobs, probs)
@@ -267,12 +306,14 @@ class CheckedDevice:
             if bad:
                 raise ValueError(f"check_cache: slot(s) {bad} are not among the {self.fill} valid ones")
             self.log.append({"op": "check_cache", "segment": segment, "slots": slots})
+        kn, ken = self._k_names
         for slot in slots:
             m, me, k, ke = self.device.read_slot(slot)
-            for name, want, got in (("m_exp", self.m_exp[slot], me), ("m_mant", self.m_mant[slot], m),
-                                    ("k_exp", self.k_exp[slot], ke), ("k_mant", self.k_mant[slot], k)):
+            for name, attr, want, got in (("m_exp", "m_exp", self.m_exp[slot], me),
+                                          ("m_mant", "m_mant", self.m_mant[slot], m),
+                                          (ken, "k_exp", self.k_exp[slot], ke), (kn, "k_mant", self.k_mant[slot], k)):
                 if reference is not None:
-                    ref = _np(getattr(reference, name)[slot])
+                    ref = _np(getattr(reference, attr)[slot])
                     _first_diff(segment, "MODEL", slot, f"reference {name} (fixed model vs golden)", ref, want)
                 _first_diff(segment, "READ_SLOT", slot, name, want, got)
             self.ops_checked += 1
@@ -280,11 +321,12 @@ class CheckedDevice:
 
 # --- cases ----------------------------------------------------------------------------------
 def save_case(path: str, config: EngineConfig, log: list, mismatch: Mismatch | None, error: str | None = None,
-              context: dict | None = None) -> str:
-    """Write a replayable case: the engine config and the device inputs since its last reset."""
+              context: dict | None = None, contract: int = 1) -> str:
+    """Write a replayable case: the engine config, the arithmetic contract the device computed and
+    the device inputs since its last reset."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"format": CASE_FORMAT, "config": config.to_dict(), "ops": log,
+        json.dump({"format": CASE_FORMAT, "config": config.to_dict(), "contract": contract, "ops": log,
                    "mismatch": asdict(mismatch) if mismatch else None, "error": error,
                    "context": context or {}}, f, indent=1)
     return path
@@ -319,6 +361,7 @@ def load_case(path: str) -> dict:
         _check_case(case)
     except _CaseError as e:
         raise ValueError(f"{path}: {e}") from None
+    case.setdefault("contract", 1)
     return case
 
 
@@ -349,11 +392,14 @@ _MISMATCH_FIELDS = ("segment", "op", "slot", "field", "element", "expected", "go
 def _check_case(case: dict) -> None:
     """The structure ``save_case`` writes, field by field (types, sizes, op order)."""
     cfg = case["config"]
-    from hmtx.model.protocol import MAX_BODY
+    from hmtx.model.protocol import CONTRACTS, MAX_BODY
+    contract = case.get("contract", 1)
+    if not _is_int(contract) or contract not in CONTRACTS:
+        raise _CaseError(f"'contract' must be one of {', '.join(map(str, CONTRACTS))}, got {contract!r}")
     for name in ("d", "d_h", "n_slots", "lanes", "head_dim", "max_queries", "max_keys"):
         if getattr(cfg, name) > 0xFFFF:
             raise _CaseError(f"config.{name} = {getattr(cfg, name)} does not fit the protocol's u16")
-    longest = max(cfg.d + 3, 6 + cfg.d + 2 * cfg.d_h, 7 + 2 * cfg.d + 2 * cfg.n_slots)
+    longest = max(cfg.d + 3, 6 + cfg.d + 2 * cfg.d_h, 6 + 2 * cfg.d, 7 + 2 * cfg.d + 2 * cfg.n_slots)
     if longest > MAX_BODY:
         raise _CaseError(f"config {cfg.name!r}: its frames would exceed MAX_BODY={MAX_BODY} bytes")
     ops = case.get("ops")
@@ -410,9 +456,10 @@ def _check_case(case: dict) -> None:
 
 def replay_case(case: dict, device) -> CheckedDevice:
     """Run a case's ops on ``device`` with every answer checked; raises MismatchError at the first
-    difference. Returns the checked device (``ops_checked``)."""
+    difference. Returns the checked device (``ops_checked``). The device must compute the case's
+    contract (ValueError otherwise, before any op is sent)."""
     cfg = case["config"]
-    chk = CheckedDevice(device, cfg)
+    chk = CheckedDevice(device, cfg, contract=case.get("contract", 1))
     for op in case["ops"]:
         chk.segment = op.get("segment")
         kind = op.get("op")
@@ -495,6 +542,10 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
     order of computing and checking changes. ``overlap=False`` checks each segment before the
     next one starts (the order before split-phase writes; for debugging).
 
+    The device's arithmetic contract (``device.contract``, from its INFO) is the one the fixed and
+    device variants run (their caches are made with it; the model's ``recall.contract`` is left as
+    it was), so the device variant equals the fixed variant exactly under either contract.
+
     ``progress(segment, result)`` is called after each segment; ``before_segment(segment)``
     before it (fault injection hooks in there). With ``overlap``, when ``before_segment(n)`` and
     ``progress(n - 1, ...)`` run, segment n-1's write may still be in flight and its cache
@@ -522,15 +573,21 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
     t0 = time.monotonic()
     variants = RunResult.VARIANTS if fixed_stream else tuple(v for v in RunResult.VARIANTS if v != "hmt_fixed")
     res = RunResult(nll={v: [] for v in variants})
-    chk = CheckedDevice(device, config, torch_check=not fixed_stream, overlap=overlap)
+    contract = getattr(device, "contract", 1)
+    chk = CheckedDevice(device, config, torch_check=not fixed_stream, overlap=overlap, contract=contract)
     cycles0 = device.cycles().total
-    states = {
-        "backbone": model.new_state("backbone"),
-        "hmt_norecall": model.new_state("hmt_norecall"),
-        "hmt_float": model.new_state("hmt", "float"),
-        "hmt_fixed": model.new_state("hmt", "fixed") if fixed_stream else None,
-        "hmt_device": model.new_state("hmt", "device", hw=chk),
-    }
+    # The caches take the contract when they are made: the fixed variant computes what the device does.
+    model_contract, model.recall.contract = model.recall.contract, contract
+    try:
+        states = {
+            "backbone": model.new_state("backbone"),
+            "hmt_norecall": model.new_state("hmt_norecall"),
+            "hmt_float": model.new_state("hmt", "float"),
+            "hmt_fixed": model.new_state("hmt", "fixed") if fixed_stream else None,
+            "hmt_device": model.new_state("hmt", "device", hw=chk),
+        }
+    finally:
+        model.recall.contract = model_contract
     states = {v: s for v, s in states.items() if s is not None}
     streams = {v: model.segments(s, ids, final=True) for v, s in states.items()}
     try:
@@ -576,7 +633,7 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
         _keep_checked(res, chk)
         res.error = f"{type(e).__name__}: {e}"
         if case_path:
-            _save_case_or_say_why(res, case_path, config, chk.log, None, res.error)
+            _save_case_or_say_why(res, case_path, config, chk.log, None, res.error, None, chk.contract)
         try:
             e.run_result = res
         except AttributeError:
@@ -587,7 +644,7 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
         res.tokens = sum(res.counts)
         res.wall_s = time.monotonic() - t0
     if res.mismatch is not None and case_path:
-        _save_case_or_say_why(res, case_path, config, chk.log, res.mismatch)
+        _save_case_or_say_why(res, case_path, config, chk.log, res.mismatch, None, None, chk.contract)
     try:
         res.device_cycles = device.cycles().total - cycles0
     except Exception:

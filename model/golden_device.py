@@ -3,7 +3,9 @@
 :class:`GoldenDevice` holds exactly the state the chip holds (two weight matrices with their
 row counters and loaded flags, the N-slot ring of memories M_i and keys K_i, its write pointer and
 fill count kept by a :class:`~hmtx.model.ring.RingSlots`, cycle counters) and computes with
-:mod:`hmtx.model.fixed`. The RTL is verified against it byte for byte (CYCLES excepted, see the
+:mod:`hmtx.model.fixed`. ``contract`` picks the protocol version it speaks: 1 (protocol 1.1, the
+keys K_i = W_k^T M_i; what the gateware implements) or 2 (protocol 2.0: the folded keys
+K'_i = fold_key(W_q, K_i), recalled with ``fixed.recall_folded``; docs/arithmetic.md section 10). The RTL is verified against it byte for byte (CYCLES excepted, see the
 document), and the host's ``golden`` backend is this class behind the same byte interface as a
 serial port.
 """
@@ -41,13 +43,16 @@ class GoldenDevice:
 
     ``engine`` is the kind INFO reports (the golden device computes what either kind computes;
     only their CYCLES differ, which it does not model).
+
+    ``contract`` is the arithmetic contract, which is the protocol major INFO reports: 1
+    (protocol 1.1) or 2 (protocol 2.0).
     """
 
-    def __init__(self, config: EngineConfig, engine: str = "lanes"):
+    def __init__(self, config: EngineConfig, engine: str = "lanes", contract: int = 1):
         if not isinstance(config, EngineConfig):
             raise ValueError(f"GoldenDevice needs an EngineConfig, got {type(config).__name__}")
-        Info.capabilities_for(engine)       # (ValueError for an unknown kind)
-        self.config, self.engine = config, engine
+        Info.for_config(config, engine, contract)   # (ValueError for an unknown kind or contract)
+        self.config, self.engine, self.contract = config, engine, contract
         c = config
         self._decoder = FrameDecoder()
         # Weights: index 0 = W_q, 1 = W_k.
@@ -59,7 +64,8 @@ class GoldenDevice:
         # The ring cache.
         self.m_mant = np.zeros((c.n_slots, c.d), np.int64)
         self.m_exp = np.zeros(c.n_slots, np.int64)
-        self.k_mant = np.zeros((c.n_slots, c.d_h), np.int64)
+        # K_i (contract 1, int16 x d_h) or K'_i (contract 2, int8 x d)
+        self.k_mant = np.zeros((c.n_slots, c.d_h if contract == 1 else c.d), np.int64)
         self.k_exp = np.zeros(c.n_slots, np.int64)
         self.ring = RingSlots(c.n_slots)
         self.cycles = Cycles(0, 0, 0)
@@ -134,7 +140,7 @@ class GoldenDevice:
 
     # -- opcodes: each returns (payload, compute cycles) or raises _Reject -----------------------
     def _op_info(self, _):
-        return pack_info(Info.for_config(self.config, self.engine)), 0
+        return pack_info(Info.for_config(self.config, self.engine, self.contract)), 0
 
     def _op_status(self, _):
         flags = int(self.loaded[0]) | int(self.loaded[1]) << 1
@@ -166,28 +172,39 @@ class GoldenDevice:
     def _op_write_memory(self, p: bytes):
         c = self.config
         mant, exp = self._vector(p)
-        if not self.loaded[1]:
+        # Contract 1 needs W_k; contract 2 folds W_q into the key as well.
+        if not self.loaded[1] or (self.contract == 2 and not self.loaded[0]):
             raise _Reject(Status.NO_WEIGHTS)
         k, ke = fixed.project(self._qw(1), mant[None, :], np.array([exp]))
+        macs = c.d * c.d_h
+        if self.contract == 2:
+            k, ke = fixed.fold_key(self._qw(0), k, ke)
+            macs += c.d * c.d_h
         slot = self.ring.advance()
         self.m_mant[slot], self.m_exp[slot] = mant, exp
         self.k_mant[slot], self.k_exp[slot] = k[0], ke[0]
-        return pack_write(slot, self.fill), self._ideal(c.d * c.d_h)
+        return pack_write(slot, self.fill), self._ideal(macs)
 
     def _op_read_slot(self, p: bytes):
         (slot,) = struct.unpack("<H", p)
         if slot >= self.fill:
             raise _Reject(Status.SLOT_RANGE)
-        return pack_slot(self.m_mant[slot], self.m_exp[slot], self.k_mant[slot], self.k_exp[slot]), 0
+        return pack_slot(self.m_mant[slot], self.m_exp[slot], self.k_mant[slot], self.k_exp[slot], self.contract), 0
 
     def _op_recall(self, p: bytes):
         c = self.config
         mant, exp = self._vector(p)
-        if not self.loaded[0]:
+        # Contract 2 never reads W_q at recall (every filled slot was written with both weights
+        # loaded): NO_WEIGHTS does not apply to it.
+        if self.contract == 1 and not self.loaded[0]:
             raise _Reject(Status.NO_WEIGHTS)
         n = self.fill
         if n == 0:
             raise _Reject(Status.EMPTY_CACHE)
+        if self.contract == 2:
+            out, oe, probs = fixed.recall_folded(mant, exp, self.k_mant[:n], self.k_exp[:n],
+                                                 self.m_mant[:n], self.m_exp[:n], c.d_h)
+            return pack_recall(out, oe, probs), self._ideal(2 * n * c.d)
         out, oe, probs = fixed.recall(self._qw(0), mant, exp, self.k_mant[:n], self.k_exp[:n],
                                       self.m_mant[:n], self.m_exp[:n])
         return pack_recall(out, oe, probs), self._ideal(c.d * c.d_h + n * c.d_h + n * c.d)

@@ -16,11 +16,12 @@ import numpy as np
 from hmtx.model import fixed
 
 __all__ = [
-    "ENGINES", "END", "ESC", "ESC_END", "ESC_ESC", "MAX_BODY", "SHIFT_MAX", "VERSION", "MAGIC", "LOAD_CHUNK", "RESYNC_OPS",
+    "ENGINES", "END", "ESC", "ESC_END", "ESC_ESC", "MAX_BODY", "SHIFT_MAX", "VERSION", "VERSIONS", "CONTRACTS",
+    "MAGIC", "LOAD_CHUNK", "RESYNC_OPS", "contract_of", "slot_length",
     "Op", "Status", "COMPUTE_OPS", "ProtocolError", "DeviceError",
     "crc8", "slip_escape", "FrameDecoder", "Frame",
     "encode_command", "encode_response", "split_command", "decode_response", "Response",
-    "pack_bfp8", "unpack_bfp8", "pack_wide", "unpack_wide",
+    "pack_bfp8", "unpack_bfp8", "pack_wide", "unpack_wide", "pack_folded", "unpack_folded",
     "pack_load_weights", "weight_chunks", "pack_vector_cmd", "pack_read_slot", "pack_attention",
     "Info", "unpack_info", "pack_info", "CacheStatus", "unpack_status", "pack_status",
     "Cycles", "unpack_cycles", "pack_cycles", "unpack_write", "pack_write",
@@ -31,7 +32,15 @@ __all__ = [
 END, ESC, ESC_END, ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
 MAX_BODY = 65535          # a 16-bit body counter in the RTL; no legal frame comes close
 SHIFT_MAX = 31            # largest projection shift LOAD_WEIGHTS accepts
-VERSION = (1, 1)      # 1.1: INFO's capabilities name the engine kind (bits 2-3)
+# The protocol's major version names the arithmetic contract the device computes (docs/protocol.md,
+# "Versions and contracts"; docs/arithmetic.md section 10): major 1 = contract 1 (WRITE_MEMORY
+# stores K_i = W_k^T M_i, RECALL projects the query with W_q), major 2 = contract 2 (WRITE_MEMORY
+# also folds W_q into the key and stores K'_i = W_q K_i; RECALL scores S_n against K'_i).
+VERSIONS = {1: (1, 1),    # 1.1: INFO's capabilities name the engine kind (bits 2-3)
+            2: (2, 0)}    # 2.0: contract 2 (the folded keys); INFO as 1.1
+CONTRACTS = tuple(VERSIONS)
+# Contract 1's version: the one the gateware in hw/ implements and reports in its INFO.
+VERSION = VERSIONS[1]
 
 # The engines a device can be built with (hw/top.py): "lanes", hw/engine.py's P MAC lanes, and
 # "serial", hw/serial_engine.py's one time-shared multiplier for the iCE40 UP5K. Their index is
@@ -71,6 +80,30 @@ class Status(enum.IntEnum):
 
 # Ops that run the datapath and update the CYCLES counters when they succeed.
 COMPUTE_OPS = frozenset({Op.RESET_CACHE, Op.LOAD_WEIGHTS, Op.WRITE_MEMORY, Op.RECALL, Op.ATTENTION})
+
+
+def _version_str(v) -> str:
+    return f"{v[0]}.{v[1]}"
+
+
+def contract_of(version) -> int:
+    """The arithmetic contract a device of protocol ``version`` (major, minor) computes: its major.
+    A major this host does not know raises ProtocolError naming the device's version and the ones
+    this host speaks."""
+    major = version[0]
+    if major not in VERSIONS:
+        known = " and ".join(_version_str(v) for v in VERSIONS.values())
+        raise ProtocolError(f"device speaks protocol {_version_str(version)}, this host {known} "
+                            f"(contracts {', '.join(map(str, CONTRACTS))}): no common major version")
+    return major
+
+
+def slot_length(d: int, d_h: int, contract: int = 1) -> int:
+    """READ_SLOT's response payload length: M (1 + d) then K_i, a wide vector of length d_h
+    (contract 1), or K'_i, a folded vector of length d (contract 2)."""
+    if contract not in VERSIONS:
+        raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
+    return 1 + d + (2 + 2 * d_h if contract == 1 else 2 + d)
 
 
 def op_name(op: int) -> str:
@@ -282,6 +315,23 @@ def unpack_wide(buf: bytes, n: int) -> tuple[np.ndarray, int]:
     return np.frombuffer(buf, dtype="<i2", offset=2).astype(np.int64), struct.unpack_from("<h", buf)[0]
 
 
+def pack_folded(mant, exp, n: int | None = None) -> bytes:
+    """A folded vector (contract 2's K'_i): ``exp i16 | n x mant i8``, mantissas in [-127, 127]
+    (``fixed.fold_key`` never gives -128); the exponent, a sum of five fields, needs 16 bits."""
+    m = _int_vec("folded key mantissas", _to_numpy(mant), -fixed.MANT_MAX, fixed.MANT_MAX)
+    if n is not None and m.shape[0] != n:
+        raise ValueError(f"folded key: expected {n} mantissas, got {m.shape[0]}")
+    e = _u8("folded key exponent", int(_to_numpy(exp)), -(1 << 15), (1 << 15) - 1)
+    return struct.pack("<h", e) + m.astype(np.int8).tobytes()
+
+
+def unpack_folded(buf: bytes, n: int) -> tuple[np.ndarray, int]:
+    """(mant int64 [n], exp) of a folded vector from ``2 + n`` bytes; no range check."""
+    if len(buf) != 2 + n:
+        raise ValueError(f"folded vector of length {n} needs {2 + n} bytes, got {len(buf)}")
+    return np.frombuffer(buf, dtype=np.int8, offset=2).astype(np.int64), struct.unpack_from("<h", buf)[0]
+
+
 # --- command payloads ----------------------------------------------------------------------------
 def pack_load_weights(matrix: int, exp: int, shift: int, row_offset: int, mant_rows) -> bytes:
     """LOAD_WEIGHTS payload for rows ``row_offset ..`` of W_q (matrix 0) or W_k (matrix 1)."""
@@ -386,11 +436,19 @@ class Info:
         return Info.CAP_RECALL | Info.CAP_ATTENTION | (ENGINES.index(engine) << Info.CAP_ENGINE_SHIFT)
 
     @classmethod
-    def for_config(cls, cfg, engine: str = "lanes") -> "Info":
-        return cls(VERSION, cls.capabilities_for(engine), cfg.d, cfg.d_h, cfg.n_slots, cfg.lanes,
+    def for_config(cls, cfg, engine: str = "lanes", contract: int = 1) -> "Info":
+        if contract not in VERSIONS:
+            raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
+        return cls(VERSIONS[contract], cls.capabilities_for(engine), cfg.d, cfg.d_h, cfg.n_slots, cfg.lanes,
                    cfg.head_dim, cfg.max_queries, cfg.max_keys, MAX_BODY, fixed.EXP_MIN, fixed.EXP_MAX,
                    fixed.SCORE_FRAC, fixed.EXP2_BITS, fixed.PROB_BITS, fixed.OUT_SHIFT, fixed.ALIGN_CUTOFF,
                    SHIFT_MAX)
+
+    @property
+    def contract(self) -> int:
+        """The arithmetic contract the device computes: its protocol major version (ProtocolError
+        for a major this host does not know)."""
+        return contract_of(self.version)
 
     @property
     def engine(self) -> str | None:
@@ -483,16 +541,20 @@ def unpack_write(payload: bytes) -> tuple[int, int]:
     return struct.unpack("<HH", payload)
 
 
-def pack_slot(m_mant, m_exp, k_mant, k_exp) -> bytes:
+def pack_slot(m_mant, m_exp, k_mant, k_exp, contract: int = 1) -> bytes:
+    """READ_SLOT's payload: M_i (BFP8) then K_i (wide, contract 1) or K'_i (folded, contract 2)."""
+    if contract not in VERSIONS:
+        raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
     m = _int_vec("stored memory", _to_numpy(m_mant), -128, 127)
-    return struct.pack("<b", int(m_exp)) + m.astype(np.int8).tobytes() + pack_wide(k_mant, k_exp)
+    key = pack_wide(k_mant, k_exp) if contract == 1 else pack_folded(k_mant, k_exp)
+    return struct.pack("<b", int(m_exp)) + m.astype(np.int8).tobytes() + key
 
 
-def unpack_slot(payload: bytes, d: int, d_h: int):
-    """(m_mant [d], m_exp, k_mant [d_h], k_exp)."""
-    _check_len(Op.READ_SLOT, payload, 3 + d + 2 * d_h)
+def unpack_slot(payload: bytes, d: int, d_h: int, contract: int = 1):
+    """(m_mant [d], m_exp, k_mant, k_exp): K_i [d_h] (contract 1) or K'_i [d] (contract 2)."""
+    _check_len(Op.READ_SLOT, payload, slot_length(d, d_h, contract))
     m, me = unpack_bfp8(payload[:1 + d], d)
-    k, ke = unpack_wide(payload[1 + d:], d_h)
+    k, ke = unpack_wide(payload[1 + d:], d_h) if contract == 1 else unpack_folded(payload[1 + d:], d)
     return m, me, k, ke
 
 
