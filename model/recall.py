@@ -30,13 +30,15 @@ Implementations (``RecallCache.impl``):
         reset()                          # empty the cache (new document)
         load_weights(qw_q, qw_k)         # QuantWeight of W_q and W_k (fixed_torch.quantize_weight)
         write(m_mant, m_exp)             # M_i as BFP8 ([d] int, int exponent); the device
-                                         #   computes K_i and stores both in slot (#writes mod N)
+                                         #   computes K_i (contract 2: then K'_i = W_q K_i) and
+                                         #   stores M_i with it in slot (#writes mod N)
         recall(s_mant, s_exp) -> (p_mant, p_exp, probs)
                                          # S_n as BFP8; P_n as int16 mantissas [d] + exponent,
                                          #   probs: Q0.15 [fill], indexed by SLOT (0..fill-1)
 
-    Results must be bit-identical to the "fixed" implementation (tests check this with a software
-    device built on fixed_torch, :class:`SoftwareDevice`).
+    Results must be bit-identical to the "fixed" implementation of the same contract (tests check
+    this with a software device built on fixed_torch, :class:`SoftwareDevice`); a device's contract
+    is its protocol's major version (docs/protocol.md).
 
 After each read, ``cache.last_probs`` holds the recall probabilities (float, summing to ~1) indexed
 by slot and ``cache.slot_segment`` the segment index stored in each slot (for heatmaps).
