@@ -41,8 +41,9 @@ def beats(e, op, n=0, nq=0, nk=0):
     c = e.config
     if isinstance(e, SerialEngine):
         return ideal(c, op, n, nq, nk)[0]
-    return {"write": c.d_h * e.CB, "recall": c.d_h * e.CB + n * e.KB + e.CB * n,
-            "attention": nq * 2 * nk * e.AB}[op]
+    # (the weighted sum of a single key issues a second beat of weight 0: Sequencer, WSUM)
+    return {"write": c.d_h * e.CB, "recall": c.d_h * e.CB + n * e.KB + e.CB * max(n, 2),
+            "attention": nq * (nk + max(nk, 2)) * e.AB}[op]
 
 
 def measure(c, engine="lanes"):
