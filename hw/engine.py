@@ -12,7 +12,8 @@ RECALL and ATTENTION), bit-exact with ``hmtx.model.fixed``.
   (owns ``sc``, ``pm``, ``wm``, ``lut``);
 * :class:`~hmtx.hw.engine_writeback.WriteBack` -- projection and weighted-sum results into
   ``key``/``qbuf``/``dat``, WRITE's copy of M_i, the owner's writes of ``dat``;
-* :class:`~hmtx.hw.engine_exponents.ExponentTables` -- ``vexp``, ``mexp``, ``kexp``, ``oexp``.
+* :class:`~hmtx.hw.engine_exponents.ExponentTables` -- ``vexp``, ``mexp``, ``kexp``, ``oexp``;
+* :class:`~hmtx.hw.engine_fold.FoldUnit` -- contract 2 only: the folded keys K'_i = W_q K_i.
 
 The layout every engine shares (:class:`EngineLayout`, :class:`Op`, :func:`delay`, ...) is in
 ``hw/engine_layout.py`` and re-exported here.
@@ -22,10 +23,12 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In
 
+from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 from .engine_exponents import ExponentTables
 from .engine_fetch import OperandFetch
+from .engine_fold import FoldUnit
 from .engine_layout import (ADDR_REGS, CONTROL_MEMBERS, EXP_W, MASK_W, SHIFT_W, TAG_BITS, W_ROW_DEPTH,
                             EngineLayout, EngineSignature, Op, Phase, Region, Rows, ceil_div, delay,
                             key_block_lanes, lane_group_regions)
@@ -33,7 +36,7 @@ from .engine_score import ScoreUnit
 from .engine_sequencer import Sequencer
 from .engine_softmax import Softmax
 from .engine_writeback import WriteBack
-from .mac import MacArray
+from .mac import LANE_ACC_BITS, MacArray
 
 __all__ = ["Op", "Phase", "Engine", "EngineLayout", "EngineSignature", "Region", "Rows", "key_block_lanes",
            "lane_group_regions", "delay", "ceil_div", "EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS",
@@ -83,6 +86,17 @@ class Engine(EngineLayout, wiring.Component):
     The owner (the command processor) reaches the memories only through the members of
     :class:`EngineSignature`, while the engine is idle.
 
+    ``contract`` (1 or 2) is the arithmetic contract (docs/arithmetic.md section 10). Contract 2
+    adds a region ``kf`` to ``dat`` after the M ring (K'_i at word ``kf_base + i*CB + cb``, int8
+    like M_i), keeps K'_i's exponent in ``kexp``, deepens ``wm`` to ``max(KMAX, d_h)`` (the fold
+    beats' scalar K_i[j]) and ``qbuf`` to ``max(HB, AB, CB)`` words (S, for the recall's scores).
+    A WRITE computes K_i as in contract 1 (the ``key`` ring still receives it, though no
+    contract-2 recall reads it), then K'_i in two passes of ``CB x d_h`` lane-mode beats
+    (:meth:`~hmtx.hw.engine_sequencer.Sequencer._fold`, :class:`~hmtx.hw.engine_fold.FoldUnit`):
+    about ``3 x d_h x CB`` beats in all. A RECALL loads S into ``qbuf`` (CB words), scores it
+    against the n folded keys in ``dat`` (``n x CB`` dot beats, the score scale of d_h, exponents
+    S's and K'_i's) and runs the softmax and weighted sum as in contract 1: it never reads W_q.
+
     Sequencing (:class:`~hmtx.hw.engine_sequencer.Sequencer`; one MAC beat per cycle, P lanes):
     projection ``d_h x CB`` beats (dot mode, one output per column j), scores ``n x KB`` beats
     (dot mode; attention ``n_k x AB``), an exp2 pass over the n scores, one ~41-cycle
@@ -110,12 +124,19 @@ class Engine(EngineLayout, wiring.Component):
                  "rd_oexp_addr", "rd_oexp_data"),
     }
 
-    def __init__(self, config: EngineConfig, w_row_depth: int = W_ROW_DEPTH):
+    def __init__(self, config: EngineConfig, w_row_depth: int = W_ROW_DEPTH, contract: int = 1):
         c = config
         if w_row_depth < 1 or w_row_depth & (w_row_depth - 1):
             raise ValueError(f"w_row_depth must be a power of two, got {w_row_depth}")
         self.w_row_depth = w_row_depth
-        self._set_layout(c)
+        self._set_layout(c, contract)
+        if contract == 2:
+            # the fold accumulates int8 x int16 products over d_h terms in the 32-bit lane
+            # accumulators, and walks a block one lane group a cycle while the MAC holds it
+            if fixed.MANT_MAX * (1 << 15) * c.d_h >= 1 << (LANE_ACC_BITS - 1):
+                raise ValueError(f"config {c.name!r}: contract 2 needs d_h <= 515 (lane accumulators), got {c.d_h}")
+            if self.G > c.d_h:
+                raise ValueError(f"config {c.name!r}: contract 2 needs d_h >= {self.G} lane groups")
         P = self.P
         i8 = data.ArrayLayout(signed(8), P)
         # No read of these memories ever needs the data of a write to the same address in the
@@ -128,6 +149,8 @@ class Engine(EngineLayout, wiring.Component):
         self.dat = memory.Memory(shape=i8, depth=self.dat_depth, init=[], attrs=NO_RW)
         self.vin = Region(self.dat, 0, self.vin_depth)
         self.mem = Region(self.dat, self.mem_base, c.n_slots * self.CB)
+        if contract == 2:
+            self.kf = Region(self.dat, self.kf_base, c.n_slots * self.CB)
         # ``w`` is one memory per block-RAM row (W_ROW_DEPTH words): every row is read at once and
         # registered, then the row is selected -- instead of Yosys's multiplexer straight after
         # the block RAMs of a deep memory, which had to reach nine DP16KD within the ~4 ns that
@@ -157,6 +180,8 @@ class Engine(EngineLayout, wiring.Component):
                                   w_wr=[p.signature for p in self._w_w], w_row_depth=w_row_depth)
         self.score = ScoreUnit(self)
         self.writeback = WriteBack(self, dat_wr=self._dat_w.signature, key_wr=self._key_w.signature)
+        if contract == 2:
+            self.fold = FoldUnit(self)
         # the units' memories, for testbenches
         self.vexp, self.mexp, self.kexp, self.oexp = (self.exps.vexp, self.exps.mexp, self.exps.kexp,
                                                       self.exps.oexp)
@@ -173,7 +198,8 @@ class Engine(EngineLayout, wiring.Component):
         m.submodules.mac = mac = MacArray(self.P, tag_bits=TAG_BITS, group_lanes=self.LG)
         seq, fetch, score, softmax, wb, exps = (self.sequencer, self.fetch, self.score, self.softmax,
                                                  self.writeback, self.exps)
-        for name in ("sequencer", "exps", "fetch", "score", "softmax", "writeback"):
+        units = ("sequencer", "exps", "fetch", "score", "softmax", "writeback")
+        for name in units + (("fold",) if self.contract == 2 else ()):
             m.submodules[name] = getattr(self, name)
         self._forward_owner(m)
         # the owner reads ``dat`` and ``key`` through the fetch's read ports (the sequencer
@@ -200,7 +226,11 @@ class Engine(EngineLayout, wiring.Component):
         wiring.connect(m, fetch.mac, mac.i)
         m.d.comb += mac.o.ready.eq(1)
         # every phase drains before the next starts, so the phase names the owner of a result
-        for sink, phase in ((wb.proj, Phase.PROJ), (score.dot, Phase.SCORE), (wb.wsum, Phase.WSUM)):
+        sinks = [(wb.proj, Phase.PROJ), (score.dot, Phase.SCORE), (wb.wsum, Phase.WSUM)]
+        if self.contract == 2:
+            sinks.append((self.fold.lanes, Phase.FOLD))
+            self._connect_fold(m)
+        for sink, phase in sinks:
             m.d.comb += [sink.valid.eq(mac.o.valid & (seq.phase == phase)), sink.payload.eq(mac.o.payload)]
 
         wiring.connect(m, wb.q, fetch.q)
@@ -209,6 +239,14 @@ class Engine(EngineLayout, wiring.Component):
         wiring.connect(m, exps.score, score.exps)
         wiring.connect(m, exps.softmax, softmax.exps)
         return m
+
+    def _connect_fold(self, m):
+        """Contract 2: K_i's elements into ``wm`` (the fold beats' scalars), the fold unit's
+        control, its K' words into ``dat`` and its shift into K'_i's exponent."""
+        wiring.connect(m, self.writeback.k, self.softmax.k)
+        wiring.connect(m, self.sequencer.fold, self.fold.ctl)
+        wiring.connect(m, self.fold.write, self.writeback.fold)
+        m.d.comb += self.exps.fold_shift.eq(self.fold.shift)
 
     def _forward_owner(self, m):
         """The owner's members (EngineSignature) to and from the units that serve them."""

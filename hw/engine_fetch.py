@@ -27,7 +27,7 @@ def beat_layout(layout):
     written to ``copy_addr`` (WRITE's copy of M_i into its slot)."""
     return data.StructLayout({
         "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1, "qhi": 1,
-        "qaddr": range(max(layout.HB, layout.AB, 2)),
+        "qaddr": range(max(layout.QD, 2)),
         "lim": range(layout.P + 1), "tag": TAG_BITS, "phase": Phase, "copy_addr": 24,
     })
 
@@ -52,7 +52,8 @@ class FetchControlSignature(wiring.Signature):
     q_loading : In(1)
         A Q row word is still on its way into ``qbuf``.
     attn : Out(1)
-        The operation is ATTENTION (scores take K rows from ``dat``, not ``key``).
+        The scores take their keys from ``dat``, not ``key``: ATTENTION's K rows, or contract 2's
+        folded keys K'_i (RECALL, with S in ``qbuf``).
     """
 
     def __init__(self, layout, w_depth):
@@ -62,8 +63,8 @@ class FetchControlSignature(wiring.Signature):
             "dat_addr": Out(range(layout.dat_depth)),
             "w_addr": Out(range(w_depth)),
             "key_addr": Out(range(c.n_slots * layout.KB)),
-            "wm_addr": Out(range(layout.KMAX)),
-            "q_load": Out(stream.Signature(range(max(layout.AB, 2)), always_ready=True)),
+            "wm_addr": Out(range(layout.WMD)),
+            "q_load": Out(stream.Signature(range(max(layout.QL, 2)), always_ready=True)),
             "q_loading": In(1),
             "attn": Out(1),
         })
@@ -207,6 +208,11 @@ class OperandFetch(wiring.Component):
                 with m.Case(Phase.WSUM):
                     m.d.comb += [mi.a[l].eq(Mux(g.zero, 0, wm_q3[l // L.LG].as_signed())),
                                  mi.b[l].eq(dat_q3[l])]
+                if L.contract == 2:
+                    with m.Case(Phase.FOLD):
+                        # K_i[j] from ``wm`` (written there by the K projection) times W_q word
+                        # j*CB + cb, whose lane l is W_q[cb*P + l, j]: lane l accumulates K'_i[cb*P + l]
+                        m.d.comb += [mi.a[l].eq(wm_q3[l // L.LG].as_signed()), mi.b[l].eq(Mux(on, w_q3[l], 0))]
         self._w_writes(m)
         return m
 
@@ -256,7 +262,7 @@ class OperandFetch(wiring.Component):
         stage 4 like the block-RAM operands). Returns the operand registers."""
         L = self.layout
         P, LG, G = L.P, L.LG, L.G
-        QD = max(L.HB, L.AB)
+        QD = L.QD
         qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
                 for w in range(QD)]
         q_op = [Signal(signed(16), name=f"q_op{l}", reset_less=True) for l in range(P)]
@@ -277,7 +283,7 @@ class OperandFetch(wiring.Component):
         q_wr = [data.View(q_in.shape(), v) for v in replicate(m, q_in, G, "q_wr", reset=True)]
         # attention: the Q row's words (addresses registered, read, registered -- as the MAC
         # beats), from dat_q, at ql2 (copies per group of ql1's valid, word)
-        ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(L.AB, 2))}))
+        ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(L.QL, 2))}))
         m.d.comb += [ql_issue.valid.eq(self.ctl.q_load.valid), ql_issue.idx.eq(self.ctl.q_load.payload)]
         ql_taps = delay(m, ql_issue, ADDR_REGS + 2, "ql", reset_less=False)
         ql1 = ql_taps[ADDR_REGS]

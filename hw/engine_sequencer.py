@@ -9,6 +9,7 @@ from amaranth.lib.wiring import Out
 
 from .engine_exponents import ExponentControlSignature
 from .engine_fetch import FetchControlSignature
+from .engine_fold import FoldControlSignature
 from .engine_layout import CONTROL_MEMBERS, EngineSignature, Op, Phase
 from .engine_score import ScoreControlSignature
 from .engine_softmax import SoftmaxControlSignature
@@ -33,6 +34,8 @@ class SequencerSignature(wiring.Signature):
     score : Out(ScoreControlSignature())
     softmax : Out(SoftmaxControlSignature())
     exps : Out(ExponentControlSignature(layout))
+    fold : Out(FoldControlSignature(layout))
+        Contract 2 only.
     """
 
     def __init__(self, layout, w_depth):
@@ -45,6 +48,7 @@ class SequencerSignature(wiring.Signature):
             "score": Out(ScoreControlSignature()),
             "softmax": Out(SoftmaxControlSignature()),
             "exps": Out(ExponentControlSignature(layout)),
+            **({"fold": Out(FoldControlSignature(layout))} if layout.contract == 2 else {}),
         })
 
 
@@ -66,6 +70,10 @@ class Sequencer(wiring.Component):
     ``w_i * M_i[cb*P + l]`` over the slots, so no transposed copy of M is needed). An ATTENTION
     runs per query row a: Q row a into ``qbuf`` (AB words), scores against the n_k K rows
     (``n_k x AB`` beats), the softmax passes and the weighted sum of the V rows.
+
+    Contract 2 (``layout.contract``): a WRITE then folds W_q into the key (:meth:`_fold`), and
+    a RECALL loads S into ``qbuf`` as an attention query row is loaded and scores it against the
+    folded keys K'_i in ``dat`` (``n x CB`` beats): no projection, no read of W_q.
 
     Between phases the sequencer waits until every result of the previous phase is written:
     ``pending`` counts the results in flight (one up per last beat or per softmax key, one
@@ -100,6 +108,8 @@ class Sequencer(wiring.Component):
             self._scores(m, r)
             self._softmax_passes(m, r)
             self._weighted_sum(m, r)
+            if self.layout.contract == 2:
+                self._fold(m, r)
             with m.State("DONE"):
                 with m.If(r.done):
                     m.next = "IDLE"
@@ -121,6 +131,11 @@ class Sequencer(wiring.Component):
         r.n_q = Signal.like(self.n_q)
         r.causal = Signal()
         r.attn = r.op == Op.ATTENTION
+        r.c2 = L.contract == 2
+        # the scores' keys are in ``dat``: ATTENTION's K rows, or contract 2's folded keys
+        r.kdat = r.attn | (r.op == Op.RECALL) if r.c2 else r.attn
+        r.second = Signal()                         # contract 2's WRITE: the second fold pass
+        r.fslot_base = Signal(range(L.dat_depth + 1))
         r.kslot_base = Signal(range(c.n_slots * L.KB + 1))
         r.mslot_base = Signal(range(L.dat_depth + 1))
         r.a = Signal(range(c.max_queries + 1))      # current query row (attention); 0 for recall
@@ -143,7 +158,8 @@ class Sequencer(wiring.Component):
         pending = Signal(16)
         r.inc = Signal()
         dec = Signal(2)
-        m.d.comb += dec.eq(self.writeback.retire | self.score.retire | self.softmax.retire)
+        m.d.comb += dec.eq(self.writeback.retire | self.score.retire | self.softmax.retire |
+                           (self.fold.retire if L.contract == 2 else 0))
         m.d.sync += pending.eq(pending + r.inc - dec)
         # pending == 0, registered: it is computed from this cycle's count and changes (inc, dec
         # are single results)
@@ -152,10 +168,12 @@ class Sequencer(wiring.Component):
                                       ((pending == 1) & dec.bool() & ~r.inc))
         # the key at the head of the softmax passes is attended
         r.keep = ~(r.attn & r.causal) | (r.inner.as_signed() <= r.keep_lim)
-        m.d.comb += [self.fetch.attn.eq(r.attn), self.score.attn.eq(r.attn), self.exps.attn.eq(r.attn),
+        m.d.comb += [self.fetch.attn.eq(r.kdat), self.score.attn.eq(r.attn), self.exps.attn.eq(r.attn),
                      self.score.causal.eq(r.attn & r.causal), self.score.keep_lim.eq(r.keep_lim),
                      self.writeback.write.eq(r.op == Op.WRITE), self.writeback.kslot_base.eq(r.kslot_base),
                      self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.inner)]
+        if r.c2:
+            m.d.comb += [self.fold.second.eq(r.second), self.fold.slot_base.eq(r.fslot_base)]
         return r
 
     def _advance(self, m, r, outer_step, inner_step):
@@ -185,7 +203,8 @@ class Sequencer(wiring.Component):
                 m.d.sync += [r.op.eq(self.op), r.slot.eq(self.slot), r.n_keys.eq(self.n_keys),
                              r.n_q.eq(self.n_q), r.causal.eq(self.causal & (self.op == Op.ATTENTION)),
                              r.a.eq(0), r.a_more.eq(self.n_q > 1), r.single.eq(self.n_keys == 1)]
-                with m.If(self.op == Op.ATTENTION):
+                # (contract 2's RECALL loads S into qbuf as attention loads a query row)
+                with m.If((self.op == Op.ATTENTION) | ((self.op == Op.RECALL) if r.c2 else 0)):
                     m.next = "ROW"
                 with m.Else():
                     m.next = "PROJ_START"
@@ -199,6 +218,8 @@ class Sequencer(wiring.Component):
         with m.State("PROJ_START"):
             # slot bases from the latched slot (not from the start operands: timing)
             m.d.sync += [r.kslot_base.eq(r.slot * L.KB), r.mslot_base.eq(L.mem_base + r.slot * CB)]
+            if r.c2:
+                m.d.sync += r.fslot_base.eq(L.kf_base + r.slot * CB)
             m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(c.d_h - 1), r.inner_last.eq(CB - 1),
                          r.base_o.eq(Mux(write, c.d_h * CB, 0)), r.base_i.eq(0), r.sub_w.eq(0),
                          r.sub_l.eq(0), r.issuing.eq(1)]
@@ -220,9 +241,39 @@ class Sequencer(wiring.Component):
                                      r.sub_w.eq(Mux(sub_wrap, r.sub_w + 1, r.sub_w))], [])
             with m.Elif(r.pending_zero):
                 with m.If(write):
-                    m.next = "DONE"
+                    if r.c2:
+                        m.d.sync += r.second.eq(0)
+                        m.d.comb += self.fold.clear.eq(1)
+                    m.next = "FOLD_START" if r.c2 else "DONE"
                 with m.Else():
                     m.next = "SCORE_START"
+
+    def _fold(self, m, r):
+        """Contract 2's WRITE after K_i: two passes of ``CB x d_h`` lane-mode beats (cb, j), lane
+        l accumulating ``K_i[j] * W_q[cb*P + l, j]`` (K_i[j] from ``wm``, W_q word j*CB + cb),
+        one block of ``acc = W_q K_i`` per cb. The fold unit takes the first pass's maximum and
+        minimum over all d channels, which fix the shift, and writes the second pass's blocks
+        rounded by it as K'_i; then K'_i's exponent. Recomputing ``acc`` costs ``d_h x CB``
+        beats; keeping it would take d x 32 bits of storage beside the lanes."""
+        L = self.layout
+        c, P, CB = L.config, L.P, L.CB
+        with m.State("FOLD_START"):
+            m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(CB - 1), r.inner_last.eq(c.d_h - 1),
+                         r.base_i.eq(0), r.issuing.eq(1), self.phase.eq(Phase.FOLD)]
+            m.next = "FOLD"
+        with m.State("FOLD"):
+            with m.If(r.issuing):
+                m.d.comb += [self.fetch.w_addr.eq(r.base_i + r.outer), self.fetch.wm_addr.eq(r.inner),
+                             r.inc.eq(r.inner == r.inner_last)]
+                self._beat(m, r, lane_mode=1, lim=_lim(c.d, r.outer, CB, P), phase=Phase.FOLD, tag=r.outer)
+                self._advance(m, r, [r.base_i.eq(0)], [r.base_i.eq(r.base_i + CB)])
+            with m.Elif(r.pending_zero):
+                with m.If(r.second):
+                    m.d.comb += self.exps.kf_wr.eq(1)
+                    m.next = "DONE"
+                with m.Else():
+                    m.d.sync += r.second.eq(1)
+                    m.next = "FOLD_START"
 
     def _query_row(self, m, r):
         """ATTENTION: the next query row a, its words into ``qbuf`` (so that the scores read K
@@ -237,7 +288,7 @@ class Sequencer(wiring.Component):
             with m.If(r.issuing):
                 m.d.comb += [self.fetch.dat_addr.eq(r.base_o + r.inner), self.fetch.q_load.valid.eq(1),
                              self.fetch.q_load.payload.eq(r.inner)]
-                with m.If(r.inner == AB - 1):
+                with m.If(r.inner == (Mux(r.attn, AB - 1, self.layout.CB - 1) if r.c2 else AB - 1)):
                     m.d.sync += r.issuing.eq(0)
                 m.d.sync += r.inner.eq(r.inner + 1)
             with m.Elif(~self.fetch.q_loading):
@@ -248,10 +299,13 @@ class Sequencer(wiring.Component):
         kb % 2 of q's word kb // 2, key_place)."""
         L = self.layout
         c, P, KP, KB, AB = L.config, L.P, L.KP, L.KB, L.AB
+        # a recall's keys: K_i in ``key`` (KB words per slot, over q's d_h elements), or contract
+        # 2's K'_i in ``dat`` (CB words per slot from kf_base, over S's d elements)
+        rk_words, rk_base = (L.CB, L.kf_base) if r.c2 else (KB, 0)
         with m.State("SCORE_START"):
             m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(r.n_keys - 1),
-                         r.inner_last.eq(Mux(r.attn, AB - 1, KB - 1)),
-                         r.base_o.eq(Mux(r.attn, c.max_queries * AB, 0)), r.base_i.eq(0),
+                         r.inner_last.eq(Mux(r.attn, AB - 1, rk_words - 1)),
+                         r.base_o.eq(Mux(r.attn, c.max_queries * AB, rk_base)), r.base_i.eq(0),
                          r.issuing.eq(1), self.phase.eq(Phase.SCORE)]
             m.d.comb += self.score.clear.eq(1)
             m.next = "SCORE"
@@ -260,13 +314,14 @@ class Sequencer(wiring.Component):
                 if KP == P:
                     halves = {"qaddr": r.inner}
                 else:
-                    halves = {"qaddr": Mux(r.attn, r.inner, r.inner >> 1), "qhi": ~r.attn & r.inner[0]}
+                    halves = {"qaddr": Mux(r.kdat, r.inner, r.inner >> 1), "qhi": ~r.kdat & r.inner[0]}
                 q_word = r.inner if KP == P else r.inner >> 1
+                rk_lim = _lim(c.d, r.inner, L.CB, P) if r.c2 else _lim(c.d_h, q_word, L.HB, P)
                 m.d.comb += [self.fetch.key_addr.eq(r.base_o + r.inner),
                              self.fetch.dat_addr.eq(r.base_o + r.inner), r.inc.eq(r.inner == r.inner_last)]
                 self._beat(m, r, **halves, phase=Phase.SCORE, tag=r.outer,
-                           lim=Mux(r.attn, _lim(c.head_dim, r.inner, AB, P), _lim(c.d_h, q_word, L.HB, P)))
-                self._advance(m, r, [r.base_o.eq(r.base_o + Mux(r.attn, AB, KB))], [])
+                           lim=Mux(r.attn, _lim(c.head_dim, r.inner, AB, P), rk_lim))
+                self._advance(m, r, [r.base_o.eq(r.base_o + Mux(r.attn, AB, rk_words))], [])
             with m.Elif(r.pending_zero):
                 # (the exp2 and probability passes run over keys 0..n_keys-1)
                 m.d.sync += [r.inner.eq(0), r.inner_last.eq(r.n_keys - 1), r.issuing.eq(1)]

@@ -9,6 +9,7 @@ from hmtx.model import fixed
 
 from .arith import ShiftRoundSat
 from .engine_fetch import MCopySignature, q_write_layout
+from .engine_fold import FoldWriteSignature
 from .engine_layout import ADDR_REGS, MASK_W, PROJ_TAG, SHIFT_W, TAG_BITS, delay
 from .fanout import replicate
 from .mac import mac_out_layout
@@ -59,6 +60,11 @@ class WriteBackSignature(wiring.Signature):
     wr_dat_addr, wr_dat_data, wr_dat_en, wq_shift, wk_shift : In(...)
         The owner's (:class:`~hmtx.hw.engine.EngineSignature`): writes of ``dat`` while the
         engine is idle; the projections' shifts.
+    k : Out(stream.Signature(q_write_layout(), always_ready=True))
+        Contract 2 only: WRITE's K_i elements (as q's), to the softmax's ``wm``, where the fold
+        beats read them as their scalar.
+    fold : In(FoldWriteSignature(layout))
+        Contract 2 only: the fold unit's K' mantissas, a lane group at a time, into ``dat``.
     """
 
     def __init__(self, layout, *, dat_wr, key_wr):
@@ -73,6 +79,8 @@ class WriteBackSignature(wiring.Signature):
             "wr_dat_data": In(data.ArrayLayout(signed(8), layout.P)),
             "wr_dat_en": In(layout.P),
             "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
+            **({"k": Out(stream.Signature(q_write_layout(), always_ready=True)),
+                "fold": In(FoldWriteSignature(layout))} if layout.contract == 2 else {}),
         })
 
 
@@ -156,6 +164,8 @@ class WriteBack(wiring.Component):
                          key_w.en.eq(Const(1, L.KP) << k_lane)]
         m.d.comb += [self.q.valid.eq(proj_rq.o.valid & ~ctl.write), self.q.payload.word.eq(pw),
                      self.q.payload.lane.eq(plane), self.q.payload.y.eq(proj_rq.o.payload.y)]
+        if L.contract == 2:
+            m.d.comb += [self.k.valid.eq(proj_rq.o.valid & ctl.write), self.k.payload.eq(self.q.payload)]
         return proj_rq.o.valid
 
     def _weighted_sum(self, m, dat_w):
@@ -182,9 +192,17 @@ class WriteBack(wiring.Component):
             m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
         with m.If(res_hi):
             m.d.comb += [dat_w.addr.eq(res_addr | 1), dat_w.en.eq((1 << P) - 1)]
+        fold = L.contract == 2
+        if fold:
+            # contract 2's WRITE: one lane group of K' (its lanes' enables only)
+            with m.If(self.fold.valid):
+                m.d.comb += [dat_w.addr.eq(self.fold.addr),
+                             dat_w.en.eq(Const((1 << L.LG) - 1, P) << (self.fold.group * L.LG))]
         # what the write of the next cycle is, per lane group
-        wsel_in = Signal(data.StructLayout({"lo": 1, "hi": 1, "copy": 1}))
+        wsel_in = Signal(data.StructLayout({"lo": 1, "hi": 1, "copy": 1, **({"fold": 1} if fold else {})}))
         m.d.comb += [wsel_in.lo.eq(res_now), wsel_in.hi.eq(res_lo), wsel_in.copy.eq(self.copy.s1)]
+        if fold:
+            m.d.comb += wsel_in.fold.eq(self.fold.pre)
         wsel = [data.View(wsel_in.shape(), v) for v in replicate(m, wsel_in, L.G, "dat_wsel")]
         for l in range(P):
             g = wsel[l // L.LG]
@@ -194,4 +212,7 @@ class WriteBack(wiring.Component):
                 m.d.comb += dat_w.data[l].eq(res[l][8:16])
             with m.Elif(g.copy):
                 m.d.comb += dat_w.data[l].eq(self.copy.data[l])
+            if fold:
+                with m.Elif(g.fold):
+                    m.d.comb += dat_w.data[l].eq(self.fold.data[l % L.LG])
         return res_hi
