@@ -94,6 +94,9 @@ class Sequencer(wiring.Component):
     Members: :class:`SequencerSignature`.
     """
 
+    # contract 2: cycles from the probability pass's first key to the weighted sum's first beat
+    WSUM_LAG = 4
+
     def __init__(self, layout, w_depth):
         self.layout = layout
         super().__init__(SequencerSignature(layout, w_depth))
@@ -154,24 +157,34 @@ class Sequencer(wiring.Component):
         r.sub_w = Signal(16)        # PROJ: j // P
         r.sub_l = Signal(range(L.P))  # PROJ: j % P
         r.done = Signal()
+        # the exp2 and probability passes' key counter: the inner counter, or (contract 2) a
+        # counter of its own, as the probability pass runs on beside the weighted sum's beats
+        if r.c2:
+            r.kc = SimpleNamespace(idx=Signal(16, name="pass_key"), last=Signal(16, name="pass_last"),
+                                   on=Signal(name="pass_on"))
+            r.lag = Signal(2)       # cycles since the probability pass began (saturating)
+        else:
+            r.kc = SimpleNamespace(idx=r.inner, last=r.inner_last, on=r.issuing)
         # results in flight
         pending = Signal(16)
         r.inc = Signal()
+        r.inc_k = Signal()          # contract 2: a key of a pass issued (never in a cycle with r.inc)
+        inc = r.inc | r.inc_k if r.c2 else r.inc
         dec = Signal(2)
         m.d.comb += dec.eq(self.writeback.retire | self.score.retire | self.softmax.retire |
                            (self.fold.retire if L.contract == 2 else 0))
-        m.d.sync += pending.eq(pending + r.inc - dec)
+        m.d.sync += pending.eq(pending + inc - dec)
         # pending == 0, registered: it is computed from this cycle's count and changes (inc, dec
         # are single results)
         r.pending_zero = Signal(init=1)
-        m.d.sync += r.pending_zero.eq(((pending == 0) & (r.inc == dec)) |
-                                      ((pending == 1) & dec.bool() & ~r.inc))
+        m.d.sync += r.pending_zero.eq(((pending == 0) & (inc == dec)) |
+                                      ((pending == 1) & dec.bool() & ~inc))
         # the key at the head of the softmax passes is attended
-        r.keep = ~(r.attn & r.causal) | (r.inner.as_signed() <= r.keep_lim)
+        r.keep = ~(r.attn & r.causal) | (r.kc.idx.as_signed() <= r.keep_lim)
         m.d.comb += [self.fetch.attn.eq(r.kdat), self.score.attn.eq(r.attn), self.exps.attn.eq(r.attn),
                      self.score.causal.eq(r.attn & r.causal), self.score.keep_lim.eq(r.keep_lim),
                      self.writeback.write.eq(r.op == Op.WRITE), self.writeback.kslot_base.eq(r.kslot_base),
-                     self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.inner)]
+                     self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.kc.idx)]
         if r.c2:
             m.d.comb += [self.fold.second.eq(r.second), self.fold.slot_base.eq(r.fslot_base)]
         return r
@@ -290,6 +303,10 @@ class Sequencer(wiring.Component):
                              self.fetch.q_load.payload.eq(r.inner)]
                 with m.If(r.inner == (Mux(r.attn, AB - 1, self.layout.CB - 1) if r.c2 else AB - 1)):
                     m.d.sync += r.issuing.eq(0)
+                    if r.c2:
+                        # a score beat reads qbuf (at its stage 3) no sooner than the Q load's
+                        # write of the same word lands (at its stage 2 + 1): no need to wait
+                        m.next = "SCORE_START"
                 m.d.sync += r.inner.eq(r.inner + 1)
             with m.Elif(~self.fetch.q_loading):
                 m.next = "SCORE_START"
@@ -324,37 +341,58 @@ class Sequencer(wiring.Component):
                 self._advance(m, r, [r.base_o.eq(r.base_o + Mux(r.attn, AB, rk_words))], [])
             with m.Elif(r.pending_zero):
                 # (the exp2 and probability passes run over keys 0..n_keys-1)
-                m.d.sync += [r.inner.eq(0), r.inner_last.eq(r.n_keys - 1), r.issuing.eq(1)]
+                m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1), r.kc.on.eq(1)]
                 m.d.comb += self.softmax.clear.eq(1)
                 m.next = "EXP"
 
     def _softmax_passes(self, m, r):
-        """EXP and PROB: a key per cycle into the softmax's passes; DIV: the reciprocal between."""
-        sm = self.softmax
+        """EXP and PROB: a key per cycle into the softmax's passes; DIV: the reciprocal between.
+
+        Contract 2: the weighted sum does not wait for the probability pass to drain. Its beats
+        take the keys in the pass's order (block 0 first) a cycle each, as the pass makes their
+        weights, so they start ``WSUM_LAG`` cycles behind it: a weight is written into ``wm``
+        six cycles after its key is issued, and a beat's read of ``wm`` is three cycles after
+        the beat (its address registers), one cycle after that write at the earliest."""
+        sm, kc = self.softmax, r.kc
 
         def key_pass(issue):
-            m.d.comb += [issue.valid.eq(1), issue.payload.idx.eq(r.inner), issue.payload.keep.eq(r.keep),
-                         r.inc.eq(1)]
-            with m.If(r.inner == r.inner_last):
-                m.d.sync += r.issuing.eq(0)
-            m.d.sync += r.inner.eq(r.inner + 1)
+            self._pass_key(m, r, issue)
 
         with m.State("EXP"):
-            with m.If(r.issuing):
+            with m.If(kc.on):
                 key_pass(sm.exp)
             with m.Elif(r.pending_zero):
                 m.d.comb += sm.div.eq(1)
                 m.next = "DIV"
         with m.State("DIV"):
             with m.If(sm.div_done):
-                m.d.sync += [r.inner.eq(0), r.issuing.eq(1)]
+                m.d.sync += [kc.idx.eq(0), kc.on.eq(1)]
+                if r.c2:
+                    m.d.sync += r.lag.eq(0)
                 m.next = "PROB"
         with m.State("PROB"):
-            with m.If(r.issuing):
-                key_pass(sm.prob)
-            with m.Elif(r.pending_zero):
-                self._weighted_sum_start(m, r)
-                m.next = "WSUM"
+            if r.c2:
+                with m.If(kc.on):
+                    key_pass(sm.prob)
+                m.d.sync += r.lag.eq(r.lag + 1)
+                with m.If(r.lag == self.WSUM_LAG - 1):
+                    self._weighted_sum_start(m, r)
+                    m.next = "WSUM"
+            else:
+                with m.If(kc.on):
+                    key_pass(sm.prob)
+                with m.Elif(r.pending_zero):
+                    self._weighted_sum_start(m, r)
+                    m.next = "WSUM"
+
+    def _pass_key(self, m, r, issue):
+        """Issue the key at the head of a softmax pass."""
+        kc = r.kc
+        m.d.comb += [issue.valid.eq(1), issue.payload.idx.eq(kc.idx), issue.payload.keep.eq(r.keep),
+                     (r.inc_k if r.c2 else r.inc).eq(1)]
+        with m.If(kc.idx == kc.last):
+            m.d.sync += kc.on.eq(0)
+        m.d.sync += kc.idx.eq(kc.idx + 1)
 
     def _weighted_sum_start(self, m, r):
         # a single key gets a second beat of weight 0: the two writes of a result word (low,
@@ -372,6 +410,9 @@ class Sequencer(wiring.Component):
         L = self.layout
         c, AB, CB = L.config, L.AB, L.CB
         with m.State("WSUM"):
+            if r.c2:
+                with m.If(r.kc.on):     # (the probability pass, ahead of the beats)
+                    self._pass_key(m, r, self.softmax.prob)
             with m.If(r.issuing):
                 m.d.comb += [self.fetch.wm_addr.eq(r.inner), self.fetch.dat_addr.eq(r.base_i + r.outer),
                              r.inc.eq(r.inner == r.inner_last)]
