@@ -216,9 +216,18 @@ class Sequencer(wiring.Component):
                 m.d.sync += [r.op.eq(self.op), r.slot.eq(self.slot), r.n_keys.eq(self.n_keys),
                              r.n_q.eq(self.n_q), r.causal.eq(self.causal & (self.op == Op.ATTENTION)),
                              r.a.eq(0), r.a_more.eq(self.n_q > 1), r.single.eq(self.n_keys == 1)]
-                # (contract 2's RECALL loads S into qbuf as attention loads a query row)
-                with m.If((self.op == Op.ATTENTION) | ((self.op == Op.RECALL) if r.c2 else 0)):
+                with m.If(self.op == Op.ATTENTION):
                     m.next = "ROW"
+                if r.c2 and self.layout.CB >= 2:
+                    # contract 2's RECALL loads S into qbuf as attention loads a query row, with
+                    # no row to set up (S's exponent, vexp[0], is read in QLOAD's first cycle and
+                    # there by its second)
+                    with m.Elif(self.op == Op.RECALL):
+                        m.d.sync += [r.base_o.eq(0), r.inner.eq(0), r.issuing.eq(1)]
+                        m.next = "QLOAD"
+                elif r.c2:
+                    with m.Elif(self.op == Op.RECALL):
+                        m.next = "ROW"
                 with m.Else():
                     m.next = "PROJ_START"
 
@@ -301,13 +310,14 @@ class Sequencer(wiring.Component):
             with m.If(r.issuing):
                 m.d.comb += [self.fetch.dat_addr.eq(r.base_o + r.inner), self.fetch.q_load.valid.eq(1),
                              self.fetch.q_load.payload.eq(r.inner)]
+                m.d.sync += r.inner.eq(r.inner + 1)
                 with m.If(r.inner == (Mux(r.attn, AB - 1, self.layout.CB - 1) if r.c2 else AB - 1)):
                     m.d.sync += r.issuing.eq(0)
                     if r.c2:
                         # a score beat reads qbuf (at its stage 3) no sooner than the Q load's
                         # write of the same word lands (at its stage 2 + 1): no need to wait
-                        m.next = "SCORE_START"
-                m.d.sync += r.inner.eq(r.inner + 1)
+                        self._scores_start(m, r)
+                        m.next = "SCORE"
             with m.Elif(~self.fetch.q_loading):
                 m.next = "SCORE_START"
 
@@ -320,11 +330,7 @@ class Sequencer(wiring.Component):
         # 2's K'_i in ``dat`` (CB words per slot from kf_base, over S's d elements)
         rk_words, rk_base = (L.CB, L.kf_base) if r.c2 else (KB, 0)
         with m.State("SCORE_START"):
-            m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(r.n_keys - 1),
-                         r.inner_last.eq(Mux(r.attn, AB - 1, rk_words - 1)),
-                         r.base_o.eq(Mux(r.attn, c.max_queries * AB, rk_base)), r.base_i.eq(0),
-                         r.issuing.eq(1), self.phase.eq(Phase.SCORE)]
-            m.d.comb += self.score.clear.eq(1)
+            self._scores_start(m, r)
             m.next = "SCORE"
         with m.State("SCORE"):
             with m.If(r.issuing):
@@ -341,9 +347,28 @@ class Sequencer(wiring.Component):
                 self._advance(m, r, [r.base_o.eq(r.base_o + Mux(r.attn, AB, rk_words))], [])
             with m.Elif(r.pending_zero):
                 # (the exp2 and probability passes run over keys 0..n_keys-1)
-                m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1), r.kc.on.eq(1)]
                 m.d.comb += self.softmax.clear.eq(1)
+                if r.c2:
+                    # the first key now: the exp2 pass reads the maximum three cycles after a key
+                    # is issued, and the maximum is final two cycles after the last score
+                    m.d.sync += r.kc.on.eq(1)
+                    self._pass_key(m, r, self.softmax.exp)
+                else:
+                    m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1), r.kc.on.eq(1)]
                 m.next = "EXP"
+
+    def _scores_start(self, m, r):
+        """The counters and bases of the score beats (and, contract 2, of the passes' keys)."""
+        L = self.layout
+        c, AB = L.config, L.AB
+        rk_words, rk_base = (L.CB, L.kf_base) if r.c2 else (L.KB, 0)
+        m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(r.n_keys - 1),
+                     r.inner_last.eq(Mux(r.attn, AB - 1, rk_words - 1)),
+                     r.base_o.eq(Mux(r.attn, c.max_queries * AB, rk_base)), r.base_i.eq(0),
+                     r.issuing.eq(1), self.phase.eq(Phase.SCORE)]
+        if r.c2:
+            m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1)]
+        m.d.comb += self.score.clear.eq(1)
 
     def _softmax_passes(self, m, r):
         """EXP and PROB: a key per cycle into the softmax's passes; DIV: the reciprocal between.
@@ -363,12 +388,18 @@ class Sequencer(wiring.Component):
                 key_pass(sm.exp)
             with m.Elif(r.pending_zero):
                 m.d.comb += sm.div.eq(1)
+                if r.c2:
+                    m.d.sync += kc.idx.eq(0)
                 m.next = "DIV"
         with m.State("DIV"):
             with m.If(sm.div_done):
-                m.d.sync += [kc.idx.eq(0), kc.on.eq(1)]
+                m.d.sync += kc.on.eq(1)
                 if r.c2:
-                    m.d.sync += r.lag.eq(0)
+                    # the first key now: the pass multiplies by the reciprocal two cycles on
+                    key_pass(sm.prob)
+                    m.d.sync += r.lag.eq(1)
+                else:
+                    m.d.sync += kc.idx.eq(0)
                 m.next = "PROB"
         with m.State("PROB"):
             if r.c2:

@@ -142,7 +142,10 @@ class Softmax(wiring.Component):
         # one read of ``sc`` at the head of either pass (the other's index is 0 then)
         m.d.comb += self.sc_r.addr.eq(ctl.exp.payload.idx | ctl.prob.payload.idx)
         ex_done, exp_sum = self._exp2_pass(m, big_e)
-        m.submodules.recip = recip = Reciprocal(32)
+        # (contract 2 starts the division past the quotient's 15 zero bits: sum >= LUT[0] = 2^15)
+        skip = fixed.EXP2_BITS if self.layout.contract == 2 else 0
+        assert fixed.exp2_lut()[0] >= 1 << skip
+        m.submodules.recip = recip = Reciprocal(32, min_divisor_log2=skip)
         rcp = Signal(26)        # floor(2^40 / sum) < 2^26 because sum >= LUT[0] = 2^15
         m.d.comb += [recip.o.ready.eq(1), recip.i.valid.eq(ctl.div), recip.i.payload.eq(exp_sum),
                      ctl.div_done.eq(recip.o.valid)]
