@@ -90,8 +90,9 @@ class Engine(EngineLayout, wiring.Component):
     adds a region ``kf`` to ``dat`` after the M ring (K'_i at word ``kf_base + i*CB + cb``, int8
     like M_i), keeps K'_i's exponent in ``kexp``, deepens ``wm`` to ``max(KMAX, d_h)`` (the fold
     beats' scalar K_i[j]) and ``qbuf`` to ``max(HB, AB, CB)`` words (S, for the recall's scores).
-    A WRITE computes K_i as in contract 1 (the ``key`` ring still receives it, though no
-    contract-2 recall reads it), then K'_i in two passes of ``CB x d_h`` lane-mode beats
+    It has no ``key`` ring (``key`` is None, ``rd_key_data`` reads 0): no contract-2 recall
+    reads K_i, and the ring's block RAM pays for K' in ``dat``. A WRITE computes K_i as in
+    contract 1 (into ``wm`` only), then K'_i in two passes of ``CB x d_h`` lane-mode beats
     (:meth:`~hmtx.hw.engine_sequencer.Sequencer._fold`, :class:`~hmtx.hw.engine_fold.FoldUnit`):
     about ``3 x d_h x CB`` beats in all. A RECALL loads S into ``qbuf`` (CB words), scores it
     against the n folded keys in ``dat`` (``n x CB`` dot beats, the score scale of d_h, exponents
@@ -162,24 +163,26 @@ class Engine(EngineLayout, wiring.Component):
         self.w = Rows(self.w_rows, rd)
         self.wq = Region(self.w, 0, c.d_h * self.CB)
         self.wk = Region(self.w, c.d_h * self.CB, c.d_h * self.CB)
-        self.key = memory.Memory(shape=data.ArrayLayout(signed(16), self.KP), depth=c.n_slots * self.KB,
-                                 init=[], attrs=NO_RW)
+        # (contract 2's recall never reads K_i: no key ring, its block RAM goes to K' in ``dat``)
+        self.key = (memory.Memory(shape=data.ArrayLayout(signed(16), self.KP), depth=c.n_slots * self.KB,
+                                  init=[], attrs=NO_RW) if contract == 1 else None)
         super().__init__(EngineSignature(self))
         self._dat_r = self.dat.read_port()
         self._dat_w = self.dat.write_port(granularity=1)
         self._w_r = [r.read_port() for r in self.w_rows]
         self._w_w = [r.write_port(granularity=1) for r in self.w_rows]
-        self._key_r = self.key.read_port()
-        self._key_w = self.key.write_port(granularity=1)
+        self._key_r = self.key.read_port() if self.key is not None else None
+        self._key_w = self.key.write_port(granularity=1) if self.key is not None else None
+        sig = lambda port: None if port is None else port.signature    # noqa: E731
 
         self.sequencer = Sequencer(self, w_depth)
         self.exps = ExponentTables(self)
         self.softmax = Softmax(self)
-        self.fetch = OperandFetch(self, dat_rd=self._dat_r.signature, key_rd=self._key_r.signature,
+        self.fetch = OperandFetch(self, dat_rd=self._dat_r.signature, key_rd=sig(self._key_r),
                                   wm_rd=self.softmax.wm_r.signature, w_rd=[p.signature for p in self._w_r],
                                   w_wr=[p.signature for p in self._w_w], w_row_depth=w_row_depth)
         self.score = ScoreUnit(self)
-        self.writeback = WriteBack(self, dat_wr=self._dat_w.signature, key_wr=self._key_w.signature)
+        self.writeback = WriteBack(self, dat_wr=self._dat_w.signature, key_wr=sig(self._key_w))
         if contract == 2:
             self.fold = FoldUnit(self)
         # the units' memories, for testbenches
@@ -192,7 +195,9 @@ class Engine(EngineLayout, wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.dat, m.submodules.key = self.dat, self.key
+        m.submodules.dat = self.dat
+        if self.key is not None:
+            m.submodules.key = self.key
         for r, mem in enumerate(self.w_rows):
             m.submodules[f"w{r}"] = mem
         m.submodules.mac = mac = MacArray(self.P, tag_bits=TAG_BITS, group_lanes=self.LG)
@@ -204,7 +209,10 @@ class Engine(EngineLayout, wiring.Component):
         self._forward_owner(m)
         # the owner reads ``dat`` and ``key`` through the fetch's read ports (the sequencer
         # gives it the owner's addresses while idle)
-        m.d.comb += [self.rd_dat_data.eq(self._dat_r.data), self.rd_key_data.eq(self._key_r.data)]
+        # (contract 2: no key ring, rd_key_data reads 0)
+        m.d.comb += self.rd_dat_data.eq(self._dat_r.data)
+        if self.key is not None:
+            m.d.comb += self.rd_key_data.eq(self._key_r.data)
 
         wiring.connect(m, seq.fetch, fetch.ctl)
         wiring.connect(m, seq.writeback, wb.ctl)
@@ -213,13 +221,14 @@ class Engine(EngineLayout, wiring.Component):
         wiring.connect(m, seq.exps, exps.ctl)
 
         wiring.connect(m, fetch.dat_rd, self._dat_r)
-        wiring.connect(m, fetch.key_rd, self._key_r)
+        if self.key is not None:
+            wiring.connect(m, fetch.key_rd, self._key_r)
+            wiring.connect(m, wb.key_wr, self._key_w)
         for r in range(len(self.w_rows)):
             wiring.connect(m, fetch.w_rd[r], self._w_r[r])
             wiring.connect(m, fetch.w_wr[r], self._w_w[r])
         wiring.connect(m, fetch.wm_rd, softmax.wm_rd)
         wiring.connect(m, wb.dat_wr, self._dat_w)
-        wiring.connect(m, wb.key_wr, self._key_w)
 
         # The MAC never stalls: every unit takes its results as they come (valid-only), so its
         # output is always ready, and so its input is too (the fetch does not look at it).
