@@ -6,8 +6,12 @@ pulse to the done pulse (the top level adds 1 cycle, frame validated -> engine s
 what the CYCLES command reports). Memory contents are random: cycle counts do not depend on
 data. smollm takes about 75 s to simulate.
 
-    python bench/cycles.py [--configs tiny,up5k,smollm] [--engine lanes|serial] [--write-doc docs/hardware.md]
+    python bench/cycles.py [--configs tiny,up5k,smollm] [--engine lanes|serial] [--contract 1|2]
+                           [--write-doc docs/hardware.md]
 
+``--contract 2`` measures the lane engine under contract 2 (docs/arithmetic.md section 10):
+WRITE also folds W_q into the key (two passes of d_h x CB beats), RECALL scores S against the
+folded keys (n x CB beats) with no projection; its table markers are ``cycles-c2``.
 ``--engine serial`` measures hmtx.hw.serial_engine.SerialEngine instead: one multiplier, so its
 ideal is one cycle per MAC and every MAC is a beat. With --write-doc the table between the
 markers <!-- cycles:begin --> / <!-- cycles:end --> (``cycles-serial`` for the serial engine) of
@@ -29,9 +33,11 @@ from hmtx.model.configs import CONFIGS
 from hmtx.sim.perf import run_engine_op
 
 
-def ideal(c, op, n=0, nq=0, nk=0, lanes=None):
+def ideal(c, op, n=0, nq=0, nk=0, lanes=None, contract=1):
     macs = {"write": c.d * c.d_h, "recall": c.d * c.d_h + n * c.d_h + n * c.d,
             "attention": 2 * nq * nk * c.head_dim}[op]
+    if contract == 2:   # K'_i = W_q K_i on write (its first pass, for the shift, is not counted)
+        macs = {"write": 2 * c.d * c.d_h, "recall": 2 * n * c.d}.get(op, macs)
     return macs, math.ceil(macs / (c.lanes if lanes is None else lanes))
 
 
@@ -42,12 +48,15 @@ def beats(e, op, n=0, nq=0, nk=0):
     if isinstance(e, SerialEngine):
         return ideal(c, op, n, nq, nk)[0]
     # (the weighted sum of a single key issues a second beat of weight 0: Sequencer, WSUM)
-    return {"write": c.d_h * e.CB, "recall": c.d_h * e.CB + n * e.KB + e.CB * max(n, 2),
+    wsum = e.CB * max(n, 2)
+    if e.contract == 2 and op != "attention":
+        return {"write": 3 * c.d_h * e.CB, "recall": n * e.CB + wsum}[op]
+    return {"write": c.d_h * e.CB, "recall": c.d_h * e.CB + n * e.KB + wsum,
             "attention": nq * (nk + max(nk, 2)) * e.AB}[op]
 
 
-def measure(c, engine="lanes"):
-    e = Engine(c) if engine == "lanes" else SerialEngine(c)
+def measure(c, engine="lanes", contract=1):
+    e = Engine(c, contract=contract) if engine == "lanes" else SerialEngine(c)
     lanes = 1 if engine == "serial" else None
     r = random.Random(0)
     rows = []
@@ -65,10 +74,11 @@ def measure(c, engine="lanes"):
         for w in range(e.ROWS):
             ctx.set(e.vexp.data[w], r.randint(-8, 8))
         cyc = await run_engine_op(ctx, e, op=Op.WRITE, slot=0)
-        rows.append(("WRITE", cyc, *ideal(c, "write", lanes=lanes), beats(e, "write")))
+        rows.append(("WRITE", cyc, *ideal(c, "write", lanes=lanes, contract=contract), beats(e, "write")))
         for n in sorted({1, c.n_slots}):
             cyc = await run_engine_op(ctx, e, op=Op.RECALL, n_keys=n)
-            rows.append((f"RECALL n={n}", cyc, *ideal(c, "recall", n, lanes=lanes), beats(e, "recall", n)))
+            rows.append((f"RECALL n={n}", cyc, *ideal(c, "recall", n, lanes=lanes, contract=contract),
+                         beats(e, "recall", n)))
         nq, nk = c.max_queries, c.max_keys
         cyc = await run_engine_op(ctx, e, op=Op.ATTENTION, n_keys=nk, n_q=nq, causal=0)
         rows.append((f"ATTENTION {nq}x{nk}", cyc, *ideal(c, "attention", nq=nq, nk=nk, lanes=lanes),
@@ -97,20 +107,23 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="tiny,up5k,smollm")
     ap.add_argument("--engine", choices=("lanes", "serial"), default="lanes")
+    ap.add_argument("--contract", type=int, choices=(1, 2), default=1)
     ap.add_argument("--write-doc", default=None)
     args = ap.parse_args(argv)
+    if args.contract == 2 and args.engine != "lanes":
+        ap.error("--contract 2 is built for the lane engine only")
     results = []
     for name in args.configs.split(","):
         c = CONFIGS[name]
         t0 = time.perf_counter()
-        results.append((c, measure(c, args.engine)))
+        results.append((c, measure(c, args.engine, args.contract)))
         print(f"{name}: simulated in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     text = table(results, args.engine)
     print(text)
     if args.write_doc:
         path = Path(args.write_doc)
         doc = path.read_text()
-        tag = "cycles" if args.engine == "lanes" else "cycles-serial"
+        tag = "cycles-serial" if args.engine == "serial" else "cycles" if args.contract == 1 else "cycles-c2"
         begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
         if begin not in doc or end not in doc:
             raise SystemExit(f"{path}: markers {begin} / {end} not found")

@@ -92,14 +92,20 @@ class Reciprocal(wiring.Component):
     (RECIP_BITS + 1 cycles). Used once per softmax row, so a sequential divider costs only
     ~41 cycles of a recall and no multipliers.
 
+    ``min_divisor_log2`` (k): the caller promises ``x >= 2^k`` (a softmax sum is at least
+    ``LUT[0] = 2^15``), so the quotient's top k bits are 0 and the remainder after them is the
+    dividend's prefix ``2^(k-1)``: the division starts from there, RECIP_BITS + 1 - k cycles.
+
     Members
     -------
     i : In(stream.Signature(unsigned(width)))     divisor, >= 1
     o : Out(stream.Signature(unsigned(RECIP_BITS + 1)))
     """
 
-    def __init__(self, width=32):
-        self.width = width
+    def __init__(self, width=32, min_divisor_log2=0):
+        if not 0 <= min_divisor_log2 <= min(width - 1, RECIP_BITS):
+            raise ValueError(f"min_divisor_log2 must be in [0, {min(width - 1, RECIP_BITS)}], got {min_divisor_log2}")
+        self.width, self.skip = width, min_divisor_log2
         super().__init__({
             "i": In(stream.Signature(unsigned(width))),
             "o": Out(stream.Signature(unsigned(RECIP_BITS + 1))),
@@ -112,11 +118,13 @@ class Reciprocal(wiring.Component):
         quo = Signal(RECIP_BITS + 1, reset_less=True)
         k = Signal(range(RECIP_BITS + 2))
         busy = Signal()
-        m.d.comb += [self.i.ready.eq(~busy & ~self.o.valid), self.o.payload.eq(quo)]
+        # (the top ``skip`` bits of quo are the last division's: 0 by the caller's promise)
+        m.d.comb += [self.i.ready.eq(~busy & ~self.o.valid), self.o.payload.eq(quo[:RECIP_BITS + 1 - self.skip])]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [div.eq(self.i.payload), rem.eq(0), k.eq(RECIP_BITS + 1), busy.eq(1)]
+            m.d.sync += [div.eq(self.i.payload), rem.eq((1 << self.skip) >> 1), k.eq(RECIP_BITS + 1 - self.skip),
+                         busy.eq(1)]
         with m.If(busy):
             # dividend 2^RECIP_BITS: its only one bit enters at the first step
             shifted = Signal(self.width + 1)

@@ -12,7 +12,8 @@ RECALL and ATTENTION), bit-exact with ``hmtx.model.fixed``.
   (owns ``sc``, ``pm``, ``wm``, ``lut``);
 * :class:`~hmtx.hw.engine_writeback.WriteBack` -- projection and weighted-sum results into
   ``key``/``qbuf``/``dat``, WRITE's copy of M_i, the owner's writes of ``dat``;
-* :class:`~hmtx.hw.engine_exponents.ExponentTables` -- ``vexp``, ``mexp``, ``kexp``, ``oexp``.
+* :class:`~hmtx.hw.engine_exponents.ExponentTables` -- ``vexp``, ``mexp``, ``kexp``, ``oexp``;
+* :class:`~hmtx.hw.engine_fold.FoldUnit` -- contract 2 only: the folded keys K'_i = W_q K_i.
 
 The layout every engine shares (:class:`EngineLayout`, :class:`Op`, :func:`delay`, ...) is in
 ``hw/engine_layout.py`` and re-exported here.
@@ -22,10 +23,12 @@ from amaranth.hdl import Module, signed
 from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In
 
+from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 from .engine_exponents import ExponentTables
 from .engine_fetch import OperandFetch
+from .engine_fold import FoldUnit
 from .engine_layout import (ADDR_REGS, CONTROL_MEMBERS, EXP_W, MASK_W, SHIFT_W, TAG_BITS, W_ROW_DEPTH,
                             EngineLayout, EngineSignature, Op, Phase, Region, Rows, ceil_div, delay,
                             key_block_lanes, lane_group_regions)
@@ -33,7 +36,7 @@ from .engine_score import ScoreUnit
 from .engine_sequencer import Sequencer
 from .engine_softmax import Softmax
 from .engine_writeback import WriteBack
-from .mac import MacArray
+from .mac import LANE_ACC_BITS, MacArray
 
 __all__ = ["Op", "Phase", "Engine", "EngineLayout", "EngineSignature", "Region", "Rows", "key_block_lanes",
            "lane_group_regions", "delay", "ceil_div", "EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS",
@@ -83,6 +86,18 @@ class Engine(EngineLayout, wiring.Component):
     The owner (the command processor) reaches the memories only through the members of
     :class:`EngineSignature`, while the engine is idle.
 
+    ``contract`` (1 or 2) is the arithmetic contract (docs/arithmetic.md section 10). Contract 2
+    adds a region ``kf`` to ``dat`` after the M ring (K'_i at word ``kf_base + i*CB + cb``, int8
+    like M_i), keeps K'_i's exponent in ``kexp``, deepens ``wm`` to ``max(KMAX, d_h)`` (the fold
+    beats' scalar K_i[j]) and ``qbuf`` to ``max(HB, AB, CB)`` words (S, for the recall's scores).
+    It has no ``key`` ring (``key`` is None, ``rd_key_data`` reads 0): no contract-2 recall
+    reads K_i, and the ring's block RAM pays for K' in ``dat``. A WRITE computes K_i as in
+    contract 1 (into ``wm`` only), then K'_i in two passes of ``CB x d_h`` lane-mode beats
+    (:meth:`~hmtx.hw.engine_sequencer.Sequencer._fold`, :class:`~hmtx.hw.engine_fold.FoldUnit`):
+    about ``3 x d_h x CB`` beats in all. A RECALL loads S into ``qbuf`` (CB words), scores it
+    against the n folded keys in ``dat`` (``n x CB`` dot beats, the score scale of d_h, exponents
+    S's and K'_i's) and runs the softmax and weighted sum as in contract 1: it never reads W_q.
+
     Sequencing (:class:`~hmtx.hw.engine_sequencer.Sequencer`; one MAC beat per cycle, P lanes):
     projection ``d_h x CB`` beats (dot mode, one output per column j), scores ``n x KB`` beats
     (dot mode; attention ``n_k x AB``), an exp2 pass over the n scores, one ~41-cycle
@@ -110,12 +125,19 @@ class Engine(EngineLayout, wiring.Component):
                  "rd_oexp_addr", "rd_oexp_data"),
     }
 
-    def __init__(self, config: EngineConfig, w_row_depth: int = W_ROW_DEPTH):
+    def __init__(self, config: EngineConfig, w_row_depth: int = W_ROW_DEPTH, contract: int = 1):
         c = config
         if w_row_depth < 1 or w_row_depth & (w_row_depth - 1):
             raise ValueError(f"w_row_depth must be a power of two, got {w_row_depth}")
         self.w_row_depth = w_row_depth
-        self._set_layout(c)
+        self._set_layout(c, contract)
+        if contract == 2:
+            # the fold accumulates int8 x int16 products over d_h terms in the 32-bit lane
+            # accumulators, and walks a block one lane group a cycle while the MAC holds it
+            if fixed.MANT_MAX * (1 << 15) * c.d_h >= 1 << (LANE_ACC_BITS - 1):
+                raise ValueError(f"config {c.name!r}: contract 2 needs d_h <= 515 (lane accumulators), got {c.d_h}")
+            if self.G > c.d_h:
+                raise ValueError(f"config {c.name!r}: contract 2 needs d_h >= {self.G} lane groups")
         P = self.P
         i8 = data.ArrayLayout(signed(8), P)
         # No read of these memories ever needs the data of a write to the same address in the
@@ -128,6 +150,8 @@ class Engine(EngineLayout, wiring.Component):
         self.dat = memory.Memory(shape=i8, depth=self.dat_depth, init=[], attrs=NO_RW)
         self.vin = Region(self.dat, 0, self.vin_depth)
         self.mem = Region(self.dat, self.mem_base, c.n_slots * self.CB)
+        if contract == 2:
+            self.kf = Region(self.dat, self.kf_base, c.n_slots * self.CB)
         # ``w`` is one memory per block-RAM row (W_ROW_DEPTH words): every row is read at once and
         # registered, then the row is selected -- instead of Yosys's multiplexer straight after
         # the block RAMs of a deep memory, which had to reach nine DP16KD within the ~4 ns that
@@ -139,24 +163,28 @@ class Engine(EngineLayout, wiring.Component):
         self.w = Rows(self.w_rows, rd)
         self.wq = Region(self.w, 0, c.d_h * self.CB)
         self.wk = Region(self.w, c.d_h * self.CB, c.d_h * self.CB)
-        self.key = memory.Memory(shape=data.ArrayLayout(signed(16), self.KP), depth=c.n_slots * self.KB,
-                                 init=[], attrs=NO_RW)
+        # (contract 2's recall never reads K_i: no key ring, its block RAM goes to K' in ``dat``)
+        self.key = (memory.Memory(shape=data.ArrayLayout(signed(16), self.KP), depth=c.n_slots * self.KB,
+                                  init=[], attrs=NO_RW) if contract == 1 else None)
         super().__init__(EngineSignature(self))
         self._dat_r = self.dat.read_port()
         self._dat_w = self.dat.write_port(granularity=1)
         self._w_r = [r.read_port() for r in self.w_rows]
         self._w_w = [r.write_port(granularity=1) for r in self.w_rows]
-        self._key_r = self.key.read_port()
-        self._key_w = self.key.write_port(granularity=1)
+        self._key_r = self.key.read_port() if self.key is not None else None
+        self._key_w = self.key.write_port(granularity=1) if self.key is not None else None
+        sig = lambda port: None if port is None else port.signature    # noqa: E731
 
         self.sequencer = Sequencer(self, w_depth)
         self.exps = ExponentTables(self)
         self.softmax = Softmax(self)
-        self.fetch = OperandFetch(self, dat_rd=self._dat_r.signature, key_rd=self._key_r.signature,
+        self.fetch = OperandFetch(self, dat_rd=self._dat_r.signature, key_rd=sig(self._key_r),
                                   wm_rd=self.softmax.wm_r.signature, w_rd=[p.signature for p in self._w_r],
                                   w_wr=[p.signature for p in self._w_w], w_row_depth=w_row_depth)
         self.score = ScoreUnit(self)
-        self.writeback = WriteBack(self, dat_wr=self._dat_w.signature, key_wr=self._key_w.signature)
+        self.writeback = WriteBack(self, dat_wr=self._dat_w.signature, key_wr=sig(self._key_w))
+        if contract == 2:
+            self.fold = FoldUnit(self)
         # the units' memories, for testbenches
         self.vexp, self.mexp, self.kexp, self.oexp = (self.exps.vexp, self.exps.mexp, self.exps.kexp,
                                                       self.exps.oexp)
@@ -167,18 +195,24 @@ class Engine(EngineLayout, wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.dat, m.submodules.key = self.dat, self.key
+        m.submodules.dat = self.dat
+        if self.key is not None:
+            m.submodules.key = self.key
         for r, mem in enumerate(self.w_rows):
             m.submodules[f"w{r}"] = mem
         m.submodules.mac = mac = MacArray(self.P, tag_bits=TAG_BITS, group_lanes=self.LG)
         seq, fetch, score, softmax, wb, exps = (self.sequencer, self.fetch, self.score, self.softmax,
                                                  self.writeback, self.exps)
-        for name in ("sequencer", "exps", "fetch", "score", "softmax", "writeback"):
+        units = ("sequencer", "exps", "fetch", "score", "softmax", "writeback")
+        for name in units + (("fold",) if self.contract == 2 else ()):
             m.submodules[name] = getattr(self, name)
         self._forward_owner(m)
         # the owner reads ``dat`` and ``key`` through the fetch's read ports (the sequencer
         # gives it the owner's addresses while idle)
-        m.d.comb += [self.rd_dat_data.eq(self._dat_r.data), self.rd_key_data.eq(self._key_r.data)]
+        # (contract 2: no key ring, rd_key_data reads 0)
+        m.d.comb += self.rd_dat_data.eq(self._dat_r.data)
+        if self.key is not None:
+            m.d.comb += self.rd_key_data.eq(self._key_r.data)
 
         wiring.connect(m, seq.fetch, fetch.ctl)
         wiring.connect(m, seq.writeback, wb.ctl)
@@ -187,20 +221,25 @@ class Engine(EngineLayout, wiring.Component):
         wiring.connect(m, seq.exps, exps.ctl)
 
         wiring.connect(m, fetch.dat_rd, self._dat_r)
-        wiring.connect(m, fetch.key_rd, self._key_r)
+        if self.key is not None:
+            wiring.connect(m, fetch.key_rd, self._key_r)
+            wiring.connect(m, wb.key_wr, self._key_w)
         for r in range(len(self.w_rows)):
             wiring.connect(m, fetch.w_rd[r], self._w_r[r])
             wiring.connect(m, fetch.w_wr[r], self._w_w[r])
         wiring.connect(m, fetch.wm_rd, softmax.wm_rd)
         wiring.connect(m, wb.dat_wr, self._dat_w)
-        wiring.connect(m, wb.key_wr, self._key_w)
 
         # The MAC never stalls: every unit takes its results as they come (valid-only), so its
         # output is always ready, and so its input is too (the fetch does not look at it).
         wiring.connect(m, fetch.mac, mac.i)
         m.d.comb += mac.o.ready.eq(1)
         # every phase drains before the next starts, so the phase names the owner of a result
-        for sink, phase in ((wb.proj, Phase.PROJ), (score.dot, Phase.SCORE), (wb.wsum, Phase.WSUM)):
+        sinks = [(wb.proj, Phase.PROJ), (score.dot, Phase.SCORE), (wb.wsum, Phase.WSUM)]
+        if self.contract == 2:
+            sinks.append((self.fold.lanes, Phase.FOLD))
+            self._connect_fold(m)
+        for sink, phase in sinks:
             m.d.comb += [sink.valid.eq(mac.o.valid & (seq.phase == phase)), sink.payload.eq(mac.o.payload)]
 
         wiring.connect(m, wb.q, fetch.q)
@@ -209,6 +248,14 @@ class Engine(EngineLayout, wiring.Component):
         wiring.connect(m, exps.score, score.exps)
         wiring.connect(m, exps.softmax, softmax.exps)
         return m
+
+    def _connect_fold(self, m):
+        """Contract 2: K_i's elements into ``wm`` (the fold beats' scalars), the fold unit's
+        control, its K' words into ``dat`` and its shift into K'_i's exponent."""
+        wiring.connect(m, self.writeback.k, self.softmax.k)
+        wiring.connect(m, self.sequencer.fold, self.fold.ctl)
+        wiring.connect(m, self.fold.write, self.writeback.fold)
+        m.d.comb += self.exps.fold_shift.eq(self.fold.shift)
 
     def _forward_owner(self, m):
         """The owner's members (EngineSignature) to and from the units that serve them."""

@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
 
+from .engine_fold import FOLD_SHIFT_W
 from .engine_layout import EXP_W, SHIFT_W
 from .regtable import RegisterTable
 
@@ -32,6 +33,9 @@ class ExponentControlSignature(wiring.Signature):
         Row ``row`` (0 for a recall) is done: write its output exponent ``E - (PROB_BITS - OUT_SHIFT)``.
     key : Out(16)
         The key at the head of the exp2 and probability passes (the value exponent's address).
+    kf_wr : Out(1)
+        Contract 2's WRITE, once the fold shift is known: K'_i's exponent ``e_K + e_Wq + s``
+        into ``kexp[slot]`` over K_i's (a pulse; written a cycle later).
     """
 
     def __init__(self, layout):
@@ -40,7 +44,7 @@ class ExponentControlSignature(wiring.Signature):
             "attn": Out(1),
             "slot": Out(range(c.n_slots)), "slot_wr": Out(1),
             "q_vec": Out(1), "q_row": Out(1), "row": Out(range(c.max_queries + 1)),
-            "row_done": Out(1), "key": Out(16),
+            "row_done": Out(1), "key": Out(16), "kf_wr": Out(1),
         })
 
 
@@ -86,6 +90,8 @@ class ExponentTablesSignature(wiring.Signature):
     softmax : Out(SoftmaxExponentsSignature())
     wq_exp, wk_exp, wq_shift, wk_shift, wr_vexp_*, rd_mexp_*, rd_kexp_*, rd_oexp_* : ...
         The owner's (:class:`~hmtx.hw.engine.EngineSignature`, same timing).
+    fold_shift : In(FOLD_SHIFT_W)
+        Contract 2: the fold unit's shift s of K'_i (stable when ``ctl.kf_wr`` pulses).
     """
 
     def __init__(self, layout):
@@ -100,6 +106,7 @@ class ExponentTablesSignature(wiring.Signature):
             "rd_mexp_addr": In(range(c.n_slots)), "rd_mexp_data": Out(signed(8)),
             "rd_kexp_addr": In(range(c.n_slots)), "rd_kexp_data": Out(signed(EXP_W)),
             "rd_oexp_addr": In(range(c.max_queries)), "rd_oexp_data": Out(signed(EXP_W)),
+            "fold_shift": In(FOLD_SHIFT_W),
         })
 
 
@@ -168,13 +175,16 @@ class ExponentTables(wiring.Component):
                      qexp_pre.eq(vexp0 + self.wq_exp + self.wq_shift)]
         # WRITE's M and K exponents
         exp_wr = Signal(data.StructLayout({"slot": len(ctl.slot), "m": signed(8), "k": signed(EXP_W),
-                                           "en": 1}))
+                                           "en": 1, "k_only": 1}))
         m.d.sync += exp_wr.en.eq(0)
         with m.If(ctl.slot_wr):
             m.d.sync += [exp_wr.slot.eq(ctl.slot), exp_wr.m.eq(vexp0_r), exp_wr.k.eq(kexp_pre),
-                         exp_wr.en.eq(1)]
+                         exp_wr.en.eq(1), exp_wr.k_only.eq(0)]
+        with m.If(ctl.kf_wr):
+            m.d.sync += [exp_wr.slot.eq(ctl.slot), exp_wr.k.eq(kexp_pre + self.wq_exp + self.fold_shift),
+                         exp_wr.en.eq(1), exp_wr.k_only.eq(1)]
         m.d.comb += [self._mexp_w.addr.eq(exp_wr.slot), self._mexp_w.data.eq(exp_wr.m),
-                     self._mexp_w.en.eq(exp_wr.en),
+                     self._mexp_w.en.eq(exp_wr.en & ~exp_wr.k_only),
                      self._kexp_w.addr.eq(exp_wr.slot), self._kexp_w.data.eq(exp_wr.k),
                      self._kexp_w.en.eq(exp_wr.en)]
         # the exponent of q / of Q row a

@@ -27,7 +27,7 @@ def beat_layout(layout):
     written to ``copy_addr`` (WRITE's copy of M_i into its slot)."""
     return data.StructLayout({
         "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1, "qhi": 1,
-        "qaddr": range(max(layout.HB, layout.AB, 2)),
+        "qaddr": range(max(layout.QD, 2)),
         "lim": range(layout.P + 1), "tag": TAG_BITS, "phase": Phase, "copy_addr": 24,
     })
 
@@ -52,7 +52,8 @@ class FetchControlSignature(wiring.Signature):
     q_loading : In(1)
         A Q row word is still on its way into ``qbuf``.
     attn : Out(1)
-        The operation is ATTENTION (scores take K rows from ``dat``, not ``key``).
+        The scores take their keys from ``dat``, not ``key``: ATTENTION's K rows, or contract 2's
+        folded keys K'_i (RECALL, with S in ``qbuf``).
     """
 
     def __init__(self, layout, w_depth):
@@ -62,8 +63,8 @@ class FetchControlSignature(wiring.Signature):
             "dat_addr": Out(range(layout.dat_depth)),
             "w_addr": Out(range(w_depth)),
             "key_addr": Out(range(c.n_slots * layout.KB)),
-            "wm_addr": Out(range(layout.KMAX)),
-            "q_load": Out(stream.Signature(range(max(layout.AB, 2)), always_ready=True)),
+            "wm_addr": Out(range(layout.WMD)),
+            "q_load": Out(stream.Signature(range(max(layout.QL, 2)), always_ready=True)),
             "q_loading": In(1),
             "attn": Out(1),
         })
@@ -106,7 +107,8 @@ class OperandFetchSignature(wiring.Signature):
     copy : Out(MCopySignature(layout))
         The words of M_i to copy, to the write-back.
     dat_rd, key_rd, wm_rd, w<r>_rd : In(memory.ReadPort.Signature(...))
-        The read ports of ``dat``, ``key``, ``wm`` and of each row memory of ``w``.
+        The read ports of ``dat``, ``key``, ``wm`` and of each row memory of ``w`` (contract 2
+        has no ``key`` ring: ``key_rd`` None).
     w<r>_wr : In(memory.WritePort.Signature(...))
         The write ports of the rows of ``w``.
     wr_w_addr, wr_w_data, wr_w_en : In(...)
@@ -119,7 +121,8 @@ class OperandFetchSignature(wiring.Signature):
             "mac": Out(stream.Signature(mac_in_layout(layout.P, TAG_BITS))),
             "q": In(stream.Signature(q_write_layout(), always_ready=True)),
             "copy": Out(MCopySignature(layout)),
-            "dat_rd": In(dat_rd), "key_rd": In(key_rd), "wm_rd": In(wm_rd),
+            "dat_rd": In(dat_rd), "wm_rd": In(wm_rd),
+            **({"key_rd": In(key_rd)} if key_rd is not None else {}),
             "wr_w_addr": In(range(w_depth)),
             "wr_w_data": In(data.ArrayLayout(signed(8), layout.P)),
             "wr_w_en": In(layout.P),
@@ -184,7 +187,8 @@ class OperandFetch(wiring.Component):
         m.d.comb += [opsel.phase.eq(s2.phase), opsel.lim.eq(s2.lim), opsel.qhi.eq(s2.qhi),
                      opsel.zero.eq(s2.zero), opsel.attn.eq(ctl.attn)]
         sel = [data.View(opsel.shape(), v) for v in replicate_tree(m, opsel, regions, "opsel")]
-        dat_q3, key_q3 = (delay(m, q, 2, name)[-1] for q, name in ((rd.dat_q, "dat_q"), (rd.key_q, "key_q")))
+        dat_q3 = delay(m, rd.dat_q, 2, "dat_q")[-1]
+        key_q3 = delay(m, rd.key_q, 2, "key_q")[-1] if L.contract == 1 else None
         # the weighted sum's weight goes to every lane: one copy per lane group
         wm_q3 = replicate_tree(m, rd.wm_q, regions, "wm_q3")
         w_q3 = self._w_select(m, rd, regions)
@@ -199,14 +203,22 @@ class OperandFetch(wiring.Component):
                 with m.Case(Phase.PROJ):
                     m.d.comb += [mi.a[l].eq(Mux(on, dat_q3[l], 0)), mi.b[l].eq(w_q3[l])]
                 with m.Case(Phase.SCORE):
-                    # recall: lane l takes part in the beats of its half (qhi), with its key lane
-                    half, k = L.key_place(l)
-                    in_beat = g.attn | (g.qhi if half else ~g.qhi) if L.KP != L.P else 1
-                    m.d.comb += [mi.a[l].eq(Mux(on & in_beat, q_op[l], 0)),
-                                 mi.b[l].eq(Mux(g.attn, dat_q3[l], key_q3[k]))]
+                    if L.contract == 1:
+                        # recall: lane l takes part in the beats of its half (qhi), with its key lane
+                        half, k = L.key_place(l)
+                        in_beat = g.attn | (g.qhi if half else ~g.qhi) if L.KP != L.P else 1
+                        m.d.comb += [mi.a[l].eq(Mux(on & in_beat, q_op[l], 0)),
+                                     mi.b[l].eq(Mux(g.attn, dat_q3[l], key_q3[k]))]
+                    else:   # (every key is in ``dat``: K rows, or the folded keys K'_i)
+                        m.d.comb += [mi.a[l].eq(Mux(on, q_op[l], 0)), mi.b[l].eq(dat_q3[l])]
                 with m.Case(Phase.WSUM):
                     m.d.comb += [mi.a[l].eq(Mux(g.zero, 0, wm_q3[l // L.LG].as_signed())),
                                  mi.b[l].eq(dat_q3[l])]
+                if L.contract == 2:
+                    with m.Case(Phase.FOLD):
+                        # K_i[j] from ``wm`` (written there by the K projection) times W_q word
+                        # j*CB + cb, whose lane l is W_q[cb*P + l, j]: lane l accumulates K'_i[cb*P + l]
+                        m.d.comb += [mi.a[l].eq(wm_q3[l // L.LG].as_signed()), mi.b[l].eq(Mux(on, w_q3[l], 0))]
         self._w_writes(m)
         return m
 
@@ -218,17 +230,19 @@ class OperandFetch(wiring.Component):
         addr_r = [delay(m, a, ADDR_REGS, name)[-1] for a, name in
                   ((ctl.dat_addr, "dat_addr"), (ctl.w_addr, "w_addr"), (ctl.key_addr, "key_addr"),
                    (ctl.wm_addr, "wm_addr"))]
-        m.d.comb += [self.dat_rd.addr.eq(addr_r[0]), self.key_rd.addr.eq(addr_r[2]),
-                     self.wm_rd.addr.eq(addr_r[3])]
+        m.d.comb += [self.dat_rd.addr.eq(addr_r[0]), self.wm_rd.addr.eq(addr_r[3])]
         m.d.comb += [port.addr.eq(addr_r[1] % self.w_row_depth) for port in self.w_rd]
         rd = SimpleNamespace()
         rd.dat_q = Signal.like(self.dat_rd.data, reset_less=True, name="dat_q")
-        rd.key_q = Signal.like(self.key_rd.data, reset_less=True, name="key_q")
+        rd.key_q = None
         rd.wm_q = Signal.like(self.wm_rd.data, reset_less=True, name="wm_q")
         rd.w_row_q = [Signal.like(port.data, reset_less=True, name=f"w_row{r}_q")
                       for r, port in enumerate(self.w_rd)]
-        m.d.sync += [rd.dat_q.eq(self.dat_rd.data), rd.key_q.eq(self.key_rd.data),
-                     rd.wm_q.eq(self.wm_rd.data)]
+        m.d.sync += [rd.dat_q.eq(self.dat_rd.data), rd.wm_q.eq(self.wm_rd.data)]
+        if self.layout.contract == 1:
+            rd.key_q = Signal.like(self.key_rd.data, reset_less=True, name="key_q")
+            m.d.comb += self.key_rd.addr.eq(addr_r[2])
+            m.d.sync += rd.key_q.eq(self.key_rd.data)
         m.d.sync += [q.eq(port.data) for q, port in zip(rd.w_row_q, self.w_rd)]
         # which row of ``w`` the word at stage 3 came from (the address's high bits, three cycles on)
         w_row_now = Signal(range(max(2, len(self.w_rd))))
@@ -256,7 +270,7 @@ class OperandFetch(wiring.Component):
         stage 4 like the block-RAM operands). Returns the operand registers."""
         L = self.layout
         P, LG, G = L.P, L.LG, L.G
-        QD = max(L.HB, L.AB)
+        QD = L.QD
         qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
                 for w in range(QD)]
         q_op = [Signal(signed(16), name=f"q_op{l}", reset_less=True) for l in range(P)]
@@ -277,7 +291,7 @@ class OperandFetch(wiring.Component):
         q_wr = [data.View(q_in.shape(), v) for v in replicate(m, q_in, G, "q_wr", reset=True)]
         # attention: the Q row's words (addresses registered, read, registered -- as the MAC
         # beats), from dat_q, at ql2 (copies per group of ql1's valid, word)
-        ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(L.AB, 2))}))
+        ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(L.QL, 2))}))
         m.d.comb += [ql_issue.valid.eq(self.ctl.q_load.valid), ql_issue.idx.eq(self.ctl.q_load.payload)]
         ql_taps = delay(m, ql_issue, ADDR_REGS + 2, "ql", reset_less=False)
         ql1 = ql_taps[ADDR_REGS]

@@ -121,6 +121,7 @@ class Phase(enum.Enum, shape=3):
     PROJ = 1        # projections: q = W_q^T S (RECALL), K_i = W_k^T M_i (WRITE)
     SCORE = 2       # scores q . K_b (RECALL) or Q_a . K_b (ATTENTION)
     WSUM = 3        # the weighted sum of the values, lane mode
+    FOLD = 4        # contract 2's WRITE: K'_i = W_q K_i, lane mode (hw/engine_fold.py)
 
 
 class EngineLayout:
@@ -128,8 +129,10 @@ class EngineLayout:
     the buffers in ``dat`` and the key words' lane layout. :class:`~hmtx.hw.engine.Engine` and
     :class:`~hmtx.hw.serial_engine.SerialEngine` share it, so either serves the same top."""
 
-    def _set_layout(self, c: EngineConfig):
-        self.config = c
+    def _set_layout(self, c: EngineConfig, contract: int = 1):
+        if contract not in (1, 2):
+            raise ValueError(f"contract must be 1 or 2, got {contract!r}")
+        self.config, self.contract = c, contract
         P = self.P = c.lanes
         self.CB, self.HB, self.AB = ceil_div(c.d, P), ceil_div(c.d_h, P), ceil_div(c.head_dim, P)
         self.KP = P // 2 if P % 2 == 0 else P
@@ -147,6 +150,8 @@ class EngineLayout:
         self.KBL = key_block_lanes(P)
         self.KB = ceil_div(c.d_h, self.KP) if self.KBL == self.KP else 2 * ceil_div(c.d_h, P)
         self.KMAX = max(c.n_slots, c.max_keys)
+        # ``wm``'s depth: the weights; contract 2's fold beats also take K_i's elements from there
+        self.WMD = max(self.KMAX, c.d_h if contract == 2 else 1)
         self.ROWS = c.max_queries + 2 * c.max_keys
         for name, v in (("d", c.d), ("d_h", c.d_h), ("head_dim", c.head_dim)):
             if v > fixed.D_MAX:
@@ -157,7 +162,12 @@ class EngineLayout:
         self.out_words = max(self.CB, c.max_queries * self.AB)
         self.out_base = self.vin_depth + (self.vin_depth & 1)   # even: a result's high-byte word is base | 1
         self.mem_base = self.vin_depth + 2 * self.out_words
-        self.dat_depth = self.mem_base + c.n_slots * self.CB
+        # contract 2: the folded keys K'_i (BFP8 like M_i, word kf_base + i*CB + cb) after the M ring
+        self.kf_base = self.mem_base + c.n_slots * self.CB
+        self.dat_depth = self.kf_base + (c.n_slots * self.CB if contract == 2 else 0)
+        # qbuf's words: q (HB) or a Q row (AB); contract 2's recall loads S (CB) there instead of q
+        self.QL = max(self.AB, self.CB if contract == 2 else 1)    # words of one QLOAD
+        self.QD = max(self.HB, self.QL)
 
     def _owner_ports(self, m):
         """Wire the owner's members to the engine's memory ports (made in ``__init__``:

@@ -9,6 +9,7 @@ from amaranth.lib.wiring import Out
 
 from .engine_exponents import ExponentControlSignature
 from .engine_fetch import FetchControlSignature
+from .engine_fold import FoldControlSignature
 from .engine_layout import CONTROL_MEMBERS, EngineSignature, Op, Phase
 from .engine_score import ScoreControlSignature
 from .engine_softmax import SoftmaxControlSignature
@@ -33,6 +34,8 @@ class SequencerSignature(wiring.Signature):
     score : Out(ScoreControlSignature())
     softmax : Out(SoftmaxControlSignature())
     exps : Out(ExponentControlSignature(layout))
+    fold : Out(FoldControlSignature(layout))
+        Contract 2 only.
     """
 
     def __init__(self, layout, w_depth):
@@ -45,6 +48,7 @@ class SequencerSignature(wiring.Signature):
             "score": Out(ScoreControlSignature()),
             "softmax": Out(SoftmaxControlSignature()),
             "exps": Out(ExponentControlSignature(layout)),
+            **({"fold": Out(FoldControlSignature(layout))} if layout.contract == 2 else {}),
         })
 
 
@@ -67,6 +71,10 @@ class Sequencer(wiring.Component):
     runs per query row a: Q row a into ``qbuf`` (AB words), scores against the n_k K rows
     (``n_k x AB`` beats), the softmax passes and the weighted sum of the V rows.
 
+    Contract 2 (``layout.contract``): a WRITE then folds W_q into the key (:meth:`_fold`), and
+    a RECALL loads S into ``qbuf`` as an attention query row is loaded and scores it against the
+    folded keys K'_i in ``dat`` (``n x CB`` beats): no projection, no read of W_q.
+
     Between phases the sequencer waits until every result of the previous phase is written:
     ``pending`` counts the results in flight (one up per last beat or per softmax key, one
     down per unit's ``retire``), and its zero test is registered (``pending_zero``), so the
@@ -86,6 +94,9 @@ class Sequencer(wiring.Component):
     Members: :class:`SequencerSignature`.
     """
 
+    # contract 2: cycles from the probability pass's first key to the weighted sum's first beat
+    WSUM_LAG = 4
+
     def __init__(self, layout, w_depth):
         self.layout = layout
         super().__init__(SequencerSignature(layout, w_depth))
@@ -100,6 +111,8 @@ class Sequencer(wiring.Component):
             self._scores(m, r)
             self._softmax_passes(m, r)
             self._weighted_sum(m, r)
+            if self.layout.contract == 2:
+                self._fold(m, r)
             with m.State("DONE"):
                 with m.If(r.done):
                     m.next = "IDLE"
@@ -121,6 +134,11 @@ class Sequencer(wiring.Component):
         r.n_q = Signal.like(self.n_q)
         r.causal = Signal()
         r.attn = r.op == Op.ATTENTION
+        r.c2 = L.contract == 2
+        # the scores' keys are in ``dat``: ATTENTION's K rows, or contract 2's folded keys
+        r.kdat = r.attn | (r.op == Op.RECALL) if r.c2 else r.attn
+        r.second = Signal()                         # contract 2's WRITE: the second fold pass
+        r.fslot_base = Signal(range(L.dat_depth + 1))
         r.kslot_base = Signal(range(c.n_slots * L.KB + 1))
         r.mslot_base = Signal(range(L.dat_depth + 1))
         r.a = Signal(range(c.max_queries + 1))      # current query row (attention); 0 for recall
@@ -139,23 +157,36 @@ class Sequencer(wiring.Component):
         r.sub_w = Signal(16)        # PROJ: j // P
         r.sub_l = Signal(range(L.P))  # PROJ: j % P
         r.done = Signal()
+        # the exp2 and probability passes' key counter: the inner counter, or (contract 2) a
+        # counter of its own, as the probability pass runs on beside the weighted sum's beats
+        if r.c2:
+            r.kc = SimpleNamespace(idx=Signal(16, name="pass_key"), last=Signal(16, name="pass_last"),
+                                   on=Signal(name="pass_on"))
+            r.lag = Signal(2)       # cycles since the probability pass began (saturating)
+        else:
+            r.kc = SimpleNamespace(idx=r.inner, last=r.inner_last, on=r.issuing)
         # results in flight
         pending = Signal(16)
         r.inc = Signal()
+        r.inc_k = Signal()          # contract 2: a key of a pass issued (never in a cycle with r.inc)
+        inc = r.inc | r.inc_k if r.c2 else r.inc
         dec = Signal(2)
-        m.d.comb += dec.eq(self.writeback.retire | self.score.retire | self.softmax.retire)
-        m.d.sync += pending.eq(pending + r.inc - dec)
+        m.d.comb += dec.eq(self.writeback.retire | self.score.retire | self.softmax.retire |
+                           (self.fold.retire if L.contract == 2 else 0))
+        m.d.sync += pending.eq(pending + inc - dec)
         # pending == 0, registered: it is computed from this cycle's count and changes (inc, dec
         # are single results)
         r.pending_zero = Signal(init=1)
-        m.d.sync += r.pending_zero.eq(((pending == 0) & (r.inc == dec)) |
-                                      ((pending == 1) & dec.bool() & ~r.inc))
+        m.d.sync += r.pending_zero.eq(((pending == 0) & (inc == dec)) |
+                                      ((pending == 1) & dec.bool() & ~inc))
         # the key at the head of the softmax passes is attended
-        r.keep = ~(r.attn & r.causal) | (r.inner.as_signed() <= r.keep_lim)
-        m.d.comb += [self.fetch.attn.eq(r.attn), self.score.attn.eq(r.attn), self.exps.attn.eq(r.attn),
+        r.keep = ~(r.attn & r.causal) | (r.kc.idx.as_signed() <= r.keep_lim)
+        m.d.comb += [self.fetch.attn.eq(r.kdat), self.score.attn.eq(r.attn), self.exps.attn.eq(r.attn),
                      self.score.causal.eq(r.attn & r.causal), self.score.keep_lim.eq(r.keep_lim),
                      self.writeback.write.eq(r.op == Op.WRITE), self.writeback.kslot_base.eq(r.kslot_base),
-                     self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.inner)]
+                     self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.kc.idx)]
+        if r.c2:
+            m.d.comb += [self.fold.second.eq(r.second), self.fold.slot_base.eq(r.fslot_base)]
         return r
 
     def _advance(self, m, r, outer_step, inner_step):
@@ -187,6 +218,16 @@ class Sequencer(wiring.Component):
                              r.a.eq(0), r.a_more.eq(self.n_q > 1), r.single.eq(self.n_keys == 1)]
                 with m.If(self.op == Op.ATTENTION):
                     m.next = "ROW"
+                if r.c2 and self.layout.CB >= 2:
+                    # contract 2's RECALL loads S into qbuf as attention loads a query row, with
+                    # no row to set up (S's exponent, vexp[0], is read in QLOAD's first cycle and
+                    # there by its second)
+                    with m.Elif(self.op == Op.RECALL):
+                        m.d.sync += [r.base_o.eq(0), r.inner.eq(0), r.issuing.eq(1)]
+                        m.next = "QLOAD"
+                elif r.c2:
+                    with m.Elif(self.op == Op.RECALL):
+                        m.next = "ROW"
                 with m.Else():
                     m.next = "PROJ_START"
 
@@ -199,6 +240,8 @@ class Sequencer(wiring.Component):
         with m.State("PROJ_START"):
             # slot bases from the latched slot (not from the start operands: timing)
             m.d.sync += [r.kslot_base.eq(r.slot * L.KB), r.mslot_base.eq(L.mem_base + r.slot * CB)]
+            if r.c2:
+                m.d.sync += r.fslot_base.eq(L.kf_base + r.slot * CB)
             m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(c.d_h - 1), r.inner_last.eq(CB - 1),
                          r.base_o.eq(Mux(write, c.d_h * CB, 0)), r.base_i.eq(0), r.sub_w.eq(0),
                          r.sub_l.eq(0), r.issuing.eq(1)]
@@ -220,9 +263,39 @@ class Sequencer(wiring.Component):
                                      r.sub_w.eq(Mux(sub_wrap, r.sub_w + 1, r.sub_w))], [])
             with m.Elif(r.pending_zero):
                 with m.If(write):
-                    m.next = "DONE"
+                    if r.c2:
+                        m.d.sync += r.second.eq(0)
+                        m.d.comb += self.fold.clear.eq(1)
+                    m.next = "FOLD_START" if r.c2 else "DONE"
                 with m.Else():
                     m.next = "SCORE_START"
+
+    def _fold(self, m, r):
+        """Contract 2's WRITE after K_i: two passes of ``CB x d_h`` lane-mode beats (cb, j), lane
+        l accumulating ``K_i[j] * W_q[cb*P + l, j]`` (K_i[j] from ``wm``, W_q word j*CB + cb),
+        one block of ``acc = W_q K_i`` per cb. The fold unit takes the first pass's maximum and
+        minimum over all d channels, which fix the shift, and writes the second pass's blocks
+        rounded by it as K'_i; then K'_i's exponent. Recomputing ``acc`` costs ``d_h x CB``
+        beats; keeping it would take d x 32 bits of storage beside the lanes."""
+        L = self.layout
+        c, P, CB = L.config, L.P, L.CB
+        with m.State("FOLD_START"):
+            m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(CB - 1), r.inner_last.eq(c.d_h - 1),
+                         r.base_i.eq(0), r.issuing.eq(1), self.phase.eq(Phase.FOLD)]
+            m.next = "FOLD"
+        with m.State("FOLD"):
+            with m.If(r.issuing):
+                m.d.comb += [self.fetch.w_addr.eq(r.base_i + r.outer), self.fetch.wm_addr.eq(r.inner),
+                             r.inc.eq(r.inner == r.inner_last)]
+                self._beat(m, r, lane_mode=1, lim=_lim(c.d, r.outer, CB, P), phase=Phase.FOLD, tag=r.outer)
+                self._advance(m, r, [r.base_i.eq(0)], [r.base_i.eq(r.base_i + CB)])
+            with m.Elif(r.pending_zero):
+                with m.If(r.second):
+                    m.d.comb += self.exps.kf_wr.eq(1)
+                    m.next = "DONE"
+                with m.Else():
+                    m.d.sync += r.second.eq(1)
+                    m.next = "FOLD_START"
 
     def _query_row(self, m, r):
         """ATTENTION: the next query row a, its words into ``qbuf`` (so that the scores read K
@@ -237,9 +310,14 @@ class Sequencer(wiring.Component):
             with m.If(r.issuing):
                 m.d.comb += [self.fetch.dat_addr.eq(r.base_o + r.inner), self.fetch.q_load.valid.eq(1),
                              self.fetch.q_load.payload.eq(r.inner)]
-                with m.If(r.inner == AB - 1):
-                    m.d.sync += r.issuing.eq(0)
                 m.d.sync += r.inner.eq(r.inner + 1)
+                with m.If(r.inner == (Mux(r.attn, AB - 1, self.layout.CB - 1) if r.c2 else AB - 1)):
+                    m.d.sync += r.issuing.eq(0)
+                    if r.c2:
+                        # a score beat reads qbuf (at its stage 3) no sooner than the Q load's
+                        # write of the same word lands (at its stage 2 + 1): no need to wait
+                        self._scores_start(m, r)
+                        m.next = "SCORE"
             with m.Elif(~self.fetch.q_loading):
                 m.next = "SCORE_START"
 
@@ -248,58 +326,104 @@ class Sequencer(wiring.Component):
         kb % 2 of q's word kb // 2, key_place)."""
         L = self.layout
         c, P, KP, KB, AB = L.config, L.P, L.KP, L.KB, L.AB
+        # a recall's keys: K_i in ``key`` (KB words per slot, over q's d_h elements), or contract
+        # 2's K'_i in ``dat`` (CB words per slot from kf_base, over S's d elements)
+        rk_words, rk_base = (L.CB, L.kf_base) if r.c2 else (KB, 0)
         with m.State("SCORE_START"):
-            m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(r.n_keys - 1),
-                         r.inner_last.eq(Mux(r.attn, AB - 1, KB - 1)),
-                         r.base_o.eq(Mux(r.attn, c.max_queries * AB, 0)), r.base_i.eq(0),
-                         r.issuing.eq(1), self.phase.eq(Phase.SCORE)]
-            m.d.comb += self.score.clear.eq(1)
+            self._scores_start(m, r)
             m.next = "SCORE"
         with m.State("SCORE"):
             with m.If(r.issuing):
                 if KP == P:
                     halves = {"qaddr": r.inner}
                 else:
-                    halves = {"qaddr": Mux(r.attn, r.inner, r.inner >> 1), "qhi": ~r.attn & r.inner[0]}
+                    halves = {"qaddr": Mux(r.kdat, r.inner, r.inner >> 1), "qhi": ~r.kdat & r.inner[0]}
                 q_word = r.inner if KP == P else r.inner >> 1
+                rk_lim = _lim(c.d, r.inner, L.CB, P) if r.c2 else _lim(c.d_h, q_word, L.HB, P)
                 m.d.comb += [self.fetch.key_addr.eq(r.base_o + r.inner),
                              self.fetch.dat_addr.eq(r.base_o + r.inner), r.inc.eq(r.inner == r.inner_last)]
                 self._beat(m, r, **halves, phase=Phase.SCORE, tag=r.outer,
-                           lim=Mux(r.attn, _lim(c.head_dim, r.inner, AB, P), _lim(c.d_h, q_word, L.HB, P)))
-                self._advance(m, r, [r.base_o.eq(r.base_o + Mux(r.attn, AB, KB))], [])
+                           lim=Mux(r.attn, _lim(c.head_dim, r.inner, AB, P), rk_lim))
+                self._advance(m, r, [r.base_o.eq(r.base_o + Mux(r.attn, AB, rk_words))], [])
             with m.Elif(r.pending_zero):
                 # (the exp2 and probability passes run over keys 0..n_keys-1)
-                m.d.sync += [r.inner.eq(0), r.inner_last.eq(r.n_keys - 1), r.issuing.eq(1)]
                 m.d.comb += self.softmax.clear.eq(1)
+                if r.c2:
+                    # the first key now: the exp2 pass reads the maximum three cycles after a key
+                    # is issued, and the maximum is final two cycles after the last score
+                    m.d.sync += r.kc.on.eq(1)
+                    self._pass_key(m, r, self.softmax.exp)
+                else:
+                    m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1), r.kc.on.eq(1)]
                 m.next = "EXP"
 
+    def _scores_start(self, m, r):
+        """The counters and bases of the score beats (and, contract 2, of the passes' keys)."""
+        L = self.layout
+        c, AB = L.config, L.AB
+        rk_words, rk_base = (L.CB, L.kf_base) if r.c2 else (L.KB, 0)
+        m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(r.n_keys - 1),
+                     r.inner_last.eq(Mux(r.attn, AB - 1, rk_words - 1)),
+                     r.base_o.eq(Mux(r.attn, c.max_queries * AB, rk_base)), r.base_i.eq(0),
+                     r.issuing.eq(1), self.phase.eq(Phase.SCORE)]
+        if r.c2:
+            m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1)]
+        m.d.comb += self.score.clear.eq(1)
+
     def _softmax_passes(self, m, r):
-        """EXP and PROB: a key per cycle into the softmax's passes; DIV: the reciprocal between."""
-        sm = self.softmax
+        """EXP and PROB: a key per cycle into the softmax's passes; DIV: the reciprocal between.
+
+        Contract 2: the weighted sum does not wait for the probability pass to drain. Its beats
+        take the keys in the pass's order (block 0 first) a cycle each, as the pass makes their
+        weights, so they start ``WSUM_LAG`` cycles behind it: a weight is written into ``wm``
+        six cycles after its key is issued, and a beat's read of ``wm`` is three cycles after
+        the beat (its address registers), one cycle after that write at the earliest."""
+        sm, kc = self.softmax, r.kc
 
         def key_pass(issue):
-            m.d.comb += [issue.valid.eq(1), issue.payload.idx.eq(r.inner), issue.payload.keep.eq(r.keep),
-                         r.inc.eq(1)]
-            with m.If(r.inner == r.inner_last):
-                m.d.sync += r.issuing.eq(0)
-            m.d.sync += r.inner.eq(r.inner + 1)
+            self._pass_key(m, r, issue)
 
         with m.State("EXP"):
-            with m.If(r.issuing):
+            with m.If(kc.on):
                 key_pass(sm.exp)
             with m.Elif(r.pending_zero):
                 m.d.comb += sm.div.eq(1)
+                if r.c2:
+                    m.d.sync += kc.idx.eq(0)
                 m.next = "DIV"
         with m.State("DIV"):
             with m.If(sm.div_done):
-                m.d.sync += [r.inner.eq(0), r.issuing.eq(1)]
+                m.d.sync += kc.on.eq(1)
+                if r.c2:
+                    # the first key now: the pass multiplies by the reciprocal two cycles on
+                    key_pass(sm.prob)
+                    m.d.sync += r.lag.eq(1)
+                else:
+                    m.d.sync += kc.idx.eq(0)
                 m.next = "PROB"
         with m.State("PROB"):
-            with m.If(r.issuing):
-                key_pass(sm.prob)
-            with m.Elif(r.pending_zero):
-                self._weighted_sum_start(m, r)
-                m.next = "WSUM"
+            if r.c2:
+                with m.If(kc.on):
+                    key_pass(sm.prob)
+                m.d.sync += r.lag.eq(r.lag + 1)
+                with m.If(r.lag == self.WSUM_LAG - 1):
+                    self._weighted_sum_start(m, r)
+                    m.next = "WSUM"
+            else:
+                with m.If(kc.on):
+                    key_pass(sm.prob)
+                with m.Elif(r.pending_zero):
+                    self._weighted_sum_start(m, r)
+                    m.next = "WSUM"
+
+    def _pass_key(self, m, r, issue):
+        """Issue the key at the head of a softmax pass."""
+        kc = r.kc
+        m.d.comb += [issue.valid.eq(1), issue.payload.idx.eq(kc.idx), issue.payload.keep.eq(r.keep),
+                     (r.inc_k if r.c2 else r.inc).eq(1)]
+        with m.If(kc.idx == kc.last):
+            m.d.sync += kc.on.eq(0)
+        m.d.sync += kc.idx.eq(kc.idx + 1)
 
     def _weighted_sum_start(self, m, r):
         # a single key gets a second beat of weight 0: the two writes of a result word (low,
@@ -317,6 +441,9 @@ class Sequencer(wiring.Component):
         L = self.layout
         c, AB, CB = L.config, L.AB, L.CB
         with m.State("WSUM"):
+            if r.c2:
+                with m.If(r.kc.on):     # (the probability pass, ahead of the beats)
+                    self._pass_key(m, r, self.softmax.prob)
             with m.If(r.issuing):
                 m.d.comb += [self.fetch.wm_addr.eq(r.inner), self.fetch.dat_addr.eq(r.base_i + r.outer),
                              r.inc.eq(r.inner == r.inner_last)]

@@ -9,6 +9,7 @@ from hmtx.model import fixed
 
 from .arith import Reciprocal
 from .engine_exponents import SoftmaxExponentsSignature
+from .engine_fetch import q_write_layout
 from .engine_layout import EXP_W
 from .engine_score import ScoresSignature
 
@@ -58,14 +59,17 @@ class SoftmaxSignature(wiring.Signature):
         ``wm``'s read port, for the weighted sum's operand fetch.
     pm_rd : Out(memory.ReadPort.Signature(...))
         ``pm``'s read port, for the owner (``rd_pm_addr``/``rd_pm_data``).
+    k : In(stream.Signature(q_write_layout(), always_ready=True))
+        Contract 2 only: WRITE's K_i, element ``word*P + lane`` into ``wm`` at that index.
     """
 
-    def __init__(self, *, wm_rd, pm_rd):
+    def __init__(self, *, wm_rd, pm_rd, contract=1):
         super().__init__({
             "ctl": In(SoftmaxControlSignature()),
             "scores": In(ScoresSignature()),
             "exps": In(SoftmaxExponentsSignature()),
             "wm_rd": Out(wm_rd), "pm_rd": Out(pm_rd),
+            **({"k": In(stream.Signature(q_write_layout(), always_ready=True))} if contract == 2 else {}),
         })
 
 
@@ -90,6 +94,10 @@ class Softmax(wiring.Component):
       register a cycle later (the rounding shift reached ``wm``'s block RAM late; the weighted
       sum's first read of ``wm`` is several cycles after the pass ends).
 
+    Contract 2: ``wm`` is also the fold beats' scalar buffer (``max(KMAX, d_h)`` deep): a
+    WRITE's K projection writes K_i there (int16 in its 16 bits), and the fold beats read it as
+    the weighted sum reads its weights, a word to all lanes. Neither use outlives its operation.
+
     The passes take a key a cycle from the sequencer and keep no backpressure (valid-only).
     A term's or probability's write is a result retired (``ctl.retire``).
 
@@ -101,9 +109,10 @@ class Softmax(wiring.Component):
         # (no read of these memories needs a write's data in the same cycle: see Engine)
         NO_RW = {"no_rw_check": 1}
         K = layout.KMAX
+        self.layout = layout
         self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=K, init=[], attrs=NO_RW)
         self.pm = memory.Memory(shape=unsigned(16), depth=K, init=[], attrs=NO_RW)
-        self.wm = memory.Memory(shape=unsigned(16), depth=K, init=[], attrs=NO_RW)
+        self.wm = memory.Memory(shape=unsigned(16), depth=layout.WMD, init=[], attrs=NO_RW)
         self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
                                  init=fixed.exp2_lut())
         self.sc_r, self.sc_w = self.sc.read_port(), self.sc.write_port()
@@ -111,7 +120,8 @@ class Softmax(wiring.Component):
         self.wm_r, self.wm_w = self.wm.read_port(), self.wm.write_port()
         self._lut_r = self.lut.read_port(domain="comb")
         self._pm_o = self.pm.read_port()
-        super().__init__(SoftmaxSignature(wm_rd=self.wm_r.signature, pm_rd=self._pm_o.signature))
+        super().__init__(SoftmaxSignature(wm_rd=self.wm_r.signature, pm_rd=self._pm_o.signature,
+                                          contract=layout.contract))
 
     def elaborate(self, platform):
         m = Module()
@@ -132,7 +142,10 @@ class Softmax(wiring.Component):
         # one read of ``sc`` at the head of either pass (the other's index is 0 then)
         m.d.comb += self.sc_r.addr.eq(ctl.exp.payload.idx | ctl.prob.payload.idx)
         ex_done, exp_sum = self._exp2_pass(m, big_e)
-        m.submodules.recip = recip = Reciprocal(32)
+        # (contract 2 starts the division past the quotient's 15 zero bits: sum >= LUT[0] = 2^15)
+        skip = fixed.EXP2_BITS if self.layout.contract == 2 else 0
+        assert fixed.exp2_lut()[0] >= 1 << skip
+        m.submodules.recip = recip = Reciprocal(32, min_divisor_log2=skip)
         rcp = Signal(26)        # floor(2^40 / sum) < 2^26 because sum >= LUT[0] = 2^15
         m.d.comb += [recip.o.ready.eq(1), recip.i.valid.eq(ctl.div), recip.i.payload.eq(exp_sum),
                      ctl.div_done.eq(recip.o.valid)]
@@ -211,5 +224,10 @@ class Softmax(wiring.Component):
             m.d.comb += [self._pm_w.addr.eq(pr3.idx), self._pm_w.data.eq(pr3.p), self._pm_w.en.eq(1)]
         wm_wr = Signal(data.StructLayout({"addr": len(self.wm_w.addr), "data": 16, "en": 1}))
         m.d.sync += [wm_wr.addr.eq(pr3.idx), wm_wr.data.eq(w_val), wm_wr.en.eq(pr3.valid)]
+        if self.layout.contract == 2:
+            k = self.k
+            with m.If(k.valid):
+                m.d.sync += [wm_wr.addr.eq(k.payload.word * self.layout.P + k.payload.lane),
+                             wm_wr.data.eq(k.payload.y), wm_wr.en.eq(1)]
         m.d.comb += [self.wm_w.addr.eq(wm_wr.addr), self.wm_w.data.eq(wm_wr.data), self.wm_w.en.eq(wm_wr.en)]
         return pr3.valid

@@ -9,6 +9,7 @@ from hmtx.model import fixed
 
 from .arith import ShiftRoundSat
 from .engine_fetch import MCopySignature, q_write_layout
+from .engine_fold import FoldWriteSignature
 from .engine_layout import ADDR_REGS, MASK_W, PROJ_TAG, SHIFT_W, TAG_BITS, delay
 from .fanout import replicate
 from .mac import mac_out_layout
@@ -55,10 +56,15 @@ class WriteBackSignature(wiring.Signature):
     copy : In(MCopySignature(layout))
         WRITE's words of M_i, from the fetch, to copy into their slot.
     dat_wr, key_wr : In(memory.WritePort.Signature(...))
-        The write ports of ``dat`` and ``key``.
+        The write ports of ``dat`` and ``key`` (contract 2 has no ``key`` ring: ``key_wr`` None).
     wr_dat_addr, wr_dat_data, wr_dat_en, wq_shift, wk_shift : In(...)
         The owner's (:class:`~hmtx.hw.engine.EngineSignature`): writes of ``dat`` while the
         engine is idle; the projections' shifts.
+    k : Out(stream.Signature(q_write_layout(), always_ready=True))
+        Contract 2 only: WRITE's K_i elements (as q's), to the softmax's ``wm``, where the fold
+        beats read them as their scalar.
+    fold : In(FoldWriteSignature(layout))
+        Contract 2 only: the fold unit's K' mantissas, a lane group at a time, into ``dat``.
     """
 
     def __init__(self, layout, *, dat_wr, key_wr):
@@ -68,11 +74,13 @@ class WriteBackSignature(wiring.Signature):
             "proj": In(out), "wsum": In(out),
             "q": Out(stream.Signature(q_write_layout(), always_ready=True)),
             "copy": In(MCopySignature(layout)),
-            "dat_wr": In(dat_wr), "key_wr": In(key_wr),
+            "dat_wr": In(dat_wr), **({"key_wr": In(key_wr)} if key_wr is not None else {}),
             "wr_dat_addr": In(range(layout.dat_depth)),
             "wr_dat_data": In(data.ArrayLayout(signed(8), layout.P)),
             "wr_dat_en": In(layout.P),
             "wq_shift": In(SHIFT_W), "wk_shift": In(SHIFT_W),
+            **({"k": Out(stream.Signature(q_write_layout(), always_ready=True)),
+                "fold": In(FoldWriteSignature(layout))} if layout.contract == 2 else {}),
         })
 
 
@@ -113,8 +121,9 @@ class WriteBack(wiring.Component):
         P, KP = L.P, L.KP
         dat_w = Signal(data.StructLayout({"addr": len(self.dat_wr.addr), "data": self.dat_wr.data.shape(),
                                           "en": P}))
-        key_w = Signal(data.StructLayout({"addr": len(self.key_wr.addr), "data": self.key_wr.data.shape(),
-                                          "en": KP}))
+        # (contract 2 keeps no key ring: K_i goes only to ``wm``, for the fold)
+        key_w = (Signal(data.StructLayout({"addr": len(self.key_wr.addr), "data": self.key_wr.data.shape(),
+                                           "en": KP})) if L.contract == 1 else None)
         # while idle the owner writes ``dat`` (the engine's own writes below take precedence)
         m.d.comb += [dat_w.addr.eq(self.wr_dat_addr), dat_w.data.eq(self.wr_dat_data),
                      dat_w.en.eq(self.wr_dat_en)]
@@ -123,18 +132,21 @@ class WriteBack(wiring.Component):
         m.d.comb += ctl.retire.eq(proj_done | wsum_done)
         # (as many registers as the read addresses; addresses and data without reset, the lane
         # enables with it)
-        dat_w_r, key_w_r = delay(m, dat_w, ADDR_REGS, "dat_w")[-1], delay(m, key_w, ADDR_REGS, "key_w")[-1]
-        dat_en_taps = delay(m, dat_w.en, ADDR_REGS, "dat_w_en", reset_first=True)
-        key_en_taps = delay(m, key_w.en, ADDR_REGS, "key_w_en", reset_first=True)
-        m.d.comb += [self.dat_wr.addr.eq(dat_w_r.addr), self.dat_wr.data.eq(dat_w_r.data),
-                     self.dat_wr.en.eq(dat_en_taps[-1]),
-                     self.key_wr.addr.eq(key_w_r.addr), self.key_wr.data.eq(key_w_r.data),
-                     self.key_wr.en.eq(key_en_taps[-1])]
-        # whether any write will still be on its way next cycle: the taps shift, so that is this
-        # cycle's enables and every in-flight tap but the last
-        coming = ([dat_w.en, key_w.en] if ADDR_REGS > 1 else []) + dat_en_taps[:-2] + key_en_taps[:-2]
+        coming = self._write_ports(m, dat_w, self.dat_wr, "dat_w")
+        if key_w is not None:
+            coming += self._write_ports(m, key_w, self.key_wr, "key_w")
         m.d.comb += ctl.writing.eq(Cat(*(e.any() for e in coming)).any())
         return m
+
+    def _write_ports(self, m, w, port, name):
+        """``w`` (addr, data, en) into ``port`` through ``ADDR_REGS`` registers, as many as the
+        read addresses: addresses and data without reset, the lane enables with it. Returns the
+        enables whose write will still be on its way next cycle (the taps shift, so this cycle's
+        and every in-flight tap but the last)."""
+        w_r = delay(m, w, ADDR_REGS, name)[-1]
+        en_taps = delay(m, w.en, ADDR_REGS, f"{name}_en", reset_first=True)
+        m.d.comb += [port.addr.eq(w_r.addr), port.data.eq(w_r.data), port.en.eq(en_taps[-1])]
+        return ([w.en] if ADDR_REGS > 1 else []) + en_taps[:-2]
 
     def _projection(self, m, key_w):
         """y = sat16(round_shift(acc, shift)) into lane j%P of word j//P: K_i's into ``key``
@@ -149,13 +161,16 @@ class WriteBack(wiring.Component):
                      proj_rq.i.payload.tag.eq(self.proj.payload.tag)]
         tag = data.View(PROJ_TAG, proj_rq.o.payload.tag)
         pw, plane = tag.word, tag.lane
-        m.d.comb += [key_w.data[l].eq(proj_rq.o.payload.y) for l in range(L.KP)]
-        k_lane = L.key_place(plane[:max(1, (L.P - 1).bit_length())])[1]
-        with m.If(proj_rq.o.valid & ctl.write):
-            m.d.comb += [key_w.addr.eq(ctl.kslot_base + L.key_word(pw, plane)),
-                         key_w.en.eq(Const(1, L.KP) << k_lane)]
+        if key_w is not None:
+            m.d.comb += [key_w.data[l].eq(proj_rq.o.payload.y) for l in range(L.KP)]
+            k_lane = L.key_place(plane[:max(1, (L.P - 1).bit_length())])[1]
+            with m.If(proj_rq.o.valid & ctl.write):
+                m.d.comb += [key_w.addr.eq(ctl.kslot_base + L.key_word(pw, plane)),
+                             key_w.en.eq(Const(1, L.KP) << k_lane)]
         m.d.comb += [self.q.valid.eq(proj_rq.o.valid & ~ctl.write), self.q.payload.word.eq(pw),
                      self.q.payload.lane.eq(plane), self.q.payload.y.eq(proj_rq.o.payload.y)]
+        if L.contract == 2:
+            m.d.comb += [self.k.valid.eq(proj_rq.o.valid & ctl.write), self.k.payload.eq(self.q.payload)]
         return proj_rq.o.valid
 
     def _weighted_sum(self, m, dat_w):
@@ -182,9 +197,17 @@ class WriteBack(wiring.Component):
             m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
         with m.If(res_hi):
             m.d.comb += [dat_w.addr.eq(res_addr | 1), dat_w.en.eq((1 << P) - 1)]
+        fold = L.contract == 2
+        if fold:
+            # contract 2's WRITE: one lane group of K' (its lanes' enables only)
+            with m.If(self.fold.valid):
+                m.d.comb += [dat_w.addr.eq(self.fold.addr),
+                             dat_w.en.eq(Const((1 << L.LG) - 1, P) << (self.fold.group * L.LG))]
         # what the write of the next cycle is, per lane group
-        wsel_in = Signal(data.StructLayout({"lo": 1, "hi": 1, "copy": 1}))
+        wsel_in = Signal(data.StructLayout({"lo": 1, "hi": 1, "copy": 1, **({"fold": 1} if fold else {})}))
         m.d.comb += [wsel_in.lo.eq(res_now), wsel_in.hi.eq(res_lo), wsel_in.copy.eq(self.copy.s1)]
+        if fold:
+            m.d.comb += wsel_in.fold.eq(self.fold.pre)
         wsel = [data.View(wsel_in.shape(), v) for v in replicate(m, wsel_in, L.G, "dat_wsel")]
         for l in range(P):
             g = wsel[l // L.LG]
@@ -194,4 +217,7 @@ class WriteBack(wiring.Component):
                 m.d.comb += dat_w.data[l].eq(res[l][8:16])
             with m.Elif(g.copy):
                 m.d.comb += dat_w.data[l].eq(self.copy.data[l])
+            if fold:
+                with m.Elif(g.fold):
+                    m.d.comb += dat_w.data[l].eq(self.fold.data[l % L.LG])
         return res_hi

@@ -37,16 +37,19 @@ def rand_vec(r, n, extreme=False):
     return mant.astype(np.int64), int(exp)
 
 
-def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_before_start=0):
+def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_before_start=0, contract=1):
     """Run ``dut`` (an Engine or SerialEngine of ``config``) against hmtx.model.fixed; assert
     every stored M/K word and exponent, every recall's probabilities, P_n and exponent, every
-    attention row. ``collisions`` is [(name, read port, write port)] of the memories read and
+    attention row. ``contract`` 2 (the engine's): each write's folded key K'_i (its int8 words
+    in ``dut.kf``, its exponent in ``kexp``) against ``fixed.fold_key``, each recall against
+    ``fixed.recall_folded``. ``collisions`` is [(name, read port, write port)] of the memories read and
     written by the engine: a same-address read during a write gets random bits (the chip's
     no_rw_check don't-care), so a collision whose read is used fails the comparison.
     ``idle_before_start`` cycles pass between the owner's last memory write and each start.
     Returns the recall cycle counts (start to done)."""
     r = rng(seed)
     c = config
+    assert getattr(dut, "contract", 1) == contract, "the engine's contract is not the one checked"
     P, CB, AB = dut.P, dut.CB, dut.AB
     wq, wk = rand_weight(r, c.d, c.d_h, extreme), rand_weight(r, c.d, c.d_h, extreme)
     recall_cycles, spread = [], []
@@ -95,7 +98,7 @@ def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_
         for name, qw in (("wq", wq), ("wk", wk)):
             ctx.set(getattr(dut, f"{name}_exp"), qw.exp)
             ctx.set(getattr(dut, f"{name}_shift"), qw.shift)
-        cache_m, cache_e = {}, {}
+        cache_m, cache_e, cache_kf, cache_kfe = {}, {}, {}, {}
         for n in range(c.n_slots + 2):
             slot = n % c.n_slots
             m_mant, m_exp = rand_vec(r, c.d, extreme)
@@ -104,21 +107,33 @@ def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_
             cache_m[slot], cache_e[slot] = m_mant, m_exp
             k_mant, k_exp = fixed.project(wk, m_mant[None], np.array([m_exp]))
             got_m = [ctx.get(dut.mem.data[slot * CB + k])[l] for k in range(CB) for l in range(P)][:c.d]
-            # key words may interleave q's halves (key_element): gather by element
-            held = {dut.key_element(kb, k): ctx.get(dut.key.data[slot * dut.KB + kb])[k]
-                    for kb in range(dut.KB) for k in range(dut.KP)}
             assert got_m == list(m_mant), f"write {n}: M"
-            assert [held.get(e) for e in range(c.d_h)] == list(k_mant[0]), f"write {n}: K"
-            assert ctx.get(dut.kexp.data[slot]) == k_exp[0] and ctx.get(dut.mexp.data[slot]) == m_exp
+            if contract == 1:
+                # key words may interleave q's halves (key_element): gather by element
+                held = {dut.key_element(kb, k): ctx.get(dut.key.data[slot * dut.KB + kb])[k]
+                        for kb in range(dut.KB) for k in range(dut.KP)}
+                assert [held.get(e) for e in range(c.d_h)] == list(k_mant[0]), f"write {n}: K"
+            assert ctx.get(dut.mexp.data[slot]) == m_exp, f"write {n}: M's exponent"
+            if contract == 1:
+                assert ctx.get(dut.kexp.data[slot]) == k_exp[0], f"write {n}: K's exponent"
+            else:
+                kf, kfe = fixed.fold_key(wq, k_mant, k_exp)
+                cache_kf[slot], cache_kfe[slot] = kf[0], int(kfe[0])
+                got_kf = [ctx.get(dut.kf.data[slot * CB + k])[l] for k in range(CB) for l in range(P)][:c.d]
+                assert got_kf == list(kf[0]), f"write {n}: K'"
+                assert ctx.get(dut.kexp.data[slot]) == kfe[0], f"write {n}: K' exponent"
 
             fill = min(n + 1, c.n_slots)
             s_mant, s_exp = rand_vec(r, c.d, extreme)
             await load(ctx, 0, s_mant, s_exp, 0, CB)
             recall_cycles.append(await run_op(ctx, op=Op.RECALL, n_keys=fill))
-            km, ke = zip(*[fixed.project(wk, cache_m[i][None], np.array([cache_e[i]])) for i in range(fill)])
-            out, oe, p = fixed.recall(wq, s_mant, s_exp, np.concatenate(km), np.concatenate(ke),
-                                      np.stack([cache_m[i] for i in range(fill)]),
-                                      np.array([cache_e[i] for i in range(fill)]))
+            ms, mes = np.stack([cache_m[i] for i in range(fill)]), np.array([cache_e[i] for i in range(fill)])
+            if contract == 1:
+                km, ke = zip(*[fixed.project(wk, cache_m[i][None], np.array([cache_e[i]])) for i in range(fill)])
+                out, oe, p = fixed.recall(wq, s_mant, s_exp, np.concatenate(km), np.concatenate(ke), ms, mes)
+            else:
+                out, oe, p = fixed.recall_folded(s_mant, s_exp, np.stack([cache_kf[i] for i in range(fill)]),
+                                                 np.array([cache_kfe[i] for i in range(fill)]), ms, mes, c.d_h)
             assert [ctx.get(dut.pm.data[i]) for i in range(fill)] == list(p), f"recall {n}: probs"
             assert [out_lane(ctx, k, l) for k in range(CB) for l in range(P)][:c.d] == list(out), \
                 f"recall {n}: P_n"

@@ -23,9 +23,11 @@ def test_shift_round_sat_matches_contract(in_width, bits):
         assert (tag, y) == (n % 256, want), f"x={it['x']} s={it['s']}"
 
 
-def test_reciprocal_is_exact_floor():
+@pytest.mark.parametrize("skip", [0, 15])
+def test_reciprocal_is_exact_floor(skip):
     r = rng(4)
-    dut = Reciprocal(32)
+    dut = Reciprocal(32, min_divisor_log2=skip)
     xs = [1, 2, 3, 1 << 15, (1 << 25) - 1, 32769] + [r.randint(1 << 15, 1 << 25) for _ in range(6)]
+    xs = [x for x in xs if x >= 1 << skip]
     out = run_stream(dut, dut.i, dut.o, xs, len(xs), r, convert=int)
     assert out == [(1 << fixed.RECIP_BITS) // x for x in xs]
