@@ -180,7 +180,7 @@ class SerialEngine(EngineLayout, wiring.Component):
         # between the stages: the multiplier, q and its exponent, the scores, the weights, E
         merge(m, mac.port, *(stage.mac for stage in stages))
         merge(m, mac.qbuf_w, proj.qbuf_w, qrow.qbuf_w)
-        merge(m, scores.q_exp, proj.q_exp, qrow.q_exp)
+        merge(m, scores.q_exp, *((proj.q_exp,) if c1 else ()), qrow.q_exp)
         wiring.connect(m, scores.score, softmax.score)
         wiring.connect(m, softmax.wm_w, mac.wm_w)
         m.d.comb += seq.big_e.eq(softmax.big_e)

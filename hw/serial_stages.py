@@ -31,7 +31,7 @@ class Projection(wiring.Component):
 
     Contract 2 (only WRITE projects): K_i goes into the query buffer instead, where the fold
     (:class:`~hmtx.hw.serial_fold.Fold`) takes it, and ``kexp`` is left to the fold (K'_i's
-    exponent); there is no ``key`` ring, so no ``key_w``/``kexp_w``.
+    exponent); there is no ``key`` ring and no q, so no ``key_w``/``kexp_w``/``q_exp``.
 
     Members
     -------
@@ -61,8 +61,8 @@ class Projection(wiring.Component):
                if e.contract == 1 else {}),
             "qbuf_w": In(write_port(e.QD, signed(16))),
             "mexp_w": In(write_port(c.n_slots, signed(8))),
-            **({"kexp_w": In(write_port(c.n_slots, signed(EXP_W)))} if e.contract == 1 else {}),
-            "q_exp": Out(stream.Signature(signed(EXP_W), always_ready=True)),
+            **({"kexp_w": In(write_port(c.n_slots, signed(EXP_W))),
+                "q_exp": Out(stream.Signature(signed(EXP_W), always_ready=True))} if e.contract == 1 else {}),
         })
 
     def elaborate(self, platform):
@@ -73,19 +73,22 @@ class Projection(wiring.Component):
         o_lane = Signal(lane_bits(P))
         i_word = Signal(range(CB + 1))          # beat: element of the vector, as (word, lane)
         i_lane = Signal(lane_bits(P))
-        ptr = Mux(job.write, c.d_h * CB, 0) + element(P, o_word, o_lane) * CB     # column j's first w word
+        # (contract 2 projects only for a WRITE: a constant, so that the RECALL's paths go away)
+        write = job.write if e.contract == 1 else Const(1)
+        ptr = Mux(write, c.d_h * CB, 0) + element(P, o_word, o_lane) * CB     # column j's first w word
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.ctl.start):
                     m.next = "START"
             with m.State("START"):
-                with m.If(job.write):
+                with m.If(write):
                     m.d.comb += [self.mexp_w.addr.eq(job.slot), self.mexp_w.data.eq(job.vexp0), self.mexp_w.en.eq(1)]
                     if e.contract == 1:
                         m.d.comb += [self.kexp_w.addr.eq(job.slot), self.kexp_w.en.eq(1),
                                      self.kexp_w.data.eq(job.vexp0 + self.wk_exp + self.wk_shift)]
-                m.d.comb += [self.q_exp.valid.eq(1), self.q_exp.payload.eq(job.vexp0 + self.wq_exp + self.wq_shift)]
+                if e.contract == 1:
+                    m.d.comb += [self.q_exp.valid.eq(1), self.q_exp.payload.eq(job.vexp0 + self.wq_exp + self.wq_shift)]
                 m.d.sync += [o_word.eq(0), o_lane.eq(0), i_word.eq(0), i_lane.eq(0)]
                 m.next = "BEATS"
             with m.State("BEATS"):
@@ -97,7 +100,7 @@ class Projection(wiring.Component):
                     m.next = "ACC"
             with m.State("ACC"):
                 with m.If(self.mac.acc.valid):
-                    m.d.comb += requantize(self.mac.rq, Mux(job.write, self.wk_shift, self.wq_shift))
+                    m.d.comb += requantize(self.mac.rq, Mux(write, self.wk_shift, self.wq_shift))
                     m.next = "STORE"
             with m.State("STORE"):
                 y = self.mac.y.payload
