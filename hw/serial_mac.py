@@ -14,7 +14,8 @@ class SerialMac(wiring.Component):
     """Operand selection, one 16 x 16 signed multiplier (an SB_MAC16 with ``synth_ice40 -dsp``),
     a 48-bit accumulator and the requantizer (:class:`~hmtx.hw.arith.SerialMulShiftRoundSat`),
     shared by every stage of the engine; and the two memories that only feed the multiplier:
-    ``qbuf`` (q, or the current Q row: one int16 per element) and ``wm`` (the aligned softmax
+    ``qbuf`` (q, or the current Q row; contract 2: K_i while a WRITE folds, S during a RECALL:
+    one int16 per element) and ``wm`` (the aligned softmax
     weights).
 
     A beat (``port.fetch.mul``) goes through four registers: the cycle it is asked, its units
@@ -41,10 +42,9 @@ class SerialMac(wiring.Component):
 
     def __init__(self, e):
         self._e = e
-        c = e.config
         # (no read needs a write's data in the same cycle: see Engine)
         NO_RW = {"no_rw_check": 1}
-        self.qbuf = memory.Memory(shape=signed(16), depth=max(c.d_h, c.head_dim), init=[], attrs=NO_RW)
+        self.qbuf = memory.Memory(shape=signed(16), depth=e.QD, init=[], attrs=NO_RW)
         self.wm = memory.Memory(shape=unsigned(16), depth=e.KMAX, init=[], attrs=NO_RW)
         super().__init__({
             "port": In(MacPort(e)),

@@ -23,6 +23,10 @@ class Sequencer(wiring.Component):
     * ATTENTION: per query row ``a``: ``qrow`` (Q row ``a`` into the query buffer), then the
       row as for RECALL.
 
+    Contract 2 (``e.contract``): a WRITE runs ``fold`` after ``proj`` (K'_i = W_q K_i); a
+    RECALL is one row as for ATTENTION (``qrow`` loads S, row 0, into the query buffer) without
+    ``proj``.
+
     ``busy`` is high from the cycle after ``start`` to ``done``, the last cycle of the
     operation. While idle, ``vexp[0]`` (the read port's default address) is latched every cycle
     for the operation that starts next: the owner's last write lands >= 4 cycles before a start.
@@ -36,6 +40,8 @@ class Sequencer(wiring.Component):
         The operation, for every stage.
     proj, qrow, scores, softmax, wsum : Out(Control)
         The stages.
+    fold : Out(Control)
+        Contract 2 only.
     dat : In(memory.ReadPort.Signature)
         ``dat``'s read port, for the copy.
     dat_w : In(memory.WritePort.Signature)
@@ -59,6 +65,7 @@ class Sequencer(wiring.Component):
             "job": Out(job_layout(e)),
             "proj": Out(Control), "qrow": Out(Control), "scores": Out(Control), "softmax": Out(Control),
             "wsum": Out(Control),
+            **({"fold": Out(Control)} if e.contract == 2 else {}),
             "dat": In(read_port(e.dat_depth, word)),
             "dat_w": In(write_port(e.dat_depth, word, granularity=1)),
             "vexp": In(read_port(e.ROWS, signed(8))),
@@ -93,9 +100,10 @@ class Sequencer(wiring.Component):
                     with m.Switch(self.op):
                         with m.Case(Op.WRITE):
                             m.next = "COPY"
-                        with m.Case(Op.RECALL):
-                            m.d.comb += self.proj.start.eq(1)
-                            m.next = "PROJ"
+                        if e.contract == 1:
+                            with m.Case(Op.RECALL):
+                                m.d.comb += self.proj.start.eq(1)
+                                m.next = "PROJ"
                         with m.Default():
                             m.next = "ROW"
             with m.State("COPY"):
@@ -107,7 +115,11 @@ class Sequencer(wiring.Component):
             with m.State("PROJ"):
                 with m.If(self.proj.done):
                     with m.If(job.write):
-                        m.next = "DONE"
+                        if e.contract == 1:
+                            m.next = "DONE"
+                        else:
+                            m.d.comb += self.fold.start.eq(1)
+                            m.next = "FOLD"
                     with m.Else():
                         scores_start()
                         m.next = "SCORES"
@@ -137,6 +149,10 @@ class Sequencer(wiring.Component):
                     m.next = "ROW"
                 with m.Else():
                     m.next = "DONE"
+            if e.contract == 2:
+                with m.State("FOLD"):
+                    with m.If(self.fold.done):
+                        m.next = "DONE"
             with m.State("DONE"):
                 m.next = "IDLE"
         m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE")), self.done.eq(fsm.ongoing("DONE"))]

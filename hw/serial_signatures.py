@@ -60,11 +60,11 @@ def fetch_layout(e):
     memories: ``mul``, a beat of a dot product (``first`` starts the sum, ``last`` ends it) of
     operands ``a`` and ``b``; ``lane``/``klane``, the lane of the ``dat``/``w`` and ``key`` words
     to take (``lane`` also picks ``dat_lane`` without a beat); ``idx``, the address of the query
-    buffer and of the aligned weights."""
+    buffer (``e.QD`` deep) and of the aligned weights."""
     return data.StructLayout({
         "mul": 1, "first": 1, "last": 1, "a": OperandA, "b": OperandB,
         "lane": lane_bits(e.P), "klane": lane_bits(e.KP),
-        "idx": range(max(e.config.d_h, e.config.head_dim, e.KMAX)),
+        "idx": range(max(e.QD, e.KMAX)),
     })
 
 

@@ -29,6 +29,10 @@ class Projection(wiring.Component):
     ``vexp0 + wq_exp + wq_shift``, to the scores (``q_exp``). ``done`` in the cycle the last
     element is written.
 
+    Contract 2 (only WRITE projects): K_i goes into the query buffer instead, where the fold
+    (:class:`~hmtx.hw.serial_fold.Fold`) takes it, and ``kexp`` is left to the fold (K'_i's
+    exponent); there is no ``key`` ring and no q, so no ``key_w``/``kexp_w``/``q_exp``.
+
     Members
     -------
     ctl : In(Control)
@@ -53,11 +57,12 @@ class Projection(wiring.Component):
             "mac": Out(MacPort(e)),
             "dat": In(read_port(e.dat_depth, word)),
             "w": In(read_port(2 * c.d_h * e.CB, word)),
-            "key_w": In(write_port(c.n_slots * e.KB, data.ArrayLayout(signed(16), e.KP), granularity=1)),
-            "qbuf_w": In(write_port(max(c.d_h, c.head_dim), signed(16))),
+            **({"key_w": In(write_port(c.n_slots * e.KB, data.ArrayLayout(signed(16), e.KP), granularity=1))}
+               if e.contract == 1 else {}),
+            "qbuf_w": In(write_port(e.QD, signed(16))),
             "mexp_w": In(write_port(c.n_slots, signed(8))),
-            "kexp_w": In(write_port(c.n_slots, signed(EXP_W))),
-            "q_exp": Out(stream.Signature(signed(EXP_W), always_ready=True)),
+            **({"kexp_w": In(write_port(c.n_slots, signed(EXP_W))),
+                "q_exp": Out(stream.Signature(signed(EXP_W), always_ready=True))} if e.contract == 1 else {}),
         })
 
     def elaborate(self, platform):
@@ -68,18 +73,22 @@ class Projection(wiring.Component):
         o_lane = Signal(lane_bits(P))
         i_word = Signal(range(CB + 1))          # beat: element of the vector, as (word, lane)
         i_lane = Signal(lane_bits(P))
-        ptr = Mux(job.write, c.d_h * CB, 0) + element(P, o_word, o_lane) * CB     # column j's first w word
+        # (contract 2 projects only for a WRITE: a constant, so that the RECALL's paths go away)
+        write = job.write if e.contract == 1 else Const(1)
+        ptr = Mux(write, c.d_h * CB, 0) + element(P, o_word, o_lane) * CB     # column j's first w word
 
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.ctl.start):
                     m.next = "START"
             with m.State("START"):
-                with m.If(job.write):
-                    m.d.comb += [self.mexp_w.addr.eq(job.slot), self.mexp_w.data.eq(job.vexp0), self.mexp_w.en.eq(1),
-                                 self.kexp_w.addr.eq(job.slot), self.kexp_w.en.eq(1),
-                                 self.kexp_w.data.eq(job.vexp0 + self.wk_exp + self.wk_shift)]
-                m.d.comb += [self.q_exp.valid.eq(1), self.q_exp.payload.eq(job.vexp0 + self.wq_exp + self.wq_shift)]
+                with m.If(write):
+                    m.d.comb += [self.mexp_w.addr.eq(job.slot), self.mexp_w.data.eq(job.vexp0), self.mexp_w.en.eq(1)]
+                    if e.contract == 1:
+                        m.d.comb += [self.kexp_w.addr.eq(job.slot), self.kexp_w.en.eq(1),
+                                     self.kexp_w.data.eq(job.vexp0 + self.wk_exp + self.wk_shift)]
+                if e.contract == 1:
+                    m.d.comb += [self.q_exp.valid.eq(1), self.q_exp.payload.eq(job.vexp0 + self.wq_exp + self.wq_shift)]
                 m.d.sync += [o_word.eq(0), o_lane.eq(0), i_word.eq(0), i_lane.eq(0)]
                 m.next = "BEATS"
             with m.State("BEATS"):
@@ -91,19 +100,24 @@ class Projection(wiring.Component):
                     m.next = "ACC"
             with m.State("ACC"):
                 with m.If(self.mac.acc.valid):
-                    m.d.comb += requantize(self.mac.rq, Mux(job.write, self.wk_shift, self.wq_shift))
+                    m.d.comb += requantize(self.mac.rq, Mux(write, self.wk_shift, self.wq_shift))
                     m.next = "STORE"
             with m.State("STORE"):
                 y = self.mac.y.payload
                 with m.If(self.mac.y.valid):
-                    with m.If(job.write):
-                        _, k_lane = e.key_place(o_lane)
-                        m.d.comb += [self.key_w.addr.eq(job.slot * e.KB + e.key_word(o_word, o_lane)),
-                                     self.key_w.en.eq(Const(1, e.KP) << k_lane)]
-                        m.d.comb += [self.key_w.data[k].eq(y) for k in range(e.KP)]
-                    with m.Else():
-                        m.d.comb += [self.qbuf_w.addr.eq(element(P, o_word, o_lane)), self.qbuf_w.data.eq(y),
-                                     self.qbuf_w.en.eq(1)]
+                    to_qbuf = [self.qbuf_w.addr.eq(element(P, o_word, o_lane)), self.qbuf_w.data.eq(y),
+                               self.qbuf_w.en.eq(1)]
+                    if e.contract == 1:
+                        with m.If(job.write):
+                            _, k_lane = e.key_place(o_lane)
+                            m.d.comb += [self.key_w.addr.eq(job.slot * e.KB + e.key_word(o_word, o_lane)),
+                                         self.key_w.en.eq(Const(1, e.KP) << k_lane)]
+                            m.d.comb += [self.key_w.data[k].eq(y) for k in range(e.KP)]
+                        with m.Else():
+                            m.d.comb += to_qbuf
+                    else:
+                        # (the fold's operand: K_i, which no recall reads again)
+                        m.d.comb += to_qbuf
                     m.d.sync += [i_word.eq(0), i_lane.eq(0), *step_lane(P, o_word, o_lane)]
                     with m.If(is_element(P, o_word, o_lane, c.d_h - 1)):
                         m.d.comb += self.ctl.done.eq(1)
@@ -119,6 +133,9 @@ class QueryRow(wiring.Component):
     (``mac.dat_lane``, without a beat) and it is written a cycle later. Meanwhile ``vexp[a]`` is
     read; it goes to the scores as q's exponent (``q_exp``) in the last cycle, ``done``, when
     the last element lands.
+
+    Contract 2's RECALL loads S the same way (row 0 of ``vin``, ``d`` elements, ``vexp[0]``),
+    to be scored against the folded keys.
 
     Members
     -------
@@ -138,7 +155,7 @@ class QueryRow(wiring.Component):
             "mac": Out(MacPort(e)),
             "dat": In(read_port(e.dat_depth, data.ArrayLayout(signed(8), e.P))),
             "vexp": In(read_port(e.ROWS, signed(8))),
-            "qbuf_w": In(write_port(max(c.d_h, c.head_dim), signed(16))),
+            "qbuf_w": In(write_port(e.QD, signed(16))),
             "q_exp": Out(stream.Signature(signed(EXP_W), always_ready=True)),
         })
 
@@ -146,9 +163,12 @@ class QueryRow(wiring.Component):
         m = Module()
         e, job = self._e, self.job
         c, P = e.config, e.P
-        i_word = Signal(range(e.AB + 1))        # element, as (word, lane)
+        i_word = Signal(range((e.AB if e.contract == 1 else max(e.AB, e.CB)) + 1))    # element, as (word, lane)
         i_lane = Signal(lane_bits(P))
-        load = Signal(data.StructLayout({"valid": 1, "idx": range(max(c.d_h, c.head_dim))}))
+        last = is_element(P, i_word, i_lane, c.head_dim - 1)
+        if e.contract == 2:     # (a RECALL: S, d elements)
+            last = Mux(job.attn, last, is_element(P, i_word, i_lane, c.d - 1))
+        load = Signal(data.StructLayout({"valid": 1, "idx": range(e.QD)}))
         m.d.sync += load.valid.eq(0)
         with m.If(load.valid):
             m.d.comb += [self.qbuf_w.addr.eq(load.idx), self.qbuf_w.data.eq(self.mac.dat_lane), self.qbuf_w.en.eq(1)]
@@ -161,7 +181,7 @@ class QueryRow(wiring.Component):
                 m.d.comb += [self.dat.addr.eq(job.a * e.AB + i_word), self.vexp.addr.eq(job.a),
                              *beat(self.mac.fetch, OperandA.DAT, OperandB.W, i_lane, first=0, last=0, mul=0)]
                 m.d.sync += [load.valid.eq(1), load.idx.eq(element(P, i_word, i_lane)), *step_lane(P, i_word, i_lane)]
-                with m.If(is_element(P, i_word, i_lane, c.head_dim - 1)):
+                with m.If(last):
                     m.next = "EXP"
             with m.State("EXP"):
                 # (vexp[a], read in LOAD; the last element lands now)
@@ -180,6 +200,10 @@ class Scores(wiring.Component):
     the key's, ``kexp[b]`` (RECALL) or ``vexp[MQ + b]`` (ATTENTION), is read while the beats
     run. A cycle to start, then per key: beats, the accumulator, the requantizer; ``done`` with
     the last score.
+
+    Contract 2's RECALL: the query buffer holds S and ``K_b`` is the folded key K'_b (``dat``
+    words from ``kf_base + b * CB``, ``d`` elements, exponent ``kexp[b]``), still with the score
+    scale of ``d_h``; no ``key`` ring.
 
     Members
     -------
@@ -200,7 +224,8 @@ class Scores(wiring.Component):
             "q_exp": In(stream.Signature(signed(EXP_W), always_ready=True)),
             "mac": Out(MacPort(e)),
             "dat": In(read_port(e.dat_depth, data.ArrayLayout(signed(8), e.P))),
-            "key": In(read_port(c.n_slots * e.KB, data.ArrayLayout(signed(16), e.KP))),
+            **({"key": In(read_port(c.n_slots * e.KB, data.ArrayLayout(signed(16), e.KP)))}
+               if e.contract == 1 else {}),
             "vexp": In(read_port(e.ROWS, signed(8))),
             "kexp": In(read_port(c.n_slots, signed(EXP_W))),
             "score": Out(stream.Signature(signed(fixed.SCORE_BITS), always_ready=True)),
@@ -211,9 +236,10 @@ class Scores(wiring.Component):
         e, job, fetch = self._e, self.job, self.mac.fetch
         c, P, MQ = e.config, e.P, e.config.max_queries
         b = Signal(range(e.KMAX + 1))                   # key
-        i_word = Signal(range(max(e.HB, e.AB) + 1))     # beat: element of q, as (word, lane)
+        i_word = Signal(range(max(e.HB, e.AB, e.CB if e.contract == 2 else 0) + 1))   # beat: element of q
         i_lane = Signal(lane_bits(P))
-        ptr = Mux(job.attn, (MQ + b) * e.AB, b * e.KB)     # K_b's first word
+        # K_b's first word
+        ptr = Mux(job.attn, (MQ + b) * e.AB, b * e.KB if e.contract == 1 else e.kf_base + b * e.CB)
         q_exp = Signal(signed(EXP_W))
         with m.If(self.q_exp.valid):
             m.d.sync += q_exp.eq(self.q_exp.payload)
@@ -233,14 +259,19 @@ class Scores(wiring.Component):
                 m.d.comb += self.vexp.addr.eq(MQ + b)
                 idx, first = element(P, i_word, i_lane), is_element(P, i_word, i_lane, 0)
                 last = Mux(job.attn, is_element(P, i_word, i_lane, c.head_dim - 1),
-                           is_element(P, i_word, i_lane, c.d_h - 1))
-                with m.If(job.attn):
-                    m.d.comb += [self.dat.addr.eq(ptr + i_word),
-                                 *beat(fetch, OperandA.QBUF, OperandB.DAT, i_lane, first, last, idx=idx)]
-                with m.Else():
-                    m.d.comb += [self.key.addr.eq(ptr + e.key_word(i_word, i_lane)),
-                                 *beat(fetch, OperandA.QBUF, OperandB.KEY, i_lane, first, last,
-                                       klane=e.key_place(i_lane)[1], idx=idx)]
+                           is_element(P, i_word, i_lane, c.d_h - 1 if e.contract == 1 else c.d - 1))
+                from_dat = [self.dat.addr.eq(ptr + i_word),
+                            *beat(fetch, OperandA.QBUF, OperandB.DAT, i_lane, first, last, idx=idx)]
+                if e.contract == 1:
+                    with m.If(job.attn):
+                        m.d.comb += from_dat
+                    with m.Else():
+                        m.d.comb += [self.key.addr.eq(ptr + e.key_word(i_word, i_lane)),
+                                     *beat(fetch, OperandA.QBUF, OperandB.KEY, i_lane, first, last,
+                                           klane=e.key_place(i_lane)[1], idx=idx)]
+                else:
+                    # (K'_b is int8 in dat like an attention K row: the same beats)
+                    m.d.comb += from_dat
                 m.d.sync += step_lane(P, i_word, i_lane)
                 with m.If(fetch.last):
                     m.next = "ACC"

@@ -1,6 +1,7 @@
 """SerialEngine (hw/serial_engine.py and its units, hw/serial_*.py) vs hmtx.model.fixed (the
-testbench both engines share, tests/engine_testlib.py), including an odd lane count; and the
-OR-merge that lets its units share a port."""
+testbench both engines share, tests/engine_testlib.py), built for contract 1 and for contract 2
+(the folded keys), including an odd lane count; and the OR-merge that lets its units share a
+port."""
 
 import pytest
 from amaranth.hdl import Module, Mux, Signal
@@ -21,15 +22,18 @@ P3 = EngineConfig("p3", d=13, d_h=7, n_slots=3, lanes=3, head_dim=5, max_queries
 
 @pytest.mark.parametrize("config,extreme", [(CONFIGS["tiny"], False), (ODD, False), (ODD, True), (P3, False)],
                          ids=["tiny", "odd20", "odd20-extreme", "p3"])
-def test_serial_engine_matches_golden(config, extreme):
-    dut = SerialEngine(config)
-    collisions = [("dat", dut._dat_r, dut._dat_w), ("key", dut._key_r, dut._key_w),
+@pytest.mark.parametrize("contract", [1, 2])
+def test_serial_engine_matches_golden(config, extreme, contract):
+    dut = SerialEngine(config, contract=contract)
+    # (contract 2 has no key ring)
+    collisions = [("dat", dut._dat_r, dut._dat_w),
+                  *([("key", dut._key_r, dut._key_w)] if contract == 1 else []),
                   ("mexp", dut._mexp_r, dut._mexp_w), ("kexp", dut._kexp_r, dut._kexp_w),
                   ("qbuf", dut.mac._qbuf_r, dut.mac._qbuf_w), ("wm", dut.mac._wm_r, dut.mac._wm_w),
                   ("sc", dut.softmax._sc_r, dut.softmax._sc_w)]
     # (the owner's last write lands >= 4 cycles before a start: the engine latches vexp[0] while idle)
     check_engine_against_golden(dut, config, extreme=extreme, seed=40, collisions=collisions,
-                                idle_before_start=4)
+                                idle_before_start=4, contract=contract)
 
 
 def test_merge_ors_the_sources_and_fans_out_the_rest():
@@ -55,12 +59,13 @@ def test_merge_ors_the_sources_and_fans_out_the_rest():
         merge(m, sink, wiring.Signature({"a": Out(4)}).create())
 
 
-def test_verilog_has_no_constant_only_processes():
+@pytest.mark.parametrize("contract", [1, 2])
+def test_verilog_has_no_constant_only_processes(contract):
     """A unit output some of whose bits no statement drives becomes ``always @* x[..] = const;``
     in the Verilog: a process that never runs (Verilator's ALWNEVER, an error for sim/runner.py).
     Every beat and request assigns all its fields (hw/serial_signatures.py) to avoid them."""
     from amaranth.back import verilog
 
-    lines = verilog.convert(SerialEngine(P3), name="top").splitlines()
+    lines = verilog.convert(SerialEngine(P3, contract=contract), name="top").splitlines()
     never = [lines[k + 1].strip() for k, line in enumerate(lines) if line.strip() == "always @*"]
     assert not never, never
