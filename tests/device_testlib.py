@@ -7,8 +7,9 @@ import threading
 
 from hmtx.host.backends import FaultInjector, Transport
 from hmtx.model import protocol as P
+from hmtx.model.protocol import Status
 
-__all__ = ["run_session", "Shuttle", "FaultOnNth", "Recorder"]
+__all__ = ["run_session", "Shuttle", "FaultOnNth", "Recorder", "responses", "xact", "ok"]
 
 
 def run_session(transport: Transport, session) -> list[bytes]:
@@ -103,3 +104,20 @@ class Recorder(Transport):
 
     def close(self) -> None:
         self.inner.close()
+
+
+# --- one command to a golden device (model/golden_device.py's feed), its answer decoded ----------
+def responses(raw: bytes) -> list[P.Response]:
+    return [P.decode_response(f) for f in P.FrameDecoder().feed(raw)]
+
+
+def xact(dev, op, payload=b"") -> P.Response:
+    (r,) = responses(dev.feed(P.encode_command(op, payload)))
+    assert r.op == op
+    return r
+
+
+def ok(dev, op, payload=b"") -> bytes:
+    r = xact(dev, op, payload)
+    assert r.status == Status.OK, Status(r.status).name
+    return r.payload

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from device_testlib import FaultOnNth
+from device_testlib import FaultOnNth, ok, xact
 from hmt_testlib import random_ids, tiny_hmt
 from hmtx.host.backends import GoldenTransport, check_contract, open_transport
 from hmtx.host.cli import main
@@ -35,18 +35,6 @@ def _print_seed():
 @pytest.fixture
 def rng():
     return np.random.default_rng(SEED)
-
-
-def xact(dev, op, payload=b"") -> P.Response:
-    (r,) = [P.decode_response(f) for f in P.FrameDecoder().feed(dev.feed(P.encode_command(op, payload)))]
-    assert r.op == op
-    return r
-
-
-def ok(dev, op, payload=b"") -> bytes:
-    r = xact(dev, op, payload)
-    assert r.status == Status.OK, Status(r.status).name
-    return r.payload
 
 
 def vec(rng, d=CFG.d, scale=4.0):

@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 
+from device_testlib import ok, responses, xact
 from hmtx.model import fixed
 from hmtx.model import protocol as P
 from hmtx.model.configs import get_config
@@ -23,23 +24,7 @@ def _print_seed():
     print(f"HMTX_SEED={SEED}")
 
 
-# --- helpers -------------------------------------------------------------------------------------
-def responses(raw: bytes) -> list[P.Response]:
-    return [P.decode_response(f) for f in P.FrameDecoder().feed(raw)]
-
-
-def xact(dev, op, payload=b"") -> P.Response:
-    (r,) = responses(dev.feed(P.encode_command(op, payload)))
-    assert r.op == op
-    return r
-
-
-def ok(dev, op, payload=b"") -> bytes:
-    r = xact(dev, op, payload)
-    assert r.status == Status.OK, Status(r.status).name
-    return r.payload
-
-
+# --- helpers (responses, xact, ok: tests/device_testlib.py) --------------------------------------
 def status_of(dev, raw: bytes) -> int:
     (r,) = responses(dev.feed(raw))
     assert r.payload == b""
