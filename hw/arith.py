@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.model.fixed import ACC_BITS, RECIP_BITS
 
-__all__ = ["ShiftRoundSat", "Reciprocal", "SerialMulShiftRoundSat"]
+__all__ = ["ShiftRoundSat", "Reciprocal", "SerialMulShiftRoundSat", "round_shift_var"]
 
 
 class ShiftRoundSat(wiring.Component):
@@ -139,6 +139,14 @@ class Reciprocal(wiring.Component):
             with m.If(k == 1):
                 m.d.sync += [busy.eq(0), self.o.valid.eq(1)]
         return m
+
+
+def round_shift_var(x, s):
+    """``fixed.round_shift(x, s)``, ``(x + 2^(s-1)) >> s`` rounding half up, for a shift amount ``s``
+    that is a signal, as ``((2x >> s) + 1) >> 1``: the same for every s >= 0 and either sign of x
+    (floor((floor(2x / 2^s) + 1) / 2) == floor((x + 2^(s-1)) / 2^s)), and a plain shifter then an
+    increment, with no decoder of s in front of an adder on the path."""
+    return (((x << 1) >> s) + 1) >> 1
 
 
 def Cat_bit(value, bit):

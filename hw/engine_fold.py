@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
 
+from .arith import round_shift_var
 from .engine_layout import TAG_BITS
 from .mac import LANE_ACC_BITS, mac_out_layout
 
@@ -98,8 +99,8 @@ class FoldUnit(wiring.Component):
       ``x < -255 * 2^(s-1)`` (``x < -127``), so each candidate s is two compares with constants
       (registered) and s is the number of candidates that fail (they fail up to a point and
       then never again).
-    * second pass: each lane ``round_shift(x, s)`` as ``((2x >> s) + 1) >> 1`` (no adder in front
-      of the shifter), eight bits of it (it fits by the choice of s), registered, then written
+    * second pass: each lane ``round_shift(x, s)`` (``arith.round_shift_var``: a shifter, then an
+      increment), eight bits of it (it fits by the choice of s), registered, then written
       into the group's lanes of the block's K' word through the write-back.
 
     Members: :class:`FoldUnitSignature`.
@@ -188,7 +189,7 @@ class FoldUnit(wiring.Component):
         now = grp.valid & ctl.second
         m.d.sync += [out.valid.eq(now), out.last.eq(grp.last), out.g.eq(grp.g),
                      out.addr.eq(ctl.slot_base + grp.cb)]
-        m.d.sync += [out.x[i].eq(((((grp.x[i] << 1) >> self.shift) + 1) >> 1)[:8]) for i in range(LG)]
+        m.d.sync += [out.x[i].eq(round_shift_var(grp.x[i], self.shift)[:8]) for i in range(LG)]
         m.d.comb += [w.pre.eq(now), w.valid.eq(out.valid), w.addr.eq(out.addr), w.group.eq(out.g),
                      w.data.eq(out.x)]
         return out.valid & out.last

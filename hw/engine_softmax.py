@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
 
-from .arith import Reciprocal
+from .arith import Reciprocal, round_shift_var
 from .engine_exponents import SoftmaxExponentsSignature
 from .engine_fetch import q_write_layout
 from .engine_layout import EXP_W
@@ -217,9 +217,7 @@ class Softmax(wiring.Component):
         p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
         m.d.sync += [pr3.valid.eq(pr2.valid), pr3.idx.eq(pr2.idx), pr3.align.eq(pr2.align),
                      pr3.p.eq(Mux(p_val > fixed.PROB_MAX, fixed.PROB_MAX, p_val))]
-        # round_shift(p, a) = (p + 2^(a-1)) >> a, computed as ((2p >> a) + 1) >> 1 (equal for every
-        # a >= 0): a plain shift, then an increment, with no decoder of a in front of an adder
-        w_val = (((pr3.p << 1) >> pr3.align) + 1) >> 1
+        w_val = round_shift_var(pr3.p, pr3.align)
         with m.If(pr3.valid):
             m.d.comb += [self._pm_w.addr.eq(pr3.idx), self._pm_w.data.eq(pr3.p), self._pm_w.en.eq(1)]
         wm_wr = Signal(data.StructLayout({"addr": len(self.wm_w.addr), "data": 16, "en": 1}))

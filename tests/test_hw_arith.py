@@ -1,8 +1,10 @@
-"""ShiftRoundSat and Reciprocal vs hmtx.model.fixed, random gaps and backpressure."""
+"""ShiftRoundSat and Reciprocal vs hmtx.model.fixed, random gaps and backpressure; round_shift_var."""
 
 import pytest
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.sim import Simulator
 
-from hmtx.hw.arith import Reciprocal, ShiftRoundSat
+from hmtx.hw.arith import Reciprocal, ShiftRoundSat, round_shift_var
 from hmtx.model import fixed
 from hwsim import rng, run_stream
 
@@ -31,3 +33,32 @@ def test_reciprocal_is_exact_floor(skip):
     xs = [x for x in xs if x >= 1 << skip]
     out = run_stream(dut, dut.i, dut.o, xs, len(xs), r, convert=int)
     assert out == [(1 << fixed.RECIP_BITS) // x for x in xs]
+
+
+@pytest.mark.parametrize("shape,shifts", [(unsigned(16), 17), (signed(32), 25)],
+                         ids=["weight-u16", "fold-s32"])
+def test_round_shift_var_is_round_shift(shape, shifts):
+    """The softmax weight (unsigned p, shifts 0..16) and the fold (signed 32-bit lane sums, shifts
+    0..24): every shift, values on and beside each rounding tie, the extremes, random values."""
+    r = rng(5)
+    lo, hi = (-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed else (0, (1 << shape.width) - 1)
+    values = {lo, hi, 0, 1, -1 if lo < 0 else 2}
+    for s in range(shifts):
+        tie = (1 << s) >> 1
+        values |= {v for t in (tie, -tie, 3 * tie, -3 * tie) for v in (t - 1, t, t + 1) if lo <= v <= hi}
+    values |= {r.randint(lo, hi) for _ in range(200)}
+    x, s_sig = Signal(shape), Signal(range(shifts))
+    y = Signal(signed(len(x) + 2))
+    m = Module()
+    m.d.comb += y.eq(round_shift_var(x, s_sig))
+
+    async def tb(ctx):
+        for v in sorted(values):
+            for s in range(shifts):
+                ctx.set(x, v)
+                ctx.set(s_sig, s)
+                assert ctx.get(y) == int(fixed.round_shift(v, s)), f"x={v} s={s}"
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
