@@ -63,9 +63,12 @@ def test_float_vs_fixed_within_bound(trial):
     torch.testing.assert_close(p_float, a @ m)
 
 
-def test_fixed_caches_keys_at_write_time():
+def _written_fixed_cache(contract):
+    """A contract's fixed cache after 5 writes into its 3 slots (the ring wraps), each slot checked
+    to hold its memory's BFP8 and the key the contract caches (K_i, or K'_i = W_q K_i)."""
     g = torch.Generator().manual_seed(SEED)
     recall = MemoryRecall(24, 8, 3, generator=g)
+    recall.contract = contract
     cache = recall.new_cache("fixed")
     ms = _memories(5, 24, g)
     for i, m in enumerate(ms):
@@ -75,7 +78,14 @@ def test_fixed_caches_keys_at_write_time():
         mm, me = ft.quantize_bfp(ms[seg])
         assert torch.equal(cache.m_mant[slot], mm) and int(cache.m_exp[slot]) == int(me)
         km, ke = ft.project(qw_k, mm, me)
+        if contract == 2:
+            km, ke = ft.fold_key(qw_q, km, ke)
         assert torch.equal(cache.k_mant[slot], km) and int(cache.k_exp[slot]) == int(ke)
+    return recall, cache, g
+
+
+def test_fixed_caches_keys_at_write_time():
+    recall, cache, g = _written_fixed_cache(1)
     # A read uses the cached keys, not W_k: changing W_k afterwards changes nothing.
     s = torch.randn(24, generator=g)
     p1 = recall.read(cache, s)
@@ -85,18 +95,7 @@ def test_fixed_caches_keys_at_write_time():
 
 
 def test_contract_2_caches_folded_keys_and_scores_against_them():
-    g = torch.Generator().manual_seed(SEED)
-    recall = MemoryRecall(24, 8, 3, generator=g)
-    recall.contract = 2
-    cache = recall.new_cache("fixed")
-    ms = _memories(5, 24, g)
-    for i, m in enumerate(ms):
-        recall.write(cache, m, i)
-    qw_q, qw_k = recall.quantized_weights()
-    for slot, seg in enumerate(cache.slot_segment):
-        mm, me = ft.quantize_bfp(ms[seg])
-        kf, kfe = ft.fold_key(qw_q, *ft.project(qw_k, mm, me))
-        assert torch.equal(cache.k_mant[slot], kf) and int(cache.k_exp[slot]) == int(kfe)
+    recall, cache, g = _written_fixed_cache(2)
     s = torch.randn(24, generator=g)
     p2 = recall.read(cache, s)
     sm, se = ft.quantize_bfp(s)
