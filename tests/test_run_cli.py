@@ -107,3 +107,28 @@ def test_no_overlap_gives_the_same_run(capsys, tmp_path):
     assert got[False]["overlap"] is True and got[True]["overlap"] is False
     for key in ("segments", "ops_checked", "mismatches", "ppl", "device_cycles", "per_segment", "recall_weights"):
         assert got[False][key] == got[True][key], key
+
+
+def test_probabilities_only_on_request(capsys, tmp_path):
+    got = {}
+    for flag in ((), ("--probabilities",)):
+        rc, out, err = run_cli(capsys, "--device", "golden", "--segments", "4", *flag,
+                               "--json", str(tmp_path / "r.json"))
+        assert rc == 0, err
+        got[bool(flag)] = s = json.loads((tmp_path / "r.json").read_text())
+        assert (s["cache_check"], s["full_check_every"], s["probabilities"]) == ("written", 16, bool(flag))
+        assert ("probabilities asked for and checked" if flag else "probabilities not asked for") in err
+        assert "written slot checked per segment, whole cache every 16 segments and at the end" in err
+    assert got[False]["recall_weights"] == [None] * 4
+    assert [w is None for w in got[True]["recall_weights"]] == [True, True, False, False]
+    assert got[False]["ppl"] == got[True]["ppl"] and got[False]["ops_checked"] == got[True]["ops_checked"]
+
+
+def test_bad_full_check_every_is_refused_before_the_backbone_loads(capsys, monkeypatch):
+    import hmtx.model.backbone as backbone
+
+    def no_load(*a, **k):
+        raise AssertionError("the backbone was loaded before --full-check-every was checked")
+    monkeypatch.setattr(backbone, "load_backbone", no_load)
+    rc, _, err = run_cli(capsys, "--device", "golden", "--full-check-every", "-1")
+    assert rc == 2 and "--full-check-every must be >= 0" in err
