@@ -18,6 +18,9 @@ from hmtx.model.paths import REPO
 
 from . import cli_options
 
+# (the runtime's default, without importing torch to build the parser)
+FULL_CHECK_EVERY = 16
+
 __all__ = ["register"]
 
 # Where a failing case goes without --case (beside build/sim, whatever the current folder).
@@ -81,9 +84,9 @@ def register(subparsers) -> None:
                         "changes in the cache) and STATUS, and the whole cache every --full-check-every "
                         "segments and after the last; full: the whole cache after every segment (on a serial "
                         "link at a full smollm cache that is 236 ms per segment at 3 Mbaud, 10 %% of the run)")
-    p.add_argument("--full-check-every", type=int, default=16, metavar="K",
+    p.add_argument("--full-check-every", type=int, default=FULL_CHECK_EVERY, metavar="K",
                    help="with --cache-check written: read the whole cache back after every K-th segment "
-                        "too (default 16; 0: only after the last segment)")
+                        f"too (default {FULL_CHECK_EVERY}; 0: only after the last segment)")
     p.add_argument("--probabilities", action="store_true",
                    help="ask the device for the recall's softmax probabilities on every RECALL and check them "
                         "(protocol 1.2 / 2.1 sends only P_n and n otherwise: 2 bytes per cached memory less; "
@@ -175,7 +178,8 @@ def _run(args) -> int:
     if not isinstance(args.segments, int) or args.segments < 1:
         raise ValueError(f"--segments must be a positive integer, got {args.segments}")
     if args.full_check_every < 0:
-        raise ValueError(f"--full-check-every must be >= 0 (0: only after the last segment), got {args.full_check_every}")
+        raise ValueError(f"--full-check-every must be >= 0 (0: only after the last segment), "
+                         f"got {args.full_check_every}")
     # The heatmap is drawn from the device's own probabilities.
     probabilities = args.probabilities or bool(args.plot)
     timeout = cli_options.check_timeout(args.timeout)

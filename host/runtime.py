@@ -41,9 +41,13 @@ from hmtx.model.protocol import Op
 from hmtx.model.ring import RingSlots
 
 __all__ = ["Mismatch", "MismatchError", "CheckedDevice", "RunResult", "run_document",
-           "save_case", "load_case", "replay_case", "CASE_FORMAT"]
+           "save_case", "load_case", "replay_case", "CASE_FORMAT", "FULL_CHECK_EVERY"]
 
 CASE_FORMAT = "hmtx-case-1"       # "contract" (default 1: cases from before protocol 2.0) is optional
+# With the written-slot cache check, the whole cache is also read back after every K-th segment:
+# a slot damaged behind the host's back is found within K segments (or by the next recall that
+# it changes), for 1/K of the whole read-back's cost per segment (docs/runtime.md).
+FULL_CHECK_EVERY = 16
 
 
 @dataclass(frozen=True)
@@ -550,7 +554,7 @@ def _nll(logits, ids, start, n) -> tuple[float, int]:
 @torch.no_grad()
 def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segments: int, *,
                  case_path: str | None = None, progress=None, before_segment=None,
-                 fixed_stream: bool = True, cache_check: str = "written", full_check_every: int = 16,
+                 fixed_stream: bool = True, cache_check: str = "written", full_check_every: int = FULL_CHECK_EVERY,
                  overlap: bool = True, probabilities: bool = False) -> RunResult:
     """Run the first ``segments`` segments of ``ids`` (see the module docstring).
 

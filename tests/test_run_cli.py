@@ -122,6 +122,8 @@ def test_probabilities_only_on_request(capsys, tmp_path):
     assert got[False]["recall_weights"] == [None] * 4
     assert [w is None for w in got[True]["recall_weights"]] == [True, True, False, False]
     assert got[False]["ppl"] == got[True]["ppl"] and got[False]["ops_checked"] == got[True]["ops_checked"]
+    from hmtx.host import cmd_run, runtime
+    assert cmd_run.FULL_CHECK_EVERY == runtime.FULL_CHECK_EVERY       # the parser's copy of the default
 
 
 def test_bad_full_check_every_is_refused_before_the_backbone_loads(capsys, monkeypatch):
