@@ -8,7 +8,7 @@ on; this module opens any backend by name.
 
 ``golden``
     :class:`GoldenTransport`: the golden device in this process (no simulator, no hardware). It
-    speaks protocol 1.1 (contract 1) unless opened with ``contract=2`` (protocol 2.0).
+    speaks protocol 1.2 (contract 1) unless opened with ``contract=2`` (protocol 2.1).
 ``serial:PORT`` or ``serial:PORT@BAUD``
     :class:`SerialTransport`: a UART via pyserial (PORT may also be a pyserial URL).
 ``sim`` or ``sim:ENGINE``
@@ -31,7 +31,7 @@ from hmtx.model.golden_device import GoldenDevice
 from .transport import DEFAULT_BAUD, SerialTransport, Transport, parse_serial_spec
 
 __all__ = ["Transport", "GoldenTransport", "SerialTransport", "FaultInjector", "open_transport", "DEFAULT_BAUD",
-           "parse_serial_spec", "check_contract", "GATEWARE_BACKENDS"]
+           "parse_serial_spec", "check_contract"]
 
 
 class GoldenTransport(Transport):
@@ -66,46 +66,34 @@ class GoldenTransport(Transport):
         self._closed = True
 
 
-# The backends that run the gateware in hw/ (generated Verilog): it implements protocol
-# VERSION, i.e. contract 1 only.
-GATEWARE_BACKENDS = ("sim", "board-sim")
-
-
-def gateware_backend(spec: str) -> bool:
-    return any(spec == b or spec.startswith((b + ":", b + "@")) for b in GATEWARE_BACKENDS)
-
-
 def check_contract(spec: str, contract: int | None) -> None:
-    """ValueError when ``spec`` names a backend that cannot compute ``contract`` (None: any):
-    the simulated gateware speaks protocol 1.x only. A serial device says what it speaks in its
-    INFO, checked when it is opened (:class:`hmtx.host.device.Device`)."""
-    from hmtx.model.protocol import CONTRACTS, VERSION
+    """ValueError when ``contract`` is not one the project defines (None: the device's own), before
+    anything starts: the golden device and the simulated gateware are built for any contract; a
+    serial device says what it computes in its INFO, checked when it is opened
+    (:class:`hmtx.host.device.Device`)."""
+    from hmtx.model.protocol import CONTRACTS
     if contract is not None and contract not in CONTRACTS:
         raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
-    if contract is not None and contract != VERSION[0] and gateware_backend(spec):
-        raise ValueError(f"contract {contract} asked for, but {spec} runs the gateware in hw/, which speaks "
-                         f"protocol {VERSION[0]}.{VERSION[1]} (contract {VERSION[0]}) only; use --device golden")
 
 
 def open_transport(spec: str, config: EngineConfig, *, waves: bool = False, contract: int | None = None) -> Transport:
     """Open the transport named by ``spec`` (golden, sim[:ENGINE], serial:PORT[@BAUD]).
     ``contract``: the arithmetic contract the caller needs (None: the device's own); the golden
-    device is built with it (default 1), a simulated gateware refuses 2 (ValueError) before it
-    starts."""
+    device and the simulated HmtxTop and board top are built for it (default 1)."""
     check_contract(spec, contract)
     if spec == "golden":
         return GoldenTransport(config, contract=contract or 1)
     if spec == "sim" or spec.startswith("sim:"):
         from .backends_sim import SimTransport
         engine = spec.partition(":")[2] or "lanes"
-        return SimTransport(config, waves=waves, engine=engine)
+        return SimTransport(config, waves=waves, engine=engine, contract=contract or 1)
     if spec.startswith("serial:"):
         port, baud = parse_serial_spec(spec)
         return SerialTransport(port, baud)
     if spec == "board-sim" or spec.startswith(("board-sim:", "board-sim@")):
         from .backends_board import BoardSimTransport, parse_board_sim_spec
         board_config, baud = parse_board_sim_spec(spec, config)
-        return BoardSimTransport(board_config, baud=baud)
+        return BoardSimTransport(board_config, baud=baud, contract=contract or 1)
     raise ValueError(f"unknown device {spec!r}; use golden, sim[:ENGINE], serial:PORT[@BAUD] or "
                      f"board-sim[:CONFIG][@BAUD]")
 

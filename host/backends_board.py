@@ -46,11 +46,12 @@ class BoardSimTransport(Transport):
     frames each way); ``close()`` closes the port and stops the board."""
 
     def __init__(self, config: EngineConfig, *, baud: int | None = None, board: str | None = None,
-                 engine: str | None = None, log=None):
+                 engine: str | None = None, contract: int = 1, log=None):
         from hmtx.sim.board_sim import BoardSim, board_design
 
         baud = DEFAULT_BAUD if baud is None else baud
-        self.design = board_design(board or board_for_config(config), config, engine=engine, baud=baud)
+        self.design = board_design(board or board_for_config(config), config, engine=engine, baud=baud,
+                                   contract=contract)
         self.engine = self.design.engine
         self.board = BoardSim(self.design, log=log)
         try:

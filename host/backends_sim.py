@@ -1,7 +1,7 @@
 """The ``sim`` backend: the engine's generated Verilog under Verilator + cocotb, in a child process.
 
 :class:`SimTransport` starts ``python -m hmtx.host.backends_sim`` in its own process group. That
-launcher writes the Verilog of the top (``hmtx.hw.top.HmtxTop(config, engine)`` by default), builds it
+launcher writes the Verilog of the top (``hmtx.hw.top.HmtxTop(config, engine, contract)`` by default), builds it
 with ``hmtx.sim.runner`` (cached by content hash), and runs the cocotb module
 ``hmtx.sim.bridge``, which listens on a Unix socket in a private temporary folder; the transport
 connects to it and moves bytes. Nothing listens on a network interface.
@@ -56,13 +56,18 @@ class SimTransport(Transport):
     engine : str
         HmtxTop's engine, one of :data:`hmtx.hw.ENGINES` (``lanes`` or ``serial``). The
         transport's name is ``sim`` for lanes, ``sim:<engine>`` otherwise (the device spec).
+    contract : int
+        The arithmetic contract HmtxTop is built for (1 or 2; its INFO then reports 1.x or 2.x).
     """
 
     def __init__(self, config: EngineConfig, *, waves: bool = False, top: str = DEFAULT_TOP,
-                 engine: str = "lanes", start_timeout: float = START_TIMEOUT_S):
+                 engine: str = "lanes", contract: int = 1, start_timeout: float = START_TIMEOUT_S):
         from hmtx.hw import ENGINES
+        from hmtx.model.protocol import CONTRACTS
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        if contract not in CONTRACTS:
+            raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
         self.name = "sim" if engine == "lanes" else f"sim:{engine}"
         self.engine = engine
         self._dir = tempfile.mkdtemp(prefix="hmtx-sim-")       # mode 0700: the socket is private
@@ -72,7 +77,8 @@ class SimTransport(Transport):
         self.waves_path = None
         self._waves = waves
         cmd = [sys.executable, "-m", "hmtx.host.backends_sim", "--socket", self.socket_path,
-               "--config", json.dumps(config.to_dict()), "--top", top, "--engine", engine] + \
+               "--config", json.dumps(config.to_dict()), "--top", top, "--engine", engine,
+               "--contract", str(contract)] + \
               (["--waves"] if waves else [])
         with open(self.log_path, "w") as log:
             # (the simulator is found by hmtx.sim.runner, which puts the venv's bin on PATH if needed)
@@ -183,17 +189,21 @@ def main(argv=None) -> int:
     from hmtx.hw import ENGINES
     ap.add_argument("--engine", choices=ENGINES, default="lanes",
                     help="HmtxTop's engine: lanes (hw/engine.py, default) or serial (hw/serial_engine.py)")
+    ap.add_argument("--contract", type=int, choices=(1, 2), default=1,
+                    help="the arithmetic contract HmtxTop computes (1, default, or 2)")
     ap.add_argument("--waves", action="store_true")
     args = ap.parse_args(argv)
     from hmtx.sim import runner
 
     config = EngineConfig(**json.loads(args.config))
     top_cls = _load_top(args.top)
-    # (a --top other than HmtxTop, e.g. the bridge's Loopback, need not take an engine)
-    top = top_cls(config) if args.engine == "lanes" else top_cls(config, engine=args.engine)
+    # (a --top other than HmtxTop, e.g. the bridge's Loopback, need not take an engine or contract)
+    kwargs = ({} if args.engine == "lanes" else {"engine": args.engine}) | \
+        ({} if args.contract == 1 else {"contract": args.contract})
+    top = top_cls(config, **kwargs)
     c = config
-    # the engine is in the name: the runner keeps one model per name and drops the older ones
-    engine = "" if args.engine == "lanes" else f"-{args.engine}"
+    # the engine and contract are in the name: the runner keeps one model per name and drops the older ones
+    engine = ("" if args.engine == "lanes" else f"-{args.engine}") + ("" if args.contract == 1 else f"-c{args.contract}")
     name = (f"bridge-{top_cls.__name__}{engine}-{c.name}-{c.d}x{c.d_h}x{c.n_slots}x{c.lanes}-"
             f"{c.head_dim}x{c.max_queries}x{c.max_keys}")
     from hmtx.sim.bridge import BlockBridge

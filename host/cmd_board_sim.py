@@ -29,6 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--board", choices=sorted(BOARDS), default="ulx3s-85f", help="board whose top is simulated "
                                                                                  "(default ulx3s-85f)")
     p.add_argument("--engine", choices=ENGINES, help="HmtxTop's engine (default: the board's)")
+    p.add_argument("--contract", type=int, choices=(1, 2), default=1,
+                   help="arithmetic contract, as `hmtx synth --contract` (default 1)")
     p.add_argument("--freq", type=float, help="system clock in MHz as given to `hmtx synth --freq` (default: the board's)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
                    help=f"the design's UART rate, as `hmtx synth --baud` (default {DEFAULT_BAUD})")
@@ -53,7 +55,8 @@ def run(args) -> int:
             if args.d < 1:
                 raise ValueError(f"--d must be positive, got {args.d}")
             config = config.with_(name=f"{config.name}-d{args.d}", d=args.d)
-        design = board_design(args.board, config, engine=args.engine, baud=args.baud, sync_mhz=args.freq)
+        design = board_design(args.board, config, engine=args.engine, baud=args.baud, sync_mhz=args.freq,
+                              contract=args.contract)
     except ValueError as e:
         print(f"hmtx board-sim: error: {e}", file=sys.stderr)
         return 2
@@ -63,7 +66,7 @@ def run(args) -> int:
 
     c = design.config
     log(f"{args.board} board top: config {c.name} (d={c.d}, d_h={c.d_h}, N={c.n_slots}, P={c.lanes}), "
-        f"{design.engine} engine, clock {design.clk_hz / 1e6:g} MHz, {design.baud} baud (divisor "
+        f"{design.engine} engine, contract {design.contract}, clock {design.clk_hz / 1e6:g} MHz, {design.baud} baud (divisor "
         f"{design.divisor}, {design.baud_error:+.2%}), FIFOs {design.fifo_depth} B ({design.fifo_ram})")
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))

@@ -28,6 +28,9 @@ def register(sub):
                    help="HmtxTop's datapath: lanes (P MAC lanes, hw/engine.py; default) or serial "
                         "(one time-shared multiplier, hw/serial_engine.py); serial writes to "
                         "OUT/CONFIG-serial")
+    p.add_argument("--contract", type=int, choices=(1, 2), default=1,
+                   help="arithmetic contract (docs/arithmetic.md section 10): 1 (default) or 2, the "
+                        "folded keys (protocol 2.x); 2 writes to OUT/CONFIG[-ENGINE]-c2")
     p.set_defaults(func=run)
 
 
@@ -118,29 +121,30 @@ def check_ports(expected: dict, found: dict, documented: dict) -> list[str]:
     return problems
 
 
-def generate(config_name: str, out: Path, engine: str = "lanes") -> tuple[Path, list[str]]:
+def generate(config_name: str, out: Path, engine: str = "lanes", contract: int = 1) -> tuple[Path, list[str]]:
     """Write <out>/<config>/hmtx_top.{v,il,ports.md} (<out>/<config>-<engine>/ for an engine
-    other than lanes); return (verilog path, port problems)."""
+    other than lanes, ``-c2`` appended for contract 2); return (verilog path, port problems)."""
     from amaranth.back import rtlil, verilog
 
     from hmtx.hw.top import HmtxTop
     from hmtx.model.configs import get_config
 
     cfg = get_config(config_name)
-    folder = Path(out) / (cfg.name if engine == "lanes" else f"{cfg.name}-{engine}")
+    folder = Path(out) / (cfg.name + ("" if engine == "lanes" else f"-{engine}")
+                          + ("" if contract == 1 else f"-c{contract}"))
     folder.mkdir(parents=True, exist_ok=True)
     vpath, ilpath = folder / f"{TOPLEVEL}.v", folder / f"{TOPLEVEL}.il"
     # separate instances: an elaborated design is not converted twice
-    top = HmtxTop(cfg, engine)
+    top = HmtxTop(cfg, engine, contract)
     vpath.write_text(verilog.convert(top, name=TOPLEVEL, emit_src=False))
-    ilpath.write_text(rtlil.convert(HmtxTop(cfg, engine), name=TOPLEVEL, emit_src=False))
+    ilpath.write_text(rtlil.convert(HmtxTop(cfg, engine, contract), name=TOPLEVEL, emit_src=False))
     stripped = folder / f"{TOPLEVEL}.noattr.v"
     stripped.write_text(strip_attributes(vpath.read_text()))
     expected = signature_ports(top)
     found = verilog_ports(stripped, TOPLEVEL)
     documented = protocol_ports(PROTOCOL_DOC)
     problems = check_ports(expected, found, documented)
-    lines = [f"# Ports of `{TOPLEVEL}` (config {cfg.name}, engine {engine})", "",
+    lines = [f"# Ports of `{TOPLEVEL}` (config {cfg.name}, engine {engine}, contract {contract})", "",
              f"Checked: pyverilog parse of `{vpath.name}` == HmtxTop signature == docs/protocol.md.", "",
              "| port | direction | width | in protocol.md |", "|---|---|---|---|"]
     for name, (d, w) in sorted(found.items()):
@@ -155,7 +159,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     try:
         check_output_path(args.out, "--out", folder=True)
-        vpath, problems = generate(args.config, Path(args.out), args.engine)
+        vpath, problems = generate(args.config, Path(args.out), args.engine, args.contract)
     except ValueError as e:                   # bad input: exit 2, as every hmtx command
         print(f"hmtx gen: error: {e}", file=sys.stderr)
         return 2

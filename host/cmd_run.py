@@ -51,8 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--contract", type=int, choices=(1, 2),
                    help="arithmetic contract the device must compute (default: the device's own, from its INFO). "
                         "The golden device is built with it: 1 speaks protocol 1.2 (the keys K_i), 2 protocol 2.1 "
-                        "(the folded keys K'_i = W_q K_i; docs/arithmetic.md section 10). The simulated RTL and "
-                        "board-sim speak 1.x only: --contract 2 there is refused before anything loads")
+                        "(the folded keys K'_i = W_q K_i; docs/arithmetic.md section 10); sim and board-sim "
+                        "build the gateware for it")
     p.add_argument("--text", help=f"text file or folder (default the shipped {DEFAULT_TEXT.relative_to(REPO)}); "
                                   "the first document long enough for --segments is used")
     p.add_argument("--segments", type=int, default=8, help="run the first N segments (default 8)")

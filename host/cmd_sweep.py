@@ -147,7 +147,7 @@ def run(args) -> int:
                 for p in lanes:
                     name, config = resolve_config(args, lanes=p, n_slots=n)
                     out_dir = os.path.join(args.out, os.path.basename(
-                        default_out_dir(args.board, name, p, args.core, engine)) + f"-n{config.n_slots}")
+                        default_out_dir(args.board, name, p, args.core, engine, args.contract)) + f"-n{config.n_slots}")
                     try:
                         report = build_one(args, name, config, out_dir)
                     except BuildFailed as e:

@@ -40,6 +40,10 @@ def add_build_arguments(p) -> None:
                    help="datapath of --core hmtx: lanes, P pipelined MAC lanes (hw/engine.py), or "
                         "serial, one time-shared multiplier (hw/serial_engine.py); default: serial "
                         "on icebreaker, lanes on ulx3s-85f")
+    p.add_argument("--contract", type=int, choices=(1, 2), default=1,
+                   help="arithmetic contract of --core hmtx (docs/arithmetic.md section 10): 1 "
+                        "(default; protocol 1.x) or 2, the keys folded with W_q at WRITE_MEMORY "
+                        "(protocol 2.x); 2 builds to OUT with -c2 appended")
     p.add_argument("--freq", type=float, help="system clock in MHz made by the PLL "
                                              "(default: 100 on ulx3s-85f, 24 on icebreaker)")
     p.add_argument("--baud", type=int, default=DEFAULT_BAUD,
@@ -85,8 +89,8 @@ def add_build_arguments(p) -> None:
                         "SB_MAC16), so check such a netlist by gate-level simulation")
 
 
-def make_core(name, config, engine="lanes"):
-    """The core instance for ``--core``: HmtxTop(config, engine) or EchoCore(config)."""
+def make_core(name, config, engine="lanes", contract=1):
+    """The core instance for ``--core``: HmtxTop(config, engine, contract) or EchoCore(config)."""
     if name == "hmtx":
         try:
             from hmtx.hw.top import HmtxTop
@@ -94,9 +98,11 @@ def make_core(name, config, engine="lanes"):
             raise ValueError(f"--core hmtx: hmtx.hw.top.HmtxTop cannot be imported ({e}); "
                              f"use --core echo") from None
         try:
-            return HmtxTop(config, engine)
+            return HmtxTop(config, engine, contract)
         except ImportError as e:
             raise ValueError(f"--engine {engine}: its engine cannot be imported ({e})") from None
+    if contract != 1:
+        raise ValueError(f"--contract {contract} applies to --core hmtx, not --core {name}")
     if name == "echo":
         from hmtx.hw.board import EchoCore
         return EchoCore(config)
@@ -126,10 +132,12 @@ def resolve_engine(args):
     return engine, dsp
 
 
-def default_out_dir(board, config_name, lanes, core="hmtx", engine="lanes"):
+def default_out_dir(board, config_name, lanes, core="hmtx", engine="lanes", contract=1):
     suffix = "" if core == "hmtx" else f"-{core}"
     if core == "hmtx" and engine not in (None, "lanes"):
         suffix += f"-{engine}"      # (lanes keeps the folder names of the builds made before)
+    if contract != 1:
+        suffix += f"-c{contract}"
     return os.path.join("build", "synth", f"{board}-{config_name}-p{lanes}{suffix}")
 
 
@@ -176,7 +184,7 @@ def build_one(args, config_name, config, out_dir):
     options = synth_options(args, config_name, config)
     extra = {"n_slots": config.n_slots, "engine_config": config.to_dict()}
     try:
-        report = synthesize(args.board, make_core(args.core, config, engine), out_dir, options)
+        report = synthesize(args.board, make_core(args.core, config, engine, args.contract), out_dir, options)
     except BuildFailed as e:
         e.report.update(extra)
         raise
@@ -200,7 +208,8 @@ def format_summary(report):
         f"MISSED by {report['target_mhz'] - report['fmax_mhz']:.2f} MHz"
     lines = [
         f"{report['board']} ({report['device']}), config {report['config']}, P={report['lanes']}, "
-        f"core {report['core']}" + (f" ({report['engine']} engine)" if report.get("engine") else ""),
+        f"core {report['core']}" + (f" ({report['engine']} engine)" if report.get("engine") else "")
+        + (f", contract {report['contract']}" if report.get("contract", 1) != 1 else ""),
         f"  Fmax {report['fmax_mhz']:.2f} MHz, target {report['target_mhz']:g} MHz: timing {verdict}"
         + (f" (seed {report['seed']}, best of {len(report['seeds'])})" if report.get("seeds") else ""),
         f"  LUT {pct('lut')}  FF {pct('ff')}  DSP {pct('dsp')}  BRAM {pct('bram')}"
@@ -224,7 +233,8 @@ def run(args) -> int:
     try:
         config_name, config = resolve_config(args, lanes=args.lanes)
         engine, _ = resolve_engine(args)
-        out_dir = args.out or default_out_dir(args.board, config_name, config.lanes, args.core, engine)
+        out_dir = args.out or default_out_dir(args.board, config_name, config.lanes, args.core, engine,
+                                              args.contract)
         from .cli_options import check_output_path
         check_output_path(out_dir, "--out", folder=True)        # before minutes of synthesis
         check_output_path(args.json_out, "--json")

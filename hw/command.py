@@ -1,7 +1,7 @@
 """The top's command processor: judges each command frame at its END, keeps the device's state
 and runs the engine."""
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import C, Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -132,9 +132,14 @@ class CommandProcessor(wiring.Component):
                 with m.Default():
                     m.d.comb += arg_bad.eq(f.bad_field)
             op_status = Signal(Status)
-            with m.If((opcode == Opcode.WRITE_MEMORY) & ~ws[1].loaded):
+            # Contract 1's WRITE_MEMORY projects with W_k and its RECALL with W_q; contract 2's
+            # WRITE_MEMORY folds W_q into the key as well, and its RECALL reads no weights.
+            folds = self._layout.contract == 2
+            write_needs = (ws[1].loaded & ws[0].loaded) if folds else ws[1].loaded
+            recall_needs = C(1, 1) if folds else ws[0].loaded
+            with m.If((opcode == Opcode.WRITE_MEMORY) & ~write_needs):
                 m.d.comb += op_status.eq(Status.NO_WEIGHTS)
-            with m.Elif((opcode == Opcode.RECALL) & ~ws[0].loaded):
+            with m.Elif((opcode == Opcode.RECALL) & ~recall_needs):
                 m.d.comb += op_status.eq(Status.NO_WEIGHTS)
             with m.Elif((opcode == Opcode.RECALL) & (fill == 0)):
                 m.d.comb += op_status.eq(Status.EMPTY_CACHE)

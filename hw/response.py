@@ -8,7 +8,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
-from hmtx.model.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSION, Info
+from hmtx.model.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSIONS, Info
 
 from .slip import BodyByte, Crc8
 from .wire import ENGINE_READS, Opcode, Status, engine_part
@@ -109,7 +109,8 @@ class ResponseGenerator(wiring.Component):
             rb=Signal(), rrow=Signal(range(c.max_queries + 1)),
             r_elem=Signal(16),              # elements sent of the current vector
             elem=Signal(16),                # the element being sent, registered from its memory word
-            send=Signal(), send_data=Signal(8), send_last=Signal(), sent=Signal())
+            send=Signal(), send_data=Signal(8), send_last=Signal(), sent=Signal(),
+            in_key=Signal())                # contract 2's READ_SLOT: sending K'_i, from dat
         o = self.o
         m.d.comb += s.sent.eq(s.send & ~o.valid)
         with m.If(o.valid & o.ready):
@@ -125,6 +126,8 @@ class ResponseGenerator(wiring.Component):
         words = self._reads(m, s)
         with m.FSM():
             with m.State("IDLE"):
+                if L.contract == 2:
+                    m.d.sync += s.in_key.eq(0)
                 with m.If(rq.start):
                     m.next = "HDR_S"
             with m.State("HDR_S"):
@@ -149,12 +152,21 @@ class ResponseGenerator(wiring.Component):
                                 m.next = "CRC"
             self._fixed(m, s)
 
-            # READ_SLOT: M exponent, d mantissas, K exponent (i16), d_h x i16
+            # READ_SLOT: M exponent, d mantissas, K exponent (i16), then K_i, d_h x i16 from
+            # ``key`` (contract 1), or K'_i, d x i8 from its region of ``dat`` (contract 2)
             self._scalar(m, s, "SLOT_MEXP", words.mexp, 1, "SLOT_M_F")
-            self._vector(m, s, "SLOT_M", c.d, Value.cast(words.dat), 8, 1, "SLOT_KEXP", "SLOT_M_F")
+            self._vector(m, s, "SLOT_M", c.d, Value.cast(words.dat), 8, 1,
+                         "SLOT_KEXP" if L.contract == 1 else "SLOT_KBASE", "SLOT_M_F")
+            if L.contract == 2:
+                with m.State("SLOT_KBASE"):
+                    m.d.sync += s.in_key.eq(1)
+                    m.next = "SLOT_KEXP"
             self._scalar(m, s, "SLOT_KEXP", words.kexp, 2, "SLOT_K_F")
-            self._vector(m, s, "SLOT_K", c.d_h, Value.cast(words.key), 16, 2, "CRC", "SLOT_K_F", lanes=L.KP,
-                         pick=L.key_place(s.ri)[1])
+            if L.contract == 1:
+                self._vector(m, s, "SLOT_K", c.d_h, Value.cast(words.key), 16, 2, "CRC", "SLOT_K_F", lanes=L.KP,
+                             pick=L.key_place(s.ri)[1])
+            else:
+                self._vector(m, s, "SLOT_K", c.d, Value.cast(words.dat), 8, 1, "CRC", "SLOT_K_F")
 
             # RECALL: P exponent, d x i16, n, n probabilities (if asked for); ATTENTION: n_q x
             # (exponent, row)
@@ -225,7 +237,10 @@ class ResponseGenerator(wiring.Component):
         row_obase = Signal.like(eng.rd_dat_addr)
         # (slot * CB in a register of its own: a multiplier, then the add, each from flip-flops)
         slot_cb = Signal.like(eng.rd_dat_addr)
-        m.d.sync += [slot_cb.eq(slot * CB), slot_mbase.eq(L.mem_base + slot_cb), slot_kbase.eq(slot * L.KB),
+        # (contract 2: READ_SLOT's second vector, K'_i, is in dat too, region kf; the base moves
+        # there in SLOT_KBASE, two bytes -- at least four cycles -- before K'_i's first fetch)
+        mbase = L.mem_base if L.contract == 1 else Mux(s.in_key, L.kf_base, L.mem_base)
+        m.d.sync += [slot_cb.eq(slot * CB), slot_mbase.eq(mbase + slot_cb), slot_kbase.eq(slot * L.KB),
                      row_obase.eq(L.out_base + s.rrow * (2 * AB))]
         m.d.sync += [rd_dat_q.eq(Mux(rq.opcode == Opcode.READ_SLOT, slot_mbase + s.rk, row_obase + 2 * s.rk + s.rb)),
                      rd_key_q.eq(slot_kbase + L.key_word(s.rk, s.ri))]
@@ -249,7 +264,8 @@ class ResponseGenerator(wiring.Component):
     def _fixed(self, m, s):
         """The state FIX: the fixed-size payloads of INFO, STATUS, CYCLES and WRITE_MEMORY."""
         c, P, rq = self._layout.config, self._layout.P, self.request
-        info = ([MAGIC[0], MAGIC[1], VERSION[0], VERSION[1], self._capabilities]
+        version = VERSIONS[self._layout.contract]     # (the major names the contract)
+        info = ([MAGIC[0], MAGIC[1], version[0], version[1], self._capabilities]
                 + sum((_le(m, v, 2) for v in (c.d, c.d_h, c.n_slots, P, c.head_dim, c.max_queries,
                                               c.max_keys, MAX_BODY)), [])
                 + [fixed.EXP_MIN & 0xFF, fixed.EXP_MAX, fixed.SCORE_FRAC, fixed.EXP2_BITS,

@@ -98,6 +98,11 @@ class HmtxTop(wiring.Component):
     Both give the same responses, CYCLES' counts aside. ``engine_kind`` keeps the
     choice for reports.
 
+    ``contract`` (1 or 2, docs/arithmetic.md section 10) is the arithmetic the engine computes
+    and so the protocol major version the device speaks (docs/protocol.md section 8): contract 2's
+    WRITE_MEMORY needs both weights and stores the folded key K'_i, its RECALL never reads W_q,
+    its READ_SLOT returns K'_i, and INFO reports 2.x.
+
     Members
     -------
     cmd : In(stream.Signature(8))
@@ -109,7 +114,7 @@ class HmtxTop(wiring.Component):
     cmd: In(stream.Signature(8))
     rsp: Out(stream.Signature(8))
 
-    def __init__(self, config: EngineConfig, engine: str = "lanes"):
+    def __init__(self, config: EngineConfig, engine: str = "lanes", contract: int = 1):
         if not isinstance(config, EngineConfig):
             raise ValueError(f"HmtxTop needs an EngineConfig, got {type(config).__name__}")
         for name in ("d", "d_h", "n_slots", "lanes", "head_dim", "max_queries", "max_keys"):
@@ -118,8 +123,10 @@ class HmtxTop(wiring.Component):
         if config.max_queries > 255 or config.max_keys > 255:
             raise ValueError(f"config {config.name!r}: tile sizes must fit the protocol's u8 header")
         self.config = config
-        self.engine = engine_class(engine)(config)      # (ValueError for an unknown kind)
+        # (ValueError for an unknown kind or contract)
+        self.engine = engine_class(engine)(config, contract=contract)
         self.engine_kind = engine
+        self.contract = contract
         super().__init__()
 
     def elaborate(self, platform):

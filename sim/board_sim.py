@@ -57,11 +57,13 @@ class BoardDesign:
     reset_cycles: int         # BoardTop's power-on reset after PLL lock
     fifo_depth: int
     fifo_ram: str
+    contract: int = 1         # the arithmetic contract HmtxTop computes (protocol major)
 
     @property
     def name(self) -> str:
         engine = "" if self.engine == "lanes" else f"-{self.engine}"
-        return f"board-{self.board}-{self.config.name}{engine}-{self.baud}"
+        contract = "" if self.contract == 1 else f"-c{self.contract}"
+        return f"board-{self.board}-{self.config.name}{engine}{contract}-{self.baud}"
 
     @property
     def baud_error(self) -> float:
@@ -69,17 +71,20 @@ class BoardDesign:
         return self.clk_hz / self.divisor / self.baud - 1
 
 
-def _board_top(board, config, engine, baud, sync_mhz):
+def _board_top(board, config, engine, baud, sync_mhz, contract=1):
     from hmtx.hw.flow.boards import board_top
     from hmtx.hw.top import HmtxTop
-    top = board_top(board, HmtxTop(config, engine), sync_mhz=sync_mhz, baud=baud)
+    top = board_top(board, HmtxTop(config, engine, contract), sync_mhz=sync_mhz, baud=baud)
     top._MustUse__silence = True      # only its bridge is elaborated here
     return top
 
 
 def board_design(board: str, config, *, engine: str | None = None, baud: int | None = None,
-                 sync_mhz: float | None = None) -> BoardDesign:
+                 sync_mhz: float | None = None, contract: int = 1) -> BoardDesign:
     """Describe the board top for ``board`` and ``config`` (engine default: the board's)."""
+    from hmtx.model.protocol import CONTRACTS
+    if contract not in CONTRACTS:
+        raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
     from hmtx.hw.board import DEFAULT_BAUD
     from hmtx.hw.flow.boards import BOARDS
     if board not in BOARDS:
@@ -95,12 +100,12 @@ def board_design(board: str, config, *, engine: str | None = None, baud: int | N
     b = top.bridge
     return BoardDesign(board=board, config=config, engine=engine, baud=baud, clk_hz=b.clk_freq,
                        divisor=b.divisor, reset_cycles=top.reset_cycles, fifo_depth=b.fifo_depth,
-                       fifo_ram=b.fifo_ram)
+                       fifo_ram=b.fifo_ram, contract=contract)
 
 
 def _sources_key(design: BoardDesign, sync_mhz) -> str:
     from .targets import _engine_sources_digest
-    h = hashlib.sha256(_engine_sources_digest(design.config, design.engine).encode())
+    h = hashlib.sha256(_engine_sources_digest(design.config, design.engine, design.contract).encode())
     h.update(repr((design.board, design.baud, sync_mhz)).encode())
     return h.hexdigest()
 
@@ -119,7 +124,7 @@ def board_verilog(design: BoardDesign, *, sync_mhz: float | None = None, log=Non
             return path
         if log:
             log(f"writing the Verilog of {design.name} ...")
-        top = _board_top(design.board, design.config, design.engine, design.baud, sync_mhz)
+        top = _board_top(design.board, design.config, design.engine, design.baud, sync_mhz, design.contract)
         text = verilog.convert(top.bridge, name=TOPLEVEL, emit_src=False)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

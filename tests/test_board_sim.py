@@ -63,6 +63,21 @@ def test_simulated_design_is_the_board_top_synth_builds(design):
     assert design.baud == DEFAULT_BAUD and design.engine == BOARDS[BOARD].default_engine
 
 
+def test_board_top_of_contract_2_is_a_build_of_its_own():
+    """`hmtx board-sim --contract 2` simulates `hmtx synth --contract 2`'s board top: the core is
+    HmtxTop for contract 2, and its Verilog and model are cached apart from contract 1's."""
+    from hmtx.sim.board_sim import _board_top, _sources_key, board_design
+    d1, d2 = board_design(BOARD, CFG), board_design(BOARD, CFG, contract=2)
+    assert d2.contract == 2 and d2.name == d1.name.replace(f"{CFG.name}-", f"{CFG.name}-c2-")
+    assert _sources_key(d1, None) != _sources_key(d2, None)
+    top = _board_top(BOARD, CFG, d2.engine, d2.baud, None, d2.contract)
+    core = top.bridge.core
+    core._MustUse__silence = True
+    assert core.contract == 2 and core.engine.contract == 2
+    with pytest.raises(ValueError, match=r"unknown contract 3; choose one of \(1, 2\)"):
+        board_design(BOARD, CFG, contract=3)
+
+
 def test_full_session_byte_identical_to_golden_through_serial(board):
     """INFO, weights (with a damaged chunk), writes, recalls, every error status, malformed frames
     and garbage followed by valid frames: byte for byte what the golden device answers."""

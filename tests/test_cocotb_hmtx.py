@@ -9,7 +9,9 @@ and compile on two cores and a weight load alone is 295 k bytes through the byte
 groups are marked slow; ``make test`` runs the weight-free ``smoke`` group on it only when a
 current smollm model is already built (HMTX_SMOLLM=1 forces the build). ``up5k_serial`` is
 the iCE40 build's engine (``HmtxTop(up5k, engine="serial")``, one time-shared multiplier) in
-every group at modest sizes.
+every group at modest sizes. ``tiny_c2`` and ``up5k_serial_c2`` are the same engines built for
+contract 2 (``HmtxTop(config, engine, contract=2)``: folded keys, protocol 2.1) against the golden
+device of contract 2; ``weights_order`` is the group where the contracts' rules differ.
 """
 
 import os
@@ -41,6 +43,16 @@ def up5k_serial():
     return build(engine_target("up5k", engine="serial"))
 
 
+@pytest.fixture(scope="module")
+def tiny_c2():
+    return build(engine_target("tiny", contract=2))
+
+
+@pytest.fixture(scope="module")
+def up5k_serial_c2():
+    return build(engine_target("up5k", engine="serial", contract=2))
+
+
 def print_coverage(out) -> None:
     """The functional coverage the cocotb tests saved (merged), as a table (pytest -s shows it)."""
     files = sorted(out.glob("coverage-*.json"))
@@ -51,7 +63,10 @@ def print_coverage(out) -> None:
         print(f"\n[{out.name}] " + cov.summary())
 
 
-@pytest.mark.parametrize("group", ["session", "smoke", "ring", "reset_mid_operation", "fuzz", "soak"])
+GROUPS = ["session", "smoke", "ring", "weights_order", "reset_mid_operation", "fuzz", "soak"]
+
+
+@pytest.mark.parametrize("group", GROUPS)
 def test_tiny(tiny, group):
     print_coverage(tiny.run(MODULE, tests=group, tag=group, wall_limit_s=LIMIT, env={"HMTX_CONFIG": "tiny"}))
 
@@ -79,9 +94,22 @@ def test_smollm_smoke(request):
     model.run(MODULE, tests="smoke", tag="smoke", wall_limit_s=LIMIT, env={"HMTX_CONFIG": "smollm"})
 
 
-@pytest.mark.parametrize("group", ["session", "smoke", "ring", "reset_mid_operation", "fuzz", "soak"])
+@pytest.mark.parametrize("group", GROUPS)
 def test_up5k_serial(up5k_serial, group):
     # HMTX_ENGINE: the serial engine takes ~12,000 cycles per RECALL, the watchdogs scale with it
     print_coverage(up5k_serial.run(MODULE, tests=group, tag=group, wall_limit_s=LIMIT,
                                    env={"HMTX_CONFIG": "up5k", "HMTX_ENGINE": "serial", "HMTX_SOAK_OPS": "150",
                                         "HMTX_FUZZ_CASES": "20", "HMTX_RESET_TRIALS": "3", "HMTX_WRAPS": "2"}))
+
+
+@pytest.mark.parametrize("group", GROUPS)
+def test_tiny_c2(tiny_c2, group):
+    print_coverage(tiny_c2.run(MODULE, tests=group, tag=group, wall_limit_s=LIMIT,
+                               env={"HMTX_CONFIG": "tiny", "HMTX_CONTRACT": "2"}))
+
+
+@pytest.mark.parametrize("group", ["session", "weights_order", "fuzz", "soak"])
+def test_up5k_serial_c2(up5k_serial_c2, group):
+    print_coverage(up5k_serial_c2.run(MODULE, tests=group, tag=group, wall_limit_s=LIMIT,
+                                      env={"HMTX_CONFIG": "up5k", "HMTX_ENGINE": "serial", "HMTX_CONTRACT": "2",
+                                           "HMTX_SOAK_OPS": "150", "HMTX_FUZZ_CASES": "20"}))

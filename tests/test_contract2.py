@@ -10,7 +10,7 @@ import pytest
 
 from device_testlib import FaultOnNth, ok, xact
 from hmt_testlib import random_ids, tiny_hmt
-from hmtx.host.backends import GoldenTransport, check_contract, open_transport
+from hmtx.host.backends import GoldenTransport, check_contract
 from hmtx.host.cli import main
 from hmtx.host.device import Device
 from hmtx.host.runtime import CheckedDevice, MismatchError, load_case, replay_case, run_document
@@ -228,15 +228,12 @@ def test_device_contract_comes_from_info_and_can_be_required(rng):
     assert Device.open("golden", CFG).contract == 1
 
 
-def test_gateware_backends_refuse_contract_2_before_starting():
-    for spec in ("sim", "sim:serial", "board-sim", "board-sim:up5k@115200"):
-        with pytest.raises(ValueError, match=r"runs the gateware in hw/, which speaks protocol 1\.2"):
-            open_transport(spec, CFG, contract=2)
-        check_contract(spec, 1)
-        check_contract(spec, None)
-    check_contract("serial:/dev/ttyUSB0", 2)                 # a board says what it speaks in INFO
-    with pytest.raises(ValueError, match="unknown contract 5"):
-        check_contract("golden", 5)
+def test_check_contract_names_an_unknown_contract_before_anything_starts():
+    for spec in ("golden", "sim", "sim:serial", "board-sim", "board-sim:up5k@115200", "serial:/dev/ttyUSB0"):
+        for contract in (None, 1, 2):
+            check_contract(spec, contract)      # every backend builds or reports either contract
+        with pytest.raises(ValueError, match=r"unknown contract 5; choose one of \(1, 2\)"):
+            check_contract(spec, 5)
 
 
 # --- the runtime: mirror, checks, faults, cases ---------------------------------------------------
@@ -357,17 +354,18 @@ def test_run_cli_golden_contract_2(capsys, tmp_path):
     assert main(["replay", str(case)]) == 0
     out, err = capsys.readouterr()
     assert "contract 2" in out and "no mismatch" in out
-    # ... and is refused, before a simulator starts, by the simulated RTL (protocol 1.2).
-    assert main(["replay", str(case), "--device", "sim"]) == 2
-    assert "speaks protocol 1.2 (contract 1) only" in capsys.readouterr().err
+    # ... and on the gateware, which the sim backend builds for the case's contract.
+    assert main(["replay", str(case), "--device", "sim"]) == 0
+    out, err = capsys.readouterr()
+    assert "contract 2" in out and "no mismatch" in out
 
 
-def test_run_cli_contract_2_on_the_simulated_rtl_is_refused_before_any_work(capsys, monkeypatch):
+def test_run_cli_unknown_contract_is_refused_before_any_work(capsys, monkeypatch):
     import hmtx.model.backbone as backbone
 
     def no_load(*a, **k):
         raise AssertionError("the backbone was loaded before the contract was checked")
     monkeypatch.setattr(backbone, "load_backbone", no_load)
-    rc = main(["run", *TINY, "--device", "sim", "--contract", "2", "--segments", "2"])
-    err = capsys.readouterr().err
-    assert rc == 2 and "contract 2 asked for, but sim runs the gateware in hw/" in err
+    with pytest.raises(SystemExit):         # argparse: --contract takes 1 or 2
+        main(["run", *TINY, "--device", "sim", "--contract", "3", "--segments", "2"])
+    assert "invalid choice: 3" in capsys.readouterr().err

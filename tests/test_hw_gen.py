@@ -19,6 +19,13 @@ def test_gen_tiny_writes_checked_verilog(tmp_path):
         ["hmtx_top.il", "hmtx_top.noattr.v", "hmtx_top.ports.md", "hmtx_top.v"]
 
 
+def test_gen_contract_2_writes_its_own_folder(tmp_path):
+    assert main(["gen", "--config", "tiny", "--contract", "2", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "tiny-c2" / "hmtx_top.ports.md").read_text()
+    assert "contract 2" in table and "`cmd__payload`" in table
+    assert not (tmp_path / "tiny").exists()
+
+
 def test_port_check_reports_drift():
     expected = {"clk": ("input", 1), "rst": ("input", 1), "cmd__payload": ("input", 8),
                 "cmd__valid": ("input", 1), "cmd__ready": ("output", 1), "rsp__payload": ("output", 8),

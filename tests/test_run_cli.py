@@ -69,6 +69,18 @@ def test_run_sim_zero_mismatches(capsys, tmp_path):
     assert s["device_cycles"] > 0
 
 
+def test_run_sim_contract_2_zero_mismatches(capsys, tmp_path):
+    """The gateware built for contract 2 (folded keys, protocol 2.1): every RECALL, WRITE_MEMORY
+    and (the whole-cache check) READ_SLOT of K'_i equal to the golden device's."""
+    rc, out, err = run_cli(capsys, "--device", "sim", "--contract", "2", "--segments", "4",
+                           "--json", str(tmp_path / "r.json"), "--reference", "stream")
+    assert rc == 0, err
+    assert "protocol 2.1 (contract 2)" in err
+    s = json.loads((tmp_path / "r.json").read_text())
+    assert (s["segments"], s["mismatches"], s["device"], s["contract"]) == (4, 0, "sim", 2)
+    assert s["ppl"]["hmt_device"] == s["ppl"]["hmt_fixed"]
+
+
 def test_fmax_comes_from_the_engine_synth_report(tmp_path, monkeypatch):
     import json as _json
 

@@ -46,14 +46,16 @@ def test_concurrent_builds_of_one_target_compile_once(tmp_path, monkeypatch):
     assert len({m.build_dir for m in models}) == 1 and len(models) == 3
 
 
-def test_engine_targets_are_separate_per_engine(tmp_path, monkeypatch):
+def test_engine_targets_are_separate_per_engine_and_contract(tmp_path, monkeypatch):
     from hmtx.hw import top
     from hmtx.sim import targets
 
     monkeypatch.setattr(targets, "BUILD", tmp_path / "sim")
-    # no elaboration: a stand-in engine, and a "Verilog" that only says which engine it has
-    monkeypatch.setattr(top, "engine_class", lambda kind: lambda config: object())
-    monkeypatch.setattr(targets, "write_verilog", lambda t, name, path: path.write_text(f"// {t.engine_kind}\n"))
+    # no elaboration: a stand-in engine, and a "Verilog" that only says which engine and contract it has
+    monkeypatch.setattr(top, "engine_class", lambda kind: lambda config, contract: object())
+    monkeypatch.setattr(targets, "write_verilog",
+                        lambda t, name, path: path.write_text(f"// {t.engine_kind}" + f" c{t.contract}" * (t.contract != 1)
+                                                              + "\n"))
     assert targets.engine_target("tiny", engine="serial", generate=False) is None     # nothing cached yet
     lanes, serial = targets.engine_target("tiny"), targets.engine_target("tiny", engine="serial")
     # the runner keys models on the name: "lanes" keeps the name (and the caches) it had
@@ -64,6 +66,12 @@ def test_engine_targets_are_separate_per_engine(tmp_path, monkeypatch):
     assert targets.engine_target("tiny", engine="serial", generate=False) == serial
     stamp = lambda t: t.sources[0].with_name("hmtx_top.v.sha256").read_text()
     assert stamp(lanes) != stamp(serial)
+    # contract 2 has targets of its own, beside contract 1's
+    c2, serial_c2 = targets.engine_target("tiny", contract=2), targets.engine_target("tiny", engine="serial", contract=2)
+    assert (c2.name, serial_c2.name) == ("tiny-c2", "tiny-serial-c2")
+    assert c2.sources[0].read_text() == "// lanes c2\n" and serial_c2.sources[0].read_text() == "// serial c2\n"
+    assert len({stamp(t) for t in (lanes, serial, c2, serial_c2)}) == 4
+    assert targets.engine_target("tiny", generate=False) == lanes       # still current
     with pytest.raises(ValueError, match="unknown engine 'wide'"):
         targets.engine_target("tiny", engine="wide")
 

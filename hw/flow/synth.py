@@ -322,7 +322,8 @@ def synthesize(board, core, out_dir, options=None):
         env["NEXTPNR_ECP5"] = hook
     start = time.monotonic()
     labels = {"config": opts.config_name, "lanes": opts.lanes, "core": type(core).__name__,
-              "engine": getattr(core, "engine_kind", None), "baud": opts.baud,
+              "engine": getattr(core, "engine_kind", None), "contract": getattr(core, "contract", None),
+              "baud": opts.baud,
               "seed": seeds[0], "yosys_synth_opts": " ".join(synth_opts),
               "router": opts.router or "default",
               "bram_fanout_split": bool(spec.family == "ecp5" and opts.split_fanout),

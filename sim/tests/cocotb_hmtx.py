@@ -6,7 +6,8 @@ counts are implementation-defined (status, opcode and length are still compared)
 
 Environment: HMTX_CONFIG names the configuration (model/configs.py; set by the pytest entry,
 which also builds the matching Verilog); HMTX_ENGINE says which engine that Verilog has (lanes,
-default, or serial: it only scales the cycle counts the tests wait); HMTX_SOAK_OPS (default
+default, or serial: it only scales the cycle counts the tests wait); HMTX_CONTRACT the arithmetic
+contract it was built for (1, default, or 2: the golden device computes the same); HMTX_SOAK_OPS (default
 500), HMTX_FUZZ_CASES (default 40), HMTX_WRAPS (ring wraps in ``ring``, default 3) and
 HMTX_RESET_TRIALS (default 6) size the random tests.
 """
@@ -27,6 +28,7 @@ from hmtx.sim.tb import STALL_PATTERNS, TB, test_seed
 
 CONFIG = get_config(os.environ.get("HMTX_CONFIG", "tiny"))
 ENGINE = os.environ.get("HMTX_ENGINE", "lanes")
+CONTRACT = int(os.environ.get("HMTX_CONTRACT", "1"))
 # Products per cycle the engine computes: P lanes, or the serial engine's one multiplier (a
 # RECALL at up5k takes ~12,000 cycles there); the waits below scale with 1 / this.
 MACS_PER_CYCLE = 1 if ENGINE == "serial" else max(1, CONFIG.lanes)
@@ -48,7 +50,8 @@ class Harness:
         c = golden.config
         # Watchdog: the slowest legal command (a full-size frame plus the longest compute and
         # response) takes well under this many cycles.
-        self.timeout = 20 * (P.MAX_BODY // 8 + c.d * c.d_h + c.n_slots * (c.d + c.d_h)) // MACS_PER_CYCLE + 200_000
+        # (contract 2's WRITE projects and folds: 2 d d_h products)
+        self.timeout = 20 * (P.MAX_BODY // 8 + 2 * c.d * c.d_h + c.n_slots * (c.d + c.d_h)) // MACS_PER_CYCLE + 200_000
 
     def cache_state(self) -> str:
         g = self.golden
@@ -130,7 +133,7 @@ async def start(dut, stalls: str, salt: int) -> Harness:
     await tb.reset()
     # A reset leaves the device as at power-up (golden: a fresh model); a leading END flushes
     # nothing and must not be answered.
-    h = Harness(tb, GoldenDevice(CONFIG, ENGINE), new_coverage())
+    h = Harness(tb, GoldenDevice(CONFIG, ENGINE, CONTRACT), new_coverage())
     await h.wire("leading END", bytes([P.END]))
     return h
 
@@ -204,6 +207,38 @@ async def ring(dut):
 
 
 @cocotb.test()
+async def weights_order(dut):
+    """Which weights each op needs -- where the contracts differ: W_k alone lets contract 1 write
+    but not contract 2 (which folds W_q into the key); a W_q invalidated by a failed load stops
+    contract 1's recall but not contract 2's (which never reads it)."""
+    h = await start(dut, "both", salt=7)
+    rng = np.random.default_rng(test_seed() ^ 0x3E7)
+    c = CONFIG
+    qws = [fixed.quantize_weight(rng.normal(size=(c.d, c.d_h)) * s) for s in (0.05, 0.3)]
+    some = lambda: P.pack_vector_cmd(*vector(rng, c.d), c.d)    # noqa: E731
+    for j, p in enumerate(P.weight_chunks(1, qws[1])):
+        await h.cmd(f"load W_k chunk {j}", P.Op.LOAD_WEIGHTS, p)
+    await h.cmd("write with W_k only", P.Op.WRITE_MEMORY, some())
+    await h.cmd("recall with W_k only", P.Op.RECALL, some())
+    for j, p in enumerate(P.weight_chunks(0, qws[0])):
+        await h.cmd(f"load W_q chunk {j}", P.Op.LOAD_WEIGHTS, p)
+    for i in range(3):
+        await h.cmd(f"write {i} with both", P.Op.WRITE_MEMORY, some())
+    await h.cmd("read slot 1", P.Op.READ_SLOT, P.pack_read_slot(1))
+    # a LOAD_WEIGHTS of W_q that fails (exponent out of range) invalidates W_q
+    bad = bytearray(P.weight_chunks(0, qws[0])[0])
+    bad[1] = (fixed.EXP_MAX + 1) & 0xFF
+    await h.cmd("failed W_q load", P.Op.LOAD_WEIGHTS, bytes(bad))
+    await h.cmd("status after the failed load", P.Op.STATUS)
+    await h.cmd("recall with W_q invalid", P.Op.RECALL, some())
+    await h.cmd("write with W_q invalid", P.Op.WRITE_MEMORY, some())
+    await h.cmd("read slot 2", P.Op.READ_SLOT, P.pack_read_slot(2))
+    await h.tb.expect_silence(64)
+    h.tb.log.info(h.sb.summary())
+    assert h.sb.checked >= 12, h.sb.summary()
+
+
+@cocotb.test()
 async def reset_mid_operation(dut):
     """Reset asserted at a random point of a command (receiving, computing, answering): no stale
     byte comes out, the device reports power-up state, and a reload and commands work."""
@@ -224,7 +259,7 @@ async def reset_mid_operation(dut):
         h.tb.send(victim)
         await h.tb.cycles(prng.randint(0, len(victim) + 4 * c.d * c.d_h // MACS_PER_CYCLE))
         await h.tb.reset()
-        h.golden = GoldenDevice(CONFIG, ENGINE)
+        h.golden = GoldenDevice(CONFIG, ENGINE, CONTRACT)
         await h.tb.expect_silence(16)
         await h.cmd(f"status after reset {trial}", P.Op.STATUS)
         await h.cmd(f"info after reset {trial}", P.Op.INFO)
