@@ -28,6 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--only", help="comma-separated sections to run (device,recall,sim,run,memory,link); the "
                                   "others are kept from an existing --json file")
     p.add_argument("--repeats", type=int, help="repeats per timing (default 21, --quick 5)")
+    p.add_argument("--contract", type=int, choices=(1, 2), default=1,
+                   help="arithmetic contract of the device and recall sections (default 1): the engine built "
+                        "for it, its synthesis report's Fmax, its golden recall; the JSON records it")
     p.add_argument("--segments", type=int, help="segments of the end-to-end run (default 6, --quick 3)")
     p.add_argument("--backbone", choices=("smollm2", "tiny"), help="backbone of the end-to-end run "
                                                                      "(default smollm2, --quick tiny)")
@@ -79,10 +82,14 @@ def _run(args) -> int:
             raise ValueError(f"--backends {args.backends!r}: choose from golden, sim")
     opts = suite.Options(quick=args.quick, sections=sections, repeats=args.repeats, run_segments=args.segments,
                          run_backbone=args.backbone, run_backends=backends, memory_backbone=args.memory_backbone,
-                         memory_lengths=lengths, log=lambda s: print(s, file=sys.stderr, flush=True))
+                         memory_lengths=lengths, log=lambda s: print(s, file=sys.stderr, flush=True),
+                         contract=args.contract)
     if args.only and os.path.exists(args.json_out):
         with open(args.json_out) as f:
             opts.prior = json.load(f)
+        if opts.prior.get("contract", 1) != args.contract:
+            raise ValueError(f"{args.json_out} holds contract {opts.prior.get('contract', 1)}'s results; "
+                             f"--contract {args.contract} goes to a file of its own")
     res = suite.run_suite(opts)
     res["command"] = "hmtx bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["bench"] \
         else "hmtx bench " + f"--json {args.json_out}" + (" --quick" if args.quick else "")

@@ -29,11 +29,12 @@ def _op_entry(cycles: int, macs: int, ideal: int, beats: int, **extra) -> dict:
             "utilization": 100.0 * ideal / cycles, **extra}
 
 
-def measure_point(cfg) -> dict:
+def measure_point(cfg, contract: int = 1) -> dict:
     """``{"write": {...}, "recall": {...} (full cache), "recall_1": {...}, "attention": {...}}``,
-    each ``{"cycles", "ideal", "macs", "beats", "utilization" (percent)}``, plus ``sim_s``."""
+    each ``{"cycles", "ideal", "macs", "beats", "utilization" (percent)}``, plus ``sim_s``; the
+    lane engine built for ``contract`` (its ideal counts are the contract's MACs / P)."""
     t0 = time.perf_counter()
-    rows = hw_cycles.measure(cfg)
+    rows = hw_cycles.measure(cfg, contract=contract)
     out = {}
     for label, cyc, macs, ideal, beats in rows:
         if label == "WRITE":
@@ -59,7 +60,7 @@ def named_configs(names) -> dict:
     return {n: measure_point(get_config(n)) for n in names}
 
 
-def sweep_points(sweep: dict, progress=None) -> list[dict]:
+def sweep_points(sweep: dict, progress=None, contract: int = 1) -> list[dict]:
     """One row per (config, N, P) point of ``sweep`` with write and full-cache recall figures."""
     from hmtx.model.configs import get_config
 
@@ -69,7 +70,7 @@ def sweep_points(sweep: dict, progress=None) -> list[dict]:
         points = [(n, base.lanes) for n in ns] + [(base.n_slots, p) for p in ps if p != base.lanes]
         for n, p in points:
             cfg = base.with_(name=f"{name}-N{n}-P{p}", n_slots=n, lanes=p)
-            r = measure_point(cfg)
+            r = measure_point(cfg, contract)
             rows.append({"config": name, "d": cfg.d, "d_h": cfg.d_h, "N": n, "P": p,
                          "write": r["write"], "recall": r["recall"], "sim_s": r["sim_s"]})
             if progress:

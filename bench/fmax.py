@@ -18,13 +18,13 @@ __all__ = ["find_reports", "fmax_table", "NOT_SYNTHESIZED", "ENGINE_CORES"]
 NOT_SYNTHESIZED = "not synthesized yet"
 
 
-def fmax_table(configs, repo: Path = REPO) -> dict:
+def fmax_table(configs, repo: Path = REPO, contract: int = 1) -> dict:
     """``{config name: {"fmax_mhz", "board", "timing_met", "source"}}`` or, without a report,
     ``{"fmax_mhz": None, "reason": "not synthesized yet"}``. A report counts only when its lane
     count matches the config's P."""
     table = {}
     for cfg in configs:
-        best = engine_report(cfg, repo)
+        best = engine_report(cfg, repo, contract=contract)
         if best is None:
             table[cfg.name] = {"fmax_mhz": None, "reason": NOT_SYNTHESIZED}
             continue

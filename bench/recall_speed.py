@@ -74,10 +74,11 @@ def torch_float_recall(cfg, device: str, repeats: int) -> dict:
     return out
 
 
-def golden_recall(cfg, repeats: int) -> dict:
-    """Seconds per recall of the golden models: ``fixed.recall`` (numpy arithmetic only) and a
-    RECALL frame through ``GoldenDevice.feed`` (decode, checks, arithmetic, encode). Also returns
-    the wire bytes of one RECALL and one WRITE_MEMORY exchange."""
+def golden_recall(cfg, repeats: int, contract: int = 1) -> dict:
+    """Seconds per recall of the golden models: ``fixed.recall`` (numpy arithmetic only;
+    ``fixed.recall_folded`` for contract 2) and a RECALL frame through ``GoldenDevice.feed``
+    (decode, checks, arithmetic, encode). Also returns the wire bytes of one RECALL and one
+    WRITE_MEMORY exchange."""
     from hmtx.model import protocol as P
     from hmtx.model.golden_device import GoldenDevice
     from hmtx.model import fixed
@@ -88,10 +89,16 @@ def golden_recall(cfg, repeats: int) -> dict:
     km, ke = fixed.project(qwk, mm, me)
     sm, se = fixed.quantize_bfp(x["s"])
 
-    def arith():
-        return fixed.recall(qwq, sm, int(se), km, ke, mm, me)
+    if contract == 2:
+        kf, kfe = fixed.fold_key(qwq, km, ke)
 
-    dev = GoldenDevice(cfg)
+        def arith():
+            return fixed.recall_folded(sm, int(se), kf, kfe, mm, me, cfg.d_h)
+    else:
+        def arith():
+            return fixed.recall(qwq, sm, int(se), km, ke, mm, me)
+
+    dev = GoldenDevice(cfg, contract=contract)
 
     def ok(rsp: bytes, what: str) -> bytes:
         frames = P.FrameDecoder().feed(rsp)
@@ -124,7 +131,7 @@ def link_us(n_bytes: int, baud: int = UART_BAUD) -> float:
     return n_bytes * BITS_PER_BYTE / baud * 1e6
 
 
-def measure_config(cfg, repeats: int, device_cycles: dict | None, fmax: dict | None) -> dict:
+def measure_config(cfg, repeats: int, device_cycles: dict | None, fmax: dict | None, contract: int = 1) -> dict:
     """Every recall timing of one config, and the ratios between them (same process, same run).
 
     ``device_cycles``: ``{"recall": cycles, "write": cycles}`` measured on the RTL (or None);
@@ -143,7 +150,7 @@ def measure_config(cfg, repeats: int, device_cycles: dict | None, fmax: dict | N
     else:
         res["torch_cuda_us"] = None
         res["torch_cuda_reason"] = "no CUDA device visible to torch on this machine"
-    g = golden_recall(cfg, repeats)
+    g = golden_recall(cfg, repeats, contract)
     res["golden_numpy_us"] = g["recall_arith"].scaled(1e6).to_dict()
     res["golden_frame_us"] = g["recall_frame"].scaled(1e6).to_dict()
     res["golden_recalls_per_s"] = g["recall_arith"].inverted().to_dict()

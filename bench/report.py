@@ -137,7 +137,8 @@ def markdown(res: dict, command: str | None = None) -> str:
     head = [f"Measured {res['date']} on {res['machine']}"
             + (f" (1-minute load average {res['machine_info']['load_avg_1m_at_start']:.1f} at the start; "
                "the CPU is shared)" if res.get("machine_info", {}).get("load_avg_1m_at_start") is not None else "")
-            + ".", ""]
+            + "." + (f" Device and recall sections: **contract {res['contract']}** (docs/arithmetic.md "
+                     "section 10)." if res.get("contract", 1) != 1 else ""), ""]
     runs = res.get("runs") or {}
     if len(runs) > 1:
         head += ["Sections were measured by these commands (each merged into the same JSON):", ""]

@@ -29,8 +29,11 @@ class Options:
 
     def __init__(self, quick=False, sections=SECTIONS, repeats=None, run_segments=None,
                  run_backbone=None, run_backends=None, memory_backbone=None, memory_lengths=None,
-                 sim_config=None, prior=None, log=print):
+                 sim_config=None, prior=None, log=print, contract=1):
         self.quick = quick
+        # the arithmetic contract of the device and recall sections (the engine built for it,
+        # its synthesis report, its golden recall); the other sections run contract 1
+        self.contract = contract
         # an earlier result whose sections this run does not repeat (e.g. the device cycles a
         # re-run of the recall section divides by Fmax)
         self.prior = prior or {}
@@ -61,7 +64,7 @@ def run_suite(opts: Options) -> dict:
     info = stats.machine_info()
     out = {"format": FORMAT, "date": info["date_utc"], "machine": stats.machine_string(info),
            "machine_info": info, "quick": opts.quick, "repeats": opts.repeats,
-           "sections": list(opts.sections), "seconds": {}, "reasons": {}}
+           "sections": list(opts.sections), "seconds": {}, "reasons": {}, "contract": opts.contract}
     log = opts.log
     configs = [get_config(n) for n in opts.configs]
 
@@ -78,26 +81,27 @@ def run_suite(opts: Options) -> dict:
     def device():
         out["device"] = {}
         for cfg in configs:
-            out["device"][cfg.name] = efficiency.measure_point(cfg)
+            out["device"][cfg.name] = efficiency.measure_point(cfg, opts.contract)
             r = out["device"][cfg.name]["recall"]
             log(f"  {cfg.name}: recall {r['cycles']} cycles, ideal {r['ideal']} ({r['utilization']:.1f}%)")
         out["device_sweep"] = efficiency.sweep_points(
             opts.sweep, progress=lambda row: log(f"  {row['config']} N={row['N']} P={row['P']}: recall "
-                                                 f"{row['recall']['cycles']} cycles ({row['recall']['utilization']:.1f}%)"))
+                                                 f"{row['recall']['cycles']} cycles ({row['recall']['utilization']:.1f}%)"),
+            contract=opts.contract)
     section("device", device)
 
     # -- Fmax and µs per recall ---------------------------------------------------------------
     def recall():
         # Fmax is read with the timings it turns into µs (a later run of another section must
         # not pair these timings with a newer report)
-        fm = fmax_mod.fmax_table(configs)
+        fm = fmax_mod.fmax_table(configs, contract=opts.contract)
         out["fmax"] = fm
         out["fmax_mhz"] = {k: v["fmax_mhz"] for k, v in fm.items()}
         out["recall_speed"] = {}
         for cfg in configs:
             dev = (out.get("device") or opts.prior.get("device") or {}).get(cfg.name)
             cyc = {"recall": dev["recall"]["cycles"], "write": dev["write"]["cycles"]} if dev else None
-            r = recall_speed.measure_config(cfg, opts.repeats, cyc, fm.get(cfg.name))
+            r = recall_speed.measure_config(cfg, opts.repeats, cyc, fm.get(cfg.name), opts.contract)
             out["recall_speed"][cfg.name] = r
             log(f"  {cfg.name}: torch cpu {stats.fmt_stat(r['torch_cpu_us'])} us, golden "
                 f"{stats.fmt_stat(r['golden_numpy_us'])} us, device "

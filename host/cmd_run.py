@@ -156,11 +156,12 @@ def report_case(res, device_spec: str) -> None:
         print(f"hmtx run: could not save the failing case: {res.case_error}", file=sys.stderr)
 
 
-def find_fmax(cfg, engine: str = "lanes") -> tuple[float, str] | None:
-    """(Fmax MHz, report path) of the newest `hmtx synth` report of ``engine`` with this config."""
+def find_fmax(cfg, engine: str = "lanes", contract: int = 1) -> tuple[float, str] | None:
+    """(Fmax MHz, report path) of the newest `hmtx synth` report of ``engine`` and ``contract``
+    with this config."""
     from hmtx.hw.flow.reports import engine_report
 
-    rep = engine_report(cfg, REPO, engine)
+    rep = engine_report(cfg, REPO, engine, contract)
     return (float(rep["fmax_mhz"]), rep["path"]) if rep else None
 
 
@@ -276,7 +277,7 @@ def _run(args) -> int:
     wall = time.monotonic() - t_start
     # INFO names the engine kind (protocol 1.1); a 1.0 device is taken for the lanes engine
     engine = device.engine or "lanes"
-    fmax = (args.fmax, "--fmax") if args.fmax else find_fmax(cfg, engine)
+    fmax = (args.fmax, "--fmax") if args.fmax else find_fmax(cfg, engine, device.contract)
     summary = {
         "segments": res.segments,
         "ops_checked": res.ops_checked,

@@ -31,13 +31,13 @@ def register(subparsers) -> None:
 # ---- cycles per recall ------------------------------------------------------------------
 # Measured, not estimated: the engine RTL runs one RECALL over a full cache in Amaranth's
 # simulator (hmtx.sim.perf, the same count as bench/cycles.py).
-def cycles_per_recall(config, core="hmtx", engine="lanes"):
+def cycles_per_recall(config, core="hmtx", engine="lanes", contract=1):
     """Engine cycles of one RECALL over a full cache at ``config`` (None for a stand-in core)."""
     if core != "hmtx":
         return None
     from hmtx.sim.perf import cycles_per_recall as measured
 
-    return measured(config, engine)
+    return measured(config, engine, contract)
 # -----------------------------------------------------------------------------------------
 
 
@@ -155,7 +155,7 @@ def run(args) -> int:
                         print(f"P={p} N={config.n_slots}: {e}", flush=True)
                         failed.append(e.report)
                         continue
-                    report["cycles_per_recall"] = cycles_per_recall(config, args.core, engine)
+                    report["cycles_per_recall"] = cycles_per_recall(config, args.core, engine, args.contract)
                     points.append(report)
                     print(format_summary(report), flush=True)
     except ValueError as e:

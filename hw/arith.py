@@ -89,12 +89,18 @@ class ShiftRoundSat(wiring.Component):
 
 class Reciprocal(wiring.Component):
     """``floor(2^RECIP_BITS / x)`` by restoring division, one quotient bit per cycle
-    (RECIP_BITS + 1 cycles). Used once per softmax row, so a sequential divider costs only
-    ~41 cycles of a recall and no multipliers.
+    (RECIP_BITS + 1 cycles), or two (``radix=4``). Used once per softmax row, so a sequential
+    divider costs only ~41 cycles of a recall and no multipliers.
 
     ``min_divisor_log2`` (k): the caller promises ``x >= 2^k`` (a softmax sum is at least
     ``LUT[0] = 2^15``), so the quotient's top k bits are 0 and the remainder after them is the
     dividend's prefix ``2^(k-1)``: the division starts from there, RECIP_BITS + 1 - k cycles.
+
+    ``radix=4`` (needs k >= 1 and RECIP_BITS + 1 - k even): every later dividend bit is 0, so a
+    step is ``4 rem`` against ``div``, ``2 div`` and ``3 div`` (three subtractions side by side,
+    ``3 div`` registered at the start) and yields two quotient bits: half the cycles, for two
+    more carry chains and a 4:1 multiplexer in front of the remainder. The quotient is the same
+    exact floor either way.
 
     Members
     -------
@@ -102,10 +108,15 @@ class Reciprocal(wiring.Component):
     o : Out(stream.Signature(unsigned(RECIP_BITS + 1)))
     """
 
-    def __init__(self, width=32, min_divisor_log2=0):
+    def __init__(self, width=32, min_divisor_log2=0, radix=2):
         if not 0 <= min_divisor_log2 <= min(width - 1, RECIP_BITS):
             raise ValueError(f"min_divisor_log2 must be in [0, {min(width - 1, RECIP_BITS)}], got {min_divisor_log2}")
-        self.width, self.skip = width, min_divisor_log2
+        if radix not in (2, 4):
+            raise ValueError(f"radix must be 2 or 4, got {radix}")
+        if radix == 4 and (min_divisor_log2 < 1 or (RECIP_BITS + 1 - min_divisor_log2) % 2):
+            raise ValueError(f"radix 4 needs min_divisor_log2 >= 1 with RECIP_BITS + 1 - min_divisor_log2 even, "
+                             f"got {min_divisor_log2}")
+        self.width, self.skip, self.radix = width, min_divisor_log2, radix
         super().__init__({
             "i": In(stream.Signature(unsigned(width))),
             "o": Out(stream.Signature(unsigned(RECIP_BITS + 1))),
@@ -118,27 +129,53 @@ class Reciprocal(wiring.Component):
         quo = Signal(RECIP_BITS + 1, reset_less=True)
         k = Signal(range(RECIP_BITS + 2))
         busy = Signal()
+        bits = RECIP_BITS + 1 - self.skip           # the quotient bits left to find
         # (the top ``skip`` bits of quo are the last division's: 0 by the caller's promise)
-        m.d.comb += [self.i.ready.eq(~busy & ~self.o.valid), self.o.payload.eq(quo[:RECIP_BITS + 1 - self.skip])]
+        m.d.comb += [self.i.ready.eq(~busy & ~self.o.valid), self.o.payload.eq(quo[:bits])]
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
+        div3 = Signal(self.width + 2, reset_less=True)     # radix 4: 3 div, from the start on
         with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [div.eq(self.i.payload), rem.eq((1 << self.skip) >> 1), k.eq(RECIP_BITS + 1 - self.skip),
-                         busy.eq(1)]
+            m.d.sync += [div.eq(self.i.payload), rem.eq((1 << self.skip) >> 1),
+                         k.eq(bits if self.radix == 2 else bits // 2), busy.eq(1)]
+            if self.radix == 4:
+                m.d.sync += div3.eq(self.i.payload + (self.i.payload << 1))
         with m.If(busy):
-            # dividend 2^RECIP_BITS: its only one bit enters at the first step
-            shifted = Signal(self.width + 1)
-            m.d.comb += shifted.eq(Cat_bit(rem, k == RECIP_BITS + 1))
-            # one subtraction: its borrow is the quotient bit (a compare beside a subtract was
-            # two carry chains and a multiplexer)
-            diff = Signal(self.width + 2)
-            m.d.comb += diff.eq(shifted - div)
-            ge = ~diff[-1]
-            m.d.sync += [rem.eq(Mux(ge, diff[:self.width + 1], shifted)), quo.eq(Cat_bit(quo, ge)),
-                         k.eq(k - 1)]
+            if self.radix == 2:
+                self._step2(m, div, rem, quo, k)
+            else:
+                self._step4(m, div, div3, rem, quo)
+            m.d.sync += k.eq(k - 1)
             with m.If(k == 1):
                 m.d.sync += [busy.eq(0), self.o.valid.eq(1)]
         return m
+
+    def _step2(self, m, div, rem, quo, k):
+        # dividend 2^RECIP_BITS: its only one bit enters at the first step
+        shifted = Signal(self.width + 1)
+        m.d.comb += shifted.eq(Cat_bit(rem, k == RECIP_BITS + 1))
+        # one subtraction: its borrow is the quotient bit (a compare beside a subtract was
+        # two carry chains and a multiplexer)
+        diff = Signal(self.width + 2)
+        m.d.comb += diff.eq(shifted - div)
+        ge = ~diff[-1]
+        m.d.sync += [rem.eq(Mux(ge, diff[:self.width + 1], shifted)), quo.eq(Cat_bit(quo, ge))]
+
+    def _step4(self, m, div, div3, rem, quo):
+        # rem < div, so 4 rem < 4 div and the digit is 0..3: the largest multiple that fits
+        shifted = Signal(self.width + 2)
+        m.d.comb += shifted.eq(rem << 2)
+        diffs = [Signal(self.width + 3, name=f"diff{j}") for j in (1, 2, 3)]
+        m.d.comb += [diffs[0].eq(shifted - div), diffs[1].eq(shifted - (div << 1)), diffs[2].eq(shifted - div3)]
+        fits = [~d[-1] for d in diffs]
+        with m.If(fits[2]):
+            m.d.sync += [rem.eq(diffs[2]), quo.eq(Cat(Const(3, 2), quo))]
+        with m.Elif(fits[1]):
+            m.d.sync += [rem.eq(diffs[1]), quo.eq(Cat(Const(2, 2), quo))]
+        with m.Elif(fits[0]):
+            m.d.sync += [rem.eq(diffs[0]), quo.eq(Cat(Const(1, 2), quo))]
+        with m.Else():
+            m.d.sync += [rem.eq(shifted), quo.eq(Cat(Const(0, 2), quo))]
 
 
 def round_shift_var(x, s):

@@ -89,12 +89,13 @@ class Engine(EngineLayout, wiring.Component):
     ``contract`` (1 or 2) is the arithmetic contract (docs/arithmetic.md section 10). Contract 2
     adds a region ``kf`` to ``dat`` after the M ring (K'_i at word ``kf_base + i*CB + cb``, int8
     like M_i), keeps K'_i's exponent in ``kexp``, deepens ``wm`` to ``max(KMAX, d_h)`` (the fold
-    beats' scalar K_i[j]) and ``qbuf`` to ``max(HB, AB, CB)`` words (S, for the recall's scores).
+    beats' scalar K_i[j]) and ``qbuf`` to ``max(HB, AB, CB)`` words (S, for the recall's scores,
+    copied there as the owner writes it).
     It has no ``key`` ring (``key`` is None, ``rd_key_data`` reads 0): no contract-2 recall
     reads K_i, and the ring's block RAM pays for K' in ``dat``. A WRITE computes K_i as in
     contract 1 (into ``wm`` only), then K'_i in two passes of ``CB x d_h`` lane-mode beats
     (:meth:`~hmtx.hw.engine_sequencer.Sequencer._fold`, :class:`~hmtx.hw.engine_fold.FoldUnit`):
-    about ``3 x d_h x CB`` beats in all. A RECALL loads S into ``qbuf`` (CB words), scores it
+    about ``3 x d_h x CB`` beats in all. A RECALL finds S in ``qbuf``, scores it
     against the n folded keys in ``dat`` (``n x CB`` dot beats, the score scale of d_h, exponents
     S's and K'_i's) and runs the softmax and weighted sum as in contract 1: it never reads W_q.
 
@@ -258,8 +259,12 @@ class Engine(EngineLayout, wiring.Component):
         m.d.comb += self.exps.fold_shift.eq(self.fold.shift)
 
     def _forward_owner(self, m):
-        """The owner's members (EngineSignature) to and from the units that serve them."""
-        for unit, names in self._OWNER.items():
+        """The owner's members (EngineSignature) to and from the units that serve them (contract
+        2: the owner's writes of ``dat`` also reach the fetch, which copies S into ``qbuf``)."""
+        owner = dict(self._OWNER)
+        if self.contract == 2:
+            owner["fetch"] = owner["fetch"] + ("wr_dat_addr", "wr_dat_data", "wr_dat_en")
+        for unit, names in owner.items():
             unit = getattr(self, unit)
             for name in names:
                 if self.signature.members[name].flow == In:

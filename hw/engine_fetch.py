@@ -113,6 +113,9 @@ class OperandFetchSignature(wiring.Signature):
         The write ports of the rows of ``w``.
     wr_w_addr, wr_w_data, wr_w_en : In(...)
         The owner's writes of ``w`` (:class:`~hmtx.hw.engine.EngineSignature`).
+    wr_dat_addr, wr_dat_data, wr_dat_en : In(...)
+        Contract 2 only: the owner's writes of ``dat``, whose vector words (0..CB-1: RECALL's S)
+        are copied into ``qbuf`` as they are written.
     """
 
     def __init__(self, layout, *, dat_rd, key_rd, wm_rd, w_rd, w_wr, w_depth):
@@ -127,6 +130,10 @@ class OperandFetchSignature(wiring.Signature):
             "wr_w_data": In(data.ArrayLayout(signed(8), layout.P)),
             "wr_w_en": In(layout.P),
         }
+        if layout.contract == 2:
+            members.update({"wr_dat_addr": In(range(layout.dat_depth)),
+                            "wr_dat_data": In(data.ArrayLayout(signed(8), layout.P)),
+                            "wr_dat_en": In(layout.P)})
         for r, (rd, wr) in enumerate(zip(w_rd, w_wr)):
             members[f"w{r}_rd"], members[f"w{r}_wr"] = In(rd), In(wr)
         super().__init__(members)
@@ -152,7 +159,9 @@ class OperandFetch(wiring.Component):
 
     Owns ``qbuf`` (q, or the current attention query row: a few words of P int16 lanes, so
     flip-flops rather than a memory), written from the write-back's projection results and from
-    ``dat`` (a Q row). The memories it reads are reached through their ports in the signature:
+    ``dat`` (a Q row); under contract 2 also from the owner's writes of the input vector, so that
+    a RECALL finds S there and goes straight to its scores (S and the folded keys are both in
+    ``dat``, whose one read port would otherwise spend CB cycles on S first). The memories it reads are reached through their ports in the signature:
     ``dat``, ``key`` and the rows of ``w`` are the engine's (the floorplan finds them by their
     names under the engine; ``dat`` and ``key`` are shared with the write-back and the owner),
     ``wm`` is the softmax's. The owner's writes of ``w`` go through here too (registered like the
@@ -297,14 +306,42 @@ class OperandFetch(wiring.Component):
         ql1 = ql_taps[ADDR_REGS]
         m.d.comb += self.ctl.q_loading.eq(Cat(*(t.valid for t in ql_taps)).any())
         ql_wr = [data.View(ql1.shape(), v) for v in replicate(m, ql1, G, "ql_wr", reset=True)]
+        sn = self._snoop(m, qa_bits) if L.contract == 2 else None
         for l in range(P):
             qw, lw = q_wr[l // LG], ql_wr[l // LG]
             for w in range(QD):
-                with m.If(lw.valid & (lw.idx == w)):
-                    m.d.sync += qbuf[w][l].eq(dat_q[l])
+                load = lw.valid & (lw.idx == w)
+                load_data = dat_q[l]
+                if sn is not None:
+                    # (the owner writes only while the engine is idle: never beside a Q row load)
+                    sw = sn.wr[l // LG]
+                    load = load | (sw.valid & (sw.word == w) & sn.en[l])
+                    load_data = sn.lane_data[l]
+                with m.If(load):
+                    m.d.sync += qbuf[w][l].eq(load_data)
                 with m.Elif(qw.valid & (qw.word == w) & (qw.lane == l)):
                     m.d.sync += qbuf[w][l].eq(qw.y)
+        if sn is not None:
+            # per lane, once: the snooped byte while a copy is valid, else the Q row's
+            for l in range(P):
+                m.d.comb += sn.lane_data[l].eq(Mux(sn.wr[l // LG].valid, sn.data[l], dat_q[l]))
         return q_op
+
+    def _snoop(self, m, qa_bits):
+        """Contract 2: the owner's writes of the input vector's words (0..CB-1), registered once,
+        with a copy of (valid, word) per lane group, for ``qbuf``. Returns them."""
+        L = self.layout
+        P = L.P
+        sn_in = Signal(data.StructLayout({"valid": 1, "word": qa_bits}))
+        m.d.comb += [sn_in.valid.eq((self.wr_dat_en != 0) & (self.wr_dat_addr < L.CB)),
+                     sn_in.word.eq(self.wr_dat_addr[:qa_bits])]
+        sn = SimpleNamespace()
+        sn.wr = [data.View(sn_in.shape(), v) for v in replicate(m, sn_in, L.G, "sn_wr", reset=True)]
+        sn.en = Signal(P, name="sn_en", reset_less=True)
+        sn.data = Signal(data.ArrayLayout(signed(8), P), name="sn_data", reset_less=True)
+        m.d.sync += [sn.en.eq(self.wr_dat_en), sn.data.eq(self.wr_dat_data)]
+        sn.lane_data = [Signal(signed(8), name=f"sn_ld{l}") for l in range(P)]
+        return sn
 
     def _w_writes(self, m):
         """The owner's writes of ``w`` (weights, while the engine is idle): registered like the

@@ -218,16 +218,12 @@ class Sequencer(wiring.Component):
                              r.a.eq(0), r.a_more.eq(self.n_q > 1), r.single.eq(self.n_keys == 1)]
                 with m.If(self.op == Op.ATTENTION):
                     m.next = "ROW"
-                if r.c2 and self.layout.CB >= 2:
-                    # contract 2's RECALL loads S into qbuf as attention loads a query row, with
-                    # no row to set up (S's exponent, vexp[0], is read in QLOAD's first cycle and
-                    # there by its second)
+                if r.c2:
+                    # contract 2's RECALL finds S in qbuf (the fetch copied it there as the owner
+                    # wrote it): its scores start at once (S's exponent: SCORE's q_row)
                     with m.Elif(self.op == Op.RECALL):
-                        m.d.sync += [r.base_o.eq(0), r.inner.eq(0), r.issuing.eq(1)]
-                        m.next = "QLOAD"
-                elif r.c2:
-                    with m.Elif(self.op == Op.RECALL):
-                        m.next = "ROW"
+                        self._scores_start(m, r, n_keys=self.n_keys, attn=0)
+                        m.next = "SCORE"
                 with m.Else():
                     m.next = "PROJ_START"
 
@@ -311,7 +307,7 @@ class Sequencer(wiring.Component):
                 m.d.comb += [self.fetch.dat_addr.eq(r.base_o + r.inner), self.fetch.q_load.valid.eq(1),
                              self.fetch.q_load.payload.eq(r.inner)]
                 m.d.sync += r.inner.eq(r.inner + 1)
-                with m.If(r.inner == (Mux(r.attn, AB - 1, self.layout.CB - 1) if r.c2 else AB - 1)):
+                with m.If(r.inner == AB - 1):
                     m.d.sync += r.issuing.eq(0)
                     if r.c2:
                         # a score beat reads qbuf (at its stage 3) no sooner than the Q load's
@@ -333,6 +329,10 @@ class Sequencer(wiring.Component):
             self._scores_start(m, r)
             m.next = "SCORE"
         with m.State("SCORE"):
+            if r.c2:
+                # S's exponent, vexp[0] (row 0 from the start on): read while the scores issue,
+                # registered long before the first score reaches the score unit
+                m.d.comb += self.exps.q_row.eq(~r.attn)
             with m.If(r.issuing):
                 if KP == P:
                     halves = {"qaddr": r.inner}
@@ -357,17 +357,20 @@ class Sequencer(wiring.Component):
                     m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1), r.kc.on.eq(1)]
                 m.next = "EXP"
 
-    def _scores_start(self, m, r):
-        """The counters and bases of the score beats (and, contract 2, of the passes' keys)."""
+    def _scores_start(self, m, r, n_keys=None, attn=None):
+        """The counters and bases of the score beats (and, contract 2, of the passes' keys).
+        ``n_keys``/``attn``: the operation's, where they are not yet in their registers (at start)."""
         L = self.layout
         c, AB = L.config, L.AB
         rk_words, rk_base = (L.CB, L.kf_base) if r.c2 else (L.KB, 0)
-        m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(r.n_keys - 1),
-                     r.inner_last.eq(Mux(r.attn, AB - 1, rk_words - 1)),
-                     r.base_o.eq(Mux(r.attn, c.max_queries * AB, rk_base)), r.base_i.eq(0),
+        n_keys = r.n_keys if n_keys is None else n_keys
+        attn = r.attn if attn is None else attn
+        m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(n_keys - 1),
+                     r.inner_last.eq(Mux(attn, AB - 1, rk_words - 1)),
+                     r.base_o.eq(Mux(attn, c.max_queries * AB, rk_base)), r.base_i.eq(0),
                      r.issuing.eq(1), self.phase.eq(Phase.SCORE)]
         if r.c2:
-            m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1)]
+            m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(n_keys - 1)]
         m.d.comb += self.score.clear.eq(1)
 
     def _softmax_passes(self, m, r):

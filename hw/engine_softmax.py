@@ -34,7 +34,7 @@ class SoftmaxControlSignature(wiring.Signature):
     div : Out(1)
         After the exp2 pass (every term written): start the reciprocal of the sum.
     div_done : In(1)
-        The reciprocal is there (a pulse, ~41 cycles after ``div``).
+        The reciprocal is there (a pulse, ~41 cycles after ``div``; contract 2: 13).
     retire : In(1)
         A term or a probability is written (the sequencer's count of results in flight).
     """
@@ -85,7 +85,8 @@ class Softmax(wiring.Component):
       B forms v, C reads the table, D registers it (the table maps to a block RAM), then ex2
       writes e and adds it to the sum. E, the largest value exponent of the kept keys, is
       taken on the way (from the value exponent registered at B).
-    * The reciprocal ``floor(2^40 / sum)`` (< 2^26, as ``sum >= LUT[0] = 2^15``), ~41 cycles.
+    * The reciprocal ``floor(2^40 / sum)`` (< 2^26, as ``sum >= LUT[0] = 2^15``), ~41 cycles
+      (contract 2: 13, from the 15th quotient bit on and two bits a cycle).
     * probability pass: ``p = min(round_shift(e * r, 25), 32767)``, ``w = round_shift(p, align)``
       with ``align = min(E - value exponent, 16)``. Stage A registers e from the RAM so the
       multiplier starts from a flip-flop; ``e * r`` is two DSP products (r's low 17 bits, its high
@@ -142,10 +143,12 @@ class Softmax(wiring.Component):
         # one read of ``sc`` at the head of either pass (the other's index is 0 then)
         m.d.comb += self.sc_r.addr.eq(ctl.exp.payload.idx | ctl.prob.payload.idx)
         ex_done, exp_sum = self._exp2_pass(m, big_e)
-        # (contract 2 starts the division past the quotient's 15 zero bits: sum >= LUT[0] = 2^15)
-        skip = fixed.EXP2_BITS if self.layout.contract == 2 else 0
+        # (contract 2 starts the division past the quotient's 15 zero bits, sum >= LUT[0] = 2^15,
+        # and finds two bits a cycle: the reciprocal is on the recall's critical path, 13 cycles)
+        c2 = self.layout.contract == 2
+        skip = fixed.EXP2_BITS if c2 else 0
         assert fixed.exp2_lut()[0] >= 1 << skip
-        m.submodules.recip = recip = Reciprocal(32, min_divisor_log2=skip)
+        m.submodules.recip = recip = Reciprocal(32, min_divisor_log2=skip, radix=4 if c2 else 2)
         rcp = Signal(26)        # floor(2^40 / sum) < 2^26 because sum >= LUT[0] = 2^15
         m.d.comb += [recip.o.ready.eq(1), recip.i.valid.eq(ctl.div), recip.i.payload.eq(exp_sum),
                      ctl.div_done.eq(recip.o.valid)]

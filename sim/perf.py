@@ -31,15 +31,15 @@ async def run_engine_op(ctx, engine, limit: int = OP_CYCLE_LIMIT, **operands) ->
     return cycles
 
 
-def cycles_per_recall(config, engine_kind: str = "lanes") -> int:
+def cycles_per_recall(config, engine_kind: str = "lanes", contract: int = 1) -> int:
     """Engine cycles of one RECALL over a full cache (n = N slots) at ``config``, for the engine
-    HmtxTop builds with ``engine=engine_kind``."""
+    HmtxTop builds with ``engine=engine_kind`` and ``contract``."""
     from amaranth.sim import Simulator
 
     from hmtx.hw.engine import Op
     from hmtx.hw.top import engine_class
 
-    engine = engine_class(engine_kind)(config)
+    engine = engine_class(engine_kind)(config, contract=contract)
     got = []
 
     async def tb(ctx):

@@ -95,6 +95,27 @@ def test_validate_catches_inconsistencies(breakage, message):
     assert any(message in b for b in bad), bad
 
 
+def test_quick_bench_of_contract_2_measures_the_contract_2_engine(tmp_path, capsys):
+    """`hmtx bench --contract 2`: the cycles are the contract-2 engine's (its recall formula,
+    docs/hardware.md), the ideal its 2·n·d / P, the golden recall `fixed.recall_folded`; and it
+    refuses to merge into a JSON of contract 1."""
+    from hmtx.host.cli import main
+    from hmtx.model.configs import get_config
+    from hmtx.sim.perf import cycles_per_recall
+    path = tmp_path / "c2.json"
+    assert main(["bench", "--json", str(path), "--quick", "--contract", "2"]) == 0
+    res = json.loads(path.read_text())
+    tiny, cfg = res["device"]["tiny"], get_config("tiny")
+    assert res["contract"] == 2 and "contract 2" in capsys.readouterr().out
+    assert tiny["recall"]["cycles"] == cycles_per_recall(cfg, contract=2)
+    assert tiny["recall"]["ideal"] == math.ceil(2 * cfg.n_slots * cfg.d / cfg.lanes)
+    assert res["recall_speed"]["tiny"]["golden_numpy_us"]["median"] > 0
+    c1 = tmp_path / "c1.json"
+    c1.write_text(json.dumps({"contract": 1, "device": {}}))
+    assert main(["bench", "--json", str(c1), "--quick", "--only", "device", "--contract", "2"]) == 2
+    assert "holds contract 1's results" in capsys.readouterr().err
+
+
 def test_bench_rejects_bad_arguments(tmp_path, capsys):
     from hmtx.host.cli import main
     assert main(["bench", "--json", str(tmp_path / "x.json"), "--only", "device,bogus"]) == 2

@@ -59,29 +59,32 @@ def test_standin_netlist_matches_rtl(standin_rtl_record, arch, options, dsp_cell
 
 
 ENGINE_CASES = [
-    pytest.param("tiny", "lanes", "ecp5", "", id="tiny-ecp5"),
+    pytest.param("tiny", "lanes", "ecp5", "", 1, id="tiny-ecp5"),
     # hw/flow/synth.py builds ECP5 with -nolutram (DEFAULT_SYNTH_OPTS): small memories go to DP16KD.
-    pytest.param("tiny", "lanes", "ecp5", "-nolutram", id="tiny-ecp5-nolutram"),
-    pytest.param("up5k", "lanes", "ice40", "-dsp", id="up5k-ice40-dsp"),
+    pytest.param("tiny", "lanes", "ecp5", "-nolutram", 1, id="tiny-ecp5-nolutram"),
+    pytest.param("up5k", "lanes", "ice40", "-dsp", 1, id="up5k-ice40-dsp"),
     # what `hmtx synth --board icebreaker` builds: the serial engine, its multiplier in an SB_MAC16
-    pytest.param("up5k", "serial", "ice40", "-dsp", id="up5k-serial-ice40-dsp"),
+    pytest.param("up5k", "serial", "ice40", "-dsp", 1, id="up5k-serial-ice40-dsp"),
+    # what `hmtx synth --contract 2` builds for either board
+    pytest.param("tiny", "lanes", "ecp5", "-nolutram", 2, id="tiny-c2-ecp5-nolutram"),
+    pytest.param("up5k", "serial", "ice40", "-dsp", 2, id="up5k-serial-c2-ice40-dsp"),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config,engine,arch,options", ENGINE_CASES)
-def test_engine_netlist_matches_rtl(config, engine, arch, options):
-    env = {"HMTX_CONFIG": config, "HMTX_ENGINE": engine}
-    rtl = engine_target(config, engine=engine)
+@pytest.mark.parametrize("config,engine,arch,options,contract", ENGINE_CASES)
+def test_engine_netlist_matches_rtl(config, engine, arch, options, contract):
+    env = {"HMTX_CONFIG": config, "HMTX_ENGINE": engine, "HMTX_CONTRACT": str(contract)}
+    rtl = engine_target(config, engine=engine, contract=contract)
     rtl_record = _record(build(rtl, sim="verilator").run(ENGINE, tests="record", tag="record", env=env, wall_limit_s=4 * LIMIT))
     name = f"{rtl.name}-{arch}{options}"
     # from the RTLIL that `hmtx synth` builds (collisions don't-care), with its Yosys commands
-    netlist = synthesize(engine_rtlil(config, engine), rtl.toplevel, arch, name=name, options=options)
+    netlist = synthesize(engine_rtlil(config, engine, contract), rtl.toplevel, arch, name=name, options=options)
     if engine == "serial":
         # the case is there to simulate the engine's multiplier as the SB_MAC16 it becomes
         assert cell_usage(netlist).get("SB_MAC16", 0) >= 1, f"no SB_MAC16 in the netlist: {cell_usage(netlist)}"
     out = build(gate_target(name, netlist, rtl.toplevel, arch)).run(ENGINE, tests="record", tag="record", env=env, wall_limit_s=4 * LIMIT)
-    _compare(rtl_record, _record(out), f"{config} ({engine} engine) {arch} {options}")
+    _compare(rtl_record, _record(out), f"{config} ({engine} engine, contract {contract}) {arch} {options}")
 
 
 def _memories():

@@ -25,14 +25,26 @@ def test_shift_round_sat_matches_contract(in_width, bits):
         assert (tag, y) == (n % 256, want), f"x={it['x']} s={it['s']}"
 
 
-@pytest.mark.parametrize("skip", [0, 15])
-def test_reciprocal_is_exact_floor(skip):
+@pytest.mark.parametrize("skip,radix", [(0, 2), (15, 2), (15, 4), (1, 4)])
+def test_reciprocal_is_exact_floor(skip, radix):
     r = rng(4)
-    dut = Reciprocal(32, min_divisor_log2=skip)
-    xs = [1, 2, 3, 1 << 15, (1 << 25) - 1, 32769] + [r.randint(1 << 15, 1 << 25) for _ in range(6)]
+    dut = Reciprocal(32, min_divisor_log2=skip, radix=radix)
+    # (the divisors around each digit's boundaries: 2^k - 1, 2^k, 2^k + 1, and 3 * 2^k)
+    edges = [e for k in range(skip, 32) for e in ((1 << k) - 1, 1 << k, (1 << k) + 1, 3 << k) if e < 1 << 32]
+    xs = [1, 2, 3, 1 << 15, (1 << 25) - 1, 32769, (1 << 32) - 1] + edges[::3] + \
+        [r.randint(1 << 15, 1 << 25) for _ in range(6)]
     xs = [x for x in xs if x >= 1 << skip]
     out = run_stream(dut, dut.i, dut.o, xs, len(xs), r, convert=int)
     assert out == [(1 << fixed.RECIP_BITS) // x for x in xs]
+
+
+def test_reciprocal_refuses_what_radix_4_cannot_do():
+    with pytest.raises(ValueError, match="radix 4 needs min_divisor_log2 >= 1"):
+        Reciprocal(32, min_divisor_log2=0, radix=4)
+    with pytest.raises(ValueError, match="radix 4 needs"):
+        Reciprocal(32, min_divisor_log2=2, radix=4)          # 39 quotient bits: odd
+    with pytest.raises(ValueError, match="radix must be 2 or 4"):
+        Reciprocal(32, radix=8)
 
 
 @pytest.mark.parametrize("shape,shifts", [(unsigned(16), 17), (signed(32), 25)],

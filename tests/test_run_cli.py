@@ -95,6 +95,17 @@ def test_fmax_comes_from_the_engine_synth_report(tmp_path, monkeypatch):
                                                           "fmax_mhz": fmax}))
     assert cmd_run.find_fmax(cfg)[0] == 42.5
     assert cmd_run.find_fmax(get_config("smollm")) is None
+    # a contract-2 build is its own design: never the Fmax of contract 1's, and the other way round
+    import os
+    import time
+    d = tmp_path / "build" / "synth" / "engine-c2"
+    d.mkdir(parents=True)
+    (d / "synth_report.json").write_text(_json.dumps({"config": "up5k", "core": "HmtxTop", "lanes": cfg.lanes,
+                                                      "fmax_mhz": 40.0, "contract": 2}))
+    later = time.time() + 10
+    os.utime(d / "synth_report.json", (later, later))      # the newest report
+    assert cmd_run.find_fmax(cfg)[0] == 42.5
+    assert cmd_run.find_fmax(cfg, contract=2)[0] == 40.0
 
 
 def test_cache_check_written_reads_fewer_slots(capsys, tmp_path):

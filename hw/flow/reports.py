@@ -40,9 +40,10 @@ def find_engine_reports(repo: Path = REPO) -> list[dict]:
     return found
 
 
-def engine_report(cfg, repo: Path = REPO, engine: str = "lanes") -> dict | None:
-    """The newest report of ``cfg`` (same config name and lane count) built with ``engine``, or None."""
+def engine_report(cfg, repo: Path = REPO, engine: str = "lanes", contract: int = 1) -> dict | None:
+    """The newest report of ``cfg`` (same config name and lane count) built with ``engine`` for
+    ``contract`` (a report from before contracts were recorded is contract 1), or None."""
     mine = [r for r in find_engine_reports(repo)
             if r["config"] == cfg.name and r.get("lanes", cfg.lanes) == cfg.lanes
-            and r.get("engine", "lanes") == engine]
+            and r.get("engine", "lanes") == engine and (r.get("contract") or 1) == contract]
     return max(mine, key=lambda r: r["mtime"]) if mine else None
