@@ -7,8 +7,10 @@ one segment of `hmtx run` keeps the host waiting on the wire and the device.
   bridge makes (FTDI: base clock / (n + k/8); FT231X base 3 MHz on the ULX3S, FT2232H 12 MHz on
   the iCEBreaker), so the mismatch between the two ends.
 * **Segment model**: the frames of one steady-state segment as the golden device encodes them on
-  random data (SLIP escapes included): RECALL over a full cache and WRITE_MEMORY (the work), and
-  the runtime's per-segment cache check (STATUS + READ_SLOT of every filled slot); 10 bits per
+  random data (SLIP escapes included): RECALL over a full cache -- with the probabilities (every
+  RECALL before protocol 1.2, ``RECALL``) and without (``RECALL_NOPROBS``, flags 0: `hmtx run`'s
+  default since 1.2) -- and WRITE_MEMORY (the work), and the runtime's cache check (STATUS +
+  READ_SLOT of every filled slot, or of the one slot written); 10 bits per
   byte at the line rate plus the compute cycles at the board's clock (not Fmax: the board runs at
   the PLL's frequency). With the host's own time per segment it gives the share of `hmtx run`
   spent waiting on the device. Two schedules: *blocking* (the host waits for every answer:
@@ -16,7 +18,10 @@ one segment of `hmtx run` keeps the host waiting on the wire and the device.
   default: WRITE_MEMORY is posted and runs on the wire and the device while the host computes
   the next segment's representation pass, so it costs the host only what the pass does not
   cover; the RECALL and the cache check stay on the critical path). The representation pass is
-  timed on the host (:func:`representation_pass_s`).
+  timed on the host (:func:`representation_pass_s`). And `hmtx run`'s default since protocol 1.2
+  (``default_*``): RECALL without the probabilities, the write overlapped, the written slot checked
+  every segment and the whole cache every ``full_check_every`` segments (its cost spread over
+  them).
 * **Measured on the virtual board** (:func:`measure_board`): `hmtx run`'s runtime on the tiny
   backbone against the board top under Verilator (hmtx.sim.board_sim), each segment's simulated
   time (wire bits at the line rate + device cycles) and bytes from the board's own counters.
@@ -115,7 +120,9 @@ def segment_traffic(cfg, fill: int | None = None, seed: int = 0) -> dict:
         dev.feed(P.encode_command(P.Op.WRITE_MEMORY, vec()))
     out.clear()
     if fill:
-        op("RECALL", P.Op.RECALL, vec())
+        s = vec()
+        op("RECALL", P.Op.RECALL, s)                                # S_n alone: the probabilities come
+        op("RECALL_NOPROBS", P.Op.RECALL, P.pack_recall_cmd(*P.unpack_bfp8(s, cfg.d), cfg.d, 0))
     op("WRITE_MEMORY", P.Op.WRITE_MEMORY, vec())
     op("STATUS", P.Op.STATUS)
     for s in range(dev.fill):                   # every valid slot, the one just written included
@@ -123,12 +130,14 @@ def segment_traffic(cfg, fill: int | None = None, seed: int = 0) -> dict:
     return {"fill": fill, "ops": out, "weights": weights}
 
 
-WORK_OPS = ("RECALL", "WRITE_MEMORY")           # what the model needs from the device
+WORK_OPS = ("RECALL", "WRITE_MEMORY")           # what the model needs from the device (probabilities too)
+WORK_OPS_NOPROBS = ("RECALL_NOPROBS", "WRITE_MEMORY")   # the same without the probabilities (1.2)
 CHECK_OPS = ("STATUS", "READ_SLOT")             # the runtime's per-segment whole-cache check
 
 
 def link_model(cfg, baud: int, clk_hz: float, cycles: dict | None, traffic: dict,
-               host_s_per_segment: float | None = None, representation_s: float | None = None) -> dict:
+               host_s_per_segment: float | None = None, representation_s: float | None = None,
+               full_check_every: int = 16) -> dict:
     """Seconds per segment on the wire and in the device at ``baud`` and ``clk_hz``.
 
     ``cycles``: ``{"recall": n, "write": n}`` compute cycles (None: wire time only). Returns the
@@ -139,7 +148,15 @@ def link_model(cfg, baud: int, clk_hz: float, cycles: dict | None, traffic: dict
     write posted): blocking = RECALL + WRITE_MEMORY + check; overlapped = RECALL + what of the
     WRITE_MEMORY (its frames both ways and its compute) the host's ``representation_s`` does not
     cover + check. Each for the whole-cache check (``segment_s``) and for ``--cache-check
-    written`` (``segment_written_s``: STATUS + the one READ_SLOT of the slot just written)."""
+    written`` (``segment_written_s``: STATUS + the one READ_SLOT of the slot just written).
+
+    ``default_*``: `hmtx run`'s default schedule since protocol 1.2 -- RECALL without the
+    probabilities (``default_recall_s``), the write overlapped when ``representation_s`` is given
+    (blocking otherwise), STATUS and the written slot every segment, and the whole cache every
+    ``full_check_every`` segments instead, spread over them (``default_check_s``);
+    ``default_segment_s`` their sum, ``wait_share_default`` its share of a segment. ``s_p_floor_s``:
+    the wire time of S_n out and P_n back alone (the RECALL's two vectors, unframed), which no
+    schedule removes."""
     ops = traffic["ops"]
 
     def wire(names):
@@ -164,6 +181,18 @@ def link_model(cfg, baud: int, clk_hz: float, cycles: dict | None, traffic: dict
            "weights_bytes": w["out"] + w["in"],
            "recall_s": wire(["RECALL"]) + rec_dev, "write_s": wire(["WRITE_MEMORY"]) + wr_dev,
            "check_written_s": check_written, "segment_written_s": work + check_written}
+    if "RECALL_NOPROBS" in ops:
+        bare = wire(["RECALL_NOPROBS"]) + rec_dev
+        hidden = min(res["write_s"], representation_s) if representation_s is not None else 0.0
+        # K - 1 segments read their written slot, the K-th the whole cache instead
+        k = full_check_every
+        check_default = ((k - 1) * check_written + check) / k if k else check_written
+        res.update(recall_noprobs_s=bare, work_noprobs_s=wire(WORK_OPS_NOPROBS) + dev_s,
+                   full_check_every=full_check_every, default_overlap=representation_s is not None,
+                   default_recall_s=bare, default_write_s=res["write_s"] - hidden,
+                   default_check_s=check_default,
+                   default_segment_s=bare + res["write_s"] - hidden + check_default,
+                   s_p_floor_s=((1 + cfg.d) + (2 + 2 * cfg.d)) * BITS_PER_BYTE / baud)
     if representation_s is not None:
         hidden = min(res["write_s"], representation_s)
         res.update(representation_s=representation_s, overlap_hidden_s=hidden,
@@ -173,6 +202,8 @@ def link_model(cfg, baud: int, clk_hz: float, cycles: dict | None, traffic: dict
         res["host_s_per_segment"] = host_s_per_segment
         res["wait_share"] = res["segment_s"] / (host_s_per_segment + res["segment_s"])
         res["wait_share_work_only"] = work / (host_s_per_segment + work)
+        if "default_segment_s" in res:
+            res["wait_share_default"] = res["default_segment_s"] / (host_s_per_segment + res["default_segment_s"])
     return res
 
 
@@ -289,6 +320,11 @@ def main(argv=None) -> int:
             out["model"].append(m)
             print(f"{name} @ {baud}: work {m['work_s'] * 1e3:.2f} ms, check {m['check_s'] * 1e3:.2f} ms, "
                   f"weights {m['weights_s']:.3f} s; bytes {m['bytes']}")
+            if "default_segment_s" in m:
+                print(f"  hmtx run's default: RECALL {m['recall_s'] * 1e3:.2f} -> {m['default_recall_s'] * 1e3:.2f} ms "
+                      f"without the probabilities (S_n + P_n alone {m['s_p_floor_s'] * 1e3:.2f} ms), per segment "
+                      f"{m['default_segment_s'] * 1e3:.2f} ms (written slot, whole cache every "
+                      f"{m['full_check_every']} segments)")
             if "overlap_segment_s" in m:
                 print(f"  wait per segment, blocking -> write overlapped: full check "
                       f"{m['segment_s'] * 1e3:.2f} -> {m['overlap_segment_s'] * 1e3:.2f} ms, written check "

@@ -204,6 +204,24 @@ def _link_tables(res) -> list[str]:
                         f"{m['segment_written_s'] * 1e3:.2f} → {m['overlap_segment_written_s'] * 1e3:.2f} |")
     elif "link_representation" in (res.get("reasons") or {}):
         rows += ["", f"Overlapped write: {res['reasons']['link_representation']}"]
+    dflt = [m for m in res["link"] if m.get("default_segment_s") is not None]
+    if dflt:
+        k = dflt[0]["full_check_every"]
+        rows += ["", "`hmtx run`'s default per segment since protocol 1.2: RECALL without the probabilities "
+                     "(flags 0: P_n and n back), WRITE_MEMORY overlapped where the representation pass was timed "
+                     "(blocking otherwise), STATUS and the written slot read back, and the whole cache every "
+                     f"{k} segments instead (spread over them); S_n + P_n: the RECALL's two vectors alone, "
+                     "unframed:", "",
+                 "| config | baud | RECALL bytes: with → without probabilities | RECALL ms: with → without | "
+                 "S_n + P_n alone ms | WRITE_MEMORY not hidden ms | cache check ms | per segment ms | "
+                 "host s/segment | waiting share |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for m in dflt:
+            b = m["bytes"]
+            rows.append(f"| {m['config']} (fill {m['fill']}) | {m['baud']:,} | {b['RECALL']:,} → "
+                        f"{b['RECALL_NOPROBS']:,} | {m['recall_s'] * 1e3:.2f} → {m['default_recall_s'] * 1e3:.2f} | "
+                        f"{m['s_p_floor_s'] * 1e3:.2f} | {m['default_write_s'] * 1e3:.2f} | "
+                        f"{m['default_check_s'] * 1e3:.2f} | {m['default_segment_s'] * 1e3:.2f} | "
+                        f"{_f(m.get('host_s_per_segment'), '.2f')} | {_f(m.get('wait_share_default'), '.2%')} |")
     meas = res.get("link_measured")
     if meas:
         rows += ["", f"Measured on the virtual board ({meas['board']} top, engine {meas['engine_config']}, "

@@ -195,6 +195,7 @@ def run_suite(opts: Options) -> dict:
     # -- the link -----------------------------------------------------------------------------
     def link():
         from hmtx.bench import link as lk
+        from hmtx.host.runtime import FULL_CHECK_EVERY
         from hmtx.hw.board import DEFAULT_BAUD
 
         out["link_divisors"] = lk.divisor_rows()
@@ -222,7 +223,8 @@ def run_suite(opts: Options) -> dict:
             traffic = lk.segment_traffic(cfg)
             for baud in sorted({1_000_000, DEFAULT_BAUD}):
                 m = lk.link_model(cfg, baud, clk, cyc, traffic, host_s,
-                                  representation_s=rep["seconds"] if rep and cfg.d == 576 else None)
+                                  representation_s=rep["seconds"] if rep and cfg.d == 576 else None,
+                                  full_check_every=FULL_CHECK_EVERY)
                 rows.append(m)
                 log(f"  {cfg.name} @ {baud / 1e6:g} Mbaud: work {m['work_s'] * 1e3:.2f} ms, cache check "
                     f"{m['check_s'] * 1e3:.1f} ms per segment")

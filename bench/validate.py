@@ -106,6 +106,15 @@ def _link_problems(res: dict) -> list[str]:
                            f"{m['segment_s']} s less at most the write's {m['write_s']} s")
             if m["overlap_work_s"] < m["recall_s"] - 1e-12:
                 bad.append(f"{where}: overlapped work {m['overlap_work_s']} s < the RECALL's {m['recall_s']} s")
+        if "default_segment_s" in m:
+            # Without the probabilities the RECALL is shorter, never below S_n + P_n on the wire
+            if not m["s_p_floor_s"] - 1e-12 <= m["default_recall_s"] <= m["recall_s"] + 1e-12:
+                bad.append(f"{where}: RECALL without probabilities {m['default_recall_s']} s is not between S_n + "
+                           f"P_n's {m['s_p_floor_s']} s and the RECALL with them, {m['recall_s']} s")
+            parts = m["default_recall_s"] + m["default_write_s"] + m["default_check_s"]
+            if abs(parts - m["default_segment_s"]) > 1e-9 or m["default_check_s"] > m["check_s"] + 1e-12:
+                bad.append(f"{where}: default segment {m['default_segment_s']} s is not RECALL + write + check "
+                           f"({parts} s), or its check exceeds the whole cache's {m['check_s']} s")
         by_cfg.setdefault(m["config"], []).append(m)
     for cfg, rows in by_cfg.items():
         rows = sorted(rows, key=lambda m: m["baud"])

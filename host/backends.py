@@ -8,7 +8,7 @@ on; this module opens any backend by name.
 
 ``golden``
     :class:`GoldenTransport`: the golden device in this process (no simulator, no hardware). It
-    speaks protocol 1.1 (contract 1) unless opened with ``contract=2`` (protocol 2.0).
+    speaks protocol 1.2 (contract 1) unless opened with ``contract=2`` (protocol 2.1).
 ``serial:PORT`` or ``serial:PORT@BAUD``
     :class:`SerialTransport`: a UART via pyserial (PORT may also be a pyserial URL).
 ``sim`` or ``sim:ENGINE``

@@ -18,6 +18,9 @@ from hmtx.model.paths import REPO
 
 from . import cli_options
 
+# (the runtime's default, without importing torch to build the parser)
+FULL_CHECK_EVERY = 16
+
 __all__ = ["register"]
 
 # Where a failing case goes without --case (beside build/sim, whatever the current folder).
@@ -37,7 +40,8 @@ def register(subparsers) -> None:
         "run", help="run a document through HMT with every memory write and recall on the device, checked bit for bit",
         description="Stream a document through HMT segment by segment. Every memory write and recall runs on "
                     "the device (golden model, simulated RTL, or a board on a serial port) and is checked bit for "
-                    "bit against the fixed-point reference, as is the whole memory cache after each segment. "
+                    "bit against the fixed-point reference, as is the memory cache (the slot each segment writes; the "
+                    "whole cache every 16 segments and at the end, or after every segment with --cache-check full). "
                     "Reports PPL (backbone only, HMT float, HMT on the device), device cycles and time. "
                     "Exit status: 0 ok, 1 mismatch, 2 bad arguments/input, 3 device error.")
     p.add_argument("--device", default="sim", help="golden | sim[:ENGINE] | serial:PORT[@BAUD] | board-sim[:CONFIG][@BAUD] "
@@ -46,7 +50,7 @@ def register(subparsers) -> None:
                                                    "the board top with its UART simulated behind a pseudo-terminal)")
     p.add_argument("--contract", type=int, choices=(1, 2),
                    help="arithmetic contract the device must compute (default: the device's own, from its INFO). "
-                        "The golden device is built with it: 1 speaks protocol 1.1 (the keys K_i), 2 protocol 2.0 "
+                        "The golden device is built with it: 1 speaks protocol 1.2 (the keys K_i), 2 protocol 2.1 "
                         "(the folded keys K'_i = W_q K_i; docs/arithmetic.md section 10); sim and board-sim "
                         "build the gateware for it")
     p.add_argument("--text", help=f"text file or folder (default the shipped {DEFAULT_TEXT.relative_to(REPO)}); "
@@ -75,10 +79,19 @@ def register(subparsers) -> None:
                         "(numpy golden and torch) on the same inputs; stream: also run the fixed-recall "
                         "variant as its own stream (two more backbone passes per segment) and require its "
                         "PPL to equal the device variant's exactly")
-    p.add_argument("--cache-check", choices=("full", "written"), default="full",
-                   help="full (default): read the whole cache back after every segment; written: only the "
-                        "slot each segment writes, and the whole cache after the last segment (on a serial "
-                        "link the full read-back is most of the bytes per segment once the cache fills)")
+    p.add_argument("--cache-check", choices=("full", "written"), default="written",
+                   help="written (default): after each segment read back the slot it wrote (all a segment "
+                        "changes in the cache) and STATUS, and the whole cache every --full-check-every "
+                        "segments and after the last; full: the whole cache after every segment (on a serial "
+                        "link at a full smollm cache that is 236 ms per segment at 3 Mbaud, 10 %% of the run)")
+    p.add_argument("--full-check-every", type=int, default=FULL_CHECK_EVERY, metavar="K",
+                   help="with --cache-check written: read the whole cache back after every K-th segment "
+                        f"too (default {FULL_CHECK_EVERY}; 0: only after the last segment)")
+    p.add_argument("--probabilities", action="store_true",
+                   help="ask the device for the recall's softmax probabilities on every RECALL and check them "
+                        "(protocol 1.2 / 2.1 sends only P_n and n otherwise: 2 bytes per cached memory less; "
+                        "P_n is checked exactly either way). --plot implies it (the recall heatmap); with it "
+                        "the JSON's recall_weights are filled")
     p.add_argument("--no-overlap", dest="overlap", action="store_false",
                    help="debugging: wait for each memory write's answer and check the cache before the next "
                         "segment starts (default: the write runs on the device while the host computes the "
@@ -165,6 +178,11 @@ def _run(args) -> int:
     # Everything the user can get wrong is checked before the backbone loads (20 s for SmolLM2).
     if not isinstance(args.segments, int) or args.segments < 1:
         raise ValueError(f"--segments must be a positive integer, got {args.segments}")
+    if args.full_check_every < 0:
+        raise ValueError(f"--full-check-every must be >= 0 (0: only after the last segment), "
+                         f"got {args.full_check_every}")
+    # The heatmap is drawn from the device's own probabilities.
+    probabilities = args.probabilities or bool(args.plot)
     timeout = cli_options.check_timeout(args.timeout)
     cfg = engine_config(args.backbone, BACKBONE_D[args.backbone], args.config)
     fault = parse_fault(args.inject_fault, args.segments, cfg.d)
@@ -221,7 +239,8 @@ def _run(args) -> int:
     print(f"hmtx run: {args.segments} segments x {model.config.tokens_per_segment} tokens of {doc.name!r}, "
           f"backbone {args.backbone}, engine {cfg.name} (d={info.d}, d_h={info.d_h}, N={info.n_slots}, "
           f"P={info.lanes}, {device.engine or 'lanes?'} engine) on device {args.device}, protocol "
-          f"{info.version[0]}.{info.version[1]} (contract {device.contract})", file=sys.stderr)
+          f"{info.version[0]}.{info.version[1]} (contract {device.contract}); "
+          + _checks_line(args, probabilities, device.recall_flags, info.version), file=sys.stderr)
     bar = None
     if not args.quiet:
         from tqdm import tqdm
@@ -237,7 +256,8 @@ def _run(args) -> int:
             res = run_document(model, doc.ids, device, cfg, args.segments, case_path=case,
                                progress=progress, before_segment=before_segment,
                                fixed_stream=args.reference == "stream", cache_check=args.cache_check,
-                               overlap=args.overlap)
+                               full_check_every=args.full_check_every, overlap=args.overlap,
+                               probabilities=probabilities)
     except (DeviceError, ProtocolError, ConnectionError, ValueError) as e:
         # Report first, then where the case went (or why it could not be saved).
         if bar is not None:
@@ -285,6 +305,9 @@ def _run(args) -> int:
         "trained": bool(checkpoint),
         "reference": args.reference,
         "overlap": args.overlap,
+        "cache_check": args.cache_check,
+        "full_check_every": args.full_check_every if args.cache_check == "written" else None,
+        "probabilities": probabilities,
         "per_segment": {v: res.ppl_per_segment(v) for v in res.nll},
         "recall_weights": [{str(k): v for k, v in w.items()} if w else None for w in res.recall_probs],
         "mismatch": None if res.mismatch is None else vars(res.mismatch),
@@ -310,6 +333,23 @@ def _run(args) -> int:
                 print(f"hmtx run: error: {what} {path}: could not write ({e.strerror or e})", file=sys.stderr)
                 rc = rc or EXIT_USAGE
     return rc
+
+
+def _checks_line(args, probabilities: bool, flags: bool, version) -> str:
+    """What the run reads back besides the work: the cache check and the probabilities."""
+    if args.cache_check == "full":
+        cache = "whole cache checked after every segment"
+    else:
+        every = (f"every {args.full_check_every} segments and " if args.full_check_every else "")
+        cache = f"written slot checked per segment, whole cache {every}at the end"
+    if probabilities:
+        probs = "probabilities asked for and checked"
+    elif flags:
+        probs = "probabilities not asked for (--probabilities)"
+    else:
+        probs = (f"probabilities sent anyway (protocol {version[0]}.{version[1]} has no RECALL flags) "
+                 "and checked")
+    return f"{cache}; {probs}"
 
 
 def _write_json(summary: dict, path: str) -> None:

@@ -142,6 +142,9 @@ class Device:
             if bad:
                 raise ValueError(f"device on {transport.name} does not match config {config.name!r}: " + "; ".join(bad))
         self.config = config
+        # RECALL's flags byte (1.2 / 2.1): the probabilities only when asked for. An older device
+        # of a known major gets the frame without it and sends them always (what it always did).
+        self.recall_flags = P.takes_recall_flags(self.device_info.version)
         # The engine kind: INFO says (protocol 1.1); a 1.0 device does not, and then the
         # transport's knowledge (the simulations) or nothing.
         self.engine = self.device_info.engine or getattr(transport, "engine", None)
@@ -408,10 +411,18 @@ class Device:
         return P.unpack_slot(self.transact(Op.READ_SLOT, P.pack_read_slot(slot)), self.config.d, self.config.d_h,
                              self.contract)
 
-    def recall(self, s_mant, s_exp):
-        """P_n for the query S_n (BFP8, length d): (p_mant int64 [d], p_exp, probs int64 [fill])."""
-        return P.unpack_recall(self.transact(Op.RECALL, P.pack_vector_cmd(s_mant, s_exp, self.config.d)),
-                               self.config.d)
+    def recall(self, s_mant, s_exp, probabilities: bool = True) -> P.RecallAnswer:
+        """P_n for the query S_n (BFP8, length d): (p_mant int64 [d], p_exp, probs int64 [fill]),
+        and ``.n``, the slots the device recalled over. ``probabilities=False`` asks the device
+        not to send them (protocol 1.2 / 2.1: 2 bytes per slot less on the wire); probs is then
+        None -- except from an older device (:attr:`recall_flags` False), which always sends
+        them."""
+        d = self.config.d
+        if self.recall_flags:
+            payload = P.pack_recall_cmd(s_mant, s_exp, d, P.RECALL_PROBS if probabilities else 0)
+        else:
+            payload, probabilities = P.pack_vector_cmd(s_mant, s_exp, d), True
+        return P.unpack_recall(self.transact(Op.RECALL, payload), d, probabilities)
 
     def attention(self, q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, causal: bool = False):
         """One attention tile: (out_mant int64 [n_q, head_dim], out_exp int64 [n_q])."""

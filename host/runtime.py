@@ -5,8 +5,9 @@ model: backbone only, HMT with float recall, HMT with the fixed-point recall (th
 and HMT whose memory writes and recalls execute on a :class:`hmtx.host.device.Device`. The
 device variant talks to the device through :class:`CheckedDevice`, which checks every answer
 on the spot against the golden arithmetic (:mod:`hmtx.model.fixed`) applied to the same
-inputs, keeps a mirror of the device's cache, and after each segment reads the whole cache
-back and compares it with the mirror and with the fixed variant's own cache. By default the
+inputs, keeps a mirror of the device's cache, and after each segment reads back what the
+segment changed in it (by default the slot it wrote; the whole cache every 16 segments and at the
+end) and compares it with the mirror and with the fixed variant's own cache. By default the
 memory write of a segment is posted and runs on the device while the host computes the next
 segment's representation pass; its answer and the segment's cache check are collected and
 checked just before the device is next needed (``overlap``, :func:`run_document`). The first
@@ -40,9 +41,13 @@ from hmtx.model.protocol import Op
 from hmtx.model.ring import RingSlots
 
 __all__ = ["Mismatch", "MismatchError", "CheckedDevice", "RunResult", "run_document",
-           "save_case", "load_case", "replay_case", "CASE_FORMAT"]
+           "save_case", "load_case", "replay_case", "CASE_FORMAT", "FULL_CHECK_EVERY"]
 
 CASE_FORMAT = "hmtx-case-1"       # "contract" (default 1: cases from before protocol 2.0) is optional
+# With the written-slot cache check, the whole cache is also read back after every K-th segment:
+# a slot damaged behind the host's back is found within K segments (or by the next recall that
+# it changes), for 1/K of the whole read-back's cost per segment (docs/runtime.md).
+FULL_CHECK_EVERY = 16
 
 
 @dataclass(frozen=True)
@@ -120,10 +125,18 @@ class CheckedDevice:
     ``check_cache(..., defer=True)`` likewise waits until then, behind the write (the reference
     cache it is given is copied at once). The device sees the same commands in the same order
     either way, and every check names the segment that was current when its op was issued.
+
+    ``probabilities`` (default True): whether each RECALL asks the device for the softmax
+    probabilities (protocol 1.2 / 2.1; an older device always sends them). Without them the check
+    compares what the answer holds -- n, P_n's exponent and every mantissa -- exactly; should P_n
+    differ, the same RECALL is asked again with the probabilities (RECALL changes nothing on the
+    device), so the mismatch reported is the one a check with them would report (the
+    probabilities first, if they are wrong). What is not checked is an error confined to the
+    probabilities that leaves P_n unchanged (docs/runtime.md, "Probabilities on request").
     """
 
     def __init__(self, device, config: EngineConfig, torch_check: bool = False, overlap: bool = False,
-                 contract: int | None = None):
+                 contract: int | None = None, probabilities: bool = True):
         self.device = device
         self.config = config
         dev_contract = getattr(device, "contract", 1)
@@ -138,6 +151,7 @@ class CheckedDevice:
         self._k_names = ("k_mant", "k_exp") if contract == 1 else ("kf_mant", "kf_exp")
         self.torch_check = torch_check
         self.overlap = overlap
+        self.probabilities = probabilities
         self.segment = None
         self.ops_checked = 0
         self.qw = None
@@ -238,11 +252,17 @@ class CheckedDevice:
         _first_diff(segment, "WRITE_MEMORY", None, "fill", self.fill, fill)
         self.ops_checked += 1
 
-    def recall(self, s_mant, s_exp):
+    def recall(self, s_mant, s_exp, probabilities: bool | None = None):
+        """Recall on the device and check the answer; returns (p_mant, p_exp, probs), probs None
+        when they were not asked for (``probabilities``, default :attr:`probabilities`) and the
+        device did not send them."""
         self.settle()
+        want_probs = self.probabilities if probabilities is None else bool(probabilities)
         s, e = _np(s_mant).reshape(-1), int(_np(s_exp))
-        self.log.append({"op": "recall", "segment": self.segment, "s_mant": _b64(s, np.int8), "s_exp": e})
-        p, pe, probs = self.device.recall(s, e)
+        self.log.append({"op": "recall", "segment": self.segment, "s_mant": _b64(s, np.int8), "s_exp": e,
+                         "probs": want_probs})
+        answer = self.device.recall(s, e, probabilities=want_probs)
+        p, pe, probs = answer
         n = self.fill
         d_h = self.config.d_h
         if self.contract == 2:
@@ -264,9 +284,21 @@ class CheckedDevice:
                                             t(self.m_mant[:n]), t(self.m_exp[:n]))
             for name, a, b in (("probs", tprobs, wprobs), ("p_exp", tpe, wpe), ("p_mant", tp, wp)):
                 _first_diff(self.segment, "MODEL", None, f"{name} (fixed_torch vs golden numpy)", b, _np(a))
-        _first_diff(self.segment, "RECALL", None, "probs", wprobs, probs)
-        _first_diff(self.segment, "RECALL", None, "p_exp", wpe, pe)
-        _first_diff(self.segment, "RECALL", None, "p_mant", wp, p)
+        # n: the slots the device recalled over (sent with or without the probabilities)
+        _first_diff(self.segment, "RECALL", None, "n", n, getattr(answer, "n", n))
+        if probs is not None:
+            _first_diff(self.segment, "RECALL", None, "probs", wprobs, probs)
+        try:
+            _first_diff(self.segment, "RECALL", None, "p_exp", wpe, pe)
+            _first_diff(self.segment, "RECALL", None, "p_mant", wp, p)
+        except MismatchError:
+            if probs is None:
+                # Name what a check with the probabilities would name: ask again with them (RECALL
+                # leaves the device's state alone) and report them first if they are wrong too.
+                again = self.device.recall(s, e, probabilities=True)
+                if again[2] is not None:
+                    _first_diff(self.segment, "RECALL", None, "probs", wprobs, again[2])
+            raise
         self.ops_checked += 1
         return p, pe, probs
 
@@ -443,6 +475,8 @@ def _check_case(case: dict) -> None:
                 raise _CaseError(f"{where}: {exp} must be an integer, got {op[exp]!r}")
             if not weights_loaded:
                 raise _CaseError(f"{where}: comes before any load_weights (the case cannot be replayed)")
+            if kind == "recall" and not isinstance(op.get("probs", True), bool):
+                raise _CaseError(f"{where}: probs must be true or false, got {op['probs']!r}")
     mm = case.get("mismatch")
     if mm is not None:
         if not isinstance(mm, dict) or not all(k in mm for k in _MISMATCH_FIELDS):
@@ -472,7 +506,8 @@ def replay_case(case: dict, device) -> CheckedDevice:
         elif kind == "write":
             chk.write(_unb64(op["m_mant"], np.int8), op["m_exp"])
         elif kind == "recall":
-            chk.recall(_unb64(op["s_mant"], np.int8), op["s_exp"])
+            # as it was sent (cases from before protocol 1.2 asked for the probabilities always)
+            chk.recall(_unb64(op["s_mant"], np.int8), op["s_exp"], probabilities=op.get("probs", True))
         elif kind == "check_cache":
             chk.check_cache(slots=op.get("slots"))
         else:
@@ -519,7 +554,8 @@ def _nll(logits, ids, start, n) -> tuple[float, int]:
 @torch.no_grad()
 def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segments: int, *,
                  case_path: str | None = None, progress=None, before_segment=None,
-                 fixed_stream: bool = True, cache_check: str = "full", overlap: bool = True) -> RunResult:
+                 fixed_stream: bool = True, cache_check: str = "written", full_check_every: int = FULL_CHECK_EVERY,
+                 overlap: bool = True, probabilities: bool = False) -> RunResult:
     """Run the first ``segments`` segments of ``ids`` (see the module docstring).
 
     ``fixed_stream=False`` skips the separate fixed-recall variant (two backbone passes per
@@ -527,10 +563,17 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
     (numpy) and the torch fixed-point implementation on the same inputs, so the device variant
     *is* the fixed variant, but its PPL is then not recomputed independently.
 
-    ``cache_check="full"`` reads the whole cache back after every segment; ``"written"`` reads only
-    the slot written in that segment (its M_n and K_n: everything a segment changes in the cache)
-    and the whole cache after the last segment -- on a serial link the full read-back is most of
-    the bytes per segment at a filled cache (docs/runtime.md).
+    ``cache_check="written"`` (default) reads back, after each segment, the slot written in it (its
+    M_n and K_n: everything a segment changes in the cache; STATUS's fill and write pointer are
+    checked every time) and the whole cache after every ``full_check_every``-th segment (0: only
+    after the last) and after the last; ``"full"`` reads the whole cache after every segment. On a serial link
+    the whole read-back is most of the bytes per segment at a filled cache (docs/runtime.md, "How
+    much of the cache is read back").
+
+    ``probabilities=False`` (default) has each RECALL ask the device for P_n and n only, not the
+    softmax probabilities (protocol 1.2 / 2.1; :class:`CheckedDevice`): ``result.recall_probs`` is
+    then None for every segment (unless the device is older and sends them anyway). True: asked
+    for on every recall and checked.
 
     ``overlap=True`` (default) lets the device work while the host computes: segment n's memory
     write is posted (:class:`CheckedDevice` with ``overlap``), and its answer and segment n's
@@ -564,6 +607,8 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
         raise ValueError(f"segments must be a positive integer, got {segments!r}")
     if cache_check not in ("full", "written"):
         raise ValueError(f"cache_check must be 'full' or 'written', got {cache_check!r}")
+    if not isinstance(full_check_every, int) or isinstance(full_check_every, bool) or full_check_every < 0:
+        raise ValueError(f"full_check_every must be an integer >= 0, got {full_check_every!r}")
     b = hc.tokens_per_segment
     ids = torch.as_tensor(ids, dtype=torch.long, device=model.device).reshape(-1)
     if ids.numel() < b * segments:
@@ -574,7 +619,8 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
     variants = RunResult.VARIANTS if fixed_stream else tuple(v for v in RunResult.VARIANTS if v != "hmt_fixed")
     res = RunResult(nll={v: [] for v in variants})
     contract = getattr(device, "contract", 1)
-    chk = CheckedDevice(device, config, torch_check=not fixed_stream, overlap=overlap, contract=contract)
+    chk = CheckedDevice(device, config, torch_check=not fixed_stream, overlap=overlap, contract=contract,
+                        probabilities=probabilities)
     cycles0 = device.cycles().total
     # The caches take the contract when they are made: the fixed variant computes what the device does.
     model_contract, model.recall.contract = model.recall.contract, contract
@@ -601,7 +647,8 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
                 i = int((dev.recalled != ref.recalled).nonzero()[0, 0])
                 raise MismatchError(Mismatch(seg, "MODEL", None, "P_n (device variant vs fixed variant)", i,
                                              float(ref.recalled[i]), float(dev.recalled[i])))
-            whole = cache_check == "full" or seg == segments - 1
+            whole = (cache_check == "full" or seg == segments - 1
+                     or (full_check_every and (seg + 1) % full_check_every == 0))
             # With overlap this waits for the device's next use (segment seg+1's recall).
             chk.check_cache(states["hmt_fixed"].cache if fixed_stream else None,
                             slots=None if whole else [chk.last_slot], defer=overlap)

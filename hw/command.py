@@ -5,6 +5,8 @@ from amaranth.hdl import C, Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from hmtx.model.protocol import RECALL_FLAGS_MASK, RECALL_PROBS
+
 from .engine import Op as EngineOp
 from .frame_parser import FrameSignature
 from .response import CYCLES_PAYLOAD, ResponseSignature
@@ -18,7 +20,8 @@ class CommandProcessor(wiring.Component):
 
     While ``receiving`` the frame parser takes the frame. At its END the frame is judged in the
     documented order (docs/protocol.md section 4: BAD_FRAME, BAD_CRC, BAD_OPCODE, BAD_LENGTH,
-    BAD_ARG, then per opcode SLOT_RANGE, NO_WEIGHTS, EMPTY_CACHE) in two steps (CHECK: every
+    BAD_ARG -- RECALL's flags byte, protocol 1.2, included --, then per opcode SLOT_RANGE,
+    NO_WEIGHTS, EMPTY_CACHE) in two steps (CHECK: every
     condition into a register; CHECK2: the status from them); an empty body is ignored. A good
     command executes (EXEC: RESET_CACHE and LOAD_WEIGHTS change the state in one cycle;
     WRITE_MEMORY, RECALL and ATTENTION start the engine and WAIT for it to be done), the cycle
@@ -94,6 +97,10 @@ class CommandProcessor(wiring.Component):
         opcode, count = f.opcode, f.length
         attention = f.header.attention
         known_r, length_ok_r, arg_bad_r = Signal(), Signal(), Signal()
+        # RECALL: a d + 4 body carries the flags byte (protocol 1.2), a d + 3 body asks for everything
+        flagged = count == c.d + 4
+        probs_r = Signal()
+        m.d.comb += rsp.probs.eq(probs_r)
         empty_r, frame_bad_r, crc_bad_r, weights_fail_r = Signal(), Signal(), Signal(), Signal()
         op_status_r = Signal(Status)        # the per-opcode checks' status (OK: none failed)
         with m.State("CHECK"):
@@ -103,8 +110,10 @@ class CommandProcessor(wiring.Component):
                     m.d.comb += length_ok.eq((count >= 8) & (count == f.weights_length))
                 with m.Case(Opcode.ATTENTION):
                     m.d.comb += length_ok.eq((count >= 4) & (count == f.attention_length))
-                with m.Case(Opcode.WRITE_MEMORY, Opcode.RECALL):
+                with m.Case(Opcode.WRITE_MEMORY):
                     m.d.comb += length_ok.eq(count == c.d + 3)
+                with m.Case(Opcode.RECALL):
+                    m.d.comb += length_ok.eq((count == c.d + 3) | flagged)
                 with m.Case(Opcode.READ_SLOT):
                     m.d.comb += length_ok.eq(count == 4)
                 with m.Default():
@@ -118,6 +127,8 @@ class CommandProcessor(wiring.Component):
                     m.d.comb += arg_bad.eq(f.bad_field | (n_q < 1) | (n_q > MQ) | (n_k < 1) | (n_k > MK)
                                            | (attention.flags.reserved != 0)
                                            | (attention.flags.causal & (n_q > n_k)))
+                with m.Case(Opcode.RECALL):
+                    m.d.comb += arg_bad.eq(f.bad_field | (flagged & ((f.tail & (0xFF & ~RECALL_FLAGS_MASK)) != 0)))
                 with m.Default():
                     m.d.comb += arg_bad.eq(f.bad_field)
             op_status = Signal(Status)
@@ -138,6 +149,7 @@ class CommandProcessor(wiring.Component):
                          length_ok_r.eq(length_ok), arg_bad_r.eq(arg_bad), op_status_r.eq(op_status),
                          empty_r.eq(count == 0), frame_bad_r.eq(f.overlong | (count == 1)),
                          crc_bad_r.eq(~f.crc_ok),
+                         probs_r.eq(~flagged | (f.tail & RECALL_PROBS).any()),
                          # (a LOAD_WEIGHTS frame that fails invalidates the matrix it names)
                          weights_fail_r.eq((opcode == Opcode.LOAD_WEIGHTS) & (count >= 2)
                                            & (f.header.weights.matrix <= 1))]

@@ -63,6 +63,9 @@ class FrameSignature(wiring.Signature):
         ``row_offset + rows`` of a LOAD_WEIGHTS header.
     weights_next : Out(StructLayout({word, lane}))
         Where the row after the chunk goes (``next_word``, ``next_lane`` of :func:`weight_state`).
+    tail : Out(8)
+        Body byte ``d + 2``, the byte after a vector of length d: RECALL's flags byte when the body
+        has ``d + 4`` bytes (protocol 1.2; in a ``d + 3`` body it is the CRC).
     """
 
     def __init__(self, layout):
@@ -74,6 +77,7 @@ class FrameSignature(wiring.Signature):
             "weights_ok": Out(1), "weights_length": Out(32), "attention_length": Out(32),
             "weights_end": Out(17),
             "weights_next": Out(data.StructLayout({"word": range(layout.CB + 1), "lane": range(layout.P)})),
+            "tail": Out(8),
         })
 
 
@@ -184,12 +188,16 @@ class FrameParser(wiring.Component):
             "op_attention": flag(opcode == Opcode.ATTENTION, "op_attention"),
             "op_weights": flag(opcode == Opcode.LOAD_WEIGHTS, "op_weights"),
         }
+        at_tail = flag(count == c.d + 2, "tail")
+        tail = Signal(8)
         with m.If(body):
             with m.If(at[0]):
                 m.d.sync += opcode.eq(byte)
             for k in range(1, 8):
                 with m.If(at[k]):
                     m.d.sync += header.bytes[k - 1].eq(byte)
+            with m.If(at_tail):
+                m.d.sync += tail.eq(byte)
 
         dat_wr, dat_wr_r, dat_wr_en = _payload_write(m, L.dat_depth, "dat_wr", P)
         w_wr, w_wr_r, w_wr_en = _payload_write(m, 2 * c.d_h * CB, "w_wr", P)
@@ -211,7 +219,8 @@ class FrameParser(wiring.Component):
         weights = self._weights(m, b, header, ld_stop, w_wr)
 
         m.d.comb += [f.opcode.eq(opcode), f.header.eq(header), f.length.eq(count), f.overlong.eq(overlong),
-                     f.crc_ok.eq(crc.zero), f.bad_field.eq(bad_arg), f.attention_length.eq(attention_length)]
+                     f.crc_ok.eq(crc.zero), f.bad_field.eq(bad_arg), f.attention_length.eq(attention_length),
+                     f.tail.eq(tail)]
         m.d.comb += [getattr(f, name).eq(value) for name, value in weights.items()]
         return m
 

@@ -28,8 +28,9 @@ class ResponseSignature(wiring.Signature):
 
     ``start`` (a pulse) has the response sent; ``done`` pulses when its last byte (the CRC) has
     been taken. Everything else holds still in between: the status, the opcode to echo, the
-    command's READ_SLOT slot and ATTENTION n_q, and the device state that STATUS, CYCLES,
-    WRITE_MEMORY and RECALL report.
+    command's READ_SLOT slot and ATTENTION n_q, whether a RECALL asked for the probabilities
+    (``probs``; protocol 1.2), and the device state that STATUS, CYCLES, WRITE_MEMORY and RECALL
+    report.
 
     Members
     -------
@@ -39,6 +40,7 @@ class ResponseSignature(wiring.Signature):
     opcode : Out(8)
     slot : Out(16)
     n_q : Out(8)
+    probs : Out(1)
     fill : Out(range(N + 1))
     write_pointer : Out(range(N))
     loaded : Out(2)
@@ -51,7 +53,7 @@ class ResponseSignature(wiring.Signature):
         N = layout.config.n_slots
         super().__init__({
             "start": Out(1), "done": In(1),
-            "status": Out(Status), "opcode": Out(8), "slot": Out(16), "n_q": Out(8),
+            "status": Out(Status), "opcode": Out(8), "slot": Out(16), "n_q": Out(8), "probs": Out(1),
             "fill": Out(range(N + 1)), "write_pointer": Out(range(N)), "loaded": Out(2),
             "next_row": Out(data.ArrayLayout(16, 2)), "written_slot": Out(16),
             "cycles": Out(CYCLES_PAYLOAD),
@@ -166,7 +168,8 @@ class ResponseGenerator(wiring.Component):
             else:
                 self._vector(m, s, "SLOT_K", c.d, Value.cast(words.dat), 8, 1, "CRC", "SLOT_K_F")
 
-            # RECALL: P exponent, d x i16, n, n probabilities; ATTENTION: n_q x (exponent, row)
+            # RECALL: P exponent, d x i16, n, n probabilities (if asked for); ATTENTION: n_q x
+            # (exponent, row)
             recall = rq.opcode == Opcode.RECALL
             with m.State("OUT_EXP_F"):
                 m.next = "OUT_EXP"
@@ -184,7 +187,11 @@ class ResponseGenerator(wiring.Component):
                     m.next = "CRC"
             self._scalar(m, s, "REC_N", rq.fill, 2, "REC_P_F")
             with m.State("REC_P_F"):
-                m.next = "REC_P_F2"
+                # (entered after n and after each probability: without them, only after n)
+                with m.If(rq.probs):
+                    m.next = "REC_P_F2"
+                with m.Else():
+                    m.next = "CRC"
             with m.State("REC_P_F2"):
                 m.next = "REC_P_F3"
             with m.State("REC_P_F3"):

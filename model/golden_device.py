@@ -3,9 +3,11 @@
 :class:`GoldenDevice` holds exactly the state the chip holds (two weight matrices with their
 row counters and loaded flags, the N-slot ring of memories M_i and keys K_i, its write pointer and
 fill count kept by a :class:`~hmtx.model.ring.RingSlots`, cycle counters) and computes with
-:mod:`hmtx.model.fixed`. ``contract`` picks the protocol version it speaks: 1 (protocol 1.1, the
-keys K_i = W_k^T M_i; what the gateware implements) or 2 (protocol 2.0: the folded keys
-K'_i = fold_key(W_q, K_i), recalled with ``fixed.recall_folded``; docs/arithmetic.md section 10). The RTL is verified against it byte for byte (CYCLES excepted, see the
+:mod:`hmtx.model.fixed`. ``contract`` picks the protocol major it speaks: 1 (protocol 1.2, the
+keys K_i = W_k^T M_i; what the gateware implements) or 2 (protocol 2.1: the folded keys
+K'_i = fold_key(W_q, K_i), recalled with ``fixed.recall_folded``; docs/arithmetic.md section 10);
+``version`` an older minor of that major (1.1, 2.0: RECALL takes no flags byte), to model an older
+device. The RTL is verified against it byte for byte (CYCLES excepted, see the
 document), and the host's ``golden`` backend is this class behind the same byte interface as a
 serial port.
 """
@@ -19,9 +21,9 @@ from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 from .protocol import (
-    COMPUTE_OPS, SHIFT_MAX, CacheStatus, Cycles, FrameDecoder, Info, Op, Status, attention_length,
-    crc8, encode_response, load_weights_length, pack_attention_rsp, pack_cycles, pack_info, pack_recall,
-    pack_slot, pack_status, pack_write,
+    COMPUTE_OPS, RECALL_FLAGS_MASK, RECALL_PROBS, SHIFT_MAX, CacheStatus, Cycles, FrameDecoder, Info, Op,
+    Status, attention_length, crc8, encode_response, load_weights_length, pack_attention_rsp, pack_cycles,
+    pack_info, pack_recall, pack_slot, pack_status, pack_write, recall_lengths,
 )
 from .ring import RingSlots
 
@@ -45,14 +47,18 @@ class GoldenDevice:
     only their CYCLES differ, which it does not model).
 
     ``contract`` is the arithmetic contract, which is the protocol major INFO reports: 1
-    (protocol 1.1) or 2 (protocol 2.0).
+    (protocol 1.2) or 2 (protocol 2.1). ``version`` (default ``protocol.VERSIONS[contract]``) may
+    name an older minor of that major, which behaves as that version did: 1.1 and 2.0 take RECALL
+    without the flags byte only.
     """
 
-    def __init__(self, config: EngineConfig, engine: str = "lanes", contract: int = 1):
+    def __init__(self, config: EngineConfig, engine: str = "lanes", contract: int = 1, version=None):
         if not isinstance(config, EngineConfig):
             raise ValueError(f"GoldenDevice needs an EngineConfig, got {type(config).__name__}")
-        Info.for_config(config, engine, contract)   # (ValueError for an unknown kind or contract)
-        self.config, self.engine, self.contract = config, engine, contract
+        # (ValueError for an unknown kind, contract or version)
+        self.info = Info.for_config(config, engine, contract, version)
+        self.config, self.engine, self.contract, self.version = config, engine, contract, self.info.version
+        self._recall_lengths = recall_lengths(config.d, self.version)
         c = config
         self._decoder = FrameDecoder()
         # Weights: index 0 = W_q, 1 = W_k.
@@ -93,7 +99,7 @@ class GoldenDevice:
             if op not in Op._value2member_map_:
                 raise _Reject(Status.BAD_OPCODE)
             op = Op(op)
-            if len(body) != self._expected_length(op, body):
+            if len(body) not in self._expected_lengths(op, body):
                 raise _Reject(Status.BAD_LENGTH)
             payload, cycles = getattr(self, "_op_" + op.name.lower())(body[1:-1])
         except _Reject as r:
@@ -107,13 +113,15 @@ class GoldenDevice:
             self.cycles = Cycles(self.cycles.total + cycles, cycles, int(op))
         return encode_response(Status.OK, op, payload)
 
-    def _expected_length(self, op: Op, body: bytes) -> int:
+    def _expected_lengths(self, op: Op, body: bytes) -> tuple[int, ...]:
         c = self.config
+        if op == Op.RECALL:
+            return self._recall_lengths         # d + 3; from 1.2 / 2.1 on also d + 4 (flags)
         if op == Op.LOAD_WEIGHTS:
             n = load_weights_length(body, c.d_h)
         elif op == Op.ATTENTION:
             n = attention_length(body, c.head_dim)
-        elif op in (Op.WRITE_MEMORY, Op.RECALL):
+        elif op == Op.WRITE_MEMORY:
             n = c.d + 3
         elif op == Op.READ_SLOT:
             n = 4
@@ -121,7 +129,7 @@ class GoldenDevice:
             n = 2
         if n is None:
             raise _Reject(Status.BAD_LENGTH)
-        return n
+        return (n,)
 
     def _ideal(self, macs: int) -> int:
         return math.ceil(macs / self.config.lanes)
@@ -140,7 +148,7 @@ class GoldenDevice:
 
     # -- opcodes: each returns (payload, compute cycles) or raises _Reject -----------------------
     def _op_info(self, _):
-        return pack_info(Info.for_config(self.config, self.engine, self.contract)), 0
+        return pack_info(self.info), 0
 
     def _op_status(self, _):
         flags = int(self.loaded[0]) | int(self.loaded[1]) << 1
@@ -193,7 +201,12 @@ class GoldenDevice:
 
     def _op_recall(self, p: bytes):
         c = self.config
-        mant, exp = self._vector(p)
+        mant, exp = self._vector(p[:1 + c.d])
+        # The flags byte (1.2 / 2.1), judged with the vector (BAD_ARG); without it the
+        # probabilities are sent, as in every version.
+        flags = p[1 + c.d] if len(p) == c.d + 2 else RECALL_PROBS
+        if flags & ~RECALL_FLAGS_MASK:
+            raise _Reject(Status.BAD_ARG)
         # Contract 2 never reads W_q at recall (every filled slot was written with both weights
         # loaded): NO_WEIGHTS does not apply to it.
         if self.contract == 1 and not self.loaded[0]:
@@ -204,10 +217,13 @@ class GoldenDevice:
         if self.contract == 2:
             out, oe, probs = fixed.recall_folded(mant, exp, self.k_mant[:n], self.k_exp[:n],
                                                  self.m_mant[:n], self.m_exp[:n], c.d_h)
-            return pack_recall(out, oe, probs), self._ideal(2 * n * c.d)
-        out, oe, probs = fixed.recall(self._qw(0), mant, exp, self.k_mant[:n], self.k_exp[:n],
-                                      self.m_mant[:n], self.m_exp[:n])
-        return pack_recall(out, oe, probs), self._ideal(c.d * c.d_h + n * c.d_h + n * c.d)
+            macs = 2 * n * c.d
+        else:
+            out, oe, probs = fixed.recall(self._qw(0), mant, exp, self.k_mant[:n], self.k_exp[:n],
+                                          self.m_mant[:n], self.m_exp[:n])
+            macs = c.d * c.d_h + n * c.d_h + n * c.d
+        # (the same computation either way: only what is sent back differs)
+        return pack_recall(out, oe, probs if flags & RECALL_PROBS else None, n), self._ideal(macs)
 
     def _op_attention(self, p: bytes):
         c = self.config
@@ -232,8 +248,10 @@ def example_session(config: EngineConfig, seed: int = 0) -> list[tuple[str, byte
     frames; each non-empty frame gets exactly one response.
 
     It covers: weights missing, chunked loads with a damaged chunk, a ring that wraps, a recall
-    after every write, every slot read back, extreme vectors (+-127, exponent limits, zeros),
-    attention tiles at their largest, and malformed frames followed by valid ones.
+    after every write (in turn without the flags byte, with the probabilities asked for, and
+    without them), every slot read back, extreme vectors (+-127, exponent limits, zeros),
+    attention tiles at their largest, and malformed frames followed by valid ones (RECALL flags
+    with reserved bits, RECALL bodies of the wrong length).
     """
     from . import protocol as P
 
@@ -260,6 +278,8 @@ def example_session(config: EngineConfig, seed: int = 0) -> list[tuple[str, byte
     cmd("status fresh", P.Op.STATUS)
     cmd("write without weights", P.Op.WRITE_MEMORY, some)
     cmd("recall without weights", P.Op.RECALL, some)
+    cmd("recall without weights, no probabilities", P.Op.RECALL, some + b"\x00")
+    cmd("recall with a reserved flag, without weights", P.Op.RECALL, some + b"\x02")
     cmd("read empty slot", P.Op.READ_SLOT, P.pack_read_slot(0))
     chunk = max(c.d_h, (c.d // 3) * c.d_h)          # a few chunks per matrix
     for i, qw in enumerate(qws):
@@ -276,10 +296,15 @@ def example_session(config: EngineConfig, seed: int = 0) -> list[tuple[str, byte
             cmd(f"load {'W_q' if i == 0 else 'W_k'} chunk {j}", P.Op.LOAD_WEIGHTS, p)
         cmd(f"status after matrix {i}", P.Op.STATUS)
     cmd("recall on empty cache", P.Op.RECALL, some)
+    cmd("recall on empty cache, probabilities asked for", P.Op.RECALL, some + b"\x01")
     kinds = ["rand", "max", "rand", "zero", "min"] + ["rand"] * (c.n_slots + 1)
+    # RECALL's three forms in turn: no flags byte, flags 0 (P_n and n only), flags 1 (probabilities)
+    tails = (None, 0, P.RECALL_PROBS)
     for i, kind in enumerate(kinds):
         cmd(f"write {i} ({kind})", P.Op.WRITE_MEMORY, P.pack_vector_cmd(*vector(kind), c.d))
-        cmd(f"recall after write {i}", P.Op.RECALL, P.pack_vector_cmd(*vector("rand" if i % 3 else "max"), c.d))
+        tail = tails[i % 3]
+        cmd(f"recall after write {i} (flags {tail})", P.Op.RECALL,
+            P.pack_recall_cmd(*vector("rand" if i % 4 else "max"), c.d, tail))
     for s in range(c.n_slots):
         cmd(f"read slot {s}", P.Op.READ_SLOT, P.pack_read_slot(s))
     cmd("status full", P.Op.STATUS)
@@ -291,6 +316,12 @@ def example_session(config: EngineConfig, seed: int = 0) -> list[tuple[str, byte
     out.append(("bad opcode", P.slip_escape(bytes([0x7F, P.crc8(b"\x7f")]))))
     cmd("bad length", P.Op.READ_SLOT, b"\x00")
     cmd("bad arg (mantissa -128)", P.Op.WRITE_MEMORY, some[:3] + b"\x80" + some[4:])
+    for flags in (0x02, 0x80, 0xFF):
+        cmd(f"recall flags 0x{flags:02X} (reserved bits)", P.Op.RECALL, some + bytes([flags]))
+    cmd("recall with a bad mantissa and good flags", P.Op.RECALL, some[:3] + b"\x80" + some[4:] + b"\x00")
+    cmd("recall one byte too long", P.Op.RECALL, some + b"\x00\x00")
+    cmd("recall one byte short", P.Op.RECALL, some[:-1])
+    cmd("write with a flags byte", P.Op.WRITE_MEMORY, some + b"\x00")
     cmd("slot beyond N", P.Op.READ_SLOT, P.pack_read_slot(c.n_slots))
     out.append(("escape error", bytes([P.Op.INFO, P.ESC, 0x01, 0x07, P.END]) + good))
     out.append(("one-byte frame", bytes([P.Op.INFO, P.END]) + good))

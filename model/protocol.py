@@ -25,8 +25,10 @@ __all__ = [
     "pack_load_weights", "weight_chunks", "pack_vector_cmd", "pack_read_slot", "pack_attention",
     "Info", "unpack_info", "pack_info", "CacheStatus", "unpack_status", "pack_status",
     "Cycles", "unpack_cycles", "pack_cycles", "unpack_write", "pack_write",
-    "unpack_slot", "pack_slot", "unpack_recall", "pack_recall", "unpack_attention", "pack_attention_rsp",
-    "load_weights_length", "attention_length",
+    "unpack_slot", "pack_slot", "unpack_recall", "pack_recall", "RecallAnswer", "unpack_attention",
+    "pack_attention_rsp", "load_weights_length", "attention_length",
+    "RECALL_FLAGS_SINCE", "RECALL_PROBS", "RECALL_FLAGS_MASK", "takes_recall_flags", "pack_recall_cmd",
+    "recall_lengths", "recall_response_length",
 ]
 
 END, ESC, ESC_END, ESC_ESC = 0xC0, 0xDB, 0xDC, 0xDD
@@ -36,11 +38,19 @@ SHIFT_MAX = 31            # largest projection shift LOAD_WEIGHTS accepts
 # "Versions and contracts"; docs/arithmetic.md section 10): major 1 = contract 1 (WRITE_MEMORY
 # stores K_i = W_k^T M_i, RECALL projects the query with W_q), major 2 = contract 2 (WRITE_MEMORY
 # also folds W_q into the key and stores K'_i = W_q K_i; RECALL scores S_n against K'_i).
-VERSIONS = {1: (1, 1),    # 1.1: INFO's capabilities name the engine kind (bits 2-3)
-            2: (2, 0)}    # 2.0: contract 2 (the folded keys); INFO as 1.1
+VERSIONS = {1: (1, 2),    # 1.1: INFO's capabilities name the engine kind (bits 2-3); 1.2: RECALL's flags
+            2: (2, 1)}    # 2.0: contract 2 (the folded keys); INFO as 1.1; 2.1: RECALL's flags, as 1.2
 CONTRACTS = tuple(VERSIONS)
 # Contract 1's version: the one the gateware in hw/ implements and reports in its INFO.
 VERSION = VERSIONS[1]
+# The first version of each major whose RECALL may carry a flags byte after S_n (docs/protocol.md
+# section 9): the host asks for the probabilities only when it needs them. Older devices answer
+# the longer frame BAD_LENGTH, so the host sends them the frame without flags (and gets the
+# probabilities, as always); a device of these versions still answers that frame as before, so an
+# older host keeps working with it.
+RECALL_FLAGS_SINCE = {1: (1, 2), 2: (2, 1)}
+RECALL_PROBS = 0x01          # flags bit 0: send n and the probabilities (otherwise n only)
+RECALL_FLAGS_MASK = RECALL_PROBS   # every other bit is reserved: BAD_ARG
 
 # The engines a device can be built with (hw/top.py): "lanes", hw/engine.py's P MAC lanes, and
 # "serial", hw/serial_engine.py's one time-shared multiplier for the iCE40 UP5K. Their index is
@@ -96,6 +106,18 @@ def contract_of(version) -> int:
         raise ProtocolError(f"device speaks protocol {_version_str(version)}, this host {known} "
                             f"(contracts {', '.join(map(str, CONTRACTS))}): no common major version")
     return major
+
+
+def takes_recall_flags(version) -> bool:
+    """Whether a device of protocol ``version`` (major, minor) accepts RECALL's flags byte."""
+    since = RECALL_FLAGS_SINCE.get(version[0])
+    return since is not None and tuple(version) >= since
+
+
+def recall_lengths(d: int, version=None) -> tuple[int, ...]:
+    """RECALL's accepted body lengths for a device of ``version`` (default this host's newest):
+    ``d + 3`` (S_n alone, every version) and, from 1.2 / 2.1 on, ``d + 4`` (S_n and the flags)."""
+    return (d + 3, d + 4) if takes_recall_flags(version or VERSION) else (d + 3,)
 
 
 def slot_length(d: int, d_h: int, contract: int = 1) -> int:
@@ -361,6 +383,16 @@ def pack_vector_cmd(mant, exp, d: int) -> bytes:
     return pack_bfp8(mant, exp, d)
 
 
+def pack_recall_cmd(mant, exp, d: int, flags: int | None = None) -> bytes:
+    """RECALL payload: S_n (BFP8, length d), then, if ``flags`` is given (protocol 1.2 / 2.1), the
+    flags byte (``RECALL_PROBS``: send the probabilities). Without it the device sends them, as
+    every version does for the frame without flags."""
+    payload = pack_bfp8(mant, exp, d)
+    if flags is None:
+        return payload
+    return payload + bytes([_u8("RECALL flags", flags, 0, RECALL_FLAGS_MASK)])
+
+
 def pack_read_slot(slot: int) -> bytes:
     return struct.pack("<H", _u8("slot", slot, 0, 0xFFFF))
 
@@ -436,10 +468,17 @@ class Info:
         return Info.CAP_RECALL | Info.CAP_ATTENTION | (ENGINES.index(engine) << Info.CAP_ENGINE_SHIFT)
 
     @classmethod
-    def for_config(cls, cfg, engine: str = "lanes", contract: int = 1) -> "Info":
+    def for_config(cls, cfg, engine: str = "lanes", contract: int = 1, version=None) -> "Info":
+        """The INFO of a device of ``cfg`` computing ``contract``, speaking ``version`` (default
+        this host's newest of that contract's major: ``VERSIONS[contract]``; an older minor of the
+        same major models an older device)."""
         if contract not in VERSIONS:
             raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
-        return cls(VERSIONS[contract], cls.capabilities_for(engine), cfg.d, cfg.d_h, cfg.n_slots, cfg.lanes,
+        version = VERSIONS[contract] if version is None else tuple(version)
+        if len(version) != 2 or version[0] != contract or not 0 <= version[1] <= VERSIONS[contract][1]:
+            raise ValueError(f"version {version!r} is not a version of contract {contract} this host knows "
+                             f"(up to {_version_str(VERSIONS[contract])})")
+        return cls(version, cls.capabilities_for(engine), cfg.d, cfg.d_h, cfg.n_slots, cfg.lanes,
                    cfg.head_dim, cfg.max_queries, cfg.max_keys, MAX_BODY, fixed.EXP_MIN, fixed.EXP_MAX,
                    fixed.SCORE_FRAC, fixed.EXP2_BITS, fixed.PROB_BITS, fixed.OUT_SHIFT, fixed.ALIGN_CUTOFF,
                    SHIFT_MAX)
@@ -558,20 +597,48 @@ def unpack_slot(payload: bytes, d: int, d_h: int, contract: int = 1):
     return m, me, k, ke
 
 
-def pack_recall(p_mant, p_exp, probs) -> bytes:
+def pack_recall(p_mant, p_exp, probs, n: int | None = None) -> bytes:
+    """RECALL's answer: P_n (wide), n, then the n probabilities -- or, with ``probs`` None (not
+    asked for), P_n and n only."""
+    if probs is None:
+        if n is None:
+            raise ValueError("pack_recall: without the probabilities, n must be given")
+        return pack_wide(p_mant, p_exp) + struct.pack("<H", _u8("n", n, 0, 0xFFFF))
     pr = _int_vec("probabilities", _to_numpy(probs), 0, 0xFFFF)
+    if n is not None and n != pr.shape[0]:
+        raise ValueError(f"pack_recall: n = {n} but {pr.shape[0]} probabilities")
     return pack_wide(p_mant, p_exp) + struct.pack("<H", pr.shape[0]) + pr.astype("<u2").tobytes()
 
 
-def unpack_recall(payload: bytes, d: int):
-    """(p_mant int64 [d], p_exp, probs int64 [n])."""
+class RecallAnswer(tuple):
+    """A decoded RECALL answer: the tuple ``(p_mant int64 [d], p_exp, probs)`` -- ``probs`` int64
+    [n], or None when they were not asked for -- and ``n``, the number of slots the device
+    recalled over (its fill), which it sends either way."""
+
+    def __new__(cls, p_mant, p_exp, probs, n: int):
+        self = super().__new__(cls, (p_mant, p_exp, probs))
+        self.n = n
+        return self
+
+
+def recall_response_length(d: int, n: int, probabilities: bool = True) -> int:
+    """RECALL's OK payload length: P_n (2 + 2d), n (2) and, if asked for, n probabilities."""
+    return 4 + 2 * d + (2 * n if probabilities else 0)
+
+
+def unpack_recall(payload: bytes, d: int, probabilities: bool = True) -> RecallAnswer:
+    """Decode RECALL's answer. ``probabilities``: whether they were asked for (the frame without
+    flags always asks); the payload must then hold exactly n of them, else none."""
     if len(payload) < 4 + 2 * d:
         raise ProtocolError(f"RECALL response payload has {len(payload)} bytes, expected at least {4 + 2 * d}")
     p, pe = unpack_wide(payload[:2 + 2 * d], d)
     (n,) = struct.unpack_from("<H", payload, 2 + 2 * d)
-    _check_len(Op.RECALL, payload, 4 + 2 * d + 2 * n)
-    probs = np.frombuffer(payload, dtype="<u2", offset=4 + 2 * d).astype(np.int64)
-    return p, pe, probs
+    want = recall_response_length(d, n, probabilities)
+    if len(payload) != want:
+        raise ProtocolError(f"RECALL response payload has {len(payload)} bytes, expected {want} (n = {n}, "
+                            f"probabilities {'asked for' if probabilities else 'not asked for'})")
+    probs = np.frombuffer(payload, dtype="<u2", offset=4 + 2 * d).astype(np.int64) if probabilities else None
+    return RecallAnswer(p, pe, probs, n)
 
 
 def pack_attention_rsp(out_mant, out_exp) -> bytes:

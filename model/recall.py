@@ -34,14 +34,15 @@ Implementations (``RecallCache.impl``):
                                          #   stores M_i with it in slot (#writes mod N)
         recall(s_mant, s_exp) -> (p_mant, p_exp, probs)
                                          # S_n as BFP8; P_n as int16 mantissas [d] + exponent,
-                                         #   probs: Q0.15 [fill], indexed by SLOT (0..fill-1)
+                                         #   probs: Q0.15 [fill], indexed by SLOT (0..fill-1),
+                                         #   or None (a device not asked for them)
 
     Results must be bit-identical to the "fixed" implementation of the same contract (tests check
     this with a software device built on fixed_torch, :class:`SoftwareDevice`); a device's contract
     is its protocol's major version (docs/protocol.md).
 
 After each read, ``cache.last_probs`` holds the recall probabilities (float, summing to ~1) indexed
-by slot and ``cache.slot_segment`` the segment index stored in each slot (for heatmaps).
+by slot (None when a device did not send them) and ``cache.slot_segment`` the segment index stored in each slot (for heatmaps).
 """
 
 import math
@@ -181,11 +182,13 @@ class MemoryRecall(nn.Module):
         else:
             p_mant, p_exp, probs = cache.hw.recall(s_mant, s_exp)
             p_mant = torch.as_tensor(p_mant, dtype=torch.int64, device=s.device)
-            probs = torch.as_tensor(probs, dtype=torch.int64, device=s.device)
-            if p_mant.shape != (self.d,) or probs.shape != (n,):
+            if probs is not None:
+                probs = torch.as_tensor(probs, dtype=torch.int64, device=s.device)
+            if p_mant.shape != (self.d,) or (probs is not None and probs.shape != (n,)):
                 raise ValueError(f"device recall returned P of shape {tuple(p_mant.shape)} and probs of "
-                                 f"shape {tuple(probs.shape)}; expected ({self.d},) and ({n},)")
-        cache.last_probs = probs.to(torch.float32) / float(1 << 15)
+                                 f"shape {None if probs is None else tuple(probs.shape)}; expected ({self.d},) "
+                                 f"and ({n},) or None")
+        cache.last_probs = None if probs is None else probs.to(torch.float32) / float(1 << 15)
         p_exp = torch.as_tensor(p_exp, dtype=torch.int64, device=s.device)
         return ft.dequantize(p_mant, p_exp).to(s.dtype)
 

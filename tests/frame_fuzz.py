@@ -97,7 +97,9 @@ class FrameFuzzer:
         if op == "read":
             return _body(Op.READ_SLOT, P.pack_read_slot(int(r.integers(0, c.n_slots + 2))))
         if op == "recall":
-            return _body(Op.RECALL, P.pack_vector_cmd(*self.vec(), c.d))
+            # the three forms (protocol 1.2): no flags byte, without the probabilities, with them
+            flags = [None, 0, P.RECALL_PROBS][int(r.integers(3))]
+            return _body(Op.RECALL, P.pack_recall_cmd(*self.vec(), c.d, flags))
         if op == "attention":
             n_q, n_k = int(r.integers(1, c.max_queries + 1)), int(r.integers(1, c.max_keys + 1))
             causal = bool(r.integers(2)) and n_q <= n_k
@@ -113,7 +115,11 @@ class FrameFuzzer:
     def out_of_range_body(self) -> bytes:
         c, r = self.cfg, self.rng
         which = r.choice(["vec_mant", "vec_exp", "lw_matrix", "lw_exp", "lw_shift", "lw_rows0", "lw_past_end",
-                          "lw_mant", "att_nq", "att_nk", "att_flags", "att_causal", "att_exp"])
+                          "lw_mant", "att_nq", "att_nk", "att_flags", "att_causal", "att_exp", "recall_flags"])
+        if which == "recall_flags":
+            # a reserved bit of RECALL's flags byte (protocol 1.2), with or without PROBS
+            flags = int(r.integers(1, 128)) << 1 | int(r.integers(2))
+            return _body(Op.RECALL, P.pack_vector_cmd(*self.vec(), c.d) + bytes([flags]))
         if which in ("vec_mant", "vec_exp"):
             m, e = self.vec()
             payload = bytearray(P.pack_vector_cmd(m, e, c.d))
@@ -198,7 +204,12 @@ class FrameFuzzer:
         body = bytearray(self.good_body())
         self._queue = []                        # (a weight reload's later chunks stay unsent)
         if kind == "truncated":
-            return kind, P.slip_escape(bytes(body[:int(r.integers(1, len(body)))]))
+            cut = bytes(body[:int(r.integers(1, len(body)))])
+            # A flagged RECALL cut by its last byte is a valid RECALL without flags when its CRC
+            # byte was 0 (docs/protocol.md section 9): not a truncation the device can see.
+            while cut[:1] == bytes([Op.RECALL]) and len(cut) in P.recall_lengths(self.cfg.d) and P.crc8(cut) == 0:
+                cut = cut[:-1]
+            return kind, P.slip_escape(cut)
         if kind == "bad_crc":
             body[-1] ^= int(r.integers(1, 256))
             return kind, P.slip_escape(bytes(body))
@@ -209,10 +220,11 @@ class FrameFuzzer:
         if kind == "wrong_length":
             # Bytes cut from or added to the end: a header that sets the length (LOAD_WEIGHTS
             # rows, ATTENTION n_q/n_k) stays as it was, so the length is what is wrong.
-            delta = int(r.choice([-3, -2, -1, 1, 2, 3]))
             core = bytes(body[:-1])
-            if len(core) + delta < 1:
-                delta = -delta
+            # (RECALL takes two lengths, S_n with or without the flags byte: neither is wrong)
+            ok = P.recall_lengths(self.cfg.d) if core[0] == Op.RECALL else (len(body),)
+            delta = int(r.choice([x for x in (-3, -2, -1, 1, 2, 3)
+                                  if len(core) + x >= 1 and len(body) + x not in ok]))
             if delta < 0:
                 core = core[:len(core) + delta]
             else:

@@ -276,3 +276,31 @@ def test_link_model_overlapped_write_hides_only_the_write():
                                         "reasons": {"link_measured": "x"}}) == []
         broken = dict(long, overlap_segment_s=long["segment_s"] - 2 * long["write_s"])
         assert validate._link_problems({"link": [broken], "link_measured": None, "reasons": {"link_measured": "x"}})
+
+
+def test_link_model_default_schedule_without_probabilities():
+    """`hmtx run`'s default since protocol 1.2 (bench/link.py): RECALL without the probabilities,
+    the written slot checked, the whole cache every K segments instead, spread over them."""
+    from hmtx.bench import link as lk
+    from hmtx.model.configs import get_config
+    cfg = get_config("smollm")
+    tr = lk.segment_traffic(cfg)
+    ops = tr["ops"]
+    # the flags byte out, the 2 x 64 probability bytes back no more (a probability byte may be escaped)
+    assert ops["RECALL_NOPROBS"]["out"] == ops["RECALL"]["out"] + 1
+    assert 2 * cfg.n_slots <= ops["RECALL"]["in"] - ops["RECALL_NOPROBS"]["in"] <= 4 * cfg.n_slots
+    cyc = {"recall": 3636, "write": 2328}
+    for k in (16, 1, 0):
+        m = lk.link_model(cfg, 3_000_000, 100e6, cyc, tr, host_s_per_segment=2.0, representation_s=0.1,
+                          full_check_every=k)
+        assert math.isclose(m["default_recall_s"], (ops["RECALL_NOPROBS"]["out"] + ops["RECALL_NOPROBS"]["in"])
+                            * 10 / 3e6 + 3636 / 100e6)
+        assert m["default_write_s"] == 0                                   # hidden behind 0.1 s
+        whole, written = m["check_s"], m["check_written_s"]
+        want = {16: (15 * written + whole) / 16, 1: whole, 0: written}[k]
+        assert math.isclose(m["default_check_s"], want)
+        assert math.isclose(m["wait_share_default"], m["default_segment_s"] / (2.0 + m["default_segment_s"]))
+        assert m["s_p_floor_s"] == (1 + cfg.d + 2 + 2 * cfg.d) * 10 / 3e6
+        assert validate._link_problems({"link": [m], "link_measured": None, "reasons": {"link_measured": "x"}}) == []
+    assert validate._link_problems({"link": [dict(m, default_recall_s=m["s_p_floor_s"] / 2)], "link_measured": None,
+                                    "reasons": {"link_measured": "x"}})

@@ -10,7 +10,7 @@ groups are marked slow; ``make test`` runs the weight-free ``smoke`` group on it
 current smollm model is already built (HMTX_SMOLLM=1 forces the build). ``up5k_serial`` is
 the iCE40 build's engine (``HmtxTop(up5k, engine="serial")``, one time-shared multiplier) in
 every group at modest sizes. ``tiny_c2`` and ``up5k_serial_c2`` are the same engines built for
-contract 2 (``HmtxTop(config, engine, contract=2)``: folded keys, protocol 2.0) against the golden
+contract 2 (``HmtxTop(config, engine, contract=2)``: folded keys, protocol 2.1) against the golden
 device of contract 2; ``weights_order`` is the group where the contracts' rules differ.
 """
 

@@ -53,8 +53,8 @@ def weights(rng, cfg=CFG):
 
 # --- protocol 2.0: versions, INFO, READ_SLOT bytes ------------------------------------------------
 def test_versions_name_the_contracts():
-    assert P.VERSION == P.VERSIONS[1] == (1, 1)            # what hw/ reports: unchanged
-    assert P.VERSIONS[2] == (2, 0) and P.CONTRACTS == (1, 2)
+    assert P.VERSION == P.VERSIONS[1] == (1, 2)            # what hw/ reports (1.2: RECALL's flags)
+    assert P.VERSIONS[2] == (2, 1) and P.CONTRACTS == (1, 2)
     for contract in P.CONTRACTS:
         info = P.Info.for_config(CFG, "serial", contract)
         back = P.unpack_info(P.pack_info(info))
@@ -62,11 +62,11 @@ def test_versions_name_the_contracts():
         assert back.engine == "serial" and back.mismatches(CFG) == []
     # INFO bytes differ only in the version bytes (offsets 2, 3)
     a, b = (P.pack_info(P.Info.for_config(CFG, contract=c)) for c in (1, 2))
-    assert len(a) == len(b) == 29 and [i for i in range(29) if a[i] != b[i]] == [2, 3] and b[2:4] == b"\x02\x00"
+    assert len(a) == len(b) == 29 and [i for i in range(29) if a[i] != b[i]] == [2, 3] and b[2:4] == b"\x02\x01"
     with pytest.raises(ValueError, match="unknown contract 3"):
         P.Info.for_config(CFG, contract=3)
     three = P.Info.for_config(CFG).__class__(**{**P.Info.for_config(CFG).__dict__, "version": (3, 0)})
-    with pytest.raises(P.ProtocolError, match=r"device speaks protocol 3\.0, this host 1\.1 and 2\.0"):
+    with pytest.raises(P.ProtocolError, match=r"device speaks protocol 3\.0, this host 1\.2 and 2\.1"):
         P.unpack_info(P.pack_info(three)).contract
 
 
@@ -110,7 +110,7 @@ def test_doc_table_lengths_2_0():
 # --- the golden device, contract 2 ------------------------------------------------------------------
 def test_golden_contract_2_matches_fold_key_and_recall_folded(rng):
     dev = GoldenDevice(CFG, contract=2)
-    assert P.unpack_info(ok(dev, Op.INFO)).version == (2, 0)
+    assert P.unpack_info(ok(dev, Op.INFO)).version == (2, 1)
     qw_q, qw_k = weights(rng)
     load(dev, 0, qw_q, chunk=5 * CFG.d_h)
     load(dev, 1, qw_k)
@@ -197,7 +197,7 @@ class _Major3(GoldenDevice):
 def test_host_refuses_an_unknown_major_and_the_device_stays_usable():
     gd = _Major3(CFG, contract=2)
     t = GoldenTransport(CFG, device=gd)
-    with pytest.raises(P.ProtocolError, match=r"device speaks protocol 3\.0, this host 1\.1 and 2\.0"):
+    with pytest.raises(P.ProtocolError, match=r"device speaks protocol 3\.0, this host 1\.2 and 2\.1"):
         Device(t, CFG)
     # Nothing was sent but the opening handshake and INFO; the link is in step and the device works.
     assert (gd.fill, gd.loaded, gd.cycles.total) == (0, [False, False], 0)
@@ -220,9 +220,9 @@ def test_device_contract_comes_from_info_and_can_be_required(rng):
         if contract == 2:
             kk, kke = fixed.fold_key(qw_q, kk, kke)
         assert np.array_equal(k, kk[0]) and ke == kke[0]
-    with pytest.raises(ValueError, match=r"contract 2 asked for, but golden speaks protocol 1\.1 \(contract 1\)"):
+    with pytest.raises(ValueError, match=r"contract 2 asked for, but golden speaks protocol 1\.2 \(contract 1\)"):
         Device(GoldenTransport(CFG), CFG, contract=2)
-    with pytest.raises(ValueError, match=r"contract 1 asked for, but golden speaks protocol 2\.0"):
+    with pytest.raises(ValueError, match=r"contract 1 asked for, but golden speaks protocol 2\.1"):
         Device(GoldenTransport(CFG, contract=2), CFG, contract=1)
     assert Device.open("golden", CFG, contract=2).contract == 2
     assert Device.open("golden", CFG).contract == 1
@@ -254,7 +254,7 @@ def dev2(transport=None) -> Device:
 @pytest.mark.parametrize("fixed_stream", [True, False])
 def test_contract_2_run_matches_the_fixed_variant_exactly(model, ids, fixed_stream):
     with dev2() as dev:
-        res = run_document(model, ids, dev, RUN_CFG, SEGMENTS, fixed_stream=fixed_stream)
+        res = run_document(model, ids, dev, RUN_CFG, SEGMENTS, fixed_stream=fixed_stream, cache_check="full")
     assert res.mismatch is None and res.segments == SEGMENTS
     assert res.ops_checked == 1 + 1 + 6 + 4 + (1 + 2 * 5)
     assert model.recall.contract == 1                         # the model is left as it was
@@ -276,7 +276,8 @@ def test_corrupted_folded_key_byte_is_named(model, ids, tmp_path, overlap, where
     inj = FaultOnNth(GoldenTransport(RUN_CFG, contract=2), Op.READ_SLOT, 6, offset, bit)
     case = tmp_path / "c.json"
     with dev2(inj) as dev:
-        res = run_document(model, ids, dev, RUN_CFG, SEGMENTS, case_path=str(case), overlap=overlap)
+        res = run_document(model, ids, dev, RUN_CFG, SEGMENTS, case_path=str(case), overlap=overlap,
+                           cache_check="full")
     m = res.mismatch
     assert inj.injected == 1
     assert (m.segment, m.op, m.slot, m.field) == (3, "READ_SLOT", 0, field)
@@ -341,9 +342,9 @@ def test_run_cli_golden_contract_2(capsys, tmp_path):
     out, err = capsys.readouterr()
     assert rc == 0, err
     s = json.loads((tmp_path / "r.json").read_text())
-    assert (s["segments"], s["mismatches"], s["contract"], s["protocol"]) == (2, 0, 2, "2.0")
+    assert (s["segments"], s["mismatches"], s["contract"], s["protocol"]) == (2, 0, 2, "2.1")
     assert s["ppl"]["hmt_device"] == s["ppl"]["hmt_fixed"]
-    assert "protocol 2.0 (contract 2)" in err and "contract 2" in out
+    assert "protocol 2.1 (contract 2)" in err and "contract 2" in out
     # A failing run's case replays under contract 2 (the golden device is built from the case).
     case = tmp_path / "case.json"
     rc = main(["run", *TINY, "--device", "golden", "--contract", "2", "--segments", "3",

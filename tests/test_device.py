@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from device_testlib import Shuttle, run_session
+from device_testlib import Recorder, Shuttle, run_session
 from hmtx.host.backends import GoldenTransport, SerialTransport, Transport, open_transport, parse_serial_spec
 from hmtx.host.device import Device, DeviceError, ProtocolError
 from hmtx.model import fixed
@@ -160,6 +160,65 @@ def test_example_session_covers_every_status():
     for _, raw in example_session(CFG):
         seen |= {P.decode_response(f).status for f in P.FrameDecoder().feed(dev.feed(raw))}
     assert seen == set(P.Status)
+
+
+# --- RECALL's probabilities on request (protocol 1.2 / 2.1) -----------------------------------------
+@pytest.mark.parametrize("contract", [1, 2])
+def test_recall_asks_for_the_probabilities_only_when_told(contract):
+    rng = np.random.default_rng(SEED)
+    events = []
+    rec = Recorder(GoldenTransport(CFG, contract=contract), events)
+    with Device(rec, CFG) as dev:
+        assert dev.recall_flags and dev.device_info.version == P.VERSIONS[contract]
+        dev.load_weights(*weights(rng))
+        for _ in range(3):
+            dev.write_memory(*_mem(rng))
+        s = _mem(rng)
+        sent = len(rec.sent)
+        full = dev.recall(*s)
+        bare = dev.recall(*s, probabilities=False)
+        frames = P.FrameDecoder().feed(bytes(rec.sent[sent:]))
+    assert [(len(f.body), f.body[-2]) for f in frames] == [(CFG.d + 4, P.RECALL_PROBS), (CFG.d + 4, 0)]
+    assert np.array_equal(full[0], bare[0]) and full[1] == bare[1] and full.n == bare.n == 3
+    assert full[2].shape == (3,) and bare[2] is None
+
+
+def test_an_older_device_gets_the_frame_without_flags_and_sends_the_probabilities():
+    rng = np.random.default_rng(SEED)
+    for old in ((1, 1), (2, 0)):
+        events = []
+        rec = Recorder(GoldenTransport(CFG, GoldenDevice(CFG, contract=old[0], version=old)), events)
+        with Device(rec, CFG) as dev:
+            assert not dev.recall_flags and dev.contract == old[0]
+            dev.load_weights(*weights(rng))
+            dev.write_memory(*_mem(rng))
+            sent = len(rec.sent)
+            p, pe, probs = ans = dev.recall(*_mem(rng), probabilities=False)
+            (f,) = P.FrameDecoder().feed(bytes(rec.sent[sent:]))
+        assert len(f.body) == CFG.d + 3 and probs.tolist() == [(1 << 15) - 1] and ans.n == 1
+
+
+class _ProbsAlways(GoldenTransport):
+    """A device that ignores the flags byte and sends the probabilities anyway (a broken 1.2)."""
+
+    def write(self, data):
+        out = []
+        for f in P.FrameDecoder().feed(data):
+            body = f.body
+            if body[:1] == bytes([P.Op.RECALL]) and len(body) == CFG.d + 4:
+                body = body[:-2] + bytes([P.crc8(body[:-2])])
+            out.append(P.slip_escape(body))
+        super().write(b"".join(out))
+
+
+def test_a_device_that_sends_what_was_not_asked_for_is_a_protocol_error():
+    rng = np.random.default_rng(SEED)
+    with Device(_ProbsAlways(CFG), CFG, timeout=0.5) as dev:
+        dev.load_weights(*weights(rng))
+        dev.write_memory(*_mem(rng))
+        with pytest.raises(ProtocolError, match="probabilities not asked for"):
+            dev.recall(*_mem(rng), probabilities=False)
+        assert dev.recall(*_mem(rng)).n == 1                       # resynchronized, usable
 
 
 # --- split-phase commands: post now, collect later (issue 21, "overlap device work") ----------------

@@ -52,7 +52,9 @@ def test_top_sequence_matches_golden(config, engine):
     steps.append(("status loaded", cmd(Op.STATUS)))
     for n in range(c.n_slots + 2):                  # wraps the ring
         steps.append((f"write {n}", cmd(Op.WRITE_MEMORY, P.pack_vector_cmd(*vec(g, c.d), c.d))))
-        steps.append((f"recall {n}", cmd(Op.RECALL, P.pack_vector_cmd(*vec(g, c.d), c.d))))
+        # RECALL in turn without the flags byte, without the probabilities, with them (1.2)
+        flags = (None, 0, P.RECALL_PROBS)[n % 3]
+        steps.append((f"recall {n}", cmd(Op.RECALL, P.pack_recall_cmd(*vec(g, c.d), c.d, flags))))
     steps += [(f"read slot {s}", cmd(Op.READ_SLOT, P.pack_read_slot(s))) for s in range(c.n_slots)]
     for causal, nq, nk in ((False, c.max_queries, c.max_keys), (True, 2, 3), (True, 1, 1)):
         rows = [vec(g, c.head_dim) for _ in range(nq + 2 * nk)]
@@ -65,6 +67,10 @@ def test_top_sequence_matches_golden(config, engine):
     results = run_against_golden(c, steps, r, engine=engine)
     status = {label: P.FrameDecoder().feed(want)[0].body[0] for label, want, _ in results if want}
     assert all(status[f"recall {n}"] == P.Status.OK for n in range(c.n_slots + 2))
+    # without the probabilities the answer is P_n and n: status, op, 2 + 2d, 2, crc
+    bodies = {label: P.FrameDecoder().feed(want)[0].body for label, want, _ in results if want}
+    assert [len(bodies[f"recall {n}"]) == 7 + 2 * c.d for n in range(c.n_slots + 2)] == \
+        [n % 3 == 1 for n in range(c.n_slots + 2)]
     assert status["recall before weights"] == P.Status.NO_WEIGHTS
     assert status["recall on empty cache"] == P.Status.EMPTY_CACHE
     # CYCLES: counts are implementation-defined, but they must describe the last compute op
@@ -98,6 +104,14 @@ def test_top_malformed_commands_then_recovery():
         ("one-byte body", bytes([Op.INFO, P.END])),
         ("mantissa -128", cmd(Op.WRITE_MEMORY, bytes(bad_mant))),
         ("exponent 64", cmd(Op.RECALL, bytes(bad_exp))),
+        ("recall flag bit 1", cmd(Op.RECALL, good_vec + b"\x02")),
+        ("recall flag bit 7 with PROBS", cmd(Op.RECALL, good_vec + b"\x81")),
+        ("recall flags and a bad mantissa", cmd(Op.RECALL, bytes(bad_mant) + b"\x01")),
+        ("recall two bytes too long", cmd(Op.RECALL, good_vec + b"\x00\x00")),
+        ("write with a flags byte", cmd(Op.WRITE_MEMORY, good_vec + b"\x00")),
+        ("recall without probabilities", cmd(Op.RECALL, good_vec + b"\x00")),
+        # a flags byte that is END or ESC travels escaped
+        ("recall flags 0xC0", cmd(Op.RECALL, good_vec + b"\xc0")),
         ("attention too many queries", cmd(Op.ATTENTION, bytes([c.max_queries + 1, 1, 0]) +
                                            bytes((c.max_queries + 3) * (1 + c.head_dim)))),
         ("attention causal nq > nk", cmd(Op.ATTENTION, bytes([2, 1, 1]) + bytes(4 * (1 + c.head_dim)))),
@@ -116,6 +130,11 @@ def test_top_malformed_commands_then_recovery():
     assert statuses["slot out of range"] == P.Status.SLOT_RANGE
     assert statuses["recall without W_q"] == P.Status.NO_WEIGHTS
     assert statuses["recall works"] == P.Status.OK
+    assert [statuses[k] for k in ("recall flag bit 1", "recall flag bit 7 with PROBS", "recall flags and a bad mantissa",
+                                  "recall two bytes too long", "write with a flags byte", "recall without probabilities",
+                                  "recall flags 0xC0")] == \
+        [P.Status.BAD_ARG, P.Status.BAD_ARG, P.Status.BAD_ARG, P.Status.BAD_LENGTH, P.Status.BAD_LENGTH, P.Status.OK,
+         P.Status.BAD_ARG]
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ from device_testlib import ok, responses, xact
 from hmtx.model import fixed
 from hmtx.model import protocol as P
 from hmtx.model.configs import get_config
-from hmtx.model.golden_device import GoldenDevice
+from hmtx.model.golden_device import GoldenDevice, example_session
 
 from hmtx.model.protocol import Op, Status
 
@@ -217,7 +217,10 @@ def test_bad_crc_opcode_length():
     assert status_of(dev, P.slip_escape(cmd_body(0x7E))) == Status.BAD_OPCODE
     assert status_of(dev, P.encode_command(Op.STATUS, b"\x00")) == Status.BAD_LENGTH
     assert status_of(dev, P.encode_command(Op.WRITE_MEMORY, bytes(CFG.d))) == Status.BAD_LENGTH
-    assert status_of(dev, P.encode_command(Op.RECALL, bytes(CFG.d + 2))) == Status.BAD_LENGTH
+    # RECALL takes S_n with or without the flags byte (1.2): d + 3 or d + 4 bytes of body, no other
+    assert status_of(dev, P.encode_command(Op.RECALL, bytes(CFG.d))) == Status.BAD_LENGTH
+    assert status_of(dev, P.encode_command(Op.RECALL, bytes(CFG.d + 3))) == Status.BAD_LENGTH
+    assert status_of(dev, P.encode_command(Op.WRITE_MEMORY, bytes(CFG.d + 2))) == Status.BAD_LENGTH
     assert status_of(dev, P.encode_command(Op.READ_SLOT, b"\x00")) == Status.BAD_LENGTH
     assert status_of(dev, P.encode_command(Op.LOAD_WEIGHTS, bytes(6))) == Status.BAD_LENGTH
     lw = P.pack_load_weights(0, 0, 0, 0, np.ones((2, CFG.d_h), np.int64))
@@ -327,6 +330,109 @@ def test_failed_commands_change_nothing(rng):
     assert ok(dev, Op.CYCLES) == cyc
 
 
+# --- RECALL's flags byte: the probabilities on request (protocol 1.2 / 2.1) -----------------------
+def _filled(rng, contract=1, version=None, n=3):
+    dev = GoldenDevice(CFG, contract=contract, version=version)
+    qws = weights(rng)
+    for i, qw in enumerate(qws):
+        for p in P.weight_chunks(i, qw):
+            ok(dev, Op.LOAD_WEIGHTS, p)
+    for _ in range(n):
+        ok(dev, Op.WRITE_MEMORY, P.pack_vector_cmd(*vec(rng), CFG.d))
+    return dev
+
+
+def test_versions_with_recall_flags():
+    assert [P.takes_recall_flags(v) for v in ((1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (3, 0))] == \
+        [False, False, True, True, False, True, False]
+    assert P.recall_lengths(CFG.d) == (CFG.d + 3, CFG.d + 4) and P.recall_lengths(CFG.d, (2, 0)) == (CFG.d + 3,)
+    for version in ((1, 3), (1, -1), (2, 2), (3, 0)):
+        with pytest.raises(ValueError):
+            GoldenDevice(CFG, contract=version[0] if version[0] in (1, 2) else 1, version=version)
+    with pytest.raises(ValueError, match="not a version of contract 1"):
+        P.Info.for_config(CFG, contract=1, version=(2, 1))
+    assert P.unpack_info(ok(GoldenDevice(CFG, version=(1, 1)), Op.INFO)).version == (1, 1)
+
+
+@pytest.mark.parametrize("contract", [1, 2])
+def test_recall_flags_select_the_probabilities(rng, contract):
+    dev = _filled(rng, contract)
+    s_m, s_e = vec(rng)
+    plain = ok(dev, Op.RECALL, P.pack_vector_cmd(s_m, s_e, CFG.d))            # 1.1's frame: all of it
+    cyc = P.unpack_cycles(ok(dev, Op.CYCLES))
+    with_p = ok(dev, Op.RECALL, P.pack_recall_cmd(s_m, s_e, CFG.d, P.RECALL_PROBS))
+    without = ok(dev, Op.RECALL, P.pack_recall_cmd(s_m, s_e, CFG.d, 0))
+    after = P.unpack_cycles(ok(dev, Op.CYCLES))                  # the same computation either way
+    assert (after.last, after.last_op, after.total) == (cyc.last, Op.RECALL, cyc.total + 2 * cyc.last)
+    assert with_p == plain and len(plain) == P.recall_response_length(CFG.d, 3) == 4 + 2 * CFG.d + 6
+    assert without == plain[:4 + 2 * CFG.d] and len(without) == P.recall_response_length(CFG.d, 3, False)
+    p, pe, probs = a = P.unpack_recall(plain, CFG.d)
+    q, qe, none = b = P.unpack_recall(without, CFG.d, probabilities=False)
+    assert np.array_equal(p, q) and pe == qe and none is None and probs.shape == (3,) and a.n == b.n == 3
+    assert P.pack_recall(p, pe, None, 3) == without and P.pack_recall(p, pe, probs) == plain
+    # what was asked for must be what came
+    with pytest.raises(P.ProtocolError, match="probabilities not asked for"):
+        P.unpack_recall(plain, CFG.d, probabilities=False)
+    with pytest.raises(P.ProtocolError, match="probabilities asked for"):
+        P.unpack_recall(without, CFG.d)
+    with pytest.raises(ValueError, match="n must be given"):
+        P.pack_recall(p, pe, None)
+    with pytest.raises(ValueError, match="RECALL flags"):
+        P.pack_recall_cmd(s_m, s_e, CFG.d, 2)
+
+
+@pytest.mark.parametrize("contract", [1, 2])
+def test_recall_flags_errors_in_the_documented_order(rng, contract):
+    s = P.pack_vector_cmd(*vec(rng), CFG.d)
+    bad_vec = s[:2] + b"\x80" + s[3:]
+    fresh = GoldenDevice(CFG, contract=contract)
+    empty = _filled(rng, contract, n=0)
+    dev = _filled(rng, contract)
+    for bit in range(1, 8):                                # every reserved bit: BAD_ARG
+        assert status_of(dev, P.encode_command(Op.RECALL, s + bytes([1 << bit]))) == Status.BAD_ARG
+        assert status_of(dev, P.encode_command(Op.RECALL, s + bytes([1 << bit | 1]))) == Status.BAD_ARG
+    # BAD_LENGTH before BAD_ARG; BAD_ARG (vector or flags) before NO_WEIGHTS and EMPTY_CACHE
+    assert status_of(dev, P.encode_command(Op.RECALL, s + b"\xff\x00")) == Status.BAD_LENGTH
+    assert status_of(dev, P.encode_command(Op.RECALL, bad_vec + b"\xff\x00")) == Status.BAD_LENGTH
+    assert status_of(dev, P.encode_command(Op.RECALL, bad_vec + b"\x00")) == Status.BAD_ARG
+    assert status_of(dev, P.encode_command(Op.WRITE_MEMORY, s + b"\x00")) == Status.BAD_LENGTH
+    for target in (fresh, empty):
+        assert status_of(target, P.encode_command(Op.RECALL, s + b"\x02")) == Status.BAD_ARG
+    no_weights = Status.NO_WEIGHTS if contract == 1 else Status.EMPTY_CACHE   # (2.x: never NO_WEIGHTS)
+    assert status_of(fresh, P.encode_command(Op.RECALL, s + b"\x00")) == no_weights
+    assert status_of(empty, P.encode_command(Op.RECALL, s + b"\x01")) == Status.EMPTY_CACHE
+    # A bad CRC over a flagged frame is BAD_CRC; failed RECALLs change nothing
+    body = bytearray(cmd_body(Op.RECALL, s + b"\x00"))
+    body[-2] ^= 0x02                                       # a reserved flag bit, and the CRC broken by it
+    before, cyc = snapshot(dev), ok(dev, Op.CYCLES)
+    assert status_of(dev, P.slip_escape(bytes(body))) == Status.BAD_CRC
+    assert snapshot(dev) == before and ok(dev, Op.CYCLES) == cyc
+
+
+@pytest.mark.parametrize("contract,old", [(1, (1, 1)), (2, (2, 0))])
+def test_older_minor_and_older_hosts_meet_what_they_know(contract, old):
+    """A 1.2 (2.1) device answers every frame an older host sends exactly as a 1.1 (2.0) device
+    does, INFO's minor aside; a 1.1 (2.0) device refuses the flagged RECALL with BAD_LENGTH."""
+    new, prev = GoldenDevice(CFG, contract=contract), GoldenDevice(CFG, contract=contract, version=old)
+    flagged = 0
+    for label, raw in example_session(CFG, seed=SEED):
+        a, b = responses(new.feed(raw)), responses(prev.feed(raw))
+        frames = P.FrameDecoder().feed(raw)
+        for f, x, y in zip(frames, a, b, strict=True):
+            is_flagged = (not f.error and f.body[:1] == bytes([Op.RECALL]) and len(f.body) == CFG.d + 4
+                          and P.crc8(f.body) == 0)
+            if is_flagged:
+                flagged += 1
+                assert (y.status, y.payload) == (Status.BAD_LENGTH, b""), label
+            elif x.op == Op.INFO and x.status == Status.OK:
+                assert P.unpack_info(x.payload).version == P.VERSIONS[contract], label
+                assert P.unpack_info(y.payload).version == old, label
+                assert x.payload[:2] + x.payload[4:] == y.payload[:2] + y.payload[4:], label
+            else:
+                assert x == y, label
+    assert flagged > 5
+
+
 # --- resynchronization and fuzz -----------------------------------------------------------
 def test_resync_after_garbage_and_truncation(rng):
     dev = GoldenDevice(CFG)
@@ -378,6 +484,10 @@ def test_fuzz_random_bytes_and_mutations():
 
 def test_doc_table_lengths():
     """The numbers printed in docs/protocol.md section 6."""
-    for name, write, read, recall in (("tiny", 27, 46, 63), ("smollm", 579, 1094, 1287), ("up5k", 67, 134, 167)):
+    for name, write, read, recall, bare in (("tiny", 27, 46, 63, 55), ("smollm", 579, 1094, 1287, 1159),
+                                            ("up5k", 67, 134, 167, 135)):
         c = get_config(name)
         assert (c.d + 3, 3 + 3 + c.d + 2 * c.d_h, 3 + 4 + 2 * c.d + 2 * c.n_slots) == (write, read, recall)
+        # RECALL with flags 0 (1.2): P_n and n only; the command one byte longer
+        assert 3 + P.recall_response_length(c.d, c.n_slots, False) == bare
+        assert P.recall_lengths(c.d) == (write, write + 1)

@@ -70,12 +70,12 @@ def test_run_sim_zero_mismatches(capsys, tmp_path):
 
 
 def test_run_sim_contract_2_zero_mismatches(capsys, tmp_path):
-    """The gateware built for contract 2 (folded keys, protocol 2.0): every RECALL, WRITE_MEMORY
+    """The gateware built for contract 2 (folded keys, protocol 2.1): every RECALL, WRITE_MEMORY
     and (the whole-cache check) READ_SLOT of K'_i equal to the golden device's."""
     rc, out, err = run_cli(capsys, "--device", "sim", "--contract", "2", "--segments", "4",
                            "--json", str(tmp_path / "r.json"), "--reference", "stream")
     assert rc == 0, err
-    assert "protocol 2.0 (contract 2)" in err
+    assert "protocol 2.1 (contract 2)" in err
     s = json.loads((tmp_path / "r.json").read_text())
     assert (s["segments"], s["mismatches"], s["device"], s["contract"]) == (4, 0, "sim", 2)
     assert s["ppl"]["hmt_device"] == s["ppl"]["hmt_fixed"]
@@ -130,3 +130,30 @@ def test_no_overlap_gives_the_same_run(capsys, tmp_path):
     assert got[False]["overlap"] is True and got[True]["overlap"] is False
     for key in ("segments", "ops_checked", "mismatches", "ppl", "device_cycles", "per_segment", "recall_weights"):
         assert got[False][key] == got[True][key], key
+
+
+def test_probabilities_only_on_request(capsys, tmp_path):
+    got = {}
+    for flag in ((), ("--probabilities",)):
+        rc, out, err = run_cli(capsys, "--device", "golden", "--segments", "4", *flag,
+                               "--json", str(tmp_path / "r.json"))
+        assert rc == 0, err
+        got[bool(flag)] = s = json.loads((tmp_path / "r.json").read_text())
+        assert (s["cache_check"], s["full_check_every"], s["probabilities"]) == ("written", 16, bool(flag))
+        assert ("probabilities asked for and checked" if flag else "probabilities not asked for") in err
+        assert "written slot checked per segment, whole cache every 16 segments and at the end" in err
+    assert got[False]["recall_weights"] == [None] * 4
+    assert [w is None for w in got[True]["recall_weights"]] == [True, True, False, False]
+    assert got[False]["ppl"] == got[True]["ppl"] and got[False]["ops_checked"] == got[True]["ops_checked"]
+    from hmtx.host import cmd_run, runtime
+    assert cmd_run.FULL_CHECK_EVERY == runtime.FULL_CHECK_EVERY       # the parser's copy of the default
+
+
+def test_bad_full_check_every_is_refused_before_the_backbone_loads(capsys, monkeypatch):
+    import hmtx.model.backbone as backbone
+
+    def no_load(*a, **k):
+        raise AssertionError("the backbone was loaded before --full-check-every was checked")
+    monkeypatch.setattr(backbone, "load_backbone", no_load)
+    rc, _, err = run_cli(capsys, "--device", "golden", "--full-check-every", "-1")
+    assert rc == 2 and "--full-check-every must be >= 0" in err

@@ -56,7 +56,8 @@ def device(transport=None) -> Device:
 
 def test_clean_run_matches_reference(model, ids, tmp_path):
     with device() as dev:
-        res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "case.json"))
+        res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "case.json"),
+                           cache_check="full", probabilities=True)
     assert res.mismatch is None and res.case_file is None
     assert res.segments == SEGMENTS and res.tokens == 7 * SEGMENTS - 1
     # reset + weights + 6 writes + 4 recalls + every valid slot read back after each segment.
@@ -102,7 +103,8 @@ def test_fault_in_cache_readback_names_slot_and_element(model, ids, tmp_path, ov
     # command: with overlap, segment 2's read-back happens after before_segment(3).
     inj = FaultOnNth(GoldenTransport(CFG), P.Op.READ_SLOT, 6, 1 + CFG.d + 2 + 2 * j, bit)
     with device(inj) as dev:
-        res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "c.json"), overlap=overlap)
+        res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "c.json"), overlap=overlap,
+                           cache_check="full")
     m = res.mismatch
     assert (m.segment, m.op, m.slot, m.field, m.element) == (3, "READ_SLOT", 0, "k_mant", j)
     assert m.got ^ m.expected == 1 << bit
@@ -350,3 +352,184 @@ def test_overlapped_run_over_a_serial_port_matches_the_blocking_run(model, ids):
         want = run_document(model, ids, dev, CFG, SEGMENTS, overlap=False)
     assert got.mismatch is None
     assert (got.nll, got.ops_checked, got.device_cycles) == (want.nll, want.ops_checked, want.device_cycles)
+
+
+# --- probabilities on request, the written-slot check with a whole check every K (issue 21) -----------
+class _RecallTraffic(GoldenTransport):
+    """Counts RECALL frames by body length (d + 3: no flags byte; d + 4: flags) with their flags,
+    and the bytes of their answers."""
+
+    def __init__(self, cfg=CFG, device=None):
+        super().__init__(cfg, device=device)
+        self.sent, self.answer_bytes, self._rx_dec, self._owed = [], [], P.FrameDecoder(), 0
+
+    def write(self, data):
+        for f in P.FrameDecoder().feed(data):
+            if f.body[:1] == bytes([P.Op.RECALL]):
+                self.sent.append(None if len(f.body) == CFG.d + 3 else f.body[-2])
+        super().write(data)
+
+    def read(self, timeout):
+        data = super().read(timeout)
+        for f in self._rx_dec.feed(data):
+            if f.body[1:2] == bytes([P.Op.RECALL]):
+                self.answer_bytes.append(len(f.body))
+        return data
+
+
+def test_default_run_asks_for_no_probabilities_and_checks_the_written_slots(model, ids):
+    traffic = _RecallTraffic()
+    reads = []
+    real = traffic.write
+
+    def write(data):
+        reads.extend(f.body[1] for f in P.FrameDecoder().feed(data) if f.body[:1] == bytes([P.Op.READ_SLOT]))
+        real(data)
+    traffic.write = write
+    with device(traffic) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS)
+    assert res.mismatch is None and res.ppl("hmt_device") == res.ppl("hmt_fixed")
+    # every RECALL carries flags 0 and its answer only P_n and n: status, op, 2 + 2d, 2, crc
+    assert traffic.sent == [0] * (SEGMENTS - 2)
+    assert traffic.answer_bytes == [3 + 2 + 2 * CFG.d + 2] * (SEGMENTS - 2)
+    assert res.recall_probs == [None] * SEGMENTS
+    # the written slot after segments 0-4, the whole cache after the last (16 > 6 segments)
+    assert reads == [0, 1, 0, 1, 0, 0, 1]
+    assert res.ops_checked == 1 + 1 + 6 + 4 + 5 + 2
+    # Asked for, they come, are checked, and fill the result (same NLL: P_n is the same)
+    traffic = _RecallTraffic()
+    with device(traffic) as dev:
+        full = run_document(model, ids, dev, CFG, SEGMENTS, probabilities=True)
+    assert traffic.sent == [P.RECALL_PROBS] * (SEGMENTS - 2)
+    assert traffic.answer_bytes == [3 + 2 + 2 * CFG.d + 2 + 2 * 2] * (SEGMENTS - 2)
+    assert full.nll == res.nll and full.ops_checked == res.ops_checked
+    assert [w is None for w in full.recall_probs] == [True, True, False, False, False, False]
+
+
+@pytest.mark.parametrize("every,whole_after", [(2, (1, 3, 5)), (4, (3, 5)), (0, (5,))])
+def test_whole_cache_check_every_k_segments(model, ids, every, whole_after):
+    reads = []
+
+    class _Counting(GoldenTransport):
+        def write(self, data):
+            reads.extend(f.body[1] for f in P.FrameDecoder().feed(data) if f.body[:1] == bytes([P.Op.READ_SLOT]))
+            super().write(data)
+
+    with device(_Counting(CFG)) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS, full_check_every=every)
+    assert res.mismatch is None
+    # segment s wrote slot s mod 2 (N=2) and then holds min(s + 1, 2) memories
+    want = []
+    for seg in range(SEGMENTS):
+        want += list(range(min(seg + 1, CFG.n_slots))) if seg in whole_after else [seg % CFG.n_slots]
+    assert reads == want
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="full_check_every"):
+            run_document(model, ids, device(), CFG, SEGMENTS, full_check_every=bad)
+
+
+class _WrongSoftmax(GoldenDevice):
+    """Answers RECALL with probability 0 off by ``dp`` and P_n mantissa 0 off by ``dm`` (in the
+    answer only: a response path fault), whether or not the probabilities are sent."""
+
+    def __init__(self, cfg, dp, dm):
+        super().__init__(cfg)
+        self.dp, self.dm = dp, dm
+
+    def _op_recall(self, p):
+        payload, cycles = super()._op_recall(p)
+        buf = bytearray(payload)
+        d = self.config.d
+        m0 = int.from_bytes(buf[2:4], "little", signed=True) + self.dm
+        buf[2:4] = m0.to_bytes(2, "little", signed=True)
+        if len(buf) > 4 + 2 * d:
+            p0 = int.from_bytes(buf[4 + 2 * d:6 + 2 * d], "little") + self.dp
+            buf[4 + 2 * d:6 + 2 * d] = p0.to_bytes(2, "little")
+        return bytes(buf), cycles
+
+
+@pytest.mark.parametrize("probabilities", [True, False])
+def test_a_wrong_recall_is_reported_the_same_with_or_without_probabilities(model, ids, tmp_path, probabilities):
+    # P_n and a probability wrong: without the probabilities the checker asks again with them, so
+    # the report names the probability first either way.
+    traffic = _RecallTraffic(device=_WrongSoftmax(CFG, dp=1, dm=1))
+    with device(traffic) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS, probabilities=probabilities,
+                           case_path=str(tmp_path / "c.json"))
+    m = res.mismatch
+    assert (m.segment, m.op, m.field, m.element, m.got - m.expected) == (2, "RECALL", "probs", 0, 1)
+    assert traffic.sent == ([P.RECALL_PROBS] if probabilities else [0, P.RECALL_PROBS])
+    case = load_case(res.case_file)
+    assert [o["probs"] for o in case["ops"] if o["op"] == "recall"] == [probabilities]
+    # The replay sends what was sent and reports the same
+    traffic = _RecallTraffic(device=_WrongSoftmax(CFG, dp=1, dm=1))
+    with device(traffic) as dev:
+        with pytest.raises(MismatchError) as e:
+            replay_case(case, dev)
+    assert e.value.mismatch == m and traffic.sent == ([P.RECALL_PROBS] if probabilities else [0, P.RECALL_PROBS])
+
+
+def test_what_the_check_loses_without_probabilities(model, ids):
+    # A probability wrong while P_n is right: caught only when the probabilities are asked for
+    # (docs/runtime.md, "Probabilities on request").
+    with device(GoldenTransport(CFG, device=_WrongSoftmax(CFG, dp=1, dm=0))) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS, probabilities=False)
+    assert res.mismatch is None
+    with device(GoldenTransport(CFG, device=_WrongSoftmax(CFG, dp=1, dm=0))) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS, probabilities=True)
+    assert (res.mismatch.segment, res.mismatch.field) == (2, "probs")
+    # P_n wrong alone: found without the probabilities, named as P_n (the asked-again ones are right)
+    traffic = _RecallTraffic(device=_WrongSoftmax(CFG, dp=0, dm=-1))
+    with device(traffic) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS)
+    assert (res.mismatch.segment, res.mismatch.field, res.mismatch.element) == (2, "p_mant", 0)
+    assert traffic.sent == [0, P.RECALL_PROBS]
+
+
+def test_a_wrong_n_is_caught_without_probabilities(model, ids):
+    class _WrongN(GoldenDevice):
+        def _op_recall(self, p):
+            payload, cycles = super()._op_recall(p)
+            if len(payload) == 4 + 2 * self.config.d:           # P_n and n only
+                payload = payload[:-2] + (self.fill + 1).to_bytes(2, "little")
+            return payload, cycles
+
+    with device(GoldenTransport(CFG, device=_WrongN(CFG))) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS)
+    m = res.mismatch
+    assert (m.segment, m.op, m.field, m.expected, m.got) == (2, "RECALL", "n", 2, 3)
+
+
+def test_an_older_device_sends_the_probabilities_anyway_and_they_are_checked(model, ids, tmp_path):
+    # A 1.1 device takes no flags byte: the host sends it the RECALL without one, as 1.1 hosts did.
+    old = GoldenDevice(CFG, version=(1, 1))
+    traffic = _RecallTraffic(device=old)
+    with device(traffic) as dev:
+        assert dev.device_info.version == (1, 1) and not dev.recall_flags
+        res = run_document(model, ids, dev, CFG, SEGMENTS, probabilities=False)
+    assert res.mismatch is None and traffic.sent == [None] * (SEGMENTS - 2)
+    assert [w is None for w in res.recall_probs] == [True, True, False, False, False, False]
+    with device() as dev:
+        assert run_document(model, ids, dev, CFG, SEGMENTS).nll == res.nll
+
+
+def test_cases_record_the_probabilities_flag(model, ids, tmp_path):
+    inj = FaultInjector(GoldenTransport(CFG))
+    with device(inj) as dev:
+        res = run_document(model, ids, dev, CFG, SEGMENTS, case_path=str(tmp_path / "c.json"),
+                           before_segment=lambda s: s == 3 and inj.arm(P.Op.RECALL, 2, 0))
+    assert (res.mismatch.segment, res.mismatch.field) == (3, "p_mant")
+    raw = json.loads((tmp_path / "c.json").read_text())
+    assert [o["probs"] for o in raw["ops"] if o["op"] == "recall"] == [False, False]
+    # A case from before protocol 1.2 (no "probs") replays with the probabilities asked for
+    for o in raw["ops"]:
+        o.pop("probs", None)
+    (tmp_path / "old.json").write_text(json.dumps(raw))
+    traffic = _RecallTraffic()
+    with device(traffic) as dev:
+        replay_case(load_case(str(tmp_path / "old.json")), dev)
+    assert traffic.sent == [P.RECALL_PROBS] * 2
+    raw["ops"][-1]["probs"] = "no"
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=r"probs must be true or false"):
+        load_case(str(tmp_path / "bad.json"))

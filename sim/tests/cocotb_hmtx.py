@@ -366,9 +366,15 @@ async def soak(dut):
         if i == 0 or (i == 5):
             await h.load_weights(nrng)
         op = rng.choices(names, w)[0]
-        if op == "WRITE_MEMORY" or op == "RECALL":
+        if op == "WRITE_MEMORY":
             kind = rng.choice(["rand"] * 6 + ["max", "min", "zero"])
             await h.cmd(f"op {i} {op}", P.Op[op], P.pack_vector_cmd(*vector(nrng, c.d, kind), c.d))
+        elif op == "RECALL":
+            # RECALL's three forms (protocol 1.2): the answer ends after n or after the probabilities
+            kind = rng.choice(["rand"] * 6 + ["max", "min", "zero"])
+            flags = rng.choice([None, 0, P.RECALL_PROBS])
+            await h.cmd(f"op {i} {op} flags {flags}", P.Op[op],
+                        P.pack_recall_cmd(*vector(nrng, c.d, kind), c.d, flags))
         elif op == "READ_SLOT":
             await h.cmd(f"op {i} READ_SLOT", P.Op.READ_SLOT, P.pack_read_slot(rng.randrange(c.n_slots + 1)))
         elif op == "ATTENTION":
