@@ -9,6 +9,10 @@ import math
 __all__ = ["REQUIRED", "problems"]
 
 REQUIRED = ("device", "fmax_mhz", "us_per_recall", "sim_cycles_per_s", "run_tokens_per_s", "machine")
+# the keys each section writes: a result of some sections (`hmtx bench --only ...` into a new
+# file) needs only theirs
+SECTION_KEYS = {"device": ("device",), "recall": ("fmax_mhz", "us_per_recall"), "sim": ("sim_cycles_per_s",),
+                "run": ("run_tokens_per_s",)}
 
 
 def _positive(x) -> bool:
@@ -32,13 +36,16 @@ def _op_problems(where: str, e: dict) -> list[str]:
 
 def problems(res: dict) -> list[str]:
     """Every inconsistency found (empty when the result is sound)."""
-    bad = [f"missing key {k!r}" for k in REQUIRED if k not in res]
+    sections = res.get("sections")
+    required = REQUIRED if sections is None else \
+        ("machine",) + tuple(k for s in sections for k in SECTION_KEYS.get(s, ()))
+    bad = [f"missing key {k!r}" for k in required if k not in res]
     if bad:
         return bad
     if not isinstance(res["machine"], str) or not res["machine"]:
         bad.append("machine must be a non-empty string")
     reasons = res.get("reasons", {})
-    for cfg, ops in res["device"].items():
+    for cfg, ops in res.get("device", {}).items():
         for op in ("recall", "write"):
             if op not in ops:
                 bad.append(f"device.{cfg} has no {op}")
@@ -47,11 +54,11 @@ def problems(res: dict) -> list[str]:
     for i, row in enumerate(res.get("device_sweep", [])):
         for op in ("recall", "write"):
             bad += _op_problems(f"device_sweep[{i}].{op}", row[op])
-    for cfg, f in res["fmax_mhz"].items():
+    for cfg, f in res.get("fmax_mhz", {}).items():
         if f is not None and not _positive(f):
             bad.append(f"fmax_mhz.{cfg} = {f!r}")
-    us = res["us_per_recall"]
-    for k in ("device", "torch_cpu", "torch_cuda"):
+    us = res.get("us_per_recall")
+    for k in ("device", "torch_cpu", "torch_cuda") if us is not None else ():
         v = us.get(k)
         if v is None:
             if k != "torch_cpu" and f"us_per_recall.{k}" not in reasons:
@@ -60,12 +67,14 @@ def problems(res: dict) -> list[str]:
                 bad.append("us_per_recall.torch_cpu is missing: it is measured on every machine")
         elif not _positive(v):
             bad.append(f"us_per_recall.{k} = {v!r}")
-    if res["sim_cycles_per_s"] is None:
+    if "sim_cycles_per_s" not in res:
+        pass            # (the sim section did not run)
+    elif res["sim_cycles_per_s"] is None:
         if "sim_cycles_per_s" not in reasons:
             bad.append("sim_cycles_per_s is null without a reason")
     elif not _positive(res["sim_cycles_per_s"]):
         bad.append(f"sim_cycles_per_s = {res['sim_cycles_per_s']!r}")
-    for backend in ("golden", "sim"):
+    for backend in ("golden", "sim") if "run_tokens_per_s" in res else ():
         v = res["run_tokens_per_s"].get(backend, None)
         if v is None:
             if f"run_tokens_per_s.{backend}" not in reasons:

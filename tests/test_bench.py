@@ -110,6 +110,10 @@ def test_quick_bench_of_contract_2_measures_the_contract_2_engine(tmp_path, caps
     assert tiny["recall"]["cycles"] == cycles_per_recall(cfg, contract=2)
     assert tiny["recall"]["ideal"] == math.ceil(2 * cfg.n_slots * cfg.d / cfg.lanes)
     assert res["recall_speed"]["tiny"]["golden_numpy_us"]["median"] > 0
+    # a result of some sections stands on its own: only their keys are required
+    part = tmp_path / "part.json"
+    assert main(["bench", "--json", str(part), "--quick", "--only", "device", "--contract", "2"]) == 0
+    assert validate.problems(json.loads(part.read_text())) == []
     c1 = tmp_path / "c1.json"
     c1.write_text(json.dumps({"contract": 1, "device": {}}))
     assert main(["bench", "--json", str(c1), "--quick", "--only", "device", "--contract", "2"]) == 2
