@@ -64,7 +64,7 @@ class FetchControlSignature(wiring.Signature):
             "w_addr": Out(range(w_depth)),
             "key_addr": Out(range(c.n_slots * layout.KB)),
             "wm_addr": Out(range(layout.WMD)),
-            "q_load": Out(stream.Signature(range(max(layout.QL, 2)), always_ready=True)),
+            "q_load": Out(stream.Signature(range(max(layout.AB, 2)), always_ready=True)),
             "q_loading": In(1),
             "attn": Out(1),
         })
@@ -300,7 +300,7 @@ class OperandFetch(wiring.Component):
         q_wr = [data.View(q_in.shape(), v) for v in replicate(m, q_in, G, "q_wr", reset=True)]
         # attention: the Q row's words (addresses registered, read, registered -- as the MAC
         # beats), from dat_q, at ql2 (copies per group of ql1's valid, word)
-        ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(L.QL, 2))}))
+        ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(L.AB, 2))}))
         m.d.comb += [ql_issue.valid.eq(self.ctl.q_load.valid), ql_issue.idx.eq(self.ctl.q_load.payload)]
         ql_taps = delay(m, ql_issue, ADDR_REGS + 2, "ql", reset_less=False)
         ql1 = ql_taps[ADDR_REGS]

@@ -165,9 +165,8 @@ class EngineLayout:
         # contract 2: the folded keys K'_i (BFP8 like M_i, word kf_base + i*CB + cb) after the M ring
         self.kf_base = self.mem_base + c.n_slots * self.CB
         self.dat_depth = self.kf_base + (c.n_slots * self.CB if contract == 2 else 0)
-        # qbuf's words: q (HB) or a Q row (AB); contract 2's recall has S (CB) there instead of q,
-        # copied in as the owner writes it (hw/engine_fetch.py)
-        self.QL = self.AB                                          # words of one QLOAD
+        # qbuf's words: q (HB) or a Q row (AB, one QLOAD); contract 2's recall has S (CB) there
+        # instead of q, copied in as the owner writes it (hw/engine_fetch.py)
         self.QD = max(self.HB, self.AB, self.CB if contract == 2 else 1)
 
     def _owner_ports(self, m):
