@@ -27,6 +27,7 @@ import time
 
 from hmtx.model.configs import EngineConfig
 from hmtx.model.golden_device import GoldenDevice
+from hmtx.model.protocol import VERSIONS
 
 from .transport import DEFAULT_BAUD, SerialTransport, Transport, parse_serial_spec
 
@@ -35,12 +36,15 @@ __all__ = ["Transport", "GoldenTransport", "SerialTransport", "FaultInjector", "
 
 
 class GoldenTransport(Transport):
-    """The golden device behind a byte pipe: responses appear as soon as their frame is written."""
+    """The golden device behind a byte pipe: responses appear as soon as their frame is written.
+    It speaks this host's newest protocol minor of its contract (``VERSIONS``: with ATTN_PASS),
+    which the gateware may not implement yet (``GATEWARE_VERSIONS``)."""
 
     name = "golden"
 
     def __init__(self, config: EngineConfig, device: GoldenDevice | None = None, contract: int = 1):
-        self.device = device if device is not None else GoldenDevice(config, contract=contract)
+        self.device = device if device is not None else GoldenDevice(config, contract=contract,
+                                                                     version=VERSIONS[contract])
         self._rx = collections.deque()
         self._closed = False
 

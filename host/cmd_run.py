@@ -98,6 +98,11 @@ def register(subparsers) -> None:
                         "next segment's representation pass; its answer and the segment's cache check are "
                         "checked just before the device is next needed -- the same checks, in the same order "
                         "on the device)")
+    p.add_argument("--offload-attention", metavar="SPEC",
+                   help="run the backbone's attention of these layers[:heads] on the device too (e.g. 29, 0-29, "
+                        "29:0,3, all), in ATTN_PASS tiles, every answer checked bit for bit; the other variants "
+                        "run those heads in the same arithmetic on the host (needs protocol 1.3 / 2.2: "
+                        "--device golden so far)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -188,6 +193,9 @@ def _run(args) -> int:
     fault = parse_fault(args.inject_fault, args.segments, cfg.d)
     cli_options.check_device_spec(args.device, cfg)
     check_contract(args.device, args.contract)
+    if args.offload_attention:
+        from hmtx.model.attention_offload import check_offload_spec
+        check_offload_spec(args.offload_attention)          # the syntax, before the slow load
     text = args.text or str(DEFAULT_TEXT)
     docs = load_documents(text)
     tdev = cli_options.torch_device(args.torch_device, "--torch-device")
@@ -257,7 +265,7 @@ def _run(args) -> int:
                                progress=progress, before_segment=before_segment,
                                fixed_stream=args.reference == "stream", cache_check=args.cache_check,
                                full_check_every=args.full_check_every, overlap=args.overlap,
-                               probabilities=probabilities)
+                               probabilities=probabilities, offload_attention=args.offload_attention)
     except (DeviceError, ProtocolError, ConnectionError, ValueError) as e:
         # Report first, then where the case went (or why it could not be saved).
         if bar is not None:
@@ -308,6 +316,9 @@ def _run(args) -> int:
         "cache_check": args.cache_check,
         "full_check_every": args.full_check_every if args.cache_check == "written" else None,
         "probabilities": probabilities,
+        "offload_attention": args.offload_attention,
+        "attention_heads": res.attention_heads,
+        "attention_ops": res.attention_ops,
         "per_segment": {v: res.ppl_per_segment(v) for v in res.nll},
         "recall_weights": [{str(k): v for k, v in w.items()} if w else None for w in res.recall_probs],
         "mismatch": None if res.mismatch is None else vars(res.mismatch),
@@ -374,6 +385,9 @@ def format_summary(s: dict) -> str:
     rows = [
         ("segments", f"{s['segments']} ({s['tokens']} scored tokens)"),
         ("device ops checked", str(s["ops_checked"])),
+        *([("attention on device", f"layers[:heads] {s['offload_attention']}: {s['attention_heads']} heads, "
+                                   f"{s['attention_ops']} ATTN_PASS ops, all checked")]
+          if s.get("offload_attention") else []),
         ("mismatches", str(s["mismatches"])),
         ("PPL backbone only", _fmt(ppl["backbone"])),
         ("PPL HMT, recall off", _fmt(ppl.get("hmt_norecall"))),

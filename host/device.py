@@ -145,6 +145,8 @@ class Device:
         # RECALL's flags byte (1.2 / 2.1): the probabilities only when asked for. An older device
         # of a known major gets the frame without it and sends them always (what it always did).
         self.recall_flags = P.takes_recall_flags(self.device_info.version)
+        # ATTN_PASS (1.3 / 2.2): attention rows longer than one tile; the gateware lacks it yet.
+        self.attn_pass_ok = P.takes_attn_pass(self.device_info.version)
         # The engine kind: INFO says (protocol 1.1); a 1.0 device does not, and then the
         # transport's knowledge (the simulations) or nothing.
         self.engine = self.device_info.engine or getattr(transport, "engine", None)
@@ -428,3 +430,17 @@ class Device:
         """One attention tile: (out_mant int64 [n_q, head_dim], out_exp int64 [n_q])."""
         payload = P.pack_attention(q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, causal)
         return P.unpack_attention(self.transact(Op.ATTENTION, payload), payload[0], self.config.head_dim)
+
+    def attn_pass(self, pass_: int, k_mant, k_exp, **kw):
+        """One ATTN_PASS (docs/protocol.md, 0x21; keyword arguments as
+        :func:`~hmtx.model.protocol.pack_attn_pass`). Returns pass 1: (m [n_q], E [n_q]); pass 2:
+        the row sums [n_q]; pass 3: None, or after the last tile (out_mant [n_q, head_dim],
+        out_exp [n_q]). A device older than protocol 1.3 / 2.2 is refused here, before sending."""
+        if not self.attn_pass_ok:
+            v = self.device_info.version
+            raise ProtocolError(f"{self.name} speaks protocol {v[0]}.{v[1]}, which has no ATTN_PASS (attention "
+                                f"rows longer than one tile need {P.ATTN_PASS_SINCE[v[0]][0]}."
+                                f"{P.ATTN_PASS_SINCE[v[0]][1]}; the gateware does not implement it yet)")
+        payload = P.pack_attn_pass(pass_, k_mant, k_exp, **kw)
+        return P.unpack_attn_pass_rsp(self.transact(Op.ATTN_PASS, payload), pass_, payload[0],
+                                      self.config.head_dim, bool(kw.get("last")))

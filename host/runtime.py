@@ -25,6 +25,7 @@ runs contract 2 as well (docs/arithmetic.md section 10).
 """
 
 import base64
+import contextlib
 import json
 import math
 import os
@@ -417,7 +418,8 @@ def _b64_bytes(where: str, s, n: int) -> None:
 
 
 _OP_FIELDS = {"reset": (), "load_weights": ("weights",), "write": ("m_mant", "m_exp"),
-              "recall": ("s_mant", "s_exp"), "check_cache": ()}
+              "recall": ("s_mant", "s_exp"), "check_cache": (),
+              "attention": ("shape", "causal", "q_mant", "q_exp", "k_mant", "k_exp", "v_mant", "v_exp")}
 _MISMATCH_FIELDS = ("segment", "op", "slot", "field", "element", "expected", "got")
 
 
@@ -477,6 +479,8 @@ def _check_case(case: dict) -> None:
                 raise _CaseError(f"{where}: comes before any load_weights (the case cannot be replayed)")
             if kind == "recall" and not isinstance(op.get("probs", True), bool):
                 raise _CaseError(f"{where}: probs must be true or false, got {op['probs']!r}")
+        elif kind == "attention":
+            _check_attention_op(where, op, cfg)
     mm = case.get("mismatch")
     if mm is not None:
         if not isinstance(mm, dict) or not all(k in mm for k in _MISMATCH_FIELDS):
@@ -486,6 +490,19 @@ def _check_case(case: dict) -> None:
     err = case.get("error")
     if err is not None and not isinstance(err, str):
         raise _CaseError(f"'error' must be null or a string, got {type(err).__name__}")
+
+
+def _check_attention_op(where: str, op: dict, cfg) -> None:
+    shape = op["shape"]
+    if not (isinstance(shape, list) and len(shape) == 2 and all(_is_int(x) and 1 <= x <= fixed.KEYS_MAX for x in shape)):
+        raise _CaseError(f"{where}: 'shape' must be [queries, keys], each in 1..{fixed.KEYS_MAX}, got {shape!r}")
+    if not isinstance(op["causal"], bool):
+        raise _CaseError(f"{where}: causal must be true or false, got {op['causal']!r}")
+    for rows, name in ((shape[0], "q"), (shape[1], "k"), (shape[1], "v")):
+        _b64_bytes(f"{where}: {name}_mant", op[f"{name}_mant"], rows * cfg.head_dim)
+        exps = op[f"{name}_exp"]
+        if not (isinstance(exps, list) and len(exps) == rows and all(_is_int(x) for x in exps)):
+            raise _CaseError(f"{where}: {name}_exp must be a list of {rows} integers")
 
 
 def replay_case(case: dict, device) -> CheckedDevice:
@@ -510,6 +527,15 @@ def replay_case(case: dict, device) -> CheckedDevice:
             chk.recall(_unb64(op["s_mant"], np.int8), op["s_exp"], probabilities=op.get("probs", True))
         elif kind == "check_cache":
             chk.check_cache(slots=op.get("slots"))
+        elif kind == "attention":
+            from .attention_tiles import CheckedAttention
+            nq, nk = op["shape"]
+            hd = cfg.head_dim
+            keep = fixed.causal_mask(nq, nk) if op["causal"] else np.ones((nq, nk), bool)
+            CheckedAttention(chk).head(_unb64(op["q_mant"], np.int8).reshape(nq, hd), op["q_exp"],
+                                       _unb64(op["k_mant"], np.int8).reshape(nk, hd), op["k_exp"],
+                                       _unb64(op["v_mant"], np.int8).reshape(nk, hd), op["v_exp"], keep,
+                                       where=op.get("where", "head"))
         else:
             raise ValueError(f"case file: unknown op {kind!r}")
     return chk
@@ -530,6 +556,9 @@ class RunResult:
     nll: dict = field(default_factory=dict)           # variant -> [per segment]
     counts: list = field(default_factory=list)        # scored tokens per segment
     recall_probs: list = field(default_factory=list)  # per segment: {past segment: weight} or None
+    offload_attention: str | None = None              # the SPEC whose heads ran on the device
+    attention_heads: int = 0                          # head-passes computed on the device, checked
+    attention_ops: int = 0                            # ATTN_PASS ops among them
 
     # hmt_norecall: the ablation of what the device computes (memory token instead of every P_n),
     # so that the summary can say what the recall itself is worth.
@@ -555,7 +584,7 @@ def _nll(logits, ids, start, n) -> tuple[float, int]:
 def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segments: int, *,
                  case_path: str | None = None, progress=None, before_segment=None,
                  fixed_stream: bool = True, cache_check: str = "written", full_check_every: int = FULL_CHECK_EVERY,
-                 overlap: bool = True, probabilities: bool = False) -> RunResult:
+                 overlap: bool = True, probabilities: bool = False, offload_attention: str | None = None) -> RunResult:
     """Run the first ``segments`` segments of ``ids`` (see the module docstring).
 
     ``fixed_stream=False`` skips the separate fixed-recall variant (two backbone passes per
@@ -588,6 +617,13 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
     The device's arithmetic contract (``device.contract``, from its INFO) is the one the fixed and
     device variants run (their caches are made with it; the model's ``recall.contract`` is left as
     it was), so the device variant equals the fixed variant exactly under either contract.
+
+    ``offload_attention`` (a SPEC, ``model.attention_offload``): the backbone's attention of those
+    layers and heads runs in the contract's arithmetic in every variant -- on the device, in
+    ATTN_PASS tiles, every answer checked (``hmtx.host.attention_tiles``), for the device variant;
+    ``fixed_torch.attend`` for the others -- so the variants compare as they do without it and the
+    device variant still equals the fixed one bit for bit. A device without ATTN_PASS (protocol
+    < 1.3 / 2.2: the gateware so far) is refused before the first segment.
 
     ``progress(segment, result)`` is called after each segment; ``before_segment(segment)``
     before it (fault injection hooks in there). With ``overlap``, when ``before_segment(n)`` and
@@ -636,12 +672,17 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
         model.recall.contract = model_contract
     states = {v: s for v, s in states.items() if s is not None}
     streams = {v: model.segments(s, ids, final=True) for v, s in states.items()}
+    heads_on_device = _offload(model, device, config, chk, offload_attention)
+    res.offload_attention = offload_attention
     try:
         for seg in range(segments):
             chk.segment = seg
             if before_segment is not None:
                 before_segment(seg)
-            outs = {v: next(streams[v]) for v in variants}
+            outs = {}
+            for v in variants:
+                with heads_on_device(v):
+                    outs[v] = next(streams[v])
             dev, ref = outs["hmt_device"], outs.get("hmt_fixed")
             if ref is not None and dev.recalled is not None and not torch.equal(dev.recalled, ref.recalled):
                 i = int((dev.recalled != ref.recalled).nonzero()[0, 0])
@@ -688,6 +729,8 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
         raise
     finally:
         res.ops_checked = chk.ops_checked
+        res.attention_heads = getattr(heads_on_device, "heads", 0)
+        res.attention_ops = getattr(heads_on_device, "ops", 0)
         res.tokens = sum(res.counts)
         res.wall_s = time.monotonic() - t0
     if res.mismatch is not None and case_path:
@@ -698,6 +741,43 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
         if res.mismatch is None:
             raise
     return res
+
+
+def _offload(model, device, config: EngineConfig, chk: CheckedDevice, spec: str | None):
+    """``ctx(variant)``: the context a variant's segment runs in -- with ``spec``'s heads in the
+    contract (on the device for ``hmt_device``); a no-op without a spec. The context object
+    counts the device's heads and ATTN_PASS ops (``heads``, ``ops``)."""
+    if not spec:
+        return lambda variant: contextlib.nullcontext()
+    from hmtx.model.attention_offload import offloaded_attention, parse_offload_spec
+
+    from .attention_tiles import CheckedAttention
+    lm = model.lm
+    n_heads = lm.config.num_attention_heads
+    head_dim = getattr(lm.config, "head_dim", None) or lm.config.hidden_size // n_heads
+    parse_offload_spec(spec, lm.config.num_hidden_layers, n_heads)       # ValueError names a bad item
+    if head_dim != config.head_dim:
+        raise ValueError(f"--offload-attention: the backbone's heads are {head_dim} wide, the engine config "
+                         f"{config.name!r} computes heads of head_dim = {config.head_dim}")
+    if not getattr(device, "attn_pass_ok", False):
+        v = getattr(device, "device_info", None)
+        raise ValueError(f"--offload-attention needs ATTN_PASS (protocol 1.3 / 2.2); {getattr(device, 'name', 'the device')} "
+                         f"speaks {'%d.%d' % v.version if v else 'an older protocol'} (the gateware does not implement it "
+                         f"yet: use --device golden)")
+    att = CheckedAttention(chk)
+
+    def on_device(layer, head, qm, qe, km, ke, vm, ve, keep):
+        return att.head(qm.cpu().numpy(), qe.cpu().numpy(), km.cpu().numpy(), ke.cpu().numpy(), vm.cpu().numpy(),
+                        ve.cpu().numpy(), keep.cpu().numpy(), where=f"layer {layer} head {head}")
+
+    class Ctx:
+        heads = property(lambda self: att.heads)
+        ops = property(lambda self: att.ops)
+
+        def __call__(self, variant):
+            return offloaded_attention(lm, spec, head_fn=on_device if variant == "hmt_device" else None)
+
+    return Ctx()
 
 
 def _keep_checked(res: RunResult, chk: CheckedDevice) -> None:

@@ -8,7 +8,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
-from hmtx.model.protocol import MAGIC, MAX_BODY, SHIFT_MAX, VERSIONS, Info
+from hmtx.model.protocol import GATEWARE_VERSIONS, MAGIC, MAX_BODY, SHIFT_MAX, Info
 
 from .slip import BodyByte, Crc8
 from .wire import ENGINE_READS, Opcode, Status, engine_part
@@ -264,7 +264,7 @@ class ResponseGenerator(wiring.Component):
     def _fixed(self, m, s):
         """The state FIX: the fixed-size payloads of INFO, STATUS, CYCLES and WRITE_MEMORY."""
         c, P, rq = self._layout.config, self._layout.P, self.request
-        version = VERSIONS[self._layout.contract]     # (the major names the contract)
+        version = GATEWARE_VERSIONS[self._layout.contract]     # (the major names the contract)
         info = ([MAGIC[0], MAGIC[1], version[0], version[1], self._capabilities]
                 + sum((_le(m, v, 2) for v in (c.d, c.d_h, c.n_slots, P, c.head_dim, c.max_queries,
                                               c.max_keys, MAX_BODY)), [])

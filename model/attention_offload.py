@@ -1,6 +1,6 @@
 """The backbone's attention heads computed in the chip's integer arithmetic.
 
-``--offload-attention SPEC`` (``hmtx eval``; later ``hmtx run``) replaces the attention of the
+``--offload-attention SPEC`` (``hmtx eval``, ``hmtx run``) replaces the attention of the
 chosen layers and heads of the backbone by the contract's ATTENTION operation
 (``fixed_torch.attend``, docs/arithmetic.md section 7): every query, key and value row of a head
 is quantized to BFP8 (one exponent per row), the scores, the integer softmax and the weighted sum
@@ -9,8 +9,10 @@ backbone, whose other heads and layers run in float. What that costs the model i
 difference against the same run without offload (both through the same eager attention path).
 
 The softmax of one query row runs over every key the row attends (a whole segment: up to
-``fixed.KEYS_MAX`` keys), exactly as ``fixed.attend`` defines it; how the engine composes such a
-row from the key tiles it holds is the hardware's business, and must give these bits.
+``fixed.KEYS_MAX`` keys), exactly as ``fixed.attend`` defines it; a device composes such a row
+from the key tiles it holds in passes that give these bits (``fixed.attend_tiled``). Who computes
+a head is a parameter: ``fixed_torch.attend`` by default, or a ``head_fn`` (``hmtx run`` passes
+the device's, ``hmtx.host.attention_tiles``).
 
 SPEC: items joined by ``+``, each ``LAYERS`` or ``LAYERS:HEADS``; LAYERS is ``N``, ``N-M`` or
 ``all``, HEADS a comma list of query heads (default: all). E.g. ``29``, ``0-29``, ``29:0,3``,
@@ -31,7 +33,8 @@ import torch
 from . import fixed as F
 from . import fixed_torch as T
 
-__all__ = ["IMPLEMENTATION", "check_offload_spec", "parse_offload_spec", "offloaded_attention", "OffloadStats"]
+__all__ = ["IMPLEMENTATION", "check_offload_spec", "parse_offload_spec", "offloaded_attention", "OffloadStats",
+           "golden_head"]
 
 IMPLEMENTATION = "hmtx_fixed"
 _ITEM = re.compile(r"^(all|\d+(?:-\d+)?)(?::(\d+(?:,\d+)*))?$")
@@ -89,13 +92,10 @@ class OffloadStats:
     per_layer: dict = field(default_factory=dict)
 
 
-def _fixed_head(q, k, v, keep):
-    """One head in the contract: q [Tq, hd], k/v [Tk, hd] float, keep [Tq, Tk] bool -> [Tq, hd]."""
-    qm, qe = T.quantize_bfp(q.double())
-    km, ke = T.quantize_bfp(k.double())
-    vm, ve = T.quantize_bfp(v.double())
+def golden_head(layer, head, qm, qe, km, ke, vm, ve, keep):
+    """The default head function: ``fixed_torch.attend`` on the BFP8 rows -> (out, out_exp)."""
     out, oe, _ = T.attend(qm, qe, km, ke, vm, ve, mask=keep)
-    return T.dequantize(out, oe).to(q.dtype)
+    return out, oe
 
 
 def _attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -116,13 +116,19 @@ def _attention(module, query, key, value, attention_mask, scaling, dropout=0.0, 
         keep = attention_mask[..., :tk] == 0 if attention_mask.dtype != torch.bool else attention_mask[..., :tk]
     groups = module.num_key_value_groups
     stats = module._hmtx_offload_stats
+    head_fn = getattr(module, "_hmtx_offload_head_fn", None) or golden_head
     out = out.clone()
     for batch in range(b):
         mask = keep[batch, 0]
+        kv_rows = {}
         for h in sorted(heads):
-            # GQA: query head h reads KV head h // groups (loaded once per KV head on the chip)
+            # GQA: query head h reads KV head h // groups, whose rows are quantized once
             kv = h // groups
-            out[batch, :, h] = _fixed_head(query[batch, h], key[batch, kv], value[batch, kv], mask)
+            if kv not in kv_rows:
+                kv_rows[kv] = (*T.quantize_bfp(key[batch, kv].double()), *T.quantize_bfp(value[batch, kv].double()))
+            qm, qe = T.quantize_bfp(query[batch, h].double())
+            o, oe = head_fn(module.layer_idx, h, qm, qe, *kv_rows[kv], mask)
+            out[batch, :, h] = T.dequantize(torch.as_tensor(o), torch.as_tensor(oe)).to(out.dtype)
             stats.heads += 1
             stats.rows += tq
             stats.pairs += int(mask.sum())
@@ -146,10 +152,12 @@ def _attention_modules(lm):
 
 
 @contextlib.contextmanager
-def offloaded_attention(lm, spec: str | None):
+def offloaded_attention(lm, spec: str | None, head_fn=None):
     """Within the block, ``lm`` (a transformers causal LM) runs the heads of ``spec`` in the
     contract and every other head through the eager attention; ``spec=None`` runs every head
-    eagerly (the baseline of the same code path). Yields :class:`OffloadStats`."""
+    eagerly (the baseline of the same code path). ``head_fn(layer, head, q_mant, q_exp, k_mant,
+    k_exp, v_mant, v_exp, keep) -> (out_mant, out_exp)`` computes one head on BFP8 rows (default
+    :func:`golden_head`). Yields :class:`OffloadStats`."""
     stats = OffloadStats()
     cfg = lm.config
     mods = _attention_modules(lm)
@@ -164,9 +172,10 @@ def offloaded_attention(lm, spec: str | None):
     for layer, mod in mods.items():
         mod._hmtx_offload_heads = plan.get(layer, frozenset())
         mod._hmtx_offload_stats = stats
+        mod._hmtx_offload_head_fn = head_fn or golden_head
     try:
         yield stats
     finally:
         cfg._attn_implementation = saved
         for mod in mods.values():
-            del mod._hmtx_offload_heads, mod._hmtx_offload_stats
+            del mod._hmtx_offload_heads, mod._hmtx_offload_stats, mod._hmtx_offload_head_fn

@@ -34,7 +34,7 @@ __all__ = [
     "QuantWeight", "exp2_lut", "score_scale", "projection_shift", "shift_for_bound",
     "round_shift", "shift_round_sat", "saturate",
     "quantize_bfp", "dequantize", "quantize_weight", "project", "scores", "softmax",
-    "weighted_sum", "attend", "causal_mask", "recall",
+    "weighted_sum", "attend", "causal_mask", "diag_mask", "recall",
     "row_max", "value_exp_max", "exp_terms", "probabilities", "weight_acc", "finish_weighted_sum",
     "attend_tiled",
     "FOLD_BITS", "fold_shift", "fold_key", "recall_folded",
@@ -294,9 +294,11 @@ def value_exp_max(keep, v_exp) -> np.ndarray:
 
 
 def exp_terms(t, keep, m) -> np.ndarray:
-    """Pass 2: ``e = 0 if n >= 16 else round_shift(LUT[r], n)`` for ``v = m - t``, ``n = v >> 8``,
-    ``r = v & 255`` (m the row's maximum over all its keys); masked keys 0."""
-    v = np.where(keep, np.asarray(m)[:, None] - t, 0)
+    """Pass 2: ``e = 0 if n >= 16 else round_shift(LUT[r], n)`` for ``v = max(m - t, 0)``,
+    ``n = v >> 8``, ``r = v & 255`` (m the row's maximum over all its keys); masked keys 0.
+    (With m the row's maximum, ``m - t >= 0`` always; the clamp defines the passes for any m a
+    host may send, docs/arithmetic.md section 11.)"""
+    v = np.where(keep, np.maximum(np.asarray(m)[:, None] - t, 0), 0)
     n = v >> SCORE_FRAC
     r = v & ((1 << SCORE_FRAC) - 1)
     return np.where(keep & (n < EXP2_CUTOFF), round_shift(_exp2_table()[r], np.minimum(n, EXP2_CUTOFF)), 0)
@@ -309,9 +311,10 @@ def probabilities(e, total) -> np.ndarray:
 
 
 def weight_acc(p, keep, v, v_exp, big_e) -> np.ndarray:
-    """Pass 3: ``acc = sum_b round_shift(p_b, min(E - v_exp[b], 16)) * v[b]`` over the kept keys."""
-    align = np.minimum(np.where(keep, np.asarray(big_e)[:, None] - np.asarray(v_exp)[None, :], ALIGN_CUTOFF),
-                       ALIGN_CUTOFF)
+    """Pass 3: ``acc = sum_b round_shift(p_b, clamp(E - v_exp[b], 0, 16)) * v[b]`` over the kept
+    keys (with E the largest kept exponent, ``E - v_exp[b] >= 0``; the clamp as in :func:`exp_terms`)."""
+    align = np.clip(np.where(keep, np.asarray(big_e)[:, None] - np.asarray(v_exp)[None, :], ALIGN_CUTOFF),
+                    0, ALIGN_CUTOFF)
     return np.where(keep, round_shift(p, align), 0) @ np.asarray(v, dtype=np.int64)
 
 
@@ -418,9 +421,16 @@ def causal_mask(n_queries: int, n_keys: int) -> np.ndarray:
     """Query a (the a-th of the last ``n_queries`` positions) attends keys b <= a + n_keys - n_queries."""
     if n_queries > n_keys:
         raise ValueError(f"causal mask: {n_queries} queries need at least as many keys, got {n_keys}")
+    return diag_mask(n_queries, n_keys, n_keys - n_queries)
+
+
+def diag_mask(n_queries: int, n_keys: int, diag: int) -> np.ndarray:
+    """Query a keeps key b iff ``b <= a + diag``: a tile of a causal row (ATTN_PASS's mask, a tile
+    at query offset qa and key offset kb of a causal block of Tq queries over Tk keys has
+    ``diag = qa - kb + Tk - Tq``)."""
     a = np.arange(n_queries)[:, None]
     b = np.arange(n_keys)[None, :]
-    return b <= a + (n_keys - n_queries)
+    return b <= a + int(diag)
 
 
 def recall(qw_q: QuantWeight, s_mant, s_exp, k_mant, k_exp, m_mant, m_exp):

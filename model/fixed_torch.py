@@ -207,7 +207,7 @@ def value_exp_max(keep, v_exp) -> torch.Tensor:
 
 def exp_terms(t, keep, m) -> torch.Tensor:
     lut = torch.tensor(F.exp2_lut(), dtype=_I64, device=t.device)
-    v = torch.where(keep, m[:, None] - t, 0)
+    v = torch.where(keep, (m[:, None] - t).clamp(min=0), 0)
     n = v >> F.SCORE_FRAC
     r = v & ((1 << F.SCORE_FRAC) - 1)
     return torch.where(keep & (n < F.EXP2_CUTOFF), round_shift(lut[r], n.clamp(max=F.EXP2_CUTOFF)), 0)
@@ -220,7 +220,7 @@ def probabilities(e, total) -> torch.Tensor:
 
 
 def weight_acc(p, keep, v, v_exp, big_e) -> torch.Tensor:
-    align = torch.where(keep, big_e[:, None] - v_exp[None, :], F.ALIGN_CUTOFF).clamp(max=F.ALIGN_CUTOFF)
+    align = torch.where(keep, big_e[:, None] - v_exp[None, :], F.ALIGN_CUTOFF).clamp(0, F.ALIGN_CUTOFF)
     return _exact_matmul(torch.where(keep, round_shift(p, align), 0), v)
 
 

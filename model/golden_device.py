@@ -6,8 +6,9 @@ fill count kept by a :class:`~hmtx.model.ring.RingSlots`, cycle counters) and co
 :mod:`hmtx.model.fixed`. ``contract`` picks the protocol major it speaks: 1 (protocol 1.2, the
 keys K_i = W_k^T M_i; what the gateware implements) or 2 (protocol 2.1: the folded keys
 K'_i = fold_key(W_q, K_i), recalled with ``fixed.recall_folded``; docs/arithmetic.md section 10);
-``version`` an older minor of that major (1.1, 2.0: RECALL takes no flags byte), to model an older
-device. The RTL is verified against it byte for byte (CYCLES excepted, see the
+``version`` another minor of that major: by default the gateware's (1.2, 2.1:
+``protocol.GATEWARE_VERSIONS``); 1.3 and 2.2 add ATTN_PASS (attention rows longer than a tile, in
+passes, which the gateware does not have yet); 1.1 and 2.0 take RECALL without its flags byte. The RTL is verified against it byte for byte (CYCLES excepted, see the
 document), and the host's ``golden`` backend is this class behind the same byte interface as a
 serial port.
 """
@@ -21,9 +22,10 @@ from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 from .protocol import (
-    COMPUTE_OPS, RECALL_FLAGS_MASK, RECALL_PROBS, SHIFT_MAX, CacheStatus, Cycles, FrameDecoder, Info, Op,
-    Status, attention_length, crc8, encode_response, load_weights_length, pack_attention_rsp, pack_cycles,
-    pack_info, pack_recall, pack_slot, pack_status, pack_write, recall_lengths,
+    ATTN_FLAGS_MASK, ATTN_NONE_E, ATTN_NONE_M, ATTN_TOTAL_LIMIT, COMPUTE_OPS, RECALL_FLAGS_MASK, RECALL_PROBS,
+    SHIFT_MAX, CacheStatus, Cycles, FrameDecoder, Info, Op, Status, attention_length, attn_pass_length, crc8,
+    encode_response, load_weights_length, pack_attention_rsp, pack_attn_pass_rsp, pack_cycles, pack_info,
+    pack_recall, pack_slot, pack_status, pack_write, recall_lengths, takes_attn_pass, unpack_attn_pass,
 )
 from .ring import RingSlots
 
@@ -46,10 +48,13 @@ class GoldenDevice:
     ``engine`` is the kind INFO reports (the golden device computes what either kind computes;
     only their CYCLES differ, which it does not model).
 
-    ``contract`` is the arithmetic contract, which is the protocol major INFO reports: 1
-    (protocol 1.2) or 2 (protocol 2.1). ``version`` (default ``protocol.VERSIONS[contract]``) may
-    name an older minor of that major, which behaves as that version did: 1.1 and 2.0 take RECALL
-    without the flags byte only.
+    ``contract`` is the arithmetic contract, which is the protocol major INFO reports: 1 or 2.
+    ``version`` (default ``protocol.GATEWARE_VERSIONS[contract]``, 1.2 / 2.1, what hw/ reports)
+    may name another minor of that major, which behaves as that version does: 1.3 / 2.2 add
+    ATTN_PASS; 1.1 and 2.0 take RECALL without the flags byte only.
+
+    ATTN_PASS state (docs/protocol.md, 0x21): the held query rows and the open pass-3
+    accumulators, as the chip holds them in its tile buffer and accumulator memory.
     """
 
     def __init__(self, config: EngineConfig, engine: str = "lanes", contract: int = 1, version=None):
@@ -75,6 +80,9 @@ class GoldenDevice:
         self.k_exp = np.zeros(c.n_slots, np.int64)
         self.ring = RingSlots(c.n_slots)
         self.cycles = Cycles(0, 0, 0)
+        self.attn_pass = takes_attn_pass(self.version)
+        self.held_q = None          # ATTN_PASS: (mant [n_q, hd], exp [n_q]) held for the next passes
+        self.acc = None             # ATTN_PASS: the open pass-3 accumulators [n_q, hd] (exact ints)
 
     @property
     def fill(self) -> int:
@@ -91,17 +99,27 @@ class GoldenDevice:
     # -- one frame ----------------------------------------------------------------------------
     def _frame(self, body: bytes, error) -> bytes:
         op = body[0] if body else 0
+        # Every frame but an accepted ATTN_PASS, or a read-only op, ends the ATTN_PASS state:
+        # the chip's tile buffer and accumulators are shared with ATTENTION and the recall, and a
+        # rejected ATTN_PASS may have overwritten its Q rows as they arrived.
+        held = (self.held_q, self.acc)
+        self.held_q = self.acc = None
+        if op in (Op.INFO, Op.STATUS, Op.CYCLES, Op.READ_SLOT) and not error:
+            self.held_q, self.acc = held
         try:
             if error or len(body) < 2:
                 raise _Reject(Status.BAD_FRAME)
             if crc8(body) != 0:
                 raise _Reject(Status.BAD_CRC)
-            if op not in Op._value2member_map_:
+            if op not in Op._value2member_map_ or (op == Op.ATTN_PASS and not self.attn_pass):
                 raise _Reject(Status.BAD_OPCODE)
             op = Op(op)
             if len(body) not in self._expected_lengths(op, body):
                 raise _Reject(Status.BAD_LENGTH)
-            payload, cycles = getattr(self, "_op_" + op.name.lower())(body[1:-1])
+            if op == Op.ATTN_PASS:
+                payload, cycles = self._op_attn_pass(body[1:-1], *held)
+            else:
+                payload, cycles = getattr(self, "_op_" + op.name.lower())(body[1:-1])
         except _Reject as r:
             # The weights are streamed into memory as they arrive: a failed chunk may have
             # overwritten part of the matrix its selector byte names.
@@ -121,6 +139,8 @@ class GoldenDevice:
             n = load_weights_length(body, c.d_h)
         elif op == Op.ATTENTION:
             n = attention_length(body, c.head_dim)
+        elif op == Op.ATTN_PASS:
+            n = attn_pass_length(body, c.head_dim)
         elif op == Op.WRITE_MEMORY:
             n = c.d + 3
         elif op == Op.READ_SLOT:
@@ -240,6 +260,57 @@ class GoldenDevice:
         mask = fixed.causal_mask(n_q, n_k) if causal else None
         out, oe, _ = fixed.attend(mant[sl_q], exps[sl_q], mant[sl_k], exps[sl_k], mant[sl_v], exps[sl_v], mask)
         return pack_attention_rsp(out, oe), self._ideal(2 * n_q * n_k * c.head_dim)
+
+    def _rows(self, mant, exp) -> tuple[np.ndarray, np.ndarray]:
+        """BFP8 rows as received, BAD_ARG unless each satisfies the contract's ranges."""
+        if (mant == -128).any() or (exp < fixed.EXP_MIN).any() or (exp > fixed.EXP_MAX).any():
+            raise _Reject(Status.BAD_ARG)
+        return mant, exp
+
+    def _op_attn_pass(self, p: bytes, held_q, acc):
+        """One pass of long attention rows over one key tile (docs/arithmetic.md section 11):
+        pass 1 answers each row's largest kept score m and value exponent E, pass 2 the sum of
+        its exp2 terms for the host's m, pass 3 accumulates the weighted values for the host's m,
+        E and sum, and after the last tile answers the output rows."""
+        c = self.config
+        a = unpack_attn_pass(p, c.head_dim)
+        if (not 1 <= a.n_q <= c.max_queries or not 1 <= a.n_k <= c.max_keys or a.flags & ~ATTN_FLAGS_MASK
+                or a.pass_ == 0 or (a.pass_ != 3 and (a.first or a.last)) or (not a.causal and a.diag != 0)):
+            raise _Reject(Status.BAD_ARG)
+        q = self._rows(*a.q) if a.q is not None else held_q
+        if q is None or q[0].shape[0] != a.n_q:
+            raise _Reject(Status.BAD_ARG)          # no held Q rows, or not as many
+        k = self._rows(*a.k)
+        if a.pass_ == 3:
+            v = self._rows(*a.v)
+            if ((a.big_e < fixed.EXP_MIN).any() or (a.big_e > fixed.EXP_MAX).any()
+                    or (a.total < 1).any() or (a.total >= ATTN_TOTAL_LIMIT).any()):
+                raise _Reject(Status.BAD_ARG)
+            if not a.first and (acc is None or acc.shape[0] != a.n_q):
+                raise _Reject(Status.BAD_ARG)      # no open accumulators to continue
+        elif a.pass_ == 1:
+            v = (None, a.v[1])
+            if (v[1] < fixed.EXP_MIN).any() or (v[1] > fixed.EXP_MAX).any():
+                raise _Reject(Status.BAD_ARG)
+        keep = fixed.diag_mask(a.n_q, a.n_k, a.diag) if a.causal else np.ones((a.n_q, a.n_k), bool)
+        t = fixed.scores(q[0], q[1], k[0], k[1])
+        scored = a.n_q * a.n_k * c.head_dim
+        self.held_q = q
+        if a.pass_ == 1:
+            kept = keep.any(axis=1)
+            m = np.where(kept, fixed.row_max(t, keep), ATTN_NONE_M)
+            big_e = np.where(kept, fixed.value_exp_max(keep, v[1]), ATTN_NONE_E)
+            return pack_attn_pass_rsp(1, m=m, big_e=big_e), self._ideal(scored)
+        e = fixed.exp_terms(t, keep, a.m)
+        if a.pass_ == 2:
+            return pack_attn_pass_rsp(2, total=e.sum(axis=1)), self._ideal(scored)
+        part = fixed.weight_acc(fixed.probabilities(e, a.total), keep, v[0], v[1], a.big_e)
+        acc = part if a.first else acc + part
+        if not a.last:
+            self.acc = acc
+            return b"", self._ideal(2 * scored)
+        out, oe = fixed.finish_weighted_sum(acc, a.big_e)
+        return pack_attn_pass_rsp(3, out_mant=out.astype(np.int16), out_exp=oe), self._ideal(2 * scored)
 
 
 def example_session(config: EngineConfig, seed: int = 0) -> list[tuple[str, bytes]]:

@@ -27,6 +27,10 @@ __all__ = [
     "Cycles", "unpack_cycles", "pack_cycles", "unpack_write", "pack_write",
     "unpack_slot", "pack_slot", "unpack_recall", "pack_recall", "RecallAnswer", "unpack_attention",
     "pack_attention_rsp", "load_weights_length", "attention_length",
+    "GATEWARE_VERSIONS", "ATTN_PASS_SINCE", "takes_attn_pass", "ATTN_CAUSAL", "ATTN_Q", "ATTN_FIRST",
+    "ATTN_LAST", "ATTN_FLAGS_MASK", "ATTN_PASS_SHIFT", "ATTN_PASS_MASK", "ATTN_NONE_M", "ATTN_NONE_E",
+    "ATTN_TOTAL_LIMIT", "AttnPass", "pack_attn_pass", "attn_pass_length", "unpack_attn_pass",
+    "pack_attn_pass_rsp", "attn_pass_rsp_length", "unpack_attn_pass_rsp",
     "RECALL_FLAGS_SINCE", "RECALL_PROBS", "RECALL_FLAGS_MASK", "takes_recall_flags", "pack_recall_cmd",
     "recall_lengths", "recall_response_length",
 ]
@@ -38,11 +42,16 @@ SHIFT_MAX = 31            # largest projection shift LOAD_WEIGHTS accepts
 # "Versions and contracts"; docs/arithmetic.md section 10): major 1 = contract 1 (WRITE_MEMORY
 # stores K_i = W_k^T M_i, RECALL projects the query with W_q), major 2 = contract 2 (WRITE_MEMORY
 # also folds W_q into the key and stores K'_i = W_q K_i; RECALL scores S_n against K'_i).
-VERSIONS = {1: (1, 2),    # 1.1: INFO's capabilities name the engine kind (bits 2-3); 1.2: RECALL's flags
-            2: (2, 1)}    # 2.0: contract 2 (the folded keys); INFO as 1.1; 2.1: RECALL's flags, as 1.2
+# The newest version of each major this host speaks:
+VERSIONS = {1: (1, 3),    # 1.1: INFO's capabilities name the engine kind (bits 2-3); 1.2: RECALL's flags;
+                          # 1.3: ATTN_PASS (attention rows longer than a tile, in passes)
+            2: (2, 2)}    # 2.0: contract 2 (the folded keys); INFO as 1.1; 2.1: RECALL's flags, as 1.2;
+                          # 2.2: ATTN_PASS, as 1.3
 CONTRACTS = tuple(VERSIONS)
-# Contract 1's version: the one the gateware in hw/ implements and reports in its INFO.
-VERSION = VERSIONS[1]
+# What the gateware in hw/ implements and reports in its INFO, per contract: it has no ATTN_PASS
+# yet (issue 23), so it speaks the minor before it. The golden device models it by default.
+GATEWARE_VERSIONS = {1: (1, 2), 2: (2, 1)}
+VERSION = GATEWARE_VERSIONS[1]
 # The first version of each major whose RECALL may carry a flags byte after S_n (docs/protocol.md
 # section 9): the host asks for the probabilities only when it needs them. Older devices answer
 # the longer frame BAD_LENGTH, so the host sends them the frame without flags (and gets the
@@ -51,6 +60,18 @@ VERSION = VERSIONS[1]
 RECALL_FLAGS_SINCE = {1: (1, 2), 2: (2, 1)}
 RECALL_PROBS = 0x01          # flags bit 0: send n and the probabilities (otherwise n only)
 RECALL_FLAGS_MASK = RECALL_PROBS   # every other bit is reserved: BAD_ARG
+# ATTN_PASS (docs/protocol.md, 0x21): one pass of a long attention row over one key tile.
+ATTN_PASS_SINCE = {1: (1, 3), 2: (2, 2)}
+ATTN_CAUSAL = 0x01           # flags bit 0: mask keys b > a + diag
+ATTN_PASS_SHIFT = 1          # flags bits 1-2: the pass, 1..3
+ATTN_PASS_MASK = 0b11 << ATTN_PASS_SHIFT
+ATTN_Q = 0x08                # bit 3: the Q rows follow (else the ones held from the last ATTN_PASS)
+ATTN_FIRST = 0x10            # bit 4, pass 3: start the accumulators at zero
+ATTN_LAST = 0x20             # bit 5, pass 3: finish and send the output rows
+ATTN_FLAGS_MASK = 0x3F       # bits 6-7 reserved: BAD_ARG
+ATTN_NONE_M, ATTN_NONE_E = -(1 << 31), -128    # pass 1's answer for a row that keeps no key of the tile
+ATTN_TOTAL_LIMIT = 1 << 25   # pass 3's sum must be in [1, 2^25): the reciprocal's domain
+_ATTN_SCALARS = {1: 0, 2: 4, 3: 9}             # bytes per query row sent in the header, per pass
 
 # The engines a device can be built with (hw/top.py): "lanes", hw/engine.py's P MAC lanes, and
 # "serial", hw/serial_engine.py's one time-shared multiplier for the iCE40 UP5K. Their index is
@@ -74,6 +95,7 @@ class Op(enum.IntEnum):
     READ_SLOT = 0x13
     RECALL = 0x14
     ATTENTION = 0x20
+    ATTN_PASS = 0x21
 
 
 class Status(enum.IntEnum):
@@ -89,7 +111,7 @@ class Status(enum.IntEnum):
 
 
 # Ops that run the datapath and update the CYCLES counters when they succeed.
-COMPUTE_OPS = frozenset({Op.RESET_CACHE, Op.LOAD_WEIGHTS, Op.WRITE_MEMORY, Op.RECALL, Op.ATTENTION})
+COMPUTE_OPS = frozenset({Op.RESET_CACHE, Op.LOAD_WEIGHTS, Op.WRITE_MEMORY, Op.RECALL, Op.ATTENTION, Op.ATTN_PASS})
 
 
 def _version_str(v) -> str:
@@ -111,6 +133,12 @@ def contract_of(version) -> int:
 def takes_recall_flags(version) -> bool:
     """Whether a device of protocol ``version`` (major, minor) accepts RECALL's flags byte."""
     since = RECALL_FLAGS_SINCE.get(version[0])
+    return since is not None and tuple(version) >= since
+
+
+def takes_attn_pass(version) -> bool:
+    """Whether a device of protocol ``version`` (major, minor) has ATTN_PASS (1.3 / 2.2 on)."""
+    since = ATTN_PASS_SINCE.get(version[0])
     return since is not None and tuple(version) >= since
 
 
@@ -426,6 +454,131 @@ def attention_length(body: bytes, head_dim: int) -> int | None:
     return 5 + (body[1] + 2 * body[2]) * (1 + head_dim)
 
 
+@dataclass(frozen=True)
+class AttnPass:
+    """An ATTN_PASS command, decoded (docs/protocol.md, 0x21). Row arrays are int64; ``q`` is
+    None when the command reuses the device's held Q rows; ``v_exp`` (pass 1) or ``v``/``v_exp``
+    (pass 3) the value part; ``m`` (passes 2, 3), ``big_e`` and ``total`` (pass 3) per query row."""
+
+    n_q: int
+    n_k: int
+    pass_: int
+    causal: bool
+    diag: int
+    first: bool
+    last: bool
+    q: tuple | None             # (mant [n_q, hd], exp [n_q])
+    k: tuple                    # (mant [n_k, hd], exp [n_k])
+    v: tuple | None             # pass 3: (mant [n_k, hd], exp [n_k]); pass 1: (None, exp [n_k])
+    m: np.ndarray | None
+    big_e: np.ndarray | None
+    total: np.ndarray | None
+    flags: int
+
+
+def pack_attn_pass(pass_: int, k_mant, k_exp, *, q=None, v_mant=None, v_exp=None, m=None, big_e=None,
+                   total=None, causal: bool = False, diag: int = 0, first: bool = False, last: bool = False,
+                   n_q: int | None = None) -> bytes:
+    """ATTN_PASS payload. ``q``: (mant [n_q, hd], exp [n_q]) to send the query rows, or None to use
+    the device's held ones (then ``n_q`` says how many). Pass 1 needs ``v_exp`` (the tile's value
+    exponents); pass 2 ``m``; pass 3 ``v_mant``, ``v_exp``, ``m``, ``big_e`` and ``total``. Ranges
+    are checked here as the device checks them (ValueError naming the field)."""
+    p = _u8("pass", pass_, 1, 3)
+    k = _to_numpy(k_mant)
+    if k.ndim != 2:
+        raise ValueError(f"ATTN_PASS: K must be 2-D, got shape {k.shape}")
+    ke = np.asarray(_to_numpy(k_exp)).reshape(-1)
+    if q is not None:
+        qm, qe = _to_numpy(q[0]), np.asarray(_to_numpy(q[1])).reshape(-1)
+        if qm.ndim != 2 or qm.shape[1] != k.shape[1] or qe.shape[0] != qm.shape[0]:
+            raise ValueError(f"ATTN_PASS: Q {qm.shape} (exponents {qe.shape}) must be 2-D rows as wide as K {k.shape}")
+        n_q = qm.shape[0]
+    if n_q is None:
+        raise ValueError("ATTN_PASS: without Q rows, n_q (the held rows) must be given")
+    if ke.shape[0] != k.shape[0]:
+        raise ValueError("ATTN_PASS: one exponent per K row is required")
+    if not causal and diag != 0:
+        raise ValueError("ATTN_PASS: diag must be 0 without the causal mask")
+    if (first or last) and p != 3:
+        raise ValueError("ATTN_PASS: first and last are flags of pass 3")
+    flags = (ATTN_CAUSAL if causal else 0) | p << ATTN_PASS_SHIFT | (ATTN_Q if q is not None else 0) \
+        | (ATTN_FIRST if first else 0) | (ATTN_LAST if last else 0)
+    out = struct.pack("<BBBh", _u8("n_q", n_q, 1, 255), _u8("n_k", k.shape[0], 1, 255), flags,
+                      _u8("diag", diag, -(1 << 15), (1 << 15) - 1))
+    if p >= 2:
+        mm = _int_vec("m", np.asarray(_to_numpy(m)).reshape(-1), -(1 << 31), (1 << 31) - 1)
+        if mm.shape[0] != n_q:
+            raise ValueError(f"ATTN_PASS: {mm.shape[0]} values of m for {n_q} query rows")
+        if p == 2:
+            out += mm.astype("<i4").tobytes()
+        else:
+            ee = _int_vec("E", np.asarray(_to_numpy(big_e)).reshape(-1), fixed.EXP_MIN, fixed.EXP_MAX)
+            tt = _int_vec("total", np.asarray(_to_numpy(total)).reshape(-1), 1, ATTN_TOTAL_LIMIT - 1)
+            if ee.shape[0] != n_q or tt.shape[0] != n_q:
+                raise ValueError(f"ATTN_PASS: E and total need one value per query row ({n_q})")
+            out += b"".join(struct.pack("<ibI", int(a), int(b), int(c)) for a, b, c in zip(mm, ee, tt))
+    if q is not None:
+        out += b"".join(pack_bfp8(r, e, name=f"Q row {i}") for i, (r, e) in enumerate(zip(qm, qe)))
+    out += b"".join(pack_bfp8(r, e, name=f"K row {i}") for i, (r, e) in enumerate(zip(k, ke)))
+    if p == 1:
+        ve = _int_vec("V exponents", np.asarray(_to_numpy(v_exp)).reshape(-1), fixed.EXP_MIN, fixed.EXP_MAX)
+        if ve.shape[0] != k.shape[0]:
+            raise ValueError("ATTN_PASS: pass 1 needs one V exponent per K row")
+        out += ve.astype(np.int8).tobytes()
+    elif p == 3:
+        v = _to_numpy(v_mant)
+        ve = np.asarray(_to_numpy(v_exp)).reshape(-1)
+        if v.shape != k.shape or ve.shape[0] != k.shape[0]:
+            raise ValueError(f"ATTN_PASS: V {v.shape} must match K {k.shape}, one exponent per row")
+        out += b"".join(pack_bfp8(r, e, name=f"V row {i}") for i, (r, e) in enumerate(zip(v, ve)))
+    return out
+
+
+def attn_pass_length(body: bytes, head_dim: int) -> int | None:
+    """Expected body length of an ATTN_PASS frame from its header (None: too short). A reserved
+    pass number counts no pass-specific bytes (the device then answers BAD_ARG)."""
+    if len(body) < 7:
+        return None
+    n_q, n_k, flags = body[1], body[2], body[3]
+    p = (flags & ATTN_PASS_MASK) >> ATTN_PASS_SHIFT
+    row = 1 + head_dim
+    v = {1: n_k, 3: n_k * row}.get(p, 0)
+    return 7 + n_q * _ATTN_SCALARS.get(p, 0) + (n_q * row if flags & ATTN_Q else 0) + n_k * row + v
+
+
+def unpack_attn_pass(payload: bytes, head_dim: int) -> AttnPass:
+    """Split an ATTN_PASS payload whose length :func:`attn_pass_length` accepted; no range checks
+    (the device's job)."""
+    n_q, n_k, flags, diag = struct.unpack_from("<BBBh", payload)
+    p = (flags & ATTN_PASS_MASK) >> ATTN_PASS_SHIFT
+    row = 1 + head_dim
+    off = 5
+    m = big_e = total = None
+    if p == 2:
+        m = np.frombuffer(payload, "<i4", n_q, off).astype(np.int64)
+        off += 4 * n_q
+    elif p == 3:
+        rec = np.frombuffer(payload, np.dtype([("m", "<i4"), ("e", "i1"), ("t", "<u4")]), n_q, off)
+        m, big_e, total = (rec[f].astype(np.int64) for f in ("m", "e", "t"))
+        off += 9 * n_q
+
+    def rows(n):
+        nonlocal off
+        vs = [unpack_bfp8(payload[off + i * row: off + (i + 1) * row], head_dim) for i in range(n)]
+        off += n * row
+        return (np.stack([x[0] for x in vs]).reshape(n, head_dim), np.array([x[1] for x in vs], dtype=np.int64))
+
+    q = rows(n_q) if flags & ATTN_Q else None
+    k = rows(n_k)
+    v = None
+    if p == 1:
+        v = (None, np.frombuffer(payload, np.int8, n_k, off).astype(np.int64))
+    elif p == 3:
+        v = rows(n_k)
+    return AttnPass(n_q, n_k, p, bool(flags & ATTN_CAUSAL), diag, bool(flags & ATTN_FIRST),
+                    bool(flags & ATTN_LAST), q, k, v, m, big_e, total, flags)
+
+
 # --- response payloads ---------------------------------------------------------------------------
 def _check_len(op: Op, payload: bytes, n: int):
     if len(payload) != n:
@@ -470,11 +623,11 @@ class Info:
     @classmethod
     def for_config(cls, cfg, engine: str = "lanes", contract: int = 1, version=None) -> "Info":
         """The INFO of a device of ``cfg`` computing ``contract``, speaking ``version`` (default
-        this host's newest of that contract's major: ``VERSIONS[contract]``; an older minor of the
-        same major models an older device)."""
+        the gateware's: ``GATEWARE_VERSIONS[contract]``; any minor of that major up to this host's
+        newest, ``VERSIONS[contract]``, models that device)."""
         if contract not in VERSIONS:
             raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
-        version = VERSIONS[contract] if version is None else tuple(version)
+        version = GATEWARE_VERSIONS[contract] if version is None else tuple(version)
         if len(version) != 2 or version[0] != contract or not 0 <= version[1] <= VERSIONS[contract][1]:
             raise ValueError(f"version {version!r} is not a version of contract {contract} this host knows "
                              f"(up to {_version_str(VERSIONS[contract])})")
@@ -643,6 +796,36 @@ def unpack_recall(payload: bytes, d: int, probabilities: bool = True) -> RecallA
 
 def pack_attention_rsp(out_mant, out_exp) -> bytes:
     return b"".join(pack_wide(r, e) for r, e in zip(_to_numpy(out_mant), _to_numpy(out_exp)))
+
+
+def pack_attn_pass_rsp(pass_: int, *, m=None, big_e=None, total=None, out_mant=None, out_exp=None) -> bytes:
+    """ATTN_PASS's response payload: pass 1 (m i32, E i8) per row; pass 2 the row sums (u32);
+    pass 3 the output rows after the last tile, nothing before it."""
+    if pass_ == 1:
+        return b"".join(struct.pack("<ib", int(a), int(b)) for a, b in zip(_to_numpy(m), _to_numpy(big_e)))
+    if pass_ == 2:
+        return np.asarray(_to_numpy(total), dtype="<u4").tobytes()
+    return b"" if out_mant is None else pack_attention_rsp(out_mant, out_exp)
+
+
+def attn_pass_rsp_length(pass_: int, n_q: int, head_dim: int, last: bool = False) -> int:
+    return {1: 5 * n_q, 2: 4 * n_q}.get(pass_, n_q * (2 + 2 * head_dim) if last else 0)
+
+
+def unpack_attn_pass_rsp(payload: bytes, pass_: int, n_q: int, head_dim: int, last: bool = False):
+    """Pass 1: (m int64 [n_q], E int64 [n_q]); pass 2: sums int64 [n_q]; pass 3: None, or after
+    the last tile (out_mant [n_q, head_dim], out_exp [n_q])."""
+    _check_len(Op.ATTN_PASS, payload, attn_pass_rsp_length(pass_, n_q, head_dim, last))
+    if pass_ == 1:
+        rec = np.frombuffer(payload, np.dtype([("m", "<i4"), ("e", "i1")]), n_q)
+        return rec["m"].astype(np.int64), rec["e"].astype(np.int64)
+    if pass_ == 2:
+        return np.frombuffer(payload, "<u4", n_q).astype(np.int64)
+    if not last:
+        return None
+    row = 2 + 2 * head_dim
+    rows = [unpack_wide(payload[i * row:(i + 1) * row], head_dim) for i in range(n_q)]
+    return (np.stack([r[0] for r in rows]).reshape(n_q, head_dim), np.array([r[1] for r in rows], dtype=np.int64))
 
 
 def unpack_attention(payload: bytes, n_q: int, head_dim: int):

@@ -53,12 +53,13 @@ def weights(rng, cfg=CFG):
 
 # --- protocol 2.0: versions, INFO, READ_SLOT bytes ------------------------------------------------
 def test_versions_name_the_contracts():
-    assert P.VERSION == P.VERSIONS[1] == (1, 2)            # what hw/ reports (1.2: RECALL's flags)
-    assert P.VERSIONS[2] == (2, 1) and P.CONTRACTS == (1, 2)
+    assert P.VERSION == P.GATEWARE_VERSIONS[1] == (1, 2)   # what hw/ reports (1.2: RECALL's flags)
+    assert P.GATEWARE_VERSIONS[2] == (2, 1) and P.CONTRACTS == (1, 2)
+    assert P.VERSIONS == {1: (1, 3), 2: (2, 2)}            # the host's newest: ATTN_PASS
     for contract in P.CONTRACTS:
         info = P.Info.for_config(CFG, "serial", contract)
         back = P.unpack_info(P.pack_info(info))
-        assert back == info and back.version == P.VERSIONS[contract] and back.contract == contract
+        assert back == info and back.version == P.GATEWARE_VERSIONS[contract] and back.contract == contract
         assert back.engine == "serial" and back.mismatches(CFG) == []
     # INFO bytes differ only in the version bytes (offsets 2, 3)
     a, b = (P.pack_info(P.Info.for_config(CFG, contract=c)) for c in (1, 2))
@@ -66,7 +67,7 @@ def test_versions_name_the_contracts():
     with pytest.raises(ValueError, match="unknown contract 3"):
         P.Info.for_config(CFG, contract=3)
     three = P.Info.for_config(CFG).__class__(**{**P.Info.for_config(CFG).__dict__, "version": (3, 0)})
-    with pytest.raises(P.ProtocolError, match=r"device speaks protocol 3\.0, this host 1\.2 and 2\.1"):
+    with pytest.raises(P.ProtocolError, match=r"device speaks protocol 3\.0, this host 1\.3 and 2\.2"):
         P.unpack_info(P.pack_info(three)).contract
 
 
@@ -197,7 +198,7 @@ class _Major3(GoldenDevice):
 def test_host_refuses_an_unknown_major_and_the_device_stays_usable():
     gd = _Major3(CFG, contract=2)
     t = GoldenTransport(CFG, device=gd)
-    with pytest.raises(P.ProtocolError, match=r"device speaks protocol 3\.0, this host 1\.2 and 2\.1"):
+    with pytest.raises(P.ProtocolError, match=r"device speaks protocol 3\.0, this host 1\.3 and 2\.2"):
         Device(t, CFG)
     # Nothing was sent but the opening handshake and INFO; the link is in step and the device works.
     assert (gd.fill, gd.loaded, gd.cycles.total) == (0, [False, False], 0)
@@ -220,9 +221,9 @@ def test_device_contract_comes_from_info_and_can_be_required(rng):
         if contract == 2:
             kk, kke = fixed.fold_key(qw_q, kk, kke)
         assert np.array_equal(k, kk[0]) and ke == kke[0]
-    with pytest.raises(ValueError, match=r"contract 2 asked for, but golden speaks protocol 1\.2 \(contract 1\)"):
+    with pytest.raises(ValueError, match=r"contract 2 asked for, but golden speaks protocol 1\.3 \(contract 1\)"):
         Device(GoldenTransport(CFG), CFG, contract=2)
-    with pytest.raises(ValueError, match=r"contract 1 asked for, but golden speaks protocol 2\.1"):
+    with pytest.raises(ValueError, match=r"contract 1 asked for, but golden speaks protocol 2\.2"):
         Device(GoldenTransport(CFG, contract=2), CFG, contract=1)
     assert Device.open("golden", CFG, contract=2).contract == 2
     assert Device.open("golden", CFG).contract == 1
@@ -342,9 +343,9 @@ def test_run_cli_golden_contract_2(capsys, tmp_path):
     out, err = capsys.readouterr()
     assert rc == 0, err
     s = json.loads((tmp_path / "r.json").read_text())
-    assert (s["segments"], s["mismatches"], s["contract"], s["protocol"]) == (2, 0, 2, "2.1")
+    assert (s["segments"], s["mismatches"], s["contract"], s["protocol"]) == (2, 0, 2, "2.2")
     assert s["ppl"]["hmt_device"] == s["ppl"]["hmt_fixed"]
-    assert "protocol 2.1 (contract 2)" in err and "contract 2" in out
+    assert "protocol 2.2 (contract 2)" in err and "contract 2" in out
     # A failing run's case replays under contract 2 (the golden device is built from the case).
     case = tmp_path / "case.json"
     rc = main(["run", *TINY, "--device", "golden", "--contract", "2", "--segments", "3",

@@ -10,6 +10,7 @@ import pytest
 from frame_fuzz import KINDS, fuzz_device
 from hmtx.host.backends import GoldenTransport
 from hmtx.model.configs import get_config
+from hmtx.model.golden_device import GoldenDevice
 
 SEED = int(os.environ.get("HMTX_SEED", random.randrange(1 << 31)))
 CFG = get_config("tiny")
@@ -26,7 +27,7 @@ def _report(stats, where):
 
 
 def test_fuzz_golden_device_default():
-    stats = fuzz_device(GoldenTransport(CFG), CFG, 2400, SEED)
+    stats = fuzz_device(GoldenTransport(CFG, GoldenDevice(CFG)), CFG, 2400, SEED)
     _report(stats, f"golden, seed {SEED}")
     assert sum(stats[k] for k in KINDS) == 2400
     assert all(stats[k] > 0 for k in KINDS if k != "overlong"), stats
@@ -36,7 +37,7 @@ def test_fuzz_golden_device_default():
 @pytest.mark.slow
 def test_fuzz_golden_device_long():
     for i in range(4):
-        stats = fuzz_device(GoldenTransport(CFG), CFG, 10000, SEED + i)
+        stats = fuzz_device(GoldenTransport(CFG, GoldenDevice(CFG)), CFG, 10000, SEED + i)
         _report(stats, f"golden, seed {SEED + i}")
         assert stats["overlong"] > 0
 
@@ -96,4 +97,4 @@ def test_fuzz_finds_a_bug_planted_in_the_golden_device_itself(bug, monkeypatch):
     original = GoldenDevice._frame
     monkeypatch.setattr(GoldenDevice, "_frame", lambda self, body, error: _buggy(bug, original.__get__(self))(body, error))
     with pytest.raises(AssertionError, match=f"seed {SEED}, frame"):
-        fuzz_device(GoldenTransport(CFG), CFG, 2400, SEED, timeout=0.3)
+        fuzz_device(GoldenTransport(CFG, GoldenDevice(CFG)), CFG, 2400, SEED, timeout=0.3)

@@ -346,7 +346,7 @@ def test_versions_with_recall_flags():
     assert [P.takes_recall_flags(v) for v in ((1, 0), (1, 1), (1, 2), (1, 3), (2, 0), (2, 1), (3, 0))] == \
         [False, False, True, True, False, True, False]
     assert P.recall_lengths(CFG.d) == (CFG.d + 3, CFG.d + 4) and P.recall_lengths(CFG.d, (2, 0)) == (CFG.d + 3,)
-    for version in ((1, 3), (1, -1), (2, 2), (3, 0)):
+    for version in ((1, 4), (1, -1), (2, 3), (3, 0)):
         with pytest.raises(ValueError):
             GoldenDevice(CFG, contract=version[0] if version[0] in (1, 2) else 1, version=version)
     with pytest.raises(ValueError, match="not a version of contract 1"):
@@ -425,7 +425,7 @@ def test_older_minor_and_older_hosts_meet_what_they_know(contract, old):
                 flagged += 1
                 assert (y.status, y.payload) == (Status.BAD_LENGTH, b""), label
             elif x.op == Op.INFO and x.status == Status.OK:
-                assert P.unpack_info(x.payload).version == P.VERSIONS[contract], label
+                assert P.unpack_info(x.payload).version == P.GATEWARE_VERSIONS[contract], label
                 assert P.unpack_info(y.payload).version == old, label
                 assert x.payload[:2] + x.payload[4:] == y.payload[:2] + y.payload[4:], label
             else:
