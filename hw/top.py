@@ -5,7 +5,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hmtx.model.configs import EngineConfig
-from hmtx.model.protocol import Op as WireOp, Status as WireStatus
+from hmtx.model.protocol import GATEWARE_VERSIONS, Status as WireStatus, ops_of
 
 from . import ENGINES
 from .command import CommandProcessor
@@ -20,7 +20,7 @@ __all__ = ["HmtxTop", "CommandGate", "OPCODES", "STATUS", "ENGINES", "engine_cla
 # The wire constants exist once, in the protocol's executable form (model/protocol.py); the
 # tests compare this RTL with the golden device byte for byte. (The gateware's enums of them:
 # hw/wire.py.)
-OPCODES = {op.name: int(op) for op in WireOp}
+OPCODES = {op.name: int(op) for op in ops_of(GATEWARE_VERSIONS[1])}
 STATUS = {st.name: int(st) for st in WireStatus}
 
 

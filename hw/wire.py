@@ -7,7 +7,7 @@ import types
 from amaranth.hdl import signed
 from amaranth.lib import data, enum, wiring
 
-from hmtx.model.protocol import Op as WireOp, Status as WireStatus
+from hmtx.model.protocol import GATEWARE_VERSIONS, Status as WireStatus, ops_of
 
 __all__ = ["Opcode", "Status", "Header", "ENGINE_CONTROL", "ENGINE_WRITES", "ENGINE_READS",
            "engine_part", "engine_part_of"]
@@ -21,9 +21,11 @@ def _wire_enum(name, source):
     return types.new_class(name, (enum.Enum,), {"shape": 8}, body)
 
 
-#: The opcodes of docs/protocol.md section 3, one byte. (A register that holds a received
-#: opcode stays a plain byte: it holds unknown opcodes too, and 0 before any.)
-Opcode = _wire_enum("Opcode", WireOp)
+#: The opcodes of docs/protocol.md section 3 that the gateware implements (its protocol,
+#: ``GATEWARE_VERSIONS``: no ATTN_PASS yet, so 0x21 is BAD_OPCODE here as on any 1.2 device),
+#: one byte. (A register that holds a received opcode stays a plain byte: it holds unknown
+#: opcodes too, and 0 before any.)
+Opcode = _wire_enum("Opcode", ops_of(GATEWARE_VERSIONS[1]))
 #: The status codes of docs/protocol.md section 4, one byte.
 Status = _wire_enum("Status", WireStatus)
 

@@ -24,8 +24,8 @@ from hmtx.model.configs import EngineConfig
 from .protocol import (
     ATTN_FLAGS_MASK, ATTN_NONE_E, ATTN_NONE_M, ATTN_TOTAL_LIMIT, COMPUTE_OPS, RECALL_FLAGS_MASK, RECALL_PROBS,
     SHIFT_MAX, CacheStatus, Cycles, FrameDecoder, Info, Op, Status, attention_length, attn_pass_length, crc8,
-    encode_response, load_weights_length, pack_attention_rsp, pack_attn_pass_rsp, pack_cycles, pack_info,
-    pack_recall, pack_slot, pack_status, pack_write, recall_lengths, takes_attn_pass, unpack_attn_pass,
+    encode_response, load_weights_length, ops_of, pack_attention_rsp, pack_attn_pass_rsp, pack_cycles, pack_info,
+    pack_recall, pack_slot, pack_status, pack_write, recall_lengths, unpack_attn_pass,
 )
 from .ring import RingSlots
 
@@ -80,7 +80,7 @@ class GoldenDevice:
         self.k_exp = np.zeros(c.n_slots, np.int64)
         self.ring = RingSlots(c.n_slots)
         self.cycles = Cycles(0, 0, 0)
-        self.attn_pass = takes_attn_pass(self.version)
+        self._ops = frozenset(int(o) for o in ops_of(self.version))
         self.held_q = None          # ATTN_PASS: (mant [n_q, hd], exp [n_q]) held for the next passes
         self.acc = None             # ATTN_PASS: the open pass-3 accumulators [n_q, hd] (exact ints)
 
@@ -111,7 +111,7 @@ class GoldenDevice:
                 raise _Reject(Status.BAD_FRAME)
             if crc8(body) != 0:
                 raise _Reject(Status.BAD_CRC)
-            if op not in Op._value2member_map_ or (op == Op.ATTN_PASS and not self.attn_pass):
+            if op not in self._ops:
                 raise _Reject(Status.BAD_OPCODE)
             op = Op(op)
             if len(body) not in self._expected_lengths(op, body):

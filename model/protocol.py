@@ -27,7 +27,7 @@ __all__ = [
     "Cycles", "unpack_cycles", "pack_cycles", "unpack_write", "pack_write",
     "unpack_slot", "pack_slot", "unpack_recall", "pack_recall", "RecallAnswer", "unpack_attention",
     "pack_attention_rsp", "load_weights_length", "attention_length",
-    "GATEWARE_VERSIONS", "ATTN_PASS_SINCE", "takes_attn_pass", "ATTN_CAUSAL", "ATTN_Q", "ATTN_FIRST",
+    "GATEWARE_VERSIONS", "ATTN_PASS_SINCE", "takes_attn_pass", "ops_of", "ATTN_CAUSAL", "ATTN_Q", "ATTN_FIRST",
     "ATTN_LAST", "ATTN_FLAGS_MASK", "ATTN_PASS_SHIFT", "ATTN_PASS_MASK", "ATTN_NONE_M", "ATTN_NONE_E",
     "ATTN_TOTAL_LIMIT", "AttnPass", "pack_attn_pass", "attn_pass_length", "unpack_attn_pass",
     "pack_attn_pass_rsp", "attn_pass_rsp_length", "unpack_attn_pass_rsp",
@@ -140,6 +140,12 @@ def takes_attn_pass(version) -> bool:
     """Whether a device of protocol ``version`` (major, minor) has ATTN_PASS (1.3 / 2.2 on)."""
     since = ATTN_PASS_SINCE.get(version[0])
     return since is not None and tuple(version) >= since
+
+
+def ops_of(version) -> tuple:
+    """The opcodes a device of protocol ``version`` knows, in opcode order: every :class:`Op` but
+    ATTN_PASS before 1.3 / 2.2 (the gateware's opcode decoder is built from this)."""
+    return tuple(op for op in Op if op != Op.ATTN_PASS or takes_attn_pass(version))
 
 
 def recall_lengths(d: int, version=None) -> tuple[int, ...]:

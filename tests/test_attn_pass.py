@@ -162,6 +162,12 @@ def test_errors_are_bad_arg_and_change_nothing_else():
 
 
 def test_gateware_version_has_no_attn_pass_and_the_host_says_so():
+    from hmtx.hw.top import OPCODES
+    from hmtx.hw.wire import Opcode
+    # the gateware's opcode decoder knows what its protocol has: 0x21 is BAD_OPCODE there too
+    assert "ATTN_PASS" not in OPCODES and P.Op.ATTN_PASS not in [o.value for o in Opcode]
+    assert set(OPCODES.values()) == {int(o) for o in P.ops_of(P.GATEWARE_VERSIONS[1])} == \
+        {int(o) for o in P.Op} - {P.Op.ATTN_PASS}
     rng = np.random.default_rng(SEED)
     g = GoldenDevice(CFG)                                   # the gateware's 1.2
     q, k, v = rows(rng, 3), rows(rng, 5), rows(rng, 5)
