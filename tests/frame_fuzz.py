@@ -183,7 +183,7 @@ class FrameFuzzer:
             b = int(r.integers(256))
             return kind, (bytes([ESC, 0xDC if b == END else 0xDD]) if b in (END, ESC) else bytes([b])) + bytes([END])
         if kind == "unknown_opcode":
-            known = {int(o) for o in Op}
+            known = {int(o) for o in P.ops_of(self.shadow.version)}
             op = int(r.choice([o for o in range(256) if o not in known]))
             return kind, P.slip_escape(_with_crc(bytes([op]) + r.integers(0, 256, int(r.integers(0, 8)), dtype=np.uint8).tobytes()))
         if kind == "out_of_range":

@@ -32,7 +32,9 @@ CONTRACT = int(os.environ.get("HMTX_CONTRACT", "1"))
 # Products per cycle the engine computes: P lanes, or the serial engine's one multiplier (a
 # RECALL at up5k takes ~12,000 cycles there); the waits below scale with 1 / this.
 MACS_PER_CYCLE = 1 if ENGINE == "serial" else max(1, CONFIG.lanes)
-OPS = [op.name for op in P.Op] + ["MALFORMED"]
+# the opcodes of the gateware's protocol (ATTN_PASS, 1.3, is not one: BAD_OPCODE there)
+GATEWARE_OPS = P.ops_of(P.GATEWARE_VERSIONS[CONTRACT])
+OPS = [op.name for op in GATEWARE_OPS] + ["MALFORMED"]
 CACHE_STATES = ["empty", "partial", "full"]
 
 
@@ -282,11 +284,11 @@ def fuzz_frame(rng: random.Random, kind: str, nrng: np.random.Generator) -> byte
         return P.slip_escape(body + bytes([P.crc8(body)]))
     vec = P.pack_vector_cmd(*vector(nrng, c.d), c.d)
     if kind == "bad_opcode":
-        valid = {int(o) for o in P.Op}
+        valid = {int(o) for o in GATEWARE_OPS}
         op = rng.choice([x for x in range(256) if x not in valid and x not in (P.END, P.ESC)])
         return body_with_crc(bytes([op]) + rng.randbytes(rng.randint(0, 8)))
     if kind == "bad_crc":
-        body = bytearray([rng.choice(list(P.Op))]) + vec
+        body = bytearray([rng.choice(list(GATEWARE_OPS))]) + vec
         return P.slip_escape(bytes(body) + bytes([P.crc8(body) ^ rng.randint(1, 255)]))
     if kind == "truncated":
         # A frame cut short on the wire, then the host's recovery END.
