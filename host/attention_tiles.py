@@ -18,7 +18,7 @@ import numpy as np
 from hmtx.model import fixed
 from hmtx.model.protocol import ATTN_NONE_E, ATTN_NONE_M
 
-from .runtime import CheckedDevice, _b64, _first_diff
+from .mismatch import _b64, _first_diff
 
 __all__ = ["CheckedAttention", "tile_plan"]
 
@@ -44,7 +44,7 @@ class CheckedAttention:
     segment, log and check count are shared, so a mismatch stops the run, and is saved and
     replayed, as a recall's is). ``heads`` and ``ops`` count what went through."""
 
-    def __init__(self, chk: CheckedDevice):
+    def __init__(self, chk):
         self.chk = chk
         cfg = chk.config
         self.head_dim, self.max_queries, self.max_keys = cfg.head_dim, cfg.max_queries, cfg.max_keys

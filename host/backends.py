@@ -37,14 +37,15 @@ __all__ = ["Transport", "GoldenTransport", "SerialTransport", "FaultInjector", "
 
 class GoldenTransport(Transport):
     """The golden device behind a byte pipe: responses appear as soon as their frame is written.
-    It speaks this host's newest protocol minor of its contract (``VERSIONS``: with ATTN_PASS),
-    which the gateware may not implement yet (``GATEWARE_VERSIONS``)."""
+    By default it models the gateware (``GoldenDevice``'s default, ``GATEWARE_VERSIONS``), so
+    that it answers byte for byte as the RTL does; ``version`` another minor of its contract --
+    ``hmtx run --device golden`` opens it with this host's newest (``VERSIONS``: with ATTN_PASS,
+    which the gateware does not have yet)."""
 
     name = "golden"
 
-    def __init__(self, config: EngineConfig, device: GoldenDevice | None = None, contract: int = 1):
-        self.device = device if device is not None else GoldenDevice(config, contract=contract,
-                                                                     version=VERSIONS[contract])
+    def __init__(self, config: EngineConfig, device: GoldenDevice | None = None, contract: int = 1, version=None):
+        self.device = device if device is not None else GoldenDevice(config, contract=contract, version=version)
         self._rx = collections.deque()
         self._closed = False
 
@@ -86,7 +87,7 @@ def open_transport(spec: str, config: EngineConfig, *, waves: bool = False, cont
     device and the simulated HmtxTop and board top are built for it (default 1)."""
     check_contract(spec, contract)
     if spec == "golden":
-        return GoldenTransport(config, contract=contract or 1)
+        return GoldenTransport(config, contract=contract or 1, version=VERSIONS[contract or 1])
     if spec == "sim" or spec.startswith("sim:"):
         from .backends_sim import SimTransport
         engine = spec.partition(":")[2] or "lanes"

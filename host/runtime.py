@@ -41,6 +41,9 @@ from hmtx.model.configs import EngineConfig
 from hmtx.model.protocol import Op
 from hmtx.model.ring import RingSlots
 
+from .attention_tiles import CheckedAttention
+from .mismatch import Mismatch, MismatchError, _b64, _first_diff, _np, _unb64
+
 __all__ = ["Mismatch", "MismatchError", "CheckedDevice", "RunResult", "run_document",
            "save_case", "load_case", "replay_case", "CASE_FORMAT", "FULL_CHECK_EVERY"]
 
@@ -51,60 +54,7 @@ CASE_FORMAT = "hmtx-case-1"       # "contract" (default 1: cases from before pro
 FULL_CHECK_EVERY = 16
 
 
-@dataclass(frozen=True)
-class Mismatch:
-    """The first difference between the device and the reference."""
-
-    segment: int | None
-    op: str                      # RECALL, WRITE_MEMORY, READ_SLOT, MODEL
-    slot: int | None
-    field: str                   # p_mant, p_exp, probs, m_mant, m_exp, k_mant, k_exp (contract 2: kf_mant,
-                                 # kf_exp, the folded key K'), slot, fill, ...
-    element: int | None
-    expected: int | float
-    got: int | float
-
-    def describe(self) -> str:
-        where = f"segment {self.segment}" if self.segment is not None else "replay"
-        slot = f" slot {self.slot}" if self.slot is not None else ""
-        elem = f"[{self.element}]" if self.element is not None else ""
-        return (f"MISMATCH at {where}, op {self.op}{slot}: {self.field}{elem} "
-                f"expected {self.expected}, got {self.got}")
-
-
-class MismatchError(RuntimeError):
-    def __init__(self, mismatch: Mismatch):
-        self.mismatch = mismatch
-        super().__init__(mismatch.describe())
-
-
-def _np(x) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x).astype(np.int64)
-
-
-def _first_diff(segment, op, slot, name, expected, got):
-    """Raise MismatchError for the first element where ``got`` differs from ``expected``."""
-    e, g = np.asarray(expected).reshape(-1), np.asarray(got).reshape(-1)
-    scalar = np.ndim(expected) == 0
-    if e.shape != g.shape:
-        raise MismatchError(Mismatch(segment, op, slot, f"{name} length", None, int(e.size), int(g.size)))
-    bad = np.flatnonzero(e != g)
-    if bad.size:
-        i = int(bad[0])
-        raise MismatchError(Mismatch(segment, op, slot, name, None if scalar else i, int(e[i]), int(g[i])))
-
-
 # --- the checked device -----------------------------------------------------------------------
-def _b64(a, dtype) -> str:
-    return base64.b64encode(np.ascontiguousarray(a, dtype=dtype).tobytes()).decode()
-
-
-def _unb64(s: str, dtype) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), dtype=dtype).astype(np.int64)
-
-
 class CheckedDevice:
     """The recall model's device interface (``reset``, ``load_weights``, ``write``, ``recall``)
     on a real :class:`~hmtx.host.device.Device`, every answer checked against the golden
@@ -528,7 +478,6 @@ def replay_case(case: dict, device) -> CheckedDevice:
         elif kind == "check_cache":
             chk.check_cache(slots=op.get("slots"))
         elif kind == "attention":
-            from .attention_tiles import CheckedAttention
             nq, nk = op["shape"]
             hd = cfg.head_dim
             keep = fixed.causal_mask(nq, nk) if op["causal"] else np.ones((nq, nk), bool)
@@ -751,7 +700,6 @@ def _offload(model, device, config: EngineConfig, chk: CheckedDevice, spec: str 
         return lambda variant: contextlib.nullcontext()
     from hmtx.model.attention_offload import offloaded_attention, parse_offload_spec
 
-    from .attention_tiles import CheckedAttention
     lm = model.lm
     n_heads = lm.config.num_attention_heads
     head_dim = getattr(lm.config, "head_dim", None) or lm.config.hidden_size // n_heads

@@ -210,7 +210,7 @@ def test_host_refuses_an_unknown_major_and_the_device_stays_usable():
 def test_device_contract_comes_from_info_and_can_be_required(rng):
     for contract in (1, 2):
         dev = Device(GoldenTransport(CFG, contract=contract), CFG)
-        assert dev.contract == contract and dev.device_info.version == P.VERSIONS[contract]
+        assert dev.contract == contract and dev.device_info.version == P.GATEWARE_VERSIONS[contract]
         qw_q, qw_k = weights(rng)
         dev.load_weights(qw_q, qw_k)
         m, e = vec(rng)
@@ -221,9 +221,9 @@ def test_device_contract_comes_from_info_and_can_be_required(rng):
         if contract == 2:
             kk, kke = fixed.fold_key(qw_q, kk, kke)
         assert np.array_equal(k, kk[0]) and ke == kke[0]
-    with pytest.raises(ValueError, match=r"contract 2 asked for, but golden speaks protocol 1\.3 \(contract 1\)"):
+    with pytest.raises(ValueError, match=r"contract 2 asked for, but golden speaks protocol 1\.2 \(contract 1\)"):
         Device(GoldenTransport(CFG), CFG, contract=2)
-    with pytest.raises(ValueError, match=r"contract 1 asked for, but golden speaks protocol 2\.2"):
+    with pytest.raises(ValueError, match=r"contract 1 asked for, but golden speaks protocol 2\.1"):
         Device(GoldenTransport(CFG, contract=2), CFG, contract=1)
     assert Device.open("golden", CFG, contract=2).contract == 2
     assert Device.open("golden", CFG).contract == 1
