@@ -84,7 +84,7 @@ class CheckedAttention:
         for qa, nq, tiles in tile_plan(q.shape[0], k.shape[0], self.max_queries, self.max_keys, causal):
             rows = slice(qa, qa + nq)
             qt = (q[rows], qe[rows])
-            parts = []                          # the golden scores and mask of each key tile
+            parts = []                          # per key tile: its keys, mask, golden scores, name, diag
             m = np.full(nq, ATTN_NONE_M, np.int64)
             big_e = np.full(nq, ATTN_NONE_E, np.int64)
             for i, (kb, nk, diag) in enumerate(tiles):
@@ -92,7 +92,7 @@ class CheckedAttention:
                 name = f"{where} rows {qa}-{qa + nq - 1} keys {kb}-{kb + nk - 1}"
                 tk = keep[rows, ks]
                 t = fixed.scores(qt[0], qt[1], k[ks], ke[ks])
-                parts.append((ks, tk, t, name))
+                parts.append((ks, tk, t, name, diag))
                 kept = tk.any(axis=1)
                 want_m = np.where(kept, fixed.row_max(t, tk), ATTN_NONE_M)
                 want_e = np.where(kept, fixed.value_exp_max(tk, ve[ks]), ATTN_NONE_E)
@@ -103,15 +103,14 @@ class CheckedAttention:
                 _first_diff(seg, "ATTN_PASS", None, f"{name}: pass 1 E", want_e, got_e)
                 m, big_e = np.maximum(m, got_m), np.maximum(big_e, got_e)
             total = np.zeros(nq, np.int64)
-            for (ks, tk, t, name), (kb, nk, diag) in zip(parts, tiles):
+            for ks, tk, t, name, diag in parts:
                 got = dev.attn_pass(2, k[ks], ke[ks], n_q=nq, m=m, causal=causal, diag=diag)
                 self._count()
                 _first_diff(seg, "ATTN_PASS", None, f"{name}: pass 2 sum", fixed.exp_terms(t, tk, m).sum(axis=1), got)
                 total += got
-            for i, ((ks, tk, t, name), (kb, nk, diag)) in enumerate(zip(parts, tiles)):
-                last = i == len(tiles) - 1
+            for i, (ks, tk, t, name, diag) in enumerate(parts):
                 got = dev.attn_pass(3, k[ks], ke[ks], n_q=nq, m=m, big_e=big_e, total=total, v_mant=v[ks],
-                                    v_exp=ve[ks], causal=causal, diag=diag, first=i == 0, last=last)
+                                    v_exp=ve[ks], causal=causal, diag=diag, first=i == 0, last=i == len(parts) - 1)
                 self._count()
             # The outputs against attend over the whole rows (independent of the tiling).
             kend = tiles[-1][0] + tiles[-1][1]

@@ -621,7 +621,7 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
         model.recall.contract = model_contract
     states = {v: s for v, s in states.items() if s is not None}
     streams = {v: model.segments(s, ids, final=True) for v, s in states.items()}
-    heads_on_device = _offload(model, device, config, chk, offload_attention)
+    heads_on_device, attention = _offload(model, device, config, chk, offload_attention)
     res.offload_attention = offload_attention
     try:
         for seg in range(segments):
@@ -678,8 +678,8 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
         raise
     finally:
         res.ops_checked = chk.ops_checked
-        res.attention_heads = getattr(heads_on_device, "heads", 0)
-        res.attention_ops = getattr(heads_on_device, "ops", 0)
+        if attention is not None:
+            res.attention_heads, res.attention_ops = attention.heads, attention.ops
         res.tokens = sum(res.counts)
         res.wall_s = time.monotonic() - t0
     if res.mismatch is not None and case_path:
@@ -693,11 +693,11 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
 
 
 def _offload(model, device, config: EngineConfig, chk: CheckedDevice, spec: str | None):
-    """``ctx(variant)``: the context a variant's segment runs in -- with ``spec``'s heads in the
-    contract (on the device for ``hmt_device``); a no-op without a spec. The context object
-    counts the device's heads and ATTN_PASS ops (``heads``, ``ops``)."""
+    """(``ctx(variant)``, the :class:`CheckedAttention` or None): the context a variant's segment
+    runs in -- with ``spec``'s heads in the contract (on the device for ``hmt_device``), a no-op
+    without a spec -- and the checker that counts the device's heads and ATTN_PASS ops."""
     if not spec:
-        return lambda variant: contextlib.nullcontext()
+        return (lambda variant: contextlib.nullcontext()), None
     from hmtx.model.attention_offload import offloaded_attention, parse_offload_spec
 
     lm = model.lm
@@ -718,14 +718,10 @@ def _offload(model, device, config: EngineConfig, chk: CheckedDevice, spec: str 
         return att.head(qm.cpu().numpy(), qe.cpu().numpy(), km.cpu().numpy(), ke.cpu().numpy(), vm.cpu().numpy(),
                         ve.cpu().numpy(), keep.cpu().numpy(), where=f"layer {layer} head {head}")
 
-    class Ctx:
-        heads = property(lambda self: att.heads)
-        ops = property(lambda self: att.ops)
+    def ctx(variant):
+        return offloaded_attention(lm, spec, head_fn=on_device if variant == "hmt_device" else None)
 
-        def __call__(self, variant):
-            return offloaded_attention(lm, spec, head_fn=on_device if variant == "hmt_device" else None)
-
-    return Ctx()
+    return ctx, att
 
 
 def _keep_checked(res: RunResult, chk: CheckedDevice) -> None:

@@ -159,8 +159,7 @@ class GoldenDevice:
         """A BFP8 vector from the payload, BAD_ARG unless it satisfies the contract's ranges."""
         exp = struct.unpack_from("<b", buf)[0]
         mant = np.frombuffer(buf, dtype=np.int8, offset=1).astype(np.int64)
-        if not fixed.EXP_MIN <= exp <= fixed.EXP_MAX or (mant == -128).any():
-            raise _Reject(Status.BAD_ARG)
+        GoldenDevice._rows(mant, np.asarray(exp))
         return mant, exp
 
     def _qw(self, i: int) -> fixed.QuantWeight:
@@ -261,8 +260,9 @@ class GoldenDevice:
         out, oe, _ = fixed.attend(mant[sl_q], exps[sl_q], mant[sl_k], exps[sl_k], mant[sl_v], exps[sl_v], mask)
         return pack_attention_rsp(out, oe), self._ideal(2 * n_q * n_k * c.head_dim)
 
-    def _rows(self, mant, exp) -> tuple[np.ndarray, np.ndarray]:
-        """BFP8 rows as received, BAD_ARG unless each satisfies the contract's ranges."""
+    @staticmethod
+    def _rows(mant, exp) -> tuple[np.ndarray, np.ndarray]:
+        """BFP8 rows (or one vector) as received, BAD_ARG unless each satisfies the contract's ranges."""
         if (mant == -128).any() or (exp < fixed.EXP_MIN).any() or (exp > fixed.EXP_MAX).any():
             raise _Reject(Status.BAD_ARG)
         return mant, exp

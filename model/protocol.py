@@ -442,8 +442,13 @@ def pack_attention(q_mant, q_exp, k_mant, k_exp, v_mant, v_exp, causal: bool = F
         raise ValueError("ATTENTION: one exponent per Q, K and V row is required")
     out = struct.pack("<BBB", _u8("n_q", q.shape[0], 1, 255), _u8("n_k", k.shape[0], 1, 255), 1 if causal else 0)
     for name, rows, exps in (("Q", q, qe), ("K", k, ke), ("V", v, ve)):
-        out += b"".join(pack_bfp8(r, e, name=f"{name} row {i}") for i, (r, e) in enumerate(zip(rows, exps)))
+        out += _pack_rows(name, rows, exps)
     return out
+
+
+def _pack_rows(name: str, rows, exps) -> bytes:
+    """Rows of a tile as BFP8 vectors, one exponent each (errors name the row)."""
+    return b"".join(pack_bfp8(r, e, name=f"{name} row {i}") for i, (r, e) in enumerate(zip(rows, exps)))
 
 
 def load_weights_length(body: bytes, d_h: int) -> int | None:
@@ -524,8 +529,8 @@ def pack_attn_pass(pass_: int, k_mant, k_exp, *, q=None, v_mant=None, v_exp=None
                 raise ValueError(f"ATTN_PASS: E and total need one value per query row ({n_q})")
             out += b"".join(struct.pack("<ibI", int(a), int(b), int(c)) for a, b, c in zip(mm, ee, tt))
     if q is not None:
-        out += b"".join(pack_bfp8(r, e, name=f"Q row {i}") for i, (r, e) in enumerate(zip(qm, qe)))
-    out += b"".join(pack_bfp8(r, e, name=f"K row {i}") for i, (r, e) in enumerate(zip(k, ke)))
+        out += _pack_rows("Q", qm, qe)
+    out += _pack_rows("K", k, ke)
     if p == 1:
         ve = _int_vec("V exponents", np.asarray(_to_numpy(v_exp)).reshape(-1), fixed.EXP_MIN, fixed.EXP_MAX)
         if ve.shape[0] != k.shape[0]:
@@ -536,7 +541,7 @@ def pack_attn_pass(pass_: int, k_mant, k_exp, *, q=None, v_mant=None, v_exp=None
         ve = np.asarray(_to_numpy(v_exp)).reshape(-1)
         if v.shape != k.shape or ve.shape[0] != k.shape[0]:
             raise ValueError(f"ATTN_PASS: V {v.shape} must match K {k.shape}, one exponent per row")
-        out += b"".join(pack_bfp8(r, e, name=f"V row {i}") for i, (r, e) in enumerate(zip(v, ve)))
+        out += _pack_rows("V", v, ve)
     return out
 
 
@@ -829,15 +834,17 @@ def unpack_attn_pass_rsp(payload: bytes, pass_: int, n_q: int, head_dim: int, la
         return np.frombuffer(payload, "<u4", n_q).astype(np.int64)
     if not last:
         return None
+    return _wide_rows(payload, n_q, head_dim)
+
+
+def _wide_rows(payload: bytes, n: int, head_dim: int):
+    """``n`` wide vectors of length ``head_dim`` back to back: (mant int64 [n, head_dim], exp int64 [n])."""
     row = 2 + 2 * head_dim
-    rows = [unpack_wide(payload[i * row:(i + 1) * row], head_dim) for i in range(n_q)]
-    return (np.stack([r[0] for r in rows]).reshape(n_q, head_dim), np.array([r[1] for r in rows], dtype=np.int64))
+    rows = [unpack_wide(payload[i * row:(i + 1) * row], head_dim) for i in range(n)]
+    return (np.stack([r[0] for r in rows]).reshape(n, head_dim), np.array([r[1] for r in rows], dtype=np.int64))
 
 
 def unpack_attention(payload: bytes, n_q: int, head_dim: int):
     """(out_mant int64 [n_q, head_dim], out_exp int64 [n_q])."""
-    row = 2 + 2 * head_dim
-    _check_len(Op.ATTENTION, payload, n_q * row)
-    rows = [unpack_wide(payload[i * row:(i + 1) * row], head_dim) for i in range(n_q)]
-    return (np.stack([r[0] for r in rows]).reshape(n_q, head_dim),
-            np.array([r[1] for r in rows], dtype=np.int64))
+    _check_len(Op.ATTENTION, payload, n_q * (2 + 2 * head_dim))
+    return _wide_rows(payload, n_q, head_dim)
