@@ -276,28 +276,28 @@ class OperandFetch(wiring.Component):
     def _qbuf(self, m, dat_q, s1_qaddr, regions):
         """``qbuf``: its writes (q's elements, a Q row's words) and its read into the score beats'
         operand registers (each lane group with its own copy of the word address, registered at
-        stage 4 like the block-RAM operands). Returns the operand registers."""
+        stage 4 like the block-RAM operands). Returns the operand registers.
+
+        Under contract 2 nothing projects q (a RECALL starts at its scores, a WRITE's projection
+        goes to the fold), so ``qbuf`` holds only int8 words (S, or a Q row) and has no write
+        from the projection: half the flip-flops of contract 1's int16 words, and one source
+        fewer in front of each. At smollm ``qbuf`` is 9 words x 64 lanes, so this is the
+        difference between about 4.6k and 9.2k flip-flops, each with its multiplexer."""
         L = self.layout
         P, LG, G = L.P, L.LG, L.G
         QD = L.QD
-        qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
+        q_bits = 16 if L.contract == 1 else 8
+        qbuf = [[Signal(signed(q_bits), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
                 for w in range(QD)]
-        q_op = [Signal(signed(16), name=f"q_op{l}", reset_less=True) for l in range(P)]
+        q_op = [Signal(signed(q_bits), name=f"q_op{l}", reset_less=True) for l in range(P)]
         q_rd = replicate_tree(m, s1_qaddr, regions, "q_rd")
         for l in range(P):
             with m.Switch(q_rd[l // LG]):
                 for w in range(QD):
                     with m.Case(w):
                         m.d.sync += q_op[l].eq(qbuf[w][l])
-        # q's element lands in qbuf a cycle later, from a copy per lane group of (write, word,
-        # lane, value): the value would otherwise go to every one of the P x QD registers
         qa_bits = max(1, (QD - 1).bit_length())
-        lane_bits = max(1, (P - 1).bit_length())
-        q, q_in = self.q, Signal(data.StructLayout({"valid": 1, "word": qa_bits, "lane": lane_bits,
-                                                    "y": signed(fixed.PROJ_BITS)}))
-        m.d.comb += [q_in.valid.eq(q.valid), q_in.word.eq(q.payload.word), q_in.lane.eq(q.payload.lane),
-                     q_in.y.eq(q.payload.y)]
-        q_wr = [data.View(q_in.shape(), v) for v in replicate(m, q_in, G, "q_wr", reset=True)]
+        q_wr = self._q_writes(m, qa_bits) if L.contract == 1 else None
         # attention: the Q row's words (addresses registered, read, registered -- as the MAC
         # beats), from dat_q, at ql2 (copies per group of ql1's valid, word)
         ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(L.AB, 2))}))
@@ -308,7 +308,7 @@ class OperandFetch(wiring.Component):
         ql_wr = [data.View(ql1.shape(), v) for v in replicate(m, ql1, G, "ql_wr", reset=True)]
         sn = self._snoop(m, qa_bits) if L.contract == 2 else None
         for l in range(P):
-            qw, lw = q_wr[l // LG], ql_wr[l // LG]
+            lw = ql_wr[l // LG]
             for w in range(QD):
                 load = lw.valid & (lw.idx == w)
                 load_data = dat_q[l]
@@ -319,13 +319,27 @@ class OperandFetch(wiring.Component):
                     load_data = sn.lane_data[l]
                 with m.If(load):
                     m.d.sync += qbuf[w][l].eq(load_data)
-                with m.Elif(qw.valid & (qw.word == w) & (qw.lane == l)):
-                    m.d.sync += qbuf[w][l].eq(qw.y)
+                if q_wr is not None:
+                    qw = q_wr[l // LG]
+                    with m.Elif(qw.valid & (qw.word == w) & (qw.lane == l)):
+                        m.d.sync += qbuf[w][l].eq(qw.y)
         if sn is not None:
             # per lane, once: the snooped byte while a copy is valid, else the Q row's
             for l in range(P):
                 m.d.comb += sn.lane_data[l].eq(Mux(sn.wr[l // LG].valid, sn.data[l], dat_q[l]))
         return q_op
+
+    def _q_writes(self, m, qa_bits):
+        """Contract 1: q's elements from the write-back. Each lands in ``qbuf`` a cycle later,
+        from a copy per lane group of (write, word, lane, value): the value would otherwise go
+        to every one of the P x QD registers. Returns the copies."""
+        L = self.layout
+        lane_bits = max(1, (L.P - 1).bit_length())
+        q, q_in = self.q, Signal(data.StructLayout({"valid": 1, "word": qa_bits, "lane": lane_bits,
+                                                    "y": signed(fixed.PROJ_BITS)}))
+        m.d.comb += [q_in.valid.eq(q.valid), q_in.word.eq(q.payload.word), q_in.lane.eq(q.payload.lane),
+                     q_in.y.eq(q.payload.y)]
+        return [data.View(q_in.shape(), v) for v in replicate(m, q_in, L.G, "q_wr", reset=True)]
 
     def _snoop(self, m, qa_bits):
         """Contract 2: the owner's writes of the input vector's words (0..CB-1), registered once,
