@@ -25,7 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("--plots", help="write PNG plots into this folder")
     p.add_argument("--markdown", help="write the tables (Markdown) here")
     p.add_argument("--write-doc", help="replace the <!-- bench:begin/end --> section of this Markdown file")
-    p.add_argument("--only", help="comma-separated sections to run (device,recall,sim,run,memory,link); the "
+    p.add_argument("--only", help="comma-separated sections to run (device,recall,attention,sim,run,memory,link); the "
                                   "others are kept from an existing --json file")
     p.add_argument("--repeats", type=int, help="repeats per timing (default 21, --quick 5)")
     p.add_argument("--contract", type=int, choices=(1, 2), default=1,

@@ -13,7 +13,7 @@ from hmtx.bench.stats import fmt_stat
 __all__ = ["markdown", "write_plots", "write_doc_section"]
 
 
-_SECTION_ORDER = {"device": 0, "recall": 1, "sim": 2, "run": 3, "memory": 4, "link": 5}
+_SECTION_ORDER = {"device": 0, "recall": 1, "attention": 2, "sim": 3, "run": 4, "memory": 5, "link": 6}
 
 
 def _f(x, spec=".3g", none="n/a"):
@@ -73,6 +73,30 @@ def _recall_table(res) -> list[str]:
             f"{fmt_stat(r['torch_cpu_us'])} | {fmt_stat(r['torch_cuda_us']) if r['torch_cuda_us'] else 'no GPU'} | "
             f"{fmt_stat(r['golden_numpy_us'])} | {fmt_stat(r['golden_frame_us'])} | "
             f"{_f(r.get('speedup_vs_torch_cpu'), '.3g')} |")
+    return rows
+
+
+def _attention_table(res) -> list[str]:
+    a = res["attention"]
+    util = a.get("attention_utilization")
+    rows = [f"{a['backbone']} head_dim {a['head_dim']} on `{a['config']}`'s {a['tile']} tiles, P = {a['P']}, "
+            f"Fmax {_f(a.get('fmax_mhz'), '.1f', 'n/a')} MHz; HMT segment length {a['segment_length']}, "
+            f"sensory {a['sensory']}. Device cycles are the ideal, ceil(MACs / P) per ATTN_PASS as the "
+            "golden device counts them; at Fmax they are a lower bound of the device's time, not a "
+            "measurement (the gateware has no ATTN_PASS yet; its ATTENTION tile runs at "
+            f"{_f(100 * util, '.1f') + ' %' if util else 'n/a'} of the ideal on the RTL).", "",
+            "| causal block | positions | ATTN_PASS ops | MACs (one-pass MACs) | ideal cycles | device µs ≥ | "
+            "PyTorch CPU µs, one head | PyTorch CPU µs, one layer | golden numpy µs, one head |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for b in a["blocks"]:
+        rows.append(f"| {b['what']} | {b['positions']} | {b['ops']} | {b['macs']:,} ({b['one_pass_macs']:,}) | "
+                    f"{b['ideal_cycles']:,} | {_f(b['device_lower_bound_us'])} | "
+                    f"{fmt_stat(b['torch_cpu_head_us'])} | {fmt_stat(b['torch_cpu_layer_us'])} | "
+                    f"{fmt_stat(b['golden_numpy_head_us'])} |")
+    t = a["per_segment"]
+    rows.append(f"| **per head per segment** | | {t['ops']} | {t['macs']:,} | {t['ideal_cycles']:,} | "
+                f"{_f(t['device_lower_bound_us'])} | {_f(t['torch_cpu_head_us'])} | "
+                f"{_f(t['torch_cpu_layer_us'])} | {_f(t['golden_numpy_head_us'])} |")
     return rows
 
 
@@ -156,6 +180,8 @@ def markdown(res: dict, command: str | None = None) -> str:
         parts += ["### Over N (cache slots) and P (MAC lanes)", ""] + _sweep_table(res) + [""]
     if "recall_speed" in res:
         parts += ["### One recall, every way it runs", ""] + _recall_table(res) + [""]
+    if res.get("attention"):
+        parts += ["### One attention head per segment (ATTN_PASS over the engine's tiles)", ""] + _attention_table(res) + [""]
     if "golden_ops_per_s" in res or "sim" in res:
         parts += ["### Simulation speed", ""] + _sim_table(res) + [""]
     if "run" in res:

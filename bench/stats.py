@@ -114,4 +114,4 @@ def machine_info() -> dict:
 def machine_string(info: dict) -> str:
     gpu = f", GPU {info['cuda']}" if info.get("cuda") else ", no GPU"
     return (f"{info['cpu']}, {info['cores']} cores{gpu}; {info['os']}; Python {info['python']}, "
-            f"torch {info['torch']} ({info['torch_threads']} threads)")
+            f"torch {info['torch']} ({info['torch_threads']} thread{'' if info['torch_threads'] == 1 else 's'})")

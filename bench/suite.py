@@ -8,6 +8,9 @@ report, no simulator, ``--quick``) leaves its figures ``null`` with the reason n
 ``sim``      Verilator cycles/s of the top level; golden ops/s (bench.sim_speed)
 ``run``      `hmtx run` tokens/s per backend with the time split (bench.end_to_end)
 ``memory``   host peak memory, HMT vs one full-attention pass (bench.memory)
+``attention`` one backbone attention head per HMT segment: the ATTN_PASS plan on the engine's
+             tiles, its ideal cycles (at Fmax a lower bound of the device's time) against
+             PyTorch on the CPU and the golden model (bench.attention_speed)
 ``link``     UART divisor table, wire + device time per segment at 1 Mbaud and the default rate,
              the share of a segment spent waiting, and (not --quick) the virtual board measured
              (bench.link)
@@ -21,7 +24,7 @@ from hmtx.bench import efficiency, fmax as fmax_mod, recall_speed, sim_speed, st
 __all__ = ["SECTIONS", "Options", "run_suite", "FORMAT"]
 
 FORMAT = "hmtx-bench-1"
-SECTIONS = ("device", "recall", "sim", "run", "memory", "link")
+SECTIONS = ("device", "recall", "attention", "sim", "run", "memory", "link")
 
 
 class Options:
@@ -120,6 +123,34 @@ def run_suite(opts: Options) -> dict:
         if h["torch_cuda_us"] is None:
             out["reasons"]["us_per_recall.torch_cuda"] = h["torch_cuda_reason"]
     section("recall", recall)
+
+    # -- attention heads ----------------------------------------------------------------------
+    def attention():
+        from hmtx.bench import attention_speed
+        from hmtx.model.defaults import BACKBONE_DEFAULTS, DEFAULT_CHECKPOINT
+        from hmtx.model.hmt import HMTConfig, read_checkpoint
+
+        cfg = get_config(opts.headline)
+        backbone = "tiny" if opts.quick else "smollm2"
+        _, seg_len, sensory = BACKBONE_DEFAULTS[backbone]
+        sizes = dict(segment_length=seg_len, sensory=sensory)
+        if backbone == "smollm2" and DEFAULT_CHECKPOINT.is_dir():
+            # (the sizes `hmtx run` uses: the shipped checkpoint's)
+            ck, _ = read_checkpoint(str(DEFAULT_CHECKPOINT))
+            sizes.update(segment_length=ck.segment_length, sensory=ck.sensory, summary_length=ck.summary_length)
+        hmt_cfg = HMTConfig(backbone=backbone, cache_size=cfg.n_slots, d_h=cfg.d_h, **sizes)
+        heads = (4, 2) if opts.quick else (9, 3)        # the backbone's query and KV heads per layer
+        dev = (out.get("device") or opts.prior.get("device") or {}).get(cfg.name)
+        fm = (out.get("fmax") or opts.prior.get("fmax") or fmax_mod.fmax_table([cfg], contract=opts.contract))
+        r = attention_speed.measure(cfg, hmt_cfg, opts.repeats, dev["attention"] if dev else None,
+                                    (fm.get(cfg.name) or {}).get("fmax_mhz"), *heads)
+        r["backbone"], r["segment_length"], r["sensory"] = backbone, hmt_cfg.segment_length, hmt_cfg.sensory
+        out["attention"] = r
+        t = r["per_segment"]
+        log(f"  {cfg.name}: {t['ops']} ATTN_PASS ops, {t['ideal_cycles']} ideal cycles per head per segment; "
+            f"torch cpu {t['torch_cpu_head_us']:.0f} us, device "
+            + (f">= {t['device_lower_bound_us']:.0f} us" if t["device_lower_bound_us"] else "n/a"))
+    section("attention", attention)
 
     # -- simulation speed ---------------------------------------------------------------------
     def sim():

@@ -89,7 +89,32 @@ def problems(res: dict) -> list[str]:
         for op, s in v.items():
             if not _positive(s["median"]):
                 bad.append(f"golden_ops_per_s.{k}.{op} = {s['median']!r}")
+    bad += _attention_problems(res)
     bad += _link_problems(res)
+    return bad
+
+
+def _attention_problems(res: dict) -> list[str]:
+    """The attention section: its plan adds up, the ideal is ceil(MACs / P) or more, every time
+    positive, a missing device time has a reason."""
+    a = res.get("attention")
+    if not a:
+        return []
+    bad = []
+    for b in a["blocks"]:
+        w = f"attention.{b['what']}"
+        if b["ops"] != 3 * b["pairs"] or b["macs"] != 2 * b["one_pass_macs"]:
+            bad.append(f"{w}: {b['ops']} ops for {b['pairs']} tile pairs, {b['macs']} MACs for "
+                       f"{b['one_pass_macs']} one-pass MACs (three passes, the scores three times)")
+        if b["ideal_cycles"] * a["P"] < b["macs"]:
+            bad.append(f"{w}: {b['ideal_cycles']} ideal cycles < {b['macs']} MACs / P = {a['P']}")
+        for k in ("torch_cpu_head_us", "torch_cpu_layer_us", "golden_numpy_head_us"):
+            if not _positive(b[k]["median"]):
+                bad.append(f"{w}.{k} = {b[k]['median']!r}")
+        if b["device_lower_bound_us"] is not None and not _positive(b["device_lower_bound_us"]):
+            bad.append(f"{w}.device_lower_bound_us = {b['device_lower_bound_us']!r}")
+    if a["per_segment"]["device_lower_bound_us"] is None and not a.get("device_reason"):
+        bad.append("attention: no device time and no reason")
     return bad
 
 

@@ -56,6 +56,11 @@ def test_quick_bench_json_is_consistent(quick):
     assert res["run_tokens_per_s"]["sim"] is None and "run_tokens_per_s.sim" in res["reasons"]
     assert isinstance(res["machine"], str) and "cores" in res["machine"]
     assert {(r["N"], r["P"]) for r in res["device_sweep"]} == {(8, 4), (4, 8)}
+    # the tiny backbone's sizes (L = 24, k = 4: j = 9) on tiny's 4 x 8 tiles
+    a = res["attention"]
+    assert [(b["what"], b["positions"]) for b in a["blocks"]] == [("segment pass", 24), ("representation pass", 11)]
+    assert a["attention_utilization"] == tiny["attention"]["ideal"] / tiny["attention"]["cycles"]
+    assert a["per_segment"]["torch_cpu_head_us"] > 0 and a["per_segment"]["ideal_cycles"] > 0
 
 
 def test_quick_bench_writes_tables_and_plots(quick):
@@ -66,6 +71,30 @@ def test_quick_bench_writes_tables_and_plots(quick):
     assert "utilization.png" in pngs and "recall_us.png" in pngs and "run_time_split.png" in pngs
     for p in (out / "plots").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("n", [1, 4, 11, 24, 37])
+def test_attention_plan_counts_what_the_golden_device_counts(n):
+    """bench.attention_speed's plan of a causal head (ops, ideal cycles) is what the host sends
+    and the golden device's CYCLES adds up, op by op."""
+    import numpy as np
+    from hmtx.bench.attention_speed import head_plan
+    from hmtx.host.attention_tiles import CheckedAttention
+    from hmtx.host.backends import GoldenTransport
+    from hmtx.host.device import Device
+    from hmtx.host.runtime import CheckedDevice
+    from hmtx.model import fixed, protocol
+    from hmtx.model.configs import get_config
+    from hmtx.model.golden_device import GoldenDevice
+
+    cfg = get_config("tiny")
+    g = GoldenDevice(cfg, version=protocol.VERSIONS[1])
+    att = CheckedAttention(CheckedDevice(Device(GoldenTransport(cfg, g), cfg), cfg))
+    rng = np.random.default_rng(n)
+    q, k, v = ((rng.integers(-127, 128, (n, cfg.head_dim)), rng.integers(-8, 2, n)) for _ in range(3))
+    att.head(*q, *k, *v, fixed.causal_mask(n, n))
+    plan = head_plan(cfg, n)
+    assert (att.ops, g.cycles.total) == (plan["ops"], plan["ideal_cycles"])
 
 
 def _sound():
