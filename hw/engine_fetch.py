@@ -54,6 +54,9 @@ class FetchControlSignature(wiring.Signature):
     attn : Out(1)
         The scores take their keys from ``dat``, not ``key``: ATTENTION's K rows, or contract 2's
         folded keys K'_i (RECALL, with S in ``qbuf``).
+    q_row : Out(1)
+        Contract 2 only: the score beats take an attention row (``qbuf``'s ring is AB words), not
+        S (CB words).
     """
 
     def __init__(self, layout, w_depth):
@@ -67,6 +70,7 @@ class FetchControlSignature(wiring.Signature):
             "q_load": Out(stream.Signature(range(max(layout.AB, 2)), always_ready=True)),
             "q_loading": In(1),
             "attn": Out(1),
+            **({"q_row": Out(1)} if layout.contract == 2 else {}),
         })
 
 
@@ -201,7 +205,7 @@ class OperandFetch(wiring.Component):
         # the weighted sum's weight goes to every lane: one copy per lane group
         wm_q3 = replicate_tree(m, rd.wm_q, regions, "wm_q3")
         w_q3 = self._w_select(m, rd, regions)
-        q_op = self._qbuf(m, rd.dat_q, s1.qaddr, regions)
+        q_op = self._qbuf(m, rd.dat_q, s1, s1_valid, regions)
         mi = self.mac.payload
         m.d.comb += [self.mac.valid.eq(s4_valid), mi.first.eq(s4.first), mi.last.eq(s4.last),
                      mi.lane_mode.eq(s4.lane_mode), mi.tag.eq(s4.tag)]
@@ -273,60 +277,93 @@ class OperandFetch(wiring.Component):
                         m.d.sync += [w_q3[l].eq(q[l]) for l in range(g * L.LG, min(L.P, (g + 1) * L.LG))]
         return w_q3
 
-    def _qbuf(self, m, dat_q, s1_qaddr, regions):
-        """``qbuf``: its writes (q's elements, a Q row's words) and its read into the score beats'
-        operand registers (each lane group with its own copy of the word address, registered at
-        stage 4 like the block-RAM operands). Returns the operand registers.
+    def _qbuf(self, m, dat_q, s1, s1_valid, regions):
+        """``qbuf``: its writes and its read into the score beats' operand registers (registered
+        at stage 4 like the block-RAM operands). Returns the operand registers.
 
-        Under contract 2 nothing projects q (a RECALL starts at its scores, a WRITE's projection
-        goes to the fold), so ``qbuf`` holds only int8 words (S, or a Q row) and has no write
-        from the projection: half the flip-flops of contract 1's int16 words, and one source
-        fewer in front of each. At smollm ``qbuf`` is 9 words x 64 lanes, so this is the
-        difference between about 4.6k and 9.2k flip-flops, each with its multiplexer."""
+        Contract 1: QD words of int16 (q's elements from the write-back, a Q row's words from
+        ``dat``), read through a QD-way multiplexer per lane, each lane group with its own copy
+        of the word address. Contract 2 (:meth:`_qring`): a ring of int8 words with no read
+        multiplexer."""
         L = self.layout
+        if L.contract == 2:
+            return self._qring(m, dat_q, s1, s1_valid, regions)
         P, LG, G = L.P, L.LG, L.G
         QD = L.QD
-        q_bits = 16 if L.contract == 1 else 8
-        qbuf = [[Signal(signed(q_bits), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
+        qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
                 for w in range(QD)]
-        q_op = [Signal(signed(q_bits), name=f"q_op{l}", reset_less=True) for l in range(P)]
-        q_rd = replicate_tree(m, s1_qaddr, regions, "q_rd")
+        q_op = [Signal(signed(16), name=f"q_op{l}", reset_less=True) for l in range(P)]
+        q_rd = replicate_tree(m, s1.qaddr, regions, "q_rd")
         for l in range(P):
             with m.Switch(q_rd[l // LG]):
                 for w in range(QD):
                     with m.Case(w):
                         m.d.sync += q_op[l].eq(qbuf[w][l])
         qa_bits = max(1, (QD - 1).bit_length())
-        q_wr = self._q_writes(m, qa_bits) if L.contract == 1 else None
-        # attention: the Q row's words (addresses registered, read, registered -- as the MAC
-        # beats), from dat_q, at ql2 (copies per group of ql1's valid, word)
+        q_wr = self._q_writes(m, qa_bits)
+        ql_wr = self._q_loads(m)
+        for l in range(P):
+            qw, lw = q_wr[l // LG], ql_wr[l // LG]
+            for w in range(QD):
+                with m.If(lw.valid & (lw.idx == w)):
+                    m.d.sync += qbuf[w][l].eq(dat_q[l])
+                with m.Elif(qw.valid & (qw.word == w) & (qw.lane == l)):
+                    m.d.sync += qbuf[w][l].eq(qw.y)
+        return q_op
+
+    def _q_loads(self, m):
+        """ATTENTION: the Q row's words (addresses registered, read, registered -- as the MAC
+        beats), from dat_q, at ql2. Returns the copies per lane group of ql1's (valid, idx)."""
+        L = self.layout
         ql_issue = Signal(data.StructLayout({"valid": 1, "idx": range(max(L.AB, 2))}))
         m.d.comb += [ql_issue.valid.eq(self.ctl.q_load.valid), ql_issue.idx.eq(self.ctl.q_load.payload)]
         ql_taps = delay(m, ql_issue, ADDR_REGS + 2, "ql", reset_less=False)
         ql1 = ql_taps[ADDR_REGS]
         m.d.comb += self.ctl.q_loading.eq(Cat(*(t.valid for t in ql_taps)).any())
-        ql_wr = [data.View(ql1.shape(), v) for v in replicate(m, ql1, G, "ql_wr", reset=True)]
-        sn = self._snoop(m, qa_bits) if L.contract == 2 else None
+        return [data.View(ql1.shape(), v) for v in replicate(m, ql1, L.G, "ql_wr", reset=True)]
+
+    def _qring(self, m, dat_q, s1, s1_valid, regions):
+        """Contract 2's ``qbuf``: int8 words (S, or a Q row; nothing projects q under contract 2)
+        that turn as a ring under the score beats, so that a beat always takes word 0.
+
+        The score beats of a RECALL read words 0, 1, .., CB-1 once per key, those of an attention
+        row words 0 .. AB-1 once per key, in order and without gaps: each beat takes word 0 and
+        turns the ring by one (word w takes word w+1; the last word of the ring, CB-1 or AB-1,
+        takes word 0), so after every key the words are back in place. A flip-flop then takes
+        either its loaded byte or its neighbour's, in the same lane: no QD-way multiplexer and
+        no wires across lanes (at smollm, 9 words; at P = 16, 36, whose read multiplexer was the
+        routed build's critical path). Loads happen only before a phase of score beats: the
+        owner's writes of S (0..CB-1, snooped, while the engine is idle) and a Q row's words
+        (which land before the first score beat takes word 0, hw/engine_sequencer.py)."""
+        L = self.layout
+        P, LG, G, QD, AB = L.P, L.LG, L.G, L.QD, L.AB
+        qbuf = [[Signal(signed(8), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
+                for w in range(QD)]
+        q_op = [Signal(signed(8), name=f"q_op{l}", reset_less=True) for l in range(P)]
+        # a score beat at stage 3 (the copies are two cycles behind s1), and the ring's length
+        turn_in = Signal(data.StructLayout({"turn": 1, "attn": 1}))
+        m.d.comb += [turn_in.turn.eq(s1_valid & (s1.phase == Phase.SCORE)), turn_in.attn.eq(self.ctl.q_row)]
+        turns = [data.View(turn_in.shape(), v)
+                 for v in replicate_tree(m, turn_in, regions, "q_turn", reset=True)]
+        qa_bits = max(1, (QD - 1).bit_length())
+        ql_wr = self._q_loads(m)
+        sn = self._snoop(m, qa_bits)
         for l in range(P):
-            lw = ql_wr[l // LG]
+            g = l // LG
+            sw, lw, t = sn.wr[g], ql_wr[g], turns[g]
+            m.d.sync += q_op[l].eq(qbuf[0][l])
             for w in range(QD):
-                load = lw.valid & (lw.idx == w)
-                load_data = dat_q[l]
-                if sn is not None:
-                    # (the owner writes only while the engine is idle: never beside a Q row load)
-                    sw = sn.wr[l // LG]
-                    load = load | (sw.valid & (sw.word == w) & sn.en[l])
-                    load_data = sn.lane_data[l]
+                # (the owner writes only while the engine is idle: never beside a Q row load)
+                load = (lw.valid & (lw.idx == w)) | (sw.valid & (sw.word == w) & sn.en[l])
+                # the next word in a RECALL's ring (CB words) and in an attention row's (AB)
+                nr, na = (w + 1) % L.CB if w < L.CB else (w + 1) % QD, (w + 1) % AB if w < AB else (w + 1) % QD
+                nxt = qbuf[nr][l] if nr == na else Mux(t.attn, qbuf[na][l], qbuf[nr][l])
                 with m.If(load):
-                    m.d.sync += qbuf[w][l].eq(load_data)
-                if q_wr is not None:
-                    qw = q_wr[l // LG]
-                    with m.Elif(qw.valid & (qw.word == w) & (qw.lane == l)):
-                        m.d.sync += qbuf[w][l].eq(qw.y)
-        if sn is not None:
+                    m.d.sync += qbuf[w][l].eq(sn.lane_data[l])
+                with m.Elif(t.turn):
+                    m.d.sync += qbuf[w][l].eq(nxt)
             # per lane, once: the snooped byte while a copy is valid, else the Q row's
-            for l in range(P):
-                m.d.comb += sn.lane_data[l].eq(Mux(sn.wr[l // LG].valid, sn.data[l], dat_q[l]))
+            m.d.comb += sn.lane_data[l].eq(Mux(sw.valid, sn.data[l], dat_q[l]))
         return q_op
 
     def _q_writes(self, m, qa_bits):

@@ -167,7 +167,7 @@ class EngineLayout:
         self.dat_depth = self.kf_base + (c.n_slots * self.CB if contract == 2 else 0)
         # qbuf's words: q (HB) or a Q row (AB, one QLOAD); contract 2's recall has S (CB) there
         # instead of q, copied in as the owner writes it (hw/engine_fetch.py)
-        self.QD = max(self.HB, self.AB, self.CB if contract == 2 else 1)
+        self.QD = max(self.HB, self.AB) if contract == 1 else max(self.AB, self.CB)
 
     def _owner_ports(self, m):
         """Wire the owner's members to the engine's memory ports (made in ``__init__``:

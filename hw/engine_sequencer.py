@@ -186,7 +186,8 @@ class Sequencer(wiring.Component):
                      self.writeback.write.eq(r.op == Op.WRITE), self.writeback.kslot_base.eq(r.kslot_base),
                      self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.kc.idx)]
         if r.c2:
-            m.d.comb += [self.fold.second.eq(r.second), self.fold.slot_base.eq(r.fslot_base)]
+            m.d.comb += [self.fold.second.eq(r.second), self.fold.slot_base.eq(r.fslot_base),
+                         self.fetch.q_row.eq(r.attn)]
         return r
 
     def _advance(self, m, r, outer_step, inner_step):
