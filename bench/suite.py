@@ -141,7 +141,8 @@ def run_suite(opts: Options) -> dict:
         hmt_cfg = HMTConfig(backbone=backbone, cache_size=cfg.n_slots, d_h=cfg.d_h, **sizes)
         heads = (4, 2) if opts.quick else (9, 3)        # the backbone's query and KV heads per layer
         dev = (out.get("device") or opts.prior.get("device") or {}).get(cfg.name)
-        fm = (out.get("fmax") or opts.prior.get("fmax") or fmax_mod.fmax_table([cfg], contract=opts.contract))
+        # (the newest synthesis report, unless this run's recall section read one)
+        fm = out.get("fmax") or fmax_mod.fmax_table([cfg], contract=opts.contract)
         r = attention_speed.measure(cfg, hmt_cfg, opts.repeats, dev["attention"] if dev else None,
                                     (fm.get(cfg.name) or {}).get("fmax_mhz"), *heads)
         r["backbone"], r["segment_length"], r["sensory"] = backbone, hmt_cfg.segment_length, hmt_cfg.sensory
