@@ -389,8 +389,16 @@ class OperandFetch(wiring.Component):
         sn = SimpleNamespace()
         sn.wr = [data.View(sn_in.shape(), v) for v in replicate(m, sn_in, L.G, "sn_wr", reset=True)]
         sn.en = Signal(P, name="sn_en", reset_less=True)
-        sn.data = Signal(data.ArrayLayout(signed(8), P), name="sn_data", reset_less=True)
-        m.d.sync += [sn.en.eq(self.wr_dat_en), sn.data.eq(self.wr_dat_data)]
+        m.d.sync += sn.en.eq(self.wr_dat_en)
+        # the data a register per lane group (fanout.replicate: kept apart): the owner writes one
+        # byte into every lane, and as plain registers Yosys merged the P copies into one byte
+        # driving all 64 lanes' ring words across the die
+        LG = L.LG
+        sn.data = []
+        for g in range(L.G):
+            lanes = range(g * LG, min(P, (g + 1) * LG))
+            (cp,) = replicate(m, Cat(*(self.wr_dat_data[l] for l in lanes)), 1, f"sn_data{g}")
+            sn.data += [cp[k * 8:(k + 1) * 8].as_signed() for k in range(len(lanes))]
         sn.lane_data = [Signal(signed(8), name=f"sn_ld{l}") for l in range(P)]
         return sn
 

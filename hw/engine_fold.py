@@ -8,7 +8,8 @@ from amaranth.lib.wiring import In, Out
 from hmtx.model import fixed
 
 from .arith import round_shift_var
-from .engine_layout import TAG_BITS
+from .engine_layout import TAG_BITS, lane_group_chain
+from .fanout import replicate
 from .mac import LANE_ACC_BITS, mac_out_layout
 
 __all__ = ["FOLD_SHIFT_W", "FoldControlSignature", "FoldWriteSignature", "FoldUnitSignature", "FoldUnit"]
@@ -45,17 +46,18 @@ class FoldWriteSignature(wiring.Signature):
     pre : Out(1)
         A write comes next cycle (the write-back copies its data select per lane group now).
     valid : Out(1)
-        Write lanes ``group*LG ..`` of word ``addr`` with ``data`` (lane ``group*LG + k`` takes
-        ``data[k]``).
+        Write lanes ``group*LG ..`` of word ``addr`` with ``data``'s same lanes.
     addr : Out(range(dat_depth))
     group : Out(range(max(G, 2)))
-    data : Out(data.ArrayLayout(signed(8), LG))
+    data : Out(data.ArrayLayout(signed(8), P))
+        The group's LG bytes in every lane group's lanes (a copy of them per lane group, so that
+        each group of ``dat``'s columns takes its bytes from a register of its own).
     """
 
     def __init__(self, layout):
         super().__init__({"pre": Out(1), "valid": Out(1), "addr": Out(range(layout.dat_depth)),
                           "group": Out(range(max(layout.G, 2))),
-                          "data": Out(data.ArrayLayout(signed(8), layout.LG))})
+                          "data": Out(data.ArrayLayout(signed(8), layout.P))})
 
 
 class FoldUnitSignature(wiring.Signature):
@@ -115,23 +117,42 @@ class FoldUnit(wiring.Component):
         L, ctl = self.layout, self.ctl
         P, LG, G = L.P, L.LG, L.G
         acc = signed(LANE_ACC_BITS)
-        # the lane group read this cycle: group 0 as the block arrives, then one a cycle
-        g = Signal(range(max(G, 2)))
+        # Each lane group's lanes are captured in a register of its own a cycle after the block
+        # arrives (the MAC's outputs hold until its next lane-mode result, d_h >= G cycles on),
+        # then shifted one group a cycle along a chain through the groups in their order on the
+        # die (engine_layout.lane_group_chain); the unit reads the chain's head. A multiplexer
+        # over the G groups instead would pull all P x 32 wires from the whole die into one place.
+        chain = lane_group_chain(G)
+        load = replicate(m, self.lanes.valid, G + 1, "fold_load", reset=True)
+        cap = [Signal(data.ArrayLayout(acc, LG), name=f"fold_cap{j}", reset_less=True) for j in range(G)]
+        for j, gj in enumerate(chain):
+            with m.If(load[gj]):
+                # (a partial last group's missing lanes read 0, which changes no max or min)
+                m.d.sync += [cap[j][i].eq(self.lanes.payload.lanes[gj * LG + i] if gj * LG + i < P else 0)
+                             for i in range(LG)]
+            if j + 1 < G:
+                with m.Else():
+                    m.d.sync += cap[j].eq(cap[j + 1])
+        # the chain's head this cycle: its k-th group (k = 0 as the block is captured)
+        k = Signal(range(max(G, 2)))
         scan = Signal()
         cb = Signal(range(max(L.CB, 2)))
-        cur_g = Mux(self.lanes.valid, 0, g)
-        cur_cb = Mux(self.lanes.valid, self.lanes.payload.tag, cb)
-        active = self.lanes.valid | scan
-        m.d.sync += [g.eq(cur_g + 1), scan.eq(active & (cur_g != G - 1)), cb.eq(cur_cb)]
-        grp = Signal(data.StructLayout({"valid": 1, "last": 1, "g": len(g), "cb": len(cb),
+        now = load[G]
+        cur_k = Mux(now, 0, k)
+        cur_cb = Mux(now, self.lanes.payload.tag, cb)
+        active = now | scan
+        m.d.sync += [k.eq(cur_k + 1), scan.eq(active & (cur_k != G - 1)), cb.eq(cur_cb)]
+        gid = Signal(range(max(G, 2)))
+        with m.Switch(cur_k):
+            for j, gj in enumerate(chain):
+                with m.Case(j):
+                    m.d.comb += gid.eq(gj)
+        grp = Signal(data.StructLayout({"valid": 1, "last": 1, "g": len(k), "cb": len(cb),
                                         "x": data.ArrayLayout(acc, LG)}))
-        m.d.sync += [grp.valid.eq(active), grp.last.eq(cur_g == G - 1), grp.g.eq(cur_g), grp.cb.eq(cur_cb)]
-        with m.Switch(cur_g):
-            for k in range(G):
-                with m.Case(k):
-                    # (a partial last group's missing lanes read 0, which changes no max or min)
-                    m.d.sync += [grp.x[i].eq(self.lanes.payload.lanes[k * LG + i] if k * LG + i < P else 0)
-                                 for i in range(LG)]
+        head = Signal(data.StructLayout({"valid": 1, "last": 1, "g": len(k), "cb": len(cb)}))
+        m.d.sync += [head.valid.eq(active), head.last.eq(cur_k == G - 1), head.g.eq(gid), head.cb.eq(cur_cb)]
+        m.d.comb += [grp.valid.eq(head.valid), grp.last.eq(head.last), grp.g.eq(head.g), grp.cb.eq(head.cb),
+                     grp.x.eq(cap[0])]
         first_done = self._extremes(m, grp)
         second_done = self._round(m, grp)
         m.d.comb += ctl.retire.eq(first_done | second_done)
@@ -183,13 +204,17 @@ class FoldUnit(wiring.Component):
         """Second pass: the group's K' mantissas, registered, then written. Returns a block
         retired (its last group written)."""
         ctl, w = self.ctl, self.write
-        LG = self.layout.LG
+        P, LG, G = self.layout.P, self.layout.LG, self.layout.G
         out = Signal(data.StructLayout({"valid": 1, "last": 1, "g": len(grp.g), "addr": len(w.addr),
                                         "x": data.ArrayLayout(signed(8), LG)}))
         now = grp.valid & ctl.second
         m.d.sync += [out.valid.eq(now), out.last.eq(grp.last), out.g.eq(grp.g),
                      out.addr.eq(ctl.slot_base + grp.cb)]
         m.d.sync += [out.x[i].eq(round_shift_var(grp.x[i], self.shift)[:8]) for i in range(LG)]
-        m.d.comb += [w.pre.eq(now), w.valid.eq(out.valid), w.addr.eq(out.addr), w.group.eq(out.g),
-                     w.data.eq(out.x)]
-        return out.valid & out.last
+        # a copy of the bytes per lane group, a cycle on, next to that group's columns of ``dat``
+        ctl_d = Signal(data.StructLayout({"valid": 1, "last": 1, "g": len(grp.g), "addr": len(w.addr)}))
+        m.d.sync += [ctl_d.valid.eq(out.valid), ctl_d.last.eq(out.last), ctl_d.g.eq(out.g), ctl_d.addr.eq(out.addr)]
+        copies = replicate(m, out.x, G, "fold_out")
+        m.d.comb += [w.pre.eq(out.valid), w.valid.eq(ctl_d.valid), w.addr.eq(ctl_d.addr), w.group.eq(ctl_d.g)]
+        m.d.comb += [w.data[l].eq(copies[l // LG][(l % LG) * 8:(l % LG + 1) * 8]) for l in range(P)]
+        return ctl_d.valid & ctl_d.last

@@ -16,7 +16,7 @@ from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 __all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "PROJ_TAG", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div",
-           "delay", "key_block_lanes", "lane_group_regions", "Region", "Rows", "Op", "Phase", "EngineLayout",
+           "delay", "key_block_lanes", "lane_group_regions", "lane_group_chain", "Region", "Rows", "Op", "Phase", "EngineLayout",
            "EngineSignature", "CONTROL_MEMBERS"]
 
 EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
@@ -67,6 +67,17 @@ def lane_group_regions(G: int) -> list:
     ``2i`` and ``2i + 1`` at the two ends of block-RAM row ``i % 4``; a region is one end of
     two neighbouring rows, so a region's copy sits between the centre and its two groups."""
     return [g % 2 + 2 * ((g // 2) % 4 // 2) for g in range(G)]
+
+
+def lane_group_chain(G: int) -> list:
+    """The ``G`` lane groups in an order in which each sits next to the one before on the
+    LFE5U-85F floorplan (:func:`lane_group_regions`): the even groups (one end of the block-RAM
+    rows) row by row, then the odd ones (the other end) back. A chain of registers through the
+    groups in this order (hw/engine_fold.py) crosses the die once, not at every step."""
+    def place(g):
+        row, stack = (g // 2) % 4, g // 8
+        return (g % 2, row, stack) if g % 2 == 0 else (g % 2, -row, -stack)
+    return sorted(range(G), key=place)
 
 
 class Region:

@@ -219,5 +219,5 @@ class WriteBack(wiring.Component):
                 m.d.comb += dat_w.data[l].eq(self.copy.data[l])
             if fold:
                 with m.Elif(g.fold):
-                    m.d.comb += dat_w.data[l].eq(self.fold.data[l % L.LG])
+                    m.d.comb += dat_w.data[l].eq(self.fold.data[l])
         return res_hi

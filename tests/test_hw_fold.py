@@ -86,7 +86,8 @@ def test_fold_unit_matches_fold_shift():
             if valid:   # (the row's index: its blocks retired so far, this cycle's not yet)
                 word = written.setdefault(len(retired) // (2 * CB), {}).setdefault(addr, {})
                 for k in range(layout.LG):
-                    word[group * layout.LG + k] = data[k]
+                    if group * layout.LG + k < P:
+                        word[group * layout.LG + k] = data[group * layout.LG + k]
             if retire:
                 retired.append(second)
 
