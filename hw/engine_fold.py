@@ -90,8 +90,10 @@ class FoldUnit(wiring.Component):
     maximum and minimum over all d channels before any is rounded, and keeping a whole
     ``acc`` (d x 32 bits) would cost more than recomputing it. Each pass gives one P-lane block
     of ``acc`` every d_h beats. Rather than P comparators and P shifters, the unit walks the
-    block one lane group (LG lanes) per cycle, G cycles: the MAC's lane outputs hold until its
-    next lane-mode result, d_h >= G cycles later (the engine checks this).
+    block one lane group (LG lanes) per cycle, G cycles: each group's lanes are captured next to
+    the group and passed along a chain of registers through the groups in their order on the
+    die, so no wire gathers the lanes from all over it; the next block comes d_h >= G cycles
+    later (the engine checks this). The rounded bytes go back as a copy per lane group.
 
     * first pass: the group's maximum and minimum (a tree, a register per level), then the
       running maximum and minimum. Padding lanes of a partial block are 0 (the fetch zeroes
