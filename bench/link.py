@@ -218,17 +218,12 @@ def representation_pass_s(backbone: str = "smollm2", repeats: int = 7) -> dict:
     import torch
 
     from hmtx.model.backbone import load_backbone
-    from hmtx.model.defaults import BACKBONE_DEFAULTS, DEFAULT_CHECKPOINT, engine_config
-    from hmtx.model.hmt import HMT, read_checkpoint
+    from hmtx.model.defaults import engine_config, run_sizes
+    from hmtx.model.hmt import HMT
 
     bb = load_backbone(backbone, torch.device("cpu"))
     cfg = engine_config(backbone, bb.d, None)
-    _, seg_len, sensory = BACKBONE_DEFAULTS[backbone]
-    sizes = dict(segment_length=seg_len, sensory=sensory, cache_size=cfg.n_slots, d_h=cfg.d_h)
-    if backbone == "smollm2" and DEFAULT_CHECKPOINT.is_dir():
-        ck, _ = read_checkpoint(str(DEFAULT_CHECKPOINT))
-        sizes.update(segment_length=ck.segment_length, sensory=ck.sensory, summary_length=ck.summary_length)
-    model = HMT.from_backbone(bb, **sizes).eval()
+    model = HMT.from_backbone(bb, **run_sizes(backbone), cache_size=cfg.n_slots, d_h=cfg.d_h).eval()
     j = model.config.j
     ids = torch.randint(0, 1000, (j,), generator=torch.Generator().manual_seed(0))
     h = bb.model.get_input_embeddings()(ids)

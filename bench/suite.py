@@ -127,18 +127,12 @@ def run_suite(opts: Options) -> dict:
     # -- attention heads ----------------------------------------------------------------------
     def attention():
         from hmtx.bench import attention_speed
-        from hmtx.model.defaults import BACKBONE_DEFAULTS, DEFAULT_CHECKPOINT
-        from hmtx.model.hmt import HMTConfig, read_checkpoint
+        from hmtx.model.defaults import run_sizes
+        from hmtx.model.hmt import HMTConfig
 
         cfg = get_config(opts.headline)
         backbone = "tiny" if opts.quick else "smollm2"
-        _, seg_len, sensory = BACKBONE_DEFAULTS[backbone]
-        sizes = dict(segment_length=seg_len, sensory=sensory)
-        if backbone == "smollm2" and DEFAULT_CHECKPOINT.is_dir():
-            # (the sizes `hmtx run` uses: the shipped checkpoint's)
-            ck, _ = read_checkpoint(str(DEFAULT_CHECKPOINT))
-            sizes.update(segment_length=ck.segment_length, sensory=ck.sensory, summary_length=ck.summary_length)
-        hmt_cfg = HMTConfig(backbone=backbone, cache_size=cfg.n_slots, d_h=cfg.d_h, **sizes)
+        hmt_cfg = HMTConfig(backbone=backbone, cache_size=cfg.n_slots, d_h=cfg.d_h, **run_sizes(backbone))
         heads = (4, 2) if opts.quick else (9, 3)        # the backbone's query and KV heads per layer
         dev = (out.get("device") or opts.prior.get("device") or {}).get(cfg.name)
         # (the newest synthesis report, unless this run's recall section read one)

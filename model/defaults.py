@@ -5,7 +5,7 @@ and sensory memory. One place, importable without torch (the command-line parser
 from .paths import REPO
 
 __all__ = ["DEFAULT_TEXT", "DEFAULT_CHECKPOINT", "DEFAULT_RMT_CHECKPOINT", "BACKBONE_DEFAULTS", "BACKBONE_D",
-           "default_checkpoint", "engine_config", "pick_document"]
+           "default_checkpoint", "run_sizes", "engine_config", "pick_document"]
 
 DEFAULT_TEXT = REPO / "data" / "wikitext-2" / "test.txt"
 # The shipped SmolLM2 checkpoints (checkpoints/ at the repository root): HMT, and the RMT baseline
@@ -30,6 +30,20 @@ def default_checkpoint(backbone: str = "smollm2", variant: str = "hmt") -> str |
     if backbone == "smollm2" and (folder / "hmt_config.json").is_file():
         return str(folder)
     return None
+
+
+def run_sizes(backbone: str) -> dict:
+    """The HMT sizes a run of ``backbone`` uses by default: segment length, sensory tokens and
+    summary length of the shipped checkpoint where there is one, else ``BACKBONE_DEFAULTS``'s."""
+    _, seg_len, sensory = BACKBONE_DEFAULTS[backbone]
+    sizes = {"segment_length": seg_len, "sensory": sensory}
+    ckpt = default_checkpoint(backbone)
+    if ckpt is not None:
+        from .hmt import read_checkpoint
+
+        ck, _ = read_checkpoint(ckpt)
+        sizes.update(segment_length=ck.segment_length, sensory=ck.sensory, summary_length=ck.summary_length)
+    return sizes
 
 
 def engine_config(backbone_name: str, d: int, name: str | None):
