@@ -288,7 +288,7 @@ class OperandFetch(wiring.Component):
         L = self.layout
         if L.contract == 2:
             return self._qring(m, dat_q, s1, s1_valid, regions)
-        P, LG, G = L.P, L.LG, L.G
+        P, LG = L.P, L.LG
         QD = L.QD
         qbuf = [[Signal(signed(16), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
                 for w in range(QD)]
@@ -336,7 +336,7 @@ class OperandFetch(wiring.Component):
         owner's writes of S (0..CB-1, snooped, while the engine is idle) and a Q row's words
         (which land before the first score beat takes word 0, hw/engine_sequencer.py)."""
         L = self.layout
-        P, LG, G, QD, AB = L.P, L.LG, L.G, L.QD, L.AB
+        P, LG, QD, AB = L.P, L.LG, L.QD, L.AB
         qbuf = [[Signal(signed(8), name=f"qbuf{w}_{l}", reset_less=True) for l in range(P)]
                 for w in range(QD)]
         q_op = [Signal(signed(8), name=f"q_op{l}", reset_less=True) for l in range(P)]
