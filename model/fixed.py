@@ -36,6 +36,7 @@ __all__ = [
     "quantize_bfp", "dequantize", "quantize_weight", "project", "scores", "softmax",
     "weighted_sum", "attend", "causal_mask", "diag_mask", "recall",
     "row_max", "value_exp_max", "exp_terms", "probabilities", "weight_acc", "finish_weighted_sum",
+    "CARRY_WEIGHTS", "carry_digits", "carry_acc",
     "attend_tiled",
     "FOLD_BITS", "fold_shift", "fold_key", "recall_folded",
 ]
@@ -316,6 +317,39 @@ def weight_acc(p, keep, v, v_exp, big_e) -> np.ndarray:
     align = np.clip(np.where(keep, np.asarray(big_e)[:, None] - np.asarray(v_exp)[None, :], ALIGN_CUTOFF),
                     0, ALIGN_CUTOFF)
     return np.where(keep, round_shift(p, align), 0) @ np.asarray(v, dtype=np.int64)
+
+
+# Pass 3 carries each row's accumulator between key tiles in three signed bytes per element
+# (docs/arithmetic.md section 11): the device stores them in its int8 buffer and adds them back
+# as four extra weighted-sum beats with these weights (a weight is a signed 16-bit operand, so
+# 2^16 is two beats of -2^15 over the negated top byte).
+CARRY_WEIGHTS = (1, 1 << 8, -(1 << 15), -(1 << 15))
+
+
+def _sext8(x):
+    return ((np.asarray(x, dtype=np.int64) + 128) & 255) - 128
+
+
+def carry_digits(acc) -> np.ndarray:
+    """The three bytes ``(d0, d1, e2)`` (int8, last axis) in which pass 3 carries ``acc``:
+    ``d0`` the low byte read as signed, ``d1`` the next byte of ``(acc - d0) / 2^8`` read as
+    signed, ``e2`` the low byte of ``-(acc - d0 - 2^8 d1) / 2^16`` read as signed."""
+    x = np.asarray(acc, dtype=np.int64)
+    d0 = _sext8(x)
+    y1 = (x - d0) >> 8
+    d1 = _sext8(y1)
+    e2 = _sext8(-((y1 - d1) >> 8))
+    return np.stack([d0, d1, e2], axis=-1)
+
+
+def carry_acc(acc) -> np.ndarray:
+    """What a pass-3 accumulator is after a tile boundary: ``sum(CARRY_WEIGHTS . digits)``.
+    It is congruent to ``acc`` modulo 2^24 and equal to it for ``-8,355,968 <= acc <=
+    8,421,247`` (so for ``|acc| <= 2^23 - 2^15``), which holds every true accumulator (the
+    weights of a row sum to about 2^15, so ``|acc| < 2^22 + 2^16``); only a host sending a
+    wrong m, E or sum can see it wrap."""
+    d = carry_digits(acc)
+    return d[..., 0] + (d[..., 1] << 8) + 2 * CARRY_WEIGHTS[2] * d[..., 2]
 
 
 def finish_weighted_sum(acc, big_e) -> tuple[np.ndarray, np.ndarray]:

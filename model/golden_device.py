@@ -22,7 +22,7 @@ from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 from .protocol import (
-    ATTN_FLAGS_MASK, ATTN_NONE_E, ATTN_NONE_M, ATTN_TOTAL_LIMIT, COMPUTE_OPS, RECALL_FLAGS_MASK, RECALL_PROBS,
+    ATTN_FLAGS_MASK, ATTN_NONE_E, ATTN_NONE_M, ATTN_TOTAL_LIMIT, ATTN_TOTAL_MIN, COMPUTE_OPS, RECALL_FLAGS_MASK, RECALL_PROBS,
     SHIFT_MAX, CacheStatus, Cycles, FrameDecoder, Info, Op, Status, attention_length, attn_pass_length, crc8,
     encode_response, load_weights_length, ops_of, pack_attention_rsp, pack_attn_pass_rsp, pack_cycles, pack_info,
     pack_recall, pack_slot, pack_status, pack_write, recall_lengths, unpack_attn_pass,
@@ -284,7 +284,7 @@ class GoldenDevice:
         if a.pass_ == 3:
             v = self._rows(*a.v)
             if ((a.big_e < fixed.EXP_MIN).any() or (a.big_e > fixed.EXP_MAX).any()
-                    or (a.total < 1).any() or (a.total >= ATTN_TOTAL_LIMIT).any()):
+                    or (a.total < ATTN_TOTAL_MIN).any() or (a.total >= ATTN_TOTAL_LIMIT).any()):
                 raise _Reject(Status.BAD_ARG)
             if not a.first and (acc is None or acc.shape[0] != a.n_q):
                 raise _Reject(Status.BAD_ARG)      # no open accumulators to continue
@@ -307,7 +307,7 @@ class GoldenDevice:
         part = fixed.weight_acc(fixed.probabilities(e, a.total), keep, v[0], v[1], a.big_e)
         acc = part if a.first else acc + part
         if not a.last:
-            self.acc = acc
+            self.acc = fixed.carry_acc(acc)      # (three signed bytes per element on the chip)
             return b"", self._ideal(2 * scored)
         out, oe = fixed.finish_weighted_sum(acc, a.big_e)
         return pack_attn_pass_rsp(3, out_mant=out.astype(np.int16), out_exp=oe), self._ideal(2 * scored)

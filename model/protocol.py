@@ -29,7 +29,7 @@ __all__ = [
     "pack_attention_rsp", "load_weights_length", "attention_length",
     "GATEWARE_VERSIONS", "ATTN_PASS_SINCE", "takes_attn_pass", "ops_of", "ATTN_CAUSAL", "ATTN_Q", "ATTN_FIRST",
     "ATTN_LAST", "ATTN_FLAGS_MASK", "ATTN_PASS_SHIFT", "ATTN_PASS_MASK", "ATTN_NONE_M", "ATTN_NONE_E",
-    "ATTN_TOTAL_LIMIT", "AttnPass", "pack_attn_pass", "attn_pass_length", "unpack_attn_pass",
+    "ATTN_TOTAL_MIN", "ATTN_TOTAL_LIMIT", "AttnPass", "pack_attn_pass", "attn_pass_length", "unpack_attn_pass",
     "pack_attn_pass_rsp", "attn_pass_rsp_length", "unpack_attn_pass_rsp",
     "RECALL_FLAGS_SINCE", "RECALL_PROBS", "RECALL_FLAGS_MASK", "takes_recall_flags", "pack_recall_cmd",
     "recall_lengths", "recall_response_length",
@@ -70,7 +70,9 @@ ATTN_FIRST = 0x10            # bit 4, pass 3: start the accumulators at zero
 ATTN_LAST = 0x20             # bit 5, pass 3: finish and send the output rows
 ATTN_FLAGS_MASK = 0x3F       # bits 6-7 reserved: BAD_ARG
 ATTN_NONE_M, ATTN_NONE_E = -(1 << 31), -128    # pass 1's answer for a row that keeps no key of the tile
-ATTN_TOTAL_LIMIT = 1 << 25   # pass 3's sum must be in [1, 2^25): the reciprocal's domain
+# pass 3's sum must be in [2^15, 2^25): the reciprocal's domain. A true sum is at least 2^15 =
+# exp2_lut()[0], the term of the row's largest score; the engine's divider starts there.
+ATTN_TOTAL_MIN, ATTN_TOTAL_LIMIT = int(fixed.exp2_lut()[0]), 1 << 25
 _ATTN_SCALARS = {1: 0, 2: 4, 3: 9}             # bytes per query row sent in the header, per pass
 
 # The engines a device can be built with (hw/top.py): "lanes", hw/engine.py's P MAC lanes, and
@@ -524,7 +526,7 @@ def pack_attn_pass(pass_: int, k_mant, k_exp, *, q=None, v_mant=None, v_exp=None
             out += mm.astype("<i4").tobytes()
         else:
             ee = _int_vec("E", np.asarray(_to_numpy(big_e)).reshape(-1), fixed.EXP_MIN, fixed.EXP_MAX)
-            tt = _int_vec("total", np.asarray(_to_numpy(total)).reshape(-1), 1, ATTN_TOTAL_LIMIT - 1)
+            tt = _int_vec("total", np.asarray(_to_numpy(total)).reshape(-1), ATTN_TOTAL_MIN, ATTN_TOTAL_LIMIT - 1)
             if ee.shape[0] != n_q or tt.shape[0] != n_q:
                 raise ValueError(f"ATTN_PASS: E and total need one value per query row ({n_q})")
             out += b"".join(struct.pack("<ibI", int(a), int(b), int(c)) for a, b, c in zip(mm, ee, tt))

@@ -54,7 +54,7 @@ def test_versions_and_lengths():
     for pass_, kw, want in (
             (1, dict(q=q, v_exp=v[1]), 5 + 3 * (1 + hd) + 5 * (1 + hd) + 5),
             (2, dict(n_q=3, m=[1, 2, 3]), 5 + 3 * 4 + 5 * (1 + hd)),
-            (3, dict(n_q=3, m=[1, 2, 3], big_e=[0, 0, 0], total=[1, 2, 3], v_mant=v[0], v_exp=v[1]),
+            (3, dict(n_q=3, m=[1, 2, 3], big_e=[0, 0, 0], total=[1 << 15, 40000, (1 << 25) - 1], v_mant=v[0], v_exp=v[1]),
              5 + 3 * 9 + 10 * (1 + hd))):
         payload = P.pack_attn_pass(pass_, *k, **kw)
         assert len(payload) == want
@@ -65,7 +65,7 @@ def test_versions_and_lengths():
     with pytest.raises(ValueError, match="first and last"):
         P.pack_attn_pass(1, *k, q=q, v_exp=v[1], first=True)
     with pytest.raises(ValueError, match="total"):
-        P.pack_attn_pass(3, *k, n_q=3, m=[0] * 3, big_e=[0] * 3, total=[0, 1, 1], v_mant=v[0], v_exp=v[1])
+        P.pack_attn_pass(3, *k, n_q=3, m=[0] * 3, big_e=[0] * 3, total=[1 << 15, (1 << 15) - 1, 1 << 15], v_mant=v[0], v_exp=v[1])
 
 
 @pytest.mark.parametrize("n_q,n_k,causal", [(1, 1, True), (5, 19, True), (13, 13, True), (7, 30, False),
@@ -127,7 +127,7 @@ def test_errors_are_bad_arg_and_change_nothing_else():
             assert frame(g, chunk, P.Op.LOAD_WEIGHTS)[0] == P.Status.OK
     assert frame(g, P.pack_vector_cmd(np.full(CFG.d, 3), 0, CFG.d), P.Op.WRITE_MEMORY)[0] == P.Status.OK
     st0 = frame(g, b"", P.Op.STATUS)
-    p3 = dict(n_q=3, m=[0] * 3, big_e=[0] * 3, total=[100] * 3, v_mant=v[0], v_exp=v[1])
+    p3 = dict(n_q=3, m=[0] * 3, big_e=[0] * 3, total=[1 << 15] * 3, v_mant=v[0], v_exp=v[1])
     good1 = P.pack_attn_pass(1, *k, q=q, v_exp=v[1])
 
     def bad(payload, why):
@@ -153,6 +153,8 @@ def test_errors_are_bad_arg_and_change_nothing_else():
     raw = bytearray(P.pack_attn_pass(3, *k, first=True, **p3))
     raw[5 + 4:5 + 9] = b"\0" + (0).to_bytes(4, "little")          # row 0: total 0
     bad(bytes(raw), "total 0")
+    raw[5 + 5:5 + 9] = ((1 << 15) - 1).to_bytes(4, "little")       # below the least true sum
+    bad(bytes(raw), "total below 2^15")
     # The held Q rows end with any other compute op, e.g. a RECALL.
     assert frame(g, good1)[0] == P.Status.OK
     assert frame(g, b"", P.Op.CYCLES)[0] == P.Status.OK            # read-only ops keep them
@@ -242,3 +244,19 @@ def test_run_refuses_offload_on_a_device_without_attn_pass(model, ids):
         run_document(model, ids, device(cfg=cfg), cfg, 1, offload_attention="1")
     with pytest.raises(ValueError, match="outside"):
         run_document(model, ids, device(cfg=RUN_CFG), RUN_CFG, 1, offload_attention="7")
+
+
+def test_carried_accumulator_is_exact_for_true_rows_and_wraps_mod_2_24():
+    # pass 3 carries acc between tiles as three signed bytes (fixed.carry_digits), added back
+    # with fixed.CARRY_WEIGHTS: every byte an int8, exact over the range of true accumulators
+    x = np.concatenate([np.arange(-(1 << 24) - 300, -(1 << 24) + 300), np.arange(-70000, 70000),
+                        np.random.default_rng(SEED).integers(-(1 << 30), 1 << 30, 100000),
+                        np.arange((1 << 23) - 300, (1 << 23) + 300)])
+    d = F.carry_digits(x)
+    assert d.min() >= -128 and d.max() <= 127
+    again = sum(w * d[:, i] for i, w in enumerate(F.CARRY_WEIGHTS[:2])) + 2 * F.CARRY_WEIGHTS[2] * d[:, 2]
+    assert (again == F.carry_acc(x)).all()
+    assert ((F.carry_acc(x) - x) % (1 << 24) == 0).all()
+    near = np.abs(x) <= (1 << 23) - (1 << 15)
+    assert (F.carry_acc(x)[near] == x[near]).all()
+    assert not (F.carry_acc(x) == x).all()          # outside the range it does wrap
