@@ -17,7 +17,7 @@ from hmtx.model.configs import EngineConfig
 
 __all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "PROJ_TAG", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div",
            "delay", "key_block_lanes", "lane_group_regions", "lane_group_chain", "Region", "Rows", "Op", "Phase", "EngineLayout",
-           "EngineSignature", "CONTROL_MEMBERS"]
+           "EngineSignature", "CONTROL_MEMBERS", "row_scalars_layout", "ROW_SCALAR_BYTES"]
 
 EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
 SHIFT_W = 5         # projection shifts 0..31 (protocol SHIFT_MAX)
@@ -122,6 +122,7 @@ class Op(enum.IntEnum, shape=2):
     WRITE = 0
     RECALL = 1
     ATTENTION = 2
+    ATTN_PASS = 3       # one pass of long attention rows over a key tile (protocol 1.3 / 2.2)
 
 
 class Phase(enum.Enum, shape=3):
@@ -213,6 +214,17 @@ class EngineLayout:
         return (word // 2) * self.P + 2 * B * (k // B) + B * (word % 2) + k % B
 
 
+# ATTN_PASS's per-row scalars as the frame carries them (pass 2: m; pass 3: m, E, sum), bytes
+# 0..3 m (little-endian), 4 E, 5..8 sum (docs/protocol.md section 10)
+ROW_SCALAR_BYTES = 9
+
+
+def row_scalars_layout():
+    """One query row's scalars of ATTN_PASS: what the host sends (pass 2: m; pass 3: m, E, sum)
+    and what the engine answers (pass 1: m, E; pass 2: sum)."""
+    return data.StructLayout({"m": signed(32), "e": signed(8), "sum": unsigned(32)})
+
+
 class EngineSignature(wiring.Signature):
     """The engine as the command processor (hw/top.py) sees it, either kind: the operation and
     its operands, busy/done, and -- while idle -- the owner's writes of the input buffer, the
@@ -223,7 +235,16 @@ class EngineSignature(wiring.Signature):
     before any logic looks at it); ``rd_pm_data``, ``rd_mexp_data``, ``rd_kexp_data`` come one
     cycle after their address (synchronous reads); ``rd_oexp_data`` in the same cycle. (The
     owner reads ``dat`` and ``key`` through the engine's own read ports: a second read port
-    would make Yosys duplicate these block RAMs.)"""
+    would make Yosys duplicate these block RAMs.)
+
+    ATTN_PASS (``op`` = :attr:`Op.ATTN_PASS`; an engine without it leaves these unconnected and
+    the top never starts it): ``apass`` the pass (1..3), ``afirst``/``alast`` pass 3's flags,
+    ``diag`` (with ``causal``: query a keeps key b iff ``b <= a + diag``), ``n_q``/``n_keys`` as
+    for ATTENTION. The per-row scalars are written by the owner a byte at a time as the frame
+    carries them (``wr_rs_*``: row, byte 0..8 of :data:`ROW_SCALAR_BYTES`) and read back one cycle
+    after ``rd_rs_addr`` (``rd_rs_data``, :func:`row_scalars_layout`): pass 1 leaves each row's m
+    and E there, pass 2 its sum; pass 3 with ``alast`` leaves the output rows where ATTENTION
+    does."""
 
     def __init__(self, layout: EngineLayout):
         c, P = layout.config, layout.P
@@ -247,6 +268,10 @@ class EngineSignature(wiring.Signature):
             "rd_mexp_addr": In(range(c.n_slots)), "rd_mexp_data": Out(signed(8)),
             "rd_kexp_addr": In(range(c.n_slots)), "rd_kexp_data": Out(signed(EXP_W)),
             "rd_oexp_addr": In(range(c.max_queries)), "rd_oexp_data": Out(signed(EXP_W)),
+            "apass": In(2), "afirst": In(1), "alast": In(1), "diag": In(signed(16)),
+            "wr_rs_addr": In(range(c.max_queries)), "wr_rs_byte": In(range(ROW_SCALAR_BYTES)),
+            "wr_rs_data": In(8), "wr_rs_en": In(1),
+            "rd_rs_addr": In(range(c.max_queries)), "rd_rs_data": Out(row_scalars_layout()),
         })
 
 
