@@ -141,7 +141,7 @@ class EngineLayout:
     the buffers in ``dat`` and the key words' lane layout. :class:`~hmtx.hw.engine.Engine` and
     :class:`~hmtx.hw.serial_engine.SerialEngine` share it, so either serves the same top."""
 
-    def _set_layout(self, c: EngineConfig, contract: int = 1):
+    def _set_layout(self, c: EngineConfig, contract: int = 1, attn_pass: bool = True):
         if contract not in (1, 2):
             raise ValueError(f"contract must be 1 or 2, got {contract!r}")
         self.config, self.contract = c, contract
@@ -173,7 +173,12 @@ class EngineLayout:
         self.vin_depth = max(self.CB, self.ROWS * self.AB)
         self.out_words = max(self.CB, c.max_queries * self.AB)
         self.out_base = self.vin_depth + (self.vin_depth & 1)   # even: a result's high-byte word is base | 1
-        self.mem_base = self.vin_depth + 2 * self.out_words
+        # ATTN_PASS's pass 3 carries each row's accumulators between key tiles as three int8
+        # words per block (fixed.carry_digits): word part_base + 3*(row*AB + blk) + k (an engine
+        # without ATTN_PASS, ``attn_pass=False``, has no such region)
+        self.attn_pass = attn_pass
+        self.part_base = self.out_base + 2 * self.out_words
+        self.mem_base = self.part_base + (3 * c.max_queries * self.AB if attn_pass else 0)
         # contract 2: the folded keys K'_i (BFP8 like M_i, word kf_base + i*CB + cb) after the M ring
         self.kf_base = self.mem_base + c.n_slots * self.CB
         self.dat_depth = self.kf_base + (c.n_slots * self.CB if contract == 2 else 0)

@@ -87,7 +87,7 @@ class SerialEngine(EngineLayout, wiring.Component):
     def __init__(self, config: EngineConfig, contract: int = 1):
         if not isinstance(config, EngineConfig):
             raise ValueError(f"SerialEngine needs an EngineConfig, got {type(config).__name__}")
-        self._set_layout(config, contract)
+        self._set_layout(config, contract, attn_pass=False)     # (no ATTN_PASS: up5k has no room)
         c, P = config, self.P
         i8 = data.ArrayLayout(signed(8), P)
         # (no read needs a write's data in the same cycle: see Engine)
