@@ -13,7 +13,8 @@ RECALL and ATTENTION), bit-exact with ``hmtx.model.fixed``.
 * :class:`~hmtx.hw.engine_writeback.WriteBack` -- projection and weighted-sum results into
   ``key``/``qbuf``/``dat``, WRITE's copy of M_i, the owner's writes of ``dat``;
 * :class:`~hmtx.hw.engine_exponents.ExponentTables` -- ``vexp``, ``mexp``, ``kexp``, ``oexp``;
-* :class:`~hmtx.hw.engine_fold.FoldUnit` -- contract 2 only: the folded keys K'_i = W_q K_i.
+* :class:`~hmtx.hw.engine_fold.FoldUnit` -- contract 2 only: the folded keys K'_i = W_q K_i;
+* :class:`~hmtx.hw.engine_rows.RowScalars` -- ATTN_PASS's per-row m, E and sum.
 
 The layout every engine shares (:class:`EngineLayout`, :class:`Op`, :func:`delay`, ...) is in
 ``hw/engine_layout.py`` and re-exported here.
@@ -29,6 +30,7 @@ from hmtx.model.configs import EngineConfig
 from .engine_exponents import ExponentTables
 from .engine_fetch import OperandFetch
 from .engine_fold import FoldUnit
+from .engine_rows import RowScalars
 from .engine_layout import (ADDR_REGS, CONTROL_MEMBERS, EXP_W, MASK_W, SHIFT_W, TAG_BITS, W_ROW_DEPTH,
                             EngineLayout, EngineSignature, Op, Phase, Region, Rows, ceil_div, delay,
                             key_block_lanes, lane_group_regions)
@@ -124,6 +126,7 @@ class Engine(EngineLayout, wiring.Component):
         "exps": ("wq_exp", "wk_exp", "wq_shift", "wk_shift", "wr_vexp_addr", "wr_vexp_data", "wr_vexp_en",
                  "rd_mexp_addr", "rd_mexp_data", "rd_kexp_addr", "rd_kexp_data",
                  "rd_oexp_addr", "rd_oexp_data"),
+        "rows": ("wr_rs_addr", "wr_rs_byte", "wr_rs_data", "wr_rs_en", "rd_rs_addr", "rd_rs_data"),
     }
 
     def __init__(self, config: EngineConfig, w_row_depth: int = W_ROW_DEPTH, contract: int = 1):
@@ -184,6 +187,7 @@ class Engine(EngineLayout, wiring.Component):
                                   w_wr=[p.signature for p in self._w_w], w_row_depth=w_row_depth)
         self.score = ScoreUnit(self)
         self.writeback = WriteBack(self, dat_wr=self._dat_w.signature, key_wr=sig(self._key_w))
+        self.rows = RowScalars(self)
         if contract == 2:
             self.fold = FoldUnit(self)
         # the units' memories, for testbenches
@@ -204,7 +208,7 @@ class Engine(EngineLayout, wiring.Component):
         m.submodules.mac = mac = MacArray(self.P, tag_bits=TAG_BITS, group_lanes=self.LG)
         seq, fetch, score, softmax, wb, exps = (self.sequencer, self.fetch, self.score, self.softmax,
                                                  self.writeback, self.exps)
-        units = ("sequencer", "exps", "fetch", "score", "softmax", "writeback")
+        units = ("sequencer", "exps", "fetch", "score", "softmax", "writeback", "rows")
         for name in units + (("fold",) if self.contract == 2 else ()):
             m.submodules[name] = getattr(self, name)
         self._forward_owner(m)
@@ -220,6 +224,11 @@ class Engine(EngineLayout, wiring.Component):
         wiring.connect(m, seq.score, score.ctl)
         wiring.connect(m, seq.softmax, softmax.ctl)
         wiring.connect(m, seq.exps, exps.ctl)
+        wiring.connect(m, seq.rows, self.rows.ctl)
+        # ATTN_PASS: pass 1 and 2 store the row's maximum, E, sum; passes 2 and 3 take the host's
+        m.d.comb += [self.rows.busy.eq(seq.busy), self.rows.score_max.eq(score.scores.max),
+                     self.rows.big_e.eq(softmax.exps.big_e), self.rows.exp_sum.eq(softmax.exp_sum),
+                     softmax.row.eq(self.rows.cur)]
 
         wiring.connect(m, fetch.dat_rd, self._dat_r)
         if self.key is not None:

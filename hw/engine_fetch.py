@@ -2,7 +2,7 @@
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,10 +23,12 @@ def beat_layout(layout):
     ``phase`` picks the lanes' operands, ``lim`` the lanes that take part (the rest multiply
     0: a partial last block), ``qaddr`` the word of ``qbuf``, ``qhi`` the half of it that a
     recall's key word holds (:meth:`~hmtx.hw.engine_layout.EngineLayout.key_place`), ``zero``
-    a weight of 0 (a single key's second beat); ``copy``: the beat's ``dat`` word is also
-    written to ``copy_addr`` (WRITE's copy of M_i into its slot)."""
+    a weight of 0 (a single key's second beat); ``wconst`` a constant weight instead of
+    ``wm``'s: 1, 2, 3 for ``fixed.CARRY_WEIGHTS`` 1, 2^8, -2^15 (ATTN_PASS's carried
+    accumulator); ``copy``: the beat's ``dat`` word is also written to ``copy_addr`` (WRITE's
+    copy of M_i into its slot)."""
     return data.StructLayout({
-        "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1, "qhi": 1,
+        "first": 1, "last": 1, "lane_mode": 1, "copy": 1, "zero": 1, "qhi": 1, "wconst": 2,
         "qaddr": range(max(layout.QD, 2)),
         "lim": range(layout.P + 1), "tag": TAG_BITS, "phase": Phase, "copy_addr": 24,
     })
@@ -190,7 +192,7 @@ class OperandFetch(wiring.Component):
         s1, s2, s3, s4 = s_taps[ADDR_REGS:]
         sv = delay(m, ctl.beat.valid, ADDR_REGS + 4, "s_valid", reset_less=False)
         s1_valid, s2_valid, s4_valid = sv[ADDR_REGS], sv[ADDR_REGS + 1], sv[ADDR_REGS + 3]
-        rd = self._read(m)
+        rd = self._read(m, s1)
         m.d.comb += [self.copy.s1.eq(s1_valid & s1.copy), self.copy.s2.eq(s2_valid & s2.copy),
                      self.copy.addr.eq(s2.copy_addr), self.copy.data.eq(rd.dat_q)]
         # stages 3 and 4
@@ -235,7 +237,7 @@ class OperandFetch(wiring.Component):
         self._w_writes(m)
         return m
 
-    def _read(self, m):
+    def _read(self, m, s1):
         """The read addresses through ``ADDR_REGS`` registers to the block RAMs, and their
         outputs registered (stage 2). Returns the stage-2 registers (``dat_q``, ``key_q``,
         ``wm_q``, ``w_row_q``) and the taps of the row select of ``w`` (``w_row_sel``)."""
@@ -251,7 +253,10 @@ class OperandFetch(wiring.Component):
         rd.wm_q = Signal.like(self.wm_rd.data, reset_less=True, name="wm_q")
         rd.w_row_q = [Signal.like(port.data, reset_less=True, name=f"w_row{r}_q")
                       for r, port in enumerate(self.w_rd)]
-        m.d.sync += [rd.dat_q.eq(self.dat_rd.data), rd.wm_q.eq(self.wm_rd.data)]
+        # (a carry beat's constant weight replaces wm's word here, before it is copied per group)
+        wconst = Array(Const(w & 0xFFFF, 16) for w in (0, *fixed.CARRY_WEIGHTS[:3]))
+        m.d.sync += [rd.dat_q.eq(self.dat_rd.data),
+                     rd.wm_q.eq(Mux(s1.wconst == 0, self.wm_rd.data, wconst[s1.wconst]))]
         if self.layout.contract == 1:
             rd.key_q = Signal.like(self.key_rd.data, reset_less=True, name="key_q")
             m.d.comb += self.key_rd.addr.eq(addr_r[2])

@@ -283,4 +283,4 @@ class EngineSignature(wiring.Signature):
 # The members of EngineSignature that the lane engine's sequencer serves itself (the rest reach the
 # memories' owners: the write-back, the exponent tables, the softmax).
 CONTROL_MEMBERS = ("start", "op", "slot", "n_keys", "n_q", "causal", "busy", "done", "rd_dat_addr",
-                   "rd_key_addr")
+                   "rd_key_addr", "apass", "afirst", "alast", "diag")

@@ -23,8 +23,9 @@ class ScoreControlSignature(wiring.Signature):
     attn : Out(1)
         ATTENTION (the head's score scale, and value exponents from ``vexp``).
     causal : Out(1)
-        ATTENTION with a causal mask: key b counts towards the maximum iff ``b <= keep_lim``.
-    keep_lim : Out(signed(12))
+        ATTENTION or ATTN_PASS with a causal mask: key b counts towards the maximum iff
+        ``b <= keep_lim`` (the row plus the diagonal).
+    keep_lim : Out(signed(18))
     clear : Out(1)
         Start a new maximum (the cycle before the first score beat).
     retire : In(1)
@@ -32,7 +33,7 @@ class ScoreControlSignature(wiring.Signature):
     """
 
     def __init__(self):
-        super().__init__({"attn": Out(1), "causal": Out(1), "keep_lim": Out(signed(12)),
+        super().__init__({"attn": Out(1), "causal": Out(1), "keep_lim": Out(signed(18)),
                           "clear": Out(1), "retire": In(1)})
 
 

@@ -11,6 +11,7 @@ from .engine_exponents import ExponentControlSignature
 from .engine_fetch import FetchControlSignature
 from .engine_fold import FoldControlSignature
 from .engine_layout import CONTROL_MEMBERS, EngineSignature, Op, Phase
+from .engine_rows import RowControlSignature
 from .engine_score import ScoreControlSignature
 from .engine_softmax import SoftmaxControlSignature
 from .engine_writeback import WriteBackControlSignature
@@ -34,6 +35,8 @@ class SequencerSignature(wiring.Signature):
     score : Out(ScoreControlSignature())
     softmax : Out(SoftmaxControlSignature())
     exps : Out(ExponentControlSignature(layout))
+    rows : Out(RowControlSignature(layout))
+        ATTN_PASS's per-row scalars.
     fold : Out(FoldControlSignature(layout))
         Contract 2 only.
     """
@@ -48,6 +51,7 @@ class SequencerSignature(wiring.Signature):
             "score": Out(ScoreControlSignature()),
             "softmax": Out(SoftmaxControlSignature()),
             "exps": Out(ExponentControlSignature(layout)),
+            "rows": Out(RowControlSignature(layout)),
             **({"fold": Out(FoldControlSignature(layout))} if layout.contract == 2 else {}),
         })
 
@@ -133,7 +137,17 @@ class Sequencer(wiring.Component):
         r.n_keys = Signal.like(self.n_keys)
         r.n_q = Signal.like(self.n_q)
         r.causal = Signal()
-        r.attn = r.op == Op.ATTENTION
+        r.attn = r.op[1]                            # ATTENTION or ATTN_PASS (Op 2, 3)
+        # ATTN_PASS: the pass (p1, p2, p3 one-hot), ext: m (and in pass 3 E and the sum) come
+        # from the row scalars; cont: pass 3 adds the carried accumulators (not first); carry:
+        # pass 3 stores them (not last). All latched at start.
+        r.p1, r.p2, r.p3, r.ext, r.cont, r.carry = (Signal(name=n) for n in
+                                                     ("p1", "p2", "p3", "ext", "cont", "carry"))
+        r.off = Signal(3)                           # the weighted sum's carry beats per block: 0 or 4
+        r.zfrom = Signal(16)                        # its beats from here on have weight 0
+        r.wlast = Signal(16)                        # its last beat per block
+        r.pbase = Signal(24)                        # the carried words of the current row and block
+        r.diag = Signal(signed(16))
         r.c2 = L.contract == 2
         # the scores' keys are in ``dat``: ATTENTION's K rows, or contract 2's folded keys
         r.kdat = r.attn | (r.op == Op.RECALL) if r.c2 else r.attn
@@ -144,7 +158,7 @@ class Sequencer(wiring.Component):
         r.a = Signal(range(c.max_queries + 1))      # current query row (attention); 0 for recall
         r.a_more = Signal()                         # a + 1 < n_q (registered beside a)
         r.single = Signal()                         # n_keys == 1 (latched with it)
-        r.keep_lim = Signal(signed(12))             # causal: key b is attended iff b <= a + n_k - n_q
+        r.keep_lim = Signal(signed(18))             # causal: key b is attended iff b <= a + diag
         # counters
         r.outer = Signal(16)
         r.inner = Signal(16)
@@ -184,7 +198,8 @@ class Sequencer(wiring.Component):
         m.d.comb += [self.fetch.attn.eq(r.kdat), self.score.attn.eq(r.attn), self.exps.attn.eq(r.attn),
                      self.score.causal.eq(r.attn & r.causal), self.score.keep_lim.eq(r.keep_lim),
                      self.writeback.write.eq(r.op == Op.WRITE), self.writeback.kslot_base.eq(r.kslot_base),
-                     self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.kc.idx)]
+                     self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.kc.idx),
+                     self.rows.row.eq(r.a), self.softmax.ext.eq(r.ext), self.writeback.carry.eq(r.carry)]
         if r.c2:
             m.d.comb += [self.fold.second.eq(r.second), self.fold.slot_base.eq(r.fslot_base),
                          self.fetch.q_row.eq(r.attn)]
@@ -215,9 +230,10 @@ class Sequencer(wiring.Component):
             m.d.comb += [self.fetch.dat_addr.eq(self.rd_dat_addr), self.fetch.key_addr.eq(self.rd_key_addr)]
             with m.If(self.start):
                 m.d.sync += [r.op.eq(self.op), r.slot.eq(self.slot), r.n_keys.eq(self.n_keys),
-                             r.n_q.eq(self.n_q), r.causal.eq(self.causal & (self.op == Op.ATTENTION)),
+                             r.n_q.eq(self.n_q), r.causal.eq(self.causal & self.op[1]),
                              r.a.eq(0), r.a_more.eq(self.n_q > 1), r.single.eq(self.n_keys == 1)]
-                with m.If(self.op == Op.ATTENTION):
+                self._latch_pass(m, r)
+                with m.If(self.op[1]):
                     m.next = "ROW"
                 if r.c2:
                     # contract 2's RECALL finds S in qbuf (the fetch copied it there as the owner
@@ -227,6 +243,22 @@ class Sequencer(wiring.Component):
                         m.next = "SCORE"
                 with m.Else():
                     m.next = "PROJ_START"
+
+    def _latch_pass(self, m, r):
+        """At start: ATTN_PASS's pass and flags, the causal diagonal (ATTENTION's is n_k - n_q),
+        and the weighted sum's beats per block: the keys, after 4 beats that add the carried
+        accumulator back (pass 3 but the first), and at least 2 (a result word is written in two
+        cycles) or 3 (carried: three) -- the extra beats of weight 0."""
+        ap = self.op == Op.ATTN_PASS
+        p = [ap & (self.apass == k) for k in (1, 2, 3)]
+        cont, carry = p[2] & ~self.afirst, p[2] & ~self.alast
+        n = self.n_keys
+        least = Mux(carry, 3, 2)
+        m.d.sync += [r.p1.eq(p[0]), r.p2.eq(p[1]), r.p3.eq(p[2]), r.ext.eq(p[1] | p[2]),
+                     r.cont.eq(cont), r.carry.eq(carry), r.off.eq(Mux(cont, 4, 0)),
+                     r.zfrom.eq(Mux(cont, n + 4, n)),
+                     r.wlast.eq(Mux(cont, n + 3, Mux(n < least, least - 1, n - 1))),
+                     r.diag.eq(Mux(ap, self.diag, self.n_keys - self.n_q))]
 
     def _projection(self, m, r):
         """PROJ: beat (j, cb), S/M block cb against W[., j] block cb; the tag is the result's
@@ -299,7 +331,7 @@ class Sequencer(wiring.Component):
         rows through the one port of ``dat`` while Q comes from ``qbuf`` as in a recall)."""
         AB = self.layout.AB
         with m.State("ROW"):
-            m.d.sync += [r.keep_lim.eq(r.a + r.n_keys - r.n_q),
+            m.d.sync += [r.keep_lim.eq(r.a + r.diag),
                          r.base_o.eq(r.a * AB), r.inner.eq(0), r.issuing.eq(1)]
             m.next = "QLOAD"
         with m.State("QLOAD"):
@@ -391,10 +423,15 @@ class Sequencer(wiring.Component):
             with m.If(kc.on):
                 key_pass(sm.exp)
             with m.Elif(r.pending_zero):
-                m.d.comb += sm.div.eq(1)
-                if r.c2:
-                    m.d.sync += kc.idx.eq(0)
-                m.next = "DIV"
+                with m.If(r.p1 | r.p2):
+                    # ATTN_PASS pass 1 / 2: the row's m and E, or its sum, is the answer
+                    m.d.comb += [self.rows.store_max.eq(r.p1), self.rows.store_sum.eq(r.p2)]
+                    self._next_row(m, r)
+                with m.Else():
+                    m.d.comb += sm.div.eq(1)
+                    if r.c2:
+                        m.d.sync += kc.idx.eq(0)
+                    m.next = "DIV"
         with m.State("DIV"):
             with m.If(sm.div_done):
                 m.d.sync += kc.on.eq(1)
@@ -435,9 +472,11 @@ class Sequencer(wiring.Component):
         L = self.layout
         c, AB = L.config, L.AB
         m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(Mux(r.attn, AB - 1, L.CB - 1)),
-                     r.inner_last.eq(Mux(r.single, 1, r.n_keys - 1)), r.base_o.eq(0),
+                     r.inner_last.eq(r.wlast), r.base_o.eq(0),
                      r.base_i.eq(Mux(r.attn, (c.max_queries + c.max_keys) * AB, L.mem_base)),
                      r.issuing.eq(1), self.phase.eq(Phase.WSUM)]
+        if L.attn_pass:
+            m.d.sync += r.pbase.eq(L.part_base + 3 * AB * r.a)
 
     def _weighted_sum(self, m, r):
         """WSUM: beat (blk, b), lane l accumulates w_b * V_b[blk*P + l]; then the row's output
@@ -449,16 +488,26 @@ class Sequencer(wiring.Component):
                 with m.If(r.kc.on):     # (the probability pass, ahead of the beats)
                     self._pass_key(m, r, self.softmax.prob)
             with m.If(r.issuing):
-                m.d.comb += [self.fetch.wm_addr.eq(r.inner), self.fetch.dat_addr.eq(r.base_i + r.outer),
+                # ATTN_PASS pass 3 but the first: 4 beats per block add the carried accumulator
+                # back, its words (d0, d1, e2, e2) by fixed.CARRY_WEIGHTS (the fetch's ``wconst``)
+                key_beat = r.inner >= r.off
+                carry_word = Mux(r.inner[1], 2, r.inner[0])
+                m.d.comb += [self.fetch.wm_addr.eq(r.inner - r.off),
+                             self.fetch.dat_addr.eq(Mux(key_beat, r.base_i + r.outer, r.pbase + carry_word)),
                              r.inc.eq(r.inner == r.inner_last)]
-                self._beat(m, r, lane_mode=1, lim=L.P, phase=Phase.WSUM, zero=r.single & ~(r.inner == 0),
-                           tag=r.a * AB + r.outer)
-                self._advance(m, r, [r.base_i.eq(Mux(r.attn, (c.max_queries + c.max_keys) * AB, L.mem_base))],
-                              [r.base_i.eq(r.base_i + Mux(r.single, 0, Mux(r.attn, AB, CB)))])
+                self._beat(m, r, lane_mode=1, lim=L.P, phase=Phase.WSUM, zero=r.inner >= r.zfrom,
+                           wconst=Mux(key_beat, 0, Mux(r.inner[1], 3, r.inner[0] + 1)), tag=r.a * AB + r.outer)
+                self._advance(m, r, [r.base_i.eq(Mux(r.attn, (c.max_queries + c.max_keys) * AB, L.mem_base)),
+                                     r.pbase.eq(r.pbase + 3)],
+                              [r.base_i.eq(r.base_i + Mux(r.single | ~key_beat, 0, Mux(r.attn, AB, CB)))])
             with m.Elif(r.pending_zero):
                 m.d.comb += self.exps.row_done.eq(1)
-                with m.If(r.attn & r.a_more):
-                    m.d.sync += [r.a.eq(r.a + 1), r.a_more.eq(r.a + 2 < r.n_q)]
-                    m.next = "ROW"
-                with m.Else():
-                    m.next = "DONE"
+                self._next_row(m, r)
+
+    def _next_row(self, m, r):
+        """The row is done: the next query row, or DONE."""
+        with m.If(r.attn & r.a_more):
+            m.d.sync += [r.a.eq(r.a + 1), r.a_more.eq(r.a + 2 < r.n_q)]
+            m.next = "ROW"
+        with m.Else():
+            m.next = "DONE"

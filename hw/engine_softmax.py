@@ -10,7 +10,7 @@ from hmtx.model import fixed
 from .arith import Reciprocal, round_shift_var
 from .engine_exponents import SoftmaxExponentsSignature
 from .engine_fetch import q_write_layout
-from .engine_layout import EXP_W
+from .engine_layout import EXP_W, row_scalars_layout
 from .engine_score import ScoresSignature
 
 __all__ = ["pass_layout", "SoftmaxControlSignature", "SoftmaxSignature", "Softmax"]
@@ -37,12 +37,15 @@ class SoftmaxControlSignature(wiring.Signature):
         The reciprocal is there (a pulse, ~41 cycles after ``div``; contract 2: 13).
     retire : In(1)
         A term or a probability is written (the sequencer's count of results in flight).
+    ext : Out(1)
+        ATTN_PASS pass 2 or 3: the exp2 pass subtracts from the row's m, not the scores'
+        maximum; E is the row's (not tracked), and the reciprocal is of the row's sum (pass 3).
     """
 
     def __init__(self):
         issue = stream.Signature(pass_layout(), always_ready=True)
         super().__init__({"exp": Out(issue), "prob": Out(issue), "clear": Out(1), "div": Out(1),
-                          "div_done": In(1), "retire": In(1)})
+                          "div_done": In(1), "retire": In(1), "ext": Out(1)})
 
 
 class SoftmaxSignature(wiring.Signature):
@@ -59,6 +62,10 @@ class SoftmaxSignature(wiring.Signature):
         ``wm``'s read port, for the weighted sum's operand fetch.
     pm_rd : Out(memory.ReadPort.Signature(...))
         ``pm``'s read port, for the owner (``rd_pm_addr``/``rd_pm_data``).
+    row : In(row_scalars_layout())
+        ATTN_PASS: the current row's m, E and sum, from the host (with ``ctl.ext``).
+    exp_sum : Out(32)
+        The sum of the exp2 terms (ATTN_PASS pass 2's answer).
     k : In(stream.Signature(q_write_layout(), always_ready=True))
         Contract 2 only: WRITE's K_i, element ``word*P + lane`` into ``wm`` at that index.
     """
@@ -69,6 +76,7 @@ class SoftmaxSignature(wiring.Signature):
             "scores": In(ScoresSignature()),
             "exps": In(SoftmaxExponentsSignature()),
             "wm_rd": Out(wm_rd), "pm_rd": Out(pm_rd),
+            "row": In(row_scalars_layout()), "exp_sum": Out(32),
             **({"k": In(stream.Signature(q_write_layout(), always_ready=True))} if contract == 2 else {}),
         })
 
@@ -134,7 +142,7 @@ class Softmax(wiring.Component):
         big_e = Signal(signed(EXP_W))
         m.d.comb += self.exps.big_e.eq(big_e)
         with m.If(ctl.clear):
-            m.d.sync += big_e.eq(-(1 << (EXP_W - 1)))
+            m.d.sync += big_e.eq(Mux(ctl.ext, self.row.e, -(1 << (EXP_W - 1))))
         # the scores into ``sc`` (the exp2 pass's terms, written over them, come later in the
         # row: their write below takes the port)
         t = self.scores.t
@@ -150,7 +158,9 @@ class Softmax(wiring.Component):
         assert fixed.exp2_lut()[0] >= 1 << skip
         m.submodules.recip = recip = Reciprocal(32, min_divisor_log2=skip, radix=4 if c2 else 2)
         rcp = Signal(26)        # floor(2^40 / sum) < 2^26 because sum >= LUT[0] = 2^15
-        m.d.comb += [recip.o.ready.eq(1), recip.i.valid.eq(ctl.div), recip.i.payload.eq(exp_sum),
+        m.d.comb += self.exp_sum.eq(exp_sum)
+        m.d.comb += [recip.o.ready.eq(1), recip.i.valid.eq(ctl.div),
+                     recip.i.payload.eq(Mux(ctl.ext, self.row.sum, exp_sum)),
                      ctl.div_done.eq(recip.o.valid)]
         with m.If(recip.o.valid):
             m.d.sync += rcp.eq(recip.o.payload)
@@ -175,18 +185,20 @@ class Softmax(wiring.Component):
         exD = Signal.like(exC)      # the table value registered (it maps to a block RAM)
         ex2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "e": fixed.EXP2_BITS + 1}))
         v = Signal(signed(fixed.SCORE_BITS + 2))
-        m.d.comb += v.eq(self.scores.max - exA.t)
+        m.d.comb += v.eq(Mux(ctl.ext, self.row.m, self.scores.max) - exA.t)
+        # (v < 0 only for a host's m below a score, ATTN_PASS: the contract clamps v at 0)
+        neg = v[-1]
         n_int = v >> fixed.SCORE_FRAC
         m.d.comb += self._lut_r.addr.eq(exB.r)
         m.d.sync += exD.eq(exC)
         e_val = (exD.lut + ((Const(1, 16) << exD.n) >> 1)) >> exD.n
-        with m.If(exB.valid & exB.keep & (exB.ve > big_e)):
+        with m.If(exB.valid & exB.keep & (exB.ve > big_e) & ~ctl.ext):
             m.d.sync += big_e.eq(exB.ve)
         m.d.sync += [exA.valid.eq(ex1.valid), exA.idx.eq(ex1.idx), exA.keep.eq(ex1.keep),
                      exA.t.eq(self.sc_r.data),
                      exB.valid.eq(exA.valid), exB.idx.eq(exA.idx), exB.keep.eq(exA.keep), exB.ve.eq(ve2),
-                     exB.live.eq(exA.keep & (n_int < fixed.EXP2_CUTOFF)),
-                     exB.r.eq(v[:fixed.SCORE_FRAC]), exB.n.eq(n_int[:4]),
+                     exB.live.eq(exA.keep & (neg | (n_int < fixed.EXP2_CUTOFF))),
+                     exB.r.eq(Mux(neg, 0, v[:fixed.SCORE_FRAC])), exB.n.eq(Mux(neg, 0, n_int[:4])),
                      exC.valid.eq(exB.valid), exC.idx.eq(exB.idx), exC.live.eq(exB.live),
                      exC.lut.eq(self._lut_r.data), exC.n.eq(exB.n),
                      ex2.valid.eq(exD.valid), ex2.idx.eq(exD.idx), ex2.e.eq(Mux(exD.live, e_val, 0))]
@@ -215,7 +227,8 @@ class Softmax(wiring.Component):
         # a masked key's weight is 0, which is also what the largest shift gives (p < 2^15, so
         # round_shift(p, 16) == 0): the mask goes into the shift, not into a multiplexer after it
         m.d.sync += [pr2.valid.eq(prM.valid), pr2.idx.eq(prM.idx),
-                     pr2.align.eq(Mux(~prM.keep | (ediff > fixed.ALIGN_CUTOFF), fixed.ALIGN_CUTOFF, ediff)),
+                     pr2.align.eq(Mux(~prM.keep | (ediff > fixed.ALIGN_CUTOFF), fixed.ALIGN_CUTOFF,
+                                      Mux(ediff < 0, 0, ediff))),     # (< 0: a host's E, ATTN_PASS)
                      pr2.prod.eq((prM.hi << 17) + prM.lo)]
         p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
         m.d.sync += [pr3.valid.eq(pr2.valid), pr3.idx.eq(pr2.idx), pr3.align.eq(pr2.align),

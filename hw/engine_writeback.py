@@ -27,6 +27,9 @@ class WriteBackControlSignature(wiring.Signature):
         fetch's ``qbuf``).
     kslot_base : Out(range(n_slots * KB + 1))
         WRITE: the slot's first word in ``key``.
+    carry : Out(1)
+        ATTN_PASS pass 3 but the last: a weighted-sum word is the carried accumulator, three
+        int8 words (``fixed.carry_digits``) at ``part_base + 3w``, not an output word.
     writing : In(1)
         A write of the engine's will still be on its way to ``dat`` or ``key`` next cycle (an
         operation is done once they land).
@@ -37,7 +40,7 @@ class WriteBackControlSignature(wiring.Signature):
 
     def __init__(self, layout):
         super().__init__({
-            "write": Out(1), "kslot_base": Out(range(layout.config.n_slots * layout.KB + 1)),
+            "write": Out(1), "kslot_base": Out(range(layout.config.n_slots * layout.KB + 1)), "carry": Out(1),
             "writing": In(1), "retire": In(1),
         })
 
@@ -95,6 +98,9 @@ class WriteBack(wiring.Component):
       and its high bytes at ``out_base + 2w + 1`` the cycle after that. Results come two or more
       cycles apart (the sequencer gives a single key a second beat for this), so ``res`` holds
       still for both writes and loads every cycle (no enable fans out to its P x 16 registers).
+      ATTN_PASS's carried accumulators (``ctl.carry``) go the same way as three words from
+      ``part_base + 3w``: ``res`` holds their digits (``fixed.carry_digits``), results come
+      three or more cycles apart.
     * WRITE's copy of M_i into its slot, from the fetch's stage-2 register of ``dat``.
     * The owner's writes of ``dat`` while the engine is idle (the engine's own take precedence).
 
@@ -174,29 +180,41 @@ class WriteBack(wiring.Component):
         return proj_rq.o.valid
 
     def _weighted_sum(self, m, dat_w):
-        """The weighted sum's words into ``dat`` as low then high bytes, and WRITE's M copy.
-        Returns the high bytes' write (a result retired)."""
-        L = self.layout
+        """The weighted sum's words into ``dat`` as low then high bytes (or, carried, three
+        digit words), and WRITE's M copy. Returns the last word's write (a result retired)."""
+        L, carry = self.layout, self.ctl.carry
         P = L.P
         hi, lo = (1 << (fixed.OUT_BITS - 1)) - 1, -(1 << (fixed.OUT_BITS - 1))
-        res = Signal(data.ArrayLayout(signed(16), P), reset_less=True)
+        res = Signal(data.ArrayLayout(24, P), reset_less=True)
         res_addr = Signal(range(L.dat_depth), reset_less=True)
-        res_lo, res_hi = Signal(), Signal()
+        res_lo, res_hi, res_3 = Signal(), Signal(), Signal()
         res_now = self.wsum.valid
         mo = self.wsum.payload
-        m.d.sync += [res_lo.eq(res_now), res_hi.eq(res_lo)]
+        m.d.sync += [res_lo.eq(res_now), res_hi.eq(res_lo), res_3.eq(res_hi & carry)]
+        # the words' address steps by one after each write
         with m.If(res_now):
-            m.d.sync += res_addr.eq(L.out_base + 2 * mo.tag[:16])
+            m.d.sync += res_addr.eq(Mux(carry, L.part_base + 3 * mo.tag[:16], L.out_base + 2 * mo.tag[:16])
+                                    if L.attn_pass else L.out_base + 2 * mo.tag[:16])
+        with m.Elif(res_lo | res_hi):
+            m.d.sync += res_addr.eq(res_addr + 1)
         for l in range(P):
-            r = (mo.lanes[l] + (1 << (fixed.OUT_SHIFT - 1))) >> fixed.OUT_SHIFT
-            m.d.sync += res[l].eq(Mux(r > hi, hi, Mux(r < lo, lo, r)))
+            x = mo.lanes[l]
+            r = (x + (1 << (fixed.OUT_SHIFT - 1))) >> fixed.OUT_SHIFT
+            out = Mux(r > hi, hi, Mux(r < lo, lo, r))[:16]
+            # fixed.carry_digits: d0 = x's low byte, signed; y1 = (x - d0) / 2^8; d1 = y1's low
+            # byte; e2 = -(y1 - d1) / 2^8's low byte
+            y1 = Signal(signed(25), name=f"carry_y1_{l}")
+            y2 = Signal(signed(17), name=f"carry_y2_{l}")
+            m.d.comb += [y1.eq((x >> 8) + x[7]), y2.eq((y1 >> 8) + y1[7])]
+            digits = Cat(x[:8], y1[:8], (-y2)[:8])
+            m.d.sync += res[l].eq(Mux(carry, digits, out) if L.attn_pass else out)
         # WRITE: M_i is copied into its slot while the first column of K_i is projected
         with m.If(self.copy.s2):
             m.d.comb += [dat_w.addr.eq(self.copy.addr), dat_w.en.eq((1 << P) - 1)]
         with m.If(res_lo):
             m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
-        with m.If(res_hi):
-            m.d.comb += [dat_w.addr.eq(res_addr | 1), dat_w.en.eq((1 << P) - 1)]
+        with m.If(res_hi | res_3):
+            m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
         fold = L.contract == 2
         if fold:
             # contract 2's WRITE: one lane group of K' (its lanes' enables only)
@@ -204,8 +222,9 @@ class WriteBack(wiring.Component):
                 m.d.comb += [dat_w.addr.eq(self.fold.addr),
                              dat_w.en.eq(Const((1 << L.LG) - 1, P) << (self.fold.group * L.LG))]
         # what the write of the next cycle is, per lane group
-        wsel_in = Signal(data.StructLayout({"lo": 1, "hi": 1, "copy": 1, **({"fold": 1} if fold else {})}))
-        m.d.comb += [wsel_in.lo.eq(res_now), wsel_in.hi.eq(res_lo), wsel_in.copy.eq(self.copy.s1)]
+        wsel_in = Signal(data.StructLayout({"lo": 1, "hi": 1, "w3": 1, "copy": 1, **({"fold": 1} if fold else {})}))
+        m.d.comb += [wsel_in.lo.eq(res_now), wsel_in.hi.eq(res_lo), wsel_in.w3.eq(res_hi & carry),
+                     wsel_in.copy.eq(self.copy.s1)]
         if fold:
             m.d.comb += wsel_in.fold.eq(self.fold.pre)
         wsel = [data.View(wsel_in.shape(), v) for v in replicate(m, wsel_in, L.G, "dat_wsel")]
@@ -215,9 +234,11 @@ class WriteBack(wiring.Component):
                 m.d.comb += dat_w.data[l].eq(res[l][:8])
             with m.Elif(g.hi):
                 m.d.comb += dat_w.data[l].eq(res[l][8:16])
+            with m.Elif(g.w3):
+                m.d.comb += dat_w.data[l].eq(res[l][16:24])
             with m.Elif(g.copy):
                 m.d.comb += dat_w.data[l].eq(self.copy.data[l])
             if fold:
                 with m.Elif(g.fold):
                     m.d.comb += dat_w.data[l].eq(self.fold.data[l])
-        return res_hi
+        return (res_hi & ~carry) | res_3
