@@ -8,7 +8,7 @@ on; this module opens any backend by name.
 
 ``golden``
     :class:`GoldenTransport`: the golden device in this process (no simulator, no hardware). It
-    speaks protocol 1.2 (contract 1) unless opened with ``contract=2`` (protocol 2.1).
+    speaks protocol 1.3 (contract 1) unless opened with ``contract=2`` (protocol 2.2).
 ``serial:PORT`` or ``serial:PORT@BAUD``
     :class:`SerialTransport`: a UART via pyserial (PORT may also be a pyserial URL).
 ``sim`` or ``sim:ENGINE``
@@ -37,10 +37,10 @@ __all__ = ["Transport", "GoldenTransport", "SerialTransport", "FaultInjector", "
 
 class GoldenTransport(Transport):
     """The golden device behind a byte pipe: responses appear as soon as their frame is written.
-    By default it models the gateware (``GoldenDevice``'s default, ``GATEWARE_VERSIONS``), so
-    that it answers byte for byte as the RTL does; ``version`` another minor of its contract --
-    ``hmtx run --device golden`` opens it with this host's newest (``VERSIONS``: with ATTN_PASS,
-    which the gateware does not have yet)."""
+    By default it models the lane engine's gateware (``GoldenDevice``'s default,
+    ``gateware_version("lanes", contract)``), so that it answers byte for byte as that RTL does;
+    ``version`` another minor of its contract -- ``hmtx run --device golden`` opens it with this
+    host's newest (``VERSIONS``)."""
 
     name = "golden"
 

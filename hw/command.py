@@ -1,11 +1,13 @@
 """The top's command processor: judges each command frame at its END, keeps the device's state
 and runs the engine."""
 
+import types
+
 from amaranth.hdl import C, Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hmtx.model.protocol import RECALL_FLAGS_MASK, RECALL_PROBS
+from hmtx.model.protocol import RECALL_FLAGS_MASK, RECALL_PROBS, ops_of, takes_attn_pass
 
 from .engine import Op as EngineOp
 from .frame_parser import FrameSignature
@@ -24,13 +26,18 @@ class CommandProcessor(wiring.Component):
     NO_WEIGHTS, EMPTY_CACHE) in two steps (CHECK: every
     condition into a register; CHECK2: the status from them); an empty body is ignored. A good
     command executes (EXEC: RESET_CACHE and LOAD_WEIGHTS change the state in one cycle;
-    WRITE_MEMORY, RECALL and ATTENTION start the engine and WAIT for it to be done), the cycle
-    counters are updated (FINISH), and the response generator is started (in the same cycle
-    for an error); the next frame is received once it has sent the response.
+    WRITE_MEMORY, RECALL, ATTENTION and ATTN_PASS start the engine and WAIT for it to be done),
+    the cycle counters are updated (FINISH), and the response generator is started (in the same
+    cycle for an error); the next frame is received once it has sent the response. The opcodes
+    known are those of ``version`` (the top's protocol: ATTN_PASS only from 1.3 / 2.2).
 
     State: the cache's ``fill`` and write pointer, W_q's and W_k's exponent, shift, rows
     received and loaded flag (``frame.weights``: the parser continues a chunk from them), the
-    cycle counters of CYCLES, the slot the last WRITE_MEMORY wrote.
+    cycle counters of CYCLES, the slot the last WRITE_MEMORY wrote; with ATTN_PASS, whether Q
+    rows are held and the pass-3 accumulators open, and their n_q (docs/protocol.md section 10,
+    ``GoldenDevice._frame``: every frame but INFO, STATUS, CYCLES, READ_SLOT and an accepted
+    ATTN_PASS drops both; an accepted ATTN_PASS holds its Q rows and opens the accumulators in
+    pass 3 without ``last`` only).
 
     Members
     -------
@@ -44,8 +51,10 @@ class CommandProcessor(wiring.Component):
         Command bytes may be taken.
     """
 
-    def __init__(self, layout):
+    def __init__(self, layout, version):
         self._layout = layout
+        self._ops = ops_of(version)
+        self._attn = takes_attn_pass(version)
         super().__init__({
             "frame": In(FrameSignature(layout)),
             "engine": In(engine_part(layout, ENGINE_CONTROL)),
@@ -67,18 +76,22 @@ class CommandProcessor(wiring.Component):
         m.d.comb += [eng.wq_exp.eq(ws[0].exp), eng.wk_exp.eq(ws[1].exp),
                      eng.wq_shift.eq(ws[0].shift), eng.wk_shift.eq(ws[1].shift)]
         m.d.comb += [rsp.status.eq(status), rsp.opcode.eq(f.opcode), rsp.slot.eq(f.header.read_slot.slot),
-                     rsp.n_q.eq(f.header.attention.n_q), rsp.fill.eq(fill), rsp.write_pointer.eq(wp),
+                     rsp.n_q.eq(f.header.attention.n_q), rsp.apass.eq(f.header.attn_pass.flags.pass_),
+                     rsp.alast.eq(f.header.attn_pass.flags.last), rsp.fill.eq(fill), rsp.write_pointer.eq(wp),
                      rsp.loaded.eq(Cat(ws[0].loaded, ws[1].loaded)),
                      rsp.next_row[0].eq(ws[0].next_row), rsp.next_row[1].eq(ws[1].next_row),
                      rsp.written_slot.eq(written), rsp.cycles.eq(cycles)]
 
+        # ATTN_PASS's state: Q rows held, accumulators open (both for ap_nq query rows: the
+        # accumulators are only ever opened by a frame that also holds its Q rows)
+        ap = types.SimpleNamespace(held=Signal(), open=Signal(), nq=Signal(8))
         with m.FSM():
             with m.State("RX"):
                 m.d.comb += [self.receiving.eq(1), f.receive.eq(1)]
                 with m.If(f.end):
                     m.next = "CHECK"
-            self._judge(m, status, fill, cyc_run)
-            self._execute(m, fill, wp, written, cycles, cyc_run)
+            self._judge(m, status, fill, cyc_run, ap)
+            self._execute(m, fill, wp, written, cycles, cyc_run, ap)
             with m.State("RESPOND"):
                 with m.If(rsp.done):
                     m.next = "NEXT"
@@ -87,7 +100,7 @@ class CommandProcessor(wiring.Component):
                 m.next = "RX"
         return m
 
-    def _judge(self, m, status, fill, cyc_run):
+    def _judge(self, m, status, fill, cyc_run, ap):
         """The states CHECK and CHECK2: the frame's status, into ``status``. CHECK registers
         every condition (each a compare of the frame's fields or the device state, which hold
         still from END to EXEC); CHECK2 then decides from flip-flops only."""
@@ -102,6 +115,7 @@ class CommandProcessor(wiring.Component):
         probs_r = Signal()
         m.d.comb += rsp.probs.eq(probs_r)
         empty_r, frame_bad_r, crc_bad_r, weights_fail_r = Signal(), Signal(), Signal(), Signal()
+        keeps_ap_r = Signal()
         op_status_r = Signal(Status)        # the per-opcode checks' status (OK: none failed)
         with m.State("CHECK"):
             length_ok = Signal()
@@ -116,6 +130,9 @@ class CommandProcessor(wiring.Component):
                     m.d.comb += length_ok.eq((count == c.d + 3) | flagged)
                 with m.Case(Opcode.READ_SLOT):
                     m.d.comb += length_ok.eq(count == 4)
+                if self._attn:
+                    with m.Case(Opcode.ATTN_PASS):
+                        m.d.comb += length_ok.eq((count >= 7) & (count == f.attn_pass_length))
                 with m.Default():
                     m.d.comb += length_ok.eq(count == 2)
             arg_bad = Signal()
@@ -129,6 +146,17 @@ class CommandProcessor(wiring.Component):
                                            | (attention.flags.causal & (n_q > n_k)))
                 with m.Case(Opcode.RECALL):
                     m.d.comb += arg_bad.eq(f.bad_field | (flagged & ((f.tail & (0xFF & ~RECALL_FLAGS_MASK)) != 0)))
+                if self._attn:
+                    with m.Case(Opcode.ATTN_PASS):
+                        a = f.header.attn_pass
+                        fl, n_q, n_k = a.flags, a.n_q, a.n_k
+                        # GoldenDevice._op_attn_pass's rules (all BAD_ARG; the rows', V exponents',
+                        # E's and sums' ranges came with the frame, bad_field)
+                        m.d.comb += arg_bad.eq(
+                            f.bad_field | (n_q < 1) | (n_q > MQ) | (n_k < 1) | (n_k > MK) | (fl.reserved != 0)
+                            | (fl.pass_ == 0) | ((fl.pass_ != 3) & (fl.first | fl.last)) | (~fl.causal & (a.diag != 0))
+                            | (~fl.q & ~(ap.held & (ap.nq == n_q)))
+                            | ((fl.pass_ == 3) & ~fl.first & ~(ap.open & (ap.nq == n_q))))
                 with m.Default():
                     m.d.comb += arg_bad.eq(f.bad_field)
             op_status = Signal(Status)
@@ -145,7 +173,11 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += op_status.eq(Status.EMPTY_CACHE)
             with m.Elif((opcode == Opcode.READ_SLOT) & (f.header.read_slot.slot >= fill)):
                 m.d.comb += op_status.eq(Status.SLOT_RANGE)
-            m.d.sync += [known_r.eq(Cat(*[opcode == op for op in Opcode]).any()),
+            # (the ATTN_PASS state survives only the read-only opcodes, an error or not, and an
+            # accepted ATTN_PASS: GoldenDevice._frame)
+            m.d.sync += [known_r.eq(Cat(*[opcode == op for op in self._ops]).any()),
+                         keeps_ap_r.eq(Cat(*[opcode == op for op in (Opcode.INFO, Opcode.STATUS, Opcode.CYCLES,
+                                                                      Opcode.READ_SLOT)]).any() & ~f.overlong),
                          length_ok_r.eq(length_ok), arg_bad_r.eq(arg_bad), op_status_r.eq(op_status),
                          empty_r.eq(count == 0), frame_bad_r.eq(f.overlong | (count == 1)),
                          crc_bad_r.eq(~f.crc_ok),
@@ -171,6 +203,11 @@ class CommandProcessor(wiring.Component):
             with m.Else():
                 m.d.comb += st.eq(op_status_r)
             m.d.sync += [status.eq(st), cyc_run.eq(0)]   # compute cycles start after this
+            if self._attn:
+                # every frame drops it but those that keep it; an accepted ATTN_PASS sets it
+                # again in EXEC (an empty body is no frame: nothing changes)
+                with m.If(~empty_r & ~keeps_ap_r):
+                    m.d.sync += [ap.held.eq(0), ap.open.eq(0)]
             with m.If(empty_r):
                 # (the opcode is still 0: no body byte since the parser was cleared)
                 with m.If(~f.overlong):
@@ -190,7 +227,7 @@ class CommandProcessor(wiring.Component):
             with m.Else():
                 m.next = "EXEC"
 
-    def _execute(self, m, fill, wp, written, cycles, cyc_run):
+    def _execute(self, m, fill, wp, written, cycles, cyc_run, ap):
         """The states EXEC, WAIT and FINISH: a good command's effect, and its cycles counted."""
         N = self._layout.config.n_slots
         f, ws, eng, rsp = self.frame, self.frame.weights, self.engine, self.respond
@@ -224,6 +261,18 @@ class CommandProcessor(wiring.Component):
                         with m.Default():
                             m.d.comb += [eng.op.eq(EngineOp.ATTENTION), eng.n_keys.eq(attention.n_k)]
                     m.next = "WAIT"
+                if self._attn:
+                    with m.Case(Opcode.ATTN_PASS):
+                        a = f.header.attn_pass
+                        m.d.comb += [eng.start.eq(1), eng.op.eq(EngineOp.ATTN_PASS), eng.slot.eq(wp),
+                                     eng.n_q.eq(a.n_q), eng.n_keys.eq(a.n_k), eng.causal.eq(a.flags.causal),
+                                     eng.apass.eq(a.flags.pass_), eng.afirst.eq(a.flags.first),
+                                     eng.alast.eq(a.flags.last), eng.diag.eq(a.diag)]
+                        # its Q rows are held now; pass 3 before the last tile leaves the
+                        # accumulators open
+                        m.d.sync += [ap.held.eq(1), ap.nq.eq(a.n_q),
+                                     ap.open.eq((a.flags.pass_ == 3) & ~a.flags.last)]
+                        m.next = "WAIT"
                 with m.Default():
                     m.d.comb += rsp.start.eq(1)
                     m.next = "RESPOND"

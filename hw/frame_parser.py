@@ -8,9 +8,10 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
-from hmtx.model.protocol import MAX_BODY, SHIFT_MAX
+from hmtx.model.protocol import ATTN_TOTAL_LIMIT, ATTN_TOTAL_MIN, MAX_BODY, SHIFT_MAX, takes_attn_pass
 
 from .engine import SHIFT_W
+from .engine_layout import ROW_SCALAR_BYTES
 from .slip import Crc8, DecodedByte
 from .wire import ENGINE_WRITES, Header, Opcode, engine_part
 
@@ -57,8 +58,8 @@ class FrameSignature(wiring.Signature):
     weights_ok : Out(1)
         The LOAD_WEIGHTS header is acceptable (docs/protocol.md: matrix, exp, shift, rows,
         row_offset against ``weights``); its mantissas are written only then.
-    weights_length, attention_length : Out(32)
-        The body length a LOAD_WEIGHTS / an ATTENTION header asks for.
+    weights_length, attention_length, attn_pass_length : Out(32)
+        The body length a LOAD_WEIGHTS / an ATTENTION / an ATTN_PASS header asks for.
     weights_end : Out(17)
         ``row_offset + rows`` of a LOAD_WEIGHTS header.
     weights_next : Out(StructLayout({word, lane}))
@@ -75,7 +76,7 @@ class FrameSignature(wiring.Signature):
             "end": Out(1), "opcode": Out(8), "header": Out(Header), "length": Out(16),
             "overlong": Out(1), "crc_ok": Out(1), "bad_field": Out(1),
             "weights_ok": Out(1), "weights_length": Out(32), "attention_length": Out(32),
-            "weights_end": Out(17),
+            "attn_pass_length": Out(32), "weights_end": Out(17),
             "weights_next": Out(data.StructLayout({"word": range(layout.CB + 1), "lane": range(layout.P)})),
             "tail": Out(8),
         })
@@ -113,7 +114,10 @@ class FrameParser(wiring.Component):
     registers (a write reaches the engine a cycle after its byte; the engine starts >= 4
     cycles after the last payload byte -- END beat, CHECK, CHECK2, EXEC -- and weights are read
     by later commands only). Everything is checked as it streams (field ranges, mantissas
-    -128), for the command processor to judge at END.
+    -128), for the command processor to judge at END. ATTN_PASS (only where ``version`` has it,
+    the lane engine's): the per-row scalars to the engine's row scalars a byte at a time, the rows
+    as ATTENTION's (Q only when the frame carries them: the held ones stay), pass 1's V exponents
+    to ``vexp`` at the V rows.
 
     Members
     -------
@@ -122,11 +126,12 @@ class FrameParser(wiring.Component):
     frame : Out(FrameSignature)
         The frame, to the command processor.
     engine : In(engine_part(engine, ENGINE_WRITES))
-        The engine's write ports of ``dat``, ``w`` and ``vexp``.
+        The engine's write ports of ``dat``, ``w``, ``vexp`` and the row scalars.
     """
 
-    def __init__(self, layout):
+    def __init__(self, layout, version):
         self._layout = layout
+        self._attn = takes_attn_pass(version)
         super().__init__({
             "i": In(stream.Signature(DecodedByte)),
             "frame": Out(FrameSignature(layout)),
@@ -188,6 +193,9 @@ class FrameParser(wiring.Component):
             "op_attention": flag(opcode == Opcode.ATTENTION, "op_attention"),
             "op_weights": flag(opcode == Opcode.LOAD_WEIGHTS, "op_weights"),
         }
+        if self._attn:
+            flags |= {"ap_body": flag(count >= 6, "ap_body"),
+                      "op_attn_pass": flag(opcode == Opcode.ATTN_PASS, "op_attn_pass")}
         at_tail = flag(count == c.d + 2, "tail")
         tail = Signal(8)
         with m.If(body):
@@ -217,6 +225,8 @@ class FrameParser(wiring.Component):
         self._vector(m, b, dat_wr, vexp_wr)
         attention_length = self._attention(m, b, header.attention, dat_wr, vexp_wr)
         weights = self._weights(m, b, header, ld_stop, w_wr)
+        if self._attn:
+            m.d.comb += f.attn_pass_length.eq(self._attn_pass(m, b, header.attn_pass, dat_wr, vexp_wr))
 
         m.d.comb += [f.opcode.eq(opcode), f.header.eq(header), f.length.eq(count), f.overlong.eq(overlong),
                      f.crc_ok.eq(crc.zero), f.bad_field.eq(bad_arg), f.attention_length.eq(attention_length),
@@ -295,6 +305,139 @@ class FrameParser(wiring.Component):
                 with m.Else():
                     m.d.sync += col.eq(col + 1)
         return attn_len
+
+    def _attn_pass(self, m, b, hdr, dat_wr, vexp_wr):
+        """ATTN_PASS from body byte 6 on, in segments: the per-row scalars (pass 2: m, 4 bytes;
+        pass 3: m, E, sum, 9 bytes; to the engine's row scalars, row by row), the Q rows if the
+        frame has them, the K rows, then pass 1's V exponents (to ``vexp`` rows
+        ``max_queries + max_keys + b``) or pass 3's V rows; rows go where ATTENTION's go. Sets
+        ``bad`` for a row as ATTENTION does, a V exponent or E outside -64..63, a sum outside
+        [ATTN_TOTAL_MIN, ATTN_TOTAL_LIMIT). Returns the body length the header asks for."""
+        L, eng = self._layout, self.engine
+        c, P, AB = L.config, L.P, L.AB
+        MQ, MK = c.max_queries, c.max_keys
+        assert ATTN_TOTAL_MIN == 1 << 15 and ATTN_TOTAL_LIMIT == 1 << 25     # the byte checks below
+        fl = hdr.flags
+        n_q, n_k = hdr.n_q, hdr.n_k
+
+        # the row scalars' writes, registered as the memories' are (_payload_write)
+        rs_wr = Signal(data.StructLayout({"addr": range(MQ), "byte": range(ROW_SCALAR_BYTES), "data": 8,
+                                          "valid": 1}), name="rs_wr_req")
+        rs_wr_r = Signal.like(rs_wr, name="rs_wr_reg")
+        m.d.sync += rs_wr_r.eq(rs_wr)
+        m.d.comb += [eng.wr_rs_addr.eq(rs_wr_r.addr), eng.wr_rs_byte.eq(rs_wr_r.byte),
+                     eng.wr_rs_data.eq(rs_wr_r.data), eng.wr_rs_en.eq(rs_wr_r.valid)]
+
+        # the length, registered twice like ATTENTION's (the header's n_q, n_k and flags are in
+        # from body byte 3 on; CHECK comes >= 5 cycles after byte 3)
+        row = 1 + c.head_dim
+        p1, p2, p3 = fl.pass_ == 1, fl.pass_ == 2, fl.pass_ == 3
+        scal_len, rows_n, v1_len, ap_len = Signal(16), Signal(10), Signal(8), Signal(32)
+        m.d.sync += [scal_len.eq(Mux(p2, n_q * 4, Mux(p3, n_q * 9, 0))),
+                     rows_n.eq(Mux(fl.q, n_q, 0) + n_k + Mux(p3, n_k, 0)),
+                     v1_len.eq(Mux(p1, n_k, 0)),
+                     ap_len.eq(7 + scal_len + rows_n * row + v1_len)]
+
+        SCAL, QROWS, KROWS, VROWS, VEXPS, DONE = range(6)
+        seg = Signal(range(6))
+        sane = Signal()
+        srow = Signal(range(MQ))
+        sbyte = Signal(range(ROW_SCALAR_BYTES))
+        sum_hi = Signal()               # the sum so far is >= 2^15 (bit 15 or a byte above set)
+        rin = Signal(range(max(MQ, MK) + 1))
+        col = Signal(range(c.head_dim + 1))
+        aw = Signal(range(AB + 1))
+        al = Signal(range(P))
+        prow = Signal(range(L.ROWS + 1))
+        pbase = Signal(range(L.ROWS * AB + 1))
+        qlast, klast = Signal(8), Signal(8)
+
+        def enter(nxt):
+            """Start segment ``nxt`` (a row segment: at its first row)."""
+            base = {QROWS: 0, KROWS: MQ, VROWS: MQ + MK, VEXPS: MQ + MK}.get(nxt, 0)
+            m.d.sync += [seg.eq(nxt), rin.eq(0), col.eq(0), aw.eq(0), al.eq(0), prow.eq(base),
+                         pbase.eq(base * AB)]
+
+        def after_k():
+            with m.If(fl.pass_ == 1):
+                enter(VEXPS)
+            with m.Elif(fl.pass_ == 3):
+                enter(VROWS)
+            with m.Else():
+                enter(DONE)
+
+        def rows_or_k():
+            with m.If(fl.q):
+                enter(QROWS)
+            with m.Else():
+                enter(KROWS)
+
+        with m.If(b.body & b.flags["op_attn_pass"]):
+            with m.If(b.at[5]):
+                m.d.sync += [sane.eq((n_q >= 1) & (n_q <= MQ) & (n_k >= 1) & (n_k <= MK)),
+                             srow.eq(0), sbyte.eq(0), sum_hi.eq(0), qlast.eq(n_q - 1), klast.eq(n_k - 1)]
+                with m.If(p2 | p3):
+                    enter(SCAL)
+                with m.Else():
+                    rows_or_k()
+            with m.If(b.flags["ap_body"] & sane):
+                with m.Switch(seg):
+                    with m.Case(SCAL):
+                        m.d.comb += [rs_wr.addr.eq(srow), rs_wr.byte.eq(sbyte), rs_wr.data.eq(b.byte),
+                                     rs_wr.valid.eq(1)]
+                        with m.If(p3):
+                            # E (byte 4) a BFP exponent; sum (bytes 5..8) in [2^15, 2^25)
+                            with m.Switch(sbyte):
+                                with m.Case(4):
+                                    with m.If(~_exp_ok(b.byte)):
+                                        m.d.comb += b.bad.eq(1)
+                                with m.Case(6):
+                                    m.d.sync += sum_hi.eq(b.byte[7])
+                                with m.Case(7):
+                                    m.d.sync += sum_hi.eq(sum_hi | (b.byte != 0))
+                                    with m.If(b.byte[1:] != 0):
+                                        m.d.comb += b.bad.eq(1)
+                                with m.Case(8):
+                                    with m.If((b.byte != 0) | ~sum_hi):
+                                        m.d.comb += b.bad.eq(1)
+                        with m.If(sbyte == Mux(p3, ROW_SCALAR_BYTES - 1, 3)):
+                            m.d.sync += sbyte.eq(0)
+                            with m.If(srow == qlast):
+                                rows_or_k()
+                            with m.Else():
+                                m.d.sync += srow.eq(srow + 1)
+                        with m.Else():
+                            m.d.sync += sbyte.eq(sbyte + 1)
+                    with m.Case(QROWS, KROWS, VROWS):
+                        with m.If(col == 0):
+                            m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(b.byte), vexp_wr.valid.eq(1)]
+                            with m.If(~_exp_ok(b.byte)):
+                                m.d.comb += b.bad.eq(1)
+                        with m.Else():
+                            m.d.comb += [dat_wr.addr.eq(pbase + aw), dat_wr.lane.eq(al), dat_wr.valid.eq(1),
+                                         dat_wr.data.eq(b.byte)]
+                            m.d.sync += [al.eq(Mux(al == P - 1, 0, al + 1)), aw.eq(Mux(al == P - 1, aw + 1, aw))]
+                            with m.If(b.byte == 0x80):
+                                m.d.comb += b.bad.eq(1)
+                        with m.If(col == c.head_dim):
+                            m.d.sync += [col.eq(0), aw.eq(0), al.eq(0), rin.eq(rin + 1), prow.eq(prow + 1),
+                                         pbase.eq(pbase + AB)]
+                            with m.If((seg == QROWS) & (rin == qlast)):
+                                enter(KROWS)
+                            with m.Elif((seg == KROWS) & (rin == klast)):
+                                after_k()
+                            with m.Elif((seg == VROWS) & (rin == klast)):
+                                enter(DONE)
+                        with m.Else():
+                            m.d.sync += col.eq(col + 1)
+                    with m.Case(VEXPS):
+                        m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(b.byte), vexp_wr.valid.eq(1)]
+                        with m.If(~_exp_ok(b.byte)):
+                            m.d.comb += b.bad.eq(1)
+                        m.d.sync += [rin.eq(rin + 1), prow.eq(prow + 1)]
+                        with m.If(rin == klast):
+                            enter(DONE)
+        return ap_len
 
     def _weights(self, m, b, header, ld_stop, w_wr):
         """LOAD_WEIGHTS: mantissa i of the chunk is W[c, j], c = row_offset + i // d_h,

@@ -8,7 +8,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hmtx.model import fixed
-from hmtx.model.protocol import GATEWARE_VERSIONS, MAGIC, MAX_BODY, SHIFT_MAX, Info
+from hmtx.model.protocol import MAGIC, MAX_BODY, SHIFT_MAX, Info, takes_attn_pass
 
 from .slip import BodyByte, Crc8
 from .wire import ENGINE_READS, Opcode, Status, engine_part
@@ -28,9 +28,9 @@ class ResponseSignature(wiring.Signature):
 
     ``start`` (a pulse) has the response sent; ``done`` pulses when its last byte (the CRC) has
     been taken. Everything else holds still in between: the status, the opcode to echo, the
-    command's READ_SLOT slot and ATTENTION n_q, whether a RECALL asked for the probabilities
-    (``probs``; protocol 1.2), and the device state that STATUS, CYCLES, WRITE_MEMORY and RECALL
-    report.
+    command's READ_SLOT slot and ATTENTION / ATTN_PASS n_q, ATTN_PASS's pass and ``last`` flag,
+    whether a RECALL asked for the probabilities (``probs``; protocol 1.2), and the device state
+    that STATUS, CYCLES, WRITE_MEMORY and RECALL report.
 
     Members
     -------
@@ -40,6 +40,8 @@ class ResponseSignature(wiring.Signature):
     opcode : Out(8)
     slot : Out(16)
     n_q : Out(8)
+    apass : Out(2)
+    alast : Out(1)
     probs : Out(1)
     fill : Out(range(N + 1))
     write_pointer : Out(range(N))
@@ -53,7 +55,8 @@ class ResponseSignature(wiring.Signature):
         N = layout.config.n_slots
         super().__init__({
             "start": Out(1), "done": In(1),
-            "status": Out(Status), "opcode": Out(8), "slot": Out(16), "n_q": Out(8), "probs": Out(1),
+            "status": Out(Status), "opcode": Out(8), "slot": Out(16), "n_q": Out(8),
+            "apass": Out(2), "alast": Out(1), "probs": Out(1),
             "fill": Out(range(N + 1)), "write_pointer": Out(range(N)), "loaded": Out(2),
             "next_row": Out(data.ArrayLayout(16, 2)), "written_slot": Out(16),
             "cycles": Out(CYCLES_PAYLOAD),
@@ -78,7 +81,9 @@ class ResponseGenerator(wiring.Component):
     read paths), and the CRC register runs over the registered byte a cycle later (the next
     load, and so the CRC byte itself, comes at least a cycle after that). Fixed payloads (INFO,
     STATUS, CYCLES, WRITE_MEMORY) come from registers and constants; vectors from the engine's
-    memories through its read ports, an element per eight-cycle fetch (:meth:`_vector`).
+    memories through its read ports, an element per eight-cycle fetch (:meth:`_vector`); ATTN_PASS's
+    pass 1 and 2 answers from the engine's row scalars (:meth:`_row_scalars`), pass 3's last as
+    ATTENTION's.
 
     Members
     -------
@@ -91,9 +96,11 @@ class ResponseGenerator(wiring.Component):
         To the SLIP encoder.
     """
 
-    def __init__(self, layout, engine_kind: str):
+    def __init__(self, layout, engine_kind: str, version):
         self._layout = layout
         self._capabilities = Info.capabilities_for(engine_kind)
+        self._version = version             # INFO's (the major names the contract)
+        self._attn = takes_attn_pass(version)
         super().__init__({
             "request": In(ResponseSignature(layout)),
             "engine": In(engine_part(layout, ENGINE_READS)),
@@ -148,6 +155,14 @@ class ResponseGenerator(wiring.Component):
                                 m.next = "SLOT_MEXP"
                             with m.Case(Opcode.RECALL, Opcode.ATTENTION):
                                 m.next = "OUT_EXP_F"
+                            if self._attn:
+                                with m.Case(Opcode.ATTN_PASS):
+                                    with m.If((rq.apass == 1) | (rq.apass == 2)):
+                                        m.next = "RS_F"
+                                    with m.Elif(rq.alast):
+                                        m.next = "OUT_EXP_F"    # the output rows, as ATTENTION's
+                                    with m.Else():
+                                        m.next = "CRC"          # pass 3 before the last tile: nothing
                             with m.Default():
                                 m.next = "CRC"
             self._fixed(m, s)
@@ -185,6 +200,8 @@ class ResponseGenerator(wiring.Component):
                     m.next = "OUT_EXP_F"
                 with m.Else():
                     m.next = "CRC"
+            if self._attn:
+                self._row_scalars(m, s, words)
             self._scalar(m, s, "REC_N", rq.fill, 2, "REC_P_F")
             with m.State("REC_P_F"):
                 # (entered after n and after each probability: without them, only after n)
@@ -255,16 +272,53 @@ class ResponseGenerator(wiring.Component):
                      words.oexp.eq(eng.rd_oexp_data)]
         # The block RAM words are registered here before the lane select, and the probability
         # before it goes anywhere (a DP16KD's clock to output is ~5.8 ns).
+        if self._attn:
+            # ATTN_PASS's row scalars of row rrow (changed two states before they are sent)
+            words.rs = Signal.like(eng.rd_rs_data, name="rs_q")
+            m.d.comb += eng.rd_rs_addr.eq(s.rrow)
+            m.d.sync += words.rs.eq(eng.rd_rs_data)
         words.dat = Signal.like(eng.rd_dat_data, reset_less=True, name="dat_word")
         words.key = Signal.like(eng.rd_key_data, reset_less=True, name="key_word")
         words.pm = Signal.like(eng.rd_pm_data, reset_less=True, name="pm_q")
         m.d.sync += [words.dat.eq(eng.rd_dat_data), words.key.eq(eng.rd_key_data), words.pm.eq(eng.rd_pm_data)]
         return words
 
+    def _row_scalars(self, m, s, words):
+        """The states RS_F, RS_F2 and RS: ATTN_PASS's pass 1 answer (per query row m i32, E i8) or
+        pass 2's (per row the sum, u32), from the engine's row scalars, row ``rrow`` at a time
+        (rrow is 0 from HDR_O; the scalars arrive one cycle after their address, then our
+        register)."""
+        rq = self.request
+        with m.State("RS_F"):
+            m.next = "RS_F2"
+        with m.State("RS_F2"):
+            m.next = "RS"
+        with m.State("RS"):
+            rs = words.rs
+            pass1 = rq.apass == 1
+            with m.Switch(s.ri[:3]):
+                for k in range(5):
+                    with m.Case(k):
+                        if k < 4:
+                            m.d.comb += s.send_data.eq(Mux(pass1, Value.cast(rs.m)[8 * k:8 * k + 8],
+                                                           rs.sum[8 * k:8 * k + 8]))
+                        else:
+                            m.d.comb += s.send_data.eq(Value.cast(rs.e))
+            m.d.comb += s.send.eq(1)
+            with m.If(s.sent):
+                m.d.sync += s.ri.eq(s.ri + 1)
+                with m.If(s.ri == Mux(pass1, 4, 3)):
+                    m.d.sync += s.ri.eq(0)
+                    with m.If(s.rrow + 1 < rq.n_q):
+                        m.d.sync += s.rrow.eq(s.rrow + 1)
+                        m.next = "RS_F"
+                    with m.Else():
+                        m.next = "CRC"
+
     def _fixed(self, m, s):
         """The state FIX: the fixed-size payloads of INFO, STATUS, CYCLES and WRITE_MEMORY."""
         c, P, rq = self._layout.config, self._layout.P, self.request
-        version = GATEWARE_VERSIONS[self._layout.contract]     # (the major names the contract)
+        version = self._version
         info = ([MAGIC[0], MAGIC[1], version[0], version[1], self._capabilities]
                 + sum((_le(m, v, 2) for v in (c.d, c.d_h, c.n_slots, P, c.head_dim, c.max_queries,
                                               c.max_keys, MAX_BODY)), [])

@@ -5,7 +5,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hmtx.model.configs import EngineConfig
-from hmtx.model.protocol import GATEWARE_VERSIONS, Status as WireStatus, ops_of
+from hmtx.model.protocol import Status as WireStatus, gateware_version, ops_of, takes_attn_pass
 
 from . import ENGINES
 from .command import CommandProcessor
@@ -15,12 +15,20 @@ from .response import ResponseGenerator
 from .slip import SlipDecoder, SlipEncoder
 from .wire import ENGINE_CONTROL, ENGINE_READS, ENGINE_WRITES, engine_part_of
 
-__all__ = ["HmtxTop", "CommandGate", "OPCODES", "STATUS", "ENGINES", "engine_class"]
+__all__ = ["HmtxTop", "CommandGate", "OPCODES", "STATUS", "ENGINES", "engine_class", "opcodes"]
+
+
+def opcodes(engine: str = "lanes", contract: int = 1) -> dict:
+    """The opcodes that ``HmtxTop(config, engine, contract)`` decodes, by name: those of its
+    protocol, ``protocol.gateware_version(engine, contract)`` (the serial engine's has no
+    ATTN_PASS)."""
+    return {op.name: int(op) for op in ops_of(gateware_version(engine, contract))}
+
 
 # The wire constants exist once, in the protocol's executable form (model/protocol.py); the
 # tests compare this RTL with the golden device byte for byte. (The gateware's enums of them:
-# hw/wire.py.)
-OPCODES = {op.name: int(op) for op in ops_of(GATEWARE_VERSIONS[1])}
+# hw/wire.py.) OPCODES: the lane engine's top's.
+OPCODES = opcodes()
 STATUS = {st.name: int(st) for st in WireStatus}
 
 
@@ -95,8 +103,10 @@ class HmtxTop(wiring.Component):
     ``engine`` picks the datapath behind the same interface: ``"lanes"`` (default), the
     pipelined P-lane :class:`~hmtx.hw.engine.Engine` (ECP5), or ``"serial"``,
     :class:`~hmtx.hw.serial_engine.SerialEngine` with one time-shared multiplier (iCE40 UP5K).
-    Both give the same responses, CYCLES' counts aside. ``engine_kind`` keeps the
-    choice for reports.
+    Both give the same responses, CYCLES' counts aside, except that only the lane engine has
+    ATTN_PASS: each top speaks ``protocol.gateware_version(engine, contract)`` (``version``),
+    1.3 / 2.2 with the lane engine, 1.2 / 2.1 with the serial one (which answers 0x21
+    BAD_OPCODE). ``engine_kind`` keeps the choice for reports.
 
     ``contract`` (1 or 2, docs/arithmetic.md section 10) is the arithmetic the engine computes
     and so the protocol major version the device speaks (docs/protocol.md section 8): contract 2's
@@ -127,6 +137,9 @@ class HmtxTop(wiring.Component):
         self.engine = engine_class(engine)(config, contract=contract)
         self.engine_kind = engine
         self.contract = contract
+        self.version = gateware_version(engine, contract)
+        if takes_attn_pass(self.version) != self.engine.attn_pass:
+            raise ValueError(f"protocol {self.version} and the {engine} engine disagree about ATTN_PASS")
         super().__init__()
 
     def elaborate(self, platform):
@@ -134,9 +147,9 @@ class HmtxTop(wiring.Component):
         eng = m.submodules.engine = self.engine
         m.submodules.gate = gate = CommandGate()
         m.submodules.dec = dec = SlipDecoder()
-        m.submodules.parser = parser = FrameParser(eng)
-        m.submodules.command = command = CommandProcessor(eng)
-        m.submodules.response = response = ResponseGenerator(eng, self.engine_kind)
+        m.submodules.parser = parser = FrameParser(eng, self.version)
+        m.submodules.command = command = CommandProcessor(eng, self.version)
+        m.submodules.response = response = ResponseGenerator(eng, self.engine_kind, self.version)
         m.submodules.enc = enc = SlipEncoder()
 
         wiring.connect(m, wiring.flipped(self.cmd), gate.i)

@@ -3,14 +3,14 @@
 :class:`GoldenDevice` holds exactly the state the chip holds (two weight matrices with their
 row counters and loaded flags, the N-slot ring of memories M_i and keys K_i, its write pointer and
 fill count kept by a :class:`~hmtx.model.ring.RingSlots`, cycle counters) and computes with
-:mod:`hmtx.model.fixed`. ``contract`` picks the protocol major it speaks: 1 (protocol 1.2, the
-keys K_i = W_k^T M_i; what the gateware implements) or 2 (protocol 2.1: the folded keys
-K'_i = fold_key(W_q, K_i), recalled with ``fixed.recall_folded``; docs/arithmetic.md section 10);
-``version`` another minor of that major: by default the gateware's (1.2, 2.1:
-``protocol.GATEWARE_VERSIONS``); 1.3 and 2.2 add ATTN_PASS (attention rows longer than a tile, in
-passes, which the gateware does not have yet); 1.1 and 2.0 take RECALL without its flags byte. The RTL is verified against it byte for byte (CYCLES excepted, see the
-document), and the host's ``golden`` backend is this class behind the same byte interface as a
-serial port.
+:mod:`hmtx.model.fixed`. ``contract`` picks the protocol major it speaks: 1 (the keys
+K_i = W_k^T M_i) or 2 (the folded keys K'_i = fold_key(W_q, K_i), recalled with
+``fixed.recall_folded``; docs/arithmetic.md section 10); ``version`` a minor of that major: by
+default the gateware's of the engine it stands for (``protocol.gateware_version``: the lane
+engine's 1.3 / 2.2, with ATTN_PASS, attention rows longer than a tile in passes; the serial
+engine's 1.2 / 2.1, without); 1.1 and 2.0 take RECALL without its flags byte. The RTL is verified
+against it byte for byte (CYCLES excepted, see the document), and the host's ``golden`` backend
+is this class behind the same byte interface as a serial port.
 """
 
 import math
@@ -29,7 +29,7 @@ from .protocol import (
 )
 from .ring import RingSlots
 
-__all__ = ["GoldenDevice"]
+__all__ = ["GoldenDevice", "example_session", "attn_pass_errors", "attn_pass_session"]
 
 
 class _Reject(Exception):
@@ -49,9 +49,10 @@ class GoldenDevice:
     only their CYCLES differ, which it does not model).
 
     ``contract`` is the arithmetic contract, which is the protocol major INFO reports: 1 or 2.
-    ``version`` (default ``protocol.GATEWARE_VERSIONS[contract]``, 1.2 / 2.1, what hw/ reports)
-    may name another minor of that major, which behaves as that version does: 1.3 / 2.2 add
-    ATTN_PASS; 1.1 and 2.0 take RECALL without the flags byte only.
+    ``version`` (default ``protocol.gateware_version(engine, contract)``, what hw/ reports for
+    that engine: 1.3 / 2.2 for "lanes", 1.2 / 2.1 for "serial") may name another minor of that
+    major, which behaves as that version does: 1.3 / 2.2 have ATTN_PASS, 1.2 / 2.1 answer it
+    BAD_OPCODE; 1.1 and 2.0 take RECALL without the flags byte only.
 
     ATTN_PASS state (docs/protocol.md, 0x21): the held query rows and the open pass-3
     accumulators, as the chip holds them in its tile buffer and accumulator memory.
@@ -411,4 +412,176 @@ def example_session(config: EngineConfig, seed: int = 0) -> list[tuple[str, byte
     cmd("status after reset", P.Op.STATUS)
     cmd("recall after reset", P.Op.RECALL, some)
     cmd("read after reset", P.Op.READ_SLOT, P.pack_read_slot(0))
+    return out
+
+
+def attn_pass_errors(config: EngineConfig, seed: int = 0) -> list[tuple[str, bytes]]:
+    """ATTN_PASS frames that a device of protocol 1.3 / 2.2 rejects without any ATTN_PASS state
+    (every BAD_ARG rule of docs/protocol.md section 10, BAD_LENGTH, BAD_CRC), each followed by
+    STATUS: ``[(label, wire bytes)]`` as :func:`example_session`. None is accepted, so they
+    exercise a device's frame checks only (a 1.2 / 2.1 device answers each BAD_OPCODE)."""
+    from . import protocol as P
+
+    c = config
+    hd, MQ, MK = c.head_dim, c.max_queries, c.max_keys
+    rng = np.random.default_rng([seed, 0x21])
+    out = []
+
+    def cmd(label, payload, op=P.Op.ATTN_PASS):
+        out.append((label, P.encode_command(op, payload)))
+        out.append((f"status after {label}", P.encode_command(P.Op.STATUS)))
+
+    def rows(n):
+        return fixed.quantize_bfp(rng.normal(size=(n, hd)) * 2.0 ** rng.integers(-3, 4, size=(n, 1)))
+
+    def patch(payload, offset, value: bytes):
+        return payload[:offset] + value + payload[offset + len(value):]
+
+    n_q, n_k = min(2, MQ), MK
+    (q, qe), (k, ke), (v, ve) = rows(n_q), rows(n_k), rows(n_k)
+    row = 1 + hd
+    good1 = P.pack_attn_pass(1, k, ke, q=(q, qe), v_exp=ve, causal=True, diag=1)
+    p3 = dict(q=(q, qe), v_mant=v, v_exp=ve, m=[100] * n_q, big_e=[0] * n_q, total=[1 << 16] * n_q, first=True)
+    good3 = P.pack_attn_pass(3, k, ke, **p3)
+    flags1 = good1[2]
+    q_at, k_at = 5, 5 + n_q * row                       # pass 1: no per-row scalars
+    cmd("pass 2 without held Q rows", P.pack_attn_pass(2, k, ke, n_q=n_q, m=[0] * n_q))
+    cmd("pass 3 continuing no accumulators", P.pack_attn_pass(3, k, ke, **{**p3, "first": False}))
+    cmd("n_q 0", bytes([0, n_k, flags1 & ~P.ATTN_Q]) + good1[3:5] + good1[k_at:])
+    cmd("n_q above max_queries", P.pack_attn_pass(1, k, ke, q=rows(MQ + 1), v_exp=ve))
+    cmd("n_k 0", bytes([n_q, 0, flags1]) + good1[3:k_at])
+    cmd("n_k above max_keys", P.pack_attn_pass(1, *rows(MK + 1), q=(q, qe), v_exp=np.zeros(MK + 1, int)))
+    for bit in (0x40, 0x80):
+        cmd(f"reserved flag 0x{bit:02X}", patch(good1, 2, bytes([flags1 | bit])))
+    cmd("pass 0", patch(good1, 2, bytes([flags1 & ~P.ATTN_PASS_MASK]))[:-n_k])
+    cmd("first in pass 1", patch(good1, 2, bytes([flags1 | P.ATTN_FIRST])))
+    cmd("first and last in pass 1", patch(good1, 2, bytes([flags1 | P.ATTN_FIRST | P.ATTN_LAST])))
+    good2 = P.pack_attn_pass(2, k, ke, q=(q, qe), m=[5] * n_q)
+    cmd("last in pass 2", patch(good2, 2, bytes([good2[2] | P.ATTN_LAST])))
+    cmd("diag without causal", patch(P.pack_attn_pass(1, k, ke, q=(q, qe), v_exp=ve), 3, (-1).to_bytes(2, "little", signed=True)))
+    cmd("Q mantissa -128", patch(good1, q_at + 1 + hd - 1, b"\x80"))
+    cmd("Q exponent 64", patch(good1, q_at, bytes([64])))
+    cmd("K exponent -65", patch(good1, k_at + (n_k - 1) * row, bytes([(-65) & 0xFF])))
+    cmd("K mantissa -128", patch(good1, k_at + n_k * row - 1, b"\x80"))
+    for e in (64, -65):
+        cmd(f"pass 1 V exponent {e}", patch(good1, len(good1) - 1, bytes([e & 0xFF])))
+    s3 = 5                                              # pass 3's records: m, E, sum per row
+    v_at = s3 + 9 * n_q + (n_q + n_k) * row
+    cmd("pass 3 V mantissa -128", patch(good3, v_at + 1, b"\x80"))
+    cmd("pass 3 V exponent 64", patch(good3, v_at + (n_k - 1) * row, bytes([64])))
+    for e in (64, -65):
+        cmd(f"pass 3 E {e}", patch(good3, s3 + 9 * (n_q - 1) + 4, bytes([e & 0xFF])))
+    for total in (0, (1 << 15) - 1, 1 << 25, (1 << 26) - 1, (1 << 32) - 1):
+        cmd(f"pass 3 sum {total:#x}", patch(good3, s3 + 5, total.to_bytes(4, "little")))
+    cmd("body of 6 bytes", good1[:4])
+    cmd("one byte too long", good1 + b"\x00")
+    cmd("one byte short", good1[:-1])
+    cmd("pass 3 with pass 1's length", patch(good1, 2, bytes([flags1 | P.ATTN_PASS_MASK])))
+    body = bytes([P.Op.ATTN_PASS]) + good1
+    out.append(("bad crc", P.slip_escape(body + bytes([P.crc8(body) ^ 0x21]))))
+    return out
+
+
+def attn_pass_session(config: EngineConfig, seed: int = 0) -> list[tuple[str, bytes]]:
+    """A deterministic ATTN_PASS session (protocol 1.3 / 2.2) for comparing implementations byte
+    for byte, as :func:`example_session`: INFO, :func:`attn_pass_errors`, a causal head of
+    ``max_queries`` rows over ``2 max_keys + 2`` keys in three passes over three key tiles (the
+    last tile with rows that keep none of its keys; true m, E and sums) with the read-only
+    frames that keep the held Q rows and the open accumulators in between, a non-causal tile,
+    m and E below the true ones (the clamps), and every state rule: what each frame kind drops,
+    pass 1 and 2 closing the accumulators, n_q against the held rows, a new first pass 3 over
+    open accumulators, a pass 3 continuing with new Q rows."""
+    from . import protocol as P
+
+    c = config
+    hd, MQ, MK = c.head_dim, c.max_queries, c.max_keys
+    rng = np.random.default_rng([seed, 0x2121])
+    out = [("info", P.encode_command(P.Op.INFO))]
+    out += attn_pass_errors(config, seed)
+
+    def cmd(label, payload, op=P.Op.ATTN_PASS):
+        out.append((label, P.encode_command(op, payload)))
+
+    def rows(n, scale=1.0):
+        return fixed.quantize_bfp(rng.normal(size=(n, hd)) * scale)
+
+    # the head: tile_plan's tiles (host/attention_tiles.py) of one query tile
+    Tq, Tk = MQ, 2 * MK + 2
+    (q, qe), (k, ke) = rows(Tq), rows(Tk, 3)
+    v, ve = fixed.quantize_bfp(rng.normal(size=(Tk, hd)) * rng.uniform(0.01, 100, size=(Tk, 1)))
+    keep = fixed.causal_mask(Tq, Tk)
+    t = fixed.scores(q, qe, k, ke)
+    m, big_e = fixed.row_max(t, keep), fixed.value_exp_max(keep, ve)
+    total = fixed.exp_terms(t, keep, m).sum(axis=1)
+    tiles = [(kb, min(MK, Tk - kb), -kb + Tk - Tq) for kb in range(0, Tk, MK)]
+
+    def tile(kb, nk):
+        return (k[kb:kb + nk], ke[kb:kb + nk]), (v[kb:kb + nk], ve[kb:kb + nk])
+
+    for j, (kb, nk, diag) in enumerate(tiles):
+        (kk, kke), (vv, vve) = tile(kb, nk)
+        cmd(f"pass 1 tile {j} diag {diag}", P.pack_attn_pass(1, kk, kke, q=(q, qe) if j == 0 else None, n_q=Tq,
+                                                                v_exp=vve, causal=True, diag=diag))
+        if j == 0:
+            cmd("status keeps the Q rows", b"", P.Op.STATUS)
+            out.append(("one-byte INFO body keeps them", bytes([P.Op.INFO, P.END])))
+    for j, (kb, nk, diag) in enumerate(tiles):
+        (kk, kke), _ = tile(kb, nk)
+        cmd(f"pass 2 tile {j}", P.pack_attn_pass(2, kk, kke, n_q=Tq, m=m, causal=True, diag=diag))
+        cmd(f"cycles after pass 2 tile {j}", b"", P.Op.CYCLES)
+    for j, (kb, nk, diag) in enumerate(tiles):
+        (kk, kke), (vv, vve) = tile(kb, nk)
+        first, last = j == 0, j == len(tiles) - 1
+        cmd(f"pass 3 tile {j}", P.pack_attn_pass(3, kk, kke, n_q=Tq, v_mant=vv, v_exp=vve, m=m, big_e=big_e,
+                                                   total=total, causal=True, diag=diag, first=first, last=last))
+        if j == 0:
+            cmd("read slot keeps the accumulators", P.pack_read_slot(0), P.Op.READ_SLOT)
+            cmd("info keeps them", b"", P.Op.INFO)
+            out.append(("empty frames change nothing", bytes([P.END, P.END])))
+    cmd("pass 3 after the last tile", P.pack_attn_pass(3, *tile(0, MK)[0], n_q=Tq, v_mant=v[:MK], v_exp=ve[:MK],
+                                                         m=m, big_e=big_e, total=total, causal=True, diag=Tk - Tq))
+    cmd("pass 2 after a rejected pass", P.pack_attn_pass(2, k[:MK], ke[:MK], n_q=Tq, m=m))
+
+    # one tile, not causal, n_q and n_k as given; the host's m and E as given
+    def p1(n_q, n_k, with_q=True, causal=False, diag=0):
+        return P.pack_attn_pass(1, k[:n_k], ke[:n_k], q=(q[:n_q], qe[:n_q]) if with_q else None, n_q=n_q,
+                                v_exp=ve[:n_k], causal=causal, diag=diag)
+
+    def p3(n_q, n_k, with_q=False, first=False, last=False, mm=None, ee=None):
+        mm = m[:n_q] if mm is None else mm
+        ee = big_e[:n_q] if ee is None else ee
+        return P.pack_attn_pass(3, k[:n_k], ke[:n_k], q=(q[:n_q], qe[:n_q]) if with_q else None, n_q=n_q,
+                                v_mant=v[:n_k], v_exp=ve[:n_k], m=mm, big_e=ee, total=total[:n_q],
+                                first=first, last=last)
+
+    cmd("pass 1, 1 x 1", p1(1, 1))
+    cmd("pass 1, full tile", p1(MQ, MK))
+    cmd("pass 2, full tile, m below the true maximum", P.pack_attn_pass(2, k[:MK], ke[:MK], n_q=MQ, m=m - 300))
+    cmd("pass 3 first, E below the true maximum", p3(MQ, MK, first=True, ee=big_e - 2))
+    cmd("pass 3 first again over open accumulators, new Q rows", p3(MQ, MK, with_q=True, first=True))
+    cmd("pass 3 continuing with new Q rows", p3(MQ, MK, with_q=True))
+    cmd("pass 3 last", p3(MQ, MK, last=True))
+    cmd("pass 1 after the last tile", p1(MQ, MK, with_q=False))
+    cmd("pass 3 opens the accumulators", p3(MQ, MK, first=True))
+    cmd("pass 1 closes them", p1(MQ, MK, with_q=False))
+    cmd("pass 3 continuing after pass 1", p3(MQ, MK))
+    for label, frame in (("an INFO with an escape error", bytes([P.Op.INFO, P.ESC, 0x01, P.END])),
+                         ("RECALL", P.encode_command(P.Op.RECALL, P.pack_vector_cmd(np.zeros(c.d, int), 0, c.d))),
+                         ("ATTENTION", P.encode_command(P.Op.ATTENTION, P.pack_attention(
+                             q[:1], qe[:1], k[:1], ke[:1], v[:1], ve[:1]))),
+                         ("RESET_CACHE", P.encode_command(P.Op.RESET_CACHE)),
+                         ("a damaged ATTN_PASS", P.encode_command(P.Op.ATTN_PASS, p1(MQ, MK))[:-2] + bytes([0x5A, P.END]))):
+        cmd(f"pass 1 before {label}", p1(MQ, MK))
+        cmd(f"pass 3 before {label}", p3(MQ, MK, first=True))
+        out.append((label, frame))
+        cmd(f"pass 3 continuing after {label}", p3(MQ, MK))
+        cmd(f"pass 2 with the Q rows held before {label}", P.pack_attn_pass(2, k[:MK], ke[:MK], n_q=MQ, m=m))
+    if MQ > 1:
+        cmd("pass 1 holds max_queries rows", p1(MQ, MK))
+        cmd("pass 2 for fewer rows than held", P.pack_attn_pass(2, k[:MK], ke[:MK], n_q=MQ - 1, m=m[:MQ - 1]))
+        cmd("pass 1 holds them again", p1(MQ, MK))
+        cmd("pass 3 opens max_queries accumulators", p3(MQ, MK, first=True))
+        cmd("pass 3 continuing fewer rows", p3(MQ - 1, MK, with_q=True))
+    cmd("pass 1 causal, no row keeping a key", p1(MQ, MK, causal=True, diag=-MQ))
+    cmd("status at the end", b"", P.Op.STATUS)
     return out

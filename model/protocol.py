@@ -27,7 +27,7 @@ __all__ = [
     "Cycles", "unpack_cycles", "pack_cycles", "unpack_write", "pack_write",
     "unpack_slot", "pack_slot", "unpack_recall", "pack_recall", "RecallAnswer", "unpack_attention",
     "pack_attention_rsp", "load_weights_length", "attention_length",
-    "GATEWARE_VERSIONS", "ATTN_PASS_SINCE", "takes_attn_pass", "ops_of", "ATTN_CAUSAL", "ATTN_Q", "ATTN_FIRST",
+    "GATEWARE_VERSIONS", "gateware_version", "ATTN_PASS_SINCE", "takes_attn_pass", "ops_of", "ATTN_CAUSAL", "ATTN_Q", "ATTN_FIRST",
     "ATTN_LAST", "ATTN_FLAGS_MASK", "ATTN_PASS_SHIFT", "ATTN_PASS_MASK", "ATTN_NONE_M", "ATTN_NONE_E",
     "ATTN_TOTAL_MIN", "ATTN_TOTAL_LIMIT", "AttnPass", "pack_attn_pass", "attn_pass_length", "unpack_attn_pass",
     "pack_attn_pass_rsp", "attn_pass_rsp_length", "unpack_attn_pass_rsp",
@@ -48,10 +48,12 @@ VERSIONS = {1: (1, 3),    # 1.1: INFO's capabilities name the engine kind (bits 
             2: (2, 2)}    # 2.0: contract 2 (the folded keys); INFO as 1.1; 2.1: RECALL's flags, as 1.2;
                           # 2.2: ATTN_PASS, as 1.3
 CONTRACTS = tuple(VERSIONS)
-# What the gateware in hw/ implements and reports in its INFO, per contract: it has no ATTN_PASS
-# yet (issue 23), so it speaks the minor before it. The golden device models it by default.
-GATEWARE_VERSIONS = {1: (1, 2), 2: (2, 1)}
-VERSION = GATEWARE_VERSIONS[1]
+# What the gateware in hw/ implements and reports in its INFO, per engine kind (ENGINES, below)
+# and contract: the lane engine has ATTN_PASS (1.3 / 2.2); the serial engine (iCE40 UP5K, no room
+# for it) has not, so it speaks the minor before it and answers 0x21 BAD_OPCODE. The golden device
+# models the engine it is told by default (gateware_version).
+GATEWARE_VERSIONS = {"lanes": {1: (1, 3), 2: (2, 2)}, "serial": {1: (1, 2), 2: (2, 1)}}
+VERSION = GATEWARE_VERSIONS["lanes"][1]
 # The first version of each major whose RECALL may carry a flags byte after S_n (docs/protocol.md
 # section 9): the host asks for the probabilities only when it needs them. Older devices answer
 # the longer frame BAD_LENGTH, so the host sends them the frame without flags (and gets the
@@ -142,6 +144,16 @@ def takes_attn_pass(version) -> bool:
     """Whether a device of protocol ``version`` (major, minor) has ATTN_PASS (1.3 / 2.2 on)."""
     since = ATTN_PASS_SINCE.get(version[0])
     return since is not None and tuple(version) >= since
+
+
+def gateware_version(engine: str = "lanes", contract: int = 1) -> tuple:
+    """The protocol version (major, minor) that ``HmtxTop(config, engine, contract)`` implements
+    and reports in its INFO: :data:`GATEWARE_VERSIONS` (ValueError for an unknown kind or contract)."""
+    if engine not in GATEWARE_VERSIONS:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+    if contract not in GATEWARE_VERSIONS[engine]:
+        raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
+    return GATEWARE_VERSIONS[engine][contract]
 
 
 def ops_of(version) -> tuple:
@@ -579,6 +591,8 @@ def unpack_attn_pass(payload: bytes, head_dim: int) -> AttnPass:
         nonlocal off
         vs = [unpack_bfp8(payload[off + i * row: off + (i + 1) * row], head_dim) for i in range(n)]
         off += n * row
+        if not vs:          # n_q or n_k 0: the device answers BAD_ARG
+            return np.zeros((0, head_dim), np.int64), np.zeros(0, np.int64)
         return (np.stack([x[0] for x in vs]).reshape(n, head_dim), np.array([x[1] for x in vs], dtype=np.int64))
 
     q = rows(n_q) if flags & ATTN_Q else None
@@ -636,11 +650,11 @@ class Info:
     @classmethod
     def for_config(cls, cfg, engine: str = "lanes", contract: int = 1, version=None) -> "Info":
         """The INFO of a device of ``cfg`` computing ``contract``, speaking ``version`` (default
-        the gateware's: ``GATEWARE_VERSIONS[contract]``; any minor of that major up to this host's
-        newest, ``VERSIONS[contract]``, models that device)."""
+        the gateware's of that engine: :func:`gateware_version`; any minor of that major up to
+        this host's newest, ``VERSIONS[contract]``, models that device)."""
         if contract not in VERSIONS:
             raise ValueError(f"unknown contract {contract!r}; choose one of {CONTRACTS}")
-        version = GATEWARE_VERSIONS[contract] if version is None else tuple(version)
+        version = gateware_version(engine, contract) if version is None else tuple(version)
         if len(version) != 2 or version[0] != contract or not 0 <= version[1] <= VERSIONS[contract][1]:
             raise ValueError(f"version {version!r} is not a version of contract {contract} this host knows "
                              f"(up to {_version_str(VERSIONS[contract])})")

@@ -45,7 +45,8 @@ def frame(g, payload, op=P.Op.ATTN_PASS):
 
 
 def test_versions_and_lengths():
-    assert P.GATEWARE_VERSIONS == {1: (1, 2), 2: (2, 1)} and P.VERSION == (1, 2)
+    assert P.GATEWARE_VERSIONS == {"lanes": {1: (1, 3), 2: (2, 2)}, "serial": {1: (1, 2), 2: (2, 1)}}
+    assert P.VERSION == (1, 3)
     assert P.VERSIONS == {1: (1, 3), 2: (2, 2)}
     assert [P.takes_attn_pass(v) for v in ((1, 2), (1, 3), (2, 1), (2, 2))] == [False, True, False, True]
     rng = np.random.default_rng(SEED)
@@ -163,15 +164,18 @@ def test_errors_are_bad_arg_and_change_nothing_else():
     bad(P.pack_attn_pass(2, *k, n_q=3, m=[0] * 3), "held Q rows dropped by RECALL")
 
 
-def test_gateware_version_has_no_attn_pass_and_the_host_says_so():
-    from hmtx.hw.top import OPCODES
-    from hmtx.hw.wire import Opcode
-    # the gateware's opcode decoder knows what its protocol has: 0x21 is BAD_OPCODE there too
-    assert "ATTN_PASS" not in OPCODES and P.Op.ATTN_PASS not in [o.value for o in Opcode]
-    assert set(OPCODES.values()) == {int(o) for o in P.ops_of(P.GATEWARE_VERSIONS[1])} == \
-        {int(o) for o in P.Op} - {P.Op.ATTN_PASS}
+def test_lane_gateware_has_attn_pass_serial_does_not_and_the_host_says_so():
+    from hmtx.hw.top import OPCODES, opcodes
+    # each top's opcode decoder knows what its protocol has: the lane engine's 1.3 has ATTN_PASS,
+    # the serial engine's 1.2 answers 0x21 BAD_OPCODE
+    assert OPCODES["ATTN_PASS"] == P.Op.ATTN_PASS and set(OPCODES.values()) == {int(o) for o in P.Op}
+    for contract in (1, 2):
+        assert set(opcodes("serial", contract).values()) == {int(o) for o in P.Op} - {P.Op.ATTN_PASS}
+        assert P.takes_attn_pass(P.gateware_version("lanes", contract))
+        assert not P.takes_attn_pass(P.gateware_version("serial", contract))
     rng = np.random.default_rng(SEED)
-    g = GoldenDevice(CFG)                                   # the gateware's 1.2
+    assert GoldenDevice(CFG).version == (1, 3) and GoldenDevice(CFG, "serial").version == (1, 2)
+    g = GoldenDevice(CFG, "serial")                         # the serial engine's gateware: 1.2
     q, k, v = rows(rng, 3), rows(rng, 5), rows(rng, 5)
     assert frame(g, P.pack_attn_pass(1, *k, q=q, v_exp=v[1]))[0] == P.Status.BAD_OPCODE
     dev = device(version=(1, 2))

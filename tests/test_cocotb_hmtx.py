@@ -10,8 +10,10 @@ groups are marked slow; ``make test`` runs the weight-free ``smoke`` group on it
 current smollm model is already built (HMTX_SMOLLM=1 forces the build). ``up5k_serial`` is
 the iCE40 build's engine (``HmtxTop(up5k, engine="serial")``, one time-shared multiplier) in
 every group at modest sizes. ``tiny_c2`` and ``up5k_serial_c2`` are the same engines built for
-contract 2 (``HmtxTop(config, engine, contract=2)``: folded keys, protocol 2.1) against the golden
-device of contract 2; ``weights_order`` is the group where the contracts' rules differ.
+contract 2 (``HmtxTop(config, engine, contract=2)``: folded keys, protocol 2.2 / 2.1) against the
+golden device of contract 2; ``weights_order`` is the group where the contracts' rules differ.
+``attn_pass`` (ATTN_PASS's passes and state rules) runs on the lane engine's tops, tiny and
+tiny_c2.
 """
 
 import os
@@ -64,9 +66,11 @@ def print_coverage(out) -> None:
 
 
 GROUPS = ["session", "smoke", "ring", "weights_order", "reset_mid_operation", "fuzz", "soak"]
+# ATTN_PASS (protocol 1.3 / 2.2): the lane engine's tops only
+LANE_GROUPS = GROUPS + ["attn_pass"]
 
 
-@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("group", LANE_GROUPS)
 def test_tiny(tiny, group):
     print_coverage(tiny.run(MODULE, tests=group, tag=group, wall_limit_s=LIMIT, env={"HMTX_CONFIG": "tiny"}))
 
@@ -102,7 +106,7 @@ def test_up5k_serial(up5k_serial, group):
                                         "HMTX_FUZZ_CASES": "20", "HMTX_RESET_TRIALS": "3", "HMTX_WRAPS": "2"}))
 
 
-@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("group", LANE_GROUPS)
 def test_tiny_c2(tiny_c2, group):
     print_coverage(tiny_c2.run(MODULE, tests=group, tag=group, wall_limit_s=LIMIT,
                                env={"HMTX_CONFIG": "tiny", "HMTX_CONTRACT": "2"}))

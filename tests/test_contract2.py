@@ -53,17 +53,19 @@ def weights(rng, cfg=CFG):
 
 # --- protocol 2.0: versions, INFO, READ_SLOT bytes ------------------------------------------------
 def test_versions_name_the_contracts():
-    assert P.VERSION == P.GATEWARE_VERSIONS[1] == (1, 2)   # what hw/ reports (1.2: RECALL's flags)
-    assert P.GATEWARE_VERSIONS[2] == (2, 1) and P.CONTRACTS == (1, 2)
+    # what hw/ reports: the lane engine 1.3 / 2.2 (ATTN_PASS), the serial one 1.2 / 2.1 (RECALL's flags)
+    assert P.VERSION == P.gateware_version("lanes", 1) == (1, 3) and P.gateware_version("lanes", 2) == (2, 2)
+    assert P.gateware_version("serial", 1) == (1, 2) and P.gateware_version("serial", 2) == (2, 1)
+    assert P.CONTRACTS == (1, 2)
     assert P.VERSIONS == {1: (1, 3), 2: (2, 2)}            # the host's newest: ATTN_PASS
     for contract in P.CONTRACTS:
         info = P.Info.for_config(CFG, "serial", contract)
         back = P.unpack_info(P.pack_info(info))
-        assert back == info and back.version == P.GATEWARE_VERSIONS[contract] and back.contract == contract
+        assert back == info and back.version == P.gateware_version("serial", contract) and back.contract == contract
         assert back.engine == "serial" and back.mismatches(CFG) == []
     # INFO bytes differ only in the version bytes (offsets 2, 3)
     a, b = (P.pack_info(P.Info.for_config(CFG, contract=c)) for c in (1, 2))
-    assert len(a) == len(b) == 29 and [i for i in range(29) if a[i] != b[i]] == [2, 3] and b[2:4] == b"\x02\x01"
+    assert len(a) == len(b) == 29 and [i for i in range(29) if a[i] != b[i]] == [2, 3] and b[2:4] == b"\x02\x02"
     with pytest.raises(ValueError, match="unknown contract 3"):
         P.Info.for_config(CFG, contract=3)
     three = P.Info.for_config(CFG).__class__(**{**P.Info.for_config(CFG).__dict__, "version": (3, 0)})
@@ -111,7 +113,7 @@ def test_doc_table_lengths_2_0():
 # --- the golden device, contract 2 ------------------------------------------------------------------
 def test_golden_contract_2_matches_fold_key_and_recall_folded(rng):
     dev = GoldenDevice(CFG, contract=2)
-    assert P.unpack_info(ok(dev, Op.INFO)).version == (2, 1)
+    assert P.unpack_info(ok(dev, Op.INFO)).version == (2, 2)          # the lane engine's gateware (ATTN_PASS)
     qw_q, qw_k = weights(rng)
     load(dev, 0, qw_q, chunk=5 * CFG.d_h)
     load(dev, 1, qw_k)
@@ -210,7 +212,7 @@ def test_host_refuses_an_unknown_major_and_the_device_stays_usable():
 def test_device_contract_comes_from_info_and_can_be_required(rng):
     for contract in (1, 2):
         dev = Device(GoldenTransport(CFG, contract=contract), CFG)
-        assert dev.contract == contract and dev.device_info.version == P.GATEWARE_VERSIONS[contract]
+        assert dev.contract == contract and dev.device_info.version == P.gateware_version("lanes", contract)
         qw_q, qw_k = weights(rng)
         dev.load_weights(qw_q, qw_k)
         m, e = vec(rng)
@@ -221,9 +223,9 @@ def test_device_contract_comes_from_info_and_can_be_required(rng):
         if contract == 2:
             kk, kke = fixed.fold_key(qw_q, kk, kke)
         assert np.array_equal(k, kk[0]) and ke == kke[0]
-    with pytest.raises(ValueError, match=r"contract 2 asked for, but golden speaks protocol 1\.2 \(contract 1\)"):
+    with pytest.raises(ValueError, match=r"contract 2 asked for, but golden speaks protocol 1\.3 \(contract 1\)"):
         Device(GoldenTransport(CFG), CFG, contract=2)
-    with pytest.raises(ValueError, match=r"contract 1 asked for, but golden speaks protocol 2\.1"):
+    with pytest.raises(ValueError, match=r"contract 1 asked for, but golden speaks protocol 2\.2"):
         Device(GoldenTransport(CFG, contract=2), CFG, contract=1)
     assert Device.open("golden", CFG, contract=2).contract == 2
     assert Device.open("golden", CFG).contract == 1

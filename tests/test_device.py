@@ -169,7 +169,7 @@ def test_recall_asks_for_the_probabilities_only_when_told(contract):
     events = []
     rec = Recorder(GoldenTransport(CFG, contract=contract), events)
     with Device(rec, CFG) as dev:
-        assert dev.recall_flags and dev.device_info.version == P.GATEWARE_VERSIONS[contract]
+        assert dev.recall_flags and dev.device_info.version == P.gateware_version("lanes", contract)
         dev.load_weights(*weights(rng))
         for _ in range(3):
             dev.write_memory(*_mem(rng))

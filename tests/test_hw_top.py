@@ -228,8 +228,10 @@ def test_wire_enums_are_the_protocols():
     from hmtx.hw.top import OPCODES, STATUS
     from hmtx.hw.wire import Header, Opcode, Status
 
-    # the opcodes of the gateware's protocol (no ATTN_PASS before 1.3)
-    assert {op.name: op.value for op in Opcode} == OPCODES == {op.name: int(op) for op in P.ops_of(P.GATEWARE_VERSIONS[1])}
+    # every opcode of the protocol; the lane engine's top decodes them all (1.3), the serial
+    # engine's all but ATTN_PASS (1.2: tests/test_hw_top_attn_pass.py)
+    assert {op.name: op.value for op in Opcode} == OPCODES == {op.name: int(op) for op in P.Op}
+    assert OPCODES == {op.name: int(op) for op in P.ops_of(P.gateware_version("lanes", 1))}
     assert {st.name: st.value for st in Status} == STATUS == {st.name: int(st) for st in P.Status}
     assert Opcode.as_shape().width == Status.as_shape().width == 8
     # the LOAD_WEIGHTS header as model/protocol packs it, read through the layout

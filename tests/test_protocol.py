@@ -425,7 +425,7 @@ def test_older_minor_and_older_hosts_meet_what_they_know(contract, old):
                 flagged += 1
                 assert (y.status, y.payload) == (Status.BAD_LENGTH, b""), label
             elif x.op == Op.INFO and x.status == Status.OK:
-                assert P.unpack_info(x.payload).version == P.GATEWARE_VERSIONS[contract], label
+                assert P.unpack_info(x.payload).version == P.gateware_version("lanes", contract), label
                 assert P.unpack_info(y.payload).version == old, label
                 assert x.payload[:2] + x.payload[4:] == y.payload[:2] + y.payload[4:], label
             else:

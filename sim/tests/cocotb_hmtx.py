@@ -21,7 +21,7 @@ import numpy as np
 from hmtx.model import fixed
 from hmtx.model import protocol as P
 from hmtx.model.configs import get_config
-from hmtx.model.golden_device import GoldenDevice, example_session
+from hmtx.model.golden_device import GoldenDevice, attn_pass_session, example_session
 from hmtx.sim.coverage import Coverage
 from hmtx.sim.scoreboard import Scoreboard
 from hmtx.sim.tb import STALL_PATTERNS, TB, test_seed
@@ -32,8 +32,9 @@ CONTRACT = int(os.environ.get("HMTX_CONTRACT", "1"))
 # Products per cycle the engine computes: P lanes, or the serial engine's one multiplier (a
 # RECALL at up5k takes ~12,000 cycles there); the waits below scale with 1 / this.
 MACS_PER_CYCLE = 1 if ENGINE == "serial" else max(1, CONFIG.lanes)
-# the opcodes of the gateware's protocol (ATTN_PASS, 1.3, is not one: BAD_OPCODE there)
-GATEWARE_OPS = P.ops_of(P.GATEWARE_VERSIONS[CONTRACT])
+# the opcodes of this gateware's protocol (the serial engine's 1.2 / 2.1 has no ATTN_PASS: BAD_OPCODE
+# there; the golden device of ENGINE speaks the same version)
+GATEWARE_OPS = P.ops_of(P.gateware_version(ENGINE, CONTRACT))
 OPS = [op.name for op in GATEWARE_OPS] + ["MALFORMED"]
 CACHE_STATES = ["empty", "partial", "full"]
 
@@ -152,6 +153,20 @@ async def session(dut, stalls):
     await h.tb.expect_silence(64)
     h.tb.log.info(f"{h.sb.summary()}\n{h.cov.summary()}")
     save_coverage(h.cov, f"session-{stalls}")
+
+
+@cocotb.test()
+@cocotb.parametrize(stalls=[cocotb.Param("none", "none"), cocotb.Param("both", "both")])
+async def attn_pass(dut, stalls):
+    """golden_device.attn_pass_session: ATTN_PASS's three passes over a causal head's key tiles
+    (true m, E and sums; rows that keep no key of a tile), the read-only frames that keep the held
+    Q rows and open accumulators, every frame kind that drops them, and every error."""
+    h = await start(dut, stalls, salt=8)
+    for label, data in attn_pass_session(CONFIG, seed=test_seed() % 2**32):
+        await h.wire(label, data)
+    await h.tb.expect_silence(64)
+    h.tb.log.info(f"{h.sb.summary()}\n{h.cov.summary()}")
+    save_coverage(h.cov, f"attn_pass-{stalls}")
 
 
 @cocotb.test()
