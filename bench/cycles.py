@@ -1,7 +1,8 @@
 """Measured compute cycles of the hmtx engine vs the ideal MACs / P, in Amaranth's simulator.
 
 For each named configuration the Engine (hmtx.hw.engine) runs WRITE, RECALL over a full
-cache and over one slot, and the largest ATTENTION tile; cycles are counted from the start
+cache and over one slot, the largest ATTENTION tile and (lane engine) the three passes of ATTN_PASS
+over it (pass 3 first, continuing and last); cycles are counted from the start
 pulse to the done pulse (the top level adds 1 cycle, frame validated -> engine start; that is
 what the CYCLES command reports). Memory contents are random: cycle counts do not depend on
 data. smollm takes about 75 s to simulate.
@@ -37,7 +38,8 @@ from hmtx.sim.perf import run_engine_op
 
 def ideal(c, op, n=0, nq=0, nk=0, lanes=None, contract=1):
     macs = {"write": c.d * c.d_h, "recall": c.d * c.d_h + n * c.d_h + n * c.d,
-            "attention": 2 * nq * nk * c.head_dim}[op]
+            "attention": 2 * nq * nk * c.head_dim, "pass12": nq * nk * c.head_dim,
+            "pass3": 2 * nq * nk * c.head_dim}[op]
     if contract == 2:   # K'_i = W_q K_i on write (its first pass, for the shift, is not counted)
         macs = {"write": 2 * c.d * c.d_h, "recall": 2 * n * c.d}.get(op, macs)
     return macs, math.ceil(macs / (c.lanes if lanes is None else lanes))
@@ -53,10 +55,14 @@ def beats(e, op, n=0, nq=0, nk=0):
         return ideal(c, op, n, nq, nk, contract=e.contract)[0]
     # (the weighted sum of a single key issues a second beat of weight 0: Sequencer, WSUM)
     wsum = e.CB * max(n, 2)
-    if e.contract == 2 and op != "attention":
+    if e.contract == 2 and op in ("write", "recall"):
         return {"write": 3 * c.d_h * e.CB, "recall": n * e.CB + wsum}[op]
+    # (ATTN_PASS pass 3 continuing a row adds 4 beats per block for its carried accumulator;
+    # one that carries it on has at least 3 beats per block)
     return {"write": c.d_h * e.CB, "recall": c.d_h * e.CB + n * e.KB + wsum,
-            "attention": nq * (nk + max(nk, 2)) * e.AB}[op]
+            "attention": nq * (nk + max(nk, 2)) * e.AB, "pass12": nq * nk * e.AB,
+            "pass3-first": nq * (nk + max(nk, 3)) * e.AB, "pass3": nq * (2 * nk + 4) * e.AB,
+            "pass3-last": nq * (2 * nk + 4) * e.AB}[op]
 
 
 def measure(c, engine="lanes", contract=1):
@@ -87,6 +93,17 @@ def measure(c, engine="lanes", contract=1):
         cyc = await run_engine_op(ctx, e, op=Op.ATTENTION, n_keys=nk, n_q=nq, causal=0)
         rows.append((f"ATTENTION {nq}x{nk}", cyc, *ideal(c, "attention", nq=nq, nk=nk, lanes=lanes),
                      beats(e, "attention", nq=nq, nk=nk)))
+        if engine != "lanes":
+            return      # (the serial engine has no ATTN_PASS)
+        for a in range(nq):     # the host's m = 0, E = 0, sum = 2^20 (cycle counts do not depend on them)
+            ctx.set(e.rows.mem.data[a], (1 << 20) << 40)
+        for p, flags, kind in ((1, {}, "pass12"), (2, {}, "pass12"), (3, {"afirst": 1}, "pass3-first"),
+                               (3, {}, "pass3"), (3, {"alast": 1}, "pass3-last")):
+            cyc = await run_engine_op(ctx, e, **{"op": Op.ATTN_PASS, "apass": p, "afirst": 0, "alast": 0, "diag": 0,
+                                                 "n_keys": nk, "n_q": nq, "causal": 0, **flags})
+            label = f"ATTN_PASS {p}" + {"pass3-first": " first", "pass3-last": " last"}.get(kind, "")
+            rows.append((f"{label} {nq}x{nk}", cyc, *ideal(c, "pass3" if p == 3 else "pass12", nq=nq, nk=nk),
+                         beats(e, kind, nq=nq, nk=nk)))
 
     sim = Simulator(e)
     sim.add_clock(1e-8)
