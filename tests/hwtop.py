@@ -10,13 +10,14 @@ from hmtx.model.golden_device import GoldenDevice
 __all__ = ["run_against_golden"]
 
 
-def run_against_golden(config, steps, r, gap=0.2, stall=0.2, compare_cycles=False, engine="lanes"):
+def run_against_golden(config, steps, r, gap=0.2, stall=0.2, compare_cycles=False, engine="lanes", contract=1):
     """``steps``: (label, raw wire bytes). Every response must equal the golden's byte for byte,
     except CYCLES payloads (implementation-defined counts), whose status/opcode/length are checked.
-    ``engine``: HmtxTop's datapath ("lanes" or "serial"). Returns [(label, golden response
-    bytes, rtl response bytes)]."""
-    dut = HmtxTop(config, engine=engine)
-    gold = GoldenDevice(config, engine)
+    ``engine``: HmtxTop's datapath ("lanes" or "serial"), ``contract`` its arithmetic (the golden
+    device models that engine's gateware: its protocol version). Returns [(label, golden
+    response bytes, rtl response bytes)]."""
+    dut = HmtxTop(config, engine=engine, contract=contract)
+    gold = GoldenDevice(config, engine, contract)
     results = []
 
     async def tb(ctx):

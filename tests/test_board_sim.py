@@ -17,7 +17,7 @@ from hmtx.model.defaults import engine_config
 from hmtx.host.device import Device
 from hmtx.model import fixed
 from hmtx.model import protocol as P
-from hmtx.model.golden_device import example_session
+from hmtx.model.golden_device import GoldenDevice, example_session
 
 # The engine `hmtx run --backbone tiny` expects (tiny widened to the tiny Llama's d=32), so one
 # Verilator build serves the sessions and the `hmtx run` test.
@@ -249,7 +249,7 @@ def test_icebreaker_board_top_session_byte_identical():
     design = board_design("icebreaker", cfg)
     assert (design.engine, design.fifo_ram, design.clk_hz, design.divisor) == ("serial", "block", 24e6, 8)
     session = example_session(cfg, seed=SEED)
-    want = run_session(GoldenTransport(cfg), session)
+    want = run_session(GoldenTransport(cfg, GoldenDevice(cfg, "serial")), session)    # (its INFO: 1.2, serial)
     with BoardSim(design) as b:
         t = SerialTransport(b.port)
         try:

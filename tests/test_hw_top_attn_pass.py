@@ -15,6 +15,9 @@ from hwsim import rng
 from hwtop import run_against_golden
 
 ODD = EngineConfig("odd20", d=20, d_h=12, n_slots=3, lanes=8, head_dim=12, max_queries=3, max_keys=5)
+# 32 lanes: the row writes' lanes span four groups of 8; one query row per tile is not enough for
+# every rule (max_queries 2)
+WIDE = EngineConfig("wide32", d=40, d_h=20, n_slots=2, lanes=32, head_dim=20, max_queries=2, max_keys=3)
 
 
 def statuses(results):
@@ -56,17 +59,20 @@ def test_top_attn_pass_errors(config, engine):
     assert st["bad crc"] == P.Status.BAD_CRC
 
 
-@pytest.mark.parametrize("config,engine", [(CONFIGS["tiny"], "lanes"), (ODD, "lanes"), (CONFIGS["tiny"], "serial")],
-                         ids=lambda v: v if isinstance(v, str) else v.name)
-def test_top_attn_pass_session(config, engine):
+@pytest.mark.parametrize("config,engine,contract", [(CONFIGS["tiny"], "lanes", 1), (ODD, "lanes", 1), (WIDE, "lanes", 1),
+                                                    (CONFIGS["tiny"], "lanes", 2), (CONFIGS["tiny"], "serial", 1),
+                                                    (CONFIGS["tiny"], "serial", 2)],
+                         ids=lambda v: v if isinstance(v, str) else f"c{v}" if isinstance(v, int) else v.name)
+def test_top_attn_pass_session(config, engine, contract):
     """golden_device.attn_pass_session: the three passes of a causal head over three key tiles,
     the state rules, every error (the serial engine answers each ATTN_PASS BAD_OPCODE)."""
     r = rng(41)
-    results = run_against_golden(config, attn_pass_session(config, r.randrange(1 << 30)), r, engine=engine)
+    results = run_against_golden(config, attn_pass_session(config, r.randrange(1 << 30)), r, engine=engine,
+                                 contract=contract)
     st = statuses(results)
     want = P.Status.BAD_OPCODE if engine == "serial" else P.Status.OK
-    assert st["pass 1 tile 0 diag 14" if config.name == "tiny" else "pass 1, full tile"] == want
-    assert st["pass 3 last"] == want
+    assert st["pass 1, full tile"] == st["pass 3 last"] == st["pass 3 tile 0"] == want
+    assert st["pass 3 continuing after pass 1"] == (P.Status.BAD_OPCODE if engine == "serial" else P.Status.BAD_ARG)
 
 
 def test_pass3_last_is_attention_bytes():
