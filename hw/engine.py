@@ -31,7 +31,7 @@ from .engine_exponents import ExponentTables
 from .engine_fetch import OperandFetch
 from .engine_fold import FoldUnit
 from .engine_rows import RowScalars
-from .engine_layout import (ADDR_REGS, CONTROL_MEMBERS, EXP_W, MASK_W, SHIFT_W, TAG_BITS, W_ROW_DEPTH,
+from .engine_layout import (ADDR_REGS, CONTROL_MEMBERS, LANE_TAG, EXP_W, MASK_W, SHIFT_W, TAG_BITS, W_ROW_DEPTH,
                             EngineLayout, EngineSignature, Op, Phase, Region, Rows, ceil_div, delay,
                             key_block_lanes, lane_group_regions)
 from .engine_score import ScoreUnit
@@ -226,8 +226,8 @@ class Engine(EngineLayout, wiring.Component):
         wiring.connect(m, seq.exps, exps.ctl)
         wiring.connect(m, seq.rows, self.rows.ctl)
         # ATTN_PASS: pass 1 and 2 store the row's maximum, E, sum; passes 2 and 3 take the host's
-        m.d.comb += [self.rows.busy.eq(seq.busy), self.rows.score_max.eq(score.scores.max),
-                     self.rows.big_e.eq(softmax.exps.big_e), self.rows.exp_sum.eq(softmax.exp_sum),
+        m.d.comb += [self.rows.busy.eq(seq.busy), self.rows.score_max.eq(score.scores.max[seq.softmax.ebank]),
+                     self.rows.big_e.eq(softmax.big_e), self.rows.exp_sum.eq(softmax.exp_sum),
                      softmax.row.eq(self.rows.cur)]
 
         wiring.connect(m, fetch.dat_rd, self._dat_r)
@@ -244,13 +244,16 @@ class Engine(EngineLayout, wiring.Component):
         # output is always ready, and so its input is too (the fetch does not look at it).
         wiring.connect(m, fetch.mac, mac.i)
         m.d.comb += mac.o.ready.eq(1)
-        # every phase drains before the next starts, so the phase names the owner of a result
-        sinks = [(wb.proj, Phase.PROJ), (score.dot, Phase.SCORE), (wb.wsum, Phase.WSUM)]
+        # A projection's and a fold's results are owned by the phase (each drains before the next
+        # starts); score and weighted-sum results by the tag (attention rows overlap them)
+        lane = mac.o.payload.tag[LANE_TAG]
+        rows = (seq.phase == Phase.SCORE) | (seq.phase == Phase.WSUM)
+        sinks = [(wb.proj, seq.phase == Phase.PROJ), (score.dot, rows & ~lane), (wb.wsum, rows & lane)]
         if self.contract == 2:
-            sinks.append((self.fold.lanes, Phase.FOLD))
+            sinks.append((self.fold.lanes, seq.phase == Phase.FOLD))
             self._connect_fold(m)
-        for sink, phase in sinks:
-            m.d.comb += [sink.valid.eq(mac.o.valid & (seq.phase == phase)), sink.payload.eq(mac.o.payload)]
+        for sink, owner in sinks:
+            m.d.comb += [sink.valid.eq(mac.o.valid & owner), sink.payload.eq(mac.o.payload)]
 
         wiring.connect(m, wb.q, fetch.q)
         wiring.connect(m, fetch.copy, wb.copy)

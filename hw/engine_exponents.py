@@ -26,13 +26,15 @@ class ExponentControlSignature(wiring.Signature):
         WRITE: enter M_i's and K_i's exponents for ``slot`` (a pulse; they are written a cycle later).
     q_vec : Out(1)
         RECALL: q_exp is the vector's exponent plus W_q's (registered beforehand).
-    q_row, row : Out(...)
-        ATTENTION: q_exp is Q row ``row``'s exponent (the row's entry is there the cycle after
-        ``row`` changes; ``q_row`` holds while the row loads).
-    row_done : Out(1)
-        Row ``row`` (0 for a recall) is done: write its output exponent ``E - (PROB_BITS - OUT_SHIFT)``.
-    key : Out(16)
-        The key at the head of the exp2 and probability passes (the value exponent's address).
+    q_row, row, qbank : Out(...)
+        ATTENTION: q_exp of bank ``qbank`` is Q row ``row``'s exponent (the row's entry is there
+        the cycle after ``row`` changes; ``q_row`` holds while the row loads). The score unit
+        reads the q_exp of each score's bank, so two rows' scores can follow each other.
+    row_done, orow : Out(...)
+        Row ``orow`` (0 for a recall) is done: write its output exponent ``E - (PROB_BITS - OUT_SHIFT)``.
+    key, pkey : Out(16)
+        The keys at the head of the exp2 pass and of the probability pass (their value
+        exponents' addresses; the passes may run at once, for different rows).
     kf_wr : Out(1)
         Contract 2's WRITE, once the fold shift is known: K'_i's exponent ``e_K + e_Wq + s``
         into ``kexp[slot]`` over K_i's (a pulse; written a cycle later).
@@ -43,8 +45,9 @@ class ExponentControlSignature(wiring.Signature):
         super().__init__({
             "attn": Out(1),
             "slot": Out(range(c.n_slots)), "slot_wr": Out(1),
-            "q_vec": Out(1), "q_row": Out(1), "row": Out(range(c.max_queries + 1)),
-            "row_done": Out(1), "key": Out(16), "kf_wr": Out(1),
+            "q_vec": Out(1), "q_row": Out(1), "row": Out(range(c.max_queries + 1)), "qbank": Out(1),
+            "row_done": Out(1), "orow": Out(range(c.max_queries + 1)), "key": Out(16), "pkey": Out(16),
+            "kf_wr": Out(1),
         })
 
 
@@ -53,16 +56,17 @@ class ScoreExponentsSignature(wiring.Signature):
 
     Members
     -------
-    key : In(16)
-        A key, at the MAC's result.
+    key, bank : In(...)
+        A key and its row's bank, at the MAC's result.
     key_exp : Out(signed(EXP_W))
         Its exponent (K_i's, or K row b's), one cycle after ``key``.
     q_exp : Out(signed(EXP_W))
-        The exponent of q (recall) or of the current Q row (attention).
+        The exponent of q (recall) or of the bank's Q row (attention), in the same cycle.
     """
 
     def __init__(self):
-        super().__init__({"key": In(16), "key_exp": Out(signed(EXP_W)), "q_exp": Out(signed(EXP_W))})
+        super().__init__({"key": In(16), "bank": In(1), "key_exp": Out(signed(EXP_W)),
+                          "q_exp": Out(signed(EXP_W))})
 
 
 class SoftmaxExponentsSignature(wiring.Signature):
@@ -70,14 +74,15 @@ class SoftmaxExponentsSignature(wiring.Signature):
 
     Members
     -------
-    value_exp : Out(signed(8))
-        The value exponent (M_i's, or V row b's) of the control's ``key``, two cycles after it.
+    value_exp, pvalue_exp : Out(signed(8))
+        The value exponent (M_i's, or V row b's) of the control's ``key`` (exp2 pass) and
+        ``pkey`` (probability pass), two cycles after it.
     big_e : In(signed(EXP_W))
-        E, the largest value exponent of the kept keys (the row's output exponent follows from it).
+        E of the row in the probability pass (the row's output exponent follows from it).
     """
 
     def __init__(self):
-        super().__init__({"value_exp": Out(signed(8)), "big_e": In(signed(EXP_W))})
+        super().__init__({"value_exp": Out(signed(8)), "pvalue_exp": Out(signed(8)), "big_e": In(signed(EXP_W))})
 
 
 class ExponentTablesSignature(wiring.Signature):
@@ -143,8 +148,10 @@ class ExponentTables(wiring.Component):
         self.oexp = memory.Memory(shape=signed(EXP_W), depth=MQ, init=[], attrs={"ram_style": "logic"})
         self._vexp_k = self.vexp.read_port(base=MQ, size=MK)
         self._vexp_v = self.vexp.read_port(base=MQ + MK, size=MK, latency=2)
+        self._vexp_pv = self.vexp.read_port(base=MQ + MK, size=MK, latency=2)
         self._vexp_q = self.vexp.read_port(size=MQ)
         self._mexp_r = self.mexp.read_port(latency=2)
+        self._mexp_pr = self.mexp.read_port(latency=2)
         self._mexp_w = self.mexp.write_port()
         self._kexp_r = self.kexp.read_port()
         self._kexp_w = self.kexp.write_port()
@@ -187,25 +194,30 @@ class ExponentTables(wiring.Component):
                      self._mexp_w.en.eq(exp_wr.en & ~exp_wr.k_only),
                      self._kexp_w.addr.eq(exp_wr.slot), self._kexp_w.data.eq(exp_wr.k),
                      self._kexp_w.en.eq(exp_wr.en)]
-        # the exponent of q / of Q row a
-        q_exp = Signal(signed(EXP_W))
+        # the exponent of q / of Q row a, per bank
+        q_exp = [Signal(signed(EXP_W), name=f"q_exp{k}") for k in range(2)]
         m.d.comb += self._vexp_q.addr.eq(ctl.row)
         with m.If(ctl.q_vec):
-            m.d.sync += q_exp.eq(qexp_pre)
+            m.d.sync += q_exp[0].eq(qexp_pre)
         with m.If(ctl.q_row):
-            m.d.sync += q_exp.eq(self._vexp_q.data)
+            with m.If(ctl.qbank):
+                m.d.sync += q_exp[1].eq(self._vexp_q.data)
+            with m.Else():
+                m.d.sync += q_exp[0].eq(self._vexp_q.data)
         # a row's output exponent (the owner reads it only after done)
         oexp_wr = Signal(data.StructLayout({"addr": len(self._oexp_w.addr), "data": signed(EXP_W), "en": 1}))
         m.d.sync += oexp_wr.en.eq(0)
         with m.If(ctl.row_done):
-            m.d.sync += [oexp_wr.addr.eq(ctl.row), oexp_wr.en.eq(1),
+            m.d.sync += [oexp_wr.addr.eq(ctl.orow), oexp_wr.en.eq(1),
                          oexp_wr.data.eq(self.softmax.big_e - (fixed.PROB_BITS - fixed.OUT_SHIFT))]
         m.d.comb += [self._oexp_w.addr.eq(oexp_wr.addr), self._oexp_w.data.eq(oexp_wr.data),
                      self._oexp_w.en.eq(oexp_wr.en)]
         # the scores' key exponents (at the MAC's result), the passes' value exponents (at the issue)
         m.d.comb += [self._kexp_r.addr.eq(self.score.key), self._vexp_k.addr.eq(self.score.key),
                      self.score.key_exp.eq(Mux(ctl.attn, self._vexp_k.data, self._kexp_r.data)),
-                     self.score.q_exp.eq(q_exp)]
+                     self.score.q_exp.eq(Mux(self.score.bank, q_exp[1], q_exp[0]))]
         m.d.comb += [self._mexp_r.addr.eq(ctl.key), self._vexp_v.addr.eq(ctl.key),
-                     self.softmax.value_exp.eq(Mux(ctl.attn, self._vexp_v.data, self._mexp_r.data))]
+                     self.softmax.value_exp.eq(Mux(ctl.attn, self._vexp_v.data, self._mexp_r.data)),
+                     self._mexp_pr.addr.eq(ctl.pkey), self._vexp_pv.addr.eq(ctl.pkey),
+                     self.softmax.pvalue_exp.eq(Mux(ctl.attn, self._vexp_pv.data, self._mexp_pr.data))]
         return m

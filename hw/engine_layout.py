@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
-__all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "PROJ_TAG", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div",
+__all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "PROJ_TAG", "SCORE_TAG", "LANE_TAG", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div",
            "delay", "key_block_lanes", "lane_group_regions", "lane_group_chain", "Region", "Rows", "Op", "Phase", "EngineLayout",
            "EngineSignature", "CONTROL_MEMBERS", "row_scalars_layout", "ROW_SCALAR_BYTES"]
 
@@ -33,6 +33,13 @@ ADDR_REGS = 3
 
 # a projection beat's tag: the result's word and lane in q's layout (K's place follows from it)
 PROJ_TAG = data.StructLayout({"word": 16, "lane": TAG_BITS - 16})
+# a score beat's tag: the key; whether the row keeps it (the causal mask); the row's bank of
+# ``sc`` (attention rows alternate, so that one row's scores are written while the row before
+# is in the softmax); the row's last key. A weighted-sum beat's tag: the result word, and
+# ``LANE_TAG`` set (score and weighted-sum beats of different rows share the pipeline: the tag,
+# not the sequencer's phase, says whose a result is).
+SCORE_TAG = data.StructLayout({"key": 16, "keep": 1, "bank": 1, "last": 1})
+LANE_TAG = TAG_BITS - 1
 
 
 def ceil_div(a, b):

@@ -9,7 +9,7 @@ from hmtx.model import fixed
 
 from .arith import ShiftRoundSat
 from .engine_exponents import ScoreExponentsSignature
-from .engine_layout import EXP_W, MASK_W, TAG_BITS
+from .engine_layout import EXP_W, MASK_W, SCORE_TAG, TAG_BITS
 from .mac import mac_out_layout
 
 __all__ = ["ScoreControlSignature", "ScoresSignature", "ScoreUnitSignature", "ScoreUnit"]
@@ -22,19 +22,15 @@ class ScoreControlSignature(wiring.Signature):
     -------
     attn : Out(1)
         ATTENTION (the head's score scale, and value exponents from ``vexp``).
-    causal : Out(1)
-        ATTENTION or ATTN_PASS with a causal mask: key b counts towards the maximum iff
-        ``b <= keep_lim`` (the row plus the diagonal).
-    keep_lim : Out(signed(18))
-    clear : Out(1)
-        Start a new maximum (the cycle before the first score beat).
     retire : In(1)
         A score is written (the sequencer's count of results in flight).
+    scored : In(stream.Signature(1, always_ready=True))
+        A row's last score is written and its maximum latched (payload: the row's bank).
     """
 
     def __init__(self):
-        super().__init__({"attn": Out(1), "causal": Out(1), "keep_lim": Out(signed(18)),
-                          "clear": Out(1), "retire": In(1)})
+        super().__init__({"attn": Out(1), "retire": In(1),
+                          "scored": In(stream.Signature(1, always_ready=True))})
 
 
 class ScoresSignature(wiring.Signature):
@@ -42,17 +38,19 @@ class ScoresSignature(wiring.Signature):
 
     Members
     -------
-    t : Out(stream.Signature({idx: 16, t: signed(SCORE_BITS)}, always_ready=True))
-        Score t of key ``idx``, to be written into ``sc``; valid-only (written as it comes).
-    max : Out(signed(SCORE_BITS))
-        The maximum of the kept scores so far (final four or more cycles after the last score).
+    t : Out(stream.Signature({idx: 16, bank: 1, t: signed(SCORE_BITS)}, always_ready=True))
+        Score t of key ``idx`` of the row in ``bank``, to be written into ``sc``; valid-only
+        (written as it comes).
+    max : Out(ArrayLayout(signed(SCORE_BITS), 2))
+        The maximum of the kept scores of the last row scored into each bank (latched with the
+        row's last score; the identity of max, -2^31, when the row kept none).
     """
 
     def __init__(self):
         super().__init__({
-            "t": Out(stream.Signature(data.StructLayout({"idx": 16, "t": signed(fixed.SCORE_BITS)}),
+            "t": Out(stream.Signature(data.StructLayout({"idx": 16, "bank": 1, "t": signed(fixed.SCORE_BITS)}),
                                       always_ready=True)),
-            "max": Out(signed(fixed.SCORE_BITS)),
+            "max": Out(data.ArrayLayout(signed(fixed.SCORE_BITS), 2)),
         })
 
 
@@ -80,19 +78,21 @@ class ScoreUnitSignature(wiring.Signature):
 
 class ScoreUnit(wiring.Component):
     """``t = shift_round_sat(acc * mult, shift - 8 - q_exp - k_exp[b], 32)`` per dot product,
-    and the running maximum of the kept scores.
+    and each row's maximum of the kept scores. Everything about a score's row comes with it in
+    its tag (:data:`~hmtx.hw.engine_layout.SCORE_TAG`: key, keep, bank, last), so one row's
+    last scores and the next row's first can follow each other through the pipeline.
 
     ``acc * mult`` (``mult < 2^16``, the score scale of ``fixed.score_scale``: of ``d_h`` for a
     recall, ``head_dim`` for attention) is three 17-bit slices of ``acc``, one MULT18X18D each
     with a register after it (``sc0_p<k>``), summed in the next stage (``sc1``), then a
     :class:`~hmtx.hw.arith.ShiftRoundSat` (4 cycles); a score leaves 6 cycles after its dot
     product. k_exp of key b is read with the result's tag, there at ``sc0`` (the table's
-    synchronous read); ``shift - 8 - q_exp`` is registered every cycle (q_exp is fixed long
+    synchronous read); ``shift - 8 - q_exp`` is registered beside it, with q_exp of the row's bank (fixed long
     before the first score).
 
     The maximum runs one cycle behind the scores: the kept score is registered first, so the
-    compare starts from flip-flops (the exp2 pass reads the maximum no sooner than four cycles
-    after the last score: the sequencer's pending count, its state change, the issue, ex1).
+    compare starts from flip-flops. A row's first score (key 0) restarts it; its last one
+    latches it into ``max[bank]`` and reports the row ``scored``.
 
     Members: :class:`ScoreUnitSignature`.
     """
@@ -108,7 +108,8 @@ class ScoreUnit(wiring.Component):
         m.d.comb += score_rq.o.ready.eq(1)
         score_mult = [fixed.score_scale(c.d_h), fixed.score_scale(c.head_dim)]
         mo = self.dot.payload
-        m.d.comb += self.exps.key.eq(mo.tag[:16])
+        tag = data.View(SCORE_TAG, mo.tag[:SCORE_TAG.size])
+        m.d.comb += [self.exps.key.eq(tag.key), self.exps.bank.eq(tag.bank)]
         assert max(sm[0] for sm in score_mult) < (1 << 17) and fixed.ACC_BITS <= 51
         sc0_valid = Signal()
         sc0_p = [Signal(signed(36), name=f"sc0_p{k}", reset_less=True) for k in range(3)]
@@ -130,27 +131,30 @@ class ScoreUnit(wiring.Component):
         m.d.comb += [score_rq.i.valid.eq(sc1_valid), score_rq.i.payload.x.eq(sc1_x),
                      score_rq.i.payload.s.eq(sc1_s), score_rq.i.payload.tag.eq(sc1_tag)]
         t_b = score_rq.o.payload.y
-        b_out = score_rq.o.payload.tag[:16]
+        tag_out = data.View(SCORE_TAG, score_rq.o.payload.tag[:SCORE_TAG.size])
         out = self.scores
-        m.d.comb += [out.t.valid.eq(score_rq.o.valid), out.t.payload.idx.eq(b_out), out.t.payload.t.eq(t_b),
+        m.d.comb += [out.t.valid.eq(score_rq.o.valid), out.t.payload.idx.eq(tag_out.key),
+                     out.t.payload.bank.eq(tag_out.bank), out.t.payload.t.eq(t_b),
                      ctl.retire.eq(score_rq.o.valid)]
-        score_max = Signal(signed(fixed.SCORE_BITS), reset_less=True)   # cleared before each row
-        smax_ok = Signal()
+        none = -(1 << (fixed.SCORE_BITS - 1))
+        score_max = Signal(signed(fixed.SCORE_BITS), reset_less=True)
+        smax = Signal(data.StructLayout({"valid": 1, "keep": 1, "first": 1, "last": 1, "bank": 1}))
         smax_t = Signal.like(t_b, reset_less=True)
-        m.d.sync += [smax_ok.eq(score_rq.o.valid & (~ctl.causal | (b_out.as_signed() <= ctl.keep_lim))),
+        m.d.sync += [smax.valid.eq(score_rq.o.valid), smax.keep.eq(tag_out.keep),
+                     smax.first.eq(tag_out.key == 0), smax.last.eq(tag_out.last), smax.bank.eq(tag_out.bank),
                      smax_t.eq(t_b)]
-        # the clear comes from the sequencer's state decode; registered, it is off the running
-        # maximum's compare loop (it arrives at SCORE_START, long before the row's first score)
-        clear = Signal()
-        m.d.sync += clear.eq(ctl.clear)
-        with m.If(clear):
-            m.d.sync += score_max.eq(-(1 << (fixed.SCORE_BITS - 1)))
-        with m.If(smax_ok & (smax_t > score_max)):
-            m.d.sync += score_max.eq(smax_t)
-        # the softmax reads the maximum from a copy: the compare loop's flip-flops stay by the
-        # compare, not pulled towards the softmax's subtractor (EXP's first read of it is at least
-        # two cycles after the row's last score updates score_max)
-        max_copy = Signal.like(score_max, reset_less=True)
-        m.d.sync += max_copy.eq(score_max)
-        m.d.comb += out.max.eq(max_copy)
+        base = Mux(smax.first, none, score_max)
+        new_max = Mux(smax.keep & (smax_t > base), smax_t, base)
+        # (the softmax reads its row's maximum from these latches, away from the compare loop)
+        row_max = [Signal(signed(fixed.SCORE_BITS), reset_less=True, name=f"row_max{k}") for k in range(2)]
+        m.d.sync += ctl.scored.valid.eq(0)
+        with m.If(smax.valid):
+            m.d.sync += score_max.eq(new_max)
+            with m.If(smax.last):
+                with m.If(smax.bank):
+                    m.d.sync += row_max[1].eq(new_max)
+                with m.Else():
+                    m.d.sync += row_max[0].eq(new_max)
+                m.d.sync += [ctl.scored.valid.eq(1), ctl.scored.payload.eq(smax.bank)]
+        m.d.comb += [out.max[k].eq(row_max[k]) for k in range(2)]
         return m

@@ -10,7 +10,7 @@ from amaranth.lib.wiring import Out
 from .engine_exponents import ExponentControlSignature
 from .engine_fetch import FetchControlSignature
 from .engine_fold import FoldControlSignature
-from .engine_layout import CONTROL_MEMBERS, EngineSignature, Op, Phase
+from .engine_layout import CONTROL_MEMBERS, LANE_TAG, EngineSignature, Op, Phase
 from .engine_rows import RowControlSignature
 from .engine_score import ScoreControlSignature
 from .engine_softmax import SoftmaxControlSignature
@@ -196,9 +196,10 @@ class Sequencer(wiring.Component):
         # the key at the head of the softmax passes is attended
         r.keep = ~(r.attn & r.causal) | (r.kc.idx.as_signed() <= r.keep_lim)
         m.d.comb += [self.fetch.attn.eq(r.kdat), self.score.attn.eq(r.attn), self.exps.attn.eq(r.attn),
-                     self.score.causal.eq(r.attn & r.causal), self.score.keep_lim.eq(r.keep_lim),
+
                      self.writeback.write.eq(r.op == Op.WRITE), self.writeback.kslot_base.eq(r.kslot_base),
                      self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.kc.idx),
+                     self.exps.orow.eq(r.a), self.exps.pkey.eq(r.kc.idx),
                      self.rows.row.eq(r.a), self.softmax.ext.eq(r.ext), self.writeback.carry.eq(r.carry)]
         if r.c2:
             m.d.comb += [self.fold.second.eq(r.second), self.fold.slot_base.eq(r.fslot_base),
@@ -375,7 +376,8 @@ class Sequencer(wiring.Component):
                 rk_lim = _lim(c.d, r.inner, L.CB, P) if r.c2 else _lim(c.d_h, q_word, L.HB, P)
                 m.d.comb += [self.fetch.key_addr.eq(r.base_o + r.inner),
                              self.fetch.dat_addr.eq(r.base_o + r.inner), r.inc.eq(r.inner == r.inner_last)]
-                self._beat(m, r, **halves, phase=Phase.SCORE, tag=r.outer,
+                kept = ~(r.attn & r.causal) | (r.outer.as_signed() <= r.keep_lim)
+                self._beat(m, r, **halves, phase=Phase.SCORE, tag=Cat(r.outer[:16], kept, 0, r.outer == r.outer_last),
                            lim=Mux(r.attn, _lim(c.head_dim, r.inner, AB, P), rk_lim))
                 self._advance(m, r, [r.base_o.eq(r.base_o + Mux(r.attn, AB, rk_words))], [])
             with m.Elif(r.pending_zero):
@@ -404,7 +406,6 @@ class Sequencer(wiring.Component):
                      r.issuing.eq(1), self.phase.eq(Phase.SCORE)]
         if r.c2:
             m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(n_keys - 1)]
-        m.d.comb += self.score.clear.eq(1)
 
     def _softmax_passes(self, m, r):
         """EXP and PROB: a key per cycle into the softmax's passes; DIV: the reciprocal between.
@@ -496,7 +497,8 @@ class Sequencer(wiring.Component):
                              self.fetch.dat_addr.eq(Mux(key_beat, r.base_i + r.outer, r.pbase + carry_word)),
                              r.inc.eq(r.inner == r.inner_last)]
                 self._beat(m, r, lane_mode=1, lim=L.P, phase=Phase.WSUM, zero=r.inner >= r.zfrom,
-                           wconst=Mux(key_beat, 0, Mux(r.inner[1], 3, r.inner[0] + 1)), tag=r.a * AB + r.outer)
+                           wconst=Mux(key_beat, 0, Mux(r.inner[1], 3, r.inner[0] + 1)),
+                           tag=(r.a * AB + r.outer)[:16] | (1 << LANE_TAG))
                 self._advance(m, r, [r.base_i.eq(Mux(r.attn, (c.max_queries + c.max_keys) * AB, L.mem_base)),
                                      r.pbase.eq(r.pbase + 3)],
                               [r.base_i.eq(r.base_i + Mux(r.single | ~key_beat, 0, Mux(r.attn, AB, CB)))])

@@ -31,12 +31,18 @@ class SoftmaxControlSignature(wiring.Signature):
         The key at the head of the exp2 pass / of the probability pass (one a cycle; valid-only).
     clear : Out(1)
         Before the exp2 pass: the sum of the terms to 0, E to its least value.
+    ebank, pbank : Out(1)
+        The bank of ``sc`` of the exp2 pass's row and of the probability pass's row: the two
+        passes may run at once, for two rows (the exp2 pass of row a+1 beside the probability
+        pass of row a).
     div : Out(1)
-        After the exp2 pass (every term written): start the reciprocal of the sum.
+        After the exp2 pass (every term written): start the reciprocal of the sum, and take
+        the row's E for its probability pass (the exp2 pass may start on the next row).
     div_done : In(1)
         The reciprocal is there (a pulse, ~41 cycles after ``div``; contract 2: 13).
-    retire : In(1)
-        A term or a probability is written (the sequencer's count of results in flight).
+    retire, eretire, pretire : In(1)
+        A term or a probability / a term / a probability is written (the sequencer's counts of
+        results in flight).
     ext : Out(1)
         ATTN_PASS pass 2 or 3: the exp2 pass subtracts from the row's m, not the scores'
         maximum; E is the row's (not tracked), and the reciprocal is of the row's sum (pass 3).
@@ -45,7 +51,8 @@ class SoftmaxControlSignature(wiring.Signature):
     def __init__(self):
         issue = stream.Signature(pass_layout(), always_ready=True)
         super().__init__({"exp": Out(issue), "prob": Out(issue), "clear": Out(1), "div": Out(1),
-                          "div_done": In(1), "retire": In(1), "ext": Out(1)})
+                          "div_done": In(1), "retire": In(1), "eretire": In(1), "pretire": In(1),
+                          "ext": Out(1), "ebank": Out(1), "pbank": Out(1)})
 
 
 class SoftmaxSignature(wiring.Signature):
@@ -66,6 +73,8 @@ class SoftmaxSignature(wiring.Signature):
         ATTN_PASS: the current row's m, E and sum, from the host (with ``ctl.ext``).
     exp_sum : Out(32)
         The sum of the exp2 terms (ATTN_PASS pass 2's answer).
+    big_e : Out(signed(EXP_W))
+        E as the exp2 pass tracks it (ATTN_PASS pass 1's answer).
     k : In(stream.Signature(q_write_layout(), always_ready=True))
         Contract 2 only: WRITE's K_i, element ``word*P + lane`` into ``wm`` at that index.
     """
@@ -76,7 +85,7 @@ class SoftmaxSignature(wiring.Signature):
             "scores": In(ScoresSignature()),
             "exps": In(SoftmaxExponentsSignature()),
             "wm_rd": Out(wm_rd), "pm_rd": Out(pm_rd),
-            "row": In(row_scalars_layout()), "exp_sum": Out(32),
+            "row": In(row_scalars_layout()), "exp_sum": Out(32), "big_e": Out(signed(EXP_W)),
             **({"k": In(stream.Signature(q_write_layout(), always_ready=True))} if contract == 2 else {}),
         })
 
@@ -119,12 +128,15 @@ class Softmax(wiring.Component):
         NO_RW = {"no_rw_check": 1}
         K = layout.KMAX
         self.layout = layout
+        # (two banks, for two rows: each its own ports, as both are written in the same cycles)
         self.sc = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=K, init=[], attrs=NO_RW)
+        self.sc1 = memory.Memory(shape=signed(fixed.SCORE_BITS), depth=K, init=[], attrs=NO_RW)
         self.pm = memory.Memory(shape=unsigned(16), depth=K, init=[], attrs=NO_RW)
         self.wm = memory.Memory(shape=unsigned(16), depth=layout.WMD, init=[], attrs=NO_RW)
         self.lut = memory.Memory(shape=unsigned(fixed.EXP2_BITS + 1), depth=1 << fixed.SCORE_FRAC,
                                  init=fixed.exp2_lut())
         self.sc_r, self.sc_w = self.sc.read_port(), self.sc.write_port()
+        self.sc1_r, self.sc1_w = self.sc1.read_port(), self.sc1.write_port()
         self._pm_w = self.pm.write_port()
         self.wm_r, self.wm_w = self.wm.read_port(), self.wm.write_port()
         self._lut_r = self.lut.read_port(domain="comb")
@@ -135,22 +147,32 @@ class Softmax(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         ctl = self.ctl
-        for name in ("sc", "pm", "wm", "lut"):
+        for name in ("sc", "sc1", "pm", "wm", "lut"):
             m.submodules[name] = getattr(self, name)
         wiring.connect(m, wiring.flipped(self.wm_rd), self.wm_r)
         wiring.connect(m, wiring.flipped(self.pm_rd), self._pm_o)
+        # E: tracked by the exp2 pass (big_e), taken for the probability pass at ``div`` (e_prob;
+        # ATTN_PASS pass 3: the host's)
         big_e = Signal(signed(EXP_W))
-        m.d.comb += self.exps.big_e.eq(big_e)
+        e_prob = Signal(signed(EXP_W))
+        m.d.comb += self.exps.big_e.eq(e_prob)
         with m.If(ctl.clear):
-            m.d.sync += big_e.eq(Mux(ctl.ext, self.row.e, -(1 << (EXP_W - 1))))
-        # the scores into ``sc`` (the exp2 pass's terms, written over them, come later in the
-        # row: their write below takes the port)
+            m.d.sync += big_e.eq(-(1 << (EXP_W - 1)))
+        with m.If(ctl.div):
+            m.d.sync += e_prob.eq(Mux(ctl.ext, self.row.e, big_e))
+        m.d.comb += self.big_e.eq(big_e)
+        # the scores into their bank of ``sc``; the exp2 pass's terms go over them (below), in the
+        # other bank whenever scores are being written
+        banks = [(self.sc_r, self.sc_w), (self.sc1_r, self.sc1_w)]
         t = self.scores.t
-        with m.If(t.valid):
-            m.d.comb += [self.sc_w.addr.eq(t.payload.idx), self.sc_w.data.eq(t.payload.t), self.sc_w.en.eq(1)]
-        # one read of ``sc`` at the head of either pass (the other's index is 0 then)
-        m.d.comb += self.sc_r.addr.eq(ctl.exp.payload.idx | ctl.prob.payload.idx)
-        ex_done, exp_sum = self._exp2_pass(m, big_e)
+        for k, (_, w) in enumerate(banks):
+            with m.If(t.valid & (t.payload.bank == k)):
+                m.d.comb += [w.addr.eq(t.payload.idx), w.data.eq(t.payload.t), w.en.eq(1)]
+        # a read of each bank: the exp2 pass's in its bank, the probability pass's in its own
+        for k, (r, _) in enumerate(banks):
+            m.d.comb += r.addr.eq(Mux(ctl.exp.valid & (ctl.ebank == k), ctl.exp.payload.idx, 0) |
+                                  Mux(ctl.prob.valid & (ctl.pbank == k), ctl.prob.payload.idx, 0))
+        ex_done, exp_sum = self._exp2_pass(m, big_e, banks)
         # (contract 2 starts the division past the quotient's 15 zero bits, sum >= LUT[0] = 2^15,
         # and finds two bits a cycle: the reciprocal is on the recall's critical path, 13 cycles)
         c2 = self.layout.contract == 2
@@ -164,11 +186,11 @@ class Softmax(wiring.Component):
                      ctl.div_done.eq(recip.o.valid)]
         with m.If(recip.o.valid):
             m.d.sync += rcp.eq(recip.o.payload)
-        pr_done = self._prob_pass(m, big_e, rcp)
-        m.d.comb += ctl.retire.eq(ex_done | pr_done)
+        pr_done = self._prob_pass(m, e_prob, rcp, banks)
+        m.d.comb += [ctl.retire.eq(ex_done | pr_done), ctl.eretire.eq(ex_done), ctl.pretire.eq(pr_done)]
         return m
 
-    def _exp2_pass(self, m, big_e):
+    def _exp2_pass(self, m, big_e, banks):
         """Returns (a term written, the sum of the terms)."""
         ctl, ve2 = self.ctl, self.exps.value_exp
         exp_sum = Signal(32)
@@ -177,6 +199,7 @@ class Softmax(wiring.Component):
         ex1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
         m.d.sync += [ex1.valid.eq(ctl.exp.valid), ex1.idx.eq(ctl.exp.payload.idx),
                      ex1.keep.eq(ctl.exp.payload.keep)]
+        ebank = ctl.ebank       # (held for the whole pass and its drain)
         exA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "t": signed(fixed.SCORE_BITS)}))
         exB = Signal(data.StructLayout({"valid": 1, "idx": 16, "live": 1, "r": fixed.SCORE_FRAC, "n": 4,
                                         "keep": 1, "ve": signed(8)}))
@@ -185,7 +208,7 @@ class Softmax(wiring.Component):
         exD = Signal.like(exC)      # the table value registered (it maps to a block RAM)
         ex2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "e": fixed.EXP2_BITS + 1}))
         v = Signal(signed(fixed.SCORE_BITS + 2))
-        m.d.comb += v.eq(Mux(ctl.ext, self.row.m, self.scores.max) - exA.t)
+        m.d.comb += v.eq(Mux(ctl.ext, self.row.m, self.scores.max[ebank]) - exA.t)
         # (v < 0 only for a host's m below a score, ATTN_PASS: the contract clamps v at 0)
         neg = v[-1]
         n_int = v >> fixed.SCORE_FRAC
@@ -195,7 +218,7 @@ class Softmax(wiring.Component):
         with m.If(exB.valid & exB.keep & (exB.ve > big_e) & ~ctl.ext):
             m.d.sync += big_e.eq(exB.ve)
         m.d.sync += [exA.valid.eq(ex1.valid), exA.idx.eq(ex1.idx), exA.keep.eq(ex1.keep),
-                     exA.t.eq(self.sc_r.data),
+                     exA.t.eq(Mux(ebank, banks[1][0].data, banks[0][0].data)),
                      exB.valid.eq(exA.valid), exB.idx.eq(exA.idx), exB.keep.eq(exA.keep), exB.ve.eq(ve2),
                      exB.live.eq(exA.keep & (neg | (n_int < fixed.EXP2_CUTOFF))),
                      exB.r.eq(Mux(neg, 0, v[:fixed.SCORE_FRAC])), exB.n.eq(Mux(neg, 0, n_int[:4])),
@@ -203,13 +226,15 @@ class Softmax(wiring.Component):
                      exC.lut.eq(self._lut_r.data), exC.n.eq(exB.n),
                      ex2.valid.eq(exD.valid), ex2.idx.eq(exD.idx), ex2.e.eq(Mux(exD.live, e_val, 0))]
         with m.If(ex2.valid):
-            m.d.comb += [self.sc_w.addr.eq(ex2.idx), self.sc_w.data.eq(ex2.e), self.sc_w.en.eq(1)]
+            for k, (_, w) in enumerate(banks):
+                with m.If(ebank == k):
+                    m.d.comb += [w.addr.eq(ex2.idx), w.data.eq(ex2.e), w.en.eq(1)]
             m.d.sync += exp_sum.eq(exp_sum + ex2.e)
         return ex2.valid, exp_sum
 
-    def _prob_pass(self, m, big_e, rcp):
+    def _prob_pass(self, m, big_e, rcp, banks):
         """Returns a probability written."""
-        ctl, ve2 = self.ctl, self.exps.value_exp
+        ctl, ve2 = self.ctl, self.exps.pvalue_exp
         pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
         m.d.sync += [pr1.valid.eq(ctl.prob.valid), pr1.idx.eq(ctl.prob.payload.idx),
                      pr1.keep.eq(ctl.prob.payload.keep)]
@@ -220,7 +245,7 @@ class Softmax(wiring.Component):
         pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "align": 5, "p": 16}))
         pshift = fixed.RECIP_BITS - fixed.PROB_BITS
         m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep),
-                     prA.e.eq(self.sc_r.data[:16])]
+                     prA.e.eq(Mux(ctl.pbank, banks[1][0].data, banks[0][0].data)[:16])]
         m.d.sync += [prM.valid.eq(prA.valid), prM.idx.eq(prA.idx), prM.keep.eq(prA.keep), prM.ve.eq(ve2),
                      prM.lo.eq(prA.e * rcp[:17]), prM.hi.eq(prA.e * rcp[17:])]
         ediff = big_e - prM.ve
