@@ -50,7 +50,7 @@ def register(subparsers) -> None:
                                                    "the board top with its UART simulated behind a pseudo-terminal)")
     p.add_argument("--contract", type=int, choices=(1, 2),
                    help="arithmetic contract the device must compute (default: the device's own, from its INFO). "
-                        "The golden device is built with it: 1 speaks protocol 1.2 (the keys K_i), 2 protocol 2.1 "
+                        "The golden device is built with it: 1 speaks protocol 1.3 (the keys K_i), 2 protocol 2.2 "
                         "(the folded keys K'_i = W_q K_i; docs/arithmetic.md section 10); sim and board-sim "
                         "build the gateware for it")
     p.add_argument("--text", help=f"text file or folder (default the shipped {DEFAULT_TEXT.relative_to(REPO)}); "

@@ -145,7 +145,8 @@ class Device:
         # RECALL's flags byte (1.2 / 2.1): the probabilities only when asked for. An older device
         # of a known major gets the frame without it and sends them always (what it always did).
         self.recall_flags = P.takes_recall_flags(self.device_info.version)
-        # ATTN_PASS (1.3 / 2.2): attention rows longer than one tile; the gateware lacks it yet.
+        # ATTN_PASS (1.3 / 2.2): attention rows longer than one tile; the serial engine's gateware
+        # (1.2 / 2.1) lacks it.
         self.attn_pass_ok = P.takes_attn_pass(self.device_info.version)
         # The engine kind: INFO says (protocol 1.1); a 1.0 device does not, and then the
         # transport's knowledge (the simulations) or nothing.
@@ -440,7 +441,7 @@ class Device:
             v = self.device_info.version
             raise ProtocolError(f"{self.name} speaks protocol {v[0]}.{v[1]}, which has no ATTN_PASS (attention "
                                 f"rows longer than one tile need {P.ATTN_PASS_SINCE[v[0]][0]}."
-                                f"{P.ATTN_PASS_SINCE[v[0]][1]}; the gateware does not implement it yet)")
+                                f"{P.ATTN_PASS_SINCE[v[0]][1]}: the lane engine's gateware, not the serial one's)")
         payload = P.pack_attn_pass(pass_, k_mant, k_exp, **kw)
         return P.unpack_attn_pass_rsp(self.transact(Op.ATTN_PASS, payload), pass_, payload[0],
                                       self.config.head_dim, bool(kw.get("last")))

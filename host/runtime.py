@@ -572,7 +572,7 @@ def run_document(model, ids: torch.Tensor, device, config: EngineConfig, segment
     ATTN_PASS tiles, every answer checked (``hmtx.host.attention_tiles``), for the device variant;
     ``fixed_torch.attend`` for the others -- so the variants compare as they do without it and the
     device variant still equals the fixed one bit for bit. A device without ATTN_PASS (protocol
-    < 1.3 / 2.2: the gateware so far) is refused before the first segment.
+    < 1.3 / 2.2: the serial engine's gateware) is refused before the first segment.
 
     ``progress(segment, result)`` is called after each segment; ``before_segment(segment)``
     before it (fault injection hooks in there). With ``overlap``, when ``before_segment(n)`` and
@@ -710,8 +710,8 @@ def _offload(model, device, config: EngineConfig, chk: CheckedDevice, spec: str 
     if not getattr(device, "attn_pass_ok", False):
         v = getattr(device, "device_info", None)
         raise ValueError(f"--offload-attention needs ATTN_PASS (protocol 1.3 / 2.2); {getattr(device, 'name', 'the device')} "
-                         f"speaks {'%d.%d' % v.version if v else 'an older protocol'} (the gateware does not implement it "
-                         f"yet: use --device golden)")
+                         f"speaks {'%d.%d' % v.version if v else 'an older protocol'} (the serial engine's gateware does not "
+                         f"implement it: use the lane engine's, or --device golden)")
     att = CheckedAttention(chk)
 
     def on_device(layer, head, qm, qe, km, ke, vm, ve, keep):
