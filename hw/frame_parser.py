@@ -386,7 +386,8 @@ class FrameParser(wiring.Component):
                         m.d.comb += [rs_wr.addr.eq(srow), rs_wr.byte.eq(sbyte), rs_wr.data.eq(b.byte),
                                      rs_wr.valid.eq(1)]
                         with m.If(p3):
-                            # E (byte 4) a BFP exponent; sum (bytes 5..8) in [2^15, 2^25)
+                            # E (byte 4) a BFP exponent; sum (bytes 5..8, bits 0..31) in
+                            # [2^15, 2^25): bits 25..31 clear, and bit 15 or one above it set
                             with m.Switch(sbyte):
                                 with m.Case(4):
                                     with m.If(~_exp_ok(b.byte)):
@@ -395,10 +396,8 @@ class FrameParser(wiring.Component):
                                     m.d.sync += sum_hi.eq(b.byte[7])
                                 with m.Case(7):
                                     m.d.sync += sum_hi.eq(sum_hi | (b.byte != 0))
-                                    with m.If(b.byte[1:] != 0):
-                                        m.d.comb += b.bad.eq(1)
                                 with m.Case(8):
-                                    with m.If((b.byte != 0) | ~sum_hi):
+                                    with m.If((b.byte[1:] != 0) | ~(sum_hi | b.byte[0])):
                                         m.d.comb += b.bad.eq(1)
                         with m.If(sbyte == Mux(p3, ROW_SCALAR_BYTES - 1, 3)):
                             m.d.sync += sbyte.eq(0)

@@ -554,6 +554,11 @@ def attn_pass_session(config: EngineConfig, seed: int = 0) -> list[tuple[str, by
                                 v_mant=v[:n_k], v_exp=ve[:n_k], m=mm, big_e=ee, total=total[:n_q],
                                 first=first, last=last)
 
+    # the sum's range edges (and a byte of each set), accepted: any sum in range gives a defined answer
+    for edge in (1 << 15, (1 << 17) + 1, (1 << 24) + (1 << 16), (1 << 25) - 1):
+        cmd(f"pass 3 first and last, sum {edge:#x}", P.pack_attn_pass(
+            3, k[:MK], ke[:MK], q=(q, qe), n_q=Tq, v_mant=v[:MK], v_exp=ve[:MK], m=m, big_e=big_e,
+            total=np.full(Tq, edge), first=True, last=True))
     cmd("pass 1, 1 x 1", p1(1, 1))
     cmd("pass 1, full tile", p1(MQ, MK))
     cmd("pass 2, full tile, m below the true maximum", P.pack_attn_pass(2, k[:MK], ke[:MK], n_q=MQ, m=m - 300))

@@ -72,6 +72,7 @@ def test_top_attn_pass_session(config, engine, contract):
     st = statuses(results)
     want = P.Status.BAD_OPCODE if engine == "serial" else P.Status.OK
     assert st["pass 1, full tile"] == st["pass 3 last"] == st["pass 3 tile 0"] == want
+    assert st["pass 3 first and last, sum 0x1ffffff"] == st["pass 3 first and last, sum 0x8000"] == want
     assert st["pass 3 continuing after pass 1"] == (P.Status.BAD_OPCODE if engine == "serial" else P.Status.BAD_ARG)
 
 
