@@ -173,11 +173,12 @@ class CommandProcessor(wiring.Component):
                 m.d.comb += op_status.eq(Status.EMPTY_CACHE)
             with m.Elif((opcode == Opcode.READ_SLOT) & (f.header.read_slot.slot >= fill)):
                 m.d.comb += op_status.eq(Status.SLOT_RANGE)
-            # (the ATTN_PASS state survives only the read-only opcodes, an error or not, and an
-            # accepted ATTN_PASS: GoldenDevice._frame)
+            if self._attn:
+                # (the ATTN_PASS state survives only the read-only opcodes, an error or not, and
+                # an accepted ATTN_PASS: GoldenDevice._frame)
+                read_only = (Opcode.INFO, Opcode.STATUS, Opcode.CYCLES, Opcode.READ_SLOT)
+                m.d.sync += keeps_ap_r.eq(Cat(*[opcode == op for op in read_only]).any() & ~f.overlong)
             m.d.sync += [known_r.eq(Cat(*[opcode == op for op in self._ops]).any()),
-                         keeps_ap_r.eq(Cat(*[opcode == op for op in (Opcode.INFO, Opcode.STATUS, Opcode.CYCLES,
-                                                                      Opcode.READ_SLOT)]).any() & ~f.overlong),
                          length_ok_r.eq(length_ok), arg_bad_r.eq(arg_bad), op_status_r.eq(op_status),
                          empty_r.eq(count == 0), frame_bad_r.eq(f.overlong | (count == 1)),
                          crc_bad_r.eq(~f.crc_ok),
