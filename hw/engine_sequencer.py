@@ -11,6 +11,7 @@ from .engine_exponents import ExponentControlSignature
 from .engine_fetch import FetchControlSignature
 from .engine_fold import FoldControlSignature
 from .engine_layout import CONTROL_MEMBERS, LANE_TAG, EngineSignature, Op, Phase
+from .engine_rowlap import RowOverlap
 from .engine_rows import RowControlSignature
 from .engine_score import ScoreControlSignature
 from .engine_softmax import SoftmaxControlSignature
@@ -63,7 +64,7 @@ def _lim(n_total, blk, nblk, width):
     return Mux(blk == nblk - 1, rem, width)
 
 
-class Sequencer(wiring.Component):
+class Sequencer(RowOverlap, wiring.Component):
     """The engine's state machine: one MAC beat per cycle, P lanes.
 
     A WRITE projects K_i = W_k^T M_i (``d_h x CB`` beats in dot mode, one output per column j)
@@ -111,7 +112,7 @@ class Sequencer(wiring.Component):
         with m.FSM() as fsm:
             self._idle(m, r)
             self._projection(m, r)
-            self._query_row(m, r)
+            self._att_mac(m, r)
             self._scores(m, r)
             self._softmax_passes(m, r)
             self._weighted_sum(m, r)
@@ -120,6 +121,8 @@ class Sequencer(wiring.Component):
             with m.State("DONE"):
                 with m.If(r.done):
                     m.next = "IDLE"
+        self._att_exp(m, r)
+        self._att_prob(m, r)
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
         m.d.sync += r.done.eq(fsm.ongoing("DONE") & ~r.done & ~self.writeback.writing)
         m.d.comb += self.done.eq(r.done)
@@ -200,10 +203,11 @@ class Sequencer(wiring.Component):
                      self.writeback.write.eq(r.op == Op.WRITE), self.writeback.kslot_base.eq(r.kslot_base),
                      self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.kc.idx),
                      self.exps.orow.eq(r.a), self.exps.pkey.eq(r.kc.idx),
-                     self.rows.row.eq(r.a), self.softmax.ext.eq(r.ext), self.writeback.carry.eq(r.carry)]
+                     self.softmax.ext.eq(r.ext), self.writeback.carry.eq(r.carry)]
         if r.c2:
             m.d.comb += [self.fold.second.eq(r.second), self.fold.slot_base.eq(r.fslot_base),
                          self.fetch.q_row.eq(r.attn)]
+        r.att = self._att_state(m, r)
         return r
 
     def _advance(self, m, r, outer_step, inner_step):
@@ -235,7 +239,8 @@ class Sequencer(wiring.Component):
                              r.a.eq(0), r.a_more.eq(self.n_q > 1), r.single.eq(self.n_keys == 1)]
                 self._latch_pass(m, r)
                 with m.If(self.op[1]):
-                    m.next = "ROW"
+                    m.d.comb += r.att.start.eq(1)
+                    m.next = "A_NEXT"
                 if r.c2:
                     # contract 2's RECALL finds S in qbuf (the fetch copied it there as the owner
                     # wrote it): its scores start at once (S's exponent: SCORE's q_row)
@@ -327,30 +332,6 @@ class Sequencer(wiring.Component):
                     m.d.sync += r.second.eq(1)
                     m.next = "FOLD_START"
 
-    def _query_row(self, m, r):
-        """ATTENTION: the next query row a, its words into ``qbuf`` (so that the scores read K
-        rows through the one port of ``dat`` while Q comes from ``qbuf`` as in a recall)."""
-        AB = self.layout.AB
-        with m.State("ROW"):
-            m.d.sync += [r.keep_lim.eq(r.a + r.diag),
-                         r.base_o.eq(r.a * AB), r.inner.eq(0), r.issuing.eq(1)]
-            m.next = "QLOAD"
-        with m.State("QLOAD"):
-            m.d.comb += self.exps.q_row.eq(1)
-            with m.If(r.issuing):
-                m.d.comb += [self.fetch.dat_addr.eq(r.base_o + r.inner), self.fetch.q_load.valid.eq(1),
-                             self.fetch.q_load.payload.eq(r.inner)]
-                m.d.sync += r.inner.eq(r.inner + 1)
-                with m.If(r.inner == AB - 1):
-                    m.d.sync += r.issuing.eq(0)
-                    if r.c2:
-                        # a score beat reads qbuf (at its stage 3) no sooner than the Q load's
-                        # write of the same word lands (at its stage 2 + 1): no need to wait
-                        self._scores_start(m, r)
-                        m.next = "SCORE"
-            with m.Elif(~self.fetch.q_loading):
-                m.next = "SCORE_START"
-
     def _scores(self, m, r):
         """SCORE: beat (b, blk), q block blk against K_b block blk (recall: key word kb is half
         kb % 2 of q's word kb // 2, key_place)."""
@@ -424,15 +405,10 @@ class Sequencer(wiring.Component):
             with m.If(kc.on):
                 key_pass(sm.exp)
             with m.Elif(r.pending_zero):
-                with m.If(r.p1 | r.p2):
-                    # ATTN_PASS pass 1 / 2: the row's m and E, or its sum, is the answer
-                    m.d.comb += [self.rows.store_max.eq(r.p1), self.rows.store_sum.eq(r.p2)]
-                    self._next_row(m, r)
-                with m.Else():
-                    m.d.comb += sm.div.eq(1)
-                    if r.c2:
-                        m.d.sync += kc.idx.eq(0)
-                    m.next = "DIV"
+                m.d.comb += sm.div.eq(1)
+                if r.c2:
+                    m.d.sync += kc.idx.eq(0)
+                m.next = "DIV"
         with m.State("DIV"):
             with m.If(sm.div_done):
                 m.d.sync += kc.on.eq(1)
@@ -507,9 +483,5 @@ class Sequencer(wiring.Component):
                 self._next_row(m, r)
 
     def _next_row(self, m, r):
-        """The row is done: the next query row, or DONE."""
-        with m.If(r.attn & r.a_more):
-            m.d.sync += [r.a.eq(r.a + 1), r.a_more.eq(r.a + 2 < r.n_q)]
-            m.next = "ROW"
-        with m.Else():
-            m.next = "DONE"
+        """The recall's row is done (attention rows: hw/engine_rowlap.py)."""
+        m.next = "DONE"

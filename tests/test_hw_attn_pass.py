@@ -19,6 +19,8 @@ from hwsim import rng
 
 ODD = EngineConfig("odd20", d=20, d_h=12, n_slots=3, lanes=8, head_dim=12, max_queries=3, max_keys=5)
 WIDE = EngineConfig("wide16", d=40, d_h=20, n_slots=3, lanes=16, head_dim=20, max_queries=2, max_keys=4)
+# 32 lanes, one word a row (AB = 1), three keys a tile: the rows' overlap at its tightest
+WIDE32 = EngineConfig("wide32", d=40, d_h=40, n_slots=2, lanes=32, head_dim=20, max_queries=2, max_keys=3)
 
 
 def tiles_of(r, n, most):
@@ -206,7 +208,7 @@ def run_head(dut, config, seed, wrong_scalars=False, causal=True):
     return cycles
 
 
-CASES = [(CONFIGS["tiny"], 1), (CONFIGS["tiny"], 2), (ODD, 1), (ODD, 2), (WIDE, 1)]
+CASES = [(CONFIGS["tiny"], 1), (CONFIGS["tiny"], 2), (ODD, 1), (ODD, 2), (WIDE, 1), (WIDE32, 2)]
 
 
 @pytest.mark.parametrize("config,contract", CASES, ids=[f"{c.name}-c{k}" for c, k in CASES])
@@ -222,3 +224,57 @@ def test_attn_pass_wrong_host_scalars_clamp_and_wrap_as_the_contract_says(config
 
 def test_attn_pass_without_causal_mask():
     run_head(Engine(CONFIGS["tiny"]), CONFIGS["tiny"], seed=3, causal=False)
+
+
+@pytest.mark.parametrize("config,contract", [(CONFIGS["tiny"], 1), (CONFIGS["tiny"], 2), (WIDE32, 1), (WIDE32, 2),
+                                             (ODD, 2)], ids=["tiny-c1", "tiny-c2", "wide32-c1", "wide32-c2", "odd20-c2"])
+def test_overlapped_attention_rows_every_tile_shape(config, contract):
+    """ATTENTION tiles of every shape up to the config's, back to back, causal or not: the rows'
+    overlap (hw/engine_rowlap.py) at its tightest (one key, one row) and widest, vs fixed.attend."""
+    dut, c = Engine(config, contract=contract), config
+    r = rng(11)
+    P, AB = dut.P, dut.AB
+    shapes = [(nq, nk, causal) for nq in range(1, c.max_queries + 1) for nk in range(1, c.max_keys + 1)
+              for causal in (False, True) if not causal or nq <= nk]
+    r.shuffle(shapes)
+
+    async def tb(ctx):
+        for nq, nk, causal in shapes:
+            rows = [rand_vec(r, c.head_dim) for _ in range(nq + 2 * nk)]
+            phys = list(range(nq)) + [c.max_queries + b for b in range(nk)] + \
+                [c.max_queries + c.max_keys + b for b in range(nk)]
+            for (mant, e), row in zip(rows, phys):
+                vv = list(mant) + [r.randint(-127, 127) for _ in range(AB * P - len(mant))]
+                for w in range(AB):
+                    ctx.set(dut.vin.data[row * AB + w], vv[w * P:(w + 1) * P])
+                ctx.set(dut.vexp.data[row], int(e))
+            for name, val in (("op", Op.ATTENTION), ("n_keys", nk), ("n_q", nq), ("causal", causal)):
+                ctx.set(getattr(dut, name), val)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            for _ in range(20000):
+                if ctx.get(dut.done):
+                    break
+                await ctx.tick()
+            else:
+                raise TimeoutError(f"ATTENTION {nq}x{nk} causal={causal} never finished")
+            await ctx.tick()
+            mant = np.stack([x[0] for x in rows])
+            ex = np.array([x[1] for x in rows])
+            q, k, v = slice(0, nq), slice(nq, nq + nk), slice(nq + nk, nq + 2 * nk)
+            out, oe, _ = fixed.attend(mant[q], ex[q], mant[k], ex[k], mant[v], ex[v],
+                                      fixed.causal_mask(nq, nk) if causal else None)
+            for a in range(nq):
+                got = []
+                for w in range(AB):
+                    lo = ctx.get(dut.dat.data[dut.out_base + 2 * (a * AB + w)])
+                    hi = ctx.get(dut.dat.data[dut.out_base + 2 * (a * AB + w) + 1])
+                    got += [(hi[l] << 8) | (lo[l] & 0xFF) for l in range(P)]
+                assert got[:c.head_dim] == list(out[a]), f"ATTENTION {nq}x{nk} causal={causal}: row {a}"
+                assert ctx.get(dut.oexp.data[a]) == oe[a], f"ATTENTION {nq}x{nk} causal={causal}: row {a} exponent"
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(tb)
+    sim.run()
