@@ -158,10 +158,7 @@ class Sequencer(RowOverlap, wiring.Component):
         r.fslot_base = Signal(range(L.dat_depth + 1))
         r.kslot_base = Signal(range(c.n_slots * L.KB + 1))
         r.mslot_base = Signal(range(L.dat_depth + 1))
-        r.a = Signal(range(c.max_queries + 1))      # current query row (attention); 0 for recall
-        r.a_more = Signal()                         # a + 1 < n_q (registered beside a)
         r.single = Signal()                         # n_keys == 1 (latched with it)
-        r.keep_lim = Signal(signed(18))             # causal: key b is attended iff b <= a + diag
         # counters
         r.outer = Signal(16)
         r.inner = Signal(16)
@@ -197,12 +194,10 @@ class Sequencer(RowOverlap, wiring.Component):
         m.d.sync += r.pending_zero.eq(((pending == 0) & (inc == dec)) |
                                       ((pending == 1) & dec.bool() & ~inc))
         # the key at the head of the softmax passes is attended
-        r.keep = ~(r.attn & r.causal) | (r.kc.idx.as_signed() <= r.keep_lim)
         m.d.comb += [self.fetch.attn.eq(r.kdat), self.score.attn.eq(r.attn), self.exps.attn.eq(r.attn),
 
                      self.writeback.write.eq(r.op == Op.WRITE), self.writeback.kslot_base.eq(r.kslot_base),
-                     self.exps.slot.eq(r.slot), self.exps.row.eq(r.a), self.exps.key.eq(r.kc.idx),
-                     self.exps.orow.eq(r.a), self.exps.pkey.eq(r.kc.idx),
+                     self.exps.slot.eq(r.slot), self.exps.key.eq(r.kc.idx), self.exps.pkey.eq(r.kc.idx),
                      self.softmax.ext.eq(r.ext), self.writeback.carry.eq(r.carry)]
         if r.c2:
             m.d.comb += [self.fold.second.eq(r.second), self.fold.slot_base.eq(r.fslot_base),
@@ -236,7 +231,7 @@ class Sequencer(RowOverlap, wiring.Component):
             with m.If(self.start):
                 m.d.sync += [r.op.eq(self.op), r.slot.eq(self.slot), r.n_keys.eq(self.n_keys),
                              r.n_q.eq(self.n_q), r.causal.eq(self.causal & self.op[1]),
-                             r.a.eq(0), r.a_more.eq(self.n_q > 1), r.single.eq(self.n_keys == 1)]
+                             r.single.eq(self.n_keys == 1)]
                 self._latch_pass(m, r)
                 with m.If(self.op[1]):
                     m.d.comb += r.att.start.eq(1)
@@ -245,7 +240,7 @@ class Sequencer(RowOverlap, wiring.Component):
                     # contract 2's RECALL finds S in qbuf (the fetch copied it there as the owner
                     # wrote it): its scores start at once (S's exponent: SCORE's q_row)
                     with m.Elif(self.op == Op.RECALL):
-                        self._scores_start(m, r, n_keys=self.n_keys, attn=0)
+                        self._scores_start(m, r, n_keys=self.n_keys)
                         m.next = "SCORE"
                 with m.Else():
                     m.next = "PROJ_START"
@@ -333,10 +328,11 @@ class Sequencer(RowOverlap, wiring.Component):
                     m.next = "FOLD_START"
 
     def _scores(self, m, r):
-        """SCORE: beat (b, blk), q block blk against K_b block blk (recall: key word kb is half
-        kb % 2 of q's word kb // 2, key_place)."""
+        """SCORE (a recall's; attention rows: hw/engine_rowlap.py): beat (i, kb), q's key word kb
+        against K_i's (key word kb is half kb % 2 of q's word kb // 2, key_place), or contract 2's
+        S block against K'_i's."""
         L = self.layout
-        c, P, KP, KB, AB = L.config, L.P, L.KP, L.KB, L.AB
+        c, P, KP, KB = L.config, L.P, L.KP, L.KB
         # a recall's keys: K_i in ``key`` (KB words per slot, over q's d_h elements), or contract
         # 2's K'_i in ``dat`` (CB words per slot from kf_base, over S's d elements)
         rk_words, rk_base = (L.CB, L.kf_base) if r.c2 else (KB, 0)
@@ -347,20 +343,19 @@ class Sequencer(RowOverlap, wiring.Component):
             if r.c2:
                 # S's exponent, vexp[0] (row 0 from the start on): read while the scores issue,
                 # registered long before the first score reaches the score unit
-                m.d.comb += self.exps.q_row.eq(~r.attn)
+                m.d.comb += self.exps.q_row.eq(1)
             with m.If(r.issuing):
                 if KP == P:
                     halves = {"qaddr": r.inner}
                 else:
-                    halves = {"qaddr": Mux(r.kdat, r.inner, r.inner >> 1), "qhi": ~r.kdat & r.inner[0]}
+                    halves = {"qaddr": r.inner if r.c2 else r.inner >> 1, "qhi": 0 if r.c2 else r.inner[0]}
                 q_word = r.inner if KP == P else r.inner >> 1
                 rk_lim = _lim(c.d, r.inner, L.CB, P) if r.c2 else _lim(c.d_h, q_word, L.HB, P)
                 m.d.comb += [self.fetch.key_addr.eq(r.base_o + r.inner),
                              self.fetch.dat_addr.eq(r.base_o + r.inner), r.inc.eq(r.inner == r.inner_last)]
-                kept = ~(r.attn & r.causal) | (r.outer.as_signed() <= r.keep_lim)
-                self._beat(m, r, **halves, phase=Phase.SCORE, tag=Cat(r.outer[:16], kept, 0, r.outer == r.outer_last),
-                           lim=Mux(r.attn, _lim(c.head_dim, r.inner, AB, P), rk_lim))
-                self._advance(m, r, [r.base_o.eq(r.base_o + Mux(r.attn, AB, rk_words))], [])
+                self._beat(m, r, **halves, phase=Phase.SCORE, tag=Cat(r.outer[:16], 1, 0, r.outer == r.outer_last),
+                           lim=rk_lim)
+                self._advance(m, r, [r.base_o.eq(r.base_o + rk_words)], [])
             with m.Elif(r.pending_zero):
                 # (the exp2 and probability passes run over keys 0..n_keys-1)
                 m.d.comb += self.softmax.clear.eq(1)
@@ -373,18 +368,14 @@ class Sequencer(RowOverlap, wiring.Component):
                     m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1), r.kc.on.eq(1)]
                 m.next = "EXP"
 
-    def _scores_start(self, m, r, n_keys=None, attn=None):
-        """The counters and bases of the score beats (and, contract 2, of the passes' keys).
-        ``n_keys``/``attn``: the operation's, where they are not yet in their registers (at start)."""
+    def _scores_start(self, m, r, n_keys=None):
+        """The counters and bases of a recall's score beats (and, contract 2, of the passes'
+        keys). ``n_keys``: the operation's, where it is not yet in its register (at start)."""
         L = self.layout
-        c, AB = L.config, L.AB
         rk_words, rk_base = (L.CB, L.kf_base) if r.c2 else (L.KB, 0)
         n_keys = r.n_keys if n_keys is None else n_keys
-        attn = r.attn if attn is None else attn
-        m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(n_keys - 1),
-                     r.inner_last.eq(Mux(attn, AB - 1, rk_words - 1)),
-                     r.base_o.eq(Mux(attn, c.max_queries * AB, rk_base)), r.base_i.eq(0),
-                     r.issuing.eq(1), self.phase.eq(Phase.SCORE)]
+        m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(n_keys - 1), r.inner_last.eq(rk_words - 1),
+                     r.base_o.eq(rk_base), r.base_i.eq(0), r.issuing.eq(1), self.phase.eq(Phase.SCORE)]
         if r.c2:
             m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(n_keys - 1)]
 
@@ -437,7 +428,7 @@ class Sequencer(RowOverlap, wiring.Component):
     def _pass_key(self, m, r, issue):
         """Issue the key at the head of a softmax pass."""
         kc = r.kc
-        m.d.comb += [issue.valid.eq(1), issue.payload.idx.eq(kc.idx), issue.payload.keep.eq(r.keep),
+        m.d.comb += [issue.valid.eq(1), issue.payload.idx.eq(kc.idx), issue.payload.keep.eq(1),
                      (r.inc_k if r.c2 else r.inc).eq(1)]
         with m.If(kc.idx == kc.last):
             m.d.sync += kc.on.eq(0)
@@ -447,41 +438,24 @@ class Sequencer(RowOverlap, wiring.Component):
         # a single key gets a second beat of weight 0: the two writes of a result word (low,
         # high bytes) need results at least two cycles apart
         L = self.layout
-        c, AB = L.config, L.AB
-        m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(Mux(r.attn, AB - 1, L.CB - 1)),
-                     r.inner_last.eq(r.wlast), r.base_o.eq(0),
-                     r.base_i.eq(Mux(r.attn, (c.max_queries + c.max_keys) * AB, L.mem_base)),
-                     r.issuing.eq(1), self.phase.eq(Phase.WSUM)]
-        if L.attn_pass:
-            m.d.sync += r.pbase.eq(L.part_base + 3 * AB * r.a)
+        m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(L.CB - 1), r.inner_last.eq(r.wlast),
+                     r.base_o.eq(0), r.base_i.eq(L.mem_base), r.issuing.eq(1), self.phase.eq(Phase.WSUM)]
 
     def _weighted_sum(self, m, r):
-        """WSUM: beat (blk, b), lane l accumulates w_b * V_b[blk*P + l]; then the row's output
-        exponent, and the next query row or DONE."""
+        """WSUM (a recall's; attention rows: hw/engine_rowlap.py): beat (cb, i), lane l
+        accumulates w_i * M_i[cb*P + l]; then the output exponent, and DONE."""
         L = self.layout
-        c, AB, CB = L.config, L.AB, L.CB
+        CB = L.CB
         with m.State("WSUM"):
             if r.c2:
                 with m.If(r.kc.on):     # (the probability pass, ahead of the beats)
                     self._pass_key(m, r, self.softmax.prob)
             with m.If(r.issuing):
-                # ATTN_PASS pass 3 but the first: 4 beats per block add the carried accumulator
-                # back, its words (d0, d1, e2, e2) by fixed.CARRY_WEIGHTS (the fetch's ``wconst``)
-                key_beat = r.inner >= r.off
-                carry_word = Mux(r.inner[1], 2, r.inner[0])
-                m.d.comb += [self.fetch.wm_addr.eq(r.inner - r.off),
-                             self.fetch.dat_addr.eq(Mux(key_beat, r.base_i + r.outer, r.pbase + carry_word)),
+                m.d.comb += [self.fetch.wm_addr.eq(r.inner), self.fetch.dat_addr.eq(r.base_i + r.outer),
                              r.inc.eq(r.inner == r.inner_last)]
                 self._beat(m, r, lane_mode=1, lim=L.P, phase=Phase.WSUM, zero=r.inner >= r.zfrom,
-                           wconst=Mux(key_beat, 0, Mux(r.inner[1], 3, r.inner[0] + 1)),
-                           tag=(r.a * AB + r.outer)[:16] | (1 << LANE_TAG))
-                self._advance(m, r, [r.base_i.eq(Mux(r.attn, (c.max_queries + c.max_keys) * AB, L.mem_base)),
-                                     r.pbase.eq(r.pbase + 3)],
-                              [r.base_i.eq(r.base_i + Mux(r.single | ~key_beat, 0, Mux(r.attn, AB, CB)))])
+                           tag=r.outer[:16] | (1 << LANE_TAG))
+                self._advance(m, r, [r.base_i.eq(L.mem_base)], [r.base_i.eq(r.base_i + Mux(r.single, 0, CB))])
             with m.Elif(r.pending_zero):
                 m.d.comb += self.exps.row_done.eq(1)
-                self._next_row(m, r)
-
-    def _next_row(self, m, r):
-        """The recall's row is done (attention rows: hw/engine_rowlap.py)."""
-        m.next = "DONE"
+                m.next = "DONE"
