@@ -62,6 +62,10 @@ class FrameFuzzer:
         self.kinds, self.p = kinds, w / w.sum()
         self._queue = []                       # (kind, raw) of a multi-frame good sequence
         self.weights = [fixed.quantize_weight(rng.normal(size=(cfg.d, cfg.d_h))) for _ in range(2)]
+        # ATTN_PASS (1.3 / 2.2): only in the forms that need no state (Q rows sent; pass 3 first
+        # and last): the shadow sees no malformed frame, and every frame but a few drops the
+        # held Q rows and accumulators on the device
+        self.attn_pass = P.takes_attn_pass(shadow.version)
 
     # -- building blocks ---------------------------------------------------------------------
     def vec(self, n=None):
@@ -81,8 +85,10 @@ class FrameFuzzer:
         if not all(self.shadow.loaded) and r.random() < 0.25:
             op = "weights"              # failed LOAD_WEIGHTS frames invalidate a matrix; reload
         else:
-            op = r.choice(["info", "status", "cycles", "reset", "write", "write", "read", "recall", "recall",
-                       "attention", "weights"], p=[.06, .1, .06, .03, .2, .1, .12, .15, .08, .08, .02])
+            ops = ["info", "status", "cycles", "reset", "write", "write", "read", "recall", "recall", "attention",
+                   "weights"] + (["attn_pass"] if self.attn_pass else [])
+            p = np.array([.06, .1, .06, .03, .2, .1, .12, .15, .08, .08, .02] + ([.06] if self.attn_pass else []))
+            op = r.choice(ops, p=p / p.sum())
         op = str(op)
         if op == "info":
             return _body(Op.INFO)
@@ -100,6 +106,8 @@ class FrameFuzzer:
             # the three forms (protocol 1.2): no flags byte, without the probabilities, with them
             flags = [None, 0, P.RECALL_PROBS][int(r.integers(3))]
             return _body(Op.RECALL, P.pack_recall_cmd(*self.vec(), c.d, flags))
+        if op == "attn_pass":
+            return _body(Op.ATTN_PASS, self.attn_pass_payload())
         if op == "attention":
             n_q, n_k = int(r.integers(1, c.max_queries + 1)), int(r.integers(1, c.max_keys + 1))
             causal = bool(r.integers(2)) and n_q <= n_k
@@ -111,11 +119,66 @@ class FrameFuzzer:
         self._queue = [("good", f) for f in frames[1:]]
         return _unescape(frames[0])
 
+    def attn_pass_payload(self, bad=None) -> bytes:
+        """A stateless ATTN_PASS (Q rows sent; pass 3 first and last) of random sizes, pass, mask
+        and host scalars in range; ``bad``: one of its fields out of range (BAD_ARG)."""
+        c, r = self.cfg, self.rng
+        n_q, n_k = int(r.integers(1, c.max_queries + 1)), int(r.integers(1, c.max_keys + 1))
+        if bad == "n_q":
+            n_q = int(r.choice([0, c.max_queries + 1]))
+        elif bad == "n_k":
+            n_k = int(r.choice([0, c.max_keys + 1]))
+        pass_ = int(r.integers(1, 4))
+        causal = bool(r.integers(2))
+        diag = int(r.integers(-n_q, n_k + 1)) if causal else 0
+
+        def rows(n):
+            m, e = fixed.quantize_bfp(r.normal(size=(n, c.head_dim)) * 2.0 ** r.integers(-4, 5, (n, 1)))
+            return b"".join(P.pack_bfp8(mm, ee) for mm, ee in zip(m, e))
+        flags = causal | pass_ << P.ATTN_PASS_SHIFT | P.ATTN_Q | ((P.ATTN_FIRST | P.ATTN_LAST) if pass_ == 3 else 0)
+        if bad == "flags":
+            flags |= int(r.choice([0x40, 0x80, P.ATTN_FIRST if pass_ != 3 else 0x40]))
+        if bad == "diag":
+            flags, diag = flags & ~P.ATTN_CAUSAL, int(r.choice([-1, 1, 300]))
+        m = r.integers(-(1 << 31), 1 << 31, n_q) if r.random() < 0.2 else r.integers(-4000, 4000, n_q)
+        e = r.integers(fixed.EXP_MIN, fixed.EXP_MAX + 1, n_q)
+        total = r.integers(P.ATTN_TOTAL_MIN, P.ATTN_TOTAL_LIMIT, n_q)
+        if bad == "scalar" and pass_ == 3 and n_q:
+            if r.integers(2):
+                e[int(r.integers(n_q))] = int(r.choice([fixed.EXP_MIN - 1, fixed.EXP_MAX + 1]))
+            else:
+                total[int(r.integers(n_q))] = int(r.choice([0, P.ATTN_TOTAL_MIN - 1, P.ATTN_TOTAL_LIMIT, (1 << 32) - 1]))
+        head = bytes([n_q, n_k, flags]) + diag.to_bytes(2, "little", signed=True)
+        scal = {1: b"", 2: b"".join(int(x).to_bytes(4, "little", signed=True) for x in m),
+                3: b"".join(int(a).to_bytes(4, "little", signed=True) + bytes([int(b) & 0xFF]) + int(t).to_bytes(4, "little")
+                            for a, b, t in zip(m, e, total))}[pass_]
+        body = bytearray(rows(n_q) + rows(n_k))
+        if pass_ == 1:
+            ve = r.integers(fixed.EXP_MIN, fixed.EXP_MAX + 1, n_k)
+            if bad == "scalar" and n_k:
+                ve[int(r.integers(n_k))] = int(r.choice([fixed.EXP_MIN - 1, fixed.EXP_MAX + 1]))
+            body += ve.astype(np.int8).tobytes()
+        elif pass_ == 3:
+            body += rows(n_k)
+        if bad == "row" and n_q and n_k:
+            row = 1 + c.head_dim
+            i = int(r.integers(len(body) // row)) * row if pass_ != 1 else int(r.integers(n_q + n_k)) * row
+            if r.integers(2):
+                body[i + 1 + int(r.integers(c.head_dim))] = 0x80
+            else:
+                body[i] = int(r.choice([fixed.EXP_MIN - 1, fixed.EXP_MAX + 1])) & 0xFF
+        elif bad == "scalar" and pass_ == 2:
+            return self.attn_pass_payload("flags")          # (pass 2's m has no range)
+        return head + scal + bytes(body)
+
     # -- malformed frames ----------------------------------------------------------------------
     def out_of_range_body(self) -> bytes:
         c, r = self.cfg, self.rng
         which = r.choice(["vec_mant", "vec_exp", "lw_matrix", "lw_exp", "lw_shift", "lw_rows0", "lw_past_end",
-                          "lw_mant", "att_nq", "att_nk", "att_flags", "att_causal", "att_exp", "recall_flags"])
+                          "lw_mant", "att_nq", "att_nk", "att_flags", "att_causal", "att_exp", "recall_flags"]
+                         + (["ap_n_q", "ap_n_k", "ap_flags", "ap_diag", "ap_scalar", "ap_row"] if self.attn_pass else []))
+        if which.startswith("ap_"):
+            return _body(Op.ATTN_PASS, self.attn_pass_payload(which[3:]))
         if which == "recall_flags":
             # a reserved bit of RECALL's flags byte (protocol 1.2), with or without PROBS
             flags = int(r.integers(1, 128)) << 1 | int(r.integers(2))

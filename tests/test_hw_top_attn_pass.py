@@ -81,3 +81,25 @@ def test_pass3_last_is_attention_bytes():
     g = np.random.default_rng(3)
     out, oe = g.integers(-(1 << 15), 1 << 15, (3, 5)), g.integers(-64, 64, 3)
     assert P.pack_attn_pass_rsp(3, out_mant=out, out_exp=oe) == P.pack_attention_rsp(out, oe)
+
+
+def test_top_frame_fuzz_with_attn_pass():
+    """tests/frame_fuzz.py's stream (with its stateless ATTN_PASS frames, good and out of range,
+    and every malformed kind but overlong) through the lane engine's top: byte for byte."""
+    from frame_fuzz import FrameFuzzer
+
+    c = CONFIGS["tiny"]
+    r = rng(42)
+    fz = FrameFuzzer(c, np.random.default_rng(r.randrange(1 << 30)), GoldenDevice(c), overlong=False)
+    steps, rest = [], b""
+    for i in range(400):
+        kind, raw = fz.next()
+        if kind == "good":
+            fz.shadow.feed(raw)
+        # one frame per step (run_against_golden sends a step's bytes before it reads: a second
+        # frame would wait for the first one's answer); bytes after the last END go with the next
+        *frames, rest = (rest + raw).split(bytes([P.END]))
+        steps += [(f"fuzz {i} {kind} frame {j}: {f[:16].hex(' ')}", f + bytes([P.END])) for j, f in enumerate(frames)]
+    results = run_against_golden(c, steps, r)
+    assert sum(raw[:1] == bytes([P.Op.ATTN_PASS]) for _, raw in steps) > 5
+    assert any(want[:2] == bytes([P.Status.OK, P.Op.ATTN_PASS]) for _, want, _ in results)
