@@ -185,8 +185,9 @@ class Sequencer(RowOverlap, wiring.Component):
         r.inc_k = Signal()          # contract 2: a key of a pass issued (never in a cycle with r.inc)
         inc = r.inc | r.inc_k if r.c2 else r.inc
         dec = Signal(2)
-        m.d.comb += dec.eq(self.writeback.retire | self.score.retire | self.softmax.retire |
-                           (self.fold.retire if L.contract == 2 else 0))
+        # (an attention op's results are counted by its issuers, hw/engine_rowlap.py)
+        m.d.comb += dec.eq(~r.attn & (self.writeback.retire | self.score.retire | self.softmax.retire |
+                                      (self.fold.retire if L.contract == 2 else 0)))
         m.d.sync += pending.eq(pending + inc - dec)
         # pending == 0, registered: it is computed from this cycle's count and changes (inc, dec
         # are single results)

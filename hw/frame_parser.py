@@ -328,15 +328,18 @@ class FrameParser(wiring.Component):
         m.d.comb += [eng.wr_rs_addr.eq(rs_wr_r.addr), eng.wr_rs_byte.eq(rs_wr_r.byte),
                      eng.wr_rs_data.eq(rs_wr_r.data), eng.wr_rs_en.eq(rs_wr_r.valid)]
 
-        # the length, registered twice like ATTENTION's (the header's n_q, n_k and flags are in
-        # from body byte 3 on; CHECK comes >= 5 cycles after byte 3)
+        # the length, over three registers (the header's n_q, n_k and flags are in from body
+        # byte 3 on; CHECK comes >= 5 cycles after byte 3): the rows' bytes are a product, whose
+        # multiplier and the adders after it did not fit one cycle with the compare at CHECK
         row = 1 + c.head_dim
         p1, p2, p3 = fl.pass_ == 1, fl.pass_ == 2, fl.pass_ == 3
         scal_len, rows_n, v1_len, ap_len = Signal(16), Signal(10), Signal(8), Signal(32)
+        rows_len, small_len = Signal(20), Signal(17)
         m.d.sync += [scal_len.eq(Mux(p2, n_q * 4, Mux(p3, n_q * 9, 0))),
                      rows_n.eq(Mux(fl.q, n_q, 0) + n_k + Mux(p3, n_k, 0)),
                      v1_len.eq(Mux(p1, n_k, 0)),
-                     ap_len.eq(7 + scal_len + rows_n * row + v1_len)]
+                     rows_len.eq(rows_n * row), small_len.eq(7 + scal_len + v1_len),
+                     ap_len.eq(rows_len + small_len)]
 
         SCAL, QROWS, KROWS, VROWS, VEXPS, DONE = range(6)
         seg = Signal(range(6))

@@ -46,7 +46,7 @@ def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_
     written by the engine: a same-address read during a write gets random bits (the chip's
     no_rw_check don't-care), so a collision whose read is used fails the comparison.
     ``idle_before_start`` cycles pass between the owner's last memory write and each start.
-    Returns the recall cycle counts (start to done)."""
+    A write and a recall follow the attention tiles. Returns the recall cycle counts (start to done)."""
     r = rng(seed)
     c = config
     assert getattr(dut, "contract", 1) == contract, "the engine's contract is not the one checked"
@@ -105,7 +105,8 @@ def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_
             ctx.set(getattr(dut, f"{name}_exp"), qw.exp)
             ctx.set(getattr(dut, f"{name}_shift"), qw.shift)
         cache_m, cache_e, cache_kf, cache_kfe = {}, {}, {}, {}
-        for n in range(c.n_slots + 2):
+
+        async def write_and_recall(n):
             slot = n % c.n_slots
             m_mant, m_exp = rand_vec(r, c.d, extreme)
             await load(ctx, 0, m_mant, m_exp, 0, CB)
@@ -146,6 +147,9 @@ def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_
             assert ctx.get(dut.oexp.data[0]) == oe, f"recall {n}: P_n's exponent"
             spread.append(int((p > 0).sum()))
 
+        for n in range(c.n_slots + 2):
+            await write_and_recall(n)
+
         for causal, nq, nk in ((False, c.max_queries, c.max_keys), (True, 2, 3), (True, 1, 1)):
             rows = [rand_vec(r, c.head_dim, extreme) for _ in range(nq + 2 * nk)]
             phys = list(range(nq)) + [c.max_queries + b for b in range(nk)] + \
@@ -162,6 +166,8 @@ def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_
                 got = [out_lane(ctx, a * AB + k, l) for k in range(AB) for l in range(P)][:c.head_dim]
                 assert got == list(out[a]), f"attention causal={causal} row {a}"
                 assert ctx.get(dut.oexp.data[a]) == oe[a], f"attention causal={causal} row {a}: exponent"
+        # and back to the cache: a write and a recall after the attention tiles
+        await write_and_recall(c.n_slots + 2)
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
