@@ -73,6 +73,11 @@ def test_top_attn_pass_session(config, engine, contract):
     want = P.Status.BAD_OPCODE if engine == "serial" else P.Status.OK
     assert st["pass 1, full tile"] == st["pass 3 last"] == st["pass 3 tile 0"] == want
     assert st["pass 3 first and last, sum 0x1ffffff"] == st["pass 3 first and last, sum 0x8000"] == want
+    # CYCLES counts an ATTN_PASS as it counts the other compute ops (the serial engine's: the last
+    # op it ran, none here)
+    rtl = {label: got for label, _, got in results}
+    cyc = P.unpack_cycles(P.decode_response(P.FrameDecoder().feed(rtl["cycles after pass 2 tile 1"])[0]).payload)
+    assert (cyc.last_op, cyc.last > 0) == ((0, False) if engine == "serial" else (P.Op.ATTN_PASS, True))
     assert st["pass 3 continuing after pass 1"] == (P.Status.BAD_OPCODE if engine == "serial" else P.Status.BAD_ARG)
 
 
