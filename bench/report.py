@@ -80,22 +80,24 @@ def _attention_table(res) -> list[str]:
     a = res["attention"]
     util = a.get("attention_utilization")
     rows = [f"{a['backbone']} head_dim {a['head_dim']} on `{a['config']}`'s {a['tile']} tiles, P = {a['P']}, "
-            f"Fmax {_f(a.get('fmax_mhz'), '.1f', 'n/a')} MHz; HMT segment length {a['segment_length']}, "
-            f"sensory {a['sensory']}. Device cycles are the ideal, ceil(MACs / P) per ATTN_PASS as the "
-            "golden device counts them; at Fmax they are a lower bound of the device's time, not a "
-            "measurement (the gateware has no ATTN_PASS yet; its ATTENTION tile runs at "
-            f"{_f(100 * util, '.1f') + ' %' if util else 'n/a'} of the ideal on the RTL).", "",
-            "| causal block | positions | ATTN_PASS ops | MACs (one-pass MACs) | ideal cycles | device µs ≥ | "
-            "PyTorch CPU µs, one head | PyTorch CPU µs, one layer | golden numpy µs, one head |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            f"contract {a.get('contract', 1)}, Fmax {_f(a.get('fmax_mhz'), '.1f', 'n/a')} MHz; HMT segment length "
+            f"{a['segment_length']}, sensory {a['sensory']}. RTL cycles: every ATTN_PASS of the plan run on the "
+            "lane engine (Amaranth simulator) plus the top's cycle per operation, as CYCLES counts them; "
+            "device µs = RTL cycles at Fmax, compute only (the link's transfers are separate). The "
+            f"ATTENTION tile alone runs at {_f(100 * util, '.1f') + ' %' if util else 'n/a'} of the ideal.", "",
+            "| causal block | positions | ATTN_PASS ops | MACs (one-pass MACs) | ideal cycles | RTL cycles | "
+            "utilization | device µs | PyTorch CPU µs, one head | PyTorch CPU µs, one layer | golden numpy µs, one head |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for b in a["blocks"]:
         rows.append(f"| {b['what']} | {b['positions']} | {b['ops']} | {b['macs']:,} ({b['one_pass_macs']:,}) | "
-                    f"{b['ideal_cycles']:,} | {_f(b['device_lower_bound_us'])} | "
+                    f"{b['ideal_cycles']:,} | {b['rtl_cycles']:,} | {100 * b['utilization']:.1f} % | "
+                    f"{_f(b['device_us'])} | "
                     f"{fmt_stat(b['torch_cpu_head_us'])} | {fmt_stat(b['torch_cpu_layer_us'])} | "
                     f"{fmt_stat(b['golden_numpy_head_us'])} |")
     t = a["per_segment"]
     rows.append(f"| **per head per segment** | | {t['ops']} | {t['macs']:,} | {t['ideal_cycles']:,} | "
-                f"{_f(t['device_lower_bound_us'])} | {_f(t['torch_cpu_head_us'])} | "
+                f"{t['rtl_cycles']:,} | {100 * t['utilization']:.1f} % | "
+                f"{_f(t['device_us'])} | {_f(t['torch_cpu_head_us'])} | "
                 f"{_f(t['torch_cpu_layer_us'])} | {_f(t['golden_numpy_head_us'])} |")
     return rows
 

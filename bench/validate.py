@@ -95,8 +95,8 @@ def problems(res: dict) -> list[str]:
 
 
 def _attention_problems(res: dict) -> list[str]:
-    """The attention section: its plan adds up, the ideal is ceil(MACs / P) or more, every time
-    positive, a missing device time has a reason."""
+    """The attention section: its plan adds up, the ideal is ceil(MACs / P) or more and the RTL's
+    cycles no fewer, every time positive, a missing device time has a reason."""
     a = res.get("attention")
     if not a:
         return []
@@ -111,9 +111,11 @@ def _attention_problems(res: dict) -> list[str]:
         for k in ("torch_cpu_head_us", "torch_cpu_layer_us", "golden_numpy_head_us"):
             if not _positive(b[k]["median"]):
                 bad.append(f"{w}.{k} = {b[k]['median']!r}")
-        if b["device_lower_bound_us"] is not None and not _positive(b["device_lower_bound_us"]):
-            bad.append(f"{w}.device_lower_bound_us = {b['device_lower_bound_us']!r}")
-    if a["per_segment"]["device_lower_bound_us"] is None and not a.get("device_reason"):
+        if b["rtl_cycles"] < b["ideal_cycles"]:
+            bad.append(f"{w}: {b['rtl_cycles']} RTL cycles < {b['ideal_cycles']} ideal (P MACs a cycle at most)")
+        if b["device_us"] is not None and not _positive(b["device_us"]):
+            bad.append(f"{w}.device_us = {b['device_us']!r}")
+    if a["per_segment"]["device_us"] is None and not a.get("device_reason"):
         bad.append("attention: no device time and no reason")
     return bad
 

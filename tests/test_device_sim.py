@@ -148,3 +148,25 @@ def test_overlapped_run_on_the_simulated_rtl_matches_the_run_without(sim):
         wa = max(i for i in range(r) if events[i] == ("answer", P.Op.WRITE_MEMORY))
         ws = max(i for i in range(r) if events[i] == ("send", P.Op.WRITE_MEMORY))
         assert ws < rep < wa < r, events[ws:r + 1]
+
+
+def test_attention_head_cycles_on_the_simulated_chip_are_what_the_bench_counts(sim):
+    """bench.attention_speed's RTL cycles of a causal head (every ATTN_PASS shape run on the
+    lane engine in Amaranth's simulator, plus the top's cycle per operation) are what the
+    Verilated chip's CYCLES adds up over the head that ``hmtx run --offload-attention`` sends."""
+    import numpy as np
+    from hmtx.bench.attention_speed import head_plan, op_shapes, rtl_cycles
+    from hmtx.host.attention_tiles import CheckedAttention
+    from hmtx.host.runtime import CheckedDevice
+    from hmtx.model import fixed
+
+    n = 2 * CFG.max_keys + 3          # three key tiles, a partial one last
+    dev = Device(sim, CFG)
+    att = CheckedAttention(CheckedDevice(dev, CFG))
+    rng = np.random.default_rng(SEED)
+    q, k, v = ((rng.integers(-127, 128, (n, CFG.head_dim)), rng.integers(-8, 2, n)) for _ in range(3))
+    before = dev.cycles().total
+    att.head(*q, *k, *v, fixed.causal_mask(n, n))
+    plan = head_plan(CFG, n, rtl_cycles(CFG, op_shapes(CFG, n)))
+    assert att.ops == plan["ops"]
+    assert dev.cycles().total - before == plan["rtl_cycles"]
