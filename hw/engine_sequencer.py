@@ -72,9 +72,11 @@ class Sequencer(RowOverlap, wiring.Component):
     (the same beats), scores q against the n keys (``n x KB`` beats), runs the exp2 pass over
     the n scores, one ~41-cycle reciprocal and the probability pass (a key per cycle each),
     then the weighted sum (``CB x n`` beats in lane mode: lane l accumulates
-    ``w_i * M_i[cb*P + l]`` over the slots, so no transposed copy of M is needed). An ATTENTION
-    runs per query row a: Q row a into ``qbuf`` (AB words), scores against the n_k K rows
-    (``n_k x AB`` beats), the softmax passes and the weighted sum of the V rows.
+    ``w_i * M_i[cb*P + l]`` over the slots, so no transposed copy of M is needed). ATTENTION
+    and ATTN_PASS run their rows overlapped (:class:`~hmtx.hw.engine_rowlap.RowOverlap`: the
+    states ``A_*`` and two issuers of the softmax's passes beside this state machine): per
+    query row its Q row into ``qbuf`` (AB words), scores against the n_k K rows (``n_k x AB``
+    beats), the softmax passes and the weighted sum of the V rows.
 
     Contract 2 (``layout.contract``): a WRITE then folds W_q into the key (:meth:`_fold`), and
     a RECALL loads S into ``qbuf`` as an attention query row is loaded and scores it against the
@@ -99,7 +101,8 @@ class Sequencer(RowOverlap, wiring.Component):
     Members: :class:`SequencerSignature`.
     """
 
-    # contract 2: cycles from the probability pass's first key to the weighted sum's first beat
+    # cycles from the probability pass's first key to the weighted sum's first beat (contract 2's
+    # recall, and every attention row)
     WSUM_LAG = 4
 
     def __init__(self, layout, w_depth):
