@@ -415,7 +415,9 @@ async def soak(dut):
 @cocotb.test()
 async def record(dut):
     """A fixed short session under full stalls whose cycle-stamped responses are saved, so the RTL
-    and a synthesized netlist can be compared bit for bit and cycle for cycle."""
+    and a synthesized netlist can be compared bit for bit and cycle for cycle. Where the gateware
+    has ATTN_PASS (the lane engine), golden_device.attn_pass_session follows: its passes, held
+    state and errors are gateware too (the serial engine's record stays as it was)."""
     h = await start(dut, "both", salt=5)
     nrng = np.random.default_rng(test_seed() ^ 0x12EC)
     c = CONFIG
@@ -427,6 +429,10 @@ async def record(dut):
     await h.cmd("read slot 1", P.Op.READ_SLOT, P.pack_read_slot(1))
     await h.cmd("attention", P.Op.ATTENTION, attention_payload(nrng, c.max_queries, c.max_keys, True))
     await h.cmd("cycles", P.Op.CYCLES)
+    if P.Op.ATTN_PASS in GATEWARE_OPS:
+        for label, data in attn_pass_session(c, seed=test_seed() % 2**32):
+            await h.wire(f"attn_pass: {label}", data)
+        await h.cmd("cycles after the passes", P.Op.CYCLES)
     await h.tb.expect_silence(64)
     path = h.tb.save_record("record")
     h.tb.log.info(f"{h.sb.summary()}; record: {path}")
