@@ -71,6 +71,10 @@ class RowOverlap:
         a.p_zero = _count(m, "att_prob", a.inc_p, r.attn & self.softmax.pretire)
         with m.If(self.score.scored.valid):
             m.d.sync += a.scored.eq(a.scored + 1)
+        # row w's first output word and first carried word in ``dat`` (w steps once a row)
+        L = self.layout
+        a.w_obase, a.w_pbase = Signal(16, name="w_obase"), Signal(16, name="w_pbase")
+        m.d.sync += [a.w_obase.eq(L.out_base + 2 * L.AB * a.w), a.w_pbase.eq(L.part_base + 3 * L.AB * a.w)]
         with m.If(a.start):
             m.d.sync += [a.s.eq(0), a.w.eq(0), a.freed.eq(0), a.scored.eq(0), a.xe.eq(0), a.w_ready.eq(0)]
         # the softmax's rows: the exp2 pass's and the probability pass's banks (a recall's: 0)
@@ -132,11 +136,12 @@ class RowOverlap:
                 m.d.comb += [self.fetch.wm_addr.eq(r.inner - r.off),
                              self.fetch.dat_addr.eq(Mux(key_beat, r.base_i + r.outer, r.pbase + carry_word)),
                              a.inc_m.eq(r.inner == r.inner_last)]
+                # (the tag: the result's first word in ``dat``: its output words, or its carried ones)
                 self._beat(m, r, lane_mode=1, lim=L.P, phase=Phase.WSUM, zero=r.inner >= r.zfrom,
                            wconst=Mux(key_beat, 0, Mux(r.inner[1], 3, r.inner[0] + 1)),
-                           tag=(a.w * AB + r.outer)[:16] | (1 << LANE_TAG))
+                           tag=Mux(r.carry, r.pbase, r.base_o)[:16] | (1 << LANE_TAG))
                 vbase = (c.max_queries + c.max_keys) * AB
-                self._advance(m, r, [r.base_i.eq(vbase), r.pbase.eq(r.pbase + 3)],
+                self._advance(m, r, [r.base_i.eq(vbase), r.pbase.eq(r.pbase + 3), r.base_o.eq(r.base_o + 2)],
                               [r.base_i.eq(r.base_i + Mux(r.single | ~key_beat, 0, AB))])
             with m.Else():
                 # (the row's probability pass has issued every key: its bank is free)
@@ -151,9 +156,10 @@ class RowOverlap:
     def _att_wsum_start(self, m, r):
         L = self.layout
         c, AB = L.config, L.AB
+        a = r.att
         m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(AB - 1), r.inner_last.eq(r.wlast),
                      r.base_i.eq((c.max_queries + c.max_keys) * AB), r.issuing.eq(1),
-                     r.pbase.eq(L.part_base + 3 * AB * r.att.w)]
+                     r.pbase.eq(a.w_pbase), r.base_o.eq(a.w_obase)]
 
     # --- the exp2 issuer ----------------------------------------------------------------------
     def _att_exp(self, m, r):

@@ -1,8 +1,8 @@
 """ATTN_PASS's per-row scalars in the lane engine: what the host sends for each query row (m, E,
 the sum) and what the engine answers (pass 1: m, E; pass 2: the sum)."""
 
-from amaranth.hdl import Cat, Const, Module, Mux, signed, unsigned
-from amaranth.lib import memory, wiring
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .engine_layout import EXP_W, ROW_SCALAR_BYTES, EngineSignature, row_scalars_layout
@@ -82,14 +82,18 @@ class RowScalars(wiring.Component):
         m.d.comb += [self._r.addr.eq(Mux(self.busy, ctl.row, self.rd_rs_addr)),
                      self.rd_rs_data.eq(self._r.data)]      # (the record's layout is the word's)
         m.d.sync += self.cur.eq(self._r.data)
-        # the engine's stores (pass 1: bytes 0..4, pass 2: bytes 5..8), else the owner's byte
+        # the engine's stores (pass 1: bytes 0..4, pass 2: bytes 5..8), else the owner's byte,
+        # registered on the way (the block RAM sits away from the sequencer and the units whose
+        # values it stores; nothing reads a row in the cycles after its store)
         e_kept = Mux(self.big_e < -128, -128, self.big_e)[:8]
+        wr = Signal(data.StructLayout({"addr": len(self._w.addr), "data": len(self._w.data),
+                                       "en": ROW_SCALAR_BYTES}))
+        m.d.sync += wr.en.eq(0)
         with m.If(ctl.store_max | ctl.store_sum):
-            m.d.comb += [self._w.addr.eq(ctl.row),
-                         self._w.data.eq(Cat(self.score_max, e_kept, self.exp_sum)),
-                         self._w.en.eq(Mux(ctl.store_max, 0b000011111, 0b111100000))]
+            m.d.sync += [wr.addr.eq(ctl.row), wr.data.eq(Cat(self.score_max, e_kept, self.exp_sum)),
+                         wr.en.eq(Mux(ctl.store_max, 0b000011111, 0b111100000))]
         with m.Elif(~self.busy & self.wr_rs_en):
-            m.d.comb += [self._w.addr.eq(self.wr_rs_addr),
-                         self._w.data.eq(Cat(*[self.wr_rs_data] * ROW_SCALAR_BYTES)),
-                         self._w.en.eq(Const(1, ROW_SCALAR_BYTES) << self.wr_rs_byte)]
+            m.d.sync += [wr.addr.eq(self.wr_rs_addr), wr.data.eq(Cat(*[self.wr_rs_data] * ROW_SCALAR_BYTES)),
+                         wr.en.eq(Const(1, ROW_SCALAR_BYTES) << self.wr_rs_byte)]
+        m.d.comb += [self._w.addr.eq(wr.addr), self._w.data.eq(wr.data), self._w.en.eq(wr.en)]
         return m

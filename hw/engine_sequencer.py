@@ -206,6 +206,7 @@ class Sequencer(RowOverlap, wiring.Component):
         if r.c2:
             m.d.comb += [self.fold.second.eq(r.second), self.fold.slot_base.eq(r.fslot_base),
                          self.fetch.q_row.eq(r.attn)]
+        self._beats_per_block(m, r)
         r.att = self._att_state(m, r)
         return r
 
@@ -257,13 +258,18 @@ class Sequencer(RowOverlap, wiring.Component):
         ap = self.op == Op.ATTN_PASS
         p = [ap & (self.apass == k) for k in (1, 2, 3)]
         cont, carry = p[2] & ~self.afirst, p[2] & ~self.alast
-        n = self.n_keys
-        least = Mux(carry, 3, 2)
         m.d.sync += [r.p1.eq(p[0]), r.p2.eq(p[1]), r.p3.eq(p[2]), r.ext.eq(p[1] | p[2]),
                      r.cont.eq(cont), r.carry.eq(carry), r.off.eq(Mux(cont, 4, 0)),
-                     r.zfrom.eq(Mux(cont, n + 4, n)),
-                     r.wlast.eq(Mux(cont, n + 3, Mux(n < least, least - 1, n - 1))),
                      r.diag.eq(Mux(ap, self.diag, self.n_keys - self.n_q))]
+
+    def _beats_per_block(self, m, r):
+        """The weighted sum's beats per block, from the latched operands, a cycle after start
+        (its first beat is tens of cycles later): ``zfrom`` the first beat of weight 0,
+        ``wlast`` the last."""
+        n = r.n_keys
+        least = Mux(r.carry, 3, 2)
+        m.d.sync += [r.zfrom.eq(Mux(r.cont, n + 4, n)),
+                     r.wlast.eq(Mux(r.cont, n + 3, Mux(n < least, least - 1, n - 1)))]
 
     def _projection(self, m, r):
         """PROJ: beat (j, cb), S/M block cb against W[., j] block cb; the tag is the result's
@@ -443,7 +449,7 @@ class Sequencer(RowOverlap, wiring.Component):
         # high bytes) need results at least two cycles apart
         L = self.layout
         m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(L.CB - 1), r.inner_last.eq(r.wlast),
-                     r.base_o.eq(0), r.base_i.eq(L.mem_base), r.issuing.eq(1), self.phase.eq(Phase.WSUM)]
+                     r.base_o.eq(L.out_base), r.base_i.eq(L.mem_base), r.issuing.eq(1), self.phase.eq(Phase.WSUM)]
 
     def _weighted_sum(self, m, r):
         """WSUM (a recall's; attention rows: hw/engine_rowlap.py): beat (cb, i), lane l
@@ -457,9 +463,11 @@ class Sequencer(RowOverlap, wiring.Component):
             with m.If(r.issuing):
                 m.d.comb += [self.fetch.wm_addr.eq(r.inner), self.fetch.dat_addr.eq(r.base_i + r.outer),
                              r.inc.eq(r.inner == r.inner_last)]
+                # (the tag: the result's first word in ``dat``, two words a result)
                 self._beat(m, r, lane_mode=1, lim=L.P, phase=Phase.WSUM, zero=r.inner >= r.zfrom,
-                           tag=r.outer[:16] | (1 << LANE_TAG))
-                self._advance(m, r, [r.base_i.eq(L.mem_base)], [r.base_i.eq(r.base_i + Mux(r.single, 0, CB))])
+                           tag=r.base_o[:16] | (1 << LANE_TAG))
+                self._advance(m, r, [r.base_i.eq(L.mem_base), r.base_o.eq(r.base_o + 2)],
+                              [r.base_i.eq(r.base_i + Mux(r.single, 0, CB))])
             with m.Elif(r.pending_zero):
                 m.d.comb += self.exps.row_done.eq(1)
                 m.next = "DONE"

@@ -208,7 +208,17 @@ class Softmax(wiring.Component):
         exD = Signal.like(exC)      # the table value registered (it maps to a block RAM)
         ex2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "e": fixed.EXP2_BITS + 1}))
         v = Signal(signed(fixed.SCORE_BITS + 2))
-        m.d.comb += v.eq(Mux(ctl.ext, self.row.m, self.scores.max[ebank]) - exA.t)
+        # the row's m, registered (its sources are stable for the pass: the exp2 issuer starts
+        # a row's pass cycles after its maximum is latched and its scalars read), and each bank's
+        # score registered straight from its block RAM, the bank chosen after the registers
+        m_sel = Signal(signed(fixed.SCORE_BITS), reset_less=True)
+        m.d.sync += m_sel.eq(Mux(ctl.ext, self.row.m, self.scores.max[ebank]))
+        exA_t = [Signal(signed(fixed.SCORE_BITS), reset_less=True, name=f"exA_t{k}") for k in range(2)]
+        m.d.sync += [exA_t[k].eq(banks[k][0].data) for k in range(2)]
+        exA_bank = Signal()
+        m.d.sync += exA_bank.eq(ebank)
+        m.d.comb += exA.t.eq(Mux(exA_bank, exA_t[1], exA_t[0]))
+        m.d.comb += v.eq(m_sel - exA.t)
         # (v < 0 only for a host's m below a score, ATTN_PASS: the contract clamps v at 0)
         neg = v[-1]
         n_int = v >> fixed.SCORE_FRAC
@@ -218,7 +228,6 @@ class Softmax(wiring.Component):
         with m.If(exB.valid & exB.keep & (exB.ve > big_e) & ~ctl.ext):
             m.d.sync += big_e.eq(exB.ve)
         m.d.sync += [exA.valid.eq(ex1.valid), exA.idx.eq(ex1.idx), exA.keep.eq(ex1.keep),
-                     exA.t.eq(Mux(ebank, banks[1][0].data, banks[0][0].data)),
                      exB.valid.eq(exA.valid), exB.idx.eq(exA.idx), exB.keep.eq(exA.keep), exB.ve.eq(ve2),
                      exB.live.eq(exA.keep & (neg | (n_int < fixed.EXP2_CUTOFF))),
                      exB.r.eq(Mux(neg, 0, v[:fixed.SCORE_FRAC])), exB.n.eq(Mux(neg, 0, n_int[:4])),
@@ -244,8 +253,12 @@ class Softmax(wiring.Component):
         pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "align": 5, "prod": 42}))
         pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "align": 5, "p": 16}))
         pshift = fixed.RECIP_BITS - fixed.PROB_BITS
-        m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep),
-                     prA.e.eq(Mux(ctl.pbank, banks[1][0].data, banks[0][0].data)[:16])]
+        # (each bank's term registered straight from its block RAM, the bank chosen after)
+        prA_e = [Signal(16, reset_less=True, name=f"prA_e{k}") for k in range(2)]
+        prA_bank = Signal()
+        m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep), prA_bank.eq(ctl.pbank)]
+        m.d.sync += [prA_e[k].eq(banks[k][0].data[:16]) for k in range(2)]
+        m.d.comb += prA.e.eq(Mux(prA_bank, prA_e[1], prA_e[0]))
         m.d.sync += [prM.valid.eq(prA.valid), prM.idx.eq(prA.idx), prM.keep.eq(prA.keep), prM.ve.eq(ve2),
                      prM.lo.eq(prA.e * rcp[:17]), prM.hi.eq(prA.e * rcp[17:])]
         ediff = big_e - prM.ve

@@ -94,8 +94,8 @@ class WriteBack(wiring.Component):
       4 cycles), K_i's into lane ``key_place(j % P)`` of key word ``key_word(j // P, j % P)`` of
       the slot (WRITE), q's to the fetch's ``qbuf`` (RECALL).
     * Weighted-sum results: ``out = sat16(round_shift(acc, OUT_SHIFT))`` per lane, a whole word
-      at once, registered (``res``), its low bytes written at ``out_base + 2w`` the cycle after
-      and its high bytes at ``out_base + 2w + 1`` the cycle after that. Results come two or more
+      at once, registered (``res``), its low bytes written at the word the result's tag names
+      (``out_base + 2w``) the cycle after and its high bytes at the next word the cycle after that. Results come two or more
       cycles apart (the sequencer gives a single key a second beat for this), so ``res`` holds
       still for both writes and loads every cycle (no enable fans out to its P x 16 registers).
       ATTN_PASS's carried accumulators (``ctl.carry``) go the same way as three words from
@@ -191,10 +191,9 @@ class WriteBack(wiring.Component):
         res_now = self.wsum.valid
         mo = self.wsum.payload
         m.d.sync += [res_lo.eq(res_now), res_hi.eq(res_lo), res_3.eq(res_hi & carry)]
-        # the words' address steps by one after each write
+        # the tag is the result's first word (the sequencer's); the address steps by one a write
         with m.If(res_now):
-            m.d.sync += res_addr.eq(Mux(carry, L.part_base + 3 * mo.tag[:16], L.out_base + 2 * mo.tag[:16])
-                                    if L.attn_pass else L.out_base + 2 * mo.tag[:16])
+            m.d.sync += res_addr.eq(mo.tag[:16])
         with m.Elif(res_lo | res_hi):
             m.d.sync += res_addr.eq(res_addr + 1)
         for l in range(P):
