@@ -250,6 +250,32 @@ def test_run_refuses_offload_on_a_device_without_attn_pass(model, ids):
         run_document(model, ids, device(cfg=RUN_CFG), RUN_CFG, 1, offload_attention="7")
 
 
+@pytest.mark.slow
+def test_hmtx_run_on_the_simulated_smollm_engine_offloads_layer_29(tmp_path):
+    """`hmtx run --device sim --offload-attention 29 --segments 2` with its defaults (SmolLM2,
+    the shipped checkpoint, the smollm engine's Verilog under Verilator): every head of layer 29
+    in the device variant goes through the RTL's ATTN_PASS, each pass's m, E, sums and output rows
+    checked against the golden passes; 0 mismatches. The first run builds the smollm bridge model
+    (minutes on 2 cores)."""
+    import json
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "hmtx.host.cli", "run", "--device", "sim", "--offload-attention", "29",
+                        "--segments", "2", "--quiet", "--json", str(tmp_path / "r.json")],
+                       capture_output=True, text=True)
+    print(r.stdout, r.stderr[-3000:], sep="\n")
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = json.loads((tmp_path / "r.json").read_text())
+    assert (s["segments"], s["mismatches"], s["device"], s["offload_attention"]) == (2, 0, "sim", "29")
+    assert s["protocol"] == "%d.%d" % P.gateware_version("lanes", 1) and s["trained"]     # the shipped checkpoint
+    # the heads really ran on the device: SmolLM2's 9 query heads per backbone pass of the device
+    # variant, each in 3 passes over at least one key tile
+    assert s["attention_heads"] > 0 and s["attention_heads"] % 9 == 0, s["attention_heads"]
+    assert s["attention_ops"] >= 3 * s["attention_heads"]
+    assert s["ops_checked"] > s["attention_ops"]               # the recalls, writes and cache reads too
+
+
 def test_carried_accumulator_is_exact_for_true_rows_and_wraps_mod_2_24():
     # pass 3 carries acc between tiles as three signed bytes (fixed.carry_digits), added back
     # with fixed.CARRY_WEIGHTS: every byte an int8, exact over the range of true accumulators
