@@ -164,6 +164,12 @@ class RowOverlap:
     # --- the exp2 issuer ----------------------------------------------------------------------
     def _att_exp(self, m, r):
         a, sm = r.att, self.softmax
+        # a key a cycle while ``eon`` (a register, set only for E_RUN): the pass's issue, and the
+        # read address of ``sc`` behind it, start at a flip-flop, not at the state's decode
+        with m.If(a.eon):
+            keep = ~r.causal | (a.ekey.as_signed() <= a.kl_e)
+            m.d.comb += [sm.exp.valid.eq(1), sm.exp.payload.idx.eq(a.ekey), sm.exp.payload.keep.eq(keep),
+                         a.inc_e.eq(1)]
         m.d.comb += self.rows.row.eq(a.xe)
         with m.If(r.attn):
             m.d.comb += self.exps.key.eq(a.ekey)
@@ -187,9 +193,6 @@ class RowOverlap:
                     m.next = "E_RUN"
             with m.State("E_RUN"):
                 with m.If(a.eon):
-                    keep = ~r.causal | (a.ekey.as_signed() <= a.kl_e)
-                    m.d.comb += [sm.exp.valid.eq(1), sm.exp.payload.idx.eq(a.ekey), sm.exp.payload.keep.eq(keep),
-                                 a.inc_e.eq(1)]
                     m.d.sync += a.ekey.eq(a.ekey + 1)
                     with m.If(a.ekey == r.n_keys - 1):
                         m.d.sync += a.eon.eq(0)
@@ -209,6 +212,11 @@ class RowOverlap:
     # --- the probability issuer ---------------------------------------------------------------
     def _att_prob(self, m, r):
         a, sm = r.att, self.softmax
+        # (as the exp2 issuer's: the issue follows ``pon``, set only for P_RUN)
+        with m.If(a.pon):
+            keep = ~r.causal | (a.pkey.as_signed() <= a.kl_p)
+            m.d.comb += [sm.prob.valid.eq(1), sm.prob.payload.idx.eq(a.pkey), sm.prob.payload.keep.eq(keep),
+                         a.inc_p.eq(1)]
         with m.If(r.attn):
             m.d.comb += [self.exps.pkey.eq(a.pkey), self.exps.orow.eq(a.xp)]
         with m.FSM(name="att_prob"):
@@ -223,9 +231,6 @@ class RowOverlap:
                     m.next = "P_RUN"
             with m.State("P_RUN"):
                 with m.If(a.pon):
-                    keep = ~r.causal | (a.pkey.as_signed() <= a.kl_p)
-                    m.d.comb += [sm.prob.valid.eq(1), sm.prob.payload.idx.eq(a.pkey), sm.prob.payload.keep.eq(keep),
-                                 a.inc_p.eq(1)]
                     m.d.sync += a.pkey.eq(a.pkey + 1)
                     with m.If(a.pkey == r.n_keys - 1):
                         m.d.sync += a.pon.eq(0)
