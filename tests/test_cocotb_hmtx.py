@@ -12,8 +12,8 @@ the iCE40 build's engine (``HmtxTop(up5k, engine="serial")``, one time-shared mu
 every group at modest sizes. ``tiny_c2`` and ``up5k_serial_c2`` are the same engines built for
 contract 2 (``HmtxTop(config, engine, contract=2)``: folded keys, protocol 2.2 / 2.1) against the
 golden device of contract 2; ``weights_order`` is the group where the contracts' rules differ.
-``attn_pass`` (ATTN_PASS's passes and state rules) runs on the lane engine's tops, tiny and
-tiny_c2.
+``attn_pass`` (ATTN_PASS's passes and state rules) runs on the lane engine's tops: tiny,
+tiny_c2 and (slow) smollm.
 """
 
 import os
@@ -81,7 +81,8 @@ def test_tiny_soak_10k(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("group", ["session", "ring", "reset_mid_operation", "fuzz", "soak"])
+# (smollm is the lane engine: ATTN_PASS's group too, at its tiles of 16 rows x 64 keys)
+@pytest.mark.parametrize("group", ["session", "ring", "reset_mid_operation", "fuzz", "soak", "attn_pass"])
 def test_smollm(smollm, group):
     print_coverage(smollm.run(MODULE, tests=group, tag=group, wall_limit_s=4 * LIMIT,
                               env={"HMTX_CONFIG": "smollm", "HMTX_SOAK_OPS": "300", "HMTX_FUZZ_CASES": "25",
