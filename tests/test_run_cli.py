@@ -75,7 +75,7 @@ def test_run_sim_contract_2_zero_mismatches(capsys, tmp_path):
     rc, out, err = run_cli(capsys, "--device", "sim", "--contract", "2", "--segments", "4",
                            "--json", str(tmp_path / "r.json"), "--reference", "stream")
     assert rc == 0, err
-    assert "protocol 2.1 (contract 2)" in err
+    assert "protocol 2.2 (contract 2)" in err
     s = json.loads((tmp_path / "r.json").read_text())
     assert (s["segments"], s["mismatches"], s["device"], s["contract"]) == (4, 0, "sim", 2)
     assert s["ppl"]["hmt_device"] == s["ppl"]["hmt_fixed"]

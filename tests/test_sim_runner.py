@@ -3,6 +3,7 @@ kind has its own cached Verilog and target name."""
 
 import threading
 import time
+import types
 
 import pytest
 
@@ -52,7 +53,9 @@ def test_engine_targets_are_separate_per_engine_and_contract(tmp_path, monkeypat
 
     monkeypatch.setattr(targets, "BUILD", tmp_path / "sim")
     # no elaboration: a stand-in engine, and a "Verilog" that only says which engine and contract it has
-    monkeypatch.setattr(top, "engine_class", lambda kind: lambda config, contract: object())
+    # (the stand-in says whether it has ATTN_PASS, as the top checks against its protocol)
+    monkeypatch.setattr(top, "engine_class",
+                        lambda kind: lambda config, contract: types.SimpleNamespace(attn_pass=kind == "lanes"))
     monkeypatch.setattr(targets, "write_verilog",
                         lambda t, name, path: path.write_text(f"// {t.engine_kind}" + f" c{t.contract}" * (t.contract != 1)
                                                               + "\n"))
