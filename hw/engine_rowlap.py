@@ -20,7 +20,7 @@ limit travel with every beat and key, so no unit holds a row's state that the ne
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Mux, Signal, signed
 
 from .engine_layout import LANE_TAG, Phase
 
