@@ -101,8 +101,8 @@ def register(subparsers) -> None:
     p.add_argument("--offload-attention", metavar="SPEC",
                    help="run the backbone's attention of these layers[:heads] on the device too (e.g. 29, 0-29, "
                         "29:0,3, all), in ATTN_PASS tiles, every answer checked bit for bit; the other variants "
-                        "run those heads in the same arithmetic on the host (needs protocol 1.3 / 2.2: "
-                        "--device golden so far)")
+                        "run those heads in the same arithmetic on the host (needs protocol 1.3 / 2.2: the golden "
+                        "device or the lane engine's gateware; with --device sim one layer is practical)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
