@@ -100,6 +100,22 @@ def _exp_ok(byte):
     return byte[7] == byte[6]         # EXP_MIN..EXP_MAX = -64..63: bits 7 and 6 agree
 
 
+def _row_byte(m, b, col, prow, pbase, aw, al, P, dat_wr, vexp_wr):
+    """Byte ``col`` of a BFP8 tile row (ATTENTION's and ATTN_PASS's): byte 0 the row's exponent
+    into ``vexp[prow]``, the others its mantissas into lane ``al`` of word ``pbase + aw``;
+    an exponent out of range or a mantissa of -128 marks the frame bad."""
+    with m.If(col == 0):
+        m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(b.byte), vexp_wr.valid.eq(1)]
+        with m.If(~_exp_ok(b.byte)):
+            m.d.comb += b.bad.eq(1)
+    with m.Else():
+        m.d.comb += [dat_wr.addr.eq(pbase + aw), dat_wr.lane.eq(al), dat_wr.valid.eq(1),
+                     dat_wr.data.eq(b.byte)]
+        m.d.sync += [al.eq(Mux(al == P - 1, 0, al + 1)), aw.eq(Mux(al == P - 1, aw + 1, aw))]
+        with m.If(b.byte == 0x80):
+            m.d.comb += b.bad.eq(1)
+
+
 class FrameParser(wiring.Component):
     """Takes a command frame's decoded bytes, one per two cycles, while ``frame.receive``.
 
@@ -283,17 +299,7 @@ class FrameParser(wiring.Component):
                              a_qend.eq(n_q - 1), a_kend.eq(n_q + n_k - 1),
                              a_rows.eq(n_q + 2 * n_k)]
             with m.If(b.flags["rows"] & a_sane & (rin < a_rows)):
-                with m.If(col == 0):
-                    m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(b.byte), vexp_wr.valid.eq(1)]
-                    with m.If(~_exp_ok(b.byte)):
-                        m.d.comb += b.bad.eq(1)
-                with m.Else():
-                    m.d.comb += [dat_wr.addr.eq(pbase + aw), dat_wr.lane.eq(al), dat_wr.valid.eq(1),
-                                 dat_wr.data.eq(b.byte)]
-                    m.d.sync += [al.eq(Mux(al == P - 1, 0, al + 1)),
-                                 aw.eq(Mux(al == P - 1, aw + 1, aw))]
-                    with m.If(b.byte == 0x80):
-                        m.d.comb += b.bad.eq(1)
+                _row_byte(m, b, col, prow, pbase, aw, al, P, dat_wr, vexp_wr)
                 with m.If(col == c.head_dim):
                     m.d.sync += [col.eq(0), aw.eq(0), al.eq(0), rin.eq(rin + 1)]
                     with m.If(rin == a_qend):
@@ -411,16 +417,7 @@ class FrameParser(wiring.Component):
                         with m.Else():
                             m.d.sync += sbyte.eq(sbyte + 1)
                     with m.Case(QROWS, KROWS, VROWS):
-                        with m.If(col == 0):
-                            m.d.comb += [vexp_wr.addr.eq(prow), vexp_wr.data.eq(b.byte), vexp_wr.valid.eq(1)]
-                            with m.If(~_exp_ok(b.byte)):
-                                m.d.comb += b.bad.eq(1)
-                        with m.Else():
-                            m.d.comb += [dat_wr.addr.eq(pbase + aw), dat_wr.lane.eq(al), dat_wr.valid.eq(1),
-                                         dat_wr.data.eq(b.byte)]
-                            m.d.sync += [al.eq(Mux(al == P - 1, 0, al + 1)), aw.eq(Mux(al == P - 1, aw + 1, aw))]
-                            with m.If(b.byte == 0x80):
-                                m.d.comb += b.bad.eq(1)
+                        _row_byte(m, b, col, prow, pbase, aw, al, P, dat_wr, vexp_wr)
                         with m.If(col == c.head_dim):
                             m.d.sync += [col.eq(0), aw.eq(0), al.eq(0), rin.eq(rin + 1), prow.eq(prow + 1),
                                          pbase.eq(pbase + AB)]
