@@ -13,7 +13,7 @@ from hmtx.hw.engine import Op
 from hmtx.model import fixed
 from hwsim import rng
 
-__all__ = ["rand_weight", "rand_vec", "check_engine_against_golden"]
+__all__ = ["rand_weight", "rand_vec", "result_words", "check_engine_against_golden"]
 
 
 def rand_weight(r, d, d_h, extreme=False):
@@ -35,6 +35,17 @@ def rand_vec(r, n, extreme=False):
     g = np.random.default_rng(r.randrange(1 << 30))
     mant, exp = fixed.quantize_bfp(g.normal(0, 1, n) * 2.0 ** g.integers(-2, 3))
     return mant.astype(np.int64), int(exp)
+
+
+def result_words(ctx, dut, first, n_words):
+    """The int16 elements of result words ``first ..`` of ``n_words`` (lane order): word w is
+    stored as its low bytes at ``out_base + 2w``, its high bytes at the next word."""
+    got = []
+    for w in range(first, first + n_words):
+        lo = ctx.get(dut.dat.data[dut.out_base + 2 * w])
+        hi = ctx.get(dut.dat.data[dut.out_base + 2 * w + 1])
+        got += [(hi[l] << 8) | (lo[l] & 0xFF) for l in range(dut.P)]
+    return got
 
 
 def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_before_start=0, contract=1):
@@ -74,12 +85,6 @@ def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_
                 return cyc
             await ctx.tick()
         raise TimeoutError("engine never finished")
-
-    def out_lane(ctx, w, lane):
-        # result word w is stored as its low bytes at out_base + 2w, its high bytes at + 1
-        lo = ctx.get(dut.dat.data[dut.out_base + 2 * w])[lane]
-        hi = ctx.get(dut.dat.data[dut.out_base + 2 * w + 1])[lane]
-        return (hi << 8) | (lo & 0xFF)
 
     async def load(ctx, base, vec, exp, exp_row, n_words):
         # through the owner's write port, a word a cycle, as the top's frame parser writes: the
@@ -142,7 +147,7 @@ def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_
                 out, oe, p = fixed.recall_folded(s_mant, s_exp, np.stack([cache_kf[i] for i in range(fill)]),
                                                  np.array([cache_kfe[i] for i in range(fill)]), ms, mes, c.d_h)
             assert [ctx.get(dut.pm.data[i]) for i in range(fill)] == list(p), f"recall {n}: probs"
-            assert [out_lane(ctx, k, l) for k in range(CB) for l in range(P)][:c.d] == list(out), \
+            assert result_words(ctx, dut, 0, CB)[:c.d] == list(out), \
                 f"recall {n}: P_n"
             assert ctx.get(dut.oexp.data[0]) == oe, f"recall {n}: P_n's exponent"
             spread.append(int((p > 0).sum()))
@@ -163,7 +168,7 @@ def check_engine_against_golden(dut, config, *, extreme, seed, collisions, idle_
             out, oe, _ = fixed.attend(mant[q], ex[q], mant[k], ex[k], mant[v], ex[v],
                                       fixed.causal_mask(nq, nk) if causal else None)
             for a in range(nq):
-                got = [out_lane(ctx, a * AB + k, l) for k in range(AB) for l in range(P)][:c.head_dim]
+                got = result_words(ctx, dut, a * AB, AB)[:c.head_dim]
                 assert got == list(out[a]), f"attention causal={causal} row {a}"
                 assert ctx.get(dut.oexp.data[a]) == oe[a], f"attention causal={causal} row {a}: exponent"
         # and back to the cache: a write and a recall after the attention tiles

@@ -14,7 +14,7 @@ from hmtx.hw.engine import Engine, Op
 from hmtx.model import fixed
 from hmtx.model.configs import CONFIGS, EngineConfig
 from hmtx.model.protocol import ATTN_NONE_E, ATTN_NONE_M
-from engine_testlib import rand_vec
+from engine_testlib import rand_vec, result_words
 from hwsim import rng
 
 ODD = EngineConfig("odd20", d=20, d_h=12, n_slots=3, lanes=8, head_dim=12, max_queries=3, max_keys=5)
@@ -153,11 +153,6 @@ def run_head(dut, config, seed, wrong_scalars=False, causal=True):
             await ctx.tick()
         raise TimeoutError("engine never finished")
 
-    def out_lane(ctx, w, lane):
-        lo = ctx.get(dut.dat.data[dut.out_base + 2 * w])[lane]
-        hi = ctx.get(dut.dat.data[dut.out_base + 2 * w + 1])[lane]
-        return (hi << 8) | (lo & 0xFF)
-
     async def tb(ctx):
         for w in range(dut.dat.depth):                      # garbage everywhere, carried words too
             ctx.set(dut.dat.data[w], [r.randint(-128, 127) for _ in range(P)])
@@ -181,7 +176,7 @@ def run_head(dut, config, seed, wrong_scalars=False, causal=True):
             await run(ctx, 3, kb, size, first=j == 0, last=j == len(tiles) - 1)
         want_out, want_oe = (out, oe) if wrong is None else wrong[3:]
         for a in range(nq):
-            got = [out_lane(ctx, a * AB + w, l) for w in range(AB) for l in range(P)][:c.head_dim]
+            got = result_words(ctx, dut, a * AB, AB)[:c.head_dim]
             assert got == list(want_out[a]), f"output row {a}"
             assert ctx.get(dut.oexp.data[a]) == want_oe[a], f"output row {a}: exponent"
         if wrong is None:       # the passes compose to attention over the whole row
@@ -266,12 +261,8 @@ def test_overlapped_attention_rows_every_tile_shape(config, contract):
             out, oe, _ = fixed.attend(mant[q], ex[q], mant[k], ex[k], mant[v], ex[v],
                                       fixed.causal_mask(nq, nk) if causal else None)
             for a in range(nq):
-                got = []
-                for w in range(AB):
-                    lo = ctx.get(dut.dat.data[dut.out_base + 2 * (a * AB + w)])
-                    hi = ctx.get(dut.dat.data[dut.out_base + 2 * (a * AB + w) + 1])
-                    got += [(hi[l] << 8) | (lo[l] & 0xFF) for l in range(P)]
-                assert got[:c.head_dim] == list(out[a]), f"ATTENTION {nq}x{nk} causal={causal}: row {a}"
+                got = result_words(ctx, dut, a * AB, AB)[:c.head_dim]
+                assert got == list(out[a]), f"ATTENTION {nq}x{nk} causal={causal}: row {a}"
                 assert ctx.get(dut.oexp.data[a]) == oe[a], f"ATTENTION {nq}x{nk} causal={causal}: row {a} exponent"
 
     sim = Simulator(dut)
