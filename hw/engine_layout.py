@@ -8,7 +8,7 @@ and every unit of the lane engine (``hw/engine_*.py``) import from here, so that
 not import the engine that instantiates them; ``hmtx.hw.engine`` re-exports it all.
 """
 
-from amaranth.hdl import Signal, signed, unsigned
+from amaranth.hdl import Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -16,7 +16,7 @@ from hmtx.model import fixed
 from hmtx.model.configs import EngineConfig
 
 __all__ = ["EXP_W", "SHIFT_W", "MASK_W", "TAG_BITS", "PROJ_TAG", "SCORE_TAG", "LANE_TAG", "W_ROW_DEPTH", "ADDR_REGS", "ceil_div",
-           "delay", "key_block_lanes", "lane_group_regions", "lane_group_chain", "Region", "Rows", "Op", "Phase", "EngineLayout",
+           "delay", "block_lanes", "key_block_lanes", "lane_group_regions", "lane_group_chain", "Region", "Rows", "Op", "Phase", "EngineLayout",
            "EngineSignature", "CONTROL_MEMBERS", "row_scalars_layout", "ROW_SCALAR_BYTES"]
 
 EXP_W = 12          # internal exponents (sums of a few 7-bit BFP exponents and a shift)
@@ -58,6 +58,13 @@ def delay(m, value, cycles, name, reset_less=True, reset_first=False):
         m.d.sync += reg.eq(value)
         taps.append(value := reg)
     return taps
+
+
+def block_lanes(n_total, blk, nblk, width):
+    """The lanes of block ``blk`` (of ``nblk`` blocks of ``width`` lanes over ``n_total``
+    elements) that hold elements: the rest of a partial last block are forced to zero."""
+    rem = n_total - (nblk - 1) * width
+    return Mux(blk == nblk - 1, rem, width)
 
 
 def key_block_lanes(P: int) -> int:

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Mux, Signal, signed
 
-from .engine_layout import LANE_TAG, Phase
+from .engine_layout import LANE_TAG, Phase, block_lanes
 
 __all__ = ["RowOverlap"]
 
@@ -124,7 +124,7 @@ class RowOverlap:
                 m.d.comb += [self.fetch.dat_addr.eq(r.base_o + r.inner), a.inc_m.eq(r.inner == r.inner_last)]
                 self._beat(m, r, qaddr=r.inner, phase=Phase.SCORE,
                            tag=Cat(r.outer[:16], kept, a.s[0], r.outer == r.outer_last),
-                           lim=_lim_attn(L, r.inner))
+                           lim=block_lanes(c.head_dim, r.inner, AB, L.P))
                 self._advance(m, r, [r.base_o.eq(r.base_o + AB)], [])
             with m.Else():
                 m.d.sync += [a.s.eq(a.s + 1), a.gap.eq(self.QGAP)]
@@ -242,8 +242,3 @@ class RowOverlap:
                     m.d.comb += self.exps.row_done.eq(1)
                     m.next = "P_IDLE"
 
-
-def _lim_attn(L, blk):
-    """The lanes of an attention row's block ``blk`` that hold elements."""
-    rem = L.config.head_dim - (L.AB - 1) * L.P
-    return Mux(blk == L.AB - 1, rem, L.P)

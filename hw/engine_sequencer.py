@@ -10,7 +10,7 @@ from amaranth.lib.wiring import Out
 from .engine_exponents import ExponentControlSignature
 from .engine_fetch import FetchControlSignature
 from .engine_fold import FoldControlSignature
-from .engine_layout import CONTROL_MEMBERS, LANE_TAG, EngineSignature, Op, Phase
+from .engine_layout import CONTROL_MEMBERS, LANE_TAG, EngineSignature, Op, Phase, block_lanes
 from .engine_rowlap import RowOverlap
 from .engine_rows import RowControlSignature
 from .engine_score import ScoreControlSignature
@@ -55,13 +55,6 @@ class SequencerSignature(wiring.Signature):
             "rows": Out(RowControlSignature(layout)),
             **({"fold": Out(FoldControlSignature(layout))} if layout.contract == 2 else {}),
         })
-
-
-def _lim(n_total, blk, nblk, width):
-    """The lanes of block ``blk`` that hold elements (padding lanes of a partial last block are
-    forced to zero)."""
-    rem = n_total - (nblk - 1) * width
-    return Mux(blk == nblk - 1, rem, width)
 
 
 class Sequencer(RowOverlap, wiring.Component):
@@ -295,7 +288,7 @@ class Sequencer(RowOverlap, wiring.Component):
             with m.If(r.issuing):
                 m.d.comb += [self.fetch.dat_addr.eq(r.inner), self.fetch.w_addr.eq(r.base_o + r.inner),
                              r.inc.eq(r.inner == r.inner_last)]
-                self._beat(m, r, copy=write & (r.outer == 0), lim=_lim(c.d, r.inner, CB, P), phase=Phase.PROJ,
+                self._beat(m, r, copy=write & (r.outer == 0), lim=block_lanes(c.d, r.inner, CB, P), phase=Phase.PROJ,
                            tag=Cat(r.sub_w, r.sub_l), copy_addr=r.mslot_base + r.inner)
                 sub_wrap = r.sub_l == P - 1
                 self._advance(m, r, [r.base_o.eq(r.base_o + CB),
@@ -327,7 +320,7 @@ class Sequencer(RowOverlap, wiring.Component):
             with m.If(r.issuing):
                 m.d.comb += [self.fetch.w_addr.eq(r.base_i + r.outer), self.fetch.wm_addr.eq(r.inner),
                              r.inc.eq(r.inner == r.inner_last)]
-                self._beat(m, r, lane_mode=1, lim=_lim(c.d, r.outer, CB, P), phase=Phase.FOLD, tag=r.outer)
+                self._beat(m, r, lane_mode=1, lim=block_lanes(c.d, r.outer, CB, P), phase=Phase.FOLD, tag=r.outer)
                 self._advance(m, r, [r.base_i.eq(0)], [r.base_i.eq(r.base_i + CB)])
             with m.Elif(r.pending_zero):
                 with m.If(r.second):
@@ -360,7 +353,7 @@ class Sequencer(RowOverlap, wiring.Component):
                 else:
                     halves = {"qaddr": r.inner if r.c2 else r.inner >> 1, "qhi": 0 if r.c2 else r.inner[0]}
                 q_word = r.inner if KP == P else r.inner >> 1
-                rk_lim = _lim(c.d, r.inner, L.CB, P) if r.c2 else _lim(c.d_h, q_word, L.HB, P)
+                rk_lim = block_lanes(c.d, r.inner, L.CB, P) if r.c2 else block_lanes(c.d_h, q_word, L.HB, P)
                 m.d.comb += [self.fetch.key_addr.eq(r.base_o + r.inner),
                              self.fetch.dat_addr.eq(r.base_o + r.inner), r.inc.eq(r.inner == r.inner_last)]
                 self._beat(m, r, **halves, phase=Phase.SCORE, tag=Cat(r.outer[:16], 1, 0, r.outer == r.outer_last),
