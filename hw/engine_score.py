@@ -1,7 +1,7 @@
 """Score unit of the lane engine: a dot product's scale and requantization into a score t, and
 the running maximum of the kept scores."""
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -84,8 +84,9 @@ class ScoreUnit(wiring.Component):
 
     ``acc * mult`` (``mult < 2^16``, the score scale of ``fixed.score_scale``: of ``d_h`` for a
     recall, ``head_dim`` for attention) is three 17-bit slices of ``acc``, one MULT18X18D each
-    with a register after it (``sc0_p<k>``), summed in the next stage (``sc1``), then a
-    :class:`~hmtx.hw.arith.ShiftRoundSat` (4 cycles); a score leaves 6 cycles after its dot
+    with a register after it (``sc0_p<k>``), summed over the next two stages (``sca``: slice 1
+    plus slice 0's bits above 17; ``sc1``: plus slice 2), then a
+    :class:`~hmtx.hw.arith.ShiftRoundSat` (4 cycles); a score leaves 7 cycles after its dot
     product. k_exp of key b is read with the result's tag, there at ``sc0`` (the table's
     synchronous read); ``shift - 8 - q_exp`` is registered beside it, with q_exp of the row's bank (fixed long
     before the first score).
@@ -125,9 +126,23 @@ class ScoreUnit(wiring.Component):
         m.d.sync += sc_base.eq(sshift - fixed.SCORE_FRAC - self.exps.q_exp)
         m.d.sync += [sc0_valid.eq(self.dot.valid), sc0_tag.eq(mo.tag)]
         m.d.sync += [sc0_p[k].eq(dot_sl[k] * mult) for k in range(3)]
-        m.d.sync += [sc1_valid.eq(sc0_valid),
-                     sc1_x.eq((sc0_p[2] << 34) + (sc0_p[1] << 17) + sc0_p[0]),
-                     sc1_s.eq(sc_base - self.exps.key_exp), sc1_tag.eq(sc0_tag)]
+        # The low 17 bits of sc0_p0 need no add; the rest is summed over two stages (sca, sc1),
+        # since one three-operand add of 47 bits after the DSP registers missed 100 MHz. The key's
+        # exponent (a register-file read by the tag) is registered at sca, beside its row's base, and
+        # subtracted at sc1.
+        sca_valid = Signal()
+        sca_lo = Signal(17, reset_less=True)
+        sca_mid = Signal(signed(38), reset_less=True)
+        sca_hi = Signal(signed(36), reset_less=True)
+        sca_base = Signal.like(sc_base, reset_less=True)
+        sca_ke = Signal.like(self.exps.key_exp, reset_less=True)
+        sca_tag = Signal(TAG_BITS, reset_less=True)
+        m.d.sync += [sca_valid.eq(sc0_valid), sca_lo.eq(sc0_p[0][:17]),
+                     sca_mid.eq(sc0_p[1] + (sc0_p[0] >> 17)), sca_hi.eq(sc0_p[2]),
+                     sca_base.eq(sc_base), sca_ke.eq(self.exps.key_exp), sca_tag.eq(sc0_tag)]
+        m.d.sync += [sc1_valid.eq(sca_valid),
+                     sc1_x.eq(Cat(sca_lo, (sca_hi << 17) + sca_mid).as_signed()),
+                     sc1_s.eq(sca_base - sca_ke), sc1_tag.eq(sca_tag)]
         m.d.comb += [score_rq.i.valid.eq(sc1_valid), score_rq.i.payload.x.eq(sc1_x),
                      score_rq.i.payload.s.eq(sc1_s), score_rq.i.payload.tag.eq(sc1_tag)]
         t_b = score_rq.o.payload.y
