@@ -21,24 +21,35 @@ def run_against_golden(config, steps, r, gap=0.2, stall=0.2, compare_cycles=Fals
     results = []
 
     async def tb(ctx):
+        got = bytearray()
+
+        async def tick():
+            # the responses are drained (with random stalls) while the command is sent, too: a
+            # step of several frames gets its first answers while its later bytes go in
+            ready = r.random() >= stall
+            ctx.set(dut.rsp.ready, ready)
+            _, _, cmd_ready, valid, data = await ctx.tick().sample(dut.cmd.ready, dut.rsp.valid, dut.rsp.payload)
+            if valid and ready:
+                got.append(data)
+            return cmd_ready
+
         for label, raw in steps:
             want = gold.feed(raw)
             n_frames = want.count(bytes([P.END]))
+            got.clear()
+            cycles = 0
             for b in raw:
                 while r.random() < gap:
-                    await ctx.tick()
+                    await tick()
                 ctx.set(dut.cmd.valid, 1)
                 ctx.set(dut.cmd.payload, b)
-                await ctx.tick().until(dut.cmd.ready)
+                while not await tick():
+                    cycles += 1
+                    assert cycles < 100000, f"{label}: the command is not taken (got {bytes(got).hex()})"
                 ctx.set(dut.cmd.valid, 0)
-            got = bytearray()
             cycles = 0
             while got.count(bytes([P.END])) < n_frames:
-                ready = r.random() >= stall
-                ctx.set(dut.rsp.ready, ready)
-                _, _, valid, data = await ctx.tick().sample(dut.rsp.valid, dut.rsp.payload)
-                if valid and ready:
-                    got.append(data)
+                await tick()
                 cycles += 1
                 assert cycles < 100000, f"{label}: no response (got {bytes(got).hex()})"
             ctx.set(dut.rsp.ready, 0)

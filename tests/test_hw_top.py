@@ -137,6 +137,25 @@ def test_top_malformed_commands_then_recovery():
          P.Status.BAD_ARG]
 
 
+@pytest.mark.parametrize("engine", ["lanes", "serial"])
+def test_top_answers_frames_sent_back_to_back(engine):
+    # a host may send its next frames before reading an answer: the device answers each in turn
+    # while the later ones queue behind the UART's backpressure
+    r = rng(33)
+    g = np.random.default_rng(r.randrange(1 << 30))
+    c = CONFIGS["tiny"]
+    steps = load_steps(c, weights(g, c), rows_per_chunk=c.d)
+    batch = b"".join([cmd(Op.WRITE_MEMORY, P.pack_vector_cmd(*vec(g, c.d), c.d)),
+                      cmd(Op.RECALL, P.pack_recall_cmd(*vec(g, c.d), c.d, P.RECALL_PROBS)),
+                      cmd(Op.READ_SLOT, P.pack_read_slot(0)), cmd(Op.READ_SLOT, P.pack_read_slot(9)),
+                      cmd(Op.STATUS), cmd(Op.INFO)])
+    steps.append(("six frames in one step", batch))
+    label, want, got = run_against_golden(c, steps, r, engine=engine)[-1]
+    answers = P.FrameDecoder().feed(got)
+    assert len(answers) == 6 and got == want
+    assert [a.body[0] for a in answers[:4]] == [P.Status.OK, P.Status.OK, P.Status.OK, P.Status.SLOT_RANGE]
+
+
 @pytest.mark.slow
 def test_top_overlong_frame_then_recovery():
     # MAX_BODY + 1 body bytes: BAD_FRAME at END, then the device answers normally again
