@@ -58,14 +58,17 @@ class ScoreExponentsSignature(wiring.Signature):
     -------
     key, bank : In(...)
         A key and its row's bank, at the MAC's result.
-    key_exp : Out(signed(EXP_W))
-        Its exponent (K_i's, or K row b's), one cycle after ``key``.
+    slot_exp, row_exp : Out(signed(EXP_W))
+        Its exponent, one cycle after ``key``: K_i's (a recall's key, slot ``key``) and K row
+        ``key``'s (attention), both read; the score unit picks one after its register, so that
+        the tables' read multiplexers end at a flip-flop.
     q_exp : Out(signed(EXP_W))
         The exponent of q (recall) or of the bank's Q row (attention), in the same cycle.
     """
 
     def __init__(self):
-        super().__init__({"key": In(16), "bank": In(1), "key_exp": Out(signed(EXP_W)),
+        super().__init__({"key": In(16), "bank": In(1), "slot_exp": Out(signed(EXP_W)),
+                          "row_exp": Out(signed(EXP_W)),
                           "q_exp": Out(signed(EXP_W))})
 
 
@@ -214,7 +217,7 @@ class ExponentTables(wiring.Component):
                      self._oexp_w.en.eq(oexp_wr.en)]
         # the scores' key exponents (at the MAC's result), the passes' value exponents (at the issue)
         m.d.comb += [self._kexp_r.addr.eq(self.score.key), self._vexp_k.addr.eq(self.score.key),
-                     self.score.key_exp.eq(Mux(ctl.attn, self._vexp_k.data, self._kexp_r.data)),
+                     self.score.slot_exp.eq(self._kexp_r.data), self.score.row_exp.eq(self._vexp_k.data),
                      self.score.q_exp.eq(Mux(self.score.bank, q_exp[1], q_exp[0]))]
         m.d.comb += [self._mexp_r.addr.eq(ctl.key), self._vexp_v.addr.eq(ctl.key),
                      self.softmax.value_exp.eq(Mux(ctl.attn, self._vexp_v.data, self._mexp_r.data)),

@@ -128,21 +128,21 @@ class ScoreUnit(wiring.Component):
         m.d.sync += [sc0_p[k].eq(dot_sl[k] * mult) for k in range(3)]
         # The low 17 bits of sc0_p0 need no add; the rest is summed over two stages (sca, sc1),
         # since one three-operand add of 47 bits after the DSP registers missed 100 MHz. The key's
-        # exponent (a register-file read by the tag) is registered at sca, beside its row's base, and
-        # subtracted at sc1.
+        # exponents (both tables' reads by the tag) are registered at sca, beside the row's base;
+        # the operation's is picked and subtracted at sc1.
         sca_valid = Signal()
         sca_lo = Signal(17, reset_less=True)
         sca_mid = Signal(signed(38), reset_less=True)
         sca_hi = Signal(signed(36), reset_less=True)
         sca_base = Signal.like(sc_base, reset_less=True)
-        sca_ke = Signal.like(self.exps.key_exp, reset_less=True)
+        sca_ke = [Signal(signed(EXP_W), reset_less=True, name=f"sca_ke{k}") for k in range(2)]
         sca_tag = Signal(TAG_BITS, reset_less=True)
         m.d.sync += [sca_valid.eq(sc0_valid), sca_lo.eq(sc0_p[0][:17]),
                      sca_mid.eq(sc0_p[1] + (sc0_p[0] >> 17)), sca_hi.eq(sc0_p[2]),
-                     sca_base.eq(sc_base), sca_ke.eq(self.exps.key_exp), sca_tag.eq(sc0_tag)]
+                     sca_base.eq(sc_base), sca_ke[0].eq(self.exps.slot_exp), sca_ke[1].eq(self.exps.row_exp), sca_tag.eq(sc0_tag)]
         m.d.sync += [sc1_valid.eq(sca_valid),
                      sc1_x.eq(Cat(sca_lo, (sca_hi << 17) + sca_mid).as_signed()),
-                     sc1_s.eq(sca_base - sca_ke), sc1_tag.eq(sca_tag)]
+                     sc1_s.eq(sca_base - Mux(ctl.attn, sca_ke[1], sca_ke[0])), sc1_tag.eq(sca_tag)]
         m.d.comb += [score_rq.i.valid.eq(sc1_valid), score_rq.i.payload.x.eq(sc1_x),
                      score_rq.i.payload.s.eq(sc1_s), score_rq.i.payload.tag.eq(sc1_tag)]
         t_b = score_rq.o.payload.y

@@ -117,6 +117,10 @@ class Sequencer(RowOverlap, wiring.Component):
             with m.State("DONE"):
                 with m.If(r.done):
                     m.next = "IDLE"
+        with m.If(r.kc.on & r.kc.exp):
+            self._pass_key(m, r, self.softmax.exp)
+        with m.If(r.kc.on & r.kc.prob):
+            self._pass_key(m, r, self.softmax.prob)
         self._att_exp(m, r)
         self._att_prob(m, r)
         m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
@@ -175,6 +179,10 @@ class Sequencer(RowOverlap, wiring.Component):
             r.lag = Signal(2)       # cycles since the probability pass began (saturating)
         else:
             r.kc = SimpleNamespace(idx=r.inner, last=r.inner_last, on=r.issuing)
+        # which pass the key counter serves, as flip-flops set and cleared with the state's
+        # changes: a pass's key (and ``sc``'s read address behind it) issues from registers, not
+        # from the state's decode (which was the routed smollm build's critical path)
+        r.kc.exp, r.kc.prob = Signal(name="pass_exp"), Signal(name="pass_prob")
         # results in flight
         pending = Signal(16)
         r.inc = Signal()
@@ -369,6 +377,7 @@ class Sequencer(RowOverlap, wiring.Component):
                     self._pass_key(m, r, self.softmax.exp)
                 else:
                     m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1), r.kc.on.eq(1)]
+                m.d.sync += r.kc.exp.eq(1)
                 m.next = "EXP"
 
     def _scores_start(self, m, r, n_keys=None):
@@ -391,40 +400,34 @@ class Sequencer(RowOverlap, wiring.Component):
         six cycles after its key is issued, and a beat's read of ``wm`` is three cycles after
         the beat (its address registers), one cycle after that write at the earliest."""
         sm, kc = self.softmax, r.kc
-
-        def key_pass(issue):
-            self._pass_key(m, r, issue)
-
+        # (the keys of a pass issue while ``kc.on``, outside the states: elaborate above)
         with m.State("EXP"):
-            with m.If(kc.on):
-                key_pass(sm.exp)
-            with m.Elif(r.pending_zero):
+            with m.If(~kc.on & r.pending_zero):
                 m.d.comb += sm.div.eq(1)
+                m.d.sync += kc.exp.eq(0)
                 if r.c2:
                     m.d.sync += kc.idx.eq(0)
                 m.next = "DIV"
         with m.State("DIV"):
             with m.If(sm.div_done):
-                m.d.sync += kc.on.eq(1)
+                m.d.sync += [kc.on.eq(1), kc.prob.eq(1)]
                 if r.c2:
                     # the first key now: the pass multiplies by the reciprocal two cycles on
-                    key_pass(sm.prob)
+                    self._pass_key(m, r, sm.prob)
                     m.d.sync += r.lag.eq(1)
                 else:
                     m.d.sync += kc.idx.eq(0)
                 m.next = "PROB"
         with m.State("PROB"):
             if r.c2:
-                with m.If(kc.on):
-                    key_pass(sm.prob)
+                # (the pass runs on into WSUM, ahead of the beats; ``kc.prob`` is cleared at DONE)
                 m.d.sync += r.lag.eq(r.lag + 1)
                 with m.If(r.lag == self.WSUM_LAG - 1):
                     self._weighted_sum_start(m, r)
                     m.next = "WSUM"
             else:
-                with m.If(kc.on):
-                    key_pass(sm.prob)
-                with m.Elif(r.pending_zero):
+                with m.If(~kc.on & r.pending_zero):
+                    m.d.sync += kc.prob.eq(0)
                     self._weighted_sum_start(m, r)
                     m.next = "WSUM"
 
@@ -450,9 +453,6 @@ class Sequencer(RowOverlap, wiring.Component):
         L = self.layout
         CB = L.CB
         with m.State("WSUM"):
-            if r.c2:
-                with m.If(r.kc.on):     # (the probability pass, ahead of the beats)
-                    self._pass_key(m, r, self.softmax.prob)
             with m.If(r.issuing):
                 m.d.comb += [self.fetch.wm_addr.eq(r.inner), self.fetch.dat_addr.eq(r.base_i + r.outer),
                              r.inc.eq(r.inner == r.inner_last)]
@@ -463,4 +463,5 @@ class Sequencer(RowOverlap, wiring.Component):
                               [r.base_i.eq(r.base_i + Mux(r.single, 0, CB))])
             with m.Elif(r.pending_zero):
                 m.d.comb += self.exps.row_done.eq(1)
+                m.d.sync += r.kc.prob.eq(0)
                 m.next = "DONE"

@@ -125,12 +125,15 @@ class WriteBack(wiring.Component):
         m = Module()
         L, ctl = self.layout, self.ctl
         P, KP = L.P, L.KP
+        # (``any``: the engine writes, whatever its lanes: ``writing`` follows that one bit through
+        # the write registers, not an OR of every lane's enables over all of them)
         dat_w = Signal(data.StructLayout({"addr": len(self.dat_wr.addr), "data": self.dat_wr.data.shape(),
-                                          "en": P}))
+                                          "en": P, "any": 1}))
         # (contract 2 keeps no key ring: K_i goes only to ``wm``, for the fold)
         key_w = (Signal(data.StructLayout({"addr": len(self.key_wr.addr), "data": self.key_wr.data.shape(),
-                                           "en": KP})) if L.contract == 1 else None)
-        # while idle the owner writes ``dat`` (the engine's own writes below take precedence)
+                                           "en": KP, "any": 1})) if L.contract == 1 else None)
+        # while idle the owner writes ``dat`` (the engine's own writes below take precedence; the
+        # owner's are not ``any``: ``writing`` is only read while an operation finishes)
         m.d.comb += [dat_w.addr.eq(self.wr_dat_addr), dat_w.data.eq(self.wr_dat_data),
                      dat_w.en.eq(self.wr_dat_en)]
         proj_done = self._projection(m, key_w)
@@ -141,18 +144,19 @@ class WriteBack(wiring.Component):
         coming = self._write_ports(m, dat_w, self.dat_wr, "dat_w")
         if key_w is not None:
             coming += self._write_ports(m, key_w, self.key_wr, "key_w")
-        m.d.comb += ctl.writing.eq(Cat(*(e.any() for e in coming)).any())
+        m.d.comb += ctl.writing.eq(Cat(*coming).any())
         return m
 
     def _write_ports(self, m, w, port, name):
-        """``w`` (addr, data, en) into ``port`` through ``ADDR_REGS`` registers, as many as the
-        read addresses: addresses and data without reset, the lane enables with it. Returns the
-        enables whose write will still be on its way next cycle (the taps shift, so this cycle's
-        and every in-flight tap but the last)."""
+        """``w`` (addr, data, en, any) into ``port`` through ``ADDR_REGS`` registers, as many as
+        the read addresses: addresses and data without reset, the lane enables with it. Returns
+        the ``any`` bits of the writes that will still be on their way next cycle (the taps shift,
+        so this cycle's and every in-flight tap but the last)."""
         w_r = delay(m, w, ADDR_REGS, name)[-1]
         en_taps = delay(m, w.en, ADDR_REGS, f"{name}_en", reset_first=True)
+        any_taps = delay(m, w.any, ADDR_REGS, f"{name}_any", reset_first=True)
         m.d.comb += [port.addr.eq(w_r.addr), port.data.eq(w_r.data), port.en.eq(en_taps[-1])]
-        return ([w.en] if ADDR_REGS > 1 else []) + en_taps[:-2]
+        return ([w.any] if ADDR_REGS > 1 else []) + any_taps[:-2]
 
     def _projection(self, m, key_w):
         """y = sat16(round_shift(acc, shift)) into lane j%P of word j//P: K_i's into ``key``
@@ -172,7 +176,7 @@ class WriteBack(wiring.Component):
             k_lane = L.key_place(plane[:max(1, (L.P - 1).bit_length())])[1]
             with m.If(proj_rq.o.valid & ctl.write):
                 m.d.comb += [key_w.addr.eq(ctl.kslot_base + L.key_word(pw, plane)),
-                             key_w.en.eq(Const(1, L.KP) << k_lane)]
+                             key_w.en.eq(Const(1, L.KP) << k_lane), key_w.any.eq(1)]
         m.d.comb += [self.q.valid.eq(proj_rq.o.valid & ~ctl.write), self.q.payload.word.eq(pw),
                      self.q.payload.lane.eq(plane), self.q.payload.y.eq(proj_rq.o.payload.y)]
         if L.contract == 2:
@@ -209,17 +213,18 @@ class WriteBack(wiring.Component):
             m.d.sync += res[l].eq(Mux(carry, digits, out) if L.attn_pass else out)
         # WRITE: M_i is copied into its slot while the first column of K_i is projected
         with m.If(self.copy.s2):
-            m.d.comb += [dat_w.addr.eq(self.copy.addr), dat_w.en.eq((1 << P) - 1)]
+            m.d.comb += [dat_w.addr.eq(self.copy.addr), dat_w.en.eq((1 << P) - 1), dat_w.any.eq(1)]
         with m.If(res_lo):
-            m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
+            m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1), dat_w.any.eq(1)]
         with m.If(res_hi | res_3):
-            m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1)]
+            m.d.comb += [dat_w.addr.eq(res_addr), dat_w.en.eq((1 << P) - 1), dat_w.any.eq(1)]
         fold = L.contract == 2
         if fold:
             # contract 2's WRITE: one lane group of K' (its lanes' enables only)
             with m.If(self.fold.valid):
                 m.d.comb += [dat_w.addr.eq(self.fold.addr),
-                             dat_w.en.eq(Const((1 << L.LG) - 1, P) << (self.fold.group * L.LG))]
+                             dat_w.en.eq(Const((1 << L.LG) - 1, P) << (self.fold.group * L.LG)),
+                             dat_w.any.eq(1)]
         # what the write of the next cycle is, per lane group
         wsel_in = Signal(data.StructLayout({"lo": 1, "hi": 1, "w3": 1, "copy": 1, **({"fold": 1} if fold else {})}))
         m.d.comb += [wsel_in.lo.eq(res_now), wsel_in.hi.eq(res_lo), wsel_in.w3.eq(res_hi & carry),
