@@ -107,11 +107,10 @@ class Softmax(wiring.Component):
     * probability pass: ``p = min(round_shift(e * r, 25), 32767)``, ``w = round_shift(p, align)``
       with ``align = min(E - value exponent, 16)``. Stage A registers e from the RAM so the
       multiplier starts from a flip-flop; ``e * r`` is two DSP products (r's low 17 bits, its high
-      9; a 16 x 26 multiply does not fit one MULT18X18D) for each bank of ``sc``, each registered
-      (prM, beside the value exponent), the bank's pair summed into pr2; p is there at pr3, and
-      the weight goes into ``wm`` from a register a cycle later (the rounding shift reached
-      ``wm``'s block RAM late; the weighted sum's first read of ``wm`` is several cycles after
-      the pass ends).
+      9; a 16 x 26 multiply does not fit one MULT18X18D), each registered (prM, beside the value
+      exponent), summed into pr2; p is there at pr3, and the weight goes into ``wm`` from a
+      register a cycle later (the rounding shift reached ``wm``'s block RAM late; the weighted
+      sum's first read of ``wm`` is several cycles after the pass ends).
 
     Contract 2: ``wm`` is also the fold beats' scalar buffer (``max(KMAX, d_h)`` deep): a
     WRITE's K projection writes K_i there (int16 in its 16 bits), and the fold beats read it as
@@ -248,31 +247,27 @@ class Softmax(wiring.Component):
         pr1 = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
         m.d.sync += [pr1.valid.eq(ctl.prob.valid), pr1.idx.eq(ctl.prob.payload.idx),
                      pr1.keep.eq(ctl.prob.payload.keep)]
-        prA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1}))
-        prM = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8), "bank": 1}))
+        prA = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "e": 16}))
+        prM = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "ve": signed(8),
+                                        "lo": 33, "hi": 25}))
         pr2 = Signal(data.StructLayout({"valid": 1, "idx": 16, "align": 5, "prod": 42}))
         pr3 = Signal(data.StructLayout({"valid": 1, "idx": 16, "align": 5, "p": 16}))
         pshift = fixed.RECIP_BITS - fixed.PROB_BITS
-        # (each bank's term registered straight from its block RAM, multiplied on its own -- two
-        # more DSPs -- and the bank chosen at the products' sum: a bank multiplexer between the
-        # registers and the multipliers made the routed smollm build's slowest paths)
+        # (each bank's term registered straight from its block RAM, the bank chosen after)
         prA_e = [Signal(16, reset_less=True, name=f"prA_e{k}") for k in range(2)]
         prA_bank = Signal()
         m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep), prA_bank.eq(ctl.pbank)]
         m.d.sync += [prA_e[k].eq(banks[k][0].data[:16]) for k in range(2)]
-        prM_lo = [Signal(33, reset_less=True, name=f"prM_lo{k}") for k in range(2)]
-        prM_hi = [Signal(25, reset_less=True, name=f"prM_hi{k}") for k in range(2)]
+        m.d.comb += prA.e.eq(Mux(prA_bank, prA_e[1], prA_e[0]))
         m.d.sync += [prM.valid.eq(prA.valid), prM.idx.eq(prA.idx), prM.keep.eq(prA.keep), prM.ve.eq(ve2),
-                     prM.bank.eq(prA_bank)]
-        m.d.sync += [prM_lo[k].eq(prA_e[k] * rcp[:17]) for k in range(2)]
-        m.d.sync += [prM_hi[k].eq(prA_e[k] * rcp[17:]) for k in range(2)]
+                     prM.lo.eq(prA.e * rcp[:17]), prM.hi.eq(prA.e * rcp[17:])]
         ediff = big_e - prM.ve
         # a masked key's weight is 0, which is also what the largest shift gives (p < 2^15, so
         # round_shift(p, 16) == 0): the mask goes into the shift, not into a multiplexer after it
         m.d.sync += [pr2.valid.eq(prM.valid), pr2.idx.eq(prM.idx),
                      pr2.align.eq(Mux(~prM.keep | (ediff > fixed.ALIGN_CUTOFF), fixed.ALIGN_CUTOFF,
                                       Mux(ediff < 0, 0, ediff))),     # (< 0: a host's E, ATTN_PASS)
-                     pr2.prod.eq((Mux(prM.bank, prM_hi[1], prM_hi[0]) << 17) + Mux(prM.bank, prM_lo[1], prM_lo[0]))]
+                     pr2.prod.eq((prM.hi << 17) + prM.lo)]
         p_val = (pr2.prod + (1 << (pshift - 1))) >> pshift
         m.d.sync += [pr3.valid.eq(pr2.valid), pr3.idx.eq(pr2.idx), pr3.align.eq(pr2.align),
                      pr3.p.eq(Mux(p_val > fixed.PROB_MAX, fixed.PROB_MAX, p_val))]
