@@ -10,7 +10,6 @@ from amaranth.lib.wiring import In, Out
 from hmtx.model import fixed
 from hmtx.model.protocol import MAGIC, MAX_BODY, SHIFT_MAX, Info, takes_attn_pass
 
-from .fanout import replicate
 from .slip import BodyByte, Crc8
 from .wire import ENGINE_READS, Opcode, Status, engine_part
 
@@ -368,14 +367,11 @@ class ResponseGenerator(wiring.Component):
         lanes = P if lanes is None else lanes
         pick = s.ri if pick is None else pick
         # the lane to pick, registered: ri is fixed from the fetch on, and the lane selects of
-        # every group then start at a flip-flop -- a copy of their own per group (kept apart:
-        # one register driving the selects of all groups across the die was the routed
-        # contract-2 smollm build's worst path, 11.57 ns)
-        gl = 8 if lanes % 8 == 0 else lanes
-        groups = lanes // gl
+        # every group then start at a flip-flop
         pick_r = Signal(range(lanes), name=f"{state.lower()}_pick")
         m.d.sync += pick_r.eq(pick)
-        pick_g = replicate(m, pick, groups, f"{state.lower()}_pick_g") if groups > 1 else [pick_r]
+        gl = 8 if lanes % 8 == 0 else lanes
+        groups = lanes // gl
         picks = Signal(groups * lane_bits, name=f"{state.lower()}_picks", reset_less=True)
         # wait while the word is in flight: our address register, the engine's read latency,
         # our word register
@@ -386,13 +382,11 @@ class ResponseGenerator(wiring.Component):
         # (case statements, not word_select: Yosys maps a variable word_select to a shifter
         # whose stages spread every input bit over many LUTs)
         with m.State(fetch_state + "_in_group"):
-            for g in range(groups):
-                with m.Switch(pick_g[g] % gl):
-                    for j in range(gl):
-                        with m.Case(j):
-                            lane = g * gl + j
-                            m.d.sync += picks[g * lane_bits:(g + 1) * lane_bits].eq(
-                                word[lane * lane_bits:(lane + 1) * lane_bits])
+            with m.Switch(pick_r % gl):
+                for j in range(gl):
+                    with m.Case(j):
+                        m.d.sync += picks.eq(Cat(word[(g * gl + j) * lane_bits:(g * gl + j + 1) * lane_bits]
+                                                 for g in range(groups)))
             m.next = fetch_state + "_group"
         with m.State(fetch_state + "_group"):
             with m.Switch(pick_r // gl):
