@@ -87,9 +87,10 @@ class ScoreUnit(wiring.Component):
     with a register after it (``sc0_p<k>``), summed over the next two stages (``sca``: slice 1
     plus slice 0's bits above 17; ``sc1``: plus slice 2), then a
     :class:`~hmtx.hw.arith.ShiftRoundSat` (4 cycles); a score leaves 7 cycles after its dot
-    product. k_exp of key b is read with the result's tag, there at ``sc0`` (the table's
-    synchronous read); ``shift - 8 - q_exp`` is registered beside it, with q_exp of the row's bank (fixed long
-    before the first score).
+    product. k_exp of key b is read with the result's tag from both tables (K_i's, K row b's),
+    there at ``sc0`` (their synchronous reads), and registered at ``sca`` beside
+    ``shift - 8 - q_exp`` (q_exp of the row's bank, fixed long before the first score); ``sc1``
+    subtracts the operation's.
 
     The maximum runs one cycle behind the scores: the kept score is registered first, so the
     compare starts from flip-flops. A row's first score (key 0) restarts it; its last one
@@ -139,7 +140,8 @@ class ScoreUnit(wiring.Component):
         sca_tag = Signal(TAG_BITS, reset_less=True)
         m.d.sync += [sca_valid.eq(sc0_valid), sca_lo.eq(sc0_p[0][:17]),
                      sca_mid.eq(sc0_p[1] + (sc0_p[0] >> 17)), sca_hi.eq(sc0_p[2]),
-                     sca_base.eq(sc_base), sca_ke[0].eq(self.exps.slot_exp), sca_ke[1].eq(self.exps.row_exp), sca_tag.eq(sc0_tag)]
+                     sca_base.eq(sc_base), sca_ke[0].eq(self.exps.slot_exp), sca_ke[1].eq(self.exps.row_exp),
+                     sca_tag.eq(sc0_tag)]
         m.d.sync += [sc1_valid.eq(sca_valid),
                      sc1_x.eq(Cat(sca_lo, (sca_hi << 17) + sca_mid).as_signed()),
                      sc1_s.eq(sca_base - Mux(ctl.attn, sca_ke[1], sca_ke[0])), sc1_tag.eq(sca_tag)]
