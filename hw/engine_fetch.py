@@ -242,9 +242,15 @@ class OperandFetch(wiring.Component):
         outputs registered (stage 2). Returns the stage-2 registers (``dat_q``, ``key_q``,
         ``wm_q``, ``w_row_q``) and the taps of the row select of ``w`` (``w_row_sel``)."""
         ctl = self.ctl
-        addr_r = [delay(m, a, ADDR_REGS, name)[-1] for a, name in
-                  ((ctl.dat_addr, "dat_addr"), (ctl.w_addr, "w_addr"), (ctl.key_addr, "key_addr"),
-                   (ctl.wm_addr, "wm_addr"))]
+        # ``wm`` (one block RAM) is read a cycle earlier than the rest, through one register
+        # fewer, so that its output has a register of its own before the carry-constant
+        # multiplexer into ``wm_q``: that register has one load and sits at the block RAM (the
+        # route from its 5.8 ns clock-to-output to ``wm_q``, whose loads are the lane regions'
+        # copies, was 4.5 ns). Every write of ``wm`` lands cycles before a beat that reads it
+        # is issued (the sequencer waits for the probability pass's / the K projection's results).
+        addr_r = [delay(m, a, n, name)[-1] for a, n, name in
+                  ((ctl.dat_addr, ADDR_REGS, "dat_addr"), (ctl.w_addr, ADDR_REGS, "w_addr"),
+                   (ctl.key_addr, ADDR_REGS, "key_addr"), (ctl.wm_addr, ADDR_REGS - 1, "wm_addr"))]
         m.d.comb += [self.dat_rd.addr.eq(addr_r[0]), self.wm_rd.addr.eq(addr_r[3])]
         m.d.comb += [port.addr.eq(addr_r[1] % self.w_row_depth) for port in self.w_rd]
         rd = SimpleNamespace()
@@ -255,8 +261,9 @@ class OperandFetch(wiring.Component):
                       for r, port in enumerate(self.w_rd)]
         # (a carry beat's constant weight replaces wm's word here, before it is copied per group)
         wconst = Array(Const(w & 0xFFFF, 16) for w in (0, *fixed.CARRY_WEIGHTS[:3]))
-        m.d.sync += [rd.dat_q.eq(self.dat_rd.data),
-                     rd.wm_q.eq(Mux(s1.wconst == 0, self.wm_rd.data, wconst[s1.wconst]))]
+        wm_raw = Signal.like(self.wm_rd.data, reset_less=True, name="wm_raw")
+        m.d.sync += [rd.dat_q.eq(self.dat_rd.data), wm_raw.eq(self.wm_rd.data),
+                     rd.wm_q.eq(Mux(s1.wconst == 0, wm_raw, wconst[s1.wconst]))]
         if self.layout.contract == 1:
             rd.key_q = Signal.like(self.key_rd.data, reset_less=True, name="key_q")
             m.d.comb += self.key_rd.addr.eq(addr_r[2])

@@ -57,7 +57,7 @@ class RowOverlap:
             w_ready=Signal(name="w_ready"), gap=Signal(range(self.QGAP + 1), name="att_gap"),
             gap_e=Signal(2, name="att_gap_e"),
             ekey=Signal(16, name="ekey"), eon=Signal(name="eon"), pkey=Signal(16, name="pkey"),
-            pon=Signal(name="pon"), lag=Signal(range(self.WSUM_LAG + 1), name="att_lag"),
+            pon=Signal(name="pon"), lag=Signal(range(self.WSUM_LAG), name="att_lag"),
             start=Signal(name="att_start"), p_idle=Signal(name="p_idle"), e_end=Signal(name="e_end"),
             handoff=Signal(name="handoff"),
             inc_m=Signal(), inc_e=Signal(), inc_p=Signal(),
@@ -234,11 +234,15 @@ class RowOverlap:
                     m.d.sync += a.pkey.eq(a.pkey + 1)
                     with m.If(a.pkey == r.n_keys - 1):
                         m.d.sync += a.pon.eq(0)
-                with m.If(a.lag != self.WSUM_LAG):
+                # (the MAC issuer takes ``w_ready`` a cycle after it is set, when it is free, and
+                # issues the first beat a cycle after that: that beat is WSUM_LAG cycles after the
+                # pass's first key at the earliest)
+                lag_end = self.WSUM_LAG - 1
+                with m.If(a.lag != lag_end):
                     m.d.sync += a.lag.eq(a.lag + 1)
-                    with m.If(a.lag == self.WSUM_LAG - 1):
-                        m.d.sync += a.w_ready.eq(1)     # (the MAC issuer takes it when it is free)
-                with m.If(~a.pon & a.p_zero & (a.lag == self.WSUM_LAG)):
+                    with m.If(a.lag == lag_end - 1):
+                        m.d.sync += a.w_ready.eq(1)
+                with m.If(~a.pon & a.p_zero & (a.lag == lag_end)):
                     m.d.comb += self.exps.row_done.eq(1)
                     m.next = "P_IDLE"
 

@@ -95,8 +95,9 @@ class Sequencer(RowOverlap, wiring.Component):
     """
 
     # cycles from the probability pass's first key to the weighted sum's first beat (contract 2's
-    # recall, and every attention row)
-    WSUM_LAG = 4
+    # recall, and every attention row at the earliest): the least that reads each weight from
+    # ``wm`` after its write (_softmax_passes)
+    WSUM_LAG = 6
 
     def __init__(self, layout, w_depth):
         self.layout = layout
@@ -176,7 +177,7 @@ class Sequencer(RowOverlap, wiring.Component):
         if r.c2:
             r.kc = SimpleNamespace(idx=Signal(16, name="pass_key"), last=Signal(16, name="pass_last"),
                                    on=Signal(name="pass_on"))
-            r.lag = Signal(2)       # cycles since the probability pass began (saturating)
+            r.lag = Signal(range(self.WSUM_LAG))   # cycles since the probability pass began
         else:
             r.kc = SimpleNamespace(idx=r.inner, last=r.inner_last, on=r.issuing)
         # which pass the key counter serves, as flip-flops set and cleared with the state's
@@ -368,16 +369,20 @@ class Sequencer(RowOverlap, wiring.Component):
                            lim=rk_lim)
                 self._advance(m, r, [r.base_o.eq(r.base_o + rk_words)], [])
             with m.Elif(r.pending_zero):
-                # (the exp2 and probability passes run over keys 0..n_keys-1)
-                m.d.comb += self.softmax.clear.eq(1)
                 if r.c2:
-                    # the first key now: the exp2 pass reads the maximum three cycles after a key
-                    # is issued, and the maximum is final two cycles after the last score
-                    m.d.sync += r.kc.on.eq(1)
-                    self._pass_key(m, r, self.softmax.exp)
+                    # the exp2 pass reads the maximum three cycles after a key is issued, and the
+                    # maximum is latched three cycles after the last score: the first key a cycle on
+                    m.next = "SCORE_MAX"
                 else:
-                    m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1), r.kc.on.eq(1)]
-                m.d.sync += r.kc.exp.eq(1)
+                    # (the exp2 and probability passes run over keys 0..n_keys-1)
+                    m.d.comb += self.softmax.clear.eq(1)
+                    m.d.sync += [r.kc.idx.eq(0), r.kc.last.eq(r.n_keys - 1), r.kc.on.eq(1), r.kc.exp.eq(1)]
+                    m.next = "EXP"
+        if r.c2:
+            with m.State("SCORE_MAX"):
+                m.d.comb += self.softmax.clear.eq(1)
+                m.d.sync += [r.kc.on.eq(1), r.kc.exp.eq(1)]
+                self._pass_key(m, r, self.softmax.exp)
                 m.next = "EXP"
 
     def _scores_start(self, m, r, n_keys=None):
@@ -397,7 +402,7 @@ class Sequencer(RowOverlap, wiring.Component):
         Contract 2: the weighted sum does not wait for the probability pass to drain. Its beats
         take the keys in the pass's order (block 0 first) a cycle each, as the pass makes their
         weights, so they start ``WSUM_LAG`` cycles behind it: a weight is written into ``wm``
-        six cycles after its key is issued, and a beat's read of ``wm`` is three cycles after
+        seven cycles after its key is issued, and a beat's read of ``wm`` is two cycles after
         the beat (its address registers), one cycle after that write at the earliest."""
         sm, kc = self.softmax, r.kc
         # (the keys of a pass issue while ``kc.on``, outside the states: elaborate above)

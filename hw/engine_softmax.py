@@ -105,8 +105,8 @@ class Softmax(wiring.Component):
     * The reciprocal ``floor(2^40 / sum)`` (< 2^26, as ``sum >= LUT[0] = 2^15``), ~41 cycles
       (contract 2: 13, from the 15th quotient bit on and two bits a cycle).
     * probability pass: ``p = min(round_shift(e * r, 25), 32767)``, ``w = round_shift(p, align)``
-      with ``align = min(E - value exponent, 16)``. Stage A registers e from the RAM so the
-      multiplier starts from a flip-flop; ``e * r`` is two DSP products (r's low 17 bits, its high
+      with ``align = min(E - value exponent, 16)``. Stage A registers e from each bank's RAM,
+      B the bank's term, so the multipliers start from a flip-flop; ``e * r`` is two DSP products (r's low 17 bits, its high
       9; a 16 x 26 multiply does not fit one MULT18X18D), each registered (prM, beside the value
       exponent), summed into pr2; p is there at pr3, and the weight goes into ``wm`` from a
       register a cycle later (the rounding shift reached ``wm``'s block RAM late; the weighted
@@ -259,8 +259,14 @@ class Softmax(wiring.Component):
         m.d.sync += [prA.valid.eq(pr1.valid), prA.idx.eq(pr1.idx), prA.keep.eq(pr1.keep), prA_bank.eq(ctl.pbank)]
         m.d.sync += [prA_e[k].eq(banks[k][0].data[:16]) for k in range(2)]
         m.d.comb += prA.e.eq(Mux(prA_bank, prA_e[1], prA_e[0]))
-        m.d.sync += [prM.valid.eq(prA.valid), prM.idx.eq(prA.idx), prM.keep.eq(prA.keep), prM.ve.eq(ve2),
-                     prM.lo.eq(prA.e * rcp[:17]), prM.hi.eq(prA.e * rcp[17:])]
+        # the chosen term registered again (prB), so the multipliers start from flip-flops: the
+        # bank multiplexer in front of the DSPs made their products the slowest path (10.36 ns)
+        # (the value exponent, read for prA's key, goes along)
+        prB = Signal(data.StructLayout({"valid": 1, "idx": 16, "keep": 1, "e": 16, "ve": signed(8)}))
+        m.d.sync += [prB.valid.eq(prA.valid), prB.idx.eq(prA.idx), prB.keep.eq(prA.keep), prB.e.eq(prA.e),
+                     prB.ve.eq(ve2)]
+        m.d.sync += [prM.valid.eq(prB.valid), prM.idx.eq(prB.idx), prM.keep.eq(prB.keep), prM.ve.eq(prB.ve),
+                     prM.lo.eq(prB.e * rcp[:17]), prM.hi.eq(prB.e * rcp[17:])]
         ediff = big_e - prM.ve
         # a masked key's weight is 0, which is also what the largest shift gives (p < 2^15, so
         # round_shift(p, 16) == 0): the mask goes into the shift, not into a multiplexer after it
