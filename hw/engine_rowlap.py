@@ -71,12 +71,13 @@ class RowOverlap:
         a.p_zero = _count(m, "att_prob", a.inc_p, r.attn & self.softmax.pretire)
         with m.If(self.score.scored.valid):
             m.d.sync += a.scored.eq(a.scored + 1)
-        # row w's first output word and first carried word in ``dat`` (w steps once a row)
+        # row w's first output word and first carried word in ``dat``: they step with w (a
+        # multiply by w ahead of their registers, mapped to a DSP, was a late path of routed builds)
         L = self.layout
         a.w_obase, a.w_pbase = Signal(16, name="w_obase"), Signal(16, name="w_pbase")
-        m.d.sync += [a.w_obase.eq(L.out_base + 2 * L.AB * a.w), a.w_pbase.eq(L.part_base + 3 * L.AB * a.w)]
         with m.If(a.start):
-            m.d.sync += [a.s.eq(0), a.w.eq(0), a.freed.eq(0), a.scored.eq(0), a.xe.eq(0), a.w_ready.eq(0)]
+            m.d.sync += [a.s.eq(0), a.w.eq(0), a.freed.eq(0), a.scored.eq(0), a.xe.eq(0), a.w_ready.eq(0),
+                         a.w_obase.eq(L.out_base), a.w_pbase.eq(L.part_base)]
         # the softmax's rows: the exp2 pass's and the probability pass's banks (a recall's: 0)
         # (the Q row's exponent: ``row`` steps as a row's scores end, cycles before its Q load)
         with m.If(r.attn):
@@ -145,7 +146,8 @@ class RowOverlap:
                               [r.base_i.eq(r.base_i + Mux(r.single | ~key_beat, 0, AB))])
             with m.Else():
                 # (the row's probability pass has issued every key: its bank is free)
-                m.d.sync += [a.w.eq(a.w + 1), a.freed.eq(a.freed + 1)]
+                m.d.sync += [a.w.eq(a.w + 1), a.freed.eq(a.freed + 1),
+                             a.w_obase.eq(a.w_obase + 2 * L.AB), a.w_pbase.eq(a.w_pbase + 3 * L.AB)]
                 m.next = "A_NEXT"
 
     def _att_scores_start(self, m, r):
