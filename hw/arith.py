@@ -6,7 +6,7 @@ from amaranth.lib.wiring import In, Out
 
 from hmtx.model.fixed import ACC_BITS, RECIP_BITS
 
-__all__ = ["ShiftRoundSat", "Reciprocal", "SerialMulShiftRoundSat", "round_shift_var"]
+__all__ = ["ShiftRoundSat", "Reciprocal", "SerialMulShiftRoundSat", "round_shift_var", "times_const"]
 
 
 class ShiftRoundSat(wiring.Component):
@@ -184,6 +184,17 @@ def round_shift_var(x, s):
     (floor((floor(2x / 2^s) + 1) / 2) == floor((x + 2^(s-1)) / 2^s)), and a plain shifter then an
     increment, with no decoder of s in front of an adder on the path."""
     return (((x << 1) >> s) + 1) >> 1
+
+
+def times_const(x, k: int):
+    """``x * k`` for a constant ``k >= 0`` as a sum of shifted copies of ``x``, one per set bit of
+    ``k``: Yosys maps a multiply by a constant of up to 18 bits to a whole MULT18X18D (ECP5),
+    whose 3.9 ns and the routes to and from the DSP column made a slot base the routed build's
+    worst path; for the few set bits of a block count the adders are shorter."""
+    if k < 0:
+        raise ValueError(f"times_const: k must be >= 0, got {k}")
+    terms = [x << i for i in range(k.bit_length()) if k >> i & 1]
+    return sum(terms[1:], terms[0]) if terms else Const(0)
 
 
 def Cat_bit(value, bit):

@@ -155,17 +155,21 @@ class ScoreUnit(wiring.Component):
                      ctl.retire.eq(score_rq.o.valid)]
         none = -(1 << (fixed.SCORE_BITS - 1))
         score_max = Signal(signed(fixed.SCORE_BITS), reset_less=True)
-        smax = Signal(data.StructLayout({"valid": 1, "keep": 1, "first": 1, "last": 1, "bank": 1}))
+        # the score registered with its row's flags, each already qualified by ``valid`` (a cycle
+        # without a score changes nothing), so that after the compare's carry chain there are two
+        # LUT levels: whether t is taken, then each bit's select
+        smax = Signal(data.StructLayout({"valid": 1, "kept": 1, "first": 1, "restart": 1, "last": 1,
+                                         "bank": 1}))
         smax_t = Signal.like(t_b, reset_less=True)
-        m.d.sync += [smax.valid.eq(score_rq.o.valid), smax.keep.eq(tag_out.keep),
-                     smax.first.eq(tag_out.key == 0), smax.last.eq(tag_out.last), smax.bank.eq(tag_out.bank),
-                     smax_t.eq(t_b)]
-        # (the compare starts from the two registers; the row's restart is chosen after it, as
-        # ``max(t, none) = t``: a select of t, the identity or the running maximum)
-        take_t = smax.keep & (smax.first | (smax_t > score_max))
-        new_max = Mux(take_t, smax_t, Mux(smax.first, none, score_max))
-        with m.If(smax.valid):
-            m.d.sync += score_max.eq(new_max)
+        v = score_rq.o.valid
+        first = tag_out.key == 0
+        m.d.sync += [smax.valid.eq(v), smax.kept.eq(v & tag_out.keep), smax.first.eq(first),
+                     smax.restart.eq(v & first & ~tag_out.keep), smax.last.eq(tag_out.last),
+                     smax.bank.eq(tag_out.bank), smax_t.eq(t_b)]
+        # (a row's first score restarts the maximum: a kept one is taken whatever the compare
+        # says, one masked out leaves the identity, -2^31)
+        take_t = smax.kept & (smax.first | (smax_t > score_max))
+        m.d.sync += score_max.eq(Mux(take_t, smax_t, Mux(smax.restart, none, score_max)))
         # A row's maximum is latched from ``score_max`` a cycle after its last score, so the
         # compare-and-select loop has ``score_max`` as its only load (latched from its output, it
         # was 38 levels and 11.9 ns to ``row_max`` in one placement); the softmax reads its row's

@@ -7,6 +7,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Out
 
+from .arith import times_const
 from .engine_exponents import ExponentControlSignature
 from .engine_fetch import FetchControlSignature
 from .engine_fold import FoldControlSignature
@@ -281,9 +282,11 @@ class Sequencer(RowOverlap, wiring.Component):
         write = r.op == Op.WRITE
         with m.State("PROJ_START"):
             # slot bases from the latched slot (not from the start operands: timing)
-            m.d.sync += [r.kslot_base.eq(r.slot * L.KB), r.mslot_base.eq(L.mem_base + r.slot * CB)]
+            # (times_const: the multiply by CB was mapped to a DSP, a late path of a routed build)
+            m.d.sync += [r.kslot_base.eq(times_const(r.slot, L.KB)),
+                         r.mslot_base.eq(L.mem_base + times_const(r.slot, CB))]
             if r.c2:
-                m.d.sync += r.fslot_base.eq(L.kf_base + r.slot * CB)
+                m.d.sync += r.fslot_base.eq(L.kf_base + times_const(r.slot, CB))
             m.d.sync += [r.outer.eq(0), r.inner.eq(0), r.outer_last.eq(c.d_h - 1), r.inner_last.eq(CB - 1),
                          r.base_o.eq(Mux(write, c.d_h * CB, 0)), r.base_i.eq(0), r.sub_w.eq(0),
                          r.sub_l.eq(0), r.issuing.eq(1)]

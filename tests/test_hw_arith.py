@@ -4,7 +4,7 @@ import pytest
 from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.sim import Simulator
 
-from hmtx.hw.arith import Reciprocal, ShiftRoundSat, round_shift_var
+from hmtx.hw.arith import Reciprocal, ShiftRoundSat, round_shift_var, times_const
 from hmtx.model import fixed
 from hwsim import rng, run_stream
 
@@ -74,3 +74,27 @@ def test_round_shift_var_is_round_shift(shape, shifts):
     sim = Simulator(m)
     sim.add_testbench(tb)
     sim.run()
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3, 8, 9, 13, 255])
+def test_times_const_is_the_product(k):
+    """The slot bases' shift-and-add multiply: every 7-bit x (a slot number) times k, at the
+    width of the product."""
+    x = Signal(7)
+    y = Signal(7 + max(1, k.bit_length()))
+    m = Module()
+    m.d.comb += y.eq(times_const(x, k))
+
+    async def tb(ctx):
+        for v in range(1 << 7):
+            ctx.set(x, v)
+            assert ctx.get(y) == v * k, f"x={v} k={k}"
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()
+
+
+def test_times_const_refuses_a_negative_constant():
+    with pytest.raises(ValueError, match="k must be >= 0"):
+        times_const(Signal(4), -3)
