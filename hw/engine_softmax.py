@@ -106,11 +106,12 @@ class Softmax(wiring.Component):
       (contract 2: 13, from the 15th quotient bit on and two bits a cycle).
     * probability pass: ``p = min(round_shift(e * r, 25), 32767)``, ``w = round_shift(p, align)``
       with ``align = min(E - value exponent, 16)``. Stage A registers e from each bank's RAM,
-      B the bank's term, so the multipliers start from a flip-flop; ``e * r`` is two DSP products (r's low 17 bits, its high
-      9; a 16 x 26 multiply does not fit one MULT18X18D), each registered (prM, beside the value
-      exponent), summed into pr2; p is there at pr3, and the weight goes into ``wm`` from a
-      register a cycle later (the rounding shift reached ``wm``'s block RAM late; the weighted
-      sum's first read of ``wm`` is several cycles after the pass ends).
+      B the bank's term, so the multipliers start from a flip-flop; ``e * r`` is two DSP
+      products (r's low 17 bits, its high 9; a 16 x 26 multiply does not fit one MULT18X18D),
+      each registered (prM, beside the value exponent), summed into pr2; p is there at pr3, and
+      the weight goes into ``wm`` from a register a cycle later (the rounding shift reached
+      ``wm``'s block RAM late; the weighted sum's first read of ``wm`` is several cycles after
+      the pass ends).
 
     Contract 2: ``wm`` is also the fold beats' scalar buffer (``max(KMAX, d_h)`` deep): a
     WRITE's K projection writes K_i there (int16 in its 16 bits), and the fold beats read it as

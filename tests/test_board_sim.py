@@ -174,37 +174,35 @@ def test_board_sim_device_spec_starts_and_stops_the_board(design):
         open_transport("board-sim:nope", CFG)
 
 
-def test_hmtx_run_through_serial_port_of_the_board(board, capsys, tmp_path):
-    """`hmtx run --device serial:PORT` on the tiny backbone against the virtual board: every write,
-    recall and cache read checked, 0 mismatches."""
+def _hmtx_run_serial(board, capsys, tmp_path, *args) -> dict:
+    """`hmtx run --backbone tiny --device serial:PORT ARGS` against the virtual board; its JSON summary."""
+    import json
+
     import hmt_testlib  # noqa: F401  (one torch thread)
     from hmtx.host.cli import main
-    rc = main(["run", "--backbone", "tiny", "--quiet", "--device", f"serial:{board.port}", "--segments", "3",
+    rc = main(["run", "--backbone", "tiny", "--quiet", "--device", f"serial:{board.port}", *args,
                "--json", str(tmp_path / "r.json")])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    import json
-    r = json.loads((tmp_path / "r.json").read_text())
-    assert (r["segments"], r["mismatches"]) == (3, 0) and r["ops_checked"] > 3
     assert board.stats()["framing_errors"] == 0
+    return json.loads((tmp_path / "r.json").read_text())
+
+
+def test_hmtx_run_through_serial_port_of_the_board(board, capsys, tmp_path):
+    """`hmtx run --device serial:PORT` on the tiny backbone against the virtual board: every write,
+    recall and cache read checked, 0 mismatches."""
+    r = _hmtx_run_serial(board, capsys, tmp_path, "--segments", "3")
+    assert (r["segments"], r["mismatches"]) == (3, 0) and r["ops_checked"] > 3
 
 
 def test_hmtx_run_offloads_attention_through_serial_port_of_the_board(board, capsys, tmp_path):
     """`hmtx run --device serial:PORT --offload-attention 1:0,3`: two heads of the tiny backbone's
     layer 1 go over the UART as ATTN_PASS frames to the board top's lane engine, every pass's answer
     checked against the golden passes, 0 mismatches."""
-    import hmt_testlib  # noqa: F401  (one torch thread)
-    from hmtx.host.cli import main
-    rc = main(["run", "--backbone", "tiny", "--quiet", "--device", f"serial:{board.port}", "--segments", "2",
-               "--offload-attention", "1:0,3", "--json", str(tmp_path / "r.json")])
-    out, err = capsys.readouterr()
-    assert rc == 0, err
-    import json
-    r = json.loads((tmp_path / "r.json").read_text())
+    r = _hmtx_run_serial(board, capsys, tmp_path, "--segments", "2", "--offload-attention", "1:0,3")
     assert (r["segments"], r["mismatches"], r["offload_attention"]) == (2, 0, "1:0,3")
     assert r["attention_heads"] > 0 and r["attention_heads"] % 2 == 0, r["attention_heads"]
     assert r["attention_ops"] >= 3 * r["attention_heads"]
-    assert board.stats()["framing_errors"] == 0
 
 
 def test_hmtx_board_sim_command_prints_port_and_stops_cleanly(design, tmp_path):
